@@ -1,0 +1,1215 @@
+"""Google Artifact Registry credentials for pip, uv, twine and poetry: a keyring backend.
+
+Answers ``oauth2accesstoken`` and a short-lived Google access token for ``*.pkg.dev``
+hosts. Credentials are found the way Google's Application Default Credentials are, then
+through the gcloud CLI. Standard library only; ``keyring`` is imported only when the
+backend class is built, so this file can be vendored on its own.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+__version__ = "0.1.0"
+__all__ = ["CredentialError", "GooglePyPIAuth", "Token", "get_token", "lookup", "main"]  # noqa: F822 - built on first access
+
+USERNAME = "oauth2accesstoken"
+SCOPE = "https://www.googleapis.com/auth/cloud-platform"
+GOOGLE_TOKEN_URI = "https://oauth2.googleapis.com/token"
+DEFAULT_UNIVERSE = "googleapis.com"
+JWT_BEARER_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+LOGIN_HINT = "run `gcloud auth application-default login` (or `gcloud auth login`)"
+
+# A token is handed out again only while it has this much life left: uv and poetry
+# hold on to the password they get for a whole run.
+MIN_TOKEN_LIFE = 15 * 60
+# A token whose source did not say when it expires is kept in memory this long.
+UNKNOWN_EXPIRY_LIFE = 5 * 60
+# The whole lookup gives up after this many seconds, whatever hangs.
+LOOKUP_BUDGET = 10.0
+REQUEST_TIMEOUT = 5.0
+RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+MAX_ATTEMPTS = 3
+# Off Google Cloud the metadata address is usually a black hole: wait briefly,
+# longer when the machine says it is a Google VM.
+METADATA_PING_TIMEOUT = 0.5
+METADATA_PING_TIMEOUT_ON_GCE = 3.0
+DMI_PRODUCT_NAME = "/sys/class/dmi/id/product_name"
+# After a failed lookup, later calls in the same process fail fast and quietly
+# (pip asks once for the URL and once for the host).
+FAILURE_MEMORY = 30.0
+MAX_RESPONSE_BYTES = 1 << 20
+
+
+class CredentialError(Exception):
+    """No token could be had; the message says what was tried and what to do."""
+
+
+class NotApplicable(Exception):  # noqa: N818 - a verdict, not an error
+    """This credential source does not apply here; discovery moves on to the next."""
+
+
+class Token:
+    """An access token, when it expires (epoch seconds, None if unknown) and where it came from."""
+
+    __slots__ = ("value", "expiry", "source")
+
+    def __init__(self, value: str, expiry: float | None, source: str = "") -> None:
+        self.value = value
+        self.expiry = expiry
+        self.source = source
+
+    def seconds_left(self, now: float | None = None) -> float | None:
+        if self.expiry is None:
+            return None
+        return self.expiry - (_now() if now is None else now)
+
+    def __repr__(self) -> str:  # never the token itself
+        return f"<Token from {self.source or '?'} expiring at {self.expiry}>"
+
+
+def _now() -> float:
+    import time
+
+    return time.time()
+
+
+def _monotonic() -> float:
+    import time
+
+    return time.monotonic()
+
+
+# --- logging: imported only when something is to be said ------------------------------
+
+
+_LOGGER_NAME = "artifactregistry_gauth"
+
+
+def _debug_env() -> bool:
+    return os.environ.get("ARTIFACTREGISTRY_GAUTH_DEBUG", "") not in ("", "0")
+
+
+def _debug_enabled() -> bool:
+    if _debug_env():
+        return True
+    if "logging" not in sys.modules:  # nobody configured logging, so nobody wants our debug
+        return False
+    import logging
+
+    return logging.getLogger(_LOGGER_NAME).isEnabledFor(logging.DEBUG)
+
+
+def _logger():
+    import logging
+
+    logger = logging.getLogger(_LOGGER_NAME)
+    if _debug_env() and not any(getattr(h, "_gauth", False) for h in logger.handlers):
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("artifactregistry-gauth: %(message)s"))
+        handler._gauth = True
+        logger.addHandler(handler)
+        logger.setLevel(logging.DEBUG)
+        logger.propagate = False
+    return logger
+
+
+def _debug(msg: str, *args: object) -> None:
+    if _debug_enabled():
+        _logger().debug(msg, *args)
+
+
+# --- HTTP: timeouts, retries, proxies, no redirects ------------------------------------
+
+
+class Response:
+    """Status, headers (lower-case names) and body of one HTTP exchange."""
+
+    __slots__ = ("status", "headers", "body")
+
+    def __init__(self, status: int, headers: dict, body: bytes) -> None:
+        self.status = status
+        self.headers = headers
+        self.body = body
+
+    def json(self) -> object:
+        import json
+
+        return json.loads(self.body.decode("utf-8"))
+
+
+def _is_loopback_host(host: str) -> bool:
+    host = host.lower().strip("[]")
+    return host == "localhost" or host == "::1" or host.startswith("127.")
+
+
+def _url_host(url: str) -> str:
+    from urllib.parse import urlsplit
+
+    return urlsplit(url).hostname or ""
+
+
+def _without_query(url: str) -> str:
+    return url.split("?", 1)[0]
+
+
+class Transport:
+    """Sends the HTTP requests of one lookup, all within one deadline."""
+
+    def __init__(self, budget: float | None = None) -> None:
+        self.budget = LOOKUP_BUDGET if budget is None else budget
+        self.deadline = _monotonic() + self.budget
+
+    def remaining(self) -> float:
+        left = self.deadline - _monotonic()
+        if left <= 0:
+            raise CredentialError(f"gave up after {self.budget:g} s: Google did not answer in time")
+        return left
+
+    def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        body: bytes | None = None,
+        headers: dict | None = None,
+        direct: bool = False,
+        timeout: float = REQUEST_TIMEOUT,
+        attempts: int = MAX_ATTEMPTS,
+    ) -> Response:
+        """Send one request; retry transient failures with backoff inside the deadline.
+
+        ``direct`` bypasses any proxy (the metadata server must never be proxied).
+        """
+        last_error = None
+        for attempt in range(1, attempts + 1):
+            try:
+                response = self._send(method, url, body, headers or {}, direct, timeout)
+            except _TransientError as exc:
+                last_error = f"could not reach {_without_query(url)}: {exc}"
+                wait = 0.0
+            else:
+                if response.status not in RETRY_STATUSES or attempt == attempts:
+                    return response
+                last_error = f"{_without_query(url)} answered HTTP {response.status}"
+                wait = _retry_after(response)
+            if attempt == attempts:
+                break
+            import random
+            import time
+
+            wait = max(wait, 0.5 * 2 ** (attempt - 1) * random.uniform(0.9, 1.1))  # noqa: S311
+            if wait >= self.deadline - _monotonic():
+                break
+            _debug("%s; retrying in %.1f s", last_error, wait)
+            time.sleep(wait)
+        raise CredentialError(last_error)
+
+    def _send(self, method, url, body, headers, direct, timeout) -> Response:
+        import http.client
+        import urllib.error
+        import urllib.request
+
+        timeout = min(timeout, self.remaining())
+        handlers = [_no_redirect_handler()]
+        if direct:
+            handlers.append(urllib.request.ProxyHandler({}))
+        opener = urllib.request.build_opener(*handlers)
+        request = urllib.request.Request(url, data=body, headers=headers, method=method)
+        try:
+            with opener.open(request, timeout=timeout) as reply:
+                return Response(reply.status, _lower(reply.headers), _read(reply))
+        except urllib.error.HTTPError as reply:
+            with reply:
+                return Response(reply.code, _lower(reply.headers), _read(reply))
+        except urllib.error.URLError as exc:
+            reason = exc.reason
+            if _is_certificate_error(reason):
+                raise CredentialError(
+                    f"the TLS certificate of {_url_host(url)} is not trusted ({reason}); "
+                    "behind a TLS-inspecting proxy, point SSL_CERT_FILE at its CA bundle"
+                ) from None
+            raise _TransientError(_describe_os_error(reason)) from None
+        except (OSError, http.client.HTTPException) as exc:
+            raise _TransientError(_describe_os_error(exc)) from None
+
+
+class _TransientError(Exception):
+    """A connection-level failure worth another try."""
+
+
+def _is_certificate_error(reason: object) -> bool:
+    import ssl
+
+    return isinstance(reason, ssl.SSLCertVerificationError)
+
+
+def _describe_os_error(exc: object) -> str:
+    if isinstance(exc, TimeoutError) or type(exc).__name__ == "timeout":
+        return "timed out"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__
+
+
+def _lower(headers) -> dict:
+    return {k.lower(): v for k, v in headers.items()}
+
+
+def _read(reply) -> bytes:
+    return reply.read(MAX_RESPONSE_BYTES)
+
+
+def _retry_after(response: Response) -> float:
+    try:
+        return min(float(response.headers.get("retry-after", "0")), LOOKUP_BUDGET)
+    except ValueError:
+        return 0.0
+
+
+def _no_redirect_handler():
+    import urllib.request
+
+    class NoRedirect(urllib.request.HTTPRedirectHandler):
+        """Token endpoints never redirect; following one could send credentials elsewhere."""
+
+        def redirect_request(self, req, fp, code, msg, headers, newurl):
+            return None
+
+    return NoRedirect()
+
+
+def _check_endpoint(url: str, what: str) -> None:
+    """Refuse to send credentials anywhere but https, or http on this machine."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.scheme == "https" and parts.hostname:
+        return
+    if parts.scheme == "http" and parts.hostname and _is_loopback_host(parts.hostname):
+        return
+    raise CredentialError(
+        f"refusing to send credentials to {what} {_without_query(url)!r}: it must be an https URL"
+    )
+
+
+# --- OAuth token endpoints -------------------------------------------------------------
+
+
+class TokenEndpointError(CredentialError):
+    """The token endpoint said no; ``error`` and ``subtype`` are its OAuth error codes."""
+
+    def __init__(self, message: str, error: str = "", subtype: str = "") -> None:
+        super().__init__(message)
+        self.error = error
+        self.subtype = subtype
+
+
+def _post_form(
+    transport: Transport, url: str, fields: dict, what: str, headers: dict | None = None
+) -> dict:
+    """POST a form to an OAuth token endpoint and return its JSON answer."""
+    from urllib.parse import urlencode
+
+    _check_endpoint(url, what)
+    all_headers = {"Content-Type": "application/x-www-form-urlencoded"}
+    all_headers.update(headers or {})
+    response = transport.request(
+        "POST", url, body=urlencode(fields).encode("ascii"), headers=all_headers
+    )
+    return _token_response_json(response, url, what)
+
+
+def _token_response_json(response: Response, url: str, what: str) -> dict:
+    try:
+        data = response.json()
+    except ValueError:
+        data = None
+    if response.status == 200 and isinstance(data, dict):
+        return data
+    if response.status == 200:
+        raise CredentialError(f"{what} at {_without_query(url)} answered with something not JSON")
+    error, subtype, description = "", "", ""
+    if isinstance(data, dict):
+        if isinstance(data.get("error"), dict):  # Google API style (C.3)
+            description = str(data["error"].get("message", ""))
+            error = str(data["error"].get("status", ""))
+        else:
+            error = str(data.get("error", ""))
+            subtype = str(data.get("error_subtype", ""))
+            description = str(data.get("error_description", ""))
+    detail = ": ".join(part for part in (error, description[:200]) if part)
+    raise TokenEndpointError(
+        f"{what} at {_without_query(url)} refused (HTTP {response.status}"
+        + (f", {detail})" if detail else ")"),
+        error,
+        subtype,
+    )
+
+
+def _token_from_oauth(data: dict, what: str, source: str) -> Token:
+    value = data.get("access_token")
+    if not isinstance(value, str) or not value:
+        raise CredentialError(f"{what} answered without an access_token")
+    return Token(value, _expiry_from(data.get("expires_in")), source)
+
+
+def _expiry_from(expires_in: object) -> float | None:
+    try:
+        seconds = int(expires_in)  # Google sometimes sends it as a string
+    except (TypeError, ValueError):
+        return None
+    return _now() + seconds
+
+
+def _parse_rfc3339(text: str) -> float:
+    """Seconds since the epoch for ``2024-05-01T12:00:00Z`` (fractional seconds allowed)."""
+    import calendar
+    import time
+
+    main_part, _, _ = text.rstrip("Z").partition(".")
+    return float(calendar.timegm(time.strptime(main_part, "%Y-%m-%dT%H:%M:%S")))
+
+
+# --- RS256 signing in pure Python --------------------------------------------------------
+
+
+_RSA_OID = bytes.fromhex("2a864886f70d010101")  # rsaEncryption, 1.2.840.113549.1.1.1
+_SHA256_DIGEST_INFO = bytes.fromhex("3031300d060960864801650304020105000420")
+
+
+class KeyFormatError(ValueError):
+    """A private key that cannot be used; the message never contains key material."""
+
+
+def _der_item(data: bytes, pos: int) -> tuple[int, int, int]:
+    """Return (tag, start of content, end of content) of the DER item at ``pos``."""
+    if pos + 2 > len(data):
+        raise KeyFormatError("truncated DER")
+    tag, length = data[pos], data[pos + 1]
+    pos += 2
+    if length & 0x80:
+        count = length & 0x7F
+        if not 1 <= count <= 4 or pos + count > len(data):
+            raise KeyFormatError("bad DER length")
+        length = int.from_bytes(data[pos : pos + count], "big")
+        pos += count
+    if pos + length > len(data):
+        raise KeyFormatError("truncated DER")
+    return tag, pos, pos + length
+
+
+def _der_sequence(data: bytes, item: tuple[int, int, int]) -> list[tuple[int, int, int]]:
+    """The items inside the SEQUENCE ``item``."""
+    tag, pos, end = item
+    if tag != 0x30:
+        raise KeyFormatError("expected a DER SEQUENCE")
+    items = []
+    while pos < end:
+        child = _der_item(data, pos)
+        if child[2] > end:
+            raise KeyFormatError("truncated DER")
+        items.append(child)
+        pos = child[2]
+    return items
+
+
+class RsaPrivateKey:
+    """An RSA private key read from PKCS#8 or PKCS#1 PEM, able to sign RS256."""
+
+    __slots__ = ("n", "e", "d", "p", "q", "dp", "dq", "qinv", "size")
+
+    @classmethod
+    def from_pem(cls, pem: str) -> RsaPrivateKey:
+        import base64
+        import binascii
+
+        if not isinstance(pem, str):
+            raise KeyFormatError("it is not a string")
+        label, der = "", b""
+        for kind in ("PRIVATE KEY", "RSA PRIVATE KEY", "ENCRYPTED PRIVATE KEY"):
+            begin, end = f"-----BEGIN {kind}-----", f"-----END {kind}-----"
+            if begin in pem:
+                if end not in pem:
+                    raise KeyFormatError(f"no {end} line")
+                body = pem.split(begin, 1)[1].split(end, 1)[0]
+                label = kind
+                try:
+                    der = base64.b64decode("".join(body.split()), validate=True)
+                except (binascii.Error, ValueError):
+                    raise KeyFormatError("the PEM body is not base64") from None
+                break
+        if not label:
+            raise KeyFormatError("no -----BEGIN PRIVATE KEY----- line")
+        if label == "ENCRYPTED PRIVATE KEY":
+            raise KeyFormatError("it is encrypted; Google key files hold an unencrypted key")
+        if label == "PRIVATE KEY":
+            der = cls._unwrap_pkcs8(der)
+        return cls._from_pkcs1(der)
+
+    @staticmethod
+    def _unwrap_pkcs8(der: bytes) -> bytes:
+        items = _der_sequence(der, _der_item(der, 0))
+        if len(items) < 3 or items[1][0] != 0x30 or items[2][0] != 0x04:
+            raise KeyFormatError("not a PKCS#8 PrivateKeyInfo")
+        algorithm = _der_sequence(der, items[1])
+        if not algorithm or der[algorithm[0][1] : algorithm[0][2]] != _RSA_OID:
+            raise KeyFormatError("not an RSA key")
+        return der[items[2][1] : items[2][2]]
+
+    @classmethod
+    def _from_pkcs1(cls, der: bytes) -> RsaPrivateKey:
+        items = _der_sequence(der, _der_item(der, 0))
+        if len(items) < 9 or any(tag != 0x02 for tag, _, _ in items[:9]):
+            raise KeyFormatError("not a PKCS#1 RSAPrivateKey")
+        numbers = [int.from_bytes(der[start:end], "big") for _, start, end in items[1:9]]
+        key = cls()
+        key.n, key.e, key.d, key.p, key.q, key.dp, key.dq, key.qinv = numbers
+        if key.n < (1 << 1023) or key.p * key.q != key.n or not 1 < key.e < key.n:
+            raise KeyFormatError("its numbers do not form a usable RSA key of 1024 bits or more")
+        key.size = (key.n.bit_length() + 7) // 8
+        return key
+
+    def sign_rs256(self, message: bytes) -> bytes:
+        """RSASSA-PKCS1-v1_5 with SHA-256 (RFC 8017 8.2.1), blinded, CRT, fault-checked."""
+        import hashlib
+        import secrets
+
+        digest_info = _SHA256_DIGEST_INFO + hashlib.sha256(message).digest()
+        padding = b"\xff" * (self.size - len(digest_info) - 3)
+        m = int.from_bytes(b"\x00\x01" + padding + b"\x00" + digest_info, "big")
+        # Blinding keeps the private-key operation's timing independent of the message.
+        r = secrets.randbelow(self.n - 2) + 2
+        blinded = (m * pow(r, self.e, self.n)) % self.n
+        m1 = pow(blinded, self.dp, self.p)
+        m2 = pow(blinded, self.dq, self.q)
+        s = (m2 + ((self.qinv * (m1 - m2)) % self.p) * self.q) * pow(r, -1, self.n) % self.n
+        if pow(s, self.e, self.n) != m:  # a faulty CRT result would leak the key
+            raise KeyFormatError("signature self-check failed")
+        return s.to_bytes(self.size, "big")
+
+
+def _b64url(data: bytes) -> str:
+    import base64
+
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _json_compact(value: object) -> bytes:
+    import json
+
+    return json.dumps(value, separators=(",", ":")).encode("utf-8")
+
+
+def make_jwt(key: RsaPrivateKey, claims: dict, key_id: str | None = None) -> str:
+    """A compact RS256 JWT (RFC 7519) of ``claims``."""
+    header = {"typ": "JWT", "alg": "RS256"}
+    if key_id:
+        header["kid"] = key_id
+    signing_input = f"{_b64url(_json_compact(header))}.{_b64url(_json_compact(claims))}"
+    signature = key.sign_rs256(signing_input.encode("ascii"))
+    return f"{signing_input}.{_b64url(signature)}"
+
+
+# --- credential sources ----------------------------------------------------------------
+#
+# Each source is built cheaply (no network), names a stable ``identity`` for the token
+# cache, describes itself for humans, and ``fetch``es a Token. ``fetch`` raises
+# NotApplicable when the source turns out to be absent (no metadata server), and
+# CredentialError when it is there but fails.
+
+
+class CredentialSource:
+    """One place a token can come from."""
+
+    kind = "credentials"
+    account = ""
+    content_hash = ""  # of the file it was read from, so an edited file is a new identity
+
+    def __init__(self, origin: str) -> None:
+        self.origin = origin  # the file or variable it was found in
+
+    @property
+    def identity(self) -> str:
+        return f"{self.kind}:{self.origin}:{self.content_hash}"
+
+    def describe(self) -> str:
+        who = f" {self.account}" if self.account else ""
+        return f"{self.kind}{who} from {self.origin}"
+
+    def fetch(self, transport: Transport) -> Token:
+        raise NotImplementedError
+
+    def fail(self, problem: str, fix: str = "") -> CredentialError:
+        return CredentialError(f"{self.origin}: {problem}" + (f"; {fix}" if fix else ""))
+
+
+class ExplicitToken(CredentialSource):
+    """A token handed over in ``GOOGLE_OAUTH_ACCESS_TOKEN``."""
+
+    kind = "access token"
+
+    def __init__(self, value: str) -> None:
+        super().__init__("$GOOGLE_OAUTH_ACCESS_TOKEN")
+        self.value = value
+
+    def fetch(self, transport: Transport) -> Token:
+        return Token(self.value, None, self.describe())
+
+
+class ServiceAccountKey(CredentialSource):
+    """A service-account key file: an RS256-signed JWT exchanged at its ``token_uri``."""
+
+    kind = "service account"
+
+    def __init__(self, info: dict, origin: str) -> None:
+        super().__init__(origin)
+        _require_fields(info, ("client_email", "private_key", "token_uri"), origin, _KEY_FIX)
+        self.account = info["client_email"]
+        self.token_uri = info["token_uri"]
+        self.key_id = info.get("private_key_id") or None
+        self.universe = info.get("universe_domain") or DEFAULT_UNIVERSE
+        try:
+            self.key = RsaPrivateKey.from_pem(info["private_key"])
+        except KeyFormatError as exc:
+            problem = f"field private_key is not a usable RSA private key ({exc})"
+            raise self.fail(problem, _KEY_FIX) from None
+
+    def fetch(self, transport: Transport) -> Token:
+        now = int(_now())
+        if self.universe != DEFAULT_UNIVERSE:
+            # Outside googleapis.com there is no token endpoint: the signed JWT is the token.
+            claims = {"iss": self.account, "sub": self.account, "iat": now, "exp": now + 3600}
+            claims["scope"] = SCOPE
+            return Token(make_jwt(self.key, claims, self.key_id), now + 3600, self.describe())
+        claims = {
+            "iat": now,
+            "exp": now + 3600,
+            "iss": self.account,
+            "aud": GOOGLE_TOKEN_URI,  # even when token_uri differs, as Google's libraries do
+            "scope": SCOPE,
+        }
+        assertion = make_jwt(self.key, claims, self.key_id)
+        fields = {"grant_type": JWT_BEARER_GRANT, "assertion": assertion}
+        try:
+            data = _post_form(transport, self.token_uri, fields, "the token endpoint")
+        except TokenEndpointError as exc:
+            fix = _KEY_FIX if exc.error in ("invalid_grant", "invalid_client") else ""
+            if "clock" in str(exc).lower() or "jwt" in str(exc).lower():
+                fix = "check that this machine's clock is right, or " + _KEY_FIX
+            raise self.fail(str(exc), fix) from None
+        return _token_from_oauth(data, "the token endpoint", self.describe())
+
+
+_KEY_FIX = (
+    "create a new key with `gcloud iam service-accounts keys create KEY.json "
+    "--iam-account=SA_EMAIL` and point GOOGLE_APPLICATION_CREDENTIALS at it"
+)
+
+
+class AuthorizedUser(CredentialSource):
+    """A user's refresh token, as `gcloud auth application-default login` writes it."""
+
+    kind = "user"
+
+    def __init__(self, info: dict, origin: str) -> None:
+        super().__init__(origin)
+        _require_fields(info, ("refresh_token", "client_id", "client_secret"), origin, LOGIN_HINT)
+        self.account = info.get("account") or ""
+        self.fields = {
+            "grant_type": "refresh_token",
+            "client_id": info["client_id"],
+            "client_secret": info["client_secret"],
+            "refresh_token": info["refresh_token"],
+        }
+        if info.get("rapt_token"):
+            self.fields["rapt"] = info["rapt_token"]
+        universe = info.get("universe_domain") or DEFAULT_UNIVERSE
+        if universe != DEFAULT_UNIVERSE:
+            raise self.fail(
+                f"user credentials work only in the {DEFAULT_UNIVERSE} universe, not {universe}",
+                "use a service account key for that universe",
+            )
+
+    def fetch(self, transport: Transport) -> Token:
+        # The token URI is fixed for user credentials: a token_uri in the file is ignored.
+        try:
+            data = _post_form(transport, GOOGLE_TOKEN_URI, self.fields, "Google's token endpoint")
+        except TokenEndpointError as exc:
+            if exc.subtype in ("invalid_rapt", "rapt_required"):
+                problem = "Google wants you to sign in again (reauthentication)"
+                raise self.fail(problem, LOGIN_HINT) from None
+            if exc.error in ("invalid_grant", "invalid_client", "unauthorized_client"):
+                fix = "the login has expired or was revoked; " + LOGIN_HINT
+                raise self.fail(str(exc), fix) from None
+            raise self.fail(str(exc)) from None
+        return _token_from_oauth(data, "Google's token endpoint", self.describe())
+
+
+def _require_fields(info: dict, names: tuple, origin: str, fix: str) -> None:
+    for name in names:
+        if not isinstance(info.get(name), str) or not info[name]:
+            state = "missing" if name not in info else "not a non-empty string"
+            raise CredentialError(f"{origin}: field {name!r} is {state}; {fix}")
+
+
+class MetadataServer(CredentialSource):
+    """The GCE / GKE / Cloud Run / Cloud Build metadata server."""
+
+    kind = "metadata server"
+
+    def __init__(self) -> None:
+        self.host = os.environ.get("GCE_METADATA_HOST") or os.environ.get(
+            "GCE_METADATA_ROOT", "metadata.google.internal"
+        )
+        self.ping_host = os.environ.get("GCE_METADATA_IP") or "169.254.169.254"
+        super().__init__(f"http://{self.host}")
+
+    def fetch(self, transport: Transport) -> Token:
+        self.detect(transport)
+        url = (
+            f"{self.origin}/computeMetadata/v1/instance/service-accounts/default/token"
+            "?scopes=https%3A%2F%2Fwww.googleapis.com%2Fauth%2Fcloud-platform"
+        )
+        response = transport.request("GET", url, headers=_METADATA_HEADERS, direct=True)
+        if response.status == 404:
+            raise NotApplicable(f"no service account is attached to this machine ({self.origin})")
+        if response.status != 200:
+            raise self.fail(f"the metadata server answered HTTP {response.status} for a token")
+        try:
+            data = response.json()
+        except ValueError:
+            data = None
+        if not isinstance(data, dict):
+            raise self.fail("the metadata server answered a token request with something not JSON")
+        return _token_from_oauth(data, "the metadata server", self.describe())
+
+    def detect(self, transport: Transport) -> None:
+        """Raise NotApplicable unless a Google metadata server answers the ping."""
+        timeout = METADATA_PING_TIMEOUT_ON_GCE if _looks_like_gce() else METADATA_PING_TIMEOUT
+        try:
+            response = transport.request(
+                "GET",
+                f"http://{self.ping_host}/",
+                headers=_METADATA_HEADERS,
+                direct=True,
+                timeout=timeout,
+                attempts=1,
+            )
+        except CredentialError as exc:
+            raise NotApplicable(f"not on Google Cloud ({exc})") from None
+        if response.headers.get("metadata-flavor") != "Google":
+            raise NotApplicable(
+                f"not on Google Cloud (http://{self.ping_host}/ is not a Google metadata server)"
+            )
+
+
+_METADATA_HEADERS = {"Metadata-Flavor": "Google"}
+
+
+def _looks_like_gce() -> bool:
+    if os.environ.get("GCE_METADATA_HOST"):
+        return True
+    try:
+        with open(DMI_PRODUCT_NAME, encoding="utf-8") as f:
+            return f.read().strip().startswith("Google")
+    except OSError:
+        return False
+
+
+class GcloudAccessTokenFile(CredentialSource):
+    """A token file named by ``CLOUDSDK_AUTH_ACCESS_TOKEN_FILE``, as gcloud itself honours."""
+
+    kind = "access token file"
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path)
+
+    def fetch(self, transport: Transport) -> Token:
+        try:
+            with open(self.origin, encoding="utf-8") as f:
+                value = f.read().strip()
+        except OSError as exc:
+            raise self.fail(
+                f"cannot read it ({exc.strerror})",
+                "fix or unset CLOUDSDK_AUTH_ACCESS_TOKEN_FILE",
+            ) from None
+        if not value or any(c.isspace() for c in value):
+            raise self.fail("it does not hold one access token", "write the token alone into it")
+        return Token(value, None, self.describe())
+
+
+class GcloudCli(CredentialSource):
+    """``gcloud config config-helper``: gcloud's active account, refreshed by gcloud."""
+
+    kind = "gcloud"
+
+    def __init__(self, executable: str) -> None:
+        super().__init__(executable)
+        self.config_dir = gcloud_config_dir()
+        self.configuration, self.account = gcloud_active_account(self.config_dir)
+
+    @property
+    def identity(self) -> str:
+        return f"gcloud:{self.config_dir}:{self.configuration}:{self.account}"
+
+    def describe(self) -> str:
+        who = self.account or "the active account"
+        return f"gcloud ({who}, configuration {self.configuration})"
+
+    def fetch(self, transport: Transport) -> Token:
+        import json
+        import subprocess
+
+        command = [self.origin, "config", "config-helper", "--format=json", "--min-expiry=15m"]
+        env = dict(os.environ, CLOUDSDK_CORE_DISABLE_PROMPTS="1")
+        timeout = transport.remaining()
+        _debug("running %s", " ".join(command[1:]))
+        try:
+            done = subprocess.run(
+                command,
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                env=env,
+                timeout=timeout,
+            )
+        except subprocess.TimeoutExpired:
+            raise self.fail(
+                f"gcloud did not answer within {timeout:.0f} s", "run `gcloud auth login` once"
+            ) from None
+        except OSError as exc:
+            raise self.fail(f"cannot run gcloud ({exc.strerror})") from None
+        if done.returncode != 0:
+            raise self.fail(_gcloud_error(done.stderr), _gcloud_fix(done.stderr))
+        try:
+            data = json.loads(done.stdout.decode("utf-8"))
+            credential = data["credential"]
+            value = credential["access_token"]
+            expiry_text = credential.get("token_expiry")
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise self.fail(
+                "`gcloud config config-helper` printed something that is not its JSON answer",
+                "update the Google Cloud SDK",
+            ) from None
+        if not isinstance(value, str) or not value:
+            raise self.fail("gcloud has no access token for the active account", LOGIN_HINT)
+        expiry = None
+        if isinstance(expiry_text, str):
+            try:
+                expiry = _parse_rfc3339(expiry_text)
+            except ValueError:
+                expiry = None
+        account = _dig(data, "configuration", "properties", "core", "account")
+        if isinstance(account, str):
+            self.account = account
+        return Token(value, expiry, self.describe())
+
+
+def _dig(data: object, *keys: str) -> object:
+    for key in keys:
+        if not isinstance(data, dict):
+            return None
+        data = data.get(key)
+    return data
+
+
+def _gcloud_error(stderr: bytes) -> str:
+    lines = [ln.strip() for ln in stderr.decode("utf-8", "replace").splitlines() if ln.strip()]
+    errors = [ln for ln in lines if ln.startswith("ERROR:")]
+    text = (errors or lines or ["gcloud failed and said nothing"])[0]
+    return text[:300]
+
+
+def _gcloud_fix(stderr: bytes) -> str:
+    text = stderr.decode("utf-8", "replace").lower()
+    if "reauthentication" in text or "reauth" in text:
+        return "gcloud needs you to sign in again: run `gcloud auth login`"
+    return "run `gcloud auth login` (or `gcloud auth application-default login`)"
+
+
+def gcloud_config_dir() -> str:
+    """gcloud's configuration directory, as Google's libraries find it."""
+    configured = os.environ.get("CLOUDSDK_CONFIG")
+    if configured:
+        return configured
+    if os.name != "nt":
+        return os.path.join(os.path.expanduser("~"), ".config", "gcloud")
+    appdata = os.environ.get("APPDATA")
+    if appdata:
+        return os.path.join(appdata, "gcloud")
+    return os.path.join(os.environ.get("SystemDrive", "C:") + "\\", "gcloud")
+
+
+def gcloud_active_account(config_dir: str) -> tuple[str, str]:
+    """(active configuration, account) read from gcloud's files, without starting gcloud."""
+    name = os.environ.get("CLOUDSDK_ACTIVE_CONFIG_NAME", "")
+    if not name:
+        try:
+            with open(os.path.join(config_dir, "active_config"), encoding="utf-8") as f:
+                name = f.read().strip()
+        except OSError:
+            name = ""
+    name = name or "default"
+    account = os.environ.get("CLOUDSDK_CORE_ACCOUNT", "")
+    if not account:
+        import configparser
+
+        parser = configparser.ConfigParser(interpolation=None)
+        try:
+            parser.read(
+                os.path.join(config_dir, "configurations", f"config_{name}"), encoding="utf-8"
+            )
+            account = parser.get("core", "account", fallback="")
+        except (configparser.Error, UnicodeDecodeError):
+            account = ""
+    return name, account
+
+
+# --- Application Default Credentials files ----------------------------------------------
+
+ADC_FILE_TYPES = {
+    "service_account": ServiceAccountKey,
+    "authorized_user": AuthorizedUser,
+}
+_LATER_TYPES = (
+    "external_account",
+    "external_account_authorized_user",
+    "impersonated_service_account",
+)
+_UNSUPPORTED_TYPES = {
+    "gdch_service_account": "Google Distributed Cloud Hosted service accounts",
+}
+
+
+def well_known_adc_file() -> str:
+    return os.path.join(gcloud_config_dir(), "application_default_credentials.json")
+
+
+def load_adc_file(path: str, origin: str) -> CredentialSource:
+    """Build the credential source an ADC JSON file describes; CredentialError if broken."""
+    import json
+
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(MAX_RESPONSE_BYTES)
+    except FileNotFoundError:
+        raise CredentialError(
+            f"{path} (named by {origin}) was not found; point {origin} at a credentials "
+            "JSON file or unset it"
+        ) from None
+    except OSError as exc:
+        raise CredentialError(f"{path}: cannot read it ({exc.strerror})") from None
+    try:
+        info = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise CredentialError(f"{path} is not a valid JSON file (not UTF-8 text)") from None
+    except ValueError as exc:
+        where = f"line {exc.lineno} column {exc.colno}" if hasattr(exc, "lineno") else "?"
+        raise CredentialError(f"{path} is not a valid JSON file ({exc.msg} at {where})") from None
+    if not isinstance(info, dict):
+        raise CredentialError(f"{path} is not a credentials file (expected a JSON object)")
+    kind = info.get("type")
+    if kind in ADC_FILE_TYPES:
+        source = ADC_FILE_TYPES[kind](info, path)
+        source.content_hash = _short_hash(raw)
+        return source
+    if kind in _UNSUPPORTED_TYPES:
+        raise CredentialError(
+            f"{path}: {_UNSUPPORTED_TYPES[kind]} ({kind}) are not supported by "
+            "artifactregistry-gauth; use a service account key or gcloud"
+        )
+    if kind in _LATER_TYPES:
+        raise CredentialError(
+            f"{path}: credentials of type {kind!r} are not supported yet; use a service "
+            "account key or gcloud"
+        )
+    expected = ", ".join(sorted(ADC_FILE_TYPES) + list(_LATER_TYPES))
+    raise CredentialError(
+        f"{path} does not have a valid type: type is {kind!r}, expected one of {expected}"
+    )
+
+
+def _short_hash(data: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+# --- discovery: the ADC order, then gcloud ----------------------------------------------
+#
+# Each step returns a source or raises NotApplicable with the reason it was skipped.
+# A CredentialError from a step ends the search: a broken credential that was asked for
+# must never silently become another identity.
+
+
+def _explicit_token() -> CredentialSource:
+    value = os.environ.get("GOOGLE_OAUTH_ACCESS_TOKEN", "").strip()
+    if not value:
+        raise NotApplicable("GOOGLE_OAUTH_ACCESS_TOKEN is not set")
+    return ExplicitToken(value)
+
+
+def _explicit_adc_file() -> CredentialSource:
+    path = os.environ.get("GOOGLE_APPLICATION_CREDENTIALS", "")
+    if not path:
+        raise NotApplicable("GOOGLE_APPLICATION_CREDENTIALS is not set")
+    return load_adc_file(path, "GOOGLE_APPLICATION_CREDENTIALS")
+
+
+def _well_known_adc_file() -> CredentialSource:
+    path = well_known_adc_file()
+    if not os.path.isfile(path):
+        raise NotApplicable(f"no {path}")
+    return load_adc_file(path, "gcloud's application default credentials")
+
+
+def _metadata_server() -> CredentialSource:
+    if os.environ.get("NO_GCE_CHECK", "").lower() in ("true", "1", "yes"):
+        raise NotApplicable("metadata server not checked (NO_GCE_CHECK)")
+    return MetadataServer()
+
+
+def _gcloud() -> CredentialSource:
+    token_file = os.environ.get("CLOUDSDK_AUTH_ACCESS_TOKEN_FILE", "")
+    if token_file:
+        return GcloudAccessTokenFile(token_file)
+    import shutil
+
+    executable = shutil.which("gcloud.cmd" if os.name == "nt" else "gcloud")
+    if not executable:
+        raise NotApplicable("gcloud is not on PATH")
+    return GcloudCli(executable)
+
+
+DISCOVERY = (
+    _explicit_token,
+    _explicit_adc_file,
+    _well_known_adc_file,
+    _metadata_server,
+    _gcloud,
+)
+
+
+# --- token cache -------------------------------------------------------------------------
+
+
+class TokenCache:
+    """Tokens by credential identity, handed out while they have MIN_TOKEN_LIFE left."""
+
+    def __init__(self) -> None:
+        self._entries: dict = {}  # identity -> (token, hand out until)
+
+    def get(self, identity: str) -> Token | None:
+        token, until = self._entries.get(identity, (None, 0.0))
+        return token if token is not None and _now() < until else None
+
+    def put(self, identity: str, token: Token) -> None:
+        if token.expiry is None:
+            until = _now() + UNKNOWN_EXPIRY_LIFE
+        else:
+            until = token.expiry - MIN_TOKEN_LIFE
+        self._entries[identity] = (token, until)
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+
+_CACHE = TokenCache()
+_LAST_FAILURE: list = []  # [(monotonic time, message)]
+
+
+def _forget_tokens() -> None:
+    """Forget cached tokens and failures (tests, and after a login)."""
+    _CACHE.clear()
+    _LAST_FAILURE.clear()
+
+
+def lookup(transport: Transport | None = None) -> Token:
+    """Find credentials in the documented order and return a live token.
+
+    Raises CredentialError with one line saying what was tried and what to do.
+    """
+    transport = transport or Transport()
+    skipped = []
+    for step in DISCOVERY:
+        try:
+            source = step()
+            cached = _CACHE.get(source.identity)
+            if cached is not None:
+                _debug("using cached token from %s", source.describe())
+                return cached
+            started = _monotonic()
+            token = source.fetch(transport)
+        except NotApplicable as exc:
+            _debug("skipped: %s", exc)
+            skipped.append(str(exc))
+            continue
+        _debug("got a token from %s in %.0f ms", source.describe(), 1000 * (_monotonic() - started))
+        _CACHE.put(source.identity, token)
+        return token
+    raise CredentialError(
+        "no Google credentials found (" + "; ".join(skipped) + "); " + LOGIN_HINT + ", or set "
+        "GOOGLE_APPLICATION_CREDENTIALS to a service account key file"
+    )
+
+
+def get_token() -> str:
+    """A live access token, or CredentialError."""
+    return lookup().value
+
+
+def _token_or_none() -> str | None:
+    """The token for the keyring backend: on failure one warning line, then None."""
+    if _LAST_FAILURE and _monotonic() - _LAST_FAILURE[0][0] < FAILURE_MEMORY:
+        return None
+    try:
+        return get_token()
+    except CredentialError as exc:
+        _LAST_FAILURE[:] = [(_monotonic(), str(exc))]
+        _logger().warning("artifactregistry-gauth: %s", exc)
+        return None
+
+
+# --- which services we answer for -------------------------------------------------------
+
+
+def service_host(service: str) -> str | None:
+    """The host a keyring service names (a URL or a bare ``host[:port]``), if https or bare."""
+    if not isinstance(service, str) or not service:
+        return None
+    scheme, sep, rest = service.partition("://")
+    if not sep:
+        rest = service
+    elif scheme.lower() != "https":
+        return None
+    netloc = rest.split("/", 1)[0].split("?", 1)[0].split("#", 1)[0].rpartition("@")[2]
+    if netloc.startswith("["):
+        return None  # an IPv6 literal is never Artifact Registry
+    host = netloc.split(":", 1)[0].lower().rstrip(".")
+    if not host or any(c.isspace() for c in host):
+        return None
+    return host
+
+
+def is_registry_service(service: str) -> bool:
+    """True for Artifact Registry hosts and those in ARTIFACTREGISTRY_GAUTH_HOSTS."""
+    host = service_host(service)
+    if host is None:
+        return False
+    if host.endswith(".pkg.dev"):
+        return True
+    for entry in os.environ.get("ARTIFACTREGISTRY_GAUTH_HOSTS", "").split(","):
+        pattern = entry.strip().lower().rstrip(".")
+        if pattern.startswith("*.") and host.endswith(pattern[1:]):
+            return True
+        if pattern and host == pattern:
+            return True
+    return False
+
+
+def answers_for(service: str, username: str | None) -> bool:
+    """Whether the backend answers this keyring question (decided without any I/O)."""
+    return username in (None, "", USERNAME) and is_registry_service(service)
+
+
+# --- keyring backend, built only when keyring asks for it -------------------------------
+
+
+def _build_backend_class() -> type:
+    from keyring.backend import KeyringBackend
+    from keyring.credentials import SimpleCredential
+
+    class GooglePyPIAuth(KeyringBackend):
+        """Google access tokens for Artifact Registry (*.pkg.dev) Python repositories."""
+
+        # Above the OS keyrings (about 5) so we answer first; below keyring's chainer (10)
+        # so other hosts still reach them.
+        priority = 9
+
+        def get_password(self, service: str, username: str | None) -> str | None:
+            if not answers_for(service, username):
+                return None
+            return _token_or_none()
+
+        def get_credential(self, service: str, username: str | None):
+            if not answers_for(service, username):
+                return None
+            token = _token_or_none()
+            return None if token is None else SimpleCredential(USERNAME, token)
+
+        def set_password(self, service: str, username: str, password: str) -> None:
+            # NotImplementedError (not PasswordSetError) lets keyring's chainer move on.
+            raise NotImplementedError(
+                "artifactregistry-gauth stores nothing: its credentials come from Google"
+            )
+
+        def delete_password(self, service: str, username: str) -> None:
+            raise NotImplementedError(
+                "artifactregistry-gauth stores nothing: its credentials come from Google"
+            )
+
+    GooglePyPIAuth.__module__ = "artifactregistry_gauth"
+    GooglePyPIAuth.__qualname__ = "GooglePyPIAuth"
+    return GooglePyPIAuth
+
+
+def __getattr__(name: str) -> object:
+    # PEP 562: `GooglePyPIAuth` is built (and keyring imported) on first access, which is
+    # how keyring's entry point and keyringrc.cfg both load it.
+    if name == "GooglePyPIAuth":
+        module = sys.modules.get("artifactregistry_gauth") or sys.modules[__name__]
+        cls = module.__dict__.get("_backend_class")
+        if cls is None:
+            cls = _build_backend_class()
+            module._backend_class = cls
+        return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+# --- command line -------------------------------------------------------------------------
+
+_EPILOG = """\
+examples:
+  artifactregistry-gauth token
+  UV_INDEX_PRIVATE_PASSWORD=$(artifactregistry-gauth token) uv pip install mypkg
+  curl -u oauth2accesstoken:$(artifactregistry-gauth token) \\
+      https://us-python.pkg.dev/PROJECT/REPO/simple/
+"""
+
+
+def _parser():
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="artifactregistry-gauth",
+        description="Google access tokens for Artifact Registry Python repositories.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging on stderr")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.required = True
+    commands.add_parser("token", help="print an access token")
+    return parser
+
+
+def main(argv: list | None = None) -> int:
+    """The ``artifactregistry-gauth`` command."""
+    args = _parser().parse_args(argv)
+    if args.verbose:
+        os.environ["ARTIFACTREGISTRY_GAUTH_DEBUG"] = "1"
+    if args.command == "token":
+        try:
+            token = get_token()
+        except CredentialError as exc:
+            sys.stderr.write(f"artifactregistry-gauth: {exc}\n")
+            return 1
+        sys.stdout.write(token + "\n")
+        return 0
+    return 2  # pragma: no cover - argparse rejects unknown commands
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1300 @@
+"""Test support: an isolated environment and strict, recording fakes of Google's auth services."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import ipaddress
+import itertools
+import json
+import os
+import re
+import secrets
+import selectors
+import signal
+import socket
+import socketserver
+import ssl
+import struct
+import sys
+import threading
+import time
+import urllib.request
+from collections import deque
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import parse_qs, quote, urlsplit
+
+import pytest
+import trustme
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
+OAUTH_HOST = "oauth2.googleapis.com"
+TOKEN_AUDIENCE = "https://oauth2.googleapis.com/token"
+CLOUD_PLATFORM = "https://www.googleapis.com/auth/cloud-platform"
+JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+FORM_URLENCODED = "application/x-www-form-urlencoded"
+TLS_HOSTS = (
+    "oauth2.googleapis.com",
+    "sts.googleapis.com",
+    "iamcredentials.googleapis.com",
+    "us-python.pkg.dev",
+    "europe-west1-python.pkg.dev",
+    "127.0.0.1",
+    "localhost",
+)
+HANG = "HANG"
+RESET = "RESET"
+JOIN_TIMEOUT = 5.0
+HANDLER_TIMEOUT = 10.0
+
+
+# --- Isolated environment and network guard -------------------------------------------------
+
+_REMOVED_VARS = frozenset(
+    {
+        "GCLOUD_PROJECT",
+        "NO_GCE_CHECK",
+        "PYTHON_KEYRING_BACKEND",
+        "SSL_CERT_FILE",
+        "SSL_CERT_DIR",
+        "REQUESTS_CA_BUNDLE",
+        "CURL_CA_BUNDLE",
+        "DBUS_SESSION_BUS_ADDRESS",
+    }
+)
+_REMOVED_PREFIXES = (
+    "GOOGLE_",
+    "GCE_METADATA_",
+    "CLOUDSDK_",
+    "ARTIFACTREGISTRY_GAUTH_",
+    "KEYRING_PROPERTY_",
+    "AWS_",
+)
+_PROXY_VARS = frozenset({"http_proxy", "https_proxy", "all_proxy", "no_proxy"})
+
+
+@dataclass(frozen=True)
+class IsolatedEnv:
+    """Where the throwaway environment of one test lives."""
+
+    home: Path
+    bin_dir: Path
+    cache_dir: Path
+    gcloud_config: Path
+    dead_metadata_host: str
+
+
+@pytest.fixture(autouse=True)
+def isolated_env(tmp_path, monkeypatch):
+    """Run each test with a throwaway HOME, no ambient credentials and no route off loopback."""
+    for name in list(os.environ):
+        if (
+            name in _REMOVED_VARS
+            or name.startswith(_REMOVED_PREFIXES)
+            or name.lower() in _PROXY_VARS
+        ):
+            monkeypatch.delenv(name)
+
+    home = tmp_path / "home"
+    bin_dir = tmp_path / "bin"
+    home.mkdir()
+    bin_dir.mkdir()
+    env = IsolatedEnv(
+        home=home,
+        bin_dir=bin_dir,
+        cache_dir=tmp_path / "cache",
+        gcloud_config=home / ".config" / "gcloud",
+        dead_metadata_host=f"127.0.0.1:{_refused_port()}",
+    )
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("CLOUDSDK_CONFIG", str(env.gcloud_config))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(home / ".cache"))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(home / ".config"))
+    monkeypatch.setenv("XDG_DATA_HOME", str(home / ".local" / "share"))
+    monkeypatch.setenv("APPDATA", str(home / "AppData" / "Roaming"))
+    monkeypatch.setenv("LOCALAPPDATA", str(home / "AppData" / "Local"))
+    monkeypatch.setenv("ARTIFACTREGISTRY_GAUTH_CACHE_DIR", str(env.cache_dir))
+    monkeypatch.setenv("GCE_METADATA_HOST", env.dead_metadata_host)
+    monkeypatch.setenv("GCE_METADATA_IP", env.dead_metadata_host)
+    monkeypatch.setenv("PATH", os.pathsep.join([str(bin_dir), *_path_without_gcloud()]))
+    # urlopen() caches an opener, and with it the proxy settings of the first test that used it.
+    monkeypatch.setattr(urllib.request, "_opener", None)
+    _install_network_guard(monkeypatch)
+
+    _forget_tokens()
+    yield env
+    _forget_tokens()
+
+
+@pytest.fixture
+def bin_dir(isolated_env):
+    """The empty directory at the front of PATH where fake executables go."""
+    return isolated_env.bin_dir
+
+
+@pytest.fixture
+def home_dir(isolated_env):
+    """The test's HOME."""
+    return isolated_env.home
+
+
+def _refused_port():
+    """Return a loopback port that was bound and closed, so connecting to it fails at once."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _path_without_gcloud():
+    """Return the PATH entries that do not hold a real gcloud."""
+    return [
+        entry
+        for entry in os.environ.get("PATH", "").split(os.pathsep)
+        if entry and not (Path(entry, "gcloud").exists() or Path(entry, "gcloud.cmd").exists())
+    ]
+
+
+def _forget_tokens():
+    """Clear the module's in-process token cache, if the module exists yet."""
+    try:
+        import artifactregistry_gauth
+    except ModuleNotFoundError as exc:
+        if exc.name != "artifactregistry_gauth":
+            raise
+        return
+    forget = getattr(artifactregistry_gauth, "_forget_tokens", None)
+    if forget is not None:
+        forget()
+
+
+def _is_loopback(host):
+    """Tell whether a host (name or literal) is guaranteed to stay on this machine."""
+    if isinstance(host, bytes):
+        host = host.decode("ascii", "replace")
+    if not isinstance(host, str):
+        return False
+    if host.lower() == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    mapped = getattr(address, "ipv4_mapped", None)
+    return (mapped or address).is_loopback
+
+
+def _install_network_guard(monkeypatch):
+    """Make connecting to, or resolving, anything but loopback fail inside this process."""
+    real_connect = socket.socket.connect
+    real_connect_ex = socket.socket.connect_ex
+    real_getaddrinfo = socket.getaddrinfo
+    real_gethostbyname = socket.gethostbyname
+    real_gethostbyname_ex = socket.gethostbyname_ex
+
+    def check_connect(sock, address):
+        if sock.family in (socket.AF_INET, socket.AF_INET6) and not _is_loopback(address[0]):
+            raise OSError(f"test network guard: refusing to connect to {address[0]}:{address[1]}")
+
+    def check_resolve(host):
+        if host is not None and not _is_loopback(host):
+            raise socket.gaierror(
+                socket.EAI_NONAME, f"test network guard: refusing to resolve {host!r}"
+            )
+
+    def connect(self, address):
+        check_connect(self, address)
+        return real_connect(self, address)
+
+    def connect_ex(self, address):
+        check_connect(self, address)
+        return real_connect_ex(self, address)
+
+    def getaddrinfo(host, *args, **kwargs):
+        check_resolve(host)
+        return real_getaddrinfo(host, *args, **kwargs)
+
+    def gethostbyname(host):
+        check_resolve(host)
+        return real_gethostbyname(host)
+
+    def gethostbyname_ex(host):
+        check_resolve(host)
+        return real_gethostbyname_ex(host)
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    monkeypatch.setattr(socket.socket, "connect_ex", connect_ex)
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    monkeypatch.setattr(socket, "gethostbyname", gethostbyname)
+    monkeypatch.setattr(socket, "gethostbyname_ex", gethostbyname_ex)
+
+
+# --- Threaded servers --------------------------------------------------------------------------
+
+
+class _ThreadedServer:
+    """Mixin: serve from a thread, track daemon handler threads and join them all on stop."""
+
+    daemon_threads = True
+    block_on_close = False
+
+    def __init__(self, *args, **kwargs):
+        self._handler_threads = []
+        super().__init__(*args, **kwargs)
+
+    @property
+    def port(self):
+        """The loopback port this server listens on."""
+        return self.server_address[1]
+
+    def start(self):
+        """Start serving and return once the serving thread runs."""
+        ready = threading.Event()
+
+        def serve():
+            ready.set()
+            self.serve_forever(poll_interval=0.05)
+
+        self._serve_thread = threading.Thread(
+            target=serve, name=f"{type(self).__name__}:{self.port}", daemon=True
+        )
+        self._serve_thread.start()
+        if not ready.wait(JOIN_TIMEOUT):
+            raise RuntimeError(f"{type(self).__name__} did not start")
+        return self
+
+    def process_request(self, request, client_address):
+        """Handle one connection in its own tracked daemon thread."""
+        thread = threading.Thread(
+            target=self.process_request_thread, args=(request, client_address), daemon=True
+        )
+        self._handler_threads.append(thread)
+        thread.start()
+
+    def handle_error(self, request, client_address):
+        """Stay quiet about connections the client dropped; report anything else."""
+        if not isinstance(sys.exc_info()[1], OSError):
+            super().handle_error(request, client_address)
+
+    def stop(self):
+        """Stop serving, close the socket and join every thread."""
+        self.shutdown()
+        self.server_close()
+        self._serve_thread.join(JOIN_TIMEOUT)
+        for thread in self._handler_threads:
+            thread.join(JOIN_TIMEOUT)
+
+
+class _HTTPServer(_ThreadedServer, ThreadingHTTPServer):
+    """A loopback HTTP(S) server whose requests are answered by a fake service."""
+
+    def __init__(self, fake, ssl_context=None):
+        self.fake = fake
+        self.ssl_context = ssl_context
+        super().__init__(("127.0.0.1", 0), _FakeHandler)
+
+    def server_bind(self):
+        """Bind without HTTPServer's reverse DNS lookup of the address."""
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = self.server_address[:2]
+
+    def get_request(self):
+        """Accept a connection, wrapped for TLS when serving HTTPS (handshake in the handler)."""
+        conn, address = super().get_request()
+        if self.ssl_context is not None:
+            conn = self.ssl_context.wrap_socket(
+                conn, server_side=True, do_handshake_on_connect=False
+            )
+        return conn, address
+
+
+@dataclass
+class Recorded:
+    """One request as a fake received it (path includes any query string)."""
+
+    method: str
+    path: str
+    headers: dict
+    body: bytes
+    form: dict
+    json: object
+    query: dict
+    scheme: str
+
+    @property
+    def route(self):
+        """The path without its query string."""
+        return urlsplit(self.path).path
+
+
+@dataclass
+class _Reply:
+    """A canned HTTP response."""
+
+    status: int
+    body: bytes
+    headers: dict
+
+
+def _reply(status, body, headers=None):
+    """Build a reply: dict/list bodies as JSON, str/bytes as text/plain."""
+    if isinstance(body, (dict, list)):
+        data, content_type = json.dumps(body).encode(), "application/json"
+    elif isinstance(body, str):
+        data, content_type = body.encode(), "text/plain; charset=utf-8"
+    elif isinstance(body, bytes):
+        data, content_type = body, "text/plain"
+    else:
+        raise TypeError(f"unsupported reply body {body!r}")
+    return _Reply(status, data, {"Content-Type": content_type, **(headers or {})})
+
+
+def _oauth_error(status, error, description):
+    """Build an OAuth2 error reply."""
+    return _reply(status, {"error": error, "error_description": description})
+
+
+def _single_values(multi):
+    """Reduce parse_qs output to the first value of each field."""
+    return {name: values[0] for name, values in multi.items()}
+
+
+def _media_type(headers):
+    """Return the lower-cased media type of a Content-Type header, without parameters."""
+    return headers.get("content-type", "").split(";")[0].strip().lower()
+
+
+def _json_or_none(text):
+    """Parse JSON, or return None if it is not JSON."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None
+
+
+class _FakeHandler(BaseHTTPRequestHandler):
+    """Records each request on the fake, then sends its scripted or computed reply."""
+
+    protocol_version = "HTTP/1.1"
+    timeout = HANDLER_TIMEOUT
+
+    def setup(self):
+        """Do the TLS handshake here, in the connection's own thread."""
+        if isinstance(self.request, ssl.SSLSocket):
+            self.request.settimeout(self.timeout)
+            self.request.do_handshake()
+        super().setup()
+
+    def version_string(self):
+        """Identify as the service being faked."""
+        return self.server.fake.server_header
+
+    def log_message(self, *args):
+        """Stay quiet: requests are recorded on the fake instead."""
+
+    def do_GET(self):
+        """Record and answer a GET."""
+        self._dispatch()
+
+    def do_HEAD(self):
+        """Record and answer a HEAD."""
+        self._dispatch()
+
+    def do_POST(self):
+        """Record and answer a POST."""
+        self._dispatch()
+
+    def do_PUT(self):
+        """Record and answer a PUT."""
+        self._dispatch()
+
+    def do_PATCH(self):
+        """Record and answer a PATCH."""
+        self._dispatch()
+
+    def do_DELETE(self):
+        """Record and answer a DELETE."""
+        self._dispatch()
+
+    def _dispatch(self):
+        fake = self.server.fake
+        record = self._record(self._read_body())
+        fake.requests.append(record)
+        reply = fake.pop_scripted() or fake.respond(record)
+        if reply == HANG:
+            fake.released.wait()
+            self.close_connection = True
+        elif reply == RESET:
+            self._reset()
+        else:
+            self._send(reply, fake.response_headers)
+
+    def _read_body(self):
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            chunks = []
+            while size := int(self.rfile.readline().split(b";")[0], 16):
+                chunks.append(self.rfile.read(size))
+                self.rfile.readline()
+            while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                pass
+            return b"".join(chunks)
+        return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+
+    def _record(self, body):
+        url = urlsplit(self.path)
+        headers = {name.lower(): value for name, value in self.headers.items()}
+        text = body.decode("utf-8", "replace")
+        media_type = _media_type(headers)
+        return Recorded(
+            method=self.command,
+            path=self.path,
+            headers=headers,
+            body=body,
+            form=(
+                _single_values(parse_qs(text, keep_blank_values=True))
+                if media_type == FORM_URLENCODED
+                else {}
+            ),
+            json=_json_or_none(text) if media_type == "application/json" else None,
+            query=_single_values(parse_qs(url.query, keep_blank_values=True)),
+            scheme="https" if self.server.ssl_context is not None else "http",
+        )
+
+    def _send(self, reply, extra_headers):
+        self.send_response(reply.status)
+        headers = {**extra_headers, **reply.headers}
+        headers.update({"Content-Length": str(len(reply.body)), "Connection": "close"})
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(reply.body)
+
+    def _reset(self):
+        self.close_connection = True
+        _abort(self.connection)
+
+
+def _abort(sock):
+    """Close a socket with a TCP RST instead of a FIN."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+class _FakeService:
+    """Shared plumbing of the HTTP fakes: servers, request log, scripted replies, issued tokens."""
+
+    server_header = "Fake"
+    token_prefix = "fake"
+
+    def __init__(self):
+        self.requests: list[Recorded] = []
+        self.issued: dict[str, dict] = {}
+        self.expires_in = 3599
+        self.released = threading.Event()
+        self._lock = threading.Lock()
+        self._script = deque()
+        self._serial = itertools.count(1)
+        self._servers = []
+
+    def __enter__(self):
+        self.serve()
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+    @property
+    def port(self):
+        """The port of the plain-HTTP server."""
+        return self._servers[0].port
+
+    @property
+    def response_headers(self):
+        """Headers added to every response."""
+        return {}
+
+    def serve(self, ssl_context=None):
+        """Start one more server (HTTPS if given a context) sharing this fake's state."""
+        server = _HTTPServer(self, ssl_context).start()
+        self._servers.append(server)
+        return server
+
+    def close(self):
+        """Release hung requests and stop every server."""
+        self.released.set()
+        for server in self._servers:
+            server.stop()
+
+    def script(self, *responses):
+        """Queue replies for the next requests: (status, body[, headers]), "HANG" or "RESET"."""
+        replies = [self._scripted(response) for response in responses]
+        with self._lock:
+            self._script.extend(replies)
+
+    def pop_scripted(self):
+        """Take the next scripted reply, or None."""
+        with self._lock:
+            return self._script.popleft() if self._script else None
+
+    def is_live(self, token):
+        """Tell whether this fake issued the token and it has not expired."""
+        with self._lock:
+            entry = self.issued.get(token)
+        return entry is not None and entry["expiry"] > time.time()
+
+    def respond(self, record):
+        """Compute the reply to a request."""
+        raise NotImplementedError
+
+    def _issue(self, identity, **details):
+        with self._lock:
+            token = f"ya29.{self.token_prefix}-{next(self._serial)}-{secrets.token_hex(8)}"
+            self.issued[token] = {
+                "identity": identity,
+                "expiry": time.time() + self.expires_in,
+                **details,
+            }
+        return _reply(
+            200, {"access_token": token, "expires_in": self.expires_in, "token_type": "Bearer"}
+        )
+
+    @staticmethod
+    def _scripted(response):
+        if response in (HANG, RESET):
+            return response
+        if isinstance(response, tuple) and len(response) in (2, 3):
+            if isinstance(response[1], str) and response[1] in (HANG, RESET):
+                return response[1]
+            return _reply(*response)
+        raise TypeError(f"a scripted response is (status, body[, headers]), got {response!r}")
+
+
+# --- Fake Google OAuth2 token endpoint ---------------------------------------------------------
+
+
+class _InvalidGrantError(Exception):
+    """An assertion check failed; the message says which."""
+
+
+@dataclass(frozen=True)
+class _User:
+    client_id: str
+    client_secret: str
+    account: str
+
+
+_BASE64URL = re.compile(r"[A-Za-z0-9_-]+")
+_JWT_HEADER = {"typ": "JWT", "alg": "RS256"}
+_JWT_CLAIMS = frozenset({"iat", "exp", "iss", "aud", "scope"})
+_REFRESH_FIELDS = frozenset({"grant_type", "client_id", "client_secret", "refresh_token", "rapt"})
+
+
+class FakeGoogle(_FakeService):
+    """Google's OAuth2 token endpoint, strict about every grant it accepts."""
+
+    server_header = "ESF"
+
+    def __init__(self):
+        super().__init__()
+        self.expected_scope = CLOUD_PLATFORM
+        self.service_accounts: dict[str, tuple] = {}
+        self.users: dict[str, _User] = {}
+
+    @property
+    def token_url(self):
+        """The plain-HTTP token endpoint URL."""
+        return f"http://127.0.0.1:{self.port}/token"
+
+    @property
+    def token_requests(self):
+        """The recorded requests for /token."""
+        return [record for record in self.requests if record.path.startswith("/token")]
+
+    def add_service_account(self, email, public_key, kid=None):
+        """Accept JWTs from `email` signed by `public_key`, with header kid `kid` (or none)."""
+        self.service_accounts[email] = (public_key, kid)
+
+    def add_user(self, client_id, client_secret, refresh_token, account="user@example.com"):
+        """Accept `refresh_token` from the OAuth client (client_id, client_secret)."""
+        self.users[refresh_token] = _User(client_id, client_secret, account)
+
+    def respond(self, record):
+        """Answer token requests; anything else is a 404."""
+        host = record.headers.get("host", "").lower().removesuffix(":443")
+        if record.scheme == "https" and host != OAUTH_HOST:
+            return _reply(404, f"fake google serves only {OAUTH_HOST} over TLS, not {host!r}")
+        if record.route != "/token":
+            return _reply(404, f"fake google has nothing at {record.route}")
+        if record.method != "POST":
+            return _oauth_error(405, "invalid_request", f"{record.method} is not allowed")
+        if record.query:
+            return _oauth_error(400, "invalid_request", "the token endpoint takes no query")
+        if _media_type(record.headers) != FORM_URLENCODED:
+            return _oauth_error(400, "invalid_request", f"Content-Type must be {FORM_URLENCODED}")
+        try:
+            fields = parse_qs(record.body.decode(), keep_blank_values=True, strict_parsing=True)
+        except ValueError:
+            return _oauth_error(400, "invalid_request", "malformed form body")
+        repeated = sorted(name for name, values in fields.items() if len(values) > 1)
+        if repeated:
+            return _oauth_error(400, "invalid_request", f"repeated parameters {repeated}")
+        form = _single_values(fields)
+        grant_type = form.get("grant_type")
+        if grant_type == JWT_BEARER:
+            return self._jwt_bearer_grant(form)
+        if grant_type == "refresh_token":
+            return self._refresh_token_grant(form)
+        return _oauth_error(400, "unsupported_grant_type", f"Invalid grant_type: {grant_type}")
+
+    def _jwt_bearer_grant(self, form):
+        unexpected = sorted(set(form) - {"grant_type", "assertion"})
+        if unexpected:
+            return _oauth_error(400, "invalid_request", f"unexpected parameters {unexpected}")
+        try:
+            email = self._check_assertion(form.get("assertion", ""))
+        except _InvalidGrantError as exc:
+            return _oauth_error(400, "invalid_grant", str(exc))
+        return self._issue(email)
+
+    def _check_assertion(self, assertion):
+        segments = assertion.split(".")
+        if len(segments) != 3:
+            raise _InvalidGrantError("assertion is not three dot-separated segments")
+        header = _decode_segment(segments[0], "header")
+        claims = _decode_segment(segments[1], "claims")
+        signature = _base64url_decode(segments[2], "signature")
+        if {key: value for key, value in header.items() if key != "kid"} != _JWT_HEADER:
+            raise _InvalidGrantError(
+                f"header must be {_JWT_HEADER} plus optional kid, got {header}"
+            )
+        if set(claims) != _JWT_CLAIMS:
+            raise _InvalidGrantError(
+                f"claims must be exactly {sorted(_JWT_CLAIMS)}, got {sorted(claims)}"
+            )
+        email = claims["iss"]
+        if not isinstance(email, str) or email not in self.service_accounts:
+            raise _InvalidGrantError(f"iss {email!r} is not a registered service account")
+        public_key, kid = self.service_accounts[email]
+        if kid is None and "kid" in header:
+            raise _InvalidGrantError("header has a kid but the key was registered without one")
+        if "kid" in header and header["kid"] != kid:
+            raise _InvalidGrantError(f"header kid {header['kid']!r} is not the registered {kid!r}")
+        signed = f"{segments[0]}.{segments[1]}".encode("ascii")
+        try:
+            public_key.verify(signature, signed, padding.PKCS1v15(), hashes.SHA256())
+        except InvalidSignature:
+            raise _InvalidGrantError(
+                "RS256 signature does not verify with the registered key"
+            ) from None
+        if claims["aud"] != TOKEN_AUDIENCE:
+            raise _InvalidGrantError(f"aud must be {TOKEN_AUDIENCE!r}, got {claims['aud']!r}")
+        if claims["scope"] != self.expected_scope:
+            raise _InvalidGrantError(
+                f"scope must be {self.expected_scope!r}, got {claims['scope']!r}"
+            )
+        iat, exp = claims["iat"], claims["exp"]
+        if type(iat) is not int or type(exp) is not int:
+            raise _InvalidGrantError(f"iat and exp must be integers, got {iat!r} and {exp!r}")
+        if exp - iat != 3600:
+            raise _InvalidGrantError(f"exp - iat must be 3600, got {exp - iat}")
+        if abs(iat - time.time()) > 300:
+            raise _InvalidGrantError(f"iat {iat} is more than 300 s from now")
+        return email
+
+    def _refresh_token_grant(self, form):
+        if "scope" in form:
+            return _oauth_error(400, "invalid_request", "a refresh_token grant must not send scope")
+        unexpected = sorted(set(form) - _REFRESH_FIELDS)
+        if unexpected:
+            return _oauth_error(400, "invalid_request", f"unexpected parameters {unexpected}")
+        for name in ("client_id", "client_secret", "refresh_token"):
+            if not form.get(name):
+                return _oauth_error(400, "invalid_request", f"Missing required parameter: {name}")
+        secrets_by_client = {user.client_id: user.client_secret for user in self.users.values()}
+        if form["client_id"] not in secrets_by_client:
+            return _oauth_error(401, "invalid_client", "The OAuth client was not found.")
+        if form["client_secret"] != secrets_by_client[form["client_id"]]:
+            return _oauth_error(401, "invalid_client", "Unauthorized")
+        user = self.users.get(form["refresh_token"])
+        if user is None or user.client_id != form["client_id"]:
+            return _oauth_error(400, "invalid_grant", "Token has been expired or revoked.")
+        return self._issue(user.account)
+
+
+def _base64url_decode(segment, what):
+    """Decode unpadded base64url, or reject the assertion naming the segment."""
+    if not _BASE64URL.fullmatch(segment):
+        raise _InvalidGrantError(f"{what} is not unpadded base64url")
+    try:
+        return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+    except binascii.Error:
+        raise _InvalidGrantError(f"{what} is not valid base64url") from None
+
+
+def _decode_segment(segment, what):
+    """Decode a base64url JSON object segment of a JWT."""
+    try:
+        value = json.loads(_base64url_decode(segment, what))
+    except ValueError:
+        raise _InvalidGrantError(f"{what} is not JSON") from None
+    if not isinstance(value, dict):
+        raise _InvalidGrantError(f"{what} is not a JSON object")
+    return value
+
+
+@pytest.fixture
+def fake_google():
+    """A fake Google OAuth2 token endpoint at fake_google.token_url."""
+    with FakeGoogle() as fake:
+        yield fake
+
+
+# --- Fake GCE metadata server ------------------------------------------------------------------
+
+_SERVICE_ACCOUNTS = "/computeMetadata/v1/instance/service-accounts/"
+
+
+class FakeMetadata(_FakeService):
+    """The GCE metadata server, insisting on Metadata-Flavor: Google."""
+
+    server_header = "Metadata Server for VM"
+    token_prefix = "metadata"
+
+    def __init__(self):
+        super().__init__()
+        self.email = "vm-sa@proj.iam.gserviceaccount.com"
+        self.project_id = "proj"
+        self.no_service_account = False
+        self.google_flavor = True
+
+    @property
+    def host(self):
+        """The "127.0.0.1:<port>" value for GCE_METADATA_HOST."""
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def response_headers(self):
+        """Metadata-Flavor: Google on every response, unless posing as some other server."""
+        return {"Metadata-Flavor": "Google"} if self.google_flavor else {}
+
+    def respond(self, record):
+        """Answer the handful of metadata paths credential code uses."""
+        if "x-forwarded-for" in record.headers:
+            return _reply(403, "Request had an X-Forwarded-For header.")
+        if record.headers.get("metadata-flavor") != "Google":
+            return _reply(403, "Missing Metadata-Flavor:Google header.")
+        if record.method != "GET":
+            return _reply(405, f"{record.method} is not allowed")
+        if record.route == "/":
+            return _reply(200, "computeMetadata/\n")
+        if record.route == "/computeMetadata/v1/project/project-id":
+            return _reply(200, self.project_id)
+        if record.route.startswith(_SERVICE_ACCOUNTS) and not self.no_service_account:
+            return self._service_account(record)
+        return _reply(404, f"fake metadata has nothing at {record.route}")
+
+    def _service_account(self, record):
+        account, _, leaf = record.route[len(_SERVICE_ACCOUNTS) :].partition("/")
+        if account not in ("default", self.email):
+            return _reply(404, f"no service account {account!r}")
+        if record.route.endswith("/") and not leaf:
+            if record.query.get("recursive") == "true":
+                info = {"aliases": ["default"], "email": self.email, "scopes": [CLOUD_PLATFORM]}
+                return _reply(200, info)
+            return _reply(200, "aliases\nemail\nidentity\nscopes\ntoken\n")
+        if leaf == "email":
+            return _reply(200, self.email)
+        if leaf == "token":
+            unexpected = sorted(set(record.query) - {"scopes"})
+            if unexpected:
+                return _reply(400, f"unexpected query parameters {unexpected}")
+            return self._issue(self.email, scopes=record.query.get("scopes"))
+        return _reply(404, f"fake metadata has nothing at {record.route}")
+
+
+@pytest.fixture
+def fake_metadata(isolated_env, monkeypatch):
+    """A fake metadata server that GCE_METADATA_HOST and GCE_METADATA_IP point at."""
+    with FakeMetadata() as fake:
+        monkeypatch.setenv("GCE_METADATA_HOST", fake.host)
+        monkeypatch.setenv("GCE_METADATA_IP", fake.host)
+        yield fake
+
+
+# --- Fake gcloud -------------------------------------------------------------------------------
+
+_GCLOUD_SCRIPT = r'''"""Fake gcloud written by conftest.py, obeying gcloud.config.json beside it."""
+
+import fcntl
+import json
+import os
+import secrets
+import select
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ENV_KEYS = (
+    "CLOUDSDK_CORE_DISABLE_PROMPTS",
+    "CLOUDSDK_CONFIG",
+    "CLOUDSDK_ACTIVE_CONFIG_NAME",
+    "CLOUDSDK_CORE_ACCOUNT",
+)
+NO_ACCOUNT = (
+    "ERROR: (gcloud.config.config-helper) You do not currently have an active account selected.\n"
+)
+
+
+def beside(name):
+    return os.path.join(HERE, "gcloud." + name)
+
+
+def append(name, record):
+    with open(beside(name), "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def stdin_isatty():
+    try:
+        return os.isatty(0)
+    except OSError:
+        return False
+
+
+def read_stdin():
+    data = b""
+    try:
+        while select.select([0], [], [], 0.2)[0]:
+            chunk = os.read(0, 65536)
+            if not chunk:
+                break
+            data += chunk
+    except OSError:
+        pass
+    return data.decode("utf-8", "replace")
+
+
+def wait(seconds):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and not os.path.exists(beside("stop")):
+        time.sleep(0.05)
+
+
+def new_token():
+    with open(beside("counter"), "a+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        f.seek(0)
+        n = int(f.read() or 0) + 1
+        f.seek(0)
+        f.truncate()
+        f.write(str(n))
+    return "ya29.gcloud-%d-%s" % (n, secrets.token_hex(8))
+
+
+def config_helper(cfg, argv):
+    if argv[:2] != ["config", "config-helper"] or not any(
+        arg.startswith("--format=json") for arg in argv
+    ):
+        sys.stderr.write("ERROR: (gcloud) unsupported in fake\n")
+        return 2
+    token = cfg["token"] if "token" in cfg else new_token()
+    expiry = None if cfg.get("expiry_null") else time.time() + cfg.get("expires_in", 3599)
+    if token:
+        append("issued.jsonl", {"token": token, "expiry": expiry})
+    config_dir = os.environ.get("CLOUDSDK_CONFIG") or os.path.expanduser("~/.config/gcloud")
+    core = {"account": cfg.get("account", "user@example.com"), "project": "example-project"}
+    output = {
+        "configuration": {
+            "active_configuration": cfg.get("configuration", "default"),
+            "properties": {"core": core},
+        },
+        "credential": {
+            "access_token": token,
+            "id_token": None,
+            "token_expiry": None
+            if expiry is None
+            else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(expiry)),
+        },
+        "sentinels": {"config_sentinel": os.path.join(config_dir, "config_sentinel")},
+    }
+    print(json.dumps(output, indent=2))
+    return 0
+
+
+def main():
+    with open(beside("config.json")) as f:
+        cfg = json.load(f)
+    argv = sys.argv[1:]
+    append(
+        "calls.jsonl",
+        {
+            "argv": argv,
+            "env": {key: os.environ.get(key) for key in ENV_KEYS},
+            "stdin_isatty": stdin_isatty(),
+            "stdin_data": read_stdin(),
+            "pid": os.getpid(),
+        },
+    )
+    mode = cfg.get("mode", "ok")
+    if mode == "fail":
+        message = cfg.get("stderr", NO_ACCOUNT)
+        sys.stderr.write(message if message.endswith("\n") else message + "\n")
+        return cfg.get("exit", 1)
+    if mode == "junk":
+        print(cfg.get("stdout", "this is not json"))
+        return 0
+    if mode == "stderr_only":
+        sys.stderr.write("WARNING: fake gcloud has nothing to print on stdout\n")
+        return 0
+    if mode == "hang":
+        wait(3600)
+        return 1
+    if mode == "sleep":
+        wait(cfg["seconds"])
+    return config_helper(cfg, argv)
+
+
+sys.exit(main())
+'''
+
+
+class FakeGcloud:
+    """A `gcloud` executable in bin_dir whose behaviour the test configures."""
+
+    MODES = frozenset({"ok", "fail", "junk", "stderr_only", "hang", "sleep"})
+    SETTINGS = frozenset(
+        {
+            "mode",
+            "token",
+            "expires_in",
+            "expiry_null",
+            "account",
+            "configuration",
+            "stderr",
+            "exit",
+            "stdout",
+            "seconds",
+        }
+    )
+
+    def __init__(self, bin_dir):
+        self.path = bin_dir / "gcloud"
+        self.path.write_text(f"#!{sys.executable}\n{_GCLOUD_SCRIPT}")
+        self.path.chmod(0o755)
+        self.configure()
+
+    def configure(self, **settings):
+        """Replace the configuration; token="" or None is printed as given, not generated."""
+        unknown = sorted(set(settings) - self.SETTINGS)
+        if unknown:
+            raise TypeError(f"unknown fake gcloud settings {unknown}")
+        if settings.get("mode", "ok") not in self.MODES:
+            raise ValueError(f"unknown fake gcloud mode {settings['mode']!r}")
+        if settings.get("mode") == "sleep" and "seconds" not in settings:
+            raise TypeError("mode='sleep' needs seconds=")
+        staged = self._beside("config.json.new")
+        staged.write_text(json.dumps(settings))
+        staged.replace(self._beside("config.json"))
+
+    @property
+    def calls(self):
+        """Every run so far: argv, env, stdin_isatty, stdin_data, pid."""
+        return _read_json_lines(self._beside("calls.jsonl"))
+
+    @property
+    def issued(self):
+        """Tokens printed so far, mapped to their expiry (epoch seconds, or None)."""
+        return {
+            entry["token"]: entry["expiry"]
+            for entry in _read_json_lines(self._beside("issued.jsonl"))
+        }
+
+    def stop(self):
+        """Make hung runs exit, and kill any that are still running."""
+        self._beside("stop").touch()
+        for call in self.calls:
+            if _runs_script(call["pid"], self.path):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(call["pid"], signal.SIGKILL)
+
+    def _beside(self, name):
+        return self.path.with_name(f"gcloud.{name}")
+
+
+def _read_json_lines(path):
+    """Read a JSON-lines file, empty if it does not exist yet."""
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _runs_script(pid, script):
+    """Tell whether process `pid` is alive and running `script`."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return os.fsencode(script) in cmdline.split(b"\0")
+
+
+@pytest.fixture
+def fake_gcloud(bin_dir):
+    """A fake gcloud on PATH; configure() it, then inspect calls and issued."""
+    fake = FakeGcloud(bin_dir)
+    yield fake
+    fake.stop()
+
+
+# --- TLS and the CONNECT proxy -----------------------------------------------------------------
+
+
+class _ConnectProxy(_ThreadedServer, socketserver.ThreadingTCPServer):
+    """A CONNECT-only proxy that tunnels every target to one loopback port."""
+
+    def __init__(self, upstream_port):
+        self.upstream_port = upstream_port
+        self.connects: list[str] = []
+        self.rejected: list[str] = []
+        self.stopping = threading.Event()
+        super().__init__(("127.0.0.1", 0), _TunnelHandler)
+
+    def stop(self):
+        """End open tunnels, then stop serving."""
+        self.stopping.set()
+        super().stop()
+
+
+class _TunnelHandler(socketserver.BaseRequestHandler):
+    """Serves one proxy connection."""
+
+    def handle(self):
+        """Answer CONNECT with a tunnel to the upstream port; refuse anything else."""
+        client = self.request
+        client.settimeout(HANDLER_TIMEOUT)
+        head = _read_head(client)
+        if head is None:
+            return
+        request_line, rest = head
+        parts = request_line.split()
+        if len(parts) != 3 or parts[0] != "CONNECT":
+            self.server.rejected.append(request_line)
+            client.sendall(
+                b"HTTP/1.1 405 Method Not Allowed\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            )
+            return
+        host, _, port = parts[1].rpartition(":")
+        if not host or not port.isdigit():
+            self.server.rejected.append(request_line)
+            client.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+            return
+        self.server.connects.append(parts[1])
+        upstream = socket.create_connection(
+            ("127.0.0.1", self.server.upstream_port), timeout=HANDLER_TIMEOUT
+        )
+        with upstream:
+            client.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            if rest:
+                upstream.sendall(rest)
+            self._pipe(client, upstream)
+
+    def _pipe(self, client, upstream):
+        peers = {client: upstream, upstream: client}
+        with selectors.DefaultSelector() as selector:
+            for sock in peers:
+                selector.register(sock, selectors.EVENT_READ)
+            while not self.server.stopping.is_set():
+                for key, _ in selector.select(timeout=0.05):
+                    try:
+                        data = key.fileobj.recv(65536)
+                    except ConnectionResetError:
+                        _abort(peers[key.fileobj])
+                        return
+                    if not data:
+                        return
+                    peers[key.fileobj].sendall(data)
+
+
+def _read_head(sock):
+    """Read a request head; return (request line, bytes after the head) or None on EOF."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk or len(data) > 65536:
+            return None
+        data += chunk
+    head, _, rest = data.partition(b"\r\n\r\n")
+    return head.split(b"\r\n", 1)[0].decode("latin-1"), rest
+
+
+@dataclass
+class GoogleHTTPS:
+    """The fake Google reachable at its real https:// URLs through a CONNECT proxy."""
+
+    proxy_url: str
+    ca_file: Path
+    fake: FakeGoogle
+    tls_port: int
+    proxy: _ConnectProxy
+
+    @property
+    def connects(self):
+        """CONNECT targets ("host:port") the proxy tunnelled, in order."""
+        return self.proxy.connects
+
+    @property
+    def rejected(self):
+        """Request lines of non-CONNECT requests the proxy refused."""
+        return self.proxy.rejected
+
+
+@pytest.fixture(scope="session")
+def test_ca():
+    """A throwaway certificate authority for the whole session."""
+    return trustme.CA()
+
+
+@pytest.fixture(scope="session")
+def test_ca_file(test_ca, tmp_path_factory):
+    """The test CA's certificate as a PEM file."""
+    path = tmp_path_factory.mktemp("tls") / "test-ca.pem"
+    test_ca.cert_pem.write_to_path(str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def google_tls_context(test_ca):
+    """A server TLS context with a test-CA certificate for the Google hosts."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    test_ca.issue_cert(*TLS_HOSTS).configure_cert(context)
+    return context
+
+
+@pytest.fixture
+def google_https(fake_google, test_ca_file, google_tls_context, monkeypatch):
+    """Route https://oauth2.googleapis.com to fake_google via HTTPS_PROXY and SSL_CERT_FILE."""
+    tls_server = fake_google.serve(google_tls_context)
+    proxy = _ConnectProxy(tls_server.port).start()
+    proxy_url = f"http://127.0.0.1:{proxy.port}"
+    monkeypatch.setenv("HTTPS_PROXY", proxy_url)
+    monkeypatch.setenv("https_proxy", proxy_url)
+    monkeypatch.setenv("SSL_CERT_FILE", str(test_ca_file))
+    yield GoogleHTTPS(proxy_url, test_ca_file, fake_google, tls_server.port, proxy)
+    proxy.stop()
+
+
+# --- Keys and credential files -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RsaKey:
+    """An RSA key pair with its private key as PKCS#8 and PKCS#1 PEM."""
+
+    private_key: rsa.RSAPrivateKey
+    public_key: rsa.RSAPublicKey
+    pkcs8_pem: str
+    pkcs1_pem: str
+
+
+def _private_pem(key, private_format):
+    """Serialize a private key as unencrypted PEM text."""
+    return key.private_bytes(
+        serialization.Encoding.PEM, private_format, serialization.NoEncryption()
+    ).decode("ascii")
+
+
+@pytest.fixture(scope="session")
+def rsa_key():
+    """One RSA-2048 key pair for the session."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    return RsaKey(
+        private_key=key,
+        public_key=key.public_key(),
+        pkcs8_pem=_private_pem(key, serialization.PrivateFormat.PKCS8),
+        pkcs1_pem=_private_pem(key, serialization.PrivateFormat.TraditionalOpenSSL),
+    )
+
+
+def _merge(info, overrides):
+    """Apply overrides to a JSON dict; a None value removes the key."""
+    for key, value in overrides.items():
+        if value is None:
+            info.pop(key, None)
+        else:
+            info[key] = value
+    return info
+
+
+@pytest.fixture
+def sa_file(tmp_path, fake_google, rsa_key):
+    """Factory writing service_account key files that fake_google accepts."""
+    serial = itertools.count(1)
+
+    def make(
+        email="sa@proj.iam.gserviceaccount.com",
+        kid="key-id-1",
+        pem="pkcs8",
+        register=True,
+        **overrides,
+    ):
+        """Write a service-account JSON (pem: "pkcs8", "pkcs1" or literal text); return its path."""
+        info = {
+            "type": "service_account",
+            "project_id": "proj",
+            "private_key_id": kid,
+            "private_key": {"pkcs8": rsa_key.pkcs8_pem, "pkcs1": rsa_key.pkcs1_pem}.get(pem, pem),
+            "client_email": email,
+            "client_id": "1234",
+            "auth_uri": "https://accounts.google.com/o/oauth2/auth",
+            "token_uri": fake_google.token_url,
+            "auth_provider_x509_cert_url": "https://www.googleapis.com/oauth2/v1/certs",
+            "client_x509_cert_url": (
+                f"https://www.googleapis.com/robot/v1/metadata/x509/{quote(email)}"
+            ),
+            "universe_domain": "googleapis.com",
+        }
+        if kid is None:
+            del info["private_key_id"]
+        path = tmp_path / f"sa-{next(serial)}.json"
+        path.write_text(json.dumps(_merge(info, overrides), indent=2))
+        if register:
+            fake_google.add_service_account(email, rsa_key.public_key, kid)
+        return path
+
+    return make
+
+
+@pytest.fixture
+def user_file(tmp_path, fake_google):
+    """Factory writing authorized_user files (as gcloud does) that fake_google accepts."""
+    serial = itertools.count(1)
+
+    def make(
+        refresh_token="1//refresh-abc",
+        client_id="123.apps.googleusercontent.com",
+        client_secret="secret-xyz",
+        account="user@example.com",
+        register=True,
+        **overrides,
+    ):
+        """Write an authorized_user JSON; `account` is who fake_google issues tokens to."""
+        info = {
+            "account": "",
+            "client_id": client_id,
+            "client_secret": client_secret,
+            "quota_project_id": "proj",
+            "refresh_token": refresh_token,
+            "type": "authorized_user",
+            "universe_domain": "googleapis.com",
+        }
+        path = tmp_path / f"user-{next(serial)}.json"
+        path.write_text(json.dumps(_merge(info, overrides), indent=2))
+        if register:
+            fake_google.add_user(client_id, client_secret, refresh_token, account)
+        return path
+
+    return make
