@@ -525,6 +525,7 @@ class CredentialSource:
 
     kind = "credentials"
     account = ""
+    cacheable = True  # False for tokens that are already at hand: nothing to save
     content_hash = ""  # of the file it was read from, so an edited file is a new identity
 
     def __init__(self, origin: str) -> None:
@@ -549,6 +550,7 @@ class ExplicitToken(CredentialSource):
     """A token handed over in ``GOOGLE_OAUTH_ACCESS_TOKEN``."""
 
     kind = "access token"
+    cacheable = False
 
     def __init__(self, value: str) -> None:
         super().__init__("$GOOGLE_OAUTH_ACCESS_TOKEN")
@@ -722,6 +724,7 @@ class GcloudAccessTokenFile(CredentialSource):
     """A token file named by ``CLOUDSDK_AUTH_ACCESS_TOKEN_FILE``, as gcloud itself honours."""
 
     kind = "access token file"
+    cacheable = False
 
     def __init__(self, path: str) -> None:
         super().__init__(path)
@@ -995,24 +998,227 @@ DISCOVERY = (
 
 
 class TokenCache:
-    """Tokens by credential identity, handed out while they have MIN_TOKEN_LIFE left."""
+    """Tokens by credential identity, in memory and in a per-user directory on disk.
+
+    A token is handed out while it has MIN_TOKEN_LIFE left. The directory is shared
+    by every process of the user (pip's subprocess provider, uv, tox start many); a
+    file that is corrupt, foreign or unreadable is ignored and replaced, never an error.
+    """
 
     def __init__(self) -> None:
         self._entries: dict = {}  # identity -> (token, hand out until)
 
-    def get(self, identity: str) -> Token | None:
+    def get(self, identity: str, source: CredentialSource | None = None) -> Token | None:
         token, until = self._entries.get(identity, (None, 0.0))
-        return token if token is not None and _now() < until else None
+        if token is not None and _now() < until:
+            return token
+        if source is not None and source.cacheable:
+            token = self._read(identity)
+            if token is not None:
+                self._entries[identity] = (token, token.expiry - MIN_TOKEN_LIFE)
+                return token
+        return None
 
-    def put(self, identity: str, token: Token) -> None:
+    def put(self, identity: str, token: Token, source: CredentialSource | None = None) -> None:
         if token.expiry is None:
-            until = _now() + UNKNOWN_EXPIRY_LIFE
-        else:
-            until = token.expiry - MIN_TOKEN_LIFE
+            self._entries[identity] = (token, _now() + UNKNOWN_EXPIRY_LIFE)
+            return
+        until = token.expiry - MIN_TOKEN_LIFE
         self._entries[identity] = (token, until)
+        if source is not None and source.cacheable and until > _now():
+            self._write(identity, token)
 
     def clear(self) -> None:
         self._entries.clear()
+
+    def lock(self, identity: str, transport: Transport) -> _FileLock:
+        """Held while fetching, so that concurrent cold processes fetch once."""
+        directory = cache_dir(create=True)
+        path = None if directory is None else os.path.join(directory, _file_key(identity) + ".lock")
+        return _FileLock(path, transport.deadline)
+
+    def _read(self, identity: str) -> Token | None:
+        import json
+
+        directory = cache_dir()
+        if directory is None:
+            return None
+        path = os.path.join(directory, _file_key(identity) + ".json")
+        try:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        except OSError:
+            return None
+        try:
+            if not _private_file(fd):
+                _debug("ignoring cache file %s: not ours or readable by others", path)
+                return None
+            with os.fdopen(fd, "rb", closefd=False) as f:
+                data = json.loads(f.read(65536).decode("utf-8"))
+        except (OSError, ValueError):
+            _debug("ignoring unreadable cache file %s", path)
+            return None
+        finally:
+            os.close(fd)
+        if not (
+            isinstance(data, dict)
+            and data.get("key") == _file_key(identity, full=True)
+            and isinstance(data.get("token"), str)
+            and data["token"]
+            and isinstance(data.get("expiry"), (int, float))
+        ):
+            return None
+        token = Token(data["token"], float(data["expiry"]), str(data.get("source", "")))
+        left = token.seconds_left()
+        if left is None or left < MIN_TOKEN_LIFE:
+            return None
+        _debug("token from the disk cache (%.0f min left)", left / 60)
+        return token
+
+    def _write(self, identity: str, token: Token) -> None:
+        directory = cache_dir(create=True)
+        if directory is None:
+            return
+        record = {
+            "key": _file_key(identity, full=True),
+            "token": token.value,
+            "expiry": token.expiry,
+            "source": token.source,
+        }
+        path = os.path.join(directory, _file_key(identity) + ".json")
+        try:
+            _write_private_file(path, _json_compact(record))
+        except OSError as exc:
+            _debug("cannot write the token cache in %s: %s", directory, exc.strerror or exc)
+
+
+def cache_dir(create: bool = False) -> str | None:
+    """This user's token cache directory, or None when caching is off or impossible."""
+    if os.environ.get("ARTIFACTREGISTRY_GAUTH_NO_CACHE", "") not in ("", "0"):
+        return None
+    directory = os.environ.get("ARTIFACTREGISTRY_GAUTH_CACHE_DIR") or _default_cache_dir()
+    if create:
+        try:
+            os.makedirs(directory, mode=0o700, exist_ok=True)
+        except OSError:
+            return None
+    try:
+        info = os.stat(directory)
+    except OSError:
+        return None
+    if hasattr(os, "getuid") and info.st_uid != os.getuid():
+        _debug("not using cache directory %s: it belongs to another user", directory)
+        return None
+    return directory
+
+
+def _default_cache_dir() -> str:
+    if os.name == "nt":
+        base = os.environ.get("LOCALAPPDATA") or os.path.expanduser("~\\AppData\\Local")
+        return os.path.join(base, "artifactregistry-gauth", "Cache")
+    if sys.platform == "darwin":
+        return os.path.expanduser("~/Library/Caches/artifactregistry-gauth")
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+    return os.path.join(base, "artifactregistry-gauth")
+
+
+def _file_key(identity: str, full: bool = False) -> str:
+    """A file name for an identity: its hash, so names reveal nothing about it."""
+    import hashlib
+
+    digest = hashlib.sha256(f"artifactregistry-gauth/1\0{identity}".encode()).hexdigest()
+    return digest if full else digest[:32]
+
+
+def _private_file(fd: int) -> bool:
+    """True if the open file is ours and nobody else can read or write it."""
+    if not hasattr(os, "getuid"):
+        return True
+    info = os.fstat(fd)
+    return info.st_uid == os.getuid() and not info.st_mode & 0o077
+
+
+def _write_private_file(path: str, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically, mode 0600, replacing whatever was there."""
+    import secrets
+
+    temporary = f"{path}.{secrets.token_hex(4)}.tmp"
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(temporary, path)
+    except OSError:
+        try:
+            os.unlink(temporary)
+        except OSError:
+            pass
+        raise
+
+
+class _FileLock:
+    """An exclusive lock on a file, given up on at a deadline (then we go on unlocked)."""
+
+    def __init__(self, path: str | None, deadline: float) -> None:
+        self.path = path
+        self.deadline = deadline
+        self.fd: int | None = None
+
+    def __enter__(self) -> _FileLock:
+        if self.path is None:
+            return self
+        import time
+
+        try:
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError:
+            return self
+        while not _try_lock(self.fd):
+            if _monotonic() >= self.deadline - 1.0:
+                _debug("token cache lock still held by another process; fetching anyway")
+                os.close(self.fd)
+                self.fd = None
+                break
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.fd is not None:
+            _unlock(self.fd)
+            os.close(self.fd)
+            self.fd = None
+
+
+def _try_lock(fd: int) -> bool:
+    try:
+        if os.name == "nt":
+            import msvcrt
+
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+        else:
+            import fcntl
+
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        import errno
+
+        if exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK, errno.EDEADLK):
+            return False
+        return True  # locking unsupported here (some network filesystems): go on unlocked
+    return True
+
+
+def _unlock(fd: int) -> None:
+    try:
+        if os.name == "nt":
+            import msvcrt
+
+            msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
+        else:
+            import fcntl
+
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    except OSError:
+        pass
 
 
 _CACHE = TokenCache()
@@ -1020,7 +1226,7 @@ _LAST_FAILURE: list = []  # [(monotonic time, message)]
 
 
 def _forget_tokens() -> None:
-    """Forget cached tokens and failures (tests, and after a login)."""
+    """Forget the tokens and failures this process remembers (the disk cache stays)."""
     _CACHE.clear()
     _LAST_FAILURE.clear()
 
@@ -1035,23 +1241,37 @@ def lookup(transport: Transport | None = None) -> Token:
     for step in DISCOVERY:
         try:
             source = step()
-            cached = _CACHE.get(source.identity)
-            if cached is not None:
-                _debug("using cached token from %s", source.describe())
-                return cached
-            started = _monotonic()
-            token = source.fetch(transport)
+            token = _cached_or_fetched(source, transport)
         except NotApplicable as exc:
             _debug("skipped: %s", exc)
             skipped.append(str(exc))
             continue
-        _debug("got a token from %s in %.0f ms", source.describe(), 1000 * (_monotonic() - started))
-        _CACHE.put(source.identity, token)
         return token
     raise CredentialError(
         "no Google credentials found (" + "; ".join(skipped) + "); " + LOGIN_HINT + ", or set "
         "GOOGLE_APPLICATION_CREDENTIALS to a service account key file"
     )
+
+
+def _cached_or_fetched(source: CredentialSource, transport: Transport) -> Token:
+    identity = source.identity
+    token = _CACHE.get(identity, source)
+    if token is not None:
+        _debug("using a cached token from %s", source.describe())
+        return token
+    with _CACHE.lock(identity, transport) if source.cacheable else _NO_LOCK:
+        token = _CACHE.get(identity, source)  # another process may have just fetched it
+        if token is not None:
+            _debug("using a token another process just fetched from %s", source.describe())
+            return token
+        started = _monotonic()
+        token = source.fetch(transport)
+        _debug("got a token from %s in %.0f ms", source.describe(), 1000 * (_monotonic() - started))
+        _CACHE.put(identity, token, source)
+    return token
+
+
+_NO_LOCK = _FileLock(None, 0.0)
 
 
 def get_token() -> str:

@@ -424,6 +424,8 @@ class _FakeHandler(BaseHTTPRequestHandler):
         fake = self.server.fake
         record = self._record(self._read_body())
         fake.requests.append(record)
+        if fake.delay:
+            fake.released.wait(fake.delay)
         reply = fake.pop_scripted() or fake.respond(record)
         if reply == HANG:
             fake.released.wait()
@@ -495,6 +497,7 @@ class _FakeService:
         self.requests: list[Recorded] = []
         self.issued: dict[str, dict] = {}
         self.expires_in = 3599
+        self.delay = 0.0  # seconds to wait before answering, to widen races
         self.released = threading.Event()
         self._lock = threading.Lock()
         self._script = deque()
