@@ -986,11 +986,11 @@ def _gcloud() -> CredentialSource:
 
 
 DISCOVERY = (
-    _explicit_token,
-    _explicit_adc_file,
-    _well_known_adc_file,
-    _metadata_server,
-    _gcloud,
+    ("GOOGLE_OAUTH_ACCESS_TOKEN", _explicit_token),
+    ("GOOGLE_APPLICATION_CREDENTIALS", _explicit_adc_file),
+    ("gcloud ADC file", _well_known_adc_file),
+    ("metadata server", _metadata_server),
+    ("gcloud", _gcloud),
 )
 
 
@@ -1231,21 +1231,27 @@ def _forget_tokens() -> None:
     _LAST_FAILURE.clear()
 
 
-def lookup(transport: Transport | None = None) -> Token:
+def lookup(transport: Transport | None = None, report: list | None = None) -> Token:
     """Find credentials in the documented order and return a live token.
 
-    Raises CredentialError with one line saying what was tried and what to do.
+    Raises CredentialError with one line saying what was tried and what to do. With
+    ``report``, appends what each source said (for ``doctor``).
     """
     transport = transport or Transport()
     skipped = []
-    for step in DISCOVERY:
+    for label, step in DISCOVERY:
         try:
             source = step()
-            token = _cached_or_fetched(source, transport)
+            token, how = _cached_or_fetched(source, transport)
         except NotApplicable as exc:
             _debug("skipped: %s", exc)
             skipped.append(str(exc))
+            _note(report, label, "skipped", str(exc))
             continue
+        except CredentialError as exc:
+            _note(report, label, "failed", str(exc))
+            raise
+        _note(report, label, "answered", source.describe(), token=token, how=how)
         return token
     raise CredentialError(
         "no Google credentials found (" + "; ".join(skipped) + "); " + LOGIN_HINT + ", or set "
@@ -1253,22 +1259,28 @@ def lookup(transport: Transport | None = None) -> Token:
     )
 
 
-def _cached_or_fetched(source: CredentialSource, transport: Transport) -> Token:
+def _note(report: list | None, label: str, status: str, detail: str, **extra: object) -> None:
+    if report is not None:
+        report.append(dict(source=label, status=status, detail=detail, **extra))
+
+
+def _cached_or_fetched(source: CredentialSource, transport: Transport) -> tuple[Token, str]:
+    """The source's token and where it came from: memory, disk or a fetch."""
     identity = source.identity
     token = _CACHE.get(identity, source)
     if token is not None:
         _debug("using a cached token from %s", source.describe())
-        return token
+        return token, "cache"
     with _CACHE.lock(identity, transport) if source.cacheable else _NO_LOCK:
         token = _CACHE.get(identity, source)  # another process may have just fetched it
         if token is not None:
             _debug("using a token another process just fetched from %s", source.describe())
-            return token
+            return token, "cache"
         started = _monotonic()
         token = source.fetch(transport)
         _debug("got a token from %s in %.0f ms", source.describe(), 1000 * (_monotonic() - started))
         _CACHE.put(identity, token, source)
-    return token
+    return token, "fetched"
 
 
 _NO_LOCK = _FileLock(None, 0.0)
@@ -1389,12 +1401,19 @@ def __getattr__(name: str) -> object:
 
 # --- command line -------------------------------------------------------------------------
 
+PROG = "artifactregistry-gauth"
+
 _EPILOG = """\
 examples:
+  artifactregistry-gauth doctor
   artifactregistry-gauth token
   UV_INDEX_PRIVATE_PASSWORD=$(artifactregistry-gauth token) uv pip install mypkg
-  curl -u oauth2accesstoken:$(artifactregistry-gauth token) \\
-      https://us-python.pkg.dev/PROJECT/REPO/simple/
+  artifactregistry-gauth get https://us-python.pkg.dev/PROJECT/REPO/simple/ oauth2accesstoken
+  artifactregistry-gauth print-settings --location us --project PROJECT --repository REPO
+  ln -s "$(command -v artifactregistry-gauth)" ~/.local/bin/keyring   # a keyring for pip/uv
+
+`get` takes keyring's arguments, so a link to this program named `keyring` serves pip's
+and uv's --keyring-provider subprocess without the keyring package.
 """
 
 
@@ -1402,7 +1421,7 @@ def _parser():
     import argparse
 
     parser = argparse.ArgumentParser(
-        prog="artifactregistry-gauth",
+        prog=PROG,
         description="Google access tokens for Artifact Registry Python repositories.",
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -1411,24 +1430,430 @@ def _parser():
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging on stderr")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
-    commands.add_parser("token", help="print an access token")
+    token = commands.add_parser("token", help="print an access token and nothing else")
+    token.add_argument("--url", help="the repository URL the token is for (checked, optional)")
+    commands.add_parser(
+        "get",
+        help="keyring-compatible: get [--mode password|creds] [--output plain|json] SERVICE [USER]",
+        add_help=False,
+    )
+    doctor = commands.add_parser("doctor", help="say where this machine stands, and what to fix")
+    doctor.add_argument("--json", action="store_true", help="machine-readable output")
+    settings = commands.add_parser(
+        "print-settings", help="print pip, twine, uv, poetry and tox settings for a repository"
+    )
+    settings.add_argument("--location", required=True, help="e.g. us, europe-west1")
+    settings.add_argument("--project", required=True, help="Google Cloud project id")
+    settings.add_argument("--repository", required=True, help="Artifact Registry repository")
+    settings.add_argument(
+        "--tool", choices=("pip", "twine", "uv", "poetry", "tox", "all"), default="all"
+    )
+    return parser
+
+
+def _keyring_parser(prog: str):
+    """keyring's own command line (keyring/cli.py), of which we serve `get`."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog=prog)
+    parser.add_argument("-p", "--keyring-path", dest="keyring_path")
+    parser.add_argument("-b", "--keyring-backend", dest="keyring_backend")
+    parser.add_argument("--list-backends", action="store_true")
+    parser.add_argument("--disable", action="store_true")
+    parser.add_argument("--mode", choices=("password", "creds"), default="password")
+    parser.add_argument("--output", choices=("plain", "json"), default="plain")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging on stderr")
+    parser.add_argument("operation", choices=("get", "set", "del", "diagnose"), nargs="?")
+    parser.add_argument("service", nargs="?")
+    parser.add_argument("username", nargs="?")
     return parser
 
 
 def main(argv: list | None = None) -> int:
-    """The ``artifactregistry-gauth`` command."""
+    """The ``artifactregistry-gauth`` command (and ``keyring get`` when named keyring)."""
+    if argv is None:
+        argv = sys.argv[1:]
+    invoked_as = os.path.splitext(os.path.basename(sys.argv[0] or ""))[0]
+    if invoked_as == "keyring":
+        return _keyring_main(argv, "keyring")
+    if _first_word(argv) == "get":
+        return _keyring_main(argv, PROG)
     args = _parser().parse_args(argv)
     if args.verbose:
         os.environ["ARTIFACTREGISTRY_GAUTH_DEBUG"] = "1"
     if args.command == "token":
-        try:
-            token = get_token()
-        except CredentialError as exc:
-            sys.stderr.write(f"artifactregistry-gauth: {exc}\n")
-            return 1
-        sys.stdout.write(token + "\n")
+        return _token_command(args.url)
+    if args.command == "doctor":
+        return _doctor_command(args.json)
+    sys.stdout.write(print_settings(args.location, args.project, args.repository, args.tool))
+    return 0
+
+
+def _first_word(argv: list) -> str | None:
+    """The first argument that is not an option (nor an option's value)."""
+    takes_value = {"-p", "--keyring-path", "-b", "--keyring-backend", "--mode", "--output"}
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in takes_value:
+            skip = True
+        elif not arg.startswith("-"):
+            return arg
+    return None
+
+
+def _token_command(url: str | None) -> int:
+    if url is not None and not is_registry_service(url):
+        sys.stderr.write(
+            f"{PROG}: {url} is not an Artifact Registry URL (https://*.pkg.dev/...); "
+            "add its host to ARTIFACTREGISTRY_GAUTH_HOSTS if it fronts one\n"
+        )
+        return 2
+    try:
+        token = get_token()
+    except CredentialError as exc:
+        sys.stderr.write(f"{PROG}: {exc}\n")
+        return 1
+    sys.stdout.write(token + "\n")
+    return 0
+
+
+def _keyring_main(argv: list, prog: str) -> int:
+    """Answer keyring's `get` exactly as `keyring get` with this backend would."""
+    parser = _keyring_parser(prog)
+    args = parser.parse_args(argv)
+    if args.verbose:
+        os.environ["ARTIFACTREGISTRY_GAUTH_DEBUG"] = "1"
+    if args.list_backends:
+        sys.stdout.write("artifactregistry_gauth.GooglePyPIAuth (priority: 9)\n")
         return 0
-    return 2  # pragma: no cover - argparse rejects unknown commands
+    if args.disable or args.operation != "get":
+        what = "--disable" if args.disable else args.operation or "no operation"
+        parser.error(
+            f"only get (and --list-backends) is supported by {PROG}, not {what}; "
+            "install the keyring package for the others"
+        )
+    if args.service is None or (args.mode == "password" and args.username is None):
+        required = "service" if args.mode == "creds" else "service and username"
+        parser.error(f"get requires {required}")
+    if not answers_for(args.service, args.username):
+        return 1
+    try:
+        token = get_token()
+    except CredentialError as exc:
+        sys.stderr.write(f"{PROG}: {exc}\n")
+        return 1
+    if args.mode == "creds":
+        fields = {"username": USERNAME, "password": token}
+    else:
+        fields = {"password": token}
+    if args.output == "json":
+        import json
+
+        sys.stdout.write(json.dumps(fields) + "\n")
+    else:
+        sys.stdout.write("".join(value + "\n" for value in fields.values()))
+    return 0
+
+
+# --- print-settings ---------------------------------------------------------------------------
+
+
+def print_settings(location: str, project: str, repository: str, tool: str = "all") -> str:
+    """Configuration snippets for one repository, offline (no API call)."""
+    host = f"{location}-python.pkg.dev"
+    upload = f"https://{host}/{project}/{repository}/"
+    index = f"{upload}simple/"
+    user_index = f"https://{USERNAME}@{host}/{project}/{repository}/simple/"
+    name = repository.upper().replace("-", "_").replace(".", "_")
+    snippets = {
+        "pip": f"""\
+# pip: pip.conf (`pip config edit`), with keyring and artifactregistry-gauth installed
+# beside pip (--keyring-provider import, pip's default when keyring is importable).
+[global]
+extra-index-url = {index}
+
+# For pip's subprocess provider (keyring installed with pipx), the URL must carry the
+# username, and pip needs --keyring-provider subprocess:
+[global]
+keyring-provider = subprocess
+extra-index-url = {user_index}
+""",
+        "twine": f"""\
+# twine: ~/.pypirc; keyring supplies the username and the password.
+[distutils]
+index-servers =
+    {repository}
+
+[{repository}]
+repository = {upload}
+username = {USERNAME}
+""",
+        "uv": f"""\
+# uv: pyproject.toml (or uv.toml without the tool.uv prefix)
+[[tool.uv.index]]
+name = "{repository}"
+url = "{index}"
+publish-url = "{upload}"
+
+# uv asks keyring only when it knows the username, which must be {USERNAME}:
+export UV_KEYRING_PROVIDER=subprocess
+export UV_INDEX_{name}_USERNAME={USERNAME}
+# publishing: uv publish --index {repository} --username {USERNAME} --keyring-provider subprocess
+# without keyring: export UV_INDEX_{name}_PASSWORD="$(artifactregistry-gauth token)"
+""",
+        "poetry": f"""\
+# poetry: install the backend where poetry runs, then add the source.
+poetry self add artifactregistry-gauth
+poetry source add --priority=supplemental {repository} {index}
+poetry config repositories.{repository} {upload}
+poetry config http-basic.{repository} {USERNAME}   # username only; keyring gives the token
+poetry publish --repository {repository}
+""",
+        "tox": f"""\
+# tox: tox.ini; tox installs the backend into its own environment first.
+[tox]
+requires = artifactregistry-gauth
+
+[testenv]
+setenv =
+    PIP_EXTRA_INDEX_URL = {index}
+""",
+    }
+    chosen = snippets if tool == "all" else {tool: snippets[tool]}
+    return "\n".join(chosen.values())
+
+
+# --- doctor -----------------------------------------------------------------------------------
+
+
+def _doctor_command(as_json: bool) -> int:
+    report = diagnose()
+    if as_json:
+        import json
+
+        sys.stdout.write(json.dumps(report, indent=2) + "\n")
+    else:
+        sys.stdout.write(_format_report(report))
+    return 0 if report["token"]["ok"] else 1
+
+
+def diagnose() -> dict:
+    """Everything `doctor` says, as data: never a token or another secret."""
+    steps: list = []
+    token_info: dict = {"ok": False}
+    try:
+        token = lookup(report=steps)
+    except CredentialError as exc:
+        token_info["error"] = str(exc)
+    else:
+        left = token.seconds_left()
+        token_info.update(
+            ok=True,
+            source=token.source,
+            expires_in_minutes=None if left is None else int(left // 60),
+        )
+    answered = {step["source"] for step in steps}
+    for label, _ in DISCOVERY:
+        if label not in answered:
+            steps.append(
+                {"source": label, "status": "not consulted", "detail": "an earlier source decided"}
+            )
+    for step in steps:
+        step.pop("token", None)
+    return {
+        "version": __version__,
+        "python": sys.version.split()[0],
+        "sources": steps,
+        "token": token_info,
+        "cache": _cache_report(),
+        "keyring": _keyring_report(),
+        "keyring_executable": _keyring_executable_report(),
+        "index_urls": _index_url_report(),
+    }
+
+
+def _cache_report() -> dict:
+    if os.environ.get("ARTIFACTREGISTRY_GAUTH_NO_CACHE", "") not in ("", "0"):
+        return {"state": "off (ARTIFACTREGISTRY_GAUTH_NO_CACHE)"}
+    directory = os.environ.get("ARTIFACTREGISTRY_GAUTH_CACHE_DIR") or _default_cache_dir()
+    usable = cache_dir()
+    if usable is None:
+        state = "absent" if not os.path.exists(directory) else "unusable (not a directory of ours)"
+        return {"directory": directory, "state": state}
+    entries = [name for name in os.listdir(usable) if name.endswith(".json")]
+    return {"directory": directory, "state": "on", "entries": len(entries)}
+
+
+def _keyring_report() -> dict:
+    try:
+        import keyring
+        import keyring.backend
+    except ImportError:
+        return {"importable": False, "detail": "keyring is not installed in this Python"}
+    try:
+        backends = [str(b) for b in keyring.backend.get_all_keyring()]
+        chosen = keyring.get_keyring()
+    except Exception as exc:  # keyringrc.cfg can make keyring raise anything at all
+        return {"importable": True, "lists_backend": False, "error": f"keyring fails: {exc}"}
+    listed = any(b.startswith("artifactregistry_gauth.GooglePyPIAuth") for b in backends)
+    return {
+        "importable": True,
+        "version": getattr(keyring, "__version__", "") or _distribution_version("keyring"),
+        "lists_backend": listed,
+        "chosen": str(chosen),
+        "python": sys.executable,
+    }
+
+
+def _distribution_version(name: str) -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return ""
+
+
+def _keyring_executable_report() -> dict:
+    """The `keyring` that pip's and uv's subprocess providers would run, and what it sees."""
+    import shutil
+    import subprocess
+
+    executable = shutil.which("keyring")
+    if executable is None:
+        return {"path": None, "detail": "no keyring on PATH: subprocess providers are off"}
+    try:
+        done = subprocess.run(
+            [executable, "--list-backends"],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=15,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return {"path": executable, "sees_backend": False, "detail": f"cannot run it ({exc})"}
+    sees = b"GooglePyPIAuth" in done.stdout
+    return {"path": executable, "sees_backend": sees}
+
+
+_URL_PATTERN = r"https?://[^\s\"'<>\]]*?pkg\.dev[^\s\"'<>\]]*"
+
+
+def _index_url_report() -> list:
+    """pkg.dev URLs in pip, uv and twine configuration, and whether keyring will be asked."""
+    import re
+
+    found = []
+    for name in ("PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "UV_INDEX_URL", "UV_EXTRA_INDEX_URL"):
+        for url in re.findall(_URL_PATTERN, os.environ.get(name, "")):
+            found.append(_judge_url(url, f"${name}", name.split("_")[0].lower()))
+    for path, tool in _config_files():
+        try:
+            with open(path, encoding="utf-8") as f:
+                text = f.read(1 << 20)
+        except (OSError, UnicodeDecodeError):
+            continue
+        for url in re.findall(_URL_PATTERN, text):
+            found.append(_judge_url(url, path, tool, text))
+    return found
+
+
+def _config_files() -> list:
+    home = os.path.expanduser("~")
+    config = os.environ.get("XDG_CONFIG_HOME") or os.path.join(home, ".config")
+    candidates = [
+        (os.environ.get("PIP_CONFIG_FILE", ""), "pip"),
+        (os.path.join(config, "pip", "pip.conf"), "pip"),
+        (os.path.join(home, ".pip", "pip.conf"), "pip"),
+        (os.path.join(sys.prefix, "pip.conf"), "pip"),
+        ("/etc/pip.conf", "pip"),
+        (os.path.join(config, "uv", "uv.toml"), "uv"),
+        ("uv.toml", "uv"),
+        ("pyproject.toml", "uv"),
+        (os.path.join(home, ".pypirc"), "twine"),
+    ]
+    if os.name == "nt":
+        appdata = os.environ.get("APPDATA", "")
+        candidates.append((os.path.join(appdata, "pip", "pip.ini"), "pip"))
+        candidates.append((os.path.join(appdata, "uv", "uv.toml"), "uv"))
+    return [(path, tool) for path, tool in candidates if path and os.path.isfile(path)]
+
+
+def _judge_url(url: str, where: str, tool: str, text: str = "") -> dict:
+    has_user = f"//{USERNAME}@" in url
+    has_secret = "@" in url.split("//", 1)[-1].split("/", 1)[0] and not has_user
+    shown = url if not has_secret else "https://***@" + url.split("@", 1)[1]
+    if has_secret:
+        verdict = "carries its own credentials in the URL: keyring is never asked"
+    elif tool == "uv":
+        if has_user or "authenticate" in text or os.environ.get("UV_KEYRING_PROVIDER"):
+            verdict = "uv asks keyring if UV_KEYRING_PROVIDER=subprocess and the username is known"
+        else:
+            verdict = (
+                f"uv will not ask keyring: put {USERNAME}@ in the URL or set "
+                f"UV_INDEX_<NAME>_USERNAME={USERNAME}, and UV_KEYRING_PROVIDER=subprocess"
+            )
+    elif tool == "twine":
+        verdict = "twine asks keyring for the password (and the username if none is set)"
+    elif has_user:
+        verdict = "pip asks keyring (import or subprocess provider)"
+    else:
+        verdict = (
+            "pip asks keyring with --keyring-provider import (or auto); for subprocess mode "
+            f"before pip 26.2 put {USERNAME}@ in the URL"
+        )
+    return {"url": shown, "where": where, "tool": tool, "verdict": verdict}
+
+
+def _format_report(report: dict) -> str:
+    lines = [f"{PROG} {report['version']} on Python {report['python']}", "", "Credentials:"]
+    marks = {"answered": "✔", "failed": "✘", "skipped": "-", "not consulted": " "}
+    for step in report["sources"]:
+        mark = marks.get(step["status"], "?")
+        lines.append(f"  {mark} {step['source']}: {step['status']}: {step['detail']}")
+        if step.get("how"):
+            lines[-1] += f" ({'from the cache' if step['how'] == 'cache' else 'fetched now'})"
+    token = report["token"]
+    if token["ok"]:
+        left = token["expires_in_minutes"]
+        life = "unknown expiry" if left is None else f"expires in {left} min"
+        lines.append(f"  token: OK from {token['source']}, {life}")
+    else:
+        lines.append(f"  token: NONE: {token['error']}")
+    cache = report["cache"]
+    lines += [
+        "",
+        f"Token cache: {cache['state']}"
+        + (f" in {cache['directory']}" if cache.get("directory") else ""),
+    ]
+    if "entries" in cache:
+        lines[-1] += f" ({cache['entries']} tokens)"
+    ring = report["keyring"]
+    lines += ["", "keyring:"]
+    if not ring["importable"]:
+        lines.append(f"  not importable from {sys.executable}: pip's import provider is off")
+    else:
+        seen = "lists GooglePyPIAuth" if ring["lists_backend"] else "does NOT list GooglePyPIAuth"
+        if "error" in ring:
+            lines.append(f"  {ring['error']}")
+        else:
+            lines.append(f"  keyring {ring['version']} in {ring['python']}: {seen}")
+            lines.append(f"  it would use: {ring['chosen']}")
+    exe = report["keyring_executable"]
+    if exe["path"] is None:
+        lines.append(f"  {exe['detail']}")
+    else:
+        sees = "sees GooglePyPIAuth" if exe.get("sees_backend") else "does NOT see GooglePyPIAuth"
+        lines.append(f"  `keyring` on PATH (pip/uv subprocess providers): {exe['path']}: {sees}")
+    lines += ["", "Artifact Registry URLs in configuration:"]
+    for entry in report["index_urls"] or []:
+        lines.append(f"  {entry['url']} ({entry['where']}): {entry['verdict']}")
+    if not report["index_urls"]:
+        lines.append(
+            "  none found (pip.conf, PIP_*/UV_* variables, uv.toml, pyproject.toml, .pypirc)"
+        )
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":
