@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time  # built in: loaded with the interpreter, free to import
 
 __version__ = "0.1.0"
 __all__ = ["CredentialError", "GooglePyPIAuth", "Token", "get_token", "lookup", "main"]  # noqa: F822 - built on first access
@@ -70,14 +71,10 @@ class Token:
 
 
 def _now() -> float:
-    import time
-
     return time.time()
 
 
 def _monotonic() -> float:
-    import time
-
     return time.monotonic()
 
 
@@ -197,7 +194,6 @@ class Transport:
             if attempt == attempts:
                 break
             import random
-            import time
 
             wait = max(wait, 0.5 * 2 ** (attempt - 1) * random.uniform(0.9, 1.1))  # noqa: S311
             if wait >= self.deadline - _monotonic():
@@ -366,7 +362,6 @@ def _expiry_from(expires_in: object) -> float | None:
 def _parse_rfc3339(text: str) -> float:
     """Seconds since the epoch for ``2024-05-01T12:00:00Z`` (fractional seconds allowed)."""
     import calendar
-    import time
 
     main_part, _, _ = text.rstrip("Z").partition(".")
     return float(calendar.timegm(time.strptime(main_part, "%Y-%m-%dT%H:%M:%S")))
@@ -1166,8 +1161,6 @@ class _FileLock:
     def __enter__(self) -> _FileLock:
         if self.path is None:
             return self
-        import time
-
         try:
             self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         except OSError:
