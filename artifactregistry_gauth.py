@@ -203,11 +203,32 @@ class Transport:
         raise CredentialError(last_error)
 
     def _send(self, method, url, body, headers, direct, timeout) -> Response:
+        """One exchange, bounded as a whole: socket timeouts alone let a slow drip go on."""
+        import threading
+
+        timeout = min(timeout, self.remaining())
+        outcome: list = []
+
+        def exchange() -> None:
+            try:
+                outcome.append(self._exchange(method, url, body, headers, direct, timeout))
+            except BaseException as exc:  # handed to the caller's thread below
+                outcome.append(exc)
+
+        worker = threading.Thread(target=exchange, name="artifactregistry-gauth", daemon=True)
+        worker.start()
+        worker.join(timeout)
+        if not outcome:  # abandoned: the daemon thread ends with its socket's timeout
+            raise _TransientError("timed out")
+        if isinstance(outcome[0], BaseException):
+            raise outcome[0]
+        return outcome[0]
+
+    def _exchange(self, method, url, body, headers, direct, timeout) -> Response:
         import http.client
         import urllib.error
         import urllib.request
 
-        timeout = min(timeout, self.remaining())
         handlers = [_no_redirect_handler()]
         if direct:
             handlers.append(urllib.request.ProxyHandler({}))

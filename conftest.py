@@ -49,6 +49,7 @@ TLS_HOSTS = (
 )
 HANG = "HANG"
 RESET = "RESET"
+DRIP = "DRIP"  # headers at once, then the body one byte at a time, never finishing
 JOIN_TIMEOUT = 5.0
 HANDLER_TIMEOUT = 10.0
 
@@ -432,6 +433,8 @@ class _FakeHandler(BaseHTTPRequestHandler):
             self.close_connection = True
         elif reply == RESET:
             self._reset()
+        elif reply == DRIP:
+            self._drip(fake.released)
         else:
             self._send(reply, fake.response_headers)
 
@@ -475,6 +478,19 @@ class _FakeHandler(BaseHTTPRequestHandler):
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(reply.body)
+
+    def _drip(self, released):
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", "100000")
+        self.end_headers()
+        self.close_connection = True
+        try:
+            while not released.wait(0.2):
+                self.wfile.write(b" ")
+                self.wfile.flush()
+        except OSError:
+            pass
 
     def _reset(self):
         self.close_connection = True
@@ -568,10 +584,10 @@ class _FakeService:
 
     @staticmethod
     def _scripted(response):
-        if response in (HANG, RESET):
+        if response in (HANG, RESET, DRIP):
             return response
         if isinstance(response, tuple) and len(response) in (2, 3):
-            if isinstance(response[1], str) and response[1] in (HANG, RESET):
+            if isinstance(response[1], str) and response[1] in (HANG, RESET, DRIP):
                 return response[1]
             return _reply(*response)
         raise TypeError(f"a scripted response is (status, body[, headers]), got {response!r}")

@@ -790,6 +790,49 @@ def test_a_hanging_token_endpoint_is_given_up_on(monkeypatch, sa_file, fake_goog
         gauth.get_token()
 
 
+FAULTS = [
+    ("hang", ["HANG"] * 3, "timed out|gave up"),
+    ("slow drip", ["DRIP"] * 3, "timed out|gave up"),
+    ("reset", ["RESET"] * 3, "could not reach"),
+    ("500 500 500", [(500, "x")] * 3, "HTTP 500"),
+]
+
+
+@pytest.mark.parametrize(
+    ("replies", "message"), [f[1:] for f in FAULTS], ids=[f[0] for f in FAULTS]
+)
+def test_a_faulty_token_endpoint_is_given_up_on_within_the_budget(
+    monkeypatch, sa_env, fake_google, replies, message
+):
+    import time
+
+    monkeypatch.setattr(gauth, "LOOKUP_BUDGET", 2.0)
+    fake_google.script(*replies)
+    started = time.monotonic()
+    with pytest.raises(gauth.CredentialError, match=message):
+        gauth.get_token()
+    assert time.monotonic() - started < 6  # a hang guard, not a benchmark
+
+
+def test_429_with_retry_after_is_retried_after_the_wait(sa_env, fake_google):
+    fake_google.script((429, {"error": "rate_limited"}, {"Retry-After": "1"}))
+    assert fake_google.is_live(gauth.get_token())
+    assert len(token_requests(fake_google)) == 2
+
+
+def test_a_hanging_metadata_server_costs_only_the_ping_timeout(fake_metadata, fake_gcloud):
+    fake_metadata.script("HANG")
+    assert gauth.get_token() in fake_gcloud.issued
+    assert [r.path for r in fake_metadata.requests] == ["/"]
+
+
+def test_a_redirect_from_the_token_endpoint_is_not_followed(sa_env, fake_google):
+    fake_google.script((302, "", {"Location": "https://evil.example/steal"}))
+    with pytest.raises(gauth.CredentialError, match="HTTP 302"):
+        gauth.get_token()
+    assert len(fake_google.requests) == 1
+
+
 @pytest.mark.parametrize(
     ("config", "message"),
     [
