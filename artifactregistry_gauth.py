@@ -131,9 +131,17 @@ class Response:
         self.body = body
 
     def json(self) -> object:
-        import json
+        return _json_loads(self.body)
 
-        return json.loads(self.body.decode("utf-8"))
+
+def _json_loads(data: bytes) -> object:
+    """Parse JSON; any malformed input (bad UTF-8, too deep, not JSON) is a ValueError."""
+    import json
+
+    try:
+        return json.loads(data.decode("utf-8"))
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
 
 
 def _is_loopback_host(host: str) -> bool:
@@ -375,7 +383,9 @@ def _token_from_oauth(data: dict, what: str, source: str) -> Token:
 def _expiry_from(expires_in: object) -> float | None:
     try:
         seconds = int(expires_in)  # Google sometimes sends it as a string
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
+        return None
+    if not 0 < seconds < 366 * 86400:
         return None
     return _now() + seconds
 
@@ -482,7 +492,16 @@ class RsaPrivateKey:
         numbers = [int.from_bytes(der[start:end], "big") for _, start, end in items[1:9]]
         key = cls()
         key.n, key.e, key.d, key.p, key.q, key.dp, key.dq, key.qinv = numbers
-        if key.n < (1 << 1023) or key.p * key.q != key.n or not 1 < key.e < key.n:
+        if not (
+            key.n >= 1 << 1023
+            and key.p * key.q == key.n
+            and 1 < key.e < key.n
+            and key.p > 2
+            and key.q > 2
+            and key.e * key.dp % (key.p - 1) == 1
+            and key.e * key.dq % (key.q - 1) == 1
+            and key.qinv * key.q % key.p == 1
+        ):
             raise KeyFormatError("its numbers do not form a usable RSA key of 1024 bits or more")
         key.size = (key.n.bit_length() + 7) // 8
         return key
@@ -510,6 +529,10 @@ def _b64url(data: bytes) -> str:
     import base64
 
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _json_text(value: object) -> str:
+    return _json_compact(value).decode("utf-8")
 
 
 def _json_compact(value: object) -> bytes:
@@ -594,13 +617,19 @@ class ServiceAccountKey(CredentialSource):
             problem = f"field private_key is not a usable RSA private key ({exc})"
             raise self.fail(problem, _KEY_FIX) from None
 
+    def sign(self, claims: dict) -> str:
+        try:
+            return make_jwt(self.key, claims, self.key_id)
+        except (KeyFormatError, ValueError) as exc:
+            raise self.fail(f"signing with private_key failed ({exc})", _KEY_FIX) from None
+
     def fetch(self, transport: Transport) -> Token:
         now = int(_now())
         if self.universe != DEFAULT_UNIVERSE:
             # Outside googleapis.com there is no token endpoint: the signed JWT is the token.
             claims = {"iss": self.account, "sub": self.account, "iat": now, "exp": now + 3600}
             claims["scope"] = SCOPE
-            return Token(make_jwt(self.key, claims, self.key_id), now + 3600, self.describe())
+            return Token(self.sign(claims), now + 3600, self.describe())
         claims = {
             "iat": now,
             "exp": now + 3600,
@@ -608,7 +637,7 @@ class ServiceAccountKey(CredentialSource):
             "aud": GOOGLE_TOKEN_URI,  # even when token_uri differs, as Google's libraries do
             "scope": SCOPE,
         }
-        assertion = make_jwt(self.key, claims, self.key_id)
+        assertion = self.sign(claims)
         fields = {"grant_type": JWT_BEARER_GRANT, "assertion": assertion}
         try:
             data = _post_form(transport, self.token_uri, fields, "the token endpoint")
@@ -778,7 +807,6 @@ class GcloudCli(CredentialSource):
         return f"gcloud ({who}, configuration {self.configuration})"
 
     def fetch(self, transport: Transport) -> Token:
-        import json
         import subprocess
 
         command = [self.origin, "config", "config-helper", "--format=json", "--min-expiry=15m"]
@@ -802,27 +830,41 @@ class GcloudCli(CredentialSource):
         if done.returncode != 0:
             raise self.fail(_gcloud_error(done.stderr), _gcloud_fix(done.stderr))
         try:
-            data = json.loads(done.stdout.decode("utf-8"))
-            credential = data["credential"]
-            value = credential["access_token"]
-            expiry_text = credential.get("token_expiry")
-        except (ValueError, KeyError, TypeError, AttributeError):
+            value, expiry, account = parse_config_helper(done.stdout)
+        except ValueError:
             raise self.fail(
                 "`gcloud config config-helper` printed something that is not its JSON answer",
                 "update the Google Cloud SDK",
             ) from None
-        if not isinstance(value, str) or not value:
+        if not value:
             raise self.fail("gcloud has no access token for the active account", LOGIN_HINT)
-        expiry = None
-        if isinstance(expiry_text, str):
-            try:
-                expiry = _parse_rfc3339(expiry_text)
-            except ValueError:
-                expiry = None
-        account = _dig(data, "configuration", "properties", "core", "account")
-        if isinstance(account, str):
-            self.account = account
+        self.account = account or self.account
         return Token(value, expiry, self.describe())
+
+
+def parse_config_helper(stdout: bytes) -> tuple[str, float | None, str]:
+    """(access token or "", expiry or None, account or "") from config-helper's JSON.
+
+    ValueError if the output is not that JSON at all.
+    """
+    data = _json_loads(stdout)
+    credential = _dig(data, "credential")
+    if not isinstance(credential, dict):
+        raise ValueError("no credential object")
+    value = credential.get("access_token")
+    expiry_text = credential.get("token_expiry")
+    expiry = None
+    if isinstance(expiry_text, str):
+        try:
+            expiry = _parse_rfc3339(expiry_text)
+        except (ValueError, OverflowError):
+            expiry = None
+    account = _dig(data, "configuration", "properties", "core", "account")
+    return (
+        value if isinstance(value, str) else "",
+        expiry,
+        account if isinstance(account, str) else "",
+    )
 
 
 def _dig(data: object, *keys: str) -> object:
@@ -907,7 +949,6 @@ def well_known_adc_file() -> str:
 
 def load_adc_file(path: str, origin: str) -> CredentialSource:
     """Build the credential source an ADC JSON file describes; CredentialError if broken."""
-    import json
 
     try:
         with open(path, "rb") as f:
@@ -920,15 +961,20 @@ def load_adc_file(path: str, origin: str) -> CredentialSource:
     except OSError as exc:
         raise CredentialError(f"{path}: cannot read it ({exc.strerror})") from None
     try:
-        info = json.loads(raw.decode("utf-8"))
+        info = _json_loads(raw)
     except UnicodeDecodeError:
         raise CredentialError(f"{path} is not a valid JSON file (not UTF-8 text)") from None
     except ValueError as exc:
-        where = f"line {exc.lineno} column {exc.colno}" if hasattr(exc, "lineno") else "?"
-        raise CredentialError(f"{path} is not a valid JSON file ({exc.msg} at {where})") from None
+        if hasattr(exc, "lineno"):
+            problem = f"{exc.msg} at line {exc.lineno} column {exc.colno}"
+        else:
+            problem = str(exc)
+        raise CredentialError(f"{path} is not a valid JSON file ({problem})") from None
     if not isinstance(info, dict):
         raise CredentialError(f"{path} is not a credentials file (expected a JSON object)")
     kind = info.get("type")
+    if kind is not None and not isinstance(kind, str):
+        kind = _json_text(kind)[:40]  # a list or number is no valid type either
     if kind in ADC_FILE_TYPES:
         source = ADC_FILE_TYPES[kind](info, path)
         source.content_hash = _short_hash(raw)
@@ -1054,7 +1100,6 @@ class TokenCache:
         return _FileLock(path, transport.deadline)
 
     def _read(self, identity: str) -> Token | None:
-        import json
 
         directory = cache_dir()
         if directory is None:
@@ -1069,7 +1114,7 @@ class TokenCache:
                 _debug("ignoring cache file %s: not ours or readable by others", path)
                 return None
             with os.fdopen(fd, "rb", closefd=False) as f:
-                data = json.loads(f.read(65536).decode("utf-8"))
+                data = _json_loads(f.read(65536))
         except (OSError, ValueError):
             _debug("ignoring unreadable cache file %s", path)
             return None
@@ -1081,6 +1126,7 @@ class TokenCache:
             and isinstance(data.get("token"), str)
             and data["token"]
             and isinstance(data.get("expiry"), (int, float))
+            and 0 < data["expiry"] < 1e11  # not NaN, not infinite, not absurd
         ):
             return None
         token = Token(data["token"], float(data["expiry"]), str(data.get("source", "")))

@@ -1,0 +1,227 @@
+"""Fuzzing the parsers: any input gives a valid result or our documented error, nothing else."""
+
+import base64
+import json
+import os
+import textwrap
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import artifactregistry_gauth as gauth
+
+FUZZ = settings(
+    max_examples=int(os.environ.get("FUZZ_EXAMPLES", "300")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(max_size=30),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=4)
+    ),
+    max_leaves=12,
+)
+ADC_KEYS = [
+    "type",
+    "client_email",
+    "private_key",
+    "private_key_id",
+    "token_uri",
+    "client_id",
+    "client_secret",
+    "refresh_token",
+    "universe_domain",
+    "rapt_token",
+    "account",
+]
+adc_documents = st.dictionaries(
+    st.sampled_from(ADC_KEYS), json_values | st.text(max_size=40), max_size=8
+).map(
+    lambda d: (
+        d
+        if "type" in d
+        else {"type": "service_account", **d}
+        if len(d) % 2
+        else {"type": "authorized_user", **d}
+    )
+)
+
+
+def pem(label, der):
+    body = "\n".join(textwrap.wrap(base64.b64encode(der).decode(), 64))
+    return f"-----BEGIN {label}-----\n{body}\n-----END {label}-----\n"
+
+
+def der_of(pem_text):
+    body = "".join(pem_text.strip().splitlines()[1:-1])
+    return base64.b64decode(body)
+
+
+@FUZZ
+@given(text=st.text(max_size=200))
+def test_any_text_is_a_key_or_a_key_format_error(text):
+    try:
+        gauth.RsaPrivateKey.from_pem(text)
+    except gauth.KeyFormatError:
+        pass
+
+
+@FUZZ
+@given(data=st.data())
+def test_a_mutated_key_is_rejected_or_still_signs_correctly(rsa_key, data):
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import padding
+
+    label, source = data.draw(
+        st.sampled_from(
+            [("PRIVATE KEY", rsa_key.pkcs8_pem), ("RSA PRIVATE KEY", rsa_key.pkcs1_pem)]
+        )
+    )
+    der = bytearray(der_of(source))
+    for _ in range(data.draw(st.integers(1, 3))):
+        position = data.draw(st.integers(0, len(der) - 1))
+        der[position] = data.draw(st.integers(0, 255))
+    cut = data.draw(st.integers(1, len(der)))
+    try:
+        key = gauth.RsaPrivateKey.from_pem(pem(label, bytes(der[:cut])))
+        signature = key.sign_rs256(b"message")
+    except gauth.KeyFormatError:
+        return
+    rsa_key.public_key.verify(signature, b"message", padding.PKCS1v15(), hashes.SHA256())
+
+
+@FUZZ
+@given(document=adc_documents | json_values)
+def test_any_adc_file_loads_or_says_what_is_wrong(tmp_path_factory, document):
+    path = tmp_path_factory.mktemp("adc") / "creds.json"
+    path.write_text(json.dumps(document))
+    try:
+        source = gauth.load_adc_file(str(path), "GOOGLE_APPLICATION_CREDENTIALS")
+    except gauth.CredentialError as exc:
+        assert str(path) in str(exc)
+        assert "\n" not in str(exc)
+    else:
+        assert isinstance(source, gauth.CredentialSource)
+        assert source.identity
+
+
+@FUZZ
+@given(raw=st.binary(max_size=300))
+def test_any_bytes_as_an_adc_file_load_or_say_what_is_wrong(tmp_path_factory, raw):
+    path = tmp_path_factory.mktemp("adc") / "creds.json"
+    path.write_bytes(raw)
+    try:
+        gauth.load_adc_file(str(path), "GOOGLE_APPLICATION_CREDENTIALS")
+    except gauth.CredentialError:
+        pass
+
+
+token_bodies = (
+    st.binary(max_size=200)
+    | json_values.map(lambda v: json.dumps(v).encode())
+    | st.dictionaries(
+        st.sampled_from(
+            ["access_token", "expires_in", "error", "error_description", "error_subtype"]
+        ),
+        json_values,
+    ).map(lambda v: json.dumps(v).encode())
+)
+
+
+@FUZZ
+@given(status=st.sampled_from([200, 400, 401, 403, 404, 500]), body=token_bodies)
+def test_any_token_endpoint_answer_is_a_token_or_a_credential_error(status, body):
+    response = gauth.Response(status, {}, body)
+    try:
+        data = gauth._token_response_json(response, "https://oauth2.googleapis.com/token", "it")
+        token = gauth._token_from_oauth(data, "it", "fuzz")
+    except gauth.CredentialError as exc:
+        assert "\n" not in str(exc)
+    else:
+        assert token.value
+        assert token.expiry is None or token.seconds_left() > 0
+
+
+@FUZZ
+@given(stdout=st.binary(max_size=200) | json_values.map(lambda v: json.dumps(v).encode()))
+def test_any_gcloud_output_parses_or_is_a_value_error(stdout):
+    try:
+        value, expiry, account = gauth.parse_config_helper(stdout)
+    except ValueError:
+        return
+    assert isinstance(value, str)
+    assert isinstance(account, str)
+    assert expiry is None or isinstance(expiry, float)
+
+
+@FUZZ
+@given(
+    credential=st.dictionaries(
+        st.sampled_from(["access_token", "token_expiry", "id_token"]),
+        json_values | st.sampled_from(["2030-01-01T00:00:00Z", "2030-01-01T00:00:00.5Z", "99"]),
+    )
+)
+def test_gcloud_credential_fields_of_any_shape_parse(credential):
+    value, _, _ = gauth.parse_config_helper(json.dumps({"credential": credential}).encode())
+    assert value == (
+        credential.get("access_token") if isinstance(credential.get("access_token"), str) else ""
+    )
+
+
+@FUZZ
+@given(content=st.binary(max_size=200) | json_values.map(lambda v: json.dumps(v).encode()))
+def test_any_cache_file_is_a_token_or_ignored(monkeypatch, tmp_path_factory, content):
+    directory = tmp_path_factory.mktemp("cache")
+    monkeypatch.setenv("ARTIFACTREGISTRY_GAUTH_CACHE_DIR", str(directory))
+    identity = "service account:/x.json:abc"
+    path = Path(directory) / (gauth._file_key(identity) + ".json")
+    path.write_bytes(content)
+    path.chmod(0o600)
+    token = gauth.TokenCache()._read(identity)
+    assert token is None or token.seconds_left() >= gauth.MIN_TOKEN_LIFE
+
+
+@FUZZ
+@given(
+    service=st.text(max_size=60)
+    | st.builds(
+        "{}{}{}".format,
+        st.sampled_from(["", "https://", "http://", "HTTPS://", "ftp://", "//"]),
+        st.text(max_size=25),
+        st.sampled_from(
+            ["", ".pkg.dev", ".pkg.dev/p/r/simple/", "-python.pkg.dev:443", "@x.pkg.dev"]
+        ),
+    ),
+    username=st.none() | st.sampled_from(["", "oauth2accesstoken", "x"]) | st.text(max_size=5),
+)
+def test_the_host_policy_never_raises_and_never_answers_plain_http(service, username):
+    answers = gauth.answers_for(service, username)
+    assert isinstance(answers, bool)
+    if answers:
+        assert not service.lower().startswith("http://")
+        assert gauth.service_host(service).endswith(".pkg.dev")
+        assert username in (None, "", "oauth2accesstoken")
+
+
+@pytest.mark.parametrize(
+    "expires_in", ["Infinity", "-Infinity", "NaN", "1e400", "-5", "0", '"12x"', "99999999999"]
+)
+def test_absurd_expires_in_means_unknown_expiry(expires_in):
+    body = f'{{"access_token": "t", "expires_in": {expires_in}}}'.encode()
+    data = gauth._token_response_json(gauth.Response(200, {}, body), "https://x/token", "it")
+    assert gauth._token_from_oauth(data, "it", "fuzz").expiry is None
+
+
+def test_deeply_nested_json_is_a_clear_error(tmp_path):
+    path = tmp_path / "deep.json"
+    path.write_text("[" * 100000 + "]" * 100000)
+    with pytest.raises(gauth.CredentialError, match="is not a valid JSON file"):
+        gauth.load_adc_file(str(path), "GOOGLE_APPLICATION_CREDENTIALS")
