@@ -1443,7 +1443,9 @@ class FakeSTS(_FakeService):
             except ValueError:
                 return _oauth_error(400, "invalid_request", "options is not URL-encoded JSON")
             user_project = options.get("userProject") if isinstance(options, dict) else None
-            if set(options) != {"userProject"} or not _WORKFORCE_AUDIENCE.match(form["audience"]):
+            if not isinstance(options, dict) or set(options) != {"userProject"}:
+                return _oauth_error(400, "invalid_request", "unexpected options")
+            if not _WORKFORCE_AUDIENCE.match(form["audience"]):
                 return _oauth_error(400, "invalid_request", "unexpected options")
         if user_project != (None if provider.client else provider.user_project):
             return _oauth_error(400, "invalid_request", "workforce user project mismatch")

@@ -1169,10 +1169,16 @@ def test_no_refresh_token_or_subject_token_in_errors_of_other_types(
 #
 # google-auth is the reference: both libraries load the same file and refresh against the same
 # fakes, and the token requests they send (STS, IAM, OAuth) must match field by field. Values
-# that are new on every run (times, signatures, issued tokens) are compared by what they are.
-# On purpose we differ in what is not a token request: google-auth fetches a fresh IMDSv2
-# session token for the region and again for the credentials, we reuse one per lookup; it also
-# sends x-goog-api-client metrics headers, which we leave out.
+# that are new on every run (times, signatures, issued tokens) are compared by what they are,
+# and a form's field order is not compared (it means nothing; the JWT grant's differs).
+# Where we differ on purpose, it is outside the token requests:
+# - google-auth asks AWS for a new IMDSv2 session token for the region and again for the
+#   credentials; we reuse one per lookup (one round trip less, same credentials);
+# - google-auth sends x-goog-api-client metrics headers; we send none;
+# - google-auth runs an executable with our stdin and its stderr mixed into the JSON it parses;
+#   we give it /dev/null (it must never wait for input) and read stderr apart (a warning
+#   cannot spoil the JSON), so only the environment it receives is compared here;
+# - google-auth fails on a file without token_url; we use https://sts.{universe_domain}/v1/token.
 
 
 def normalized_request(record, issuers):
