@@ -134,12 +134,12 @@ class Response:
         return _json_loads(self.body)
 
 
-def _json_loads(data: bytes) -> object:
+def _json_loads(data: bytes | str) -> object:
     """Parse JSON; any malformed input (bad UTF-8, too deep, not JSON) is a ValueError."""
     import json
 
     try:
-        return json.loads(data.decode("utf-8"))
+        return json.loads(data.decode("utf-8") if isinstance(data, bytes) else data)
     except RecursionError:
         raise ValueError("JSON nested too deeply") from None
 
@@ -603,6 +603,7 @@ class ServiceAccountKey(CredentialSource):
     """A service-account key file: an RS256-signed JWT exchanged at its ``token_uri``."""
 
     kind = "service account"
+    scope = SCOPE  # impersonation asks for the IAM scope instead
 
     def __init__(self, info: dict, origin: str) -> None:
         super().__init__(origin)
@@ -628,14 +629,14 @@ class ServiceAccountKey(CredentialSource):
         if self.universe != DEFAULT_UNIVERSE:
             # Outside googleapis.com there is no token endpoint: the signed JWT is the token.
             claims = {"iss": self.account, "sub": self.account, "iat": now, "exp": now + 3600}
-            claims["scope"] = SCOPE
+            claims["scope"] = self.scope
             return Token(self.sign(claims), now + 3600, self.describe())
         claims = {
             "iat": now,
             "exp": now + 3600,
             "iss": self.account,
             "aud": GOOGLE_TOKEN_URI,  # even when token_uri differs, as Google's libraries do
-            "scope": SCOPE,
+            "scope": self.scope,
         }
         assertion = self.sign(claims)
         fields = {"grant_type": JWT_BEARER_GRANT, "assertion": assertion}
@@ -927,17 +928,900 @@ def gcloud_active_account(config_dir: str) -> tuple[str, str]:
     return name, account
 
 
+# Workload and workforce identity federation and service-account impersonation
+# (PROTOCOLS.md B.3-B.5): a token from another identity provider is exchanged at Google's
+# Security Token Service (STS), and the result may be traded at IAM for a service
+# account's token. Each way of getting the outside token is one small subclass.
+
+IAM_SCOPE = "https://www.googleapis.com/auth/iam"
+TOKEN_EXCHANGE_GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"
+ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
+AWS_TOKEN_TYPE = "urn:ietf:params:aws:token-type:aws4_request"
+STS_URL_TEMPLATE = "https://sts.{universe_domain}/v1/token"
+IAM_URL_TEMPLATE = (
+    "https://iamcredentials.{universe_domain}/v1/projects/-/serviceAccounts/"
+    "{email}:generateAccessToken"
+)
+DEFAULT_IMPERSONATION_LIFETIME = 3600
+EXECUTABLE_TIMEOUT_MILLIS = 30_000
+IMDSV2_TTL_SECONDS = "300"
+_FEDERATION_FIX = (
+    "recreate the file with `gcloud iam workload-identity-pools create-cred-config` "
+    "(or `gcloud iam workforce-pools create-cred-config`)"
+)
+_WORKFORCE_LOGIN_FIX = (
+    "run `gcloud auth application-default login --login-config=LOGIN_CONFIG_FILE` again"
+)
+
+
+def _optional_str(info: dict, name: str, where: str, fix: str = _FEDERATION_FIX) -> str:
+    """The string field ``name`` of ``info``, "" when absent or null."""
+    value = info.get(name)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise CredentialError(f"{where}: field {name!r} is not a string; {fix}")
+    return value
+
+
+def _target_principal(url: str) -> str:
+    """The service account email in a ``.../serviceAccounts/EMAIL:generateAccessToken`` URL."""
+    start, end = url.rfind("/"), url.find(":generateAccessToken")
+    if start == -1 or end == -1 or start > end or not url[start + 1 : end]:
+        return ""
+    return url[start + 1 : end]
+
+
+def _basic_auth(client_id: str, client_secret: str) -> str:
+    import base64
+
+    pair = f"{client_id}:{client_secret or ''}".encode()
+    return "Basic " + base64.b64encode(pair).decode("ascii")
+
+
+def _is_local_address(host: str) -> bool:
+    """Loopback or link-local: metadata services that a proxy must never see."""
+    import ipaddress
+
+    if _is_loopback_host(host):
+        return True
+    try:
+        address = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return address.is_loopback or address.is_link_local
+
+
+def _generate_access_token(
+    transport: Transport,
+    url: str,
+    bearer: str,
+    delegates: list | None,
+    lifetime: int,
+    quota_project: str,
+    source: str,
+) -> Token:
+    """Trade a token for a service account's at IAM's generateAccessToken (PROTOCOLS.md B.4)."""
+    import json
+
+    _check_endpoint(url, "IAM credentials")
+    body = {"delegates": delegates, "scope": [SCOPE], "lifetime": f"{lifetime}s"}
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {bearer}"}
+    if quota_project:
+        headers["x-goog-user-project"] = quota_project
+    _debug("asking IAM for a token of %s", _target_principal(url))
+    response = transport.request(
+        "POST", url, body=json.dumps(body).encode("utf-8"), headers=headers
+    )
+    data = _token_response_json(response, url, "IAM generateAccessToken")
+    value, expire_time = data.get("accessToken"), data.get("expireTime")
+    if not isinstance(value, str) or not value:
+        raise CredentialError("IAM generateAccessToken answered without an accessToken")
+    try:
+        expiry = _parse_rfc3339(expire_time)
+    except (AttributeError, ValueError):
+        raise CredentialError(
+            "IAM generateAccessToken answered without a valid expireTime"
+        ) from None
+    return Token(value, expiry, source)
+
+
+class ExternalAccount(CredentialSource):
+    """An ``external_account`` file: a subject token exchanged at Google's STS (RFC 8693)."""
+
+    source_name = ""  # how the subject token is found: file, url, executable, aws
+
+    @classmethod
+    def from_info(cls, info: dict, origin: str) -> ExternalAccount:
+        """The subclass for this file's ``credential_source``, in Google's order."""
+        source = info.get("credential_source")
+        if not isinstance(source, dict):
+            state = "missing" if source is None else "not a JSON object"
+            raise CredentialError(
+                f"{origin}: field 'credential_source' is {state}; {_FEDERATION_FIX}"
+            )
+        if info.get("subject_token_type") == AWS_TOKEN_TYPE:
+            return AwsFederation(info, origin)
+        if source.get("executable") is not None:
+            return ExecutableFederation(info, origin)
+        if "environment_id" in source:
+            raise CredentialError(
+                f"{origin}: credential_source.environment_id {source['environment_id']!r} is "
+                f"only for AWS, but subject_token_type is not {AWS_TOKEN_TYPE}; {_FEDERATION_FIX}"
+            )
+        given = [name for name in ("file", "url", "certificate") if source.get(name) is not None]
+        if len(given) != 1:
+            raise CredentialError(
+                f"{origin}: credential_source must have exactly one of 'file', 'url', "
+                f"'executable' or AWS's 'environment_id'; {_FEDERATION_FIX}"
+            )
+        if given == ["certificate"]:
+            raise CredentialError(
+                f"{origin}: X.509 certificate workload identity federation "
+                "(credential_source.certificate) is not supported by artifactregistry-gauth; "
+                "use a file, url, executable or aws credential source, or a service account key"
+            )
+        return FileFederation(info, origin) if given == ["file"] else UrlFederation(info, origin)
+
+    def __init__(self, info: dict, origin: str) -> None:
+        import re
+
+        super().__init__(origin)
+        _require_fields(info, ("audience", "subject_token_type"), origin, _FEDERATION_FIX)
+        self.audience = info["audience"]
+        self.subject_token_type = info["subject_token_type"]
+        self.credential_source = info["credential_source"]
+        self.universe = _optional_str(info, "universe_domain", origin) or DEFAULT_UNIVERSE
+        # gcloud writes token_url; without one, the universe's STS is the documented default.
+        token_url = _optional_str(info, "token_url", origin) or STS_URL_TEMPLATE
+        self.token_url = token_url.replace("{universe_domain}", self.universe)
+        self.client_id = _optional_str(info, "client_id", origin)
+        self.client_secret = _optional_str(info, "client_secret", origin)
+        workforce = re.match(
+            r"//iam\.googleapis\.com/locations/[^/]+/workforcePools/", self.audience
+        )
+        self.user_project = _optional_str(info, "workforce_pool_user_project", origin)
+        if self.user_project and not workforce:
+            raise self.fail(
+                "field 'workforce_pool_user_project' is set but the audience is not a "
+                "workforce pool (//iam.googleapis.com/locations/LOCATION/workforcePools/...)",
+                "remove workforce_pool_user_project, or fix the audience",
+            )
+        federation = "workforce" if workforce else "workload"
+        self.kind = f"{federation} identity federation ({self.source_name})"
+        self.quota_project = os.environ.get("GOOGLE_CLOUD_QUOTA_PROJECT") or _optional_str(
+            info, "quota_project_id", origin
+        )
+        self.impersonation_url = _optional_str(info, "service_account_impersonation_url", origin)
+        self.lifetime = DEFAULT_IMPERSONATION_LIFETIME
+        if self.impersonation_url:
+            self.account = _target_principal(self.impersonation_url)
+            if not self.account:
+                raise self.fail(
+                    "field 'service_account_impersonation_url' does not end in "
+                    "serviceAccounts/EMAIL:generateAccessToken",
+                    _FEDERATION_FIX,
+                )
+            self.lifetime = self._lifetime(info.get("service_account_impersonation"))
+
+    def _lifetime(self, options: object) -> int:
+        if options is None:
+            return DEFAULT_IMPERSONATION_LIFETIME
+        if not isinstance(options, dict):
+            raise self.fail(
+                "field 'service_account_impersonation' is not a JSON object", _FEDERATION_FIX
+            )
+        seconds = options.get("token_lifetime_seconds")
+        if seconds is None:
+            return DEFAULT_IMPERSONATION_LIFETIME
+        if type(seconds) is not int or not 1 <= seconds <= 43200:
+            raise self.fail(
+                "field service_account_impersonation.token_lifetime_seconds is not a whole "
+                "number of seconds from 1 to 43200",
+                "fix it or remove it (the default is 3600)",
+            )
+        return seconds
+
+    def subject_token(self, transport: Transport) -> str:
+        """The token from the other identity provider."""
+        raise NotImplementedError
+
+    def fetch(self, transport: Transport) -> Token:
+        subject_token = self.subject_token(transport)
+        # With impersonation the STS token only has to be good enough to call IAM.
+        fields = {
+            "grant_type": TOKEN_EXCHANGE_GRANT,
+            "audience": self.audience,
+            "scope": IAM_SCOPE if self.impersonation_url else SCOPE,
+            "requested_token_type": ACCESS_TOKEN_TYPE,
+            "subject_token": subject_token,
+            "subject_token_type": self.subject_token_type,
+        }
+        headers = {}
+        if self.client_id:
+            headers["Authorization"] = _basic_auth(self.client_id, self.client_secret)
+        elif self.user_project:
+            import json
+            from urllib.parse import quote
+
+            # Encoded once here and again by the form: Google's STS expects exactly that.
+            fields["options"] = quote(json.dumps({"userProject": self.user_project}))
+        _debug("exchanging the %s subject token at %s", self.source_name, self.token_url)
+        try:
+            data = _post_form(transport, self.token_url, fields, "Google's STS", headers)
+            token = _token_from_oauth(data, "Google's STS", self.describe())
+        except TokenEndpointError as exc:
+            fix = "check the audience, and that the pool's provider accepts this subject token"
+            raise self.fail(str(exc), fix if exc.error else "") from None
+        except CredentialError as exc:
+            raise self.fail(str(exc)) from None
+        if not self.impersonation_url:
+            return token
+        try:
+            return _generate_access_token(
+                transport,
+                self.impersonation_url,
+                token.value,
+                None,
+                self.lifetime,
+                self.quota_project,
+                self.describe(),
+            )
+        except TokenEndpointError as exc:
+            raise self.fail(
+                str(exc),
+                f"grant the federated identity roles/iam.workloadIdentityUser on {self.account}",
+            ) from None
+        except CredentialError as exc:
+            raise self.fail(str(exc)) from None
+
+    def _token_format(self) -> tuple[str, str]:
+        """(format type, JSON field name) of a file or url subject token."""
+        form = self.credential_source.get("format") or {}
+        if not isinstance(form, dict):
+            raise self.fail("credential_source.format is not a JSON object", _FEDERATION_FIX)
+        kind = form.get("type") or "text"
+        if kind not in ("text", "json"):
+            raise self.fail(
+                f"credential_source.format.type is {kind!r}, expected 'text' or 'json'",
+                _FEDERATION_FIX,
+            )
+        field = form.get("subject_token_field_name")
+        if kind == "json" and (not isinstance(field, str) or not field):
+            raise self.fail(
+                "credential_source.format.subject_token_field_name is missing (needed for "
+                "the json format)",
+                _FEDERATION_FIX,
+            )
+        return kind, field or ""
+
+    def _parse_subject_token(self, content: str, where: str) -> str:
+
+        kind, field = self.format
+        token = content
+        if kind == "json":
+            try:
+                data = _json_loads(content)
+                token = data[field]
+            except (ValueError, KeyError, TypeError):
+                raise self.fail(
+                    f"cannot read a subject token from {where}: it is not a JSON object "
+                    f"with the field {field!r}",
+                    "check credential_source.format.subject_token_field_name",
+                ) from None
+        if not isinstance(token, str) or not token:
+            raise self.fail(f"{where} holds no subject token", "check the identity provider")
+        return token
+
+
+class FileFederation(ExternalAccount):
+    """Federation with a subject token read from a file (Kubernetes, Azure, CI systems)."""
+
+    source_name = "file"
+
+    def __init__(self, info: dict, origin: str) -> None:
+        super().__init__(info, origin)
+        self.path = self.credential_source["file"]
+        if not isinstance(self.path, str) or not self.path:
+            raise self.fail("credential_source.file is not a path", _FEDERATION_FIX)
+        self.format = self._token_format()
+
+    def subject_token(self, transport: Transport) -> str:
+        where = f"the subject token file {self.path}"
+        try:
+            # Read as Google's libraries do: whole, not stripped.
+            with open(self.path, encoding="utf-8") as f:
+                content = f.read(MAX_RESPONSE_BYTES)
+        except FileNotFoundError:
+            raise self.fail(
+                f"{where} (credential_source.file) was not found",
+                "check that the identity provider's token is written there",
+            ) from None
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = getattr(exc, "strerror", None) or "not UTF-8 text"
+            raise self.fail(f"cannot read {where} ({reason})") from None
+        return self._parse_subject_token(content, where)
+
+
+class UrlFederation(ExternalAccount):
+    """Federation with a subject token fetched from a URL (Azure and other metadata services)."""
+
+    source_name = "url"
+
+    def __init__(self, info: dict, origin: str) -> None:
+        from urllib.parse import urlsplit
+
+        super().__init__(info, origin)
+        self.url = self.credential_source["url"]
+        parts = urlsplit(self.url) if isinstance(self.url, str) else None
+        if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+            raise self.fail("credential_source.url is not an http or https URL", _FEDERATION_FIX)
+        self.headers = self.credential_source.get("headers") or {}
+        if not isinstance(self.headers, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in self.headers.items()
+        ):
+            raise self.fail(
+                "credential_source.headers is not an object of string values", _FEDERATION_FIX
+            )
+        self.direct = _is_local_address(parts.hostname)
+        self.format = self._token_format()
+
+    def subject_token(self, transport: Transport) -> str:
+        where = f"the subject token URL {_without_query(self.url)}"
+        try:
+            response = transport.request("GET", self.url, headers=self.headers, direct=self.direct)
+        except CredentialError as exc:
+            raise self.fail(str(exc)) from None
+        if response.status != 200:
+            raise self.fail(
+                f"{where} answered HTTP {response.status}",
+                "check credential_source.url and credential_source.headers",
+            )
+        try:
+            content = response.body.decode("utf-8")
+        except UnicodeDecodeError:
+            raise self.fail(f"{where} answered with something not UTF-8 text") from None
+        return self._parse_subject_token(content, where)
+
+
+class _StaleResponseError(CredentialError):
+    """An executable's answer that is well formed but unusable: run the executable again."""
+
+
+class ExecutableFederation(ExternalAccount):
+    """Federation with a subject token printed by a command (PROTOCOLS.md B.3, executable)."""
+
+    source_name = "executable"
+
+    def __init__(self, info: dict, origin: str) -> None:
+        super().__init__(info, origin)
+        executable = self.credential_source["executable"]
+        if not isinstance(executable, dict):
+            raise self.fail("credential_source.executable is not a JSON object", _FEDERATION_FIX)
+        self.command = executable.get("command")
+        if not isinstance(self.command, str) or not self.command.strip():
+            raise self.fail("credential_source.executable.command is missing", _FEDERATION_FIX)
+        millis = executable.get("timeout_millis") or EXECUTABLE_TIMEOUT_MILLIS
+        if type(millis) not in (int, float) or not 5000 <= millis <= 120_000:
+            raise self.fail(
+                "credential_source.executable.timeout_millis must be between 5000 and 120000",
+                "fix it or remove it (the default is 30000)",
+            )
+        self.timeout = millis / 1000
+        self.output_file = executable.get("output_file") or ""
+        if not isinstance(self.output_file, str):
+            raise self.fail(
+                "credential_source.executable.output_file is not a path", _FEDERATION_FIX
+            )
+
+    def subject_token(self, transport: Transport) -> str:
+        if os.environ.get("GOOGLE_EXTERNAL_ACCOUNT_ALLOW_EXECUTABLES") != "1":
+            raise self.fail(
+                "it runs a command (credential_source.executable), and executables are not allowed",
+                "set GOOGLE_EXTERNAL_ACCOUNT_ALLOW_EXECUTABLES=1 if you trust this file",
+            )
+        if self.output_file:
+            token = self._token_from_output_file()
+            if token:
+                _debug("reusing the subject token in %s", self.output_file)
+                return token
+        return self._parse_response(self._run(transport), "the executable's response")
+
+    def _token_from_output_file(self) -> str:
+        import json
+
+        try:
+            with open(self.output_file, encoding="utf-8") as f:
+                response = json.load(f)
+        except (OSError, ValueError):
+            return ""  # absent or half-written: run the executable
+        if not isinstance(response, dict):
+            return ""
+        try:
+            token = self._parse_response(response, f"the output file {self.output_file}")
+        except _StaleResponseError:
+            return ""
+        # Without an expiry a saved token cannot be trusted to be still good.
+        return token if "expiration_time" in response else ""
+
+    def _run(self, transport: Transport) -> object:
+        import shlex
+        import subprocess
+
+        try:
+            argv = shlex.split(self.command)
+        except ValueError as exc:
+            argv, problem = [], f"cannot be split into words ({exc})"
+        else:
+            problem = "is empty"
+        if not argv:
+            raise self.fail(f"credential_source.executable.command {problem}", _FEDERATION_FIX)
+        env = dict(os.environ)
+        env.update(
+            GOOGLE_EXTERNAL_ACCOUNT_AUDIENCE=self.audience,
+            GOOGLE_EXTERNAL_ACCOUNT_TOKEN_TYPE=self.subject_token_type,
+            GOOGLE_EXTERNAL_ACCOUNT_ID=self.account,
+            GOOGLE_EXTERNAL_ACCOUNT_INTERACTIVE="0",
+            GOOGLE_EXTERNAL_ACCOUNT_REVOKE="0",
+        )
+        if self.impersonation_url:
+            env["GOOGLE_EXTERNAL_ACCOUNT_IMPERSONATED_EMAIL"] = self.account
+        if self.output_file:
+            env["GOOGLE_EXTERNAL_ACCOUNT_OUTPUT_FILE"] = self.output_file
+        timeout = min(self.timeout, transport.remaining())
+        _debug("running %s", argv[0])
+        try:
+            done = subprocess.run(
+                argv,
+                stdin=subprocess.DEVNULL,
+                capture_output=True,  # stderr apart, so a warning cannot spoil the JSON
+                env=env,
+                timeout=timeout,
+            )
+        except subprocess.TimeoutExpired:
+            raise self.fail(
+                f"the executable did not finish within {timeout:.1f} s",
+                "fix the command or raise credential_source.executable.timeout_millis",
+            ) from None
+        except OSError as exc:
+            raise self.fail(
+                f"cannot run the executable {argv[0]!r} ({exc.strerror or exc})",
+                "fix credential_source.executable.command",
+            ) from None
+        output = done.stdout.decode("utf-8", "replace").strip()
+        if not output and self.output_file and done.returncode == 0:
+            try:
+                with open(self.output_file, encoding="utf-8") as f:
+                    output = f.read(MAX_RESPONSE_BYTES)
+            except OSError as exc:
+                raise self.fail(
+                    f"the executable printed nothing and its output file {self.output_file} "
+                    f"cannot be read ({exc.strerror})"
+                ) from None
+        try:
+            response = _json_loads(output)
+        except ValueError:
+            response = None
+        if done.returncode != 0:
+            if isinstance(response, dict) and response.get("success") is False:
+                self._parse_response(response, "the executable's response")
+            said = _last_line(done.stderr)
+            raise self.fail(
+                f"the executable exited with code {done.returncode}"
+                + (f" and said: {said}" if said else ""),
+                "run the command by hand to see what is wrong",
+            )
+        if not isinstance(response, dict):
+            raise self.fail(
+                "the executable's response is not a JSON object",
+                "it must print the JSON response documented for executable-sourced credentials",
+            )
+        return response
+
+    def _parse_response(self, response: dict, where: str) -> str:
+        """The subject token of a response; _StaleResponseError if running again may help."""
+        version = response.get("version")
+        if type(version) is not int:
+            problem = "no version field" if version is None else "a version that is not a number"
+            raise self.fail(f"{where} has {problem}", _EXECUTABLE_FIX)
+        if version > 1:
+            raise _StaleResponseError(
+                f"{self.origin}: {where} has version {version}, and only version 1 is "
+                "supported; update the executable or artifactregistry-gauth"
+            )
+        success = response.get("success")
+        if type(success) is not bool:
+            raise self.fail(f"{where} has no success field", _EXECUTABLE_FIX)
+        if not success:
+            code, message = response.get("code"), response.get("message")
+            if code is None or message is None:
+                raise self.fail(
+                    f"{where} says it failed but has no code and message fields",
+                    _EXECUTABLE_FIX,
+                )
+            raise _StaleResponseError(
+                f"{self.origin}: the executable failed: {str(code)[:100]}: {str(message)[:300]}"
+            )
+        expiration = response.get("expiration_time")
+        if expiration is not None:
+            if type(expiration) not in (int, float):
+                raise self.fail(f"{where} has an expiration_time that is not a number")
+            if expiration < _now():
+                raise _StaleResponseError(
+                    f"{self.origin}: the token in {where} has expired (expiration_time "
+                    f"{int(expiration)}); the executable must print a fresh one"
+                )
+        token_type = response.get("token_type")
+        if not isinstance(token_type, str):
+            raise self.fail(f"{where} has no token_type field", _EXECUTABLE_FIX)
+        field = _EXECUTABLE_TOKEN_FIELDS.get(token_type)
+        if field is None:
+            raise _StaleResponseError(
+                f"{self.origin}: {where} has the unsupported token_type {token_type[:100]!r}; "
+                + _EXECUTABLE_FIX
+            )
+        token = response.get(field)
+        if not isinstance(token, str) or not token:
+            raise self.fail(f"{where} has no {field} field", _EXECUTABLE_FIX)
+        return token
+
+
+_EXECUTABLE_TOKEN_FIELDS = {
+    "urn:ietf:params:oauth:token-type:jwt": "id_token",
+    "urn:ietf:params:oauth:token-type:id_token": "id_token",
+    "urn:ietf:params:oauth:token-type:saml2": "saml_response",
+}
+_EXECUTABLE_FIX = (
+    "the executable must print the JSON response documented for executable-sourced credentials"
+)
+
+
+def _last_line(data: bytes) -> str:
+    lines = [ln.strip() for ln in data.decode("utf-8", "replace").splitlines() if ln.strip()]
+    return lines[-1][:300] if lines else ""
+
+
+class AwsFederation(ExternalAccount):
+    """Federation from AWS: a SigV4-signed GetCallerIdentity request is the subject token."""
+
+    source_name = "aws"
+
+    def __init__(self, info: dict, origin: str) -> None:
+        import re
+        from urllib.parse import urlsplit
+
+        super().__init__(info, origin)
+        source = self.credential_source
+        environment = source.get("environment_id")
+        match = re.fullmatch(r"aws(\d+)", environment) if isinstance(environment, str) else None
+        if match is None:
+            raise self.fail(
+                f"credential_source.environment_id is {environment!r}, expected 'aws1'",
+                _FEDERATION_FIX,
+            )
+        if match.group(1) != "1":
+            raise self.fail(
+                f"credential_source.environment_id {environment!r} is not supported, only 'aws1'",
+                _FEDERATION_FIX,
+            )
+        where = "credential_source"
+        self.verification_url = _optional_str(source, "regional_cred_verification_url", where)
+        parts = urlsplit(self.verification_url.replace("{region}", "region"))
+        if parts.scheme != "https" or not parts.hostname:
+            raise self.fail(
+                "credential_source.regional_cred_verification_url is not an https URL",
+                _FEDERATION_FIX,
+            )
+        self.region_url = _optional_str(source, "region_url", where)
+        self.credentials_url = _optional_str(source, "url", where)
+        self.imdsv2_url = _optional_str(source, "imdsv2_session_token_url", where)
+        for name, url in (
+            ("region_url", self.region_url),
+            ("url", self.credentials_url),
+            ("imdsv2_session_token_url", self.imdsv2_url),
+        ):
+            if url and urlsplit(url).scheme not in ("http", "https"):
+                raise self.fail(f"credential_source.{name} is not an http URL", _FEDERATION_FIX)
+
+    @property
+    def identity(self) -> str:
+        # Other AWS keys in the environment may map to another Google principal.
+        key_id = os.environ.get("AWS_ACCESS_KEY_ID", "")
+        return f"{super().identity}:{_short_hash(key_id.encode()) if key_id else 'imds'}"
+
+    def subject_token(self, transport: Transport) -> str:
+        import json
+        from urllib.parse import quote
+
+        metadata = _AwsMetadata(self, transport)
+        region = metadata.region()
+        key_id, secret, session_token = metadata.credentials()
+        url = self.verification_url.replace("{region}", region)
+        headers = aws_sigv4_headers("POST", url, region, key_id, secret, session_token, _now())
+        # Added after signing: STS checks it, AWS never sees it.
+        headers["x-goog-cloud-target-resource"] = self.audience
+        request = {
+            "url": url,
+            "method": "POST",
+            "headers": [{"key": key, "value": value} for key, value in headers.items()],
+        }
+        return quote(json.dumps(request, separators=(",", ":"), sort_keys=True))
+
+
+class _AwsMetadata:
+    """Region and credentials from the environment, else from the AWS instance metadata."""
+
+    def __init__(self, source: AwsFederation, transport: Transport) -> None:
+        self.source = source
+        self.transport = transport
+        self._session_headers: dict | None = None
+
+    def region(self) -> str:
+        region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+        if region:
+            return region
+        if not self.source.region_url:
+            raise self.source.fail(
+                "the AWS region is unknown",
+                "set AWS_REGION, or credential_source.region_url",
+            )
+        zone = self._get(self.source.region_url, "the availability zone").strip()
+        if len(zone) < 2:
+            raise self.source.fail("the AWS metadata server sent an empty availability zone")
+        return zone[:-1]  # us-east-2b is in us-east-2
+
+    def credentials(self) -> tuple[str, str, str]:
+        key_id = os.environ.get("AWS_ACCESS_KEY_ID")
+        secret = os.environ.get("AWS_SECRET_ACCESS_KEY")
+        if key_id and secret:
+            return key_id, secret, os.environ.get("AWS_SESSION_TOKEN", "")
+        url = self.source.credentials_url
+        if not url:
+            raise self.source.fail(
+                "no AWS credentials",
+                "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or credential_source.url",
+            )
+        role = self._get(url, "the instance role name").strip()
+        if not role or "/" in role:
+            raise self.source.fail("the AWS metadata server sent no usable role name")
+        data = self._json(f"{url.rstrip('/')}/{role}", "the role's credentials")
+        values = [data.get(name) for name in ("AccessKeyId", "SecretAccessKey", "Token")]
+        if not all(isinstance(value, str) and value for value in values[:2]):
+            raise self.source.fail(
+                "the AWS metadata server's credentials lack AccessKeyId or SecretAccessKey"
+            )
+        return values[0], values[1], values[2] if isinstance(values[2], str) else ""
+
+    def _headers(self) -> dict:
+        """The IMDSv2 session header, fetched once per lookup when the file asks for it."""
+        if self._session_headers is None:
+            self._session_headers = {}
+            if self.source.imdsv2_url:
+                response = self._request(
+                    "PUT",
+                    self.source.imdsv2_url,
+                    {"X-aws-ec2-metadata-token-ttl-seconds": IMDSV2_TTL_SECONDS},
+                    "an IMDSv2 session token",
+                )
+                token = response.body.decode("ascii", "replace").strip()
+                self._session_headers = {"X-aws-ec2-metadata-token": token}
+        return self._session_headers
+
+    def _get(self, url: str, what: str) -> str:
+        return self._request("GET", url, self._headers(), what).body.decode("utf-8", "replace")
+
+    def _json(self, url: str, what: str) -> dict:
+
+        body = self._request("GET", url, self._headers(), what).body
+        try:
+            data = _json_loads(body)
+        except ValueError:
+            data = None
+        if not isinstance(data, dict):
+            raise self.source.fail(f"the AWS metadata server sent {what} as something not JSON")
+        return data
+
+    def _request(self, method: str, url: str, headers: dict, what: str) -> Response:
+        # Instance metadata is this machine's own: never through a proxy.
+        try:
+            response = self.transport.request(method, url, headers=headers, direct=True)
+        except CredentialError as exc:
+            raise self.source.fail(f"no AWS metadata ({exc})") from None
+        if response.status != 200:
+            raise self.source.fail(
+                f"the AWS metadata server answered HTTP {response.status} for {what} "
+                f"({_without_query(url)})",
+                "check the instance's IAM role, or set the AWS_* variables",
+            )
+        return response
+
+
+def aws_sigv4_headers(
+    method: str,
+    url: str,
+    region: str,
+    access_key_id: str,
+    secret_access_key: str,
+    session_token: str,
+    now: float,
+) -> dict:
+    """Headers of an AWS Signature Version 4 signed request with an empty body, in order."""
+    import hashlib
+    import hmac
+    import posixpath
+    import time
+    from urllib.parse import parse_qs, quote, urlsplit
+
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    service = host.split(".")[0]
+    if service.endswith("-fips"):
+        service = service[: -len("-fips")]
+    stamp = time.gmtime(now)
+    amz_date = time.strftime("%Y%m%dT%H%M%SZ", stamp)
+    date = amz_date[:8]
+    path = posixpath.normpath(parts.path) if parts.path else "/"
+    query = parse_qs(parts.query)
+    canonical_query = "&".join(
+        f"{quote(key, safe='-_.~')}={value}"
+        for key in sorted(query, key=lambda k: quote(k, safe="-_.~"))
+        for value in sorted(quote(v, safe="-_.~") for v in query[key])
+    )
+    signed = {"host": host, "x-amz-date": amz_date}
+    if session_token:
+        signed["x-amz-security-token"] = session_token
+    names = sorted(signed)
+    canonical_request = "\n".join(
+        [
+            method,
+            path,
+            canonical_query,
+            "".join(f"{name}:{signed[name]}\n" for name in names),
+            ";".join(names),
+            hashlib.sha256(b"").hexdigest(),
+        ]
+    )
+    scope = f"{date}/{region}/{service}/aws4_request"
+    string_to_sign = "\n".join(
+        [
+            "AWS4-HMAC-SHA256",
+            amz_date,
+            scope,
+            hashlib.sha256(canonical_request.encode("utf-8")).hexdigest(),
+        ]
+    )
+    key = ("AWS4" + secret_access_key).encode("utf-8")
+    for part in (date, region, service, "aws4_request"):
+        key = hmac.new(key, part.encode("utf-8"), hashlib.sha256).digest()
+    signature = hmac.new(key, string_to_sign.encode("utf-8"), hashlib.sha256).hexdigest()
+    headers = {
+        "Authorization": f"AWS4-HMAC-SHA256 Credential={access_key_id}/{scope}, "
+        f"SignedHeaders={';'.join(names)}, Signature={signature}",
+        "host": host,
+        "x-amz-date": amz_date,
+    }
+    if session_token:
+        headers["x-amz-security-token"] = session_token
+    return headers
+
+
+class ExternalAccountUser(CredentialSource):
+    """A workforce identity user's refresh token (``external_account_authorized_user``)."""
+
+    kind = "workforce user"
+
+    def __init__(self, info: dict, origin: str) -> None:
+        super().__init__(origin)
+        names = ("refresh_token", "token_url", "client_id", "client_secret")
+        _require_fields(info, names, origin, _WORKFORCE_LOGIN_FIX)
+        self.token_url = info["token_url"]
+        self.client_auth = _basic_auth(info["client_id"], info["client_secret"])
+        self.refresh_token = info["refresh_token"]
+        self.universe = _optional_str(info, "universe_domain", origin) or DEFAULT_UNIVERSE
+        self.quota_project = _optional_str(info, "quota_project_id", origin)
+
+    def fetch(self, transport: Transport) -> Token:
+        fields = {"grant_type": "refresh_token", "refresh_token": self.refresh_token}
+        headers = {"Authorization": self.client_auth}
+        try:
+            data = _post_form(transport, self.token_url, fields, "Google's STS", headers)
+            return _token_from_oauth(data, "Google's STS", self.describe())
+        except TokenEndpointError as exc:
+            fix = ""
+            if exc.error in ("invalid_grant", "invalid_client", "unauthorized_client"):
+                fix = "the login has expired or was revoked; " + _WORKFORCE_LOGIN_FIX
+            raise self.fail(str(exc), fix) from None
+        except CredentialError as exc:
+            raise self.fail(str(exc)) from None
+
+
+_IMPERSONATION_SOURCES = {
+    "authorized_user": AuthorizedUser,
+    "service_account": ServiceAccountKey,
+    "external_account_authorized_user": ExternalAccountUser,
+}
+_IMPERSONATION_FIX = (
+    "recreate it with `gcloud auth application-default login "
+    "--impersonate-service-account=SA_EMAIL`"
+)
+
+
+class ImpersonatedServiceAccount(CredentialSource):
+    """A service account impersonated by another credential (``impersonated_service_account``)."""
+
+    kind = "impersonated service account"
+
+    def __init__(self, info: dict, origin: str) -> None:
+        super().__init__(origin)
+        fix = _IMPERSONATION_FIX
+        _require_fields(info, ("service_account_impersonation_url",), origin, fix)
+        self.account = _target_principal(info["service_account_impersonation_url"])
+        if not self.account:
+            raise self.fail(
+                "field 'service_account_impersonation_url' does not end in "
+                "serviceAccounts/EMAIL:generateAccessToken",
+                fix,
+            )
+        source_info = info.get("source_credentials")
+        if not isinstance(source_info, dict):
+            state = "missing" if source_info is None else "not a JSON object"
+            raise self.fail(f"field 'source_credentials' is {state}", fix)
+        source_type = source_info.get("type")
+        if source_type not in _IMPERSONATION_SOURCES:
+            expected = ", ".join(_IMPERSONATION_SOURCES)
+            hint = fix
+            if source_type == "external_account":
+                hint = "put service_account_impersonation_url into the external_account file itself"
+            raise self.fail(
+                f"source_credentials of type {source_type!r} cannot be impersonated from "
+                f"(expected one of {expected})",
+                hint,
+            )
+        self.source = _IMPERSONATION_SOURCES[source_type](
+            source_info, f"{origin} (source_credentials)"
+        )
+        if isinstance(self.source, ServiceAccountKey):
+            self.source.scope = IAM_SCOPE  # enough to call IAM, as Google's libraries ask
+        self.delegates = info.get("delegates")
+        if self.delegates is not None and not (
+            isinstance(self.delegates, list) and all(isinstance(d, str) for d in self.delegates)
+        ):
+            raise self.fail("field 'delegates' is not a list of service account emails", fix)
+        # The request goes to the universe's standard endpoint: the URL only names the account.
+        universe = getattr(self.source, "universe", DEFAULT_UNIVERSE)
+        self.iam_url = IAM_URL_TEMPLATE.format(universe_domain=universe, email=self.account)
+        self.quota_project = _optional_str(source_info, "quota_project_id", origin)
+
+    def fetch(self, transport: Transport) -> Token:
+        source_token = self.source.fetch(transport)
+        try:
+            return _generate_access_token(
+                transport,
+                self.iam_url,
+                source_token.value,
+                self.delegates,
+                DEFAULT_IMPERSONATION_LIFETIME,
+                self.quota_project,
+                self.describe(),
+            )
+        except TokenEndpointError as exc:
+            raise self.fail(
+                str(exc),
+                f"grant the source account roles/iam.serviceAccountTokenCreator on {self.account}",
+            ) from None
+        except CredentialError as exc:
+            raise self.fail(str(exc)) from None
+
+
 # --- Application Default Credentials files ----------------------------------------------
 
 ADC_FILE_TYPES = {
     "service_account": ServiceAccountKey,
     "authorized_user": AuthorizedUser,
+    "external_account": ExternalAccount.from_info,
+    "external_account_authorized_user": ExternalAccountUser,
+    "impersonated_service_account": ImpersonatedServiceAccount,
 }
-_LATER_TYPES = (
-    "external_account",
-    "external_account_authorized_user",
-    "impersonated_service_account",
-)
 _UNSUPPORTED_TYPES = {
     "gdch_service_account": "Google Distributed Cloud Hosted service accounts",
 }
@@ -984,12 +1868,7 @@ def load_adc_file(path: str, origin: str) -> CredentialSource:
             f"{path}: {_UNSUPPORTED_TYPES[kind]} ({kind}) are not supported by "
             "artifactregistry-gauth; use a service account key or gcloud"
         )
-    if kind in _LATER_TYPES:
-        raise CredentialError(
-            f"{path}: credentials of type {kind!r} are not supported yet; use a service "
-            "account key or gcloud"
-        )
-    expected = ", ".join(sorted(ADC_FILE_TYPES) + list(_LATER_TYPES))
+    expected = ", ".join(sorted(ADC_FILE_TYPES))
     raise CredentialError(
         f"{path} does not have a valid type: type is {kind!r}, expected one of {expected}"
     )

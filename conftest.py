@@ -1317,3 +1317,554 @@ def user_file(tmp_path, fake_google):
         return path
 
     return make
+
+
+# --- Federation fakes: Google STS, IAM credentials, AWS instance metadata, an identity provider --
+
+STS_HOST = "sts.googleapis.com"
+IAM_HOST = "iamcredentials.googleapis.com"
+RESOURCE_MANAGER_HOST = "cloudresourcemanager.googleapis.com"
+OTHER_UNIVERSE = "universe.example"
+FEDERATION_TLS_HOSTS = (
+    *TLS_HOSTS,
+    RESOURCE_MANAGER_HOST,
+    f"sts.{OTHER_UNIVERSE}",
+    f"iamcredentials.{OTHER_UNIVERSE}",
+)
+IAM_SCOPE = "https://www.googleapis.com/auth/iam"
+TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
+ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
+AWS_TOKEN_TYPE = "urn:ietf:params:aws:token-type:aws4_request"
+_STS_FIELDS = frozenset(
+    {
+        "grant_type",
+        "audience",
+        "scope",
+        "requested_token_type",
+        "subject_token",
+        "subject_token_type",
+        "options",
+    }
+)
+_WORKFORCE_AUDIENCE = re.compile(r"//iam\.googleapis\.com/locations/[^/]+/workforcePools/")
+_GENERATE_ACCESS_TOKEN = re.compile(r"/v1/projects/-/serviceAccounts/([^/:]+):generateAccessToken")
+
+
+def _google_api_error(status, code, message):
+    """A Google API error reply (`{"error": {"code", "message", "status"}}`)."""
+    return _reply(status, {"error": {"code": status, "message": message, "status": code}})
+
+
+def _strict_form(record):
+    """Return (form, None) for a well-formed urlencoded POST, or (None, error reply)."""
+    if record.method != "POST":
+        return None, _oauth_error(405, "invalid_request", f"{record.method} is not allowed")
+    if _media_type(record.headers) != FORM_URLENCODED:
+        return None, _oauth_error(400, "invalid_request", f"Content-Type must be {FORM_URLENCODED}")
+    try:
+        fields = parse_qs(record.body.decode(), keep_blank_values=True, strict_parsing=True)
+    except ValueError:
+        return None, _oauth_error(400, "invalid_request", "malformed form body")
+    repeated = sorted(name for name, values in fields.items() if len(values) > 1)
+    if repeated:
+        return None, _oauth_error(400, "invalid_request", f"repeated parameters {repeated}")
+    return _single_values(fields), None
+
+
+def _basic(client_id, client_secret):
+    """The Authorization header value of HTTP Basic client authentication."""
+    return "Basic " + base64.b64encode(f"{client_id}:{client_secret}".encode()).decode()
+
+
+@dataclass
+class _Provider:
+    """A workload or workforce pool provider the fake STS knows."""
+
+    subject_token_type: str
+    accepts: object  # the one subject token it takes, or a callable returning a problem or None
+    client: tuple | None
+    user_project: str | None
+
+
+class FakeSTS(_FakeService):
+    """Google's Security Token Service: RFC 8693 token exchange and workforce refresh grants."""
+
+    server_header = "ESF"
+    token_prefix = "sts"
+
+    def __init__(self):
+        super().__init__()
+        self.providers: dict[str, _Provider] = {}
+        self.workforce_users: dict[str, tuple] = {}
+
+    @property
+    def token_url(self):
+        """The plain-HTTP token exchange URL (for token_url in test files)."""
+        return f"http://127.0.0.1:{self.port}/v1/token"
+
+    @property
+    def refresh_url(self):
+        """The plain-HTTP workforce refresh URL."""
+        return f"http://127.0.0.1:{self.port}/v1/oauth/token"
+
+    @property
+    def exchanges(self):
+        """The recorded token exchange requests."""
+        return [r for r in self.requests if r.route == "/v1/token"]
+
+    def add_provider(self, audience, subject_token_type, accepts, client=None, user_project=None):
+        """Accept subject tokens for `audience`: `accepts` is the token or a checking callable."""
+        self.providers[audience] = _Provider(subject_token_type, accepts, client, user_project)
+
+    def add_workforce_user(self, refresh_token, client_id, client_secret, account):
+        """Accept `refresh_token` at /v1/oauth/token with Basic auth of the OAuth client."""
+        self.workforce_users[refresh_token] = (client_id, client_secret, account)
+
+    def respond(self, record):
+        """Answer /v1/token and /v1/oauth/token; anything else is a 404."""
+        if record.route == "/v1/token":
+            return self._exchange(record)
+        if record.route == "/v1/oauth/token":
+            return self._refresh(record)
+        return _reply(404, f"fake STS has nothing at {record.route}")
+
+    def _exchange(self, record):
+        form, error = _strict_form(record)
+        if error:
+            return error
+        unexpected = sorted(set(form) - _STS_FIELDS)
+        if unexpected:
+            return _oauth_error(400, "invalid_request", f"unexpected parameters {unexpected}")
+        if form.get("grant_type") != TOKEN_EXCHANGE:
+            return _oauth_error(400, "unsupported_grant_type", "not a token exchange")
+        if form.get("requested_token_type") != ACCESS_TOKEN_TYPE:
+            return _oauth_error(400, "invalid_request", "requested_token_type must be access_token")
+        provider = self.providers.get(form.get("audience", ""))
+        if provider is None:
+            return _oauth_error(
+                400, "invalid_target", "The target service indicated by the audience is invalid."
+            )
+        if form.get("subject_token_type") != provider.subject_token_type:
+            return _oauth_error(
+                400, "invalid_request", "subject_token_type does not match the provider"
+            )
+        if form.get("scope") not in (CLOUD_PLATFORM, IAM_SCOPE):
+            return _oauth_error(400, "invalid_scope", f"unexpected scope {form.get('scope')!r}")
+        expected_auth = _basic(*provider.client) if provider.client else None
+        if record.headers.get("authorization") != expected_auth:
+            return _oauth_error(401, "invalid_client", "client authentication failed")
+        from urllib.parse import unquote
+
+        user_project = None
+        if "options" in form:
+            try:
+                options = json.loads(unquote(form["options"]))
+            except ValueError:
+                return _oauth_error(400, "invalid_request", "options is not URL-encoded JSON")
+            user_project = options.get("userProject") if isinstance(options, dict) else None
+            if not isinstance(options, dict) or set(options) != {"userProject"}:
+                return _oauth_error(400, "invalid_request", "unexpected options")
+            if not _WORKFORCE_AUDIENCE.match(form["audience"]):
+                return _oauth_error(400, "invalid_request", "unexpected options")
+        if user_project != (None if provider.client else provider.user_project):
+            return _oauth_error(400, "invalid_request", "workforce user project mismatch")
+        token = form.get("subject_token", "")
+        problem = self._check_subject_token(provider, token)
+        if problem:
+            return _oauth_error(400, "invalid_grant", problem)
+        reply = self._issue(
+            form["audience"], scope=form["scope"], subject_token=token, user_project=user_project
+        )
+        body = json.loads(reply.body)
+        body["issued_token_type"] = ACCESS_TOKEN_TYPE
+        return _reply(200, body)
+
+    @staticmethod
+    def _check_subject_token(provider, token):
+        if not token:
+            return "subject_token is empty"
+        if callable(provider.accepts):
+            return provider.accepts(token)
+        return None if token == provider.accepts else "the subject token was not accepted"
+
+    def _refresh(self, record):
+        form, error = _strict_form(record)
+        if error:
+            return error
+        if set(form) != {"grant_type", "refresh_token"} or form["grant_type"] != "refresh_token":
+            return _oauth_error(400, "invalid_request", f"unexpected fields {sorted(form)}")
+        user = self.workforce_users.get(form["refresh_token"])
+        if user is None:
+            return _oauth_error(400, "invalid_grant", "The refresh token is invalid or expired.")
+        if record.headers.get("authorization") != _basic(user[0], user[1]):
+            return _oauth_error(401, "invalid_client", "client authentication failed")
+        return self._issue(user[2])
+
+
+class FakeIAMCredentials(_FakeService):
+    """IAM credentials generateAccessToken, accepting live tokens of the given issuers."""
+
+    server_header = "ESF"
+    token_prefix = "iam"
+
+    def __init__(self, *issuers):
+        super().__init__()
+        self.issuers = list(issuers)
+        self.service_accounts: set[str] = set()
+        self.fractional_seconds = False
+
+    def url(self, email):
+        """The plain-HTTP generateAccessToken URL of `email`."""
+        return f"http://127.0.0.1:{self.port}/v1/projects/-/serviceAccounts/{email}:generateAccessToken"
+
+    def add_service_account(self, email):
+        """Let any live issued token impersonate `email`."""
+        self.service_accounts.add(email)
+
+    def respond(self, record):
+        """Answer generateAccessToken strictly, with Google API style errors."""
+        match = _GENERATE_ACCESS_TOKEN.fullmatch(record.route)
+        if match is None:
+            return _google_api_error(404, "NOT_FOUND", f"nothing at {record.route}")
+        if record.method != "POST":
+            return _google_api_error(405, "METHOD_NOT_ALLOWED", f"{record.method} is not allowed")
+        if _media_type(record.headers) != "application/json":
+            return _google_api_error(
+                400, "INVALID_ARGUMENT", "Content-Type must be application/json"
+            )
+        scheme, _, bearer = record.headers.get("authorization", "").partition(" ")
+        source = self._source_of(bearer) if scheme == "Bearer" else None
+        if source is None:
+            return _google_api_error(
+                401, "UNAUTHENTICATED", "Request had invalid authentication credentials."
+            )
+        body = record.json
+        problem = self._check_body(body)
+        if problem:
+            return _google_api_error(400, "INVALID_ARGUMENT", problem)
+        email = match.group(1)
+        if email not in self.service_accounts:
+            return _google_api_error(
+                404, "NOT_FOUND", f"Not found; Gaia id not found for email {email}"
+            )
+        lifetime = int(body["lifetime"][:-1]) if body.get("lifetime") else 3600
+        with self._lock:
+            token = f"ya29.{self.token_prefix}-{next(self._serial)}-{secrets.token_hex(8)}"
+            expiry = time.time() + lifetime
+            self.issued[token] = {
+                "identity": email,
+                "expiry": expiry,
+                "source": source,
+                "delegates": body.get("delegates"),
+                "scope": body["scope"],
+                "lifetime": lifetime,
+                "quota_project": record.headers.get("x-goog-user-project"),
+            }
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(expiry))
+        if self.fractional_seconds:
+            stamp += ".123456789"
+        return _reply(200, {"accessToken": token, "expireTime": stamp + "Z"})
+
+    def _source_of(self, bearer):
+        for issuer in self.issuers:
+            if issuer.is_live(bearer):
+                return issuer.issued[bearer]["identity"]
+        return None
+
+    @staticmethod
+    def _check_body(body):
+        if not isinstance(body, dict) or not set(body) <= {"delegates", "scope", "lifetime"}:
+            return f"unexpected request body {body!r}"
+        scope = body.get("scope")
+        if not isinstance(scope, list) or not scope or not all(isinstance(s, str) for s in scope):
+            return "scope must be a non-empty list of strings"
+        delegates = body.get("delegates")
+        if delegates is not None and not (
+            isinstance(delegates, list) and all(isinstance(d, str) for d in delegates)
+        ):
+            return "delegates must be a list of strings"
+        lifetime = body.get("lifetime")
+        if lifetime is not None and not (
+            isinstance(lifetime, str) and re.fullmatch(r"[1-9][0-9]*s", lifetime)
+        ):
+            return f"lifetime {lifetime!r} is not a duration in seconds"
+        if lifetime is not None and int(lifetime[:-1]) > 3600:
+            return "lifetime must not exceed 3600s"
+        return None
+
+
+class FakeAwsMetadata(_FakeService):
+    """The EC2 instance metadata service (IMDSv2 sessions, region, role credentials)."""
+
+    server_header = "EC2ws"
+
+    def __init__(self):
+        super().__init__()
+        self.zone = "us-east-2b"
+        self.role = "gauth-role"
+        self.access_key_id = "ASIAIMDSFAKE" + secrets.token_hex(4).upper()
+        self.secret_access_key = "imds-secret-" + secrets.token_hex(8)
+        self.session_token = "imds-session-" + secrets.token_hex(8)
+        self.require_session = True
+        self.session_tokens: set[str] = set()
+
+    @property
+    def base_url(self):
+        """http://127.0.0.1:PORT"""
+        return f"http://127.0.0.1:{self.port}"
+
+    def credential_source(self, imdsv2=True):
+        """An aws1 credential_source whose metadata URLs point at this fake."""
+        source = {
+            "environment_id": "aws1",
+            "region_url": f"{self.base_url}/latest/meta-data/placement/availability-zone",
+            "url": f"{self.base_url}/latest/meta-data/iam/security-credentials",
+            "regional_cred_verification_url": (
+                "https://sts.{region}.amazonaws.com?Action=GetCallerIdentity&Version=2011-06-15"
+            ),
+        }
+        if imdsv2:
+            source["imdsv2_session_token_url"] = f"{self.base_url}/latest/api/token"
+        return source
+
+    def respond(self, record):
+        """Answer the metadata paths federation uses."""
+        if record.route == "/latest/api/token":
+            if record.method != "PUT":
+                return _reply(405, "Method Not Allowed")
+            ttl = record.headers.get("x-aws-ec2-metadata-token-ttl-seconds", "")
+            if not ttl.isdigit() or not 1 <= int(ttl) <= 21600:
+                return _reply(400, "Bad Request")
+            token = "imds-v2-" + secrets.token_hex(8)
+            with self._lock:
+                self.session_tokens.add(token)
+            return _reply(200, token)
+        if record.method != "GET":
+            return _reply(405, "Method Not Allowed")
+        if self.require_session and (
+            record.headers.get("x-aws-ec2-metadata-token") not in self.session_tokens
+        ):
+            return _reply(401, "Unauthorized")
+        prefix = "/latest/meta-data/iam/security-credentials"
+        if record.route == "/latest/meta-data/placement/availability-zone":
+            return _reply(200, self.zone)
+        if record.route in (prefix, prefix + "/"):
+            return _reply(200, self.role)
+        if record.route == f"{prefix}/{self.role}":
+            return _reply(
+                200,
+                {
+                    "Code": "Success",
+                    "Type": "AWS-HMAC",
+                    "AccessKeyId": self.access_key_id,
+                    "SecretAccessKey": self.secret_access_key,
+                    "Token": self.session_token,
+                    "Expiration": "2099-01-01T00:00:00Z",
+                },
+            )
+        return _reply(404, "Not Found")
+
+
+def aws_signature_checker(audience, keys):
+    """A subject-token check for FakeSTS: a SigV4-signed GetCallerIdentity for `audience`.
+
+    `keys` maps access key ids to (secret access key, session token or None).
+    """
+
+    import calendar
+    import hashlib
+    import hmac
+
+    def check(subject_token):
+        try:
+            request = json.loads(urllib.parse.unquote(subject_token))
+            headers = {h["key"]: h["value"] for h in request["headers"]}
+            order = [h["key"] for h in request["headers"]]
+        except (ValueError, KeyError, TypeError):
+            return "the subject token is not a serialized AWS request"
+        url = urlsplit(request.get("url", ""))
+        match = re.fullmatch(r"sts\.([a-z0-9-]+)\.amazonaws\.com", url.hostname or "")
+        if request.get("method") != "POST" or url.scheme != "https" or match is None:
+            return "the subject token is not a POST to a regional AWS STS"
+        if parse_qs(url.query) != {"Action": ["GetCallerIdentity"], "Version": ["2011-06-15"]}:
+            return "the subject token is not a GetCallerIdentity call"
+        if headers.get("x-goog-cloud-target-resource") != audience:
+            return "x-goog-cloud-target-resource is not the audience"
+        credential = re.fullmatch(
+            r"AWS4-HMAC-SHA256 Credential=([^/]+)/(\d{8})/([a-z0-9-]+)/sts/aws4_request, "
+            r"SignedHeaders=([a-z0-9;-]+), Signature=([0-9a-f]{64})",
+            headers.get("Authorization", ""),
+        )
+        if credential is None or credential.group(1) not in keys:
+            return "unknown AWS access key"
+        key_id, date, region, signed_names, signature = credential.groups()
+        secret, session_token = keys[key_id]
+        expected_names = ["host", "x-amz-date"] + (
+            ["x-amz-security-token"] if session_token else []
+        )
+        if signed_names.split(";") != expected_names or region != match.group(1):
+            return "unexpected signed headers or region"
+        if headers.get("x-amz-security-token") != session_token:
+            return "wrong session token"
+        if order != [
+            "Authorization",
+            "host",
+            "x-amz-date",
+            *expected_names[2:],
+            "x-goog-cloud-target-resource",
+        ]:
+            return f"unexpected header order {order}"
+        amz_date = headers["x-amz-date"]
+        signed_at = calendar.timegm(time.strptime(amz_date, "%Y%m%dT%H%M%SZ"))
+        if abs(signed_at - time.time()) > 300 or amz_date[:8] != date:
+            return "the request is not signed now"
+        values = {
+            "host": url.hostname,
+            "x-amz-date": amz_date,
+            "x-amz-security-token": session_token,
+        }
+        canonical = "\n".join(
+            [
+                "POST",
+                "/",
+                "Action=GetCallerIdentity&Version=2011-06-15",
+                "".join(f"{name}:{values[name]}\n" for name in expected_names),
+                signed_names,
+                hashlib.sha256(b"").hexdigest(),
+            ]
+        )
+        scope = f"{date}/{region}/sts/aws4_request"
+        digest = hashlib.sha256(canonical.encode()).hexdigest()
+        to_sign = f"AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{digest}"
+        key = f"AWS4{secret}".encode()
+        for part in (date, region, "sts", "aws4_request"):
+            key = hmac.new(key, part.encode(), hashlib.sha256).digest()
+        if not hmac.compare_digest(
+            hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest(), signature
+        ):
+            return "the AWS signature does not verify"
+        return None
+
+    return check
+
+
+class FakeIdentityProvider(_FakeService):
+    """A URL that hands out subject tokens (as Azure's metadata service does), text or JSON."""
+
+    server_header = "IdP"
+
+    def __init__(self):
+        super().__init__()
+        self.token = "idp-jwt-" + secrets.token_hex(8)
+        self.json_field = None  # None: answer text/plain; else {json_field: token}
+        self.required_headers: dict[str, str] = {}
+
+    @property
+    def url(self):
+        """The subject token URL."""
+        return f"http://127.0.0.1:{self.port}/token?resource=gauth"
+
+    def respond(self, record):
+        """Answer GET /token when the required headers are there."""
+        if record.route != "/token" or record.method != "GET":
+            return _reply(404, "not found")
+        for name, value in self.required_headers.items():
+            if record.headers.get(name.lower()) != value:
+                return _reply(401, {"error": f"header {name} missing"})
+        if self.json_field is None:
+            return _reply(200, self.token)
+        return _reply(200, {self.json_field: self.token, "token_type": "Bearer"})
+
+
+class _VirtualHosts(_FakeService):
+    """One TLS server answering for several Google hosts, each by its own fake."""
+
+    server_header = "ESF"
+
+    def __init__(self, hosts):
+        super().__init__()
+        self.hosts = hosts
+
+    def pop_scripted(self):
+        """Scripts belong to the per-host fakes."""
+        return None
+
+    def respond(self, record):
+        """Hand the request to the fake for its Host header, recording it there too."""
+        host = record.headers.get("host", "").lower().removesuffix(":443")
+        fake = self.hosts.get(host)
+        if fake is None:
+            return _google_api_error(404, "NOT_FOUND", f"no fake serves {host}")
+        fake.requests.append(record)
+        return fake.pop_scripted() or fake.respond(record)
+
+
+@dataclass
+class GoogleFederation:
+    """Fake STS, IAM credentials and OAuth endpoints, at their real https:// URLs via a proxy."""
+
+    sts: FakeSTS
+    iam: FakeIAMCredentials
+    google: FakeGoogle
+    hosts: _VirtualHosts
+    proxy: _ConnectProxy
+    ca_file: Path
+
+    @property
+    def connects(self):
+        """CONNECT targets the proxy tunnelled, in order."""
+        return self.proxy.connects
+
+
+@pytest.fixture(scope="session")
+def federation_tls_context(test_ca):
+    """A server TLS context whose certificate also covers STS, IAM and resource manager hosts."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    test_ca.issue_cert(*FEDERATION_TLS_HOSTS).configure_cert(context)
+    return context
+
+
+@pytest.fixture
+def google_federation(fake_google, test_ca_file, federation_tls_context, monkeypatch):
+    """Fake STS and IAM on loopback (plain http) and behind https://sts/iamcredentials.googleapis.com."""
+    sts = FakeSTS()
+    sts.serve()
+    iam = FakeIAMCredentials(sts, fake_google)
+    iam.serve()
+    hosts = _VirtualHosts(
+        {
+            OAUTH_HOST: fake_google,
+            STS_HOST: sts,
+            IAM_HOST: iam,
+            f"sts.{OTHER_UNIVERSE}": sts,
+            f"iamcredentials.{OTHER_UNIVERSE}": iam,
+        }
+    )
+    tls_server = hosts.serve(federation_tls_context)
+    proxy = _ConnectProxy(tls_server.port).start()
+    proxy_url = f"http://127.0.0.1:{proxy.port}"
+    for name in ("HTTPS_PROXY", "https_proxy"):
+        monkeypatch.setenv(name, proxy_url)
+    for name in ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE"):
+        monkeypatch.setenv(name, str(test_ca_file))
+    yield GoogleFederation(sts, iam, fake_google, hosts, proxy, test_ca_file)
+    stops = (proxy.stop, hosts.close, iam.close, sts.close)
+    stopping = [threading.Thread(target=stop) for stop in stops]  # each waits out a poll
+    for thread in stopping:
+        thread.start()
+    for thread in stopping:
+        thread.join(JOIN_TIMEOUT)
+
+
+@pytest.fixture
+def fake_aws():
+    """A fake EC2 instance metadata service on loopback."""
+    with FakeAwsMetadata() as fake:
+        yield fake
+
+
+@pytest.fixture
+def fake_idp():
+    """A fake subject-token URL on loopback."""
+    with FakeIdentityProvider() as fake:
+        yield fake
