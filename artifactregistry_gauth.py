@@ -343,10 +343,25 @@ def _post_form(
     response = transport.request(
         "POST", url, body=urlencode(fields).encode("ascii"), headers=all_headers
     )
-    return _token_response_json(response, url, what)
+    sent = [value for name, value in fields.items() if name in _SECRET_FIELDS]
+    sent += [v.split()[-1] for k, v in all_headers.items() if k.lower() == "authorization"]
+    return _token_response_json(response, url, what, sent)
 
 
-def _token_response_json(response: Response, url: str, what: str) -> dict:
+# Form fields that carry credentials: a server that echoes them must not make us print them.
+_SECRET_FIELDS = frozenset({"assertion", "refresh_token", "client_secret", "subject_token", "rapt"})
+
+
+def _redact(text: str, secrets: list) -> str:
+    """Server text made safe for one line of ours: whitespace folded, our secrets masked."""
+    text = " ".join(text.split())
+    for secret in secrets:
+        if isinstance(secret, str) and len(secret) >= 4:
+            text = text.replace(secret, "***")
+    return text
+
+
+def _token_response_json(response: Response, url: str, what: str, sent: list = ()) -> dict:
     try:
         data = response.json()
     except ValueError:
@@ -364,7 +379,7 @@ def _token_response_json(response: Response, url: str, what: str) -> dict:
             error = str(data.get("error", ""))
             subtype = str(data.get("error_subtype", ""))
             description = str(data.get("error_description", ""))
-    detail = ": ".join(part for part in (error, description[:200]) if part)
+    detail = _redact(": ".join(part for part in (error, description) if part), list(sent))[:240]
     raise TokenEndpointError(
         f"{what} at {_without_query(url)} refused (HTTP {response.status}"
         + (f", {detail})" if detail else ")"),
@@ -1013,7 +1028,7 @@ def _generate_access_token(
     response = transport.request(
         "POST", url, body=json.dumps(body).encode("utf-8"), headers=headers
     )
-    data = _token_response_json(response, url, "IAM generateAccessToken")
+    data = _token_response_json(response, url, "IAM generateAccessToken", [bearer])
     value, expire_time = data.get("accessToken"), data.get("expireTime")
     if not isinstance(value, str) or not value:
         raise CredentialError("IAM generateAccessToken answered without an accessToken")
