@@ -35,6 +35,7 @@ MIRROR_INDEX = f"https://{MIRROR_HOST}/simple/"
 PROXY_HOST = "pypi.corp.test"  # a proxy in front of Artifact Registry: ARTIFACTREGISTRY_GAUTH_HOSTS
 PROXY_INDEX = f"https://{PROXY_HOST}/ar/simple/"
 TLS_NAMES = (AR_HOST, MIRROR_HOST, PROXY_HOST)
+GOOGLE_TOKEN_HOST = "oauth2.googleapis.com"  # where user credentials are refreshed
 PRIVATE_WHEELS = {"gauth_demo_app-1.0.0-py3-none-any.whl", "gauth_demo_lib-1.0.0-py3-none-any.whl"}
 
 # The versions under test, installed once per session. Bump them here.
@@ -206,9 +207,12 @@ def registry(toolbox, fake_google, registry_tls_context):
 
 
 @pytest.fixture
-def proxy(registry):
-    """HTTPS_PROXY for the clients: the fake hosts go to the fake registry, nothing else goes."""
-    server = RoutingProxy({host: registry.port for host in TLS_NAMES}).start()
+def proxy(registry, fake_google, google_tls_context):
+    """HTTPS_PROXY for the clients: the fake hosts go to the fake registry, Google's token
+    endpoint to the fake Google, and nothing else goes anywhere."""
+    routes = {host: registry.port for host in TLS_NAMES}
+    routes[GOOGLE_TOKEN_HOST] = fake_google.serve(google_tls_context).port
+    server = RoutingProxy(routes).start()
     yield server
     server.stop()
     assert server.rejected == [], f"a client tried to leave loopback: {server.rejected}"
@@ -305,6 +309,21 @@ def assert_private_install(registry, target, host=AR_HOST):
     assert served and all(r.authenticated for r in served)
 
 
+@pytest.fixture
+def dist(tmp_path):
+    """A dist/ folder with one wheel to upload."""
+    folder = tmp_path / "dist"
+    folder.mkdir()
+    return build_wheel(folder, "gauth-demo-upload", "0.1.0")
+
+
+def assert_uploaded(registry, wheel):
+    """The wheel reached .../proj/uploads/ in a POST that carried a live token."""
+    assert [(u.repository, u.filename) for u in registry.uploads] == [("proj/uploads", wheel.name)]
+    posts = [r for r in registry.requests_to(AR_HOST) if r.method == "POST"]
+    assert posts and posts[-1].authenticated and posts[-1].status == 200
+
+
 # --- pip ----------------------------------------------------------------------------------------
 
 
@@ -388,6 +407,24 @@ def test_pip_authenticates_to_a_host_named_in_artifactregistry_gauth_hosts(
     check(result)
     assert_private_install(registry, tmp_path / "t", host=PROXY_HOST)
     assert token_fetches(fake_google) == 1
+
+
+def test_pip_with_gcloud_application_default_login(
+    toolbox, registry, fake_google, client_env, proxy, user_file, tmp_path
+):
+    # The usual developer setup: `gcloud auth application-default login` wrote a user
+    # credential, refreshed at https://oauth2.googleapis.com/token through HTTPS_PROXY.
+    adc = Path(client_env["CLOUDSDK_CONFIG"], "application_default_credentials.json")
+    adc.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(user_file(), adc)
+    env = {k: v for k, v in client_env.items() if k != "GOOGLE_APPLICATION_CREDENTIALS"}
+    result = pip_install(
+        toolbox, "keyring25", env, tmp_path / "t", "import", INDEX, "gauth-demo-app"
+    )
+    check(result)
+    assert_private_install(registry, tmp_path / "t")
+    assert token_fetches(fake_google) == 1
+    assert f"{GOOGLE_TOKEN_HOST}:443" in proxy.connects
 
 
 def test_pip_without_credentials_says_why_in_one_line(
@@ -486,26 +523,23 @@ def test_uv_named_index_with_the_username_in_the_environment(
     assert token_fetches(fake_google) == 1
 
 
+def test_uv_publish_takes_the_password_from_keyring(
+    toolbox, registry, fake_google, client_env, dist
+):
+    env = on_path(client_env, toolbox.bin("keyring25"))
+    publish = [toolbox.exe("uv", "uv"), "publish", "--publish-url", UPLOAD_URL]
+    auth = ["--username", "oauth2accesstoken", "--keyring-provider", "subprocess"]
+    check(run([*publish, *auth, dist], env))
+    assert_uploaded(registry, dist)
+    assert token_fetches(fake_google) == 1
+
+
 # --- twine --------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def dist(tmp_path):
-    """A dist/ folder with one wheel to upload."""
-    folder = tmp_path / "dist"
-    folder.mkdir()
-    return build_wheel(folder, "gauth-demo-upload", "0.1.0")
 
 
 def twine_upload(toolbox, env, *args):
     twine = [toolbox.exe("twine", "twine"), "upload", "--non-interactive", "--disable-progress-bar"]
     return run([*twine, *args], env)
-
-
-def assert_uploaded(registry, wheel):
-    assert [(u.repository, u.filename) for u in registry.uploads] == [("proj/uploads", wheel.name)]
-    posts = [r for r in registry.requests_to(AR_HOST) if r.method == "POST"]
-    assert posts and posts[-1].authenticated and posts[-1].status == 200
 
 
 @pytest.mark.parametrize("username", [["-u", "oauth2accesstoken"], []], ids=["u", "no-u"])
