@@ -1,0 +1,852 @@
+"""Real clients end to end: pip, uv, twine, poetry, tox, keyring against a fake Artifact Registry.
+
+Every tool runs as a subprocess from its own virtualenv (built once per session with uv)
+and reaches `https://us-python.pkg.dev/...` through a loopback CONNECT proxy that knows
+only the fake hosts. Credentials are a service-account key whose token_uri is the
+loopback fake Google token endpoint; the metadata server is a refused loopback port.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+import shutil
+import ssl
+import subprocess
+import sys
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from fake_registry import FakeRegistry, RoutingProxy, build_wheel
+
+pytestmark = pytest.mark.clients
+
+ROOT = Path(__file__).resolve().parent
+AR_HOST = "us-python.pkg.dev"
+INDEX = f"https://{AR_HOST}/proj/repo/simple/"
+INDEX_WITH_USER = f"https://oauth2accesstoken@{AR_HOST}/proj/repo/simple/"
+UPLOAD_URL = f"https://{AR_HOST}/proj/uploads/"
+MIRROR_HOST = "mirror.example.test"  # not Artifact Registry: must never see a Google token
+MIRROR_INDEX = f"https://{MIRROR_HOST}/simple/"
+PROXY_HOST = "pypi.corp.test"  # a proxy in front of Artifact Registry: ARTIFACTREGISTRY_GAUTH_HOSTS
+PROXY_INDEX = f"https://{PROXY_HOST}/ar/simple/"
+TLS_NAMES = (AR_HOST, MIRROR_HOST, PROXY_HOST)
+GOOGLE_TOKEN_HOST = "oauth2.googleapis.com"  # where user credentials are refreshed
+PRIVATE_WHEELS = {"gauth_demo_app-1.0.0-py3-none-any.whl", "gauth_demo_lib-1.0.0-py3-none-any.whl"}
+
+# The versions under test, installed once per session. Bump them here.
+PIP = "pip==26.3"
+PIP_BEFORE_26_2 = "pip==26.1.2"  # its subprocess provider needs the username in the URL
+KEYRING_25 = "keyring==25.7.0"
+KEYRING_24 = "keyring==24.3.1"  # no --mode creds: pip 26.2+ and uv without a username can't use it
+UV = "uv==0.13.9"
+TWINE = "twine==7.0.0"
+POETRY = "poetry==2.5.1"
+TOX = "tox==4.67.15"
+OURS = "artifactregistry-gauth"  # replaced by the wheel built from this checkout
+VENVS = {
+    "keyring25": [PIP, KEYRING_25, OURS],  # pip's import provider; the `keyring` put on PATH
+    "keyring24": [KEYRING_24, OURS],
+    "pip": [PIP],  # pip alone: subprocess provider
+    "pip_old": [PIP_BEFORE_26_2],
+    "uv": [UV],
+    "twine": [TWINE, OURS],
+    "poetry": [POETRY, OURS],
+    "tox": [TOX, OURS],
+    "tox_bare": [TOX],  # `requires = artifactregistry-gauth` makes it provision .tox/.tox
+    "vendored": [PIP, KEYRING_25],  # keyring only; our single file comes through keyringrc.cfg
+}
+# Clients get no system directory that holds a real gcloud: our fallback must not find one.
+SYSTEM_PATH = [
+    d
+    for d in ("/usr/local/bin", "/usr/bin", "/bin")
+    if os.path.isdir(d)
+    and not any(os.path.exists(os.path.join(d, g)) for g in ("gcloud", "gcloud.cmd"))
+]
+BIN = "bin"  # these tests run on POSIX
+
+
+# --- tools, built once per session ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Toolbox:
+    """The session's virtualenvs, our wheel and the demo wheels the fake registry serves."""
+
+    venvs: dict
+    project_wheel: Path
+    wheels: dict  # "lib", "app", "public" -> Path
+    wheelhouse: Path  # tox, us and what we both need: what tox provisions from "PyPI"
+
+    def bin(self, venv: str) -> Path:
+        return self.venvs[venv] / BIN
+
+    def python(self, venv: str) -> Path:
+        return self.bin(venv) / "python"
+
+    def exe(self, venv: str, name: str) -> Path:
+        return self.bin(venv) / name
+
+
+def _installer() -> str:
+    """The uv that builds the session's virtualenvs (from the test extra)."""
+    from uv import find_uv_bin
+
+    return find_uv_bin()
+
+
+def _build_our_wheel(uv: str, workdir: Path) -> Path:
+    """Build artifactregistry-gauth from a copy of this checkout (no build/ in the tree)."""
+    source = workdir / "src"
+    source.mkdir()
+    for name in ("setup.cfg", "setup.py", "pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy2(ROOT / name, source / name)
+    shutil.copy2(ROOT / "artifactregistry_gauth.py", source / "artifactregistry_gauth.py")
+    dist = workdir / "dist"
+    check(
+        subprocess.run(
+            [uv, "build", "--wheel", "--quiet", "--out-dir", str(dist), str(source)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    )
+    (wheel,) = dist.glob("artifactregistry_gauth-*.whl")
+    return wheel
+
+
+def _download_wheelhouse(directory: Path, requirements: list) -> None:
+    """The wheels of requirements and everything they need, for the fake mirror to serve."""
+    command = [sys.executable, "-m", "pip", "download", "--quiet", "--only-binary=:all:"]
+    check(
+        subprocess.run(
+            [*command, "--dest", str(directory), *requirements],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+    )
+
+
+def _make_venv(uv: str, path: Path, requirements: list) -> None:
+    """A fresh virtualenv holding exactly `requirements` (and what they need)."""
+    for command in (
+        [uv, "venv", "--quiet", "--python", sys.executable, str(path)],
+        [uv, "pip", "install", "--quiet", "--python", str(path / BIN / "python"), *requirements],
+    ):
+        check(subprocess.run(command, capture_output=True, text=True, timeout=600))
+
+
+@pytest.fixture(scope="session")
+def toolbox(tmp_path_factory):
+    """Every tool in its own virtualenv, installed in parallel once per session."""
+    workdir = tmp_path_factory.mktemp("clients")
+    uv = _installer()
+    project_wheel = _build_our_wheel(uv, workdir)
+    venvs = {name: workdir / "venvs" / name for name in VENVS}
+    wheelhouse = workdir / "wheelhouse"
+    with concurrent.futures.ThreadPoolExecutor(max_workers=len(VENVS) + 1) as pool:
+        jobs = [
+            pool.submit(
+                _make_venv,
+                uv,
+                venvs[name],
+                [str(project_wheel) if r == OURS else r for r in requirements],
+            )
+            for name, requirements in VENVS.items()
+        ]
+        jobs.append(pool.submit(_download_wheelhouse, wheelhouse, [TOX, str(project_wheel)]))
+        for job in jobs:
+            job.result()
+    wheels = workdir / "wheels"
+    wheels.mkdir()
+    return Toolbox(
+        venvs=venvs,
+        project_wheel=project_wheel,
+        wheels={
+            "lib": build_wheel(wheels, "gauth-demo-lib", "1.0.0"),
+            "app": build_wheel(wheels, "gauth-demo-app", "1.0.0", ("gauth-demo-lib>=1.0",)),
+            "public": build_wheel(wheels, "gauth-demo-public", "2.0.0"),
+        },
+        wheelhouse=wheelhouse,
+    )
+
+
+# --- the fake registry, per test ------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def registry_tls_context(test_ca):
+    """A server TLS context whose test-CA certificate covers the registry and mirror names."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    test_ca.issue_cert(*TLS_NAMES).configure_cert(context)
+    return context
+
+
+@pytest.fixture
+def registry(toolbox, fake_google, registry_tls_context):
+    """us-python.pkg.dev/proj/repo (lib, app), .../proj/uploads (empty), an open mirror,
+    and pypi.corp.test/ar (lib, app) standing for a proxy in front of Artifact Registry."""
+    fake = FakeRegistry(registry_tls_context, fake_google)
+    for host, path in ((AR_HOST, "proj/repo"), (PROXY_HOST, "ar")):
+        repo = fake.repository(host, path)
+        repo.add_file(toolbox.wheels["lib"])
+        repo.add_file(toolbox.wheels["app"])
+    fake.repository(AR_HOST, "proj/uploads")
+    fake.mirror(MIRROR_HOST).add_file(toolbox.wheels["public"])
+    fake.start()
+    yield fake
+    fake.stop()
+    # Whatever the test checked, a Google token must never reach a host that is not ours.
+    leaked = [r for r in fake.requests if r.carried_google_token and r.host not in fake.registries]
+    assert leaked == [], "a Google token was sent to a host that is not Artifact Registry"
+
+
+@pytest.fixture
+def proxy(registry, fake_google, google_tls_context):
+    """HTTPS_PROXY for the clients: the fake hosts go to the fake registry, Google's token
+    endpoint to the fake Google, and nothing else goes anywhere."""
+    routes = {host: registry.port for host in TLS_NAMES}
+    routes[GOOGLE_TOKEN_HOST] = fake_google.serve(google_tls_context).port
+    server = RoutingProxy(routes).start()
+    yield server
+    server.stop()
+    assert server.rejected == [], f"a client tried to leave loopback: {server.rejected}"
+
+
+@pytest.fixture
+def client_env(isolated_env, sa_file, proxy, test_ca_file, tmp_path):
+    """The whole environment of a client process: loopback only, a service-account key."""
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    passed = (
+        "HOME",
+        "XDG_CACHE_HOME",
+        "XDG_CONFIG_HOME",
+        "XDG_DATA_HOME",
+        "CLOUDSDK_CONFIG",
+        "ARTIFACTREGISTRY_GAUTH_CACHE_DIR",
+        "GCE_METADATA_HOST",  # a refused loopback port (isolated_env)
+        "GCE_METADATA_IP",
+    )
+    env = {name: os.environ[name] for name in passed}
+    env.update(
+        PATH=os.pathsep.join([str(isolated_env.bin_dir), *SYSTEM_PATH]),
+        LANG="C.UTF-8",
+        TMPDIR=str(temp),
+        PYTHONDONTWRITEBYTECODE="1",
+        GOOGLE_APPLICATION_CREDENTIALS=str(sa_file()),
+        HTTPS_PROXY=proxy.url,
+        https_proxy=proxy.url,
+        NO_PROXY="127.0.0.1,localhost",
+        no_proxy="127.0.0.1,localhost",
+        SSL_CERT_FILE=str(test_ca_file),
+        REQUESTS_CA_BUNDLE=str(test_ca_file),
+        PIP_CERT=str(test_ca_file),
+        PIP_CONFIG_FILE=os.devnull,  # nothing from this machine's pip.conf
+        PIP_DISABLE_PIP_VERSION_CHECK="1",
+        PIP_NO_CACHE_DIR="1",
+        UV_CACHE_DIR=str(tmp_path / "uv-cache"),
+        UV_NO_PROGRESS="1",
+        UV_PYTHON_DOWNLOADS="never",
+        VIRTUALENV_NO_PERIODIC_UPDATE="1",
+    )
+    return env
+
+
+def on_path(env: dict, *directories: Path) -> dict:
+    """A copy of env with directories in front of PATH."""
+    return {**env, "PATH": os.pathsep.join([*map(str, directories), env["PATH"]])}
+
+
+def run(command, env, cwd=None, timeout=180):
+    """Run a client with no stdin, by default in the test's empty TMPDIR (not this checkout,
+    which `python -m` would put on sys.path); return the completed process."""
+    return subprocess.run(
+        [str(part) for part in command],
+        env=env,
+        cwd=cwd or env["TMPDIR"],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def check(result):
+    """Fail with the command's output unless it exited 0."""
+    if result.returncode != 0:
+        pytest.fail(
+            f"{' '.join(map(str, result.args))} exited {result.returncode}\n"
+            f"--- stdout\n{result.stdout[-4000:]}\n--- stderr\n{result.stderr[-4000:]}",
+            pytrace=False,
+        )
+    return result
+
+
+def modules_in(target: Path) -> set:
+    """The importable top-level packages in an install --target directory."""
+    return {
+        entry.name
+        for entry in target.iterdir()
+        if entry.is_dir() and not entry.name.endswith(".dist-info") and entry.name != "bin"
+    }
+
+
+def token_fetches(fake_google) -> int:
+    return len(fake_google.token_requests)
+
+
+def assert_private_install(registry, target, host=AR_HOST):
+    """Both private wheels were downloaded with a live token and installed."""
+    assert modules_in(target) == {"gauth_demo_app", "gauth_demo_lib"}
+    assert set(registry.served_files(host)) == PRIVATE_WHEELS
+    served = [r for r in registry.requests_to(host) if r.status == 200]
+    assert served and all(r.authenticated for r in served)
+
+
+@pytest.fixture
+def dist(tmp_path):
+    """A dist/ folder with one wheel to upload."""
+    folder = tmp_path / "dist"
+    folder.mkdir()
+    return build_wheel(folder, "gauth-demo-upload", "0.1.0")
+
+
+def assert_uploaded(registry, wheel):
+    """The wheel reached .../proj/uploads/ in a POST that carried a live token."""
+    assert [(u.repository, u.filename) for u in registry.uploads] == [("proj/uploads", wheel.name)]
+    posts = [r for r in registry.requests_to(AR_HOST) if r.method == "POST"]
+    assert posts and posts[-1].authenticated and posts[-1].status == 200
+
+
+# --- pip ----------------------------------------------------------------------------------------
+
+
+def pip_install(toolbox, venv, env, target, provider, index, *args):
+    """`pip install --target` with no prompts, a keyring provider and an index URL."""
+    pip = [toolbox.python(venv), "-m", "pip", "install", "--no-input", "--target", target]
+    return run([*pip, "--keyring-provider", provider, "--index-url", index, *args], env)
+
+
+@pytest.mark.parametrize(
+    ("venv", "provider", "index"),
+    [
+        ("keyring25", "import", INDEX),
+        ("keyring25", "import", INDEX_WITH_USER),
+        ("pip", "subprocess", INDEX),
+        ("pip", "subprocess", INDEX_WITH_USER),
+        ("pip_old", "subprocess", INDEX_WITH_USER),
+    ],
+    ids=[
+        "import",
+        "import-username-in-url",
+        "subprocess",
+        "subprocess-username-in-url",
+        "subprocess-pip-26.1-username-in-url",
+    ],
+)
+def test_pip_installs_a_private_package_and_its_dependency(
+    toolbox, registry, fake_google, client_env, tmp_path, venv, provider, index
+):
+    env = on_path(client_env, toolbox.bin("keyring25"))  # the `keyring` a pipx user has
+    result = pip_install(toolbox, venv, env, tmp_path / "t", provider, index, "gauth-demo-app")
+    check(result)
+    assert_private_install(registry, tmp_path / "t")
+    assert token_fetches(fake_google) == 1
+
+
+def test_pip_before_26_2_needs_the_username_in_the_url(
+    toolbox, registry, fake_google, client_env, tmp_path
+):
+    env = on_path(client_env, toolbox.bin("keyring25"))
+    result = pip_install(
+        toolbox, "pip_old", env, tmp_path / "t", "subprocess", INDEX, "gauth-demo-app"
+    )
+    assert result.returncode != 0
+    assert "No matching distribution found for gauth-demo-app" in result.stderr
+    seen = registry.requests_to(AR_HOST)
+    assert seen and {(r.username, r.status) for r in seen} == {(None, 401)}
+    assert token_fetches(fake_google) == 0
+
+
+def test_pip_extra_index_url_sends_the_token_only_to_artifact_registry(
+    toolbox, registry, fake_google, client_env, tmp_path
+):
+    result = pip_install(
+        toolbox,
+        "keyring25",
+        client_env,
+        tmp_path / "t",
+        "import",
+        MIRROR_INDEX,
+        "--extra-index-url",
+        INDEX,
+        "gauth-demo-app",
+        "gauth-demo-public",
+    )
+    check(result)
+    assert modules_in(tmp_path / "t") == {"gauth_demo_app", "gauth_demo_lib", "gauth_demo_public"}
+    mirror = registry.requests_to(MIRROR_HOST)
+    assert registry.served_files(MIRROR_HOST) == ["gauth_demo_public-2.0.0-py3-none-any.whl"]
+    assert [r for r in mirror if r.username is not None or r.carried_google_token] == []
+    assert token_fetches(fake_google) == 1
+
+
+def test_pip_authenticates_to_a_host_named_in_artifactregistry_gauth_hosts(
+    toolbox, registry, fake_google, client_env, tmp_path
+):
+    env = {**client_env, "ARTIFACTREGISTRY_GAUTH_HOSTS": "*.corp.test"}
+    result = pip_install(
+        toolbox, "keyring25", env, tmp_path / "t", "import", PROXY_INDEX, "gauth-demo-app"
+    )
+    check(result)
+    assert_private_install(registry, tmp_path / "t", host=PROXY_HOST)
+    assert token_fetches(fake_google) == 1
+
+
+def test_pip_with_gcloud_application_default_login(
+    toolbox, registry, fake_google, client_env, proxy, user_file, tmp_path
+):
+    # The usual developer setup: `gcloud auth application-default login` wrote a user
+    # credential, refreshed at https://oauth2.googleapis.com/token through HTTPS_PROXY.
+    adc = Path(client_env["CLOUDSDK_CONFIG"], "application_default_credentials.json")
+    adc.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(user_file(), adc)
+    env = {k: v for k, v in client_env.items() if k != "GOOGLE_APPLICATION_CREDENTIALS"}
+    result = pip_install(
+        toolbox, "keyring25", env, tmp_path / "t", "import", INDEX, "gauth-demo-app"
+    )
+    check(result)
+    assert_private_install(registry, tmp_path / "t")
+    assert token_fetches(fake_google) == 1
+    assert f"{GOOGLE_TOKEN_HOST}:443" in proxy.connects
+
+
+def test_pip_without_credentials_says_why_in_one_line(
+    toolbox, registry, fake_google, client_env, tmp_path
+):
+    env = {k: v for k, v in client_env.items() if k != "GOOGLE_APPLICATION_CREDENTIALS"}
+    result = pip_install(
+        toolbox, "keyring25", env, tmp_path / "t", "import", INDEX, "gauth-demo-app"
+    )
+    assert result.returncode != 0
+    # uv runs `keyring` once for the index URL and once for the host: each run says the
+    # same one line (a failure is not remembered across processes, so that a login
+    # right after is seen at once).
+    ours = [line for line in result.stderr.splitlines() if "artifactregistry-gauth" in line]
+    assert 1 <= len(ours) <= 2
+    assert len(set(ours)) == 1
+    assert "no Google credentials found" in ours[0]
+    assert "Traceback" not in result.stderr, result.stderr
+    assert ours[0].startswith("WARNING: artifactregistry-gauth: no Google credentials found (")
+    assert "Traceback" not in result.stderr
+
+
+# --- uv -----------------------------------------------------------------------------------------
+
+
+def uv_pip_install(toolbox, env, target, *args):
+    """`uv pip install --target` for the uv venv's interpreter."""
+    uv = [toolbox.exe("uv", "uv"), "pip", "install", "--python", toolbox.python("uv")]
+    return run([*uv, "--target", target, *args], env)
+
+
+def test_uv_keyring_subprocess_with_the_username_in_the_url(
+    toolbox, registry, fake_google, client_env, tmp_path
+):
+    env = on_path(client_env, toolbox.bin("keyring25"))
+    args = ["--keyring-provider", "subprocess", "--index-url", INDEX_WITH_USER]
+    result = uv_pip_install(toolbox, env, tmp_path / "t", *args, "gauth-demo-app")
+    check(result)
+    assert_private_install(registry, tmp_path / "t")
+    assert token_fetches(fake_google) == 1
+
+
+def test_uv_index_with_authenticate_always_needs_no_username(
+    toolbox, registry, fake_google, client_env, tmp_path
+):
+    config = tmp_path / "uv.toml"
+    config.write_text(
+        textwrap.dedent(
+            f"""\
+            keyring-provider = "subprocess"
+
+            [[index]]
+            name = "private"
+            url = "{INDEX}"
+            default = true
+            authenticate = "always"
+            """
+        )
+    )
+    env = on_path(client_env, toolbox.bin("keyring25"))
+    result = uv_pip_install(toolbox, env, tmp_path / "t", "--config-file", config, "gauth-demo-app")
+    check(result)
+    assert_private_install(registry, tmp_path / "t")
+    assert token_fetches(fake_google) == 1
+
+
+def test_uv_without_username_or_authenticate_always_never_asks_keyring(
+    toolbox, registry, fake_google, client_env, tmp_path
+):
+    env = on_path(client_env, toolbox.bin("keyring25"))
+    args = ["--keyring-provider", "subprocess", "--index-url", INDEX]
+    result = uv_pip_install(toolbox, env, tmp_path / "t", *args, "gauth-demo-app")
+    assert result.returncode != 0
+    assert "401 Unauthorized" in result.stderr
+    assert token_fetches(fake_google) == 0
+
+
+def test_uv_without_credentials_says_why_in_one_line(toolbox, registry, client_env, tmp_path):
+    env = {k: v for k, v in client_env.items() if k != "GOOGLE_APPLICATION_CREDENTIALS"}
+    env = on_path(env, toolbox.bin("keyring25"))
+    args = ["--keyring-provider", "subprocess", "--index-url", INDEX_WITH_USER]
+    result = uv_pip_install(toolbox, env, tmp_path / "t", *args, "gauth-demo-app")
+    assert result.returncode != 0
+    # uv runs `keyring` once for the index URL and once for the host: each run says the
+    # same one line (a failure is not remembered across processes, so that a login
+    # right after is seen at once).
+    ours = [line for line in result.stderr.splitlines() if "artifactregistry-gauth" in line]
+    assert 1 <= len(ours) <= 2
+    assert len(set(ours)) == 1
+    assert "no Google credentials found" in ours[0]
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("password", ["keyring", "token-command"])
+def test_uv_named_index_with_the_username_in_the_environment(
+    toolbox, registry, fake_google, client_env, tmp_path, password
+):
+    config = tmp_path / "uv.toml"
+    config.write_text(
+        textwrap.dedent(
+            f"""\
+            [[index]]
+            name = "private"
+            url = "{INDEX}"
+            default = true
+            """
+        )
+    )
+    env = {**client_env, "UV_INDEX_PRIVATE_USERNAME": "oauth2accesstoken"}
+    if password == "keyring":
+        env = on_path({**env, "UV_KEYRING_PROVIDER": "subprocess"}, toolbox.bin("keyring25"))
+    else:
+        token = check(run([toolbox.exe("keyring25", "artifactregistry-gauth"), "token"], env))
+        env["UV_INDEX_PRIVATE_PASSWORD"] = token.stdout.strip()
+    result = uv_pip_install(toolbox, env, tmp_path / "t", "--config-file", config, "gauth-demo-app")
+    check(result)
+    assert_private_install(registry, tmp_path / "t")
+    assert token_fetches(fake_google) == 1
+
+
+def test_uv_publish_takes_the_password_from_keyring(
+    toolbox, registry, fake_google, client_env, dist
+):
+    env = on_path(client_env, toolbox.bin("keyring25"))
+    publish = [toolbox.exe("uv", "uv"), "publish", "--publish-url", UPLOAD_URL]
+    auth = ["--username", "oauth2accesstoken", "--keyring-provider", "subprocess"]
+    check(run([*publish, *auth, dist], env))
+    assert_uploaded(registry, dist)
+    assert token_fetches(fake_google) == 1
+
+
+# --- twine --------------------------------------------------------------------------------------
+
+
+def twine_upload(toolbox, env, *args):
+    twine = [toolbox.exe("twine", "twine"), "upload", "--non-interactive", "--disable-progress-bar"]
+    return run([*twine, *args], env)
+
+
+@pytest.mark.parametrize("username", [["-u", "oauth2accesstoken"], []], ids=["u", "no-u"])
+def test_twine_uploads_with_the_token_from_keyring(
+    toolbox, registry, fake_google, client_env, dist, username
+):
+    result = twine_upload(toolbox, client_env, "--repository-url", UPLOAD_URL, *username, dist)
+    check(result)
+    assert_uploaded(registry, dist)
+    assert token_fetches(fake_google) == 1
+
+
+def test_twine_uploads_to_a_pypirc_repository(toolbox, registry, fake_google, client_env, dist):
+    Path(client_env["HOME"], ".pypirc").write_text(
+        textwrap.dedent(
+            f"""\
+            [distutils]
+            index-servers =
+                gar
+
+            [gar]
+            repository = {UPLOAD_URL}
+            """
+        )
+    )
+    result = twine_upload(toolbox, client_env, "--repository", "gar", dist)
+    check(result)
+    assert_uploaded(registry, dist)
+    assert token_fetches(fake_google) == 1
+
+
+# --- poetry -------------------------------------------------------------------------------------
+
+
+def poetry_env(client_env):
+    return {
+        **client_env,
+        "POETRY_NO_INTERACTION": "1",
+        "POETRY_VIRTUALENVS_IN_PROJECT": "true",
+        "POETRY_VIRTUALENVS_USE_POETRY_PYTHON": "true",
+    }
+
+
+def test_poetry_installs_from_an_artifact_registry_source(
+    toolbox, registry, fake_google, client_env, tmp_path
+):
+    project = tmp_path / "consumer"
+    project.mkdir()
+    (project / "pyproject.toml").write_text(
+        textwrap.dedent(
+            f"""\
+            [project]
+            name = "consumer"
+            version = "0.1.0"
+            requires-python = ">=3.9"
+            dependencies = ["gauth-demo-app"]
+
+            [tool.poetry]
+            package-mode = false
+
+            [[tool.poetry.source]]
+            name = "gar"
+            url = "{INDEX}"
+            priority = "primary"
+            """
+        )
+    )
+    result = run(
+        [toolbox.exe("poetry", "poetry"), "install", "-vvv"], poetry_env(client_env), cwd=project
+    )
+    check(result)
+    # poetry asked keyring "python-poetry-check" first and found our backend usable.
+    assert "Using keyring backend 'artifactregistry gauth GooglePyPIAuth'" in result.stdout
+    assert "\nAvailable\n" in result.stdout
+    (site_packages,) = project.glob(".venv/lib/python*/site-packages")
+    assert {"gauth_demo_app", "gauth_demo_lib"} <= {p.name for p in site_packages.iterdir()}
+    served = [r for r in registry.requests_to(AR_HOST) if r.status == 200]
+    assert served and all(r.authenticated for r in served)
+    assert token_fetches(fake_google) == 1
+
+
+def test_poetrys_keyring_check_gets_none_at_once(toolbox, fake_google, client_env):
+    code = textwrap.dedent(
+        """\
+        import json, time, keyring
+        keyring.get_keyring()
+        start = time.perf_counter()
+        value = keyring.get_password("python-poetry-check", "python-poetry")
+        print(json.dumps({"value": value, "seconds": time.perf_counter() - start}))
+        """
+    )
+    result = check(run([toolbox.python("poetry"), "-c", code], client_env))
+    answer = json.loads(result.stdout)
+    assert answer["value"] is None
+    assert answer["seconds"] < 0.05
+    assert token_fetches(fake_google) == 0
+
+
+def test_poetry_publishes_to_artifact_registry(
+    toolbox, registry, fake_google, client_env, tmp_path
+):
+    project = tmp_path / "gauth-demo-upload"
+    project.mkdir()
+    (project / "pyproject.toml").write_text(
+        textwrap.dedent(
+            """\
+            [project]
+            name = "gauth-demo-upload"
+            version = "0.1.0"
+            """
+        )
+    )
+    (project / "dist").mkdir()
+    wheel = build_wheel(project / "dist", "gauth-demo-upload", "0.1.0")
+    env = {**poetry_env(client_env), "POETRY_REPOSITORIES_GAR_URL": UPLOAD_URL}
+    result = run(
+        [toolbox.exe("poetry", "poetry"), "publish", "--repository", "gar"], env, cwd=project
+    )
+    check(result)
+    assert_uploaded(registry, wheel)
+    assert token_fetches(fake_google) == 1
+
+
+# --- tox ----------------------------------------------------------------------------------------
+
+
+TOX_INI = """\
+[tox]
+requires = artifactregistry-gauth
+env_list = py
+
+[testenv]
+skip_install = true
+deps = gauth-demo-app
+pass_env =
+    GOOGLE_APPLICATION_CREDENTIALS
+    # test only: the dead loopback metadata address and our cache directory
+    GCE_METADATA_HOST
+    GCE_METADATA_IP
+    ARTIFACTREGISTRY_GAUTH_*
+commands = python -c "import gauth_demo_app, gauth_demo_lib; print(gauth_demo_app.hello())"
+"""
+
+
+def tox_run(tox, env, tmp_path):
+    """Run tox in a project whose test env needs gauth-demo-app from Artifact Registry."""
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "tox.ini").write_text(TOX_INI)
+    env = {
+        **env,
+        # PyPI's stand-in first, Artifact Registry as the extra index (as gcloud prints it).
+        "PIP_INDEX_URL": MIRROR_INDEX,
+        "PIP_EXTRA_INDEX_URL": INDEX,
+        "PIP_KEYRING_PROVIDER": "subprocess",
+        "PIP_NO_INPUT": "1",
+    }
+    result = check(run([tox, "run"], env, cwd=project))
+    assert "gauth-demo-app\n" in result.stdout
+    return project
+
+
+def test_tox_with_the_backend_beside_it_installs_a_private_dependency(
+    toolbox, registry, fake_google, client_env, tmp_path
+):
+    env = on_path(client_env, toolbox.bin("tox"))  # an activated venv holding tox and us
+    project = tox_run(toolbox.exe("tox", "tox"), env, tmp_path)
+    assert not (project / ".tox" / ".tox").exists()  # `requires` was already satisfied
+    assert set(registry.served_files(AR_HOST)) == PRIVATE_WHEELS
+    assert token_fetches(fake_google) == 1
+
+
+def test_tox_requires_provisions_the_backend_and_installs_a_private_dependency(
+    toolbox, registry, fake_google, client_env, tmp_path
+):
+    for wheel in toolbox.wheelhouse.iterdir():  # tox and us, from "PyPI"
+        registry.mirror(MIRROR_HOST).add_file(wheel)
+    project = tox_run(toolbox.exe("tox_bare", "tox"), client_env, tmp_path)
+    assert (project / ".tox" / ".tox").is_dir()
+    assert toolbox.project_wheel.name in registry.served_files(MIRROR_HOST)
+    assert set(registry.served_files(AR_HOST)) == PRIVATE_WHEELS
+    assert token_fetches(fake_google) == 1
+
+
+# --- the keyring command line -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("venv", ["keyring24", "keyring25"])
+def test_keyring_cli_lists_the_backend_at_priority_nine(toolbox, client_env, venv):
+    result = check(run([toolbox.exe(venv, "keyring"), "--list-backends"], client_env))
+    assert "artifactregistry_gauth.GooglePyPIAuth (priority: 9)" in result.stdout.splitlines()
+
+
+@pytest.mark.parametrize("venv", ["keyring24", "keyring25"])
+@pytest.mark.parametrize("service", [INDEX, UPLOAD_URL, AR_HOST])
+def test_keyring_cli_get_prints_a_live_token(toolbox, fake_google, client_env, venv, service):
+    result = run([toolbox.exe(venv, "keyring"), "get", service, "oauth2accesstoken"], client_env)
+    assert result.returncode == 0, result.stderr
+    assert fake_google.is_live(result.stdout.strip())
+    assert result.stdout.count("\n") == 1
+
+
+def test_keyring_25_creds_mode_answers_the_username_too(toolbox, fake_google, client_env):
+    keyring = toolbox.exe("keyring25", "keyring")
+    for args in (["get", INDEX], ["get", INDEX, "oauth2accesstoken"]):
+        result = run([keyring, "--mode", "creds", "--output", "json", *args], client_env)
+        assert result.returncode == 0, result.stderr
+        answer = json.loads(result.stdout)
+        assert answer["username"] == "oauth2accesstoken"
+        assert fake_google.is_live(answer["password"])
+
+
+@pytest.mark.parametrize("venv", ["keyring24", "keyring25"])
+@pytest.mark.parametrize(
+    ("service", "username"),
+    [
+        (MIRROR_INDEX, "oauth2accesstoken"),
+        (MIRROR_HOST, "oauth2accesstoken"),
+        (INDEX, "someone-else"),
+        ("python-poetry-check", "python-poetry"),
+    ],
+)
+def test_keyring_cli_answers_nothing_for_other_hosts_and_users(
+    toolbox, fake_google, client_env, venv, service, username
+):
+    result = run([toolbox.exe(venv, "keyring"), "get", service, username], client_env)
+    assert (result.returncode, result.stdout, result.stderr) == (1, "", "")
+    assert token_fetches(fake_google) == 0
+
+
+def test_pip_26_2_subprocess_provider_needs_keyring_25(
+    toolbox, registry, fake_google, client_env, tmp_path
+):
+    env = on_path(client_env, toolbox.bin("keyring24"))
+    result = pip_install(
+        toolbox, "pip", env, tmp_path / "t", "subprocess", INDEX_WITH_USER, "gauth-demo-app"
+    )
+    assert result.returncode != 0
+    assert "Keyring util is outdated" in result.stdout + result.stderr
+    assert token_fetches(fake_google) == 0
+
+
+def test_separate_keyring_processes_share_one_token(toolbox, fake_google, client_env):
+    keyring_get = [toolbox.exe("keyring25", "keyring"), "get", INDEX, "oauth2accesstoken"]
+    for _ in range(2):
+        check(run(keyring_get, client_env))
+    assert token_fetches(fake_google) == 1
+
+
+# --- the vendored single file -------------------------------------------------------------------
+
+
+@pytest.fixture
+def vendored(toolbox, client_env, tmp_path):
+    """Our single file in a folder, chosen by keyringrc.cfg in a venv that has only keyring."""
+    folder = tmp_path / "vendor"
+    folder.mkdir()
+    shutil.copy2(ROOT / "artifactregistry_gauth.py", folder / "artifactregistry_gauth.py")
+    config = Path(client_env["XDG_CONFIG_HOME"], "python_keyring")
+    config.mkdir(parents=True)
+    (config / "keyringrc.cfg").write_text(
+        textwrap.dedent(
+            f"""\
+            [backend]
+            default-keyring = artifactregistry_gauth.GooglePyPIAuth
+            keyring-path = {folder}
+            """
+        )
+    )
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("pip", "provider"),
+    [("vendored", "import"), ("pip", "subprocess")],
+    ids=["import", "subprocess"],
+)
+def test_vendored_file_serves_pip(
+    toolbox, registry, fake_google, client_env, vendored, tmp_path, pip, provider
+):
+    env = on_path(client_env, toolbox.bin("vendored"))
+    result = pip_install(toolbox, pip, env, tmp_path / "t", provider, INDEX, "gauth-demo-app")
+    check(result)
+    assert_private_install(registry, tmp_path / "t")
+    assert token_fetches(fake_google) == 1
+    find = "import importlib.util as u; print(u.find_spec('artifactregistry_gauth'))"
+    found = check(run([toolbox.python("vendored"), "-c", find], env))
+    assert found.stdout == "None\n"  # not installed: only keyringrc.cfg knows the file
