@@ -772,8 +772,8 @@ _METADATA_HEADERS = {"Metadata-Flavor": "Google"}
 
 
 def _looks_like_gce() -> bool:
-    if os.environ.get("GCE_METADATA_HOST"):
-        return True
+    # Only the hardware says so: GCE_METADATA_HOST is set as often for local emulators,
+    # which answer at once, as on Google Cloud.
     try:
         with open(DMI_PRODUCT_NAME, encoding="utf-8") as f:
             return f.read().strip().startswith("Google")

@@ -826,6 +826,29 @@ def test_a_hanging_metadata_server_costs_only_the_ping_timeout(fake_metadata, fa
     assert [r.path for r in fake_metadata.requests] == ["/"]
 
 
+@pytest.mark.parametrize(
+    ("product_name", "timeout"), [("Google Compute Engine\n", 3.0), (None, 0.5)]
+)
+def test_the_metadata_ping_waits_longer_only_on_google_hardware(
+    monkeypatch, tmp_path, fake_metadata, product_name, timeout
+):
+    dmi = tmp_path / "product_name"
+    if product_name:
+        dmi.write_text(product_name)
+    monkeypatch.setattr(gauth, "DMI_PRODUCT_NAME", str(dmi))
+    seen = []
+    original = gauth.Transport.request
+
+    def spy(self, method, url, **kwargs):
+        if url.endswith("/") and method == "GET":
+            seen.append(kwargs.get("timeout"))
+        return original(self, method, url, **kwargs)
+
+    monkeypatch.setattr(gauth.Transport, "request", spy)
+    gauth.get_token()
+    assert seen == [timeout]
+
+
 def test_a_redirect_from_the_token_endpoint_is_not_followed(sa_env, fake_google):
     fake_google.script((302, "", {"Location": "https://evil.example/steal"}))
     with pytest.raises(gauth.CredentialError, match="HTTP 302"):
