@@ -585,8 +585,8 @@ class Bench:
                 self.findings.rows.append(
                     Row(
                         "4b",
-                        "the same, metadata address accepts and never answers (informational; "
-                        "GCE_METADATA_HOST is set, see notes)",
+                        "the same, metadata address accepts and never answers "
+                        "(a black-holed 169.254.169.254)",
                         times["ours"],
                         times["official"],
                     )
@@ -974,9 +974,8 @@ def report(findings: Findings, facts: dict, args, plan: Plan, elapsed: float) ->
         "adds to every keyring start).",
         "- 4a points GCE_METADATA_HOST and GCE_METADATA_IP at a loopback port that refuses "
         "connections (nothing may leave loopback). In 4b the ping address accepts and never "
-        "answers, as a black-holed 169.254.169.254 does; GCE_METADATA_HOST still names the "
-        "refused port, which artifactregistry-gauth takes as a hint that it may be on Google "
-        "Cloud and so waits its longer ping timeout.",
+        "answers, as a black-holed 169.254.169.254 does; artifactregistry-gauth waits its "
+        "0.5 s ping timeout there (3 s only when the DMI product name says Google).",
         "- 5 runs pip from the side's own venv for `import`, and from a separate venv with the "
         "side's `keyring` on PATH for `subprocess` (pip skips a keyring in its own venv). The "
         "index is reached as https://us-python.pkg.dev through a loopback CONNECT proxy with a "
