@@ -59,6 +59,7 @@ VENVS = {
     "tox": [TOX, OURS],
     "tox_bare": [TOX],  # `requires = artifactregistry-gauth` makes it provision .tox/.tox
     "vendored": [PIP, KEYRING_25],  # keyring only; our single file comes through keyringrc.cfg
+    "no_keyring": ["--no-deps", OURS],  # our command alone, linked as `keyring`
 }
 # Clients get no system directory that holds a real gcloud: our fallback must not find one.
 SYSTEM_PATH = [
@@ -808,6 +809,56 @@ def test_separate_keyring_processes_share_one_token(toolbox, fake_google, client
     keyring_get = [toolbox.exe("keyring25", "keyring"), "get", INDEX, "oauth2accesstoken"]
     for _ in range(2):
         check(run(keyring_get, client_env))
+    assert token_fetches(fake_google) == 1
+
+
+# --- a `keyring` that is a link to our command, with no keyring package anywhere ------------
+
+
+@pytest.fixture
+def keyring_link(toolbox, tmp_path):
+    """A folder for PATH whose `keyring` links to our command in a venv without keyring."""
+    venv = toolbox.venvs["no_keyring"]
+    assert not list(venv.glob("lib/python*/site-packages/keyring"))
+    links = tmp_path / "links"
+    links.mkdir()
+    (links / "keyring").symlink_to(toolbox.exe("no_keyring", "artifactregistry-gauth"))
+    return links
+
+
+@pytest.mark.parametrize(
+    ("venv", "index"),
+    [("pip", INDEX), ("pip_old", INDEX_WITH_USER)],
+    ids=["pip-26.3-creds-json", "pip-26.1-username-in-url"],
+)
+def test_pip_subprocess_provider_runs_a_keyring_link_to_our_command(
+    toolbox, registry, fake_google, client_env, keyring_link, tmp_path, venv, index
+):
+    env = on_path(client_env, keyring_link)
+    result = pip_install(toolbox, venv, env, tmp_path / "t", "subprocess", index, "gauth-demo-app")
+    check(result)
+    assert_private_install(registry, tmp_path / "t")
+    assert token_fetches(fake_google) == 1
+
+
+@pytest.mark.parametrize("index", [INDEX_WITH_USER, "authenticate-always"])
+def test_uv_runs_a_keyring_link_to_our_command(
+    toolbox, registry, fake_google, client_env, keyring_link, tmp_path, index
+):
+    env = on_path(client_env, keyring_link)
+    args = ["--keyring-provider", "subprocess"]
+    if index == "authenticate-always":
+        config = tmp_path / "uv.toml"
+        config.write_text(
+            f'[[index]]\nname = "private"\nurl = "{INDEX}"\n'
+            'default = true\nauthenticate = "always"\n'
+        )
+        args += ["--config-file", str(config)]
+    else:
+        args += ["--index-url", index]
+    result = uv_pip_install(toolbox, env, tmp_path / "t", *args, "gauth-demo-app")
+    check(result)
+    assert_private_install(registry, tmp_path / "t")
     assert token_fetches(fake_google) == 1
 
 
