@@ -597,6 +597,34 @@ def test_eight_concurrent_cold_processes_make_one_token_request(sa_env, fake_goo
     assert len(token_requests(fake_google)) == 1
 
 
+@pytest.mark.clients
+def test_sixteen_processes_through_a_cold_and_then_an_expiring_cache(sa_env, fake_google):
+    import time
+
+    # Tokens are handed out while 15 minutes are left: these are stale 3 s after issue.
+    fake_google.expires_in = gauth.MIN_TOKEN_LIFE + 3
+    fake_google.delay = 0.3
+    command = [sys.executable, "-m", "keyring", "get", INDEX, "oauth2accesstoken"]
+
+    def hammer():
+        processes = [
+            subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            for _ in range(16)
+        ]
+        outputs = [p.communicate(timeout=120) for p in processes]
+        assert all(p.returncode == 0 for p in processes), outputs
+        return {out.decode().strip() for out, _ in outputs}
+
+    first = hammer()
+    assert len(first) == 1 and all(fake_google.is_live(t) for t in first)
+    time.sleep(3.5)  # let the cached token go stale; the fake still calls it live
+    second = hammer()
+    assert len(second) == 1 and second != first
+    assert len(token_requests(fake_google)) == 2
+    (path,) = cache_files()
+    assert json.loads(path.read_text())["token"] in second
+
+
 # --- bad input: each gets one clear line, and nothing crashes ---------------------------------
 
 
