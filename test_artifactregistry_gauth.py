@@ -877,6 +877,29 @@ def test_the_metadata_ping_waits_longer_only_on_google_hardware(
     assert seen == [timeout]
 
 
+@pytest.mark.parametrize("bypass", [True, False])
+def test_token_endpoints_honour_the_proxy_and_no_proxy(monkeypatch, sa_env, fake_google, bypass):
+    for name in ("HTTP_PROXY", "http_proxy"):
+        monkeypatch.setenv(name, "http://127.0.0.1:9")  # a proxy that refuses everything
+    if bypass:
+        monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+        assert fake_google.is_live(gauth.get_token())
+    else:
+        with pytest.raises(gauth.CredentialError, match="could not reach"):
+            gauth.get_token()
+        assert token_requests(fake_google) == []
+
+
+def test_tls_is_verified_and_ssl_cert_file_is_honoured(monkeypatch, user_file, google_https):
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(user_file()))
+    monkeypatch.delenv("SSL_CERT_FILE")
+    with pytest.raises(gauth.CredentialError, match="TLS certificate of oauth2.googleapis.com"):
+        gauth.get_token()
+    assert token_requests(google_https.fake) == []
+    monkeypatch.setenv("SSL_CERT_FILE", str(google_https.ca_file))
+    assert google_https.fake.is_live(gauth.get_token())
+
+
 def test_a_redirect_from_the_token_endpoint_is_not_followed(sa_env, fake_google):
     fake_google.script((302, "", {"Location": "https://evil.example/steal"}))
     with pytest.raises(gauth.CredentialError, match="HTTP 302"):
