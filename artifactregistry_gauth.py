@@ -597,7 +597,9 @@ class CredentialSource:
         raise NotImplementedError
 
     def fail(self, problem: str, fix: str = "") -> CredentialError:
-        return CredentialError(f"{self.origin}: {problem}" + (f"; {fix}" if fix else ""))
+        if fix:
+            problem = (problem[:-1] if problem.endswith(".") else problem) + f"; {fix}"
+        return CredentialError(f"{self.origin}: {problem}")
 
 
 class ExplicitToken(CredentialSource):
