@@ -11,7 +11,6 @@ import json
 import os
 import re
 import secrets
-import selectors
 import signal
 import socket
 import socketserver
@@ -33,15 +32,16 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
+from fake_registry import RoutingProxy
+
 OAUTH_HOST = "oauth2.googleapis.com"
 TOKEN_AUDIENCE = "https://oauth2.googleapis.com/token"
 CLOUD_PLATFORM = "https://www.googleapis.com/auth/cloud-platform"
 JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 FORM_URLENCODED = "application/x-www-form-urlencoded"
+GOOGLE_HOSTS = ("oauth2.googleapis.com", "sts.googleapis.com", "iamcredentials.googleapis.com")
 TLS_HOSTS = (
-    "oauth2.googleapis.com",
-    "sts.googleapis.com",
-    "iamcredentials.googleapis.com",
+    *GOOGLE_HOSTS,
     "us-python.pkg.dev",
     "europe-west1-python.pkg.dev",
     "127.0.0.1",
@@ -1072,84 +1072,6 @@ def fake_gcloud(bin_dir):
 # --- TLS and the CONNECT proxy -----------------------------------------------------------------
 
 
-class _ConnectProxy(_ThreadedServer, socketserver.ThreadingTCPServer):
-    """A CONNECT-only proxy that tunnels every target to one loopback port."""
-
-    def __init__(self, upstream_port):
-        self.upstream_port = upstream_port
-        self.connects: list[str] = []
-        self.rejected: list[str] = []
-        self.stopping = threading.Event()
-        super().__init__(("127.0.0.1", 0), _TunnelHandler)
-
-    def stop(self):
-        """End open tunnels, then stop serving."""
-        self.stopping.set()
-        super().stop()
-
-
-class _TunnelHandler(socketserver.BaseRequestHandler):
-    """Serves one proxy connection."""
-
-    def handle(self):
-        """Answer CONNECT with a tunnel to the upstream port; refuse anything else."""
-        client = self.request
-        client.settimeout(HANDLER_TIMEOUT)
-        head = _read_head(client)
-        if head is None:
-            return
-        request_line, rest = head
-        parts = request_line.split()
-        if len(parts) != 3 or parts[0] != "CONNECT":
-            self.server.rejected.append(request_line)
-            client.sendall(
-                b"HTTP/1.1 405 Method Not Allowed\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-            )
-            return
-        host, _, port = parts[1].rpartition(":")
-        if not host or not port.isdigit():
-            self.server.rejected.append(request_line)
-            client.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
-            return
-        self.server.connects.append(parts[1])
-        upstream = socket.create_connection(
-            ("127.0.0.1", self.server.upstream_port), timeout=HANDLER_TIMEOUT
-        )
-        with upstream:
-            client.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
-            if rest:
-                upstream.sendall(rest)
-            self._pipe(client, upstream)
-
-    def _pipe(self, client, upstream):
-        peers = {client: upstream, upstream: client}
-        with selectors.DefaultSelector() as selector:
-            for sock in peers:
-                selector.register(sock, selectors.EVENT_READ)
-            while not self.server.stopping.is_set():
-                for key, _ in selector.select(timeout=0.05):
-                    try:
-                        data = key.fileobj.recv(65536)
-                    except ConnectionResetError:
-                        _abort(peers[key.fileobj])
-                        return
-                    if not data:
-                        return
-                    peers[key.fileobj].sendall(data)
-
-
-def _read_head(sock):
-    """Read a request head; return (request line, bytes after the head) or None on EOF."""
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(65536)
-        if not chunk or len(data) > 65536:
-            return None
-        data += chunk
-    head, _, rest = data.partition(b"\r\n\r\n")
-    return head.split(b"\r\n", 1)[0].decode("latin-1"), rest
-
-
 @dataclass
 class GoogleHTTPS:
     """The fake Google reachable at its real https:// URLs through a CONNECT proxy."""
@@ -1158,7 +1080,7 @@ class GoogleHTTPS:
     ca_file: Path
     fake: FakeGoogle
     tls_port: int
-    proxy: _ConnectProxy
+    proxy: RoutingProxy
 
     @property
     def connects(self):
@@ -1167,7 +1089,7 @@ class GoogleHTTPS:
 
     @property
     def rejected(self):
-        """Request lines of non-CONNECT requests the proxy refused."""
+        """Targets the proxy refused: anything but the Google hosts on port 443."""
         return self.proxy.rejected
 
 
@@ -1197,8 +1119,8 @@ def google_tls_context(test_ca):
 def google_https(fake_google, test_ca_file, google_tls_context, monkeypatch):
     """Route https://oauth2.googleapis.com to fake_google via HTTPS_PROXY and SSL_CERT_FILE."""
     tls_server = fake_google.serve(google_tls_context)
-    proxy = _ConnectProxy(tls_server.port).start()
-    proxy_url = f"http://127.0.0.1:{proxy.port}"
+    proxy = RoutingProxy({host: tls_server.port for host in GOOGLE_HOSTS}).start()
+    proxy_url = proxy.url
     monkeypatch.setenv("HTTPS_PROXY", proxy_url)
     monkeypatch.setenv("https_proxy", proxy_url)
     monkeypatch.setenv("SSL_CERT_FILE", str(test_ca_file))
@@ -1807,7 +1729,7 @@ class GoogleFederation:
     iam: FakeIAMCredentials
     google: FakeGoogle
     hosts: _VirtualHosts
-    proxy: _ConnectProxy
+    proxy: RoutingProxy
     ca_file: Path
 
     @property
@@ -1841,8 +1763,8 @@ def google_federation(fake_google, test_ca_file, federation_tls_context, monkeyp
         }
     )
     tls_server = hosts.serve(federation_tls_context)
-    proxy = _ConnectProxy(tls_server.port).start()
-    proxy_url = f"http://127.0.0.1:{proxy.port}"
+    proxy = RoutingProxy({host: tls_server.port for host in FEDERATION_TLS_HOSTS}).start()
+    proxy_url = proxy.url
     for name in ("HTTPS_PROXY", "https_proxy"):
         monkeypatch.setenv(name, proxy_url)
     for name in ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE"):
