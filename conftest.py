@@ -32,7 +32,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from fake_registry import RoutingProxy
+from fake_registry import LoopbackServer, RoutingProxy
 
 OAUTH_HOST = "oauth2.googleapis.com"
 TOKEN_AUDIENCE = "https://oauth2.googleapis.com/token"
@@ -237,60 +237,7 @@ def _install_network_guard(monkeypatch):
 # --- Threaded servers --------------------------------------------------------------------------
 
 
-class _ThreadedServer:
-    """Mixin: serve from a thread, track daemon handler threads and join them all on stop."""
-
-    daemon_threads = True
-    block_on_close = False
-
-    def __init__(self, *args, **kwargs):
-        self._handler_threads = []
-        super().__init__(*args, **kwargs)
-
-    @property
-    def port(self):
-        """The loopback port this server listens on."""
-        return self.server_address[1]
-
-    def start(self):
-        """Start serving and return once the serving thread runs."""
-        ready = threading.Event()
-
-        def serve():
-            ready.set()
-            self.serve_forever(poll_interval=0.05)
-
-        self._serve_thread = threading.Thread(
-            target=serve, name=f"{type(self).__name__}:{self.port}", daemon=True
-        )
-        self._serve_thread.start()
-        if not ready.wait(JOIN_TIMEOUT):
-            raise RuntimeError(f"{type(self).__name__} did not start")
-        return self
-
-    def process_request(self, request, client_address):
-        """Handle one connection in its own tracked daemon thread."""
-        thread = threading.Thread(
-            target=self.process_request_thread, args=(request, client_address), daemon=True
-        )
-        self._handler_threads.append(thread)
-        thread.start()
-
-    def handle_error(self, request, client_address):
-        """Stay quiet about connections the client dropped; report anything else."""
-        if not isinstance(sys.exc_info()[1], OSError):
-            super().handle_error(request, client_address)
-
-    def stop(self):
-        """Stop serving, close the socket and join every thread."""
-        self.shutdown()
-        self.server_close()
-        self._serve_thread.join(JOIN_TIMEOUT)
-        for thread in self._handler_threads:
-            thread.join(JOIN_TIMEOUT)
-
-
-class _HTTPServer(_ThreadedServer, ThreadingHTTPServer):
+class _HTTPServer(LoopbackServer, ThreadingHTTPServer):
     """A loopback HTTP(S) server whose requests are answered by a fake service."""
 
     def __init__(self, fake, ssl_context=None):

@@ -362,25 +362,34 @@ def _parse_multipart(content_type: str, body: bytes) -> tuple[dict, dict]:
 # --- servers -----------------------------------------------------------------------------------
 
 
-class _Tracked:
-    """Mixin: serve from a thread, remember connections and handler threads, end them all."""
+class LoopbackServer:
+    """Mixin for socketserver servers: serve from a thread, track every connection and
+    handler thread, and end them all on stop."""
 
     daemon_threads = True
     block_on_close = False
 
-    def _init_tracking(self):
+    def __init__(self, *args, **kwargs):
         self._handler_threads: list[threading.Thread] = []
         self._connections: list[socket.socket] = []
         self._track_lock = threading.Lock()
+        super().__init__(*args, **kwargs)
+
+    @property
+    def port(self) -> int:
+        return self.server_address[1]
 
     def start(self):
+        """Start serving and return once the serving thread runs."""
         ready = threading.Event()
 
         def serve():
             ready.set()
             self.serve_forever(poll_interval=0.05)
 
-        self._serve_thread = threading.Thread(target=serve, daemon=True)
+        self._serve_thread = threading.Thread(
+            target=serve, name=f"{type(self).__name__}:{self.port}", daemon=True
+        )
         self._serve_thread.start()
         if not ready.wait(JOIN_TIMEOUT):
             raise RuntimeError(f"{type(self).__name__} did not start")
@@ -396,10 +405,12 @@ class _Tracked:
         thread.start()
 
     def handle_error(self, request, client_address):
+        """Stay quiet about connections the client dropped; report anything else."""
         if not isinstance(sys.exc_info()[1], OSError):
             super().handle_error(request, client_address)
 
     def stop(self):
+        """Stop serving, close the socket, cut open connections and join every thread."""
         self.shutdown()
         self.server_close()
         self._serve_thread.join(JOIN_TIMEOUT)
@@ -414,9 +425,8 @@ class _Tracked:
             thread.join(JOIN_TIMEOUT)
 
 
-class _TLSServer(_Tracked, ThreadingHTTPServer):
+class _TLSServer(LoopbackServer, ThreadingHTTPServer):
     def __init__(self, registry: FakeRegistry, context: ssl.SSLContext):
-        self._init_tracking()
         self.registry = registry
         self.context = context
         super().__init__(("127.0.0.1", 0), _RegistryHandler)
@@ -484,13 +494,12 @@ class _RegistryHandler(BaseHTTPRequestHandler):
         self._dispatch()
 
 
-class RoutingProxy(_Tracked, socketserver.ThreadingTCPServer):
+class RoutingProxy(LoopbackServer, socketserver.ThreadingTCPServer):
     """An HTTPS CONNECT proxy that tunnels known host names to loopback ports, nothing else."""
 
     allow_reuse_address = True
 
     def __init__(self, routes: dict[str, int]):
-        self._init_tracking()
         self.routes = {host.lower(): port for host, port in routes.items()}
         self.connects: list[str] = []
         self.rejected: list[str] = []
