@@ -2690,7 +2690,9 @@ def _keyring_executable_report() -> dict:
     except (OSError, subprocess.TimeoutExpired) as exc:
         return {"path": executable, "sees_backend": False, "detail": f"cannot run it ({exc})"}
     sees = b"GooglePyPIAuth" in done.stdout
-    return {"path": executable, "sees_backend": sees}
+    # pip's subprocess provider skips a keyring in its own environment's scripts folder.
+    here = os.path.dirname(os.path.abspath(executable)) == os.path.dirname(sys.executable)
+    return {"path": executable, "sees_backend": sees, "in_this_environment": here}
 
 
 _URL_PATTERN = r"https?://[^\s\"'<>\]]*?pkg\.dev[^\s\"'<>\]]*"
@@ -2802,6 +2804,8 @@ def _format_report(report: dict) -> str:
     else:
         sees = "sees GooglePyPIAuth" if exe.get("sees_backend") else "does NOT see GooglePyPIAuth"
         lines.append(f"  `keyring` on PATH (pip/uv subprocess providers): {exe['path']}: {sees}")
+        if exe.get("in_this_environment"):
+            lines.append("  (pip from this environment skips it and looks further along PATH)")
     lines += ["", "Artifact Registry URLs in configuration:"]
     for entry in report["index_urls"] or []:
         lines.append(f"  {entry['url']} ({entry['where']}): {entry['verdict']}")
