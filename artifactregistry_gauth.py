@@ -1213,7 +1213,6 @@ class ExternalAccount(CredentialSource):
         return kind, field or ""
 
     def _parse_subject_token(self, content: str, where: str) -> str:
-
         kind, field = self.format
         token = content
         if kind == "json":
