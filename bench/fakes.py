@@ -14,15 +14,20 @@ import hmac
 import io
 import json
 import secrets
-import selectors
 import socket
 import socketserver
 import ssl
+import sys
 import threading
 import time
 import zipfile
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from urllib.parse import parse_qs
+
+# The CONNECT proxy and server plumbing are the project's own test support (stdlib only).
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from fake_registry import LoopbackServer, RoutingProxy
 
 TOKEN_AUDIENCE = "https://oauth2.googleapis.com/token"
 CLOUD_PLATFORM = "https://www.googleapis.com/auth/cloud-platform"
@@ -35,10 +40,8 @@ HANDLER_TIMEOUT = 10.0
 # --- servers ------------------------------------------------------------------------------
 
 
-class _Server(ThreadingHTTPServer):
+class _Server(LoopbackServer, ThreadingHTTPServer):
     """A loopback HTTP(S) server whose handler asks ``fake.respond`` for each request."""
-
-    daemon_threads = True
 
     def __init__(self, fake, handler, ssl_context=None):
         self.fake = fake
@@ -58,18 +61,6 @@ class _Server(ThreadingHTTPServer):
                 conn, server_side=True, do_handshake_on_connect=False
             )
         return conn, address
-
-    def handle_error(self, request, client_address):
-        pass  # clients hanging up mid-request are expected (timeouts, killed processes)
-
-    def start(self):
-        thread = threading.Thread(target=self.serve_forever, args=(0.05,), daemon=True)
-        thread.start()
-        return self
-
-    def stop(self):
-        self.shutdown()
-        self.server_close()
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -305,68 +296,12 @@ def index_wheels(count: int) -> dict:
     return wheels
 
 
-# --- CONNECT proxy: *.pkg.dev:443 to the fake index ---------------------------------------
+# --- CONNECT proxy: the project's test support, *.pkg.dev names to the fake index -------------
 
 
-class ConnectProxy(socketserver.ThreadingTCPServer):
-    """An HTTPS proxy that tunnels CONNECTs to ``*.pkg.dev:443`` to one loopback port."""
-
-    daemon_threads = True
-
-    def __init__(self, upstream_port: int) -> None:
-        self.upstream_port = upstream_port
-        self.refused: list[str] = []
-        self.stopping = threading.Event()
-        super().__init__(("127.0.0.1", 0), _TunnelHandler)
-        threading.Thread(target=self.serve_forever, args=(0.05,), daemon=True).start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}"
-
-    def stop(self) -> None:
-        self.stopping.set()
-        self.shutdown()
-        self.server_close()
-
-
-class _TunnelHandler(socketserver.BaseRequestHandler):
-    def handle(self):
-        client = self.request
-        client.settimeout(HANDLER_TIMEOUT)
-        data = b""
-        while b"\r\n\r\n" not in data:
-            chunk = client.recv(65536)
-            if not chunk or len(data) > 65536:
-                return
-            data += chunk
-        head, _, rest = data.partition(b"\r\n\r\n")
-        parts = head.split(b"\r\n", 1)[0].decode("latin-1").split()
-        target = parts[1] if len(parts) == 3 and parts[0] == "CONNECT" else ""
-        if not target.endswith(".pkg.dev:443"):
-            self.server.refused.append(" ".join(parts))
-            client.sendall(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n")
-            return
-        with socket.create_connection(("127.0.0.1", self.server.upstream_port)) as upstream:
-            client.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
-            if rest:
-                upstream.sendall(rest)
-            self._pipe(client, upstream)
-
-    def _pipe(self, client, upstream):
-        peers = {client: upstream, upstream: client}
-        with selectors.DefaultSelector() as selector:
-            for sock in peers:
-                selector.register(sock, selectors.EVENT_READ)
-            while not self.server.stopping.is_set():
-                for key, _ in selector.select(timeout=0.05):
-                    try:
-                        data = key.fileobj.recv(65536)
-                    except OSError:
-                        return
-                    if not data:
-                        return
-                    peers[key.fileobj].sendall(data)
+def connect_proxy(host: str, port: int):
+    """A loopback CONNECT proxy tunnelling ``host:443`` to ``port`` and refusing the rest."""
+    return RoutingProxy({host: port}).start()
 
 
 # --- ports that refuse, and one that never answers -------------------------------------------

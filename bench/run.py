@@ -243,7 +243,7 @@ class World:
             self.token.is_live,
             context,
         )
-        self.proxy = fakes.ConnectProxy(self.index.port)
+        self.proxy = fakes.connect_proxy(REGISTRY_HOST, self.index.port)
         self.silent = fakes.SilentPort()
         self.refused = fakes.refused_port()
 
@@ -1082,9 +1082,9 @@ def main(argv: list | None = None) -> int:
                 "The fake token endpoint rejected assertions: "
                 + "; ".join(sorted(set(world.token.rejected)))
             )
-        if world.proxy.refused:
+        if world.proxy.rejected:
             findings.notes.append(
-                "The CONNECT proxy refused: " + "; ".join(sorted(set(world.proxy.refused)))
+                "The CONNECT proxy refused: " + "; ".join(sorted(set(world.proxy.rejected)))
             )
     text = report(findings, facts, args, plan, time.monotonic() - started)
     args.output.write_text(text)
