@@ -13,7 +13,6 @@ import re
 import secrets
 import signal
 import socket
-import socketserver
 import ssl
 import struct
 import sys
@@ -22,7 +21,7 @@ import time
 import urllib.request
 from collections import deque
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from urllib.parse import parse_qs, quote, urlsplit
 
@@ -32,7 +31,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from fake_registry import LoopbackServer, RoutingProxy
+from fake_registry import LoopbackHTTPServer, RoutingProxy
 
 OAUTH_HOST = "oauth2.googleapis.com"
 TOKEN_AUDIENCE = "https://oauth2.googleapis.com/token"
@@ -237,27 +236,12 @@ def _install_network_guard(monkeypatch):
 # --- Threaded servers --------------------------------------------------------------------------
 
 
-class _HTTPServer(LoopbackServer, ThreadingHTTPServer):
+class _HTTPServer(LoopbackHTTPServer):
     """A loopback HTTP(S) server whose requests are answered by a fake service."""
 
     def __init__(self, fake, ssl_context=None):
         self.fake = fake
-        self.ssl_context = ssl_context
-        super().__init__(("127.0.0.1", 0), _FakeHandler)
-
-    def server_bind(self):
-        """Bind without HTTPServer's reverse DNS lookup of the address."""
-        socketserver.TCPServer.server_bind(self)
-        self.server_name, self.server_port = self.server_address[:2]
-
-    def get_request(self):
-        """Accept a connection, wrapped for TLS when serving HTTPS (handshake in the handler)."""
-        conn, address = super().get_request()
-        if self.ssl_context is not None:
-            conn = self.ssl_context.wrap_socket(
-                conn, server_side=True, do_handshake_on_connect=False
-            )
-        return conn, address
+        super().__init__(_FakeHandler, ssl_context)
 
 
 @dataclass

@@ -425,21 +425,32 @@ class LoopbackServer:
             thread.join(JOIN_TIMEOUT)
 
 
-class _TLSServer(LoopbackServer, ThreadingHTTPServer):
-    def __init__(self, registry: FakeRegistry, context: ssl.SSLContext):
-        self.registry = registry
-        self.context = context
-        super().__init__(("127.0.0.1", 0), _RegistryHandler)
+class LoopbackHTTPServer(LoopbackServer, ThreadingHTTPServer):
+    """An HTTP server on 127.0.0.1, HTTPS when given a context; TLS handshakes happen in
+    each connection's own thread, so a stuck client never blocks the accept loop."""
+
+    def __init__(self, handler, ssl_context: ssl.SSLContext | None = None):
+        self.ssl_context = ssl_context
+        super().__init__(("127.0.0.1", 0), handler)
 
     def server_bind(self):
+        # Skip HTTPServer's reverse DNS lookup of the address.
         socketserver.TCPServer.server_bind(self)
         self.server_name, self.server_port = self.server_address[:2]
 
     def get_request(self):
         conn, address = super().get_request()
-        return self.context.wrap_socket(conn, server_side=True, do_handshake_on_connect=False), (
-            address
-        )
+        if self.ssl_context is not None:
+            conn = self.ssl_context.wrap_socket(
+                conn, server_side=True, do_handshake_on_connect=False
+            )
+        return conn, address
+
+
+class _TLSServer(LoopbackHTTPServer):
+    def __init__(self, registry: FakeRegistry, context: ssl.SSLContext):
+        self.registry = registry
+        super().__init__(_RegistryHandler, context)
 
 
 class _RegistryHandler(BaseHTTPRequestHandler):

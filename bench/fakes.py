@@ -15,19 +15,18 @@ import io
 import json
 import secrets
 import socket
-import socketserver
 import ssl
 import sys
 import threading
 import time
 import zipfile
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from urllib.parse import parse_qs
 
 # The CONNECT proxy and server plumbing are the project's own test support (stdlib only).
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from fake_registry import LoopbackServer, RoutingProxy
+from fake_registry import LoopbackHTTPServer, RoutingProxy
 
 TOKEN_AUDIENCE = "https://oauth2.googleapis.com/token"
 CLOUD_PLATFORM = "https://www.googleapis.com/auth/cloud-platform"
@@ -40,27 +39,12 @@ HANDLER_TIMEOUT = 10.0
 # --- servers ------------------------------------------------------------------------------
 
 
-class _Server(LoopbackServer, ThreadingHTTPServer):
+class _Server(LoopbackHTTPServer):
     """A loopback HTTP(S) server whose handler asks ``fake.respond`` for each request."""
 
     def __init__(self, fake, handler, ssl_context=None):
         self.fake = fake
-        self.ssl_context = ssl_context
-        super().__init__(("127.0.0.1", 0), handler)
-
-    def server_bind(self):
-        # Skip HTTPServer's reverse DNS lookup of the address.
-        socketserver.TCPServer.server_bind(self)
-        self.server_name, self.server_port = self.server_address[:2]
-
-    def get_request(self):
-        conn, address = super().get_request()
-        if self.ssl_context is not None:
-            # The handshake happens in the connection's own thread (see _Handler.setup).
-            conn = self.ssl_context.wrap_socket(
-                conn, server_side=True, do_handshake_on_connect=False
-            )
-        return conn, address
+        super().__init__(handler, ssl_context)
 
 
 class _Handler(BaseHTTPRequestHandler):
