@@ -8,6 +8,7 @@ import contextlib
 import ipaddress
 import itertools
 import json
+import logging
 import os
 import re
 import secrets
@@ -170,6 +171,63 @@ def _forget_tokens():
     forget = getattr(artifactregistry_gauth, "_forget_tokens", None)
     if forget is not None:
         forget()
+
+
+# --- Secrets that must never show in an error or a log line ----------------------------------
+
+SECRETS: set = set()
+
+
+def register_secret(*values):
+    """Remember credential material the fakes hand out or the tests write into files."""
+    SECRETS.update(v for v in values if isinstance(v, str) and len(v) >= 8)
+
+
+def _leaked(text):
+    return sorted(secret for secret in SECRETS if secret in text)
+
+
+class _SecretScan(logging.Handler):
+    """Collects every log line of the module, to scan for secrets after the test."""
+
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.lines = []
+
+    def emit(self, record):
+        self.lines.append(record.getMessage())
+
+
+@pytest.fixture(autouse=True)
+def secrets_never_leak(monkeypatch):
+    """Every CredentialError and every log line of every test is scanned for known secrets.
+
+    The module logs at debug level throughout, so debug paths are scanned too.
+    """
+    try:
+        import artifactregistry_gauth as gauth
+    except ModuleNotFoundError:
+        yield
+        return
+    original = gauth.CredentialError.__init__
+
+    def checked(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        leaked = _leaked(str(self))
+        assert not leaked, f"a CredentialError carries a secret ({len(leaked)} found)"
+
+    monkeypatch.setattr(gauth.CredentialError, "__init__", checked)
+    logger = logging.getLogger("artifactregistry_gauth")
+    scan, level = _SecretScan(), logger.level
+    logger.addHandler(scan)
+    logger.setLevel(logging.DEBUG)
+    try:
+        yield
+    finally:
+        logger.removeHandler(scan)
+        logger.setLevel(level)
+    leaked = _leaked("\n".join(scan.lines))
+    assert not leaked, f"a log line carries a secret ({len(leaked)} found)"
 
 
 def _is_loopback(host):
@@ -504,6 +562,7 @@ class _FakeService:
     def _issue(self, identity, **details):
         with self._lock:
             token = f"ya29.{self.token_prefix}-{next(self._serial)}-{secrets.token_hex(8)}"
+            register_secret(token)
             self.issued[token] = {
                 "identity": identity,
                 "expiry": time.time() + self.expires_in,
@@ -1083,12 +1142,15 @@ def _private_pem(key, private_format):
 def rsa_key():
     """One RSA-2048 key pair for the session."""
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    return RsaKey(
+    pair = RsaKey(
         private_key=key,
         public_key=key.public_key(),
         pkcs8_pem=_private_pem(key, serialization.PrivateFormat.PKCS8),
         pkcs1_pem=_private_pem(key, serialization.PrivateFormat.TraditionalOpenSSL),
     )
+    for pem in (pair.pkcs8_pem, pair.pkcs1_pem):
+        register_secret(*pem.splitlines()[1:-1])
+    return pair
 
 
 def _merge(info, overrides):
@@ -1165,6 +1227,7 @@ def user_file(tmp_path, fake_google):
         }
         path = tmp_path / f"user-{next(serial)}.json"
         path.write_text(json.dumps(_merge(info, overrides), indent=2))
+        register_secret(refresh_token, client_secret)
         if register:
             fake_google.add_user(client_id, client_secret, refresh_token, account)
         return path
@@ -1403,6 +1466,7 @@ class FakeIAMCredentials(_FakeService):
         lifetime = int(body["lifetime"][:-1]) if body.get("lifetime") else 3600
         with self._lock:
             token = f"ya29.{self.token_prefix}-{next(self._serial)}-{secrets.token_hex(8)}"
+            register_secret(token)
             expiry = time.time() + lifetime
             self.issued[token] = {
                 "identity": email,
@@ -1458,6 +1522,7 @@ class FakeAwsMetadata(_FakeService):
         self.access_key_id = "ASIAIMDSFAKE" + secrets.token_hex(4).upper()
         self.secret_access_key = "imds-secret-" + secrets.token_hex(8)
         self.session_token = "imds-session-" + secrets.token_hex(8)
+        register_secret(self.secret_access_key, self.session_token)
         self.require_session = True
         self.session_tokens: set[str] = set()
 
@@ -1609,6 +1674,7 @@ class FakeIdentityProvider(_FakeService):
     def __init__(self):
         super().__init__()
         self.token = "idp-jwt-" + secrets.token_hex(8)
+        register_secret(self.token)
         self.json_field = None  # None: answer text/plain; else {json_field: token}
         self.required_headers: dict[str, str] = {}
 

@@ -1429,3 +1429,12 @@ def test_no_secret_reaches_output_logs_errors_or_cache_names(
     text = "\n".join(seen)
     for secret in secrets:
         assert secret not in text
+
+
+def test_the_secret_guard_catches_a_secret_in_an_error(user_file):
+    from conftest import SECRETS
+
+    user_file(refresh_token="1//guard-sentinel-refresh")
+    assert "1//guard-sentinel-refresh" in SECRETS
+    with pytest.raises(AssertionError, match="carries a secret"):
+        gauth.CredentialError("oops 1//guard-sentinel-refresh")
