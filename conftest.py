@@ -372,13 +372,6 @@ class _FakeHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     timeout = HANDLER_TIMEOUT
 
-    def setup(self):
-        """Do the TLS handshake here, in the connection's own thread."""
-        if isinstance(self.request, ssl.SSLSocket):
-            self.request.settimeout(self.timeout)
-            self.request.do_handshake()
-        super().setup()
-
     def version_string(self):
         """Identify as the service being faked."""
         return self.server.fake.server_header

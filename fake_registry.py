@@ -446,6 +446,13 @@ class LoopbackHTTPServer(LoopbackServer, ThreadingHTTPServer):
             )
         return conn, address
 
+    def finish_request(self, request, client_address):
+        # Runs in the connection's own thread: the TLS handshake belongs here.
+        if isinstance(request, ssl.SSLSocket):
+            request.settimeout(HANDLER_TIMEOUT)
+            request.do_handshake()
+        super().finish_request(request, client_address)
+
 
 class _TLSServer(LoopbackHTTPServer):
     def __init__(self, registry: FakeRegistry, context: ssl.SSLContext):
@@ -458,15 +465,6 @@ class _RegistryHandler(BaseHTTPRequestHandler):
     timeout = HANDLER_TIMEOUT
     server_version = "FakeArtifactRegistry"
     sys_version = ""
-
-    def setup(self):
-        self.request.settimeout(self.timeout)
-        try:
-            self.request.do_handshake()
-        except (OSError, ssl.SSLError):
-            self.close_connection = True
-            raise
-        super().setup()
 
     def log_message(self, *args):
         """Requests are recorded on the registry instead."""

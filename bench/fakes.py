@@ -15,7 +15,6 @@ import io
 import json
 import secrets
 import socket
-import ssl
 import sys
 import threading
 import time
@@ -50,12 +49,6 @@ class _Server(LoopbackHTTPServer):
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     timeout = HANDLER_TIMEOUT
-
-    def setup(self):
-        if isinstance(self.request, ssl.SSLSocket):
-            self.request.settimeout(self.timeout)
-            self.request.do_handshake()
-        super().setup()
 
     def log_message(self, *args):
         pass
