@@ -144,6 +144,48 @@ def _json_loads(data: bytes | str) -> object:
         raise ValueError("JSON nested too deeply") from None
 
 
+# --- local files: credentials, gcloud's settings, subject tokens ------------------------
+
+MAX_LOCAL_FILE_BYTES = 1 << 20
+
+
+def read_local_file(path: str, limit: int = MAX_LOCAL_FILE_BYTES) -> bytes:
+    """The bytes of a regular file, opened without blocking and read up to ``limit``.
+
+    Raises OSError whose ``strerror`` says why: missing, unreadable, not a regular file
+    (a FIFO would block forever, ``/dev/zero`` never ends) or larger than ``limit``.
+    """
+    import stat
+
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
+    fd = os.open(path, flags)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(0, "not a regular file", path)
+        chunks = []
+        size = 0
+        while size <= limit:
+            chunk = os.read(fd, limit + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    finally:
+        os.close(fd)
+    if size > limit:
+        raise OSError(0, f"larger than {limit // 1024} KiB", path)
+    return b"".join(chunks)
+
+
+def read_local_text(path: str, limit: int = MAX_LOCAL_FILE_BYTES) -> str:
+    """A regular file's text (UTF-8, BOM allowed); OSError as ``read_local_file``, or if not UTF-8."""
+    data = read_local_file(path, limit)
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise OSError(0, "not UTF-8 text", path) from None
+
+
 def _is_loopback_host(host: str) -> bool:
     host = host.lower().strip("[]")
     return host == "localhost" or host == "::1" or host.startswith("127.")
