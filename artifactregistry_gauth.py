@@ -178,7 +178,7 @@ def read_local_file(path: str, limit: int = MAX_LOCAL_FILE_BYTES) -> bytes:
 
 
 def read_local_text(path: str, limit: int = MAX_LOCAL_FILE_BYTES) -> str:
-    """A regular file's text (UTF-8, BOM allowed); OSError as ``read_local_file``, or if not UTF-8."""
+    """A regular file's UTF-8 text; OSError as from ``read_local_file``, or if not UTF-8."""
     data = read_local_file(path, limit)
     try:
         return data.decode("utf-8-sig")
@@ -187,8 +187,16 @@ def read_local_text(path: str, limit: int = MAX_LOCAL_FILE_BYTES) -> str:
 
 
 def _is_loopback_host(host: str) -> bool:
-    host = host.lower().strip("[]")
-    return host == "localhost" or host == "::1" or host.startswith("127.")
+    """True for ``localhost`` and IP literals in 127.0.0.0/8 or ``::1``, never for a name."""
+    import ipaddress
+
+    host = host.lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host[1:-1] if host.startswith("[") else host).is_loopback
+    except ValueError:
+        return False  # a name such as 127.evil.example resolves wherever its owner likes
 
 
 def _url_host(url: str) -> str:
@@ -230,6 +238,8 @@ class Transport:
         ``direct`` bypasses any proxy (the metadata server must never be proxied).
         """
         last_error = None
+        # A proxy would carry a loopback request (and its plain-http secrets) off the machine.
+        direct = direct or _is_loopback_host(_url_host(url))
         for attempt in range(1, attempts + 1):
             try:
                 response = self._send(method, url, body, headers or {}, direct, timeout)
@@ -630,6 +640,10 @@ class CredentialSource:
     @property
     def identity(self) -> str:
         return f"{self.kind}:{self.origin}:{self.content_hash}"
+
+    def identify(self, transport: Transport) -> str:
+        """The cache identity; a source whose principal shows only at run time looks here."""
+        return self.identity
 
     def describe(self) -> str:
         who = f" {self.account}" if self.account else ""
@@ -1038,6 +1052,30 @@ def _basic_auth(client_id: str, client_secret: str) -> str:
     return "Basic " + base64.b64encode(pair).decode("ascii")
 
 
+# Claims that change with every token issued to the same subject.
+_VOLATILE_CLAIMS = frozenset({"iat", "exp", "nbf", "jti", "auth_time"})
+
+
+def _stable_jwt_claims(token: str) -> str:
+    """A JWT's claims without its times and id, as canonical JSON; "" if not a JWT."""
+    import base64
+    import binascii
+    import json
+
+    parts = token.split(".")
+    if len(parts) != 3:
+        return ""
+    try:
+        payload = base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4))
+        claims = _json_loads(payload)
+    except (binascii.Error, ValueError):
+        return ""
+    if not isinstance(claims, dict):
+        return ""
+    stable = {k: v for k, v in claims.items() if k not in _VOLATILE_CLAIMS}
+    return json.dumps(stable, sort_keys=True, separators=(",", ":"))
+
+
 def _is_local_address(host: str) -> bool:
     """Loopback or link-local: metadata services that a proxy must never see."""
     import ipaddress
@@ -1185,8 +1223,19 @@ class ExternalAccount(CredentialSource):
         """The token from the other identity provider."""
         raise NotImplementedError
 
+    def identify(self, transport: Transport) -> str:
+        # The file says where the subject token comes from, not whose it is: on a shared CI
+        # runner the same file serves one job's token, then another's. So the subject is
+        # part of the identity (hashed; it is never stored).
+        self._subject = self.subject_token(transport)
+        return f"{self.identity}:{_short_hash(self.subject_fingerprint(self._subject).encode())}"
+
+    def subject_fingerprint(self, subject_token: str) -> str:
+        """What decides the principal: a JWT's claims (not its times), else the whole token."""
+        return _stable_jwt_claims(subject_token) or subject_token
+
     def fetch(self, transport: Transport) -> Token:
-        subject_token = self.subject_token(transport)
+        subject_token = self.__dict__.pop("_subject", None) or self.subject_token(transport)
         # With impersonation the STS token only has to be good enough to call IAM.
         fields = {
             "grant_type": TOKEN_EXCHANGE_GRANT,
@@ -1581,19 +1630,22 @@ class AwsFederation(ExternalAccount):
             if url and urlsplit(url).scheme not in ("http", "https"):
                 raise self.fail(f"credential_source.{name} is not an http URL", _FEDERATION_FIX)
 
-    @property
-    def identity(self) -> str:
-        # Other AWS keys in the environment may map to another Google principal.
-        key_id = os.environ.get("AWS_ACCESS_KEY_ID", "")
-        return f"{super().identity}:{_short_hash(key_id.encode()) if key_id else 'imds'}"
+    def identify(self, transport: Transport) -> str:
+        # The signed request carries a timestamp, so it differs every time; the AWS
+        # credentials that sign it decide the principal (hashed, never stored).
+        self._aws = self._region_and_credentials(transport)
+        return f"{self.identity}:{_short_hash(_json_compact(self._aws))}"
+
+    def _region_and_credentials(self, transport: Transport) -> tuple:
+        metadata = _AwsMetadata(self, transport)
+        return (metadata.region(), *metadata.credentials())
 
     def subject_token(self, transport: Transport) -> str:
         import json
         from urllib.parse import quote
 
-        metadata = _AwsMetadata(self, transport)
-        region = metadata.region()
-        key_id, secret, session_token = metadata.credentials()
+        aws = self.__dict__.pop("_aws", None) or self._region_and_credentials(transport)
+        region, key_id, secret, session_token = aws
         url = self.verification_url.replace("{region}", region)
         headers = aws_sigv4_headers("POST", url, region, key_id, secret, session_token, _now())
         # Added after signing: STS checks it, AWS never sees it.
@@ -2060,8 +2112,7 @@ class TokenCache:
         if not (
             isinstance(data, dict)
             and data.get("key") == _file_key(identity, full=True)
-            and isinstance(data.get("token"), str)
-            and data["token"]
+            and _is_token_text(data.get("token"))
             and isinstance(data.get("expiry"), (int, float))
             and 0 < data["expiry"] < 1e11  # not NaN, not infinite, not absurd
         ):
@@ -2263,7 +2314,7 @@ def _note(report: list | None, label: str, status: str, detail: str, **extra: ob
 
 def _cached_or_fetched(source: CredentialSource, transport: Transport) -> tuple[Token, str]:
     """The source's token and where it came from: memory, disk or a fetch."""
-    identity = source.identity
+    identity = source.identify(transport)
     token = _CACHE.get(identity, source)
     if token is not None:
         _debug("using a cached token from %s", source.describe())
@@ -2275,12 +2326,30 @@ def _cached_or_fetched(source: CredentialSource, transport: Transport) -> tuple[
             return token, "cache"
         started = _monotonic()
         token = source.fetch(transport)
+        if not _is_token_text(token.value):
+            # Printed into netrc files, headers and `keyring get` output, a space or newline
+            # would smuggle in extra entries or lines.
+            raise source.fail(
+                "the token it gave is not one word of printable ASCII",
+                "check what issues the token",
+            )
         _debug("got a token from %s in %.0f ms", source.describe(), 1000 * (_monotonic() - started))
         _CACHE.put(identity, token, source)
     return token, "fetched"
 
 
 _NO_LOCK = _FileLock(None, 0.0)
+
+
+def _is_token_text(value: object) -> bool:
+    """True for a non-empty string of printable ASCII without spaces, as access tokens are."""
+    return (
+        isinstance(value, str)
+        and value.isascii()
+        and value.isprintable()
+        and " " not in value
+        and bool(value)
+    )
 
 
 def get_token() -> str:
@@ -2304,21 +2373,47 @@ def _token_or_none() -> str | None:
 
 
 def service_host(service: str) -> str | None:
-    """The host a keyring service names (a URL or a bare ``host[:port]``), if https or bare."""
-    if not isinstance(service, str) or not service:
+    """The host a keyring service names (a URL or a bare ``host[:port]``), if unambiguous.
+
+    None unless every HTTP stack would connect to the same host: urllib.parse ends the
+    authority only at ``/?#``, while urllib3 (requests, so twine and poetry) and WHATWG
+    parsers (uv) also end it at a backslash, decode ``%``, drop tabs and map Unicode dots.
+    So a service with whitespace or control characters, an authority with a backslash,
+    ``%``, a password or non-ASCII, or a host that is not plain letters, digits, ``-``
+    and ``.`` gets no answer; neither does plain http.
+    """
+    if not isinstance(service, str) or not service.isprintable() or " " in service:
         return None
     scheme, sep, rest = service.partition("://")
     if not sep:
         rest = service
     elif scheme.lower() != "https":
         return None
-    netloc = rest.split("/", 1)[0].split("?", 1)[0].split("#", 1)[0].rpartition("@")[2]
-    if netloc.startswith("["):
-        return None  # an IPv6 literal is never Artifact Registry
-    host = netloc.split(":", 1)[0].lower().rstrip(".")
-    if not host or any(c.isspace() for c in host):
+    end = min((i for i in map(rest.find, "/?#") if i >= 0), default=len(rest))
+    authority = rest[:end]
+    if not authority.isascii() or "\\" in authority or "%" in authority:
         return None
-    return host
+    userinfo, at, hostport = authority.rpartition("@")
+    if at and (":" in userinfo or "@" in userinfo):
+        return None  # a password or a second @: readers disagree on where the host starts
+    host, colon, port = hostport.partition(":")
+    if colon and port and not port.isdigit():
+        return None
+    host = host.lower()
+    if host.endswith("."):
+        host = host[:-1]
+    return host if _is_host_name(host) else None
+
+
+_LABEL_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-")
+
+
+def _is_host_name(host: str) -> bool:
+    """True for a DNS name of letter-digit-hyphen labels (lower case), nothing else."""
+    return bool(host) and all(
+        label and label[0] != "-" and label[-1] != "-" and _LABEL_CHARS.issuperset(label)
+        for label in host.split(".")
+    )
 
 
 def is_registry_service(service: str) -> bool:

@@ -643,9 +643,122 @@ def test_aws_imdsv1_when_the_file_has_no_session_url(scenarios, fed, fake_aws, m
 def test_switching_aws_keys_is_a_new_cache_identity(scenarios, monkeypatch):
     path, _ = scenarios.aws_environment()
     use(monkeypatch, path)
-    first = gauth.load_adc_file(str(path), "test").identity
+    first = gauth.load_adc_file(str(path), "test").identify(gauth.Transport())
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAOTHERKEY")
-    assert gauth.load_adc_file(str(path), "test").identity != first
+    assert gauth.load_adc_file(str(path), "test").identify(gauth.Transport()) != first
+
+
+# --- the subject is part of the cache identity (a shared CI runner) ----------------------------
+#
+# One creds.json, and behind it one job's subject token, then another's: each job must get
+# a Google token for its own subject, never the one cached for the job before it.
+
+
+def jwt(**claims):
+    def part(value):
+        return base64.urlsafe_b64encode(json.dumps(value).encode()).rstrip(b"=").decode()
+
+    return f"{part({'alg': 'RS256', 'typ': 'JWT'})}.{part(claims)}.c2lnbmF0dXJl"
+
+
+def job_token(job, serial=0):
+    """A CI job's OIDC token: `sub` names the job, the times and id change on every request."""
+    now = int(time.time()) + serial
+    return jwt(iss="https://ci.example", sub=job, aud="gauth", iat=now, exp=now + 300, jti=serial)
+
+
+def subjects_of(sts):
+    return [unquote(r.form["subject_token"]) for r in sts.exchanges]
+
+
+@pytest.fixture
+def any_subject(fed):
+    """STS accepts any JWT for the workload pool, and issues each token for its subject."""
+    fed.sts.add_provider(WORKLOAD, JWT_TYPE, lambda token: None)
+    return fed.sts
+
+
+def next_job(token_file, token):
+    token_file.write_text(token)
+    gauth._forget_tokens()  # a new process: only the disk cache remembers
+
+
+def test_a_new_subject_in_the_same_token_file_gets_its_own_token(
+    tmp_path, any_subject, monkeypatch
+):
+    token_file = tmp_path / "oidc-token"
+    token_file.write_text(job_token("job-a"))
+    use(monkeypatch, write(tmp_path, external({"file": str(token_file)})))
+    first = gauth.get_token()
+    next_job(token_file, job_token("job-b"))
+    second = gauth.get_token()
+    assert second != first
+    assert [
+        json.loads(base64.urlsafe_b64decode(t.split(".")[1] + "==")).get("sub")
+        for t in subjects_of(any_subject)
+    ] == ["job-a", "job-b"]
+    assert any_subject.issued[second]["subject_token"] == token_file.read_text()
+
+
+def test_a_reissued_token_for_the_same_subject_reuses_the_cached_token(
+    tmp_path, any_subject, monkeypatch
+):
+    token_file = tmp_path / "oidc-token"
+    token_file.write_text(job_token("job-a", serial=0))
+    use(monkeypatch, write(tmp_path, external({"file": str(token_file)})))
+    first = gauth.get_token()
+    next_job(token_file, job_token("job-a", serial=1))  # new iat, exp and jti only
+    assert gauth.get_token() == first
+    assert len(any_subject.exchanges) == 1
+
+
+def test_an_opaque_subject_token_is_keyed_by_its_whole_value(tmp_path, fed, monkeypatch):
+    fed.sts.add_provider(WORKLOAD, JWT_TYPE, lambda token: None)
+    token_file = tmp_path / "opaque-token"
+    token_file.write_text("opaque-a")
+    use(monkeypatch, write(tmp_path, external({"file": str(token_file)})))
+    first = gauth.get_token()
+    next_job(token_file, "opaque-b")
+    assert gauth.get_token() != first
+    assert subjects_of(fed.sts) == ["opaque-a", "opaque-b"]
+
+
+def test_a_new_subject_behind_the_same_url_gets_its_own_token(scenarios, fed, monkeypatch):
+    path, _ = scenarios.url_text()
+    fed.sts.add_provider(WORKLOAD, JWT_TYPE, lambda token: None)
+    use(monkeypatch, path)
+    first = gauth.get_token()
+    scenarios.idp.token = "idp-jwt-next-job"
+    gauth._forget_tokens()
+    assert gauth.get_token() != first
+    assert subjects_of(fed.sts) == [subjects_of(fed.sts)[0], "idp-jwt-next-job"]
+
+
+def test_a_new_subject_from_the_same_executable_gets_its_own_token(
+    tmp_path, fed, executable, monkeypatch
+):
+    fed.sts.add_provider(WORKLOAD, ID_TOKEN_TYPE, lambda token: None)
+    use(monkeypatch, write(tmp_path, external(executable.source(), token_type=ID_TOKEN_TYPE)))
+    first = gauth.get_token()
+    executable.token = "next-job-subject"
+    executable.configure()
+    gauth._forget_tokens()
+    assert gauth.get_token() != first
+    assert subjects_of(fed.sts) == [SUBJECT, "next-job-subject"]
+
+
+def test_other_aws_credentials_get_their_own_token(scenarios, fed, monkeypatch):
+    path, _ = scenarios.aws_environment()
+    use(monkeypatch, path)
+    first = gauth.get_token()
+    keys = {"AKIAOTHERJOB0002": ("other-secret", "other-session")}
+    fed.sts.add_provider(WORKLOAD, AWS_TOKEN_TYPE, aws_signature_checker(WORKLOAD, keys))
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAOTHERJOB0002")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "other-secret")
+    monkeypatch.setenv("AWS_SESSION_TOKEN", "other-session")
+    gauth._forget_tokens()
+    assert gauth.get_token() != first
+    assert len(fed.sts.exchanges) == 2
 
 
 # --- impersonated_service_account -------------------------------------------------------------

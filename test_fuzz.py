@@ -211,6 +211,99 @@ def test_the_host_policy_never_raises_and_never_answers_plain_http(service, user
         assert username in (None, "", "oauth2accesstoken")
 
 
+# Pieces that make HTTP stacks disagree on a URL's host: backslashes, percent-encoding,
+# userinfo, ports, whitespace and controls, IDNA-mapped dots and letters, IPv6 brackets.
+URL_PIECES = st.sampled_from(
+    [
+        "us-python",
+        ".pkg.dev",
+        "pkg.dev",
+        "evil.example",
+        "x",
+        ".",
+        "-",
+        "@",
+        ":",
+        "443",
+        "\\",
+        "/",
+        "?",
+        "#",
+        "%2e",
+        "%40",
+        "%",
+        "[",
+        "]",
+        "::1",
+        "\t",
+        "\n",
+        " ",
+        "\x00",
+        "\u3002",
+        "\uff0e",
+        "\uff55",
+        "\u200b",
+        "xn--",
+        "_",
+        "a:b@",
+        "oauth2accesstoken@",
+    ]
+)
+SERVICES = st.builds(
+    "{}{}".format,
+    st.sampled_from(["https://", "HTTPS://", "", "http://", "https:/", "https:\\\\"]),
+    st.lists(URL_PIECES, min_size=1, max_size=8).map("".join),
+)
+
+
+def _readers_hosts(service):
+    """The host urllib.parse, urllib3 (requests) and WHATWG (ada, as uv) would connect to."""
+    import urllib.parse
+
+    import ada_url
+    import urllib3
+
+    url = service if "://" in service else f"https://{service}"
+    readers = {
+        "urllib.parse": lambda: urllib.parse.urlsplit(url).hostname,
+        "urllib3": lambda: urllib3.util.parse_url(url).host,
+        "whatwg": lambda: ada_url.URL(url).hostname,
+    }
+    hosts = {}
+    for name, read in readers.items():
+        try:
+            host = read()
+        except (ValueError, urllib3.exceptions.LocationParseError):
+            continue  # this reader refuses the URL: that stack connects nowhere
+        hosts[name] = (host or "").lower().rstrip(".")
+    return hosts
+
+
+@FUZZ
+@given(service=SERVICES)
+def test_we_answer_only_when_every_http_stack_agrees_on_the_registry_host(service):
+    host = gauth.service_host(service)
+    if not gauth.is_registry_service(service):
+        return
+    hosts = _readers_hosts(service)
+    assert set(hosts.values()) == {host}, hosts
+    assert host.endswith(".pkg.dev")
+
+
+@pytest.mark.parametrize(
+    "service",
+    [
+        "https://evil.example\\@us-python.pkg.dev/p/r/",
+        "https://evil.example\\.pkg.dev/",
+        "https://us-python.pkg.dev%2eevil.example/",
+        "https://evil\u3002pkg.dev/",
+    ],
+)
+def test_the_readers_really_disagree_on_the_known_attacks(service):
+    assert len(set(_readers_hosts(service).values())) > 1
+    assert not gauth.is_registry_service(service)
+
+
 @pytest.mark.parametrize(
     "expires_in", ["Infinity", "-Infinity", "NaN", "1e400", "-5", "0", '"12x"', "99999999999"]
 )
