@@ -594,6 +594,28 @@ def test_twine_uploads_to_a_pypirc_repository(toolbox, registry, fake_google, cl
     assert token_fetches(fake_google) == 1
 
 
+@pytest.mark.parametrize(
+    "repository",
+    [
+        f"https://{MIRROR_HOST}\\@{AR_HOST}/proj/uploads/",
+        f"https://{MIRROR_HOST}\\.pkg.dev/proj/uploads/",
+    ],
+    ids=["backslash-at", "backslash-dot"],
+)
+def test_twine_never_sends_a_token_to_the_host_behind_a_backslash(
+    toolbox, registry, fake_google, client_env, dist, repository
+):
+    """requests connects to the name before the backslash: that host must get no token."""
+    Path(client_env["HOME"], ".pypirc").write_text(
+        f"[distutils]\nindex-servers =\n    gar\n\n[gar]\nrepository = {repository}\n"
+    )
+    result = twine_upload(toolbox, client_env, "--repository", "gar", dist)
+    assert result.returncode != 0
+    assert token_fetches(fake_google) == 0  # refused before any I/O
+    assert not any(r.carried_google_token for r in registry.requests_to(MIRROR_HOST))
+    assert registry.uploads == []
+
+
 # --- poetry -------------------------------------------------------------------------------------
 
 
