@@ -2694,25 +2694,151 @@ def _keyring_executable_report() -> dict:
     return {"path": executable, "sees_backend": sees, "in_this_environment": here}
 
 
-_URL_PATTERN = r"https?://[^\s\"'<>\]]*?pkg\.dev[^\s\"'<>\]]*"
+# A configuration file is read up to this size: a pyproject.toml may come from an untrusted
+# checkout, and doctor must answer in bounded time whatever it holds.
+MAX_CONFIG_BYTES = 1 << 20
+MAX_REPORTED_URLS = 50
+# Linear by construction: one character class under one star, and a lookahead of fixed
+# length, so each character is looked at a bounded number of times; a URL ends where the
+# next one starts (URLs are separated by a comma or nothing at all in some files).
+_URL_PATTERN = r"https?://(?:(?!https?://)[^\s\"'<>\[\]{}|^`])*"
+# Variables that hold URLs, the tool that reads them and the variable holding its username.
+_URL_VARIABLES = (
+    ("PIP_INDEX_URL", "pip", ""),
+    ("PIP_EXTRA_INDEX_URL", "pip", ""),
+    ("UV_INDEX_URL", "uv", ""),
+    ("UV_EXTRA_INDEX_URL", "uv", ""),
+    ("UV_DEFAULT_INDEX", "uv", ""),
+    ("UV_INDEX", "uv", ""),
+    ("UV_PUBLISH_URL", "uv publish", "UV_PUBLISH_USERNAME"),
+    ("TWINE_REPOSITORY_URL", "twine", "TWINE_USERNAME"),
+    ("HATCH_INDEX_REPO", "hatch", "HATCH_INDEX_USER"),
+    ("PDM_PUBLISH_REPO", "pdm", "PDM_PUBLISH_USERNAME"),
+)
+# Tools that need the username typed: PyPI's habit (__token__) does not work here.
+_USERNAME_FIX = (
+    f"Artifact Registry takes only the username {USERNAME} with a Google token "
+    "(__token__ is PyPI's), and artifactregistry-gauth answers only for it"
+)
+
+
+def _urls_in(text: str) -> list:
+    """Every http(s) URL in ``text``, in order, in time linear in its length."""
+    import re
+
+    return [m.group().rstrip(",;)") for m in re.finditer(_URL_PATTERN, text, re.IGNORECASE)]
+
+
+def _registry_url_parts(url: str):
+    """``urlsplit(url)`` if its host is Artifact Registry's (or ours to answer), else None."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        host = (parts.hostname or "").rstrip(".")
+        parts.port  # noqa: B018 - a malformed port raises ValueError here
+    except ValueError:
+        return None
+    if host.endswith(".pkg.dev") or (host and is_registry_service(host)):
+        return parts
+    return None
+
+
+def _masked(parts) -> str:
+    """The URL without query or fragment, any userinfo password shown as ***."""
+    userinfo, at, hostport = parts.netloc.rpartition("@")
+    if at:
+        user, colon, _ = userinfo.partition(":")
+        if len(user) > 40:  # a long "username" is likely a token itself
+            user = "***"
+        userinfo = user + (":***" if colon else "") + "@"
+    shown = f"{parts.scheme}://{userinfo}{hostport}{parts.path}"
+    return shown if len(shown) <= 200 else shown[:200] + "..."
+
+
+def _read_config(path: str) -> str | None:
+    """The first MAX_CONFIG_BYTES of a regular file, decoded; None for anything else."""
+    import stat
+
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError:
+        return None
+    try:
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                return None
+            return f.read(MAX_CONFIG_BYTES).decode("utf-8", errors="replace")
+    except OSError:
+        return None
+
+
+def _setting_value(raw: str) -> str:
+    """An INI or TOML value without its quotes and trailing comment."""
+    raw = raw.strip()
+    if raw[:1] in ("'", '"'):
+        return raw[1:].split(raw[0], 1)[0]
+    return raw.split(" #", 1)[0].strip()
+
+
+def _config_sections(text: str) -> list:
+    """Each [section] of an INI or TOML file: its name, `key = value` settings and URLs."""
+    sections = [{"name": "", "settings": {}, "urls": []}]
+    key = ""
+    for line in text.splitlines():
+        stripped = line.strip()
+        if stripped.startswith(("#", ";")):
+            continue
+        if stripped.startswith("["):
+            name = stripped.lstrip("[").split("]", 1)[0].strip().strip('"')
+            sections.append({"name": name, "settings": {}, "urls": []})
+            key = ""
+            continue
+        name, sep, value = stripped.partition("=")
+        if sep and name.strip() and not name.lstrip().lower().startswith(("http:", "https:")):
+            key = name.strip().strip("\"'").lower()
+            sections[-1]["settings"][key] = _setting_value(value)
+        sections[-1]["urls"].extend((key, url) for url in _urls_in(stripped))
+    return sections
+
+
+def _configured_urls():
+    """(URL, where, tool, settings of its section, key) for every URL in the configuration."""
+    for name, tool, user_variable in _URL_VARIABLES:
+        value = os.environ.get(name, "")[:MAX_CONFIG_BYTES]
+        settings = {"username": os.environ.get(user_variable, "")} if user_variable else {}
+        for url in _urls_in(value):
+            yield url, f"${name}", tool, settings, name.lower()
+    for path, tool in _config_files():
+        text = _read_config(path)
+        if text is None:
+            continue
+        for section in _config_sections(text):
+            section_tool = _section_tool(tool, section["name"])
+            settings = dict(section["settings"], section=section["name"])
+            for key, url in section["urls"]:
+                yield url, path, section_tool, settings, key
+
+
+def _section_tool(tool: str, section: str) -> str:
+    """Which tool reads a section of pyproject.toml (the file's own tool elsewhere)."""
+    if tool != "pyproject":
+        return tool
+    for prefix, name in (("tool.uv", "uv"), ("tool.poetry", "poetry"), ("tool.pdm", "pdm")):
+        if section.startswith(prefix):
+            return name
+    return "hatch" if section.startswith("tool.hatch") else "pyproject"
 
 
 def _index_url_report() -> list:
-    """pkg.dev URLs in pip, uv and twine configuration, and whether keyring will be asked."""
-    import re
-
+    """Artifact Registry URLs in the tools' configuration, and whether keyring will be asked."""
     found = []
-    for name in ("PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "UV_INDEX_URL", "UV_EXTRA_INDEX_URL"):
-        for url in re.findall(_URL_PATTERN, os.environ.get(name, "")):
-            found.append(_judge_url(url, f"${name}", name.split("_")[0].lower()))
-    for path, tool in _config_files():
-        try:
-            with open(path, encoding="utf-8") as f:
-                text = f.read(1 << 20)
-        except (OSError, UnicodeDecodeError):
-            continue
-        for url in re.findall(_URL_PATTERN, text):
-            found.append(_judge_url(url, path, tool, text))
+    for url, where, tool, settings, key in _configured_urls():
+        parts = _registry_url_parts(url)
+        if parts is not None:
+            found.append(_judge_url(parts, url, where, tool, settings, key))
+            if len(found) == MAX_REPORTED_URLS:
+                break
     return found
 
 
@@ -2727,8 +2853,10 @@ def _config_files() -> list:
         ("/etc/pip.conf", "pip"),
         (os.path.join(config, "uv", "uv.toml"), "uv"),
         ("uv.toml", "uv"),
-        ("pyproject.toml", "uv"),
+        ("pyproject.toml", "pyproject"),
         (os.path.join(home, ".pypirc"), "twine"),
+        (os.path.join(config, "hatch", "config.toml"), "hatch"),
+        (os.path.join(config, "pdm", "config.toml"), "pdm"),
     ]
     if os.name == "nt":
         appdata = os.environ.get("APPDATA", "")
@@ -2737,30 +2865,71 @@ def _config_files() -> list:
     return [(path, tool) for path, tool in candidates if path and os.path.isfile(path)]
 
 
-def _judge_url(url: str, where: str, tool: str, text: str = "") -> dict:
-    has_user = f"//{USERNAME}@" in url
-    has_secret = "@" in url.split("//", 1)[-1].split("/", 1)[0] and not has_user
-    shown = url if not has_secret else "https://***@" + url.split("@", 1)[1]
-    if has_secret:
-        verdict = "carries its own credentials in the URL: keyring is never asked"
-    elif tool == "uv":
-        if has_user or "authenticate" in text or os.environ.get("UV_KEYRING_PROVIDER"):
-            verdict = "uv asks keyring if UV_KEYRING_PROVIDER=subprocess and the username is known"
-        else:
-            verdict = (
-                f"uv will not ask keyring: put {USERNAME}@ in the URL or set "
-                f"UV_INDEX_<NAME>_USERNAME={USERNAME}, and UV_KEYRING_PROVIDER=subprocess"
-            )
-    elif tool == "twine":
-        verdict = "twine asks keyring for the password (and the username if none is set)"
-    elif has_user:
-        verdict = "pip asks keyring (import or subprocess provider)"
-    else:
-        verdict = (
-            "pip asks keyring with --keyring-provider import (or auto); for subprocess mode "
-            f"before pip 26.2 put {USERNAME}@ in the URL"
+def _judge_url(parts, url: str, where: str, tool: str, settings: dict, key: str) -> dict:
+    """What the tool reading this Artifact Registry URL will do with it."""
+    user = parts.username
+    configured_user = settings.get("username") or settings.get("user") or ""
+    ok, verdict = True, ""
+    if parts.scheme.lower() != "https" or not is_registry_service(url):
+        ok, verdict = (
+            False,
+            (
+                "artifactregistry-gauth never answers for this URL: use https:// and a plain "
+                "host (no backslash, percent sign, space or password in it)"
+            ),
         )
-    return {"url": shown, "where": where, "tool": tool, "verdict": verdict}
+    elif parts.password is not None:
+        ok, verdict = False, "carries its own credentials in the URL: keyring is never asked"
+    elif user not in (None, USERNAME) or configured_user not in ("", USERNAME):
+        ok, verdict = False, f"the username is not {USERNAME}: {_USERNAME_FIX}"
+    elif tool == "twine" and "password" in settings:
+        ok, verdict = False, "a password is stored beside it: keyring is never asked"
+    elif tool == "uv":
+        ok, verdict = _judge_uv_index(user, settings, key)
+    else:
+        verdict = _tool_verdict(tool, user or configured_user)
+    return {"url": _masked(parts), "where": where, "tool": tool, "ok": ok, "verdict": verdict}
+
+
+def _judge_uv_index(user: str | None, settings: dict, key: str) -> tuple:
+    """uv asks keyring only with a username, or with authenticate = "always"."""
+    if key == "publish-url":
+        return True, f"uv publish asks keyring with --username {USERNAME} (not __token__)"
+    name = settings.get("name", "")
+    variable = "UV_INDEX_" + "".join(c if c.isalnum() else "_" for c in name.upper())
+    variable += "_USERNAME"
+    env_user = os.environ.get(variable, "") if name else ""
+    if env_user not in ("", USERNAME):
+        return False, f"${variable} is not {USERNAME}: {_USERNAME_FIX}"
+    if user == USERNAME or env_user == USERNAME:
+        return True, "uv asks keyring with UV_KEYRING_PROVIDER=subprocess (the username is known)"
+    if settings.get("authenticate") == "always":
+        return True, (
+            'uv asks keyring without a username (authenticate = "always"): needs '
+            "keyring >= 25.2.1 or the keyring link, and UV_KEYRING_PROVIDER=subprocess"
+        )
+    where = f"set {variable}={USERNAME}, or " if name else ""
+    return False, (
+        f'uv will not ask keyring: {where}add authenticate = "always" to the index, or put '
+        f"{USERNAME}@ in the URL; and set UV_KEYRING_PROVIDER=subprocess"
+    )
+
+
+def _tool_verdict(tool: str, user: str | None) -> str:
+    if tool == "twine":
+        return "twine asks keyring for the password (and the username if none is set)"
+    if tool in ("hatch", "pdm", "uv publish"):
+        return f"{tool} asks keyring; give the username {USERNAME}, not __token__"
+    if tool == "poetry":
+        return "poetry asks keyring (the backend must be in poetry's own environment)"
+    if tool == "pyproject":
+        return "found in pyproject.toml"
+    if user == USERNAME:
+        return "pip asks keyring (import or subprocess provider)"
+    return (
+        "pip asks keyring with --keyring-provider import (or auto); for subprocess mode "
+        f"before pip 26.2 put {USERNAME}@ in the URL"
+    )
 
 
 def _format_report(report: dict) -> str:
