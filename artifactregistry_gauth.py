@@ -2365,6 +2365,8 @@ examples:
   UV_INDEX_PRIVATE_PASSWORD=$(artifactregistry-gauth token) uv pip install mypkg
   artifactregistry-gauth get https://us-python.pkg.dev/PROJECT/REPO/simple/ oauth2accesstoken
   artifactregistry-gauth print-settings --location us --project PROJECT --repository REPO
+  artifactregistry-gauth netrc us-python.pkg.dev --output ~/.netrc
+  artifactregistry-gauth credential-helper get < request.json      # Bazel's protocol
   ln -s "$(command -v artifactregistry-gauth)" ~/.local/bin/keyring   # a keyring for pip/uv
 
 `get` takes keyring's arguments, so a link to this program named `keyring` serves pip's
@@ -2403,6 +2405,13 @@ def _parser():
     settings.add_argument(
         "--tool", choices=("pip", "twine", "uv", "poetry", "tox", "all"), default="all"
     )
+    netrc = commands.add_parser(
+        "netrc", help="netrc entries with a token, for tools without keyring"
+    )
+    netrc.add_argument("hosts", nargs="*", metavar="HOST", help="default: the configured hosts")
+    netrc.add_argument("--output", metavar="FILE", help="replace our entries in FILE (0600)")
+    helper = commands.add_parser("credential-helper", help="Bazel's credential helper: get")
+    helper.add_argument("operation", nargs=argparse.REMAINDER, help="get (a JSON request on stdin)")
     return parser
 
 
@@ -2440,6 +2449,10 @@ def main(argv: list | None = None) -> int:
         return _token_command(args.url)
     if args.command == "doctor":
         return _doctor_command(args.json)
+    if args.command == "netrc":
+        return _netrc_command(args)
+    if args.command == "credential-helper":
+        return _credential_helper_command(args.operation)
     sys.stdout.write(print_settings(args.location, args.project, args.repository, args.tool))
     return 0
 
@@ -2982,6 +2995,296 @@ def _format_report(report: dict) -> str:
             "  none found (pip.conf, PIP_*/UV_* variables, uv.toml, pyproject.toml, .pypirc)"
         )
     return "\n".join(lines) + "\n"
+
+
+# --- netrc ------------------------------------------------------------------------------------
+
+# A netrc file larger than this is refused rather than rewritten.
+MAX_NETRC_BYTES = 1 << 20
+# Google tokens are URL-safe text; anything that would split or quote a netrc token is refused.
+_NETRC_SAFE = r"[A-Za-z0-9._~+/=-]+"
+_NETRC_TOKEN = rb'"(?:[^"\\]|\\.)*"?|\S+'
+
+
+class _CommandError(Exception):
+    """A command refused or failed: one line for stderr, and the exit code."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _netrc_command(args) -> int:
+    """`netrc [HOST...] [--output FILE]`: netrc entries with a live token."""
+    try:
+        hosts = _netrc_hosts(args.hosts)
+        token = get_token()
+        _check_netrc_token(token)
+        entries = "".join(f"machine {h} login {USERNAME} password {token}\n" for h in hosts)
+        if args.output is None:
+            sys.stdout.write(entries)
+            return 0
+        _write_netrc(args.output, hosts, entries.encode("ascii"))
+    except _CommandError as exc:
+        sys.stderr.write(f"{PROG} netrc: {exc}\n")
+        return exc.code
+    except CredentialError as exc:
+        sys.stderr.write(f"{PROG}: {exc}\n")
+        return 1
+    sys.stderr.write(f"{PROG}: wrote {', '.join(hosts)} to {args.output}\n")
+    return 0
+
+
+def _netrc_hosts(given: list) -> list:
+    """The hostnames to write: those given (each one we answer for), else the configured ones."""
+    if not given:
+        hosts = _configured_registry_hosts()
+        if not hosts:
+            raise _CommandError(
+                "no host given and no Artifact Registry URL found in pip, uv, twine, hatch or "
+                "pdm configuration: name the hosts, e.g. `netrc us-python.pkg.dev`",
+                2,
+            )
+        return hosts
+    hosts: list = []
+    for item in given:
+        host = _netrc_host(item)
+        if host not in hosts:
+            hosts.append(host)
+    return hosts
+
+
+def _netrc_host(item: str) -> str:
+    """The hostname of a host, host:port or URL we answer for; never one we do not."""
+    import re
+
+    host = service_host(item) if is_registry_service(item) else None
+    if host is None or not re.fullmatch(r"[a-z0-9]([a-z0-9.-]*[a-z0-9])?", host):
+        shown = repr(item) if "@" not in item and len(item) < 200 else "a host argument"
+        raise _CommandError(
+            f"{shown} is not an Artifact Registry host (*.pkg.dev, https): no token is "
+            "written for it; add a proxy's host to ARTIFACTREGISTRY_GAUTH_HOSTS",
+            2,
+        )
+    return host
+
+
+def _configured_registry_hosts() -> list:
+    """Hostnames of the Artifact Registry URLs that doctor finds, in order, once each."""
+    hosts: list = []
+    for url, *_ in _configured_urls():
+        if _registry_url_parts(url) is not None and is_registry_service(url):
+            host = service_host(url)
+            if url.lower().startswith("https://") and host and host not in hosts:
+                hosts.append(host)
+    return hosts
+
+
+def _check_netrc_token(token: str) -> None:
+    import re
+
+    if not re.fullmatch(_NETRC_SAFE, token):
+        raise _CommandError("the access token holds characters a netrc file cannot carry")
+
+
+def _write_netrc(path: str, hosts: list, entries: bytes) -> None:
+    """Replace our entries for ``hosts`` in ``path`` (0600, atomically); keep every other byte."""
+    old = _read_own_netrc(path)
+    data = _netrc_with_entries(old, hosts, entries, path)
+    try:
+        _write_private_file(path, data)
+    except OSError as exc:
+        raise _CommandError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def _read_own_netrc(path: str) -> bytes:
+    """The netrc at ``path`` (empty if absent); refused if a link, not a file, or not ours."""
+    import stat
+
+    try:
+        before = os.lstat(path)
+    except FileNotFoundError:
+        return b""
+    except OSError as exc:
+        raise _CommandError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if stat.S_ISLNK(before.st_mode):
+        raise _CommandError(
+            f"{path} is a symbolic link: refusing to replace it; give the file it points to"
+        )
+    if not stat.S_ISREG(before.st_mode):
+        raise _CommandError(f"{path} is not a regular file: give a netrc file's path")
+    if hasattr(os, "getuid") and before.st_uid != os.getuid():
+        raise _CommandError(f"{path} belongs to another user: refusing to rewrite it")
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    try:
+        fd = os.open(path, flags)
+        with os.fdopen(fd, "rb") as f:
+            now = os.fstat(f.fileno())
+            if (now.st_dev, now.st_ino) != (before.st_dev, before.st_ino):
+                raise _CommandError(f"{path} changed while being read: run the command again")
+            data = f.read(MAX_NETRC_BYTES + 1)
+    except OSError as exc:
+        raise _CommandError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if len(data) > MAX_NETRC_BYTES:
+        raise _CommandError(f"{path} is larger than 1 MiB: not a netrc file to rewrite")
+    return data
+
+
+def _netrc_with_entries(data: bytes, hosts: list, entries: bytes, path: str) -> bytes:
+    """``data`` with our entries for ``hosts`` replaced by ``entries``, other bytes untouched."""
+    parsed, open_macro = _netrc_entries(data)
+    ours, default_at = [], None
+    for entry in parsed:
+        if entry["host"] is None:
+            default_at = entry["start"] if default_at is None else default_at
+            continue
+        if entry["host"].decode("ascii", "replace").lower().rstrip(".") not in hosts:
+            continue
+        if entry["login"] not in (None, USERNAME.encode()):
+            raise _CommandError(
+                f"{path} has an entry for {entry['host'].decode('ascii', 'replace')} with "
+                "another login: remove it, or write to another file"
+            )
+        ours.append(_whole_lines(data, entry["start"], entry["end"]))
+    for start, end in reversed(ours):
+        data = data[:start] + data[end:]
+    if ours:
+        at = ours[0][0]
+    elif default_at is not None:  # `default` must stay the last entry (ftp, curl)
+        at = _whole_lines(data, default_at, default_at)[0]
+    else:
+        at = len(data)
+        if open_macro:
+            entries = b"\n" + entries  # an empty line ends a macdef body
+        if data and not data.endswith(b"\n"):
+            entries = b"\n" + entries
+    return data[:at] + entries + data[at:]
+
+
+def _netrc_entries(data: bytes) -> tuple:
+    """Each `machine`/`default` entry's span, host and login; and whether a macdef is open."""
+    import re
+
+    token = re.compile(_NETRC_TOKEN)
+    entries: list = []
+    current = None  # the entry being read; a macdef ends it
+    pending = None  # the keyword whose value comes next
+    pos, open_macro = 0, False
+    while True:
+        match = token.search(data, pos)
+        if match is None:
+            return entries, open_macro
+        text, pos = match.group(), match.end()
+        if pending is None and text.startswith(b"#"):
+            newline = data.find(b"\n", pos)
+            pos = len(data) if newline < 0 else newline
+            continue
+        if pending is not None:
+            keyword, pending = pending, None
+            if keyword == b"macdef":
+                pos, open_macro = _macro_end(data, pos)
+                continue
+            if keyword in (b"machine", b"login", b"user") and current is not None:
+                current["host" if keyword == b"machine" else "login"] = _netrc_value(text)
+        elif text in (b"machine", b"default"):
+            host = b"" if text == b"machine" else None
+            current = {"start": match.start(), "end": pos, "host": host, "login": None}
+            entries.append(current)
+            pending = b"machine" if text == b"machine" else None
+        elif text == b"macdef":
+            current, pending = None, text
+        elif text in (b"login", b"user", b"password", b"account", b"port"):
+            pending = text
+        if current is not None:
+            current["end"] = pos
+
+
+def _netrc_value(text: bytes) -> bytes:
+    """A netrc token without its quotes and backslash escapes."""
+    import re
+
+    if not text.startswith(b'"'):
+        return text
+    return re.sub(rb"\\(.)", rb"\1", text[1:-1] if text.endswith(b'"') else text[1:])
+
+
+def _macro_end(data: bytes, pos: int) -> tuple:
+    """Where a macdef body that starts after ``pos``'s line ends (an empty line), and if open."""
+    newline = data.find(b"\n", pos)
+    if newline < 0:
+        return len(data), True
+    blank = data.find(b"\n\n", newline)
+    if blank < 0:
+        return len(data), True
+    return blank + 2, False
+
+
+def _whole_lines(data: bytes, start: int, end: int) -> tuple:
+    """Widen [start, end) to whole lines when nothing else shares them."""
+    line_start = data.rfind(b"\n", 0, start) + 1
+    line_end = data.find(b"\n", end)
+    line_end = len(data) if line_end < 0 else line_end + 1
+    if data[line_start:start].strip() or data[end:line_end].strip():
+        return start, end
+    return line_start, line_end
+
+
+# --- Bazel credential helper ------------------------------------------------------------------
+
+# Bazel sends {"uri": ...}; anything longer is not a request.
+MAX_HELPER_REQUEST = 64 * 1024
+
+
+def _credential_helper_command(argv: list) -> int:
+    """Bazel's credential-helper protocol: `get`, a JSON request on stdin, headers on stdout."""
+    if list(argv) != ["get"]:
+        shown = " ".join(argv)[:80] or "nothing"
+        sys.stderr.write(
+            f"{PROG} credential-helper: unknown command {shown!r}: Bazel's protocol has `get`\n"
+        )
+        return 2
+    try:
+        uri = _helper_request_uri(sys.stdin.buffer.read(MAX_HELPER_REQUEST + 1))
+    except ValueError as exc:
+        sys.stderr.write(f"{PROG} credential-helper: {exc}\n")
+        return 2
+    if not (uri[:8].lower() == "https://" and is_registry_service(uri)):
+        sys.stdout.write("{}\n")
+        return 0
+    try:
+        token = lookup()
+    except CredentialError as exc:
+        sys.stderr.write(f"{PROG}: {exc}\n")
+        return 1
+    sys.stdout.write(_json_text(_helper_response(token, _now())) + "\n")
+    return 0
+
+
+def _helper_request_uri(data: bytes) -> str:
+    """The `uri` of a credential-helper request; ValueError with one line for anything else."""
+    if len(data) > MAX_HELPER_REQUEST:
+        raise ValueError("the request on stdin is larger than 64 KiB")
+    try:
+        request = _json_loads(data)
+    except ValueError:
+        raise ValueError(
+            'the request on stdin is not JSON: Bazel sends {"uri": "https://..."}'
+        ) from None
+    if not isinstance(request, dict) or not isinstance(request.get("uri"), str):
+        raise ValueError('the request on stdin has no "uri" string: {"uri": "https://..."}')
+    return request["uri"]
+
+
+def _helper_response(token: Token, now: float) -> dict:
+    """Basic auth for Artifact Registry, to be asked again while the token has 15 min left."""
+    import base64
+
+    basic = base64.b64encode(f"{USERNAME}:{token.value}".encode()).decode("ascii")
+    response: dict = {"headers": {"Authorization": [f"Basic {basic}"]}}
+    if token.expiry is not None:
+        refresh = max(token.expiry - MIN_TOKEN_LIFE, now)
+        response["expires"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(refresh))
+    return response
 
 
 if __name__ == "__main__":

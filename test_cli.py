@@ -1,5 +1,6 @@
 """The command line beyond `token` and `get`: doctor's checks, `netrc`, `credential-helper`."""
 
+import base64
 import json
 import os
 import subprocess
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 
 import artifactregistry_gauth as gauth
+from conftest import register_secret
 
 ROOT = Path(__file__).resolve().parent
 HOST = "us-python.pkg.dev"
@@ -153,3 +155,400 @@ def test_doctor_reports_a_bounded_number_of_urls(monkeypatch):
     many = " ".join(f"https://{HOST}/p/r{i}/simple/" for i in range(500))
     monkeypatch.setenv("PIP_EXTRA_INDEX_URL", many)
     assert len(gauth._index_url_report()) == gauth.MAX_REPORTED_URLS
+
+
+# --- netrc ----------------------------------------------------------------------------------------
+
+TOKEN = "ya29.netrc-test-token"
+ENTRY = f"machine {HOST} login oauth2accesstoken password {TOKEN}\n"
+
+
+@pytest.fixture
+def held_token(monkeypatch):
+    """A token handed over in GOOGLE_OAUTH_ACCESS_TOKEN (its expiry unknown)."""
+    register_secret(TOKEN)
+    monkeypatch.setenv("GOOGLE_OAUTH_ACCESS_TOKEN", TOKEN)
+    return TOKEN
+
+
+@pytest.fixture
+def sa_env(monkeypatch, sa_file):
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(sa_file()))
+
+
+def cli(capsys, *argv, stdin=b""):
+    """Run the command in this process; return (exit code, stdout, stderr)."""
+    import io
+
+    stream = io.TextIOWrapper(io.BytesIO(stdin), encoding="utf-8")
+    old, sys.stdin = sys.stdin, stream
+    try:
+        code = gauth.main(list(argv))
+    except SystemExit as exc:
+        code = exc.code
+    finally:
+        sys.stdin = old
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize(
+    "given",
+    [HOST, f"{HOST}:443", f"https://{HOST}/proj/repo/simple/", "US-PYTHON.PKG.DEV."],
+    ids=["host", "host-and-port", "url", "upper-case-trailing-dot"],
+)
+def test_netrc_prints_an_entry_for_the_hostname(capsys, held_token, given):
+    assert cli(capsys, "netrc", given) == (0, ENTRY, "")
+
+
+def test_netrc_prints_one_entry_per_host(capsys, held_token):
+    code, out, _ = cli(capsys, "netrc", HOST, "europe-python.pkg.dev", HOST)
+    assert code == 0
+    assert out == ENTRY + ENTRY.replace(HOST, "europe-python.pkg.dev")
+
+
+def test_netrc_answers_for_hosts_in_artifactregistry_gauth_hosts(capsys, held_token, monkeypatch):
+    monkeypatch.setenv("ARTIFACTREGISTRY_GAUTH_HOSTS", "*.corp.test")
+    assert cli(capsys, "netrc", "pypi.corp.test")[1] == ENTRY.replace(HOST, "pypi.corp.test")
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "pypi.org",
+        "https://pypi.org/simple/",
+        f"http://{HOST}/proj/repo/simple/",
+        f"https://{HOST}@evil.example/",
+        f"https://evil.example/{HOST}/",
+        f"{HOST}.evil.example",
+        "[::1]",
+        "",
+        "a b.pkg.dev",
+    ],
+)
+def test_netrc_never_writes_a_token_for_another_host(capsys, held_token, tmp_path, host):
+    target = tmp_path / "netrc"
+    code, out, err = cli(capsys, "netrc", HOST, host, "--output", str(target))
+    assert (code, out) == (2, "")
+    assert err.count("\n") == 1
+    assert "is not an Artifact Registry host" in err
+    assert not target.exists()
+
+
+def test_netrc_without_hosts_writes_the_configured_ones(capsys, held_token, monkeypatch, tmp_path):
+    write_pip_conf(f"[global]\nextra-index-url = {INDEX}\n    https://pypi.org/simple/\n")
+    (tmp_path / "uv.toml").write_text(
+        '[[index]]\nname = "eu"\nurl = "https://europe-python.pkg.dev/p/r/simple/"\n'
+    )
+    monkeypatch.chdir(tmp_path)
+    code, out, _ = cli(capsys, "netrc")
+    assert code == 0
+    assert out == ENTRY + ENTRY.replace(HOST, "europe-python.pkg.dev")
+
+
+def test_netrc_without_hosts_or_configuration_says_what_to_do(capsys, held_token):
+    code, out, err = cli(capsys, "netrc")
+    assert (code, out) == (2, "")
+    assert "name the hosts, e.g. `netrc us-python.pkg.dev`" in err
+
+
+def test_netrc_without_credentials_says_why_in_one_line(capsys, tmp_path):
+    code, out, err = cli(capsys, "netrc", HOST, "--output", str(tmp_path / "netrc"))
+    assert (code, out) == (1, "")
+    assert err.startswith("artifactregistry-gauth: no Google credentials found")
+    assert err.count("\n") == 1
+    assert not (tmp_path / "netrc").exists()
+
+
+def test_netrc_output_creates_a_private_file(capsys, held_token, tmp_path):
+    target = tmp_path / "out" / "netrc"
+    target.parent.mkdir()
+    code, out, err = cli(capsys, "netrc", HOST, "--output", str(target))
+    assert (code, out) == (0, "")
+    assert err == f"artifactregistry-gauth: wrote {HOST} to {target}\n"
+    assert target.read_text() == ENTRY
+    assert target.stat().st_mode & 0o777 == 0o600
+    assert [p.name for p in target.parent.iterdir()] == ["netrc"]  # no temporary file left
+
+
+OTHERS_BEFORE = (
+    "# my machines\n"
+    'machine example.com login me password "p w"\n'
+    'machine "quoted.example" login "a b" password "x\\"y"\n'
+    "macdef init\n"
+    f"machine {HOST} login not-an-entry password inside-a-macro\n"
+    "\n"
+)
+OTHERS_AFTER = "machine other.example\n    login you\n    password secret2\n    account acct\n"
+
+
+@pytest.mark.parametrize(
+    "ours",
+    [
+        f"machine {HOST} login oauth2accesstoken password ya29.stale\n",
+        f"machine {HOST}\n  login oauth2accesstoken\n  password ya29.stale\n",
+        f"machine {HOST.upper()} password ya29.stale\n",
+    ],
+    ids=["one-line", "multi-line", "no-login"],
+)
+def test_netrc_output_replaces_only_our_entry(capsys, held_token, tmp_path, ours):
+    target = tmp_path / "netrc"
+    target.write_text(OTHERS_BEFORE + ours + OTHERS_AFTER)
+    target.chmod(0o644)
+    assert cli(capsys, "netrc", HOST, "--output", str(target))[0] == 0
+    assert target.read_text() == OTHERS_BEFORE + ENTRY + OTHERS_AFTER
+    assert target.stat().st_mode & 0o777 == 0o600
+
+
+@pytest.mark.parametrize(
+    ("before", "after"),
+    [
+        ("", ENTRY),
+        ("machine a.example login u password p", "machine a.example login u password p\n" + ENTRY),
+        ("macdef init\ncd /pub", "macdef init\ncd /pub\n\n" + ENTRY),
+        ("macdef init\ncd /pub\n", "macdef init\ncd /pub\n\n" + ENTRY),
+        ("machine a.example login u\ndefault login anonymous\n", None),
+        ('machine "unterminated', 'machine "unterminated\n' + ENTRY),
+        ("# only a comment\n", "# only a comment\n" + ENTRY),
+        ("\x00\xff junk \x01\n", "\x00\xff junk \x01\n" + ENTRY),
+    ],
+    ids=[
+        "empty",
+        "no-final-newline",
+        "open-macdef",
+        "macdef-without-empty-line",
+        "default-stays-last",
+        "unterminated-quote",
+        "comment",
+        "binary-junk",
+    ],
+)
+def test_netrc_output_adds_our_entry_to_any_file(capsys, held_token, tmp_path, before, after):
+    target = tmp_path / "netrc"
+    target.write_bytes(before.encode("latin-1"))
+    assert cli(capsys, "netrc", HOST, "--output", str(target))[0] == 0
+    if after is None:  # before `default`, which ftp and curl want last
+        after = "machine a.example login u\n" + ENTRY + "default login anonymous\n"
+    assert target.read_bytes() == after.encode("latin-1")
+
+
+def test_netrc_output_is_read_by_pythons_netrc_module(capsys, held_token, tmp_path):
+    import netrc
+
+    target = tmp_path / "netrc"
+    target.write_text(OTHERS_BEFORE + OTHERS_AFTER)
+    cli(capsys, "netrc", HOST, "--output", str(target))
+    parsed = netrc.netrc(str(target))
+    assert parsed.authenticators(HOST) == ("oauth2accesstoken", "", TOKEN)
+    assert parsed.authenticators("other.example") == ("you", "acct", "secret2")
+
+
+def test_netrc_output_refuses_an_entry_with_another_login(capsys, held_token, tmp_path):
+    target = tmp_path / "netrc"
+    before = f"machine {HOST} login _json_key_base64 password abc\n"
+    target.write_text(before)
+    code, _, err = cli(capsys, "netrc", HOST, "--output", str(target))
+    assert code == 1
+    assert f"has an entry for {HOST} with another login: remove it" in err
+    assert target.read_text() == before
+
+
+def test_netrc_output_refuses_a_symlink(capsys, held_token, tmp_path):
+    real = tmp_path / "real"
+    real.write_text("machine a.example login u password p\n")
+    link = tmp_path / "netrc"
+    link.symlink_to(real)
+    code, _, err = cli(capsys, "netrc", HOST, "--output", str(link))
+    assert code == 1
+    assert "is a symbolic link: refusing to replace it" in err
+    assert link.is_symlink() and real.read_text() == "machine a.example login u password p\n"
+
+
+def test_netrc_output_refuses_what_is_not_a_file(capsys, held_token, tmp_path):
+    os.mkfifo(tmp_path / "fifo")
+    code, _, err = cli(capsys, "netrc", HOST, "--output", str(tmp_path / "fifo"))
+    assert code == 1
+    assert "is not a regular file" in err
+
+
+def test_netrc_output_refuses_a_huge_file(capsys, held_token, tmp_path):
+    target = tmp_path / "netrc"
+    target.write_bytes(b"#" * (gauth.MAX_NETRC_BYTES + 1))
+    code, _, err = cli(capsys, "netrc", HOST, "--output", str(target))
+    assert code == 1
+    assert "larger than 1 MiB" in err
+
+
+def test_netrc_output_into_a_missing_directory_says_so(capsys, held_token, tmp_path):
+    code, _, err = cli(capsys, "netrc", HOST, "--output", str(tmp_path / "no" / "netrc"))
+    assert code == 1
+    assert err.startswith("artifactregistry-gauth netrc: cannot write ")
+    assert err.count("\n") == 1
+
+
+# --- the Bazel credential helper ------------------------------------------------------------------
+
+
+def helper(capsys, request, *argv):
+    data = request if isinstance(request, bytes) else json.dumps(request).encode()
+    return cli(capsys, "credential-helper", *(argv or ("get",)), stdin=data)
+
+
+def basic(token):
+    return "Basic " + base64.b64encode(f"oauth2accesstoken:{token}".encode()).decode()
+
+
+def test_credential_helper_answers_basic_auth_and_expires_15_minutes_early(
+    capsys, sa_env, fake_google
+):
+    code, out, err = helper(capsys, {"uri": f"{INDEX}gauth-demo/"})
+    assert (code, err) == (0, "")
+    (token,) = fake_google.issued
+    answer = json.loads(out)
+    assert set(answer) == {"headers", "expires"}
+    assert answer["headers"] == {"Authorization": [basic(token)]}
+    expires = gauth._parse_rfc3339(answer["expires"])
+    assert answer["expires"].endswith("Z")
+    refresh_at = time_now() + fake_google.expires_in - gauth.MIN_TOKEN_LIFE
+    assert refresh_at - 120 <= expires <= refresh_at + 1
+
+
+def time_now():
+    import time
+
+    return time.time()
+
+
+def test_credential_helper_omits_expires_when_the_expiry_is_unknown(capsys, held_token):
+    code, out, _ = helper(capsys, {"uri": INDEX})
+    assert code == 0
+    assert json.loads(out) == {"headers": {"Authorization": [basic(TOKEN)]}}
+
+
+def test_credential_helper_answers_again_from_the_cache(capsys, sa_env, fake_google):
+    for _ in range(3):
+        assert helper(capsys, {"uri": INDEX})[0] == 0
+    assert len(fake_google.issued) == 1
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "https://pypi.org/simple/",
+        f"http://{HOST}/proj/repo/simple/",
+        HOST,
+        f"ftp://{HOST}/",
+        f"https://{HOST}@evil.example/",
+        f"https://{HOST}.evil.example/",
+        "https://github.com/bazelbuild/rules_python/archive/1.0.tar.gz",
+        "",
+    ],
+)
+def test_credential_helper_answers_nothing_for_other_uris(capsys, held_token, uri):
+    assert helper(capsys, {"uri": uri}) == (0, "{}\n", "")
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"",
+        b"not json",
+        b"[]",
+        b'"https://us-python.pkg.dev/"',
+        b"{}",
+        b'{"url": "https://us-python.pkg.dev/"}',
+        b'{"uri": 5}',
+        b'{"uri": null}',
+        b"\xff\xfe{}",
+        b"[" * 100_000,
+        b'{"uri": "' + b"a" * (64 * 1024) + b'"}',
+    ],
+    ids=[
+        "empty",
+        "not-json",
+        "array",
+        "string",
+        "no-uri",
+        "url-not-uri",
+        "uri-number",
+        "uri-null",
+        "not-utf8",
+        "deep-nesting",
+        "over-64k",
+    ],
+)
+def test_credential_helper_refuses_a_bad_request_in_one_line(capsys, held_token, request_bytes):
+    code, out, err = helper(capsys, request_bytes)
+    assert (code, out) == (2, "")
+    assert err.startswith("artifactregistry-gauth credential-helper: the request on stdin ")
+    assert err.count("\n") == 1
+
+
+@pytest.mark.parametrize("argv", [[], ["store"], ["erase"], ["get", "extra"]])
+def test_credential_helper_refuses_other_commands(capsys, held_token, argv):
+    code, out, err = cli(capsys, "credential-helper", *argv, stdin=b'{"uri": "x"}')
+    assert (code, out) == (2, "")
+    assert "unknown command" in err
+    assert err.count("\n") == 1
+
+
+def test_credential_helper_without_credentials_fails_in_one_line(capsys):
+    code, out, err = helper(capsys, {"uri": INDEX})
+    assert (code, out) == (1, "")
+    assert err.startswith("artifactregistry-gauth: no Google credentials found")
+    assert err.count("\n") == 1
+
+
+def test_credential_helper_runs_as_bazel_runs_it(held_token, tmp_path):
+    # Bazel runs the helper with `get` as its only argument: a wrapper script does that.
+    wrapper = tmp_path / "artifactregistry-gauth-helper"
+    wrapper.write_text(
+        f'#!/bin/sh\nexec "{sys.executable}" -m artifactregistry_gauth credential-helper "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    result = subprocess.run(
+        [str(wrapper), "get"],
+        input=json.dumps({"uri": INDEX}),
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
+    assert (result.returncode, result.stderr) == (0, "")
+    assert json.loads(result.stdout)["headers"]["Authorization"] == [basic(TOKEN)]
+
+
+@pytest.mark.clients
+def test_credential_helper_answers_in_the_shape_uv_does(capsys, held_token, tmp_path):
+    from uv import find_uv_bin
+
+    env = {
+        "PATH": os.environ["PATH"],
+        "HOME": os.environ["HOME"],
+        "UV_CREDENTIALS_DIR": str(tmp_path / "uv-credentials"),
+        "UV_CONFIG_FILE": os.devnull,
+        "UV_CACHE_DIR": str(tmp_path / "uv-cache"),
+        "UV_NO_PROGRESS": "1",
+        "UV_PREVIEW_FEATURES": "auth-helper",
+        "HTTPS_PROXY": "http://127.0.0.1:9",
+        "NO_PROXY": "127.0.0.1,localhost",
+    }
+    uv = find_uv_bin()
+    login = [uv, "auth", "login", INDEX, "--username", "oauth2accesstoken", "--password", TOKEN]
+    stored = subprocess.run(login, env=env, capture_output=True, text=True, timeout=60)
+    assert stored.returncode == 0, stored.stderr
+    request = json.dumps({"uri": f"{INDEX}gauth-demo/"})
+    theirs = subprocess.run(
+        [uv, "auth", "helper", "--protocol", "bazel", "get"],
+        input=request,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert theirs.returncode == 0, theirs.stderr
+    uvs = json.loads(theirs.stdout)
+    ours = json.loads(helper(capsys, {"uri": f"{INDEX}gauth-demo/"})[1])
+    # uv's answer has no `expires` (it is optional); every key uv sends, we send alike.
+    assert set(uvs) <= set(ours) <= {"headers", "expires"}
+    assert ours["headers"] == uvs["headers"] == {"Authorization": [basic(TOKEN)]}
