@@ -2630,7 +2630,7 @@ def diagnose() -> dict:
             )
     for step in steps:
         step.pop("token", None)
-    return {
+    report = {
         "version": __version__,
         "python": sys.version.split()[0],
         "sources": steps,
@@ -2640,6 +2640,8 @@ def diagnose() -> dict:
         "keyring_executable": _keyring_executable_report(),
         "index_urls": _index_url_report(),
     }
+    report["warnings"] = _warnings(report)
+    return report
 
 
 def _cache_report() -> dict:
@@ -2704,7 +2706,94 @@ def _keyring_executable_report() -> dict:
     sees = b"GooglePyPIAuth" in done.stdout
     # pip's subprocess provider skips a keyring in its own environment's scripts folder.
     here = os.path.dirname(os.path.abspath(executable)) == os.path.dirname(sys.executable)
-    return {"path": executable, "sees_backend": sees, "in_this_environment": here}
+    return {
+        "path": executable,
+        "sees_backend": sees,
+        "in_this_environment": here,
+        "version": _keyring_version_beside(executable),
+        "in_scripts_of_pip": _pip_sharing_scripts_with(executable),
+    }
+
+
+def _keyring_version_beside(executable: str) -> str:
+    """The keyring version installed in the environment of a `keyring` script ("" if none)."""
+    import glob
+
+    real = os.path.realpath(executable)
+    if os.path.splitext(os.path.basename(real))[0] != "keyring":
+        return ""  # a link to another program (ours) answers in its own way
+    root = os.path.dirname(os.path.dirname(real))
+    patterns = ("lib/python*/site-packages", "Lib/site-packages", "lib/site-packages")
+    for pattern in patterns:
+        for found in glob.glob(os.path.join(glob.escape(root), pattern, "keyring-*.dist-info")):
+            return os.path.basename(found)[len("keyring-") : -len(".dist-info")]
+    return ""
+
+
+def _pip_sharing_scripts_with(executable: str) -> str:
+    """A pip whose scripts directory holds this `keyring`: its subprocess provider skips it."""
+    import shutil
+
+    folder = os.path.dirname(os.path.abspath(executable))
+    pips = [
+        shutil.which("pip"),
+        shutil.which("pip3"),
+        os.path.join(os.path.dirname(sys.executable), "pip"),
+    ]
+    for pip in pips:
+        try:
+            if pip and os.path.samefile(os.path.dirname(pip), folder):
+                return pip
+        except OSError:
+            continue
+    return ""
+
+
+def _warnings(report: dict) -> list:
+    """Settings that keep a tool from asking keyring, or make keyring fail."""
+    found = []
+    for what, where in (("keyring", "python"), ("keyring_executable", "path")):
+        if report[what].get("version") == "25.4.0":
+            found.append(
+                f"keyring 25.4.0 ({report[what][where]}): its command line fails with "
+                '"Anonymous credential has no username"; upgrade: pip install -U keyring'
+            )
+    pip = report["keyring_executable"].get("in_scripts_of_pip")
+    if pip:
+        found.append(
+            f"`keyring` ({report['keyring_executable']['path']}) sits in the scripts directory "
+            f"of {pip}, whose subprocess provider skips it: install it elsewhere on PATH "
+            "(pipx install keyring && pipx inject keyring artifactregistry-gauth)"
+        )
+    if _pip_setting("no-input", "") and _pip_setting("keyring-provider", "auto") == "auto":
+        found.append(
+            "pip's no-input (PIP_NO_INPUT or pip.conf) with the default keyring provider "
+            "`auto` never asks keyring: set PIP_KEYRING_PROVIDER=import (keyring beside pip) "
+            "or subprocess"
+        )
+    return found
+
+
+_TRUE = ("1", "y", "yes", "t", "true", "on")
+
+
+def _pip_setting(name: str, default: str) -> str:
+    """A pip option from PIP_* or pip's configuration files, as pip would read it (roughly)."""
+    value = os.environ.get("PIP_" + name.upper().replace("-", "_"))
+    if value is None:
+        for path, tool in _config_files():
+            text = _read_config(path) if tool == "pip" else None
+            for section in _config_sections(text or ""):
+                if section["name"] in ("global", "install"):
+                    settings = section["settings"]
+                    value = settings.get(name, settings.get(name.replace("-", "_"), value))
+            if value is not None:
+                break
+    if not (value or "").strip():
+        return default
+    if name == "no-input":
+        return "yes" if value.strip().lower() in _TRUE else ""
+    return value.strip().lower()
 
 
 # A configuration file is read up to this size: a pyproject.toml may come from an untrusted
@@ -2730,8 +2819,8 @@ _URL_VARIABLES = (
 )
 # Tools that need the username typed: PyPI's habit (__token__) does not work here.
 _USERNAME_FIX = (
-    f"Artifact Registry takes only the username {USERNAME} with a Google token "
-    "(__token__ is PyPI's), and artifactregistry-gauth answers only for it"
+    f"Artifact Registry takes only {USERNAME} with a Google token, and "
+    "artifactregistry-gauth answers only for it"
 )
 
 
@@ -2894,7 +2983,7 @@ def _judge_url(parts, url: str, where: str, tool: str, settings: dict, key: str)
     elif parts.password is not None:
         ok, verdict = False, "carries its own credentials in the URL: keyring is never asked"
     elif user not in (None, USERNAME) or configured_user not in ("", USERNAME):
-        ok, verdict = False, f"the username is not {USERNAME}: {_USERNAME_FIX}"
+        ok, verdict = False, _wrong_username(user or configured_user)
     elif tool == "twine" and "password" in settings:
         ok, verdict = False, "a password is stored beside it: keyring is never asked"
     elif tool == "uv":
@@ -2902,6 +2991,11 @@ def _judge_url(parts, url: str, where: str, tool: str, settings: dict, key: str)
     else:
         verdict = _tool_verdict(tool, user or configured_user)
     return {"url": _masked(parts), "where": where, "tool": tool, "ok": ok, "verdict": verdict}
+
+
+def _wrong_username(user: str) -> str:
+    named = "__token__ (PyPI's)" if user == "__token__" else "not " + USERNAME
+    return f"the username is {named}: {_USERNAME_FIX}"
 
 
 def _judge_uv_index(user: str | None, settings: dict, key: str) -> tuple:
@@ -2913,9 +3007,9 @@ def _judge_uv_index(user: str | None, settings: dict, key: str) -> tuple:
     variable += "_USERNAME"
     env_user = os.environ.get(variable, "") if name else ""
     if env_user not in ("", USERNAME):
-        return False, f"${variable} is not {USERNAME}: {_USERNAME_FIX}"
+        return False, f"${variable}: {_wrong_username(env_user)}"
     if user == USERNAME or env_user == USERNAME:
-        return True, "uv asks keyring with UV_KEYRING_PROVIDER=subprocess (the username is known)"
+        return True, "uv asks keyring with UV_KEYRING_PROVIDER=subprocess (it knows the username)"
     if settings.get("authenticate") == "always":
         return True, (
             'uv asks keyring without a username (authenticate = "always"): needs '
@@ -2985,15 +3079,17 @@ def _format_report(report: dict) -> str:
     else:
         sees = "sees GooglePyPIAuth" if exe.get("sees_backend") else "does NOT see GooglePyPIAuth"
         lines.append(f"  `keyring` on PATH (pip/uv subprocess providers): {exe['path']}: {sees}")
-        if exe.get("in_this_environment"):
-            lines.append("  (pip from this environment skips it and looks further along PATH)")
     lines += ["", "Artifact Registry URLs in configuration:"]
     for entry in report["index_urls"] or []:
-        lines.append(f"  {entry['url']} ({entry['where']}): {entry['verdict']}")
+        mark = "✔" if entry["ok"] else "!"
+        lines.append(f"  {mark} {entry['url']} ({entry['where']}): {entry['verdict']}")
     if not report["index_urls"]:
         lines.append(
-            "  none found (pip.conf, PIP_*/UV_* variables, uv.toml, pyproject.toml, .pypirc)"
+            "  none found (pip.conf, PIP_*/UV_*/TWINE_* variables, uv.toml, pyproject.toml, "
+            ".pypirc, hatch and pdm config.toml)"
         )
+    if report["warnings"]:
+        lines += ["", "Warnings:"] + [f"  ! {warning}" for warning in report["warnings"]]
     return "\n".join(lines) + "\n"
 
 

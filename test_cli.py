@@ -157,6 +157,190 @@ def test_doctor_reports_a_bounded_number_of_urls(monkeypatch):
     assert len(gauth._index_url_report()) == gauth.MAX_REPORTED_URLS
 
 
+# --- doctor: settings that keep a tool from asking keyring -------------------------------------
+
+
+def warnings_about(word):
+    return [w for w in gauth.diagnose()["warnings"] if word in w]
+
+
+def fake_keyring_venv(root, version):
+    """A venv-like folder whose bin/keyring lists our backend, with keyring `version` in it."""
+    (root / "bin").mkdir(parents=True)
+    site = root / "lib" / "python3.11" / "site-packages"
+    (site / f"keyring-{version}.dist-info").mkdir(parents=True)
+    script = root / "bin" / "keyring"
+    script.write_text("#!/bin/sh\necho 'artifactregistry_gauth.GooglePyPIAuth (priority: 9)'\n")
+    script.chmod(0o755)
+    return script
+
+
+@pytest.mark.parametrize(("version", "warned"), [("25.4.0", True), ("25.7.0", False)])
+def test_doctor_warns_of_keyring_25_4_0_on_path(bin_dir, tmp_path, version, warned):
+    (bin_dir / "keyring").symlink_to(fake_keyring_venv(tmp_path / "pipx-venv", version))
+    assert gauth._keyring_executable_report()["version"] == version
+    assert bool(warnings_about("Anonymous credential has no username")) is warned
+
+
+@pytest.mark.parametrize(("version", "warned"), [("25.4.0", True), ("25.7.0", False)])
+def test_doctor_warns_of_an_importable_keyring_25_4_0(tmp_path, version, warned):
+    stub = tmp_path / "stub" / "keyring"
+    stub.mkdir(parents=True)
+    (stub / "__init__.py").write_text(f"__version__ = {version!r}\ndef get_keyring(): return 'x'\n")
+    (stub / "backend.py").write_text("def get_all_keyring(): return []\n")
+    env = dict(os.environ, PYTHONPATH=str(stub.parent))
+    report = json.loads(run_cli("doctor", "--json", env=env).stdout)
+    assert report["keyring"]["version"] == version
+    assert any("Anonymous credential" in w for w in report["warnings"]) is warned
+
+
+@pytest.mark.parametrize(("pip_beside_it", "warned"), [(True, True), (False, False)])
+def test_doctor_warns_of_a_keyring_in_pips_scripts_directory(
+    bin_dir, tmp_path, pip_beside_it, warned
+):
+    fake_keyring_venv(tmp_path / "venv", "25.7.0")
+    (bin_dir / "keyring").symlink_to(tmp_path / "venv" / "bin" / "keyring")
+    if pip_beside_it:
+        (bin_dir / "pip").write_text("#!/bin/sh\n")
+        (bin_dir / "pip").chmod(0o755)
+    assert bool(warnings_about("whose subprocess provider skips it")) is warned
+
+
+@pytest.mark.parametrize(
+    ("env", "pip_conf", "warned"),
+    [
+        ({"PIP_NO_INPUT": "1"}, "", True),
+        ({"PIP_NO_INPUT": "yes", "PIP_KEYRING_PROVIDER": "auto"}, "", True),
+        ({}, "[global]\nno-input = true\n", True),
+        ({}, "[install]\nno_input = on\n", True),
+        ({"PIP_NO_INPUT": "1", "PIP_KEYRING_PROVIDER": "import"}, "", False),
+        ({}, "[global]\nno-input = true\nkeyring-provider = subprocess\n", False),
+        ({"PIP_NO_INPUT": "0"}, "[global]\nno-input = true\n", False),
+        ({}, "", False),
+    ],
+)
+def test_doctor_warns_of_pip_no_input_with_the_auto_provider(monkeypatch, env, pip_conf, warned):
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    write_pip_conf(pip_conf)
+    assert bool(warnings_about("never asks keyring")) is warned
+
+
+def write_file(relative, text):
+    path = Path(os.environ["HOME"], relative)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+UPLOAD = f"https://{HOST}/proj/repo/"
+USERNAME_CASES = [
+    (
+        "pip.conf URL",
+        ".config/pip/pip.conf",
+        "[global]\nindex-url = https://{user}@" + HOST + "/p/r/simple/\n",
+        {},
+    ),
+    (".pypirc", ".pypirc", "[gar]\nrepository = " + UPLOAD + "\nusername = {user}\n", {}),
+    (
+        "hatch",
+        ".config/hatch/config.toml",
+        '[publish.index]\nrepo = "' + UPLOAD + '"\nuser = "{user}"\n',
+        {},
+    ),
+    (
+        "pdm",
+        ".config/pdm/config.toml",
+        '[repository.gar]\nurl = "' + UPLOAD + '"\nusername = "{user}"\n',
+        {},
+    ),
+    ("uv publish", None, None, {"UV_PUBLISH_URL": UPLOAD, "UV_PUBLISH_USERNAME": "{user}"}),
+    ("twine env", None, None, {"TWINE_REPOSITORY_URL": UPLOAD, "TWINE_USERNAME": "{user}"}),
+    (
+        "uv index env",
+        ".config/uv/uv.toml",
+        '[[index]]\nname = "gar"\nurl = "' + INDEX + '"\n',
+        {"UV_INDEX_GAR_USERNAME": "{user}"},
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("user", "ok"), [("__token__", False), ("someone", False), ("oauth2accesstoken", True)]
+)
+@pytest.mark.parametrize(
+    ("relative", "text", "env"), [c[1:] for c in USERNAME_CASES], ids=[c[0] for c in USERNAME_CASES]
+)
+def test_doctor_says_the_username_must_be_oauth2accesstoken(
+    monkeypatch, relative, text, env, user, ok
+):
+    if relative:
+        write_file(relative, text.format(user=user))
+    for name, value in env.items():
+        monkeypatch.setenv(name, value.format(user=user))
+    (entry,) = gauth._index_url_report()
+    assert entry["ok"] is ok, entry
+    assert ("the username is" in entry["verdict"]) is not ok
+    if user == "__token__":
+        assert "__token__ (PyPI's)" in entry["verdict"]
+
+
+UV_INDEX_CASES = [
+    ("no username, no authenticate", f'[[index]]\nname = "gar"\nurl = "{INDEX}"\n', {}, False),
+    (
+        "authenticate always",
+        f'[[index]]\nname = "gar"\nurl = "{INDEX}"\nauthenticate = "always"  # c\n',
+        {},
+        True,
+    ),
+    (
+        "username in the URL",
+        f'[[index]]\nname = "gar"\nurl = "https://oauth2accesstoken@{HOST}/p/r/simple/"\n',
+        {},
+        True,
+    ),
+    (
+        "username in the environment",
+        f'[[index]]\nname = "my-gar"\nurl = "{INDEX}"\n',
+        {"UV_INDEX_MY_GAR_USERNAME": "oauth2accesstoken"},
+        True,
+    ),
+    ("pyproject, no username", f'[[tool.uv.index]]\nname = "gar"\nurl = "{INDEX}"\n', {}, False),
+    (
+        "pyproject, authenticate always",
+        f'[[tool.uv.index]]\nurl = "{INDEX}"\nauthenticate = "always"\n',
+        {},
+        True,
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("text", "env", "ok"), [c[1:] for c in UV_INDEX_CASES], ids=[c[0] for c in UV_INDEX_CASES]
+)
+def test_doctor_says_when_uv_will_not_ask_keyring(monkeypatch, tmp_path, text, env, ok):
+    name = "pyproject.toml" if "tool.uv" in text else "uv.toml"
+    (tmp_path / name).write_text(text)
+    monkeypatch.chdir(tmp_path)
+    for variable, value in env.items():
+        monkeypatch.setenv(variable, value)
+    (entry,) = gauth._index_url_report()
+    assert entry["tool"] == "uv"
+    assert entry["ok"] is ok
+    assert ("uv will not ask keyring" in entry["verdict"]) is not ok
+    if not ok:
+        assert 'add authenticate = "always"' in entry["verdict"]
+
+
+def test_doctor_text_marks_what_to_fix(monkeypatch):
+    monkeypatch.setenv("PIP_NO_INPUT", "1")
+    monkeypatch.setenv("PIP_INDEX_URL", f"https://__token__@{HOST}/p/r/simple/")
+    monkeypatch.setenv("GOOGLE_OAUTH_ACCESS_TOKEN", "ya29.doctor-text")
+    text = gauth._format_report(gauth.diagnose())
+    assert f"  ! https://__token__@{HOST}/p/r/simple/ ($PIP_INDEX_URL): the username is" in text
+    assert "Warnings:\n  ! pip's no-input" in text
+
+
 # --- netrc ----------------------------------------------------------------------------------------
 
 TOKEN = "ya29.netrc-test-token"
