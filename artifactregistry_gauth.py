@@ -2749,6 +2749,14 @@ def _pip_sharing_scripts_with(executable: str) -> str:
     return ""
 
 
+def _same_directory(pip: str) -> bool:
+    """Whether this pip is the one of the Python running doctor."""
+    try:
+        return os.path.samefile(os.path.dirname(pip), os.path.dirname(sys.executable))
+    except OSError:
+        return False
+
+
 def _warnings(report: dict) -> list:
     """Settings that keep a tool from asking keyring, or make keyring fail."""
     found = []
@@ -2759,7 +2767,9 @@ def _warnings(report: dict) -> list:
                 '"Anonymous credential has no username"; upgrade: pip install -U keyring'
             )
     pip = report["keyring_executable"].get("in_scripts_of_pip")
-    if pip:
+    # This environment's pip imports the keyring beside it, unless told to run it instead.
+    imports = bool(pip) and report["keyring"].get("lists_backend") and _same_directory(pip)
+    if pip and (not imports or _pip_setting("keyring-provider", "auto") == "subprocess"):
         found.append(
             f"`keyring` ({report['keyring_executable']['path']}) sits in the scripts directory "
             f"of {pip}, whose subprocess provider skips it: install it elsewhere on PATH "

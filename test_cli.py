@@ -206,6 +206,19 @@ def test_doctor_warns_of_a_keyring_in_pips_scripts_directory(
     assert bool(warnings_about("whose subprocess provider skips it")) is warned
 
 
+@pytest.mark.parametrize(("provider", "warned"), [("", False), ("subprocess", True)])
+def test_doctor_minds_the_keyring_beside_its_own_pip_only_for_the_subprocess_provider(
+    bin_dir, tmp_path, monkeypatch, provider, warned
+):
+    # doctor's own environment holds pip, keyring and the backend: pip imports keyring.
+    fake_keyring_venv(tmp_path / "venv", "25.7.0")
+    (bin_dir / "keyring").symlink_to(tmp_path / "venv" / "bin" / "keyring")
+    (bin_dir / "pip").write_text("#!/bin/sh\n")
+    monkeypatch.setattr(sys, "executable", str(bin_dir / "python"))
+    monkeypatch.setenv("PIP_KEYRING_PROVIDER", provider)
+    assert bool(warnings_about("whose subprocess provider skips it")) is warned
+
+
 @pytest.mark.parametrize(
     ("env", "pip_conf", "warned"),
     [
