@@ -3244,12 +3244,13 @@ def _netrc_with_entries(data: bytes, hosts: list, entries: bytes, path: str) -> 
         if entry["host"] is None:
             default_at = entry["start"] if default_at is None else default_at
             continue
-        if entry["host"].decode("ascii", "replace").lower().rstrip(".") not in hosts:
+        host = entry["host"]
+        if host.lower().rstrip(".") not in hosts:
             continue
         if entry["login"] not in (None, USERNAME.encode()):
             raise _CommandError(
-                f"{path} has an entry for {entry['host'].decode('ascii', 'replace')} with "
-                "another login: remove it, or write to another file"
+                f"{path} has an entry for {host} with another login: remove it, or write "
+                "to another file"
             )
         ours.append(_whole_lines(data, entry["start"], entry["end"]))
     for start, end in reversed(ours):
@@ -3290,10 +3291,12 @@ def _netrc_entries(data: bytes) -> tuple:
             if keyword == b"macdef":
                 pos, open_macro = _macro_end(data, pos)
                 continue
-            if keyword in (b"machine", b"login", b"user") and current is not None:
-                current["host" if keyword == b"machine" else "login"] = _netrc_value(text)
+            if keyword == b"machine" and current is not None:
+                current["host"] = _netrc_value(text).decode("ascii", "replace")
+            elif keyword in (b"login", b"user") and current is not None:
+                current["login"] = _netrc_value(text)
         elif text in (b"machine", b"default"):
-            host = b"" if text == b"machine" else None
+            host = "" if text == b"machine" else None
             current = {"start": match.start(), "end": pos, "host": host, "login": None}
             entries.append(current)
             pending = b"machine" if text == b"machine" else None
