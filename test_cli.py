@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import artifactregistry_gauth as gauth
 from conftest import register_secret
@@ -749,3 +751,45 @@ def test_credential_helper_answers_in_the_shape_uv_does(capsys, held_token, tmp_
     # uv's answer has no `expires` (it is optional); every key uv sends, we send alike.
     assert set(uvs) <= set(ours) <= {"headers", "expires"}
     assert ours["headers"] == uvs["headers"] == {"Authorization": [basic(TOKEN)]}
+
+
+# --- properties, for any input -------------------------------------------------------------------
+
+PROPERTY = settings(
+    max_examples=int(os.environ.get("FUZZ_EXAMPLES", "300")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+SURROUNDINGS = st.text(alphabet="htps:/@ ,;\"'[]=\nx.pkgdev", max_size=60)
+PASSWORDS = st.text(alphabet="abcXYZ0189@:!$&*+=-._~%", min_size=8, max_size=30)
+
+
+@PROPERTY
+@given(before=SURROUNDINGS, password=PASSWORDS, after=SURROUNDINGS)
+def test_any_password_in_a_configured_url_is_never_shown(monkeypatch, before, password, after):
+    url = f"https://user:{password}@{HOST}/p/r/simple/"
+    monkeypatch.setenv("PIP_EXTRA_INDEX_URL", f"{before} {url} {after}")
+    report = gauth._index_url_report()
+    assert f"https://user:***@{HOST}/p/r/simple/" in shown_urls(report)
+    assert password not in json.dumps(report)
+
+
+@PROPERTY
+@given(text=st.text(max_size=400))
+def test_url_candidates_never_overlap(text):
+    assert sum(len(url) for url in gauth._urls_in(text)) <= len(text)
+
+
+@PROPERTY
+@given(data=st.binary(max_size=300) | st.text(max_size=300).map(str.encode))
+def test_netrc_rewrite_keeps_every_byte_of_a_file_without_our_entries(data):
+    entry = ENTRY.encode()
+    if HOST.encode() in data.lower():
+        return
+    out = gauth._netrc_with_entries(data, [HOST], entry, "netrc")
+    at = out.find(entry)
+    assert at >= 0
+    rest = out[:at] + out[at + len(entry) :]
+    # Only line ends are ever added (to end the file's last line, or a macdef).
+    assert rest.replace(b"\n", b"") == data.replace(b"\n", b"")
+    assert 0 <= len(rest) - len(data) <= 2
