@@ -2945,7 +2945,10 @@ def _section_tool(tool: str, section: str) -> str:
 def _index_url_report() -> list:
     """Artifact Registry URLs in the tools' configuration, and whether keyring will be asked."""
     found = []
+    any_host = bool(os.environ.get("ARTIFACTREGISTRY_GAUTH_HOSTS"))
     for url, where, tool, settings, key in _configured_urls():
+        if not any_host and ".pkg.dev" not in url.lower():
+            continue  # most URLs in a file are not ours: no need to split them
         parts = _registry_url_parts(url)
         if parts is not None:
             found.append(_judge_url(parts, url, where, tool, settings, key))
