@@ -2982,28 +2982,28 @@ def _config_files() -> list:
 
 def _judge_url(parts, url: str, where: str, tool: str, settings: dict, key: str) -> dict:
     """What the tool reading this Artifact Registry URL will do with it."""
+    ok, verdict = _url_verdict(parts, url, tool, settings, key)
+    return {"url": _masked(parts), "where": where, "tool": tool, "ok": ok, "verdict": verdict}
+
+
+def _url_verdict(parts, url: str, tool: str, settings: dict, key: str) -> tuple:
+    """(whether the tool will get a token, and the sentence saying so or what to change)."""
     user = parts.username
     configured_user = settings.get("username") or settings.get("user") or ""
-    ok, verdict = True, ""
     if parts.scheme.lower() != "https" or not is_registry_service(url):
-        ok, verdict = (
-            False,
-            (
-                "artifactregistry-gauth never answers for this URL: use https:// and a plain "
-                "host (no backslash, percent sign, space or password in it)"
-            ),
+        return False, (
+            "artifactregistry-gauth never answers for this URL: use https:// and a plain host "
+            "(no backslash, percent sign, space or password in it)"
         )
-    elif parts.password is not None:
-        ok, verdict = False, "carries its own credentials in the URL: keyring is never asked"
-    elif user not in (None, USERNAME) or configured_user not in ("", USERNAME):
-        ok, verdict = False, _wrong_username(user or configured_user)
-    elif tool == "twine" and "password" in settings:
-        ok, verdict = False, "a password is stored beside it: keyring is never asked"
-    elif tool == "uv":
-        ok, verdict = _judge_uv_index(user, settings, key)
-    else:
-        verdict = _tool_verdict(tool, user or configured_user)
-    return {"url": _masked(parts), "where": where, "tool": tool, "ok": ok, "verdict": verdict}
+    if parts.password is not None:
+        return False, "carries its own credentials in the URL: keyring is never asked"
+    if user not in (None, USERNAME) or configured_user not in ("", USERNAME):
+        return False, _wrong_username(user or configured_user)
+    if tool == "twine" and "password" in settings:
+        return False, "a password is stored beside it: keyring is never asked"
+    if tool == "uv":
+        return _judge_uv_index(user, settings, key)
+    return True, _tool_verdict(tool, user or configured_user)
 
 
 def _wrong_username(user: str) -> str:
@@ -3028,9 +3028,9 @@ def _judge_uv_index(user: str | None, settings: dict, key: str) -> tuple:
             'uv asks keyring without a username (authenticate = "always"): needs '
             "keyring >= 25.2.1 or the keyring link, and UV_KEYRING_PROVIDER=subprocess"
         )
-    where = f"set {variable}={USERNAME}, or " if name else ""
+    hint = f"set {variable}={USERNAME}, or " if name else ""
     return False, (
-        f'uv will not ask keyring: {where}add authenticate = "always" to the index, or put '
+        f'uv will not ask keyring: {hint}add authenticate = "always" to the index, or put '
         f"{USERNAME}@ in the URL; and set UV_KEYRING_PROVIDER=subprocess"
     )
 
