@@ -3110,8 +3110,8 @@ def _format_report(report: dict) -> str:
 
 # A netrc file larger than this is refused rather than rewritten.
 MAX_NETRC_BYTES = 1 << 20
-# Google tokens are URL-safe text; anything that would split or quote a netrc token is refused.
-_NETRC_SAFE = r"[A-Za-z0-9._~+/=-]+"
+# Google tokens are base64url-like text; whatever would split or quote a netrc token is refused.
+_NETRC_SAFE = r"[A-Za-z0-9_.~+/=-]+"
 _NETRC_TOKEN = rb'"(?:[^"\\]|\\.)*"?|\S+'
 
 

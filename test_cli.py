@@ -434,6 +434,29 @@ def test_netrc_never_writes_a_token_for_another_host(capsys, held_token, tmp_pat
     assert not target.exists()
 
 
+@pytest.mark.parametrize(
+    "token", ["ya29.a0_Ab-Cd.Ef_gh", "ya29.c.b0Aaek_x-y~z+/=", "0123456789_abcdef"]
+)
+def test_netrc_carries_any_token_google_issues(capsys, monkeypatch, token):
+    monkeypatch.setenv("GOOGLE_OAUTH_ACCESS_TOKEN", token)
+    register_secret(token)
+    assert cli(capsys, "netrc", HOST)[1] == ENTRY.replace(TOKEN, token)
+
+
+@pytest.mark.parametrize(
+    "token",
+    ["ya29.a b", "ya29.a\tb", 'ya29."quoted"', "ya29.#comment", "ya29.caf\u00e9", "ya29.a\\b"],
+)
+def test_netrc_refuses_a_token_it_cannot_write(capsys, monkeypatch, tmp_path, token):
+    monkeypatch.setenv("GOOGLE_OAUTH_ACCESS_TOKEN", token)
+    register_secret(token)
+    code, out, err = cli(capsys, "netrc", HOST, "--output", str(tmp_path / "netrc"))
+    assert (code, out) == (1, "")
+    assert err.count("\n") == 1
+    assert token not in err
+    assert not (tmp_path / "netrc").exists()
+
+
 def test_netrc_without_hosts_writes_the_configured_ones(capsys, held_token, monkeypatch, tmp_path):
     write_pip_conf(f"[global]\nextra-index-url = {INDEX}\n    https://pypi.org/simple/\n")
     (tmp_path / "uv.toml").write_text(
