@@ -2502,6 +2502,8 @@ examples:
   UV_INDEX_PRIVATE_PASSWORD=$(artifactregistry-gauth token) uv pip install mypkg
   artifactregistry-gauth get https://us-python.pkg.dev/PROJECT/REPO/simple/ oauth2accesstoken
   artifactregistry-gauth print-settings --location us --project PROJECT --repository REPO
+  artifactregistry-gauth netrc us-python.pkg.dev --output ~/.netrc
+  artifactregistry-gauth credential-helper get < request.json      # Bazel's protocol
   ln -s "$(command -v artifactregistry-gauth)" ~/.local/bin/keyring   # a keyring for pip/uv
 
 `get` takes keyring's arguments, so a link to this program named `keyring` serves pip's
@@ -2540,6 +2542,13 @@ def _parser():
     settings.add_argument(
         "--tool", choices=("pip", "twine", "uv", "poetry", "tox", "all"), default="all"
     )
+    netrc = commands.add_parser(
+        "netrc", help="netrc entries with a token, for tools without keyring"
+    )
+    netrc.add_argument("hosts", nargs="*", metavar="HOST", help="default: the configured hosts")
+    netrc.add_argument("--output", metavar="FILE", help="replace our entries in FILE (0600)")
+    helper = commands.add_parser("credential-helper", help="Bazel's credential helper: get")
+    helper.add_argument("operation", nargs=argparse.REMAINDER, help="get (a JSON request on stdin)")
     return parser
 
 
@@ -2577,6 +2586,10 @@ def main(argv: list | None = None) -> int:
         return _token_command(args.url)
     if args.command == "doctor":
         return _doctor_command(args.json)
+    if args.command == "netrc":
+        return _netrc_command(args)
+    if args.command == "credential-helper":
+        return _credential_helper_command(args.operation)
     sys.stdout.write(print_settings(args.location, args.project, args.repository, args.tool))
     return 0
 
@@ -2754,7 +2767,7 @@ def diagnose() -> dict:
             )
     for step in steps:
         step.pop("token", None)
-    return {
+    report = {
         "version": __version__,
         "python": sys.version.split()[0],
         "sources": steps,
@@ -2764,6 +2777,8 @@ def diagnose() -> dict:
         "keyring_executable": _keyring_executable_report(),
         "index_urls": _index_url_report(),
     }
+    report["warnings"] = _warnings(report)
+    return report
 
 
 def _cache_report() -> dict:
@@ -2828,28 +2843,254 @@ def _keyring_executable_report() -> dict:
     sees = b"GooglePyPIAuth" in done.stdout
     # pip's subprocess provider skips a keyring in its own environment's scripts folder.
     here = os.path.dirname(os.path.abspath(executable)) == os.path.dirname(sys.executable)
-    return {"path": executable, "sees_backend": sees, "in_this_environment": here}
+    return {
+        "path": executable,
+        "sees_backend": sees,
+        "in_this_environment": here,
+        "version": _keyring_version_beside(executable),
+        "in_scripts_of_pip": _pip_sharing_scripts_with(executable),
+    }
 
 
-_URL_PATTERN = r"https?://[^\s\"'<>\]]*?pkg\.dev[^\s\"'<>\]]*"
+def _keyring_version_beside(executable: str) -> str:
+    """The keyring version installed in the environment of a `keyring` script ("" if none)."""
+    import glob
+
+    real = os.path.realpath(executable)
+    if os.path.splitext(os.path.basename(real))[0] != "keyring":
+        return ""  # a link to another program (ours) answers in its own way
+    root = os.path.dirname(os.path.dirname(real))
+    patterns = ("lib/python*/site-packages", "Lib/site-packages", "lib/site-packages")
+    for pattern in patterns:
+        for found in glob.glob(os.path.join(glob.escape(root), pattern, "keyring-*.dist-info")):
+            return os.path.basename(found)[len("keyring-") : -len(".dist-info")]
+    return ""
+
+
+def _pip_sharing_scripts_with(executable: str) -> str:
+    """A pip whose scripts directory holds this `keyring`: its subprocess provider skips it."""
+    import shutil
+
+    folder = os.path.dirname(os.path.abspath(executable))
+    pips = [
+        shutil.which("pip"),
+        shutil.which("pip3"),
+        os.path.join(os.path.dirname(sys.executable), "pip"),
+    ]
+    for pip in pips:
+        try:
+            if pip and os.path.samefile(os.path.dirname(pip), folder):
+                return pip
+        except OSError:
+            continue
+    return ""
+
+
+def _same_directory(pip: str) -> bool:
+    """Whether this pip is the one of the Python running doctor."""
+    try:
+        return os.path.samefile(os.path.dirname(pip), os.path.dirname(sys.executable))
+    except OSError:
+        return False
+
+
+def _warnings(report: dict) -> list:
+    """Settings that keep a tool from asking keyring, or make keyring fail."""
+    found = []
+    for what, where in (("keyring", "python"), ("keyring_executable", "path")):
+        if report[what].get("version") == "25.4.0":
+            found.append(
+                f"keyring 25.4.0 ({report[what][where]}): its command line fails with "
+                '"Anonymous credential has no username"; upgrade: pip install -U keyring'
+            )
+    pip = report["keyring_executable"].get("in_scripts_of_pip")
+    # This environment's pip imports the keyring beside it, unless told to run it instead.
+    imports = bool(pip) and report["keyring"].get("lists_backend") and _same_directory(pip)
+    if pip and (not imports or _pip_setting("keyring-provider", "auto") == "subprocess"):
+        found.append(
+            f"`keyring` ({report['keyring_executable']['path']}) sits in the scripts directory "
+            f"of {pip}, whose subprocess provider skips it: install it elsewhere on PATH "
+            "(pipx install keyring && pipx inject keyring artifactregistry-gauth)"
+        )
+    if _pip_setting("no-input", "") and _pip_setting("keyring-provider", "auto") == "auto":
+        found.append(
+            "pip's no-input (PIP_NO_INPUT or pip.conf) with the default keyring provider "
+            "`auto` never asks keyring: set PIP_KEYRING_PROVIDER=import (keyring beside pip) "
+            "or subprocess"
+        )
+    return found
+
+
+_TRUE = ("1", "y", "yes", "t", "true", "on")
+
+
+def _pip_setting(name: str, default: str) -> str:
+    """A pip option from PIP_* or pip's configuration files, as pip would read it (roughly)."""
+    value = os.environ.get("PIP_" + name.upper().replace("-", "_"))
+    if value is None:
+        for path, tool in _config_files():
+            text = _read_config(path) if tool == "pip" else None
+            for section in _config_sections(text or ""):
+                if section["name"] in ("global", "install"):
+                    settings = section["settings"]
+                    value = settings.get(name, settings.get(name.replace("-", "_"), value))
+            if value is not None:
+                break
+    if not (value or "").strip():
+        return default
+    if name == "no-input":
+        return "yes" if value.strip().lower() in _TRUE else ""
+    return value.strip().lower()
+
+
+# A configuration file is read up to this size: a pyproject.toml may come from an untrusted
+# checkout, and doctor must answer in bounded time whatever it holds.
+MAX_CONFIG_BYTES = 1 << 20
+MAX_REPORTED_URLS = 50
+# Linear by construction: one character class under one star, and a lookahead of fixed
+# length, so each character is looked at a bounded number of times; a URL ends where the
+# next one starts (URLs are separated by a comma or nothing at all in some files).
+_URL_PATTERN = r"https?://(?:(?!https?://)[^\s\"'<>\[\]{}|^`])*"
+# Variables that hold URLs, the tool that reads them and the variable holding its username.
+_URL_VARIABLES = (
+    ("PIP_INDEX_URL", "pip", ""),
+    ("PIP_EXTRA_INDEX_URL", "pip", ""),
+    ("UV_INDEX_URL", "uv", ""),
+    ("UV_EXTRA_INDEX_URL", "uv", ""),
+    ("UV_DEFAULT_INDEX", "uv", ""),
+    ("UV_INDEX", "uv", ""),
+    ("UV_PUBLISH_URL", "uv publish", "UV_PUBLISH_USERNAME"),
+    ("TWINE_REPOSITORY_URL", "twine", "TWINE_USERNAME"),
+    ("HATCH_INDEX_REPO", "hatch", "HATCH_INDEX_USER"),
+    ("PDM_PUBLISH_REPO", "pdm", "PDM_PUBLISH_USERNAME"),
+)
+# Tools that need the username typed: PyPI's habit (__token__) does not work here.
+_USERNAME_FIX = (
+    f"Artifact Registry takes only {USERNAME} with a Google token, and "
+    "artifactregistry-gauth answers only for it"
+)
+
+
+def _urls_in(text: str) -> list:
+    """Every http(s) URL in ``text``, in order, in time linear in its length."""
+    import re
+
+    return [m.group().rstrip(",;)") for m in re.finditer(_URL_PATTERN, text, re.IGNORECASE)]
+
+
+def _registry_url_parts(url: str):
+    """``urlsplit(url)`` if its host is Artifact Registry's (or ours to answer), else None."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        host = (parts.hostname or "").rstrip(".")
+        parts.port  # noqa: B018 - a malformed port raises ValueError here
+    except ValueError:
+        return None
+    if host.endswith(".pkg.dev") or (host and is_registry_service(host)):
+        return parts
+    return None
+
+
+def _masked(parts) -> str:
+    """The URL without query or fragment, any userinfo password shown as ***."""
+    userinfo, at, hostport = parts.netloc.rpartition("@")
+    if at:
+        user, colon, _ = userinfo.partition(":")
+        if len(user) > 40:  # a long "username" is likely a token itself
+            user = "***"
+        userinfo = user + (":***" if colon else "") + "@"
+    shown = f"{parts.scheme}://{userinfo}{hostport}{parts.path}"
+    return shown if len(shown) <= 200 else shown[:200] + "..."
+
+
+def _read_config(path: str) -> str | None:
+    """The first MAX_CONFIG_BYTES of a regular file, decoded; None for anything else."""
+    import stat
+
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError:
+        return None
+    try:
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                return None
+            return f.read(MAX_CONFIG_BYTES).decode("utf-8", errors="replace")
+    except OSError:
+        return None
+
+
+def _setting_value(raw: str) -> str:
+    """An INI or TOML value without its quotes and trailing comment."""
+    raw = raw.strip()
+    if raw[:1] in ("'", '"'):
+        return raw[1:].split(raw[0], 1)[0]
+    return raw.split(" #", 1)[0].strip()
+
+
+def _config_sections(text: str) -> list:
+    """Each [section] of an INI or TOML file: its name, `key = value` settings and URLs."""
+    sections = [{"name": "", "settings": {}, "urls": []}]
+    key = ""
+    for line in text.splitlines():
+        stripped = line.strip()
+        if stripped.startswith(("#", ";")):
+            continue
+        if stripped.startswith("["):
+            name = stripped.lstrip("[").split("]", 1)[0].strip().strip('"')
+            sections.append({"name": name, "settings": {}, "urls": []})
+            key = ""
+            continue
+        name, sep, value = stripped.partition("=")
+        if sep and name.strip() and not name.lstrip().lower().startswith(("http:", "https:")):
+            key = name.strip().strip("\"'").lower()
+            sections[-1]["settings"][key] = _setting_value(value)
+        sections[-1]["urls"].extend((key, url) for url in _urls_in(stripped))
+    return sections
+
+
+def _configured_urls():
+    """(URL, where, tool, settings of its section, key) for every URL in the configuration."""
+    for name, tool, user_variable in _URL_VARIABLES:
+        value = os.environ.get(name, "")[:MAX_CONFIG_BYTES]
+        settings = {"username": os.environ.get(user_variable, "")} if user_variable else {}
+        for url in _urls_in(value):
+            yield url, f"${name}", tool, settings, name.lower()
+    for path, tool in _config_files():
+        text = _read_config(path)
+        if text is None:
+            continue
+        for section in _config_sections(text):
+            section_tool = _section_tool(tool, section["name"])
+            settings = dict(section["settings"], section=section["name"])
+            for key, url in section["urls"]:
+                yield url, path, section_tool, settings, key
+
+
+def _section_tool(tool: str, section: str) -> str:
+    """Which tool reads a section of pyproject.toml (the file's own tool elsewhere)."""
+    if tool != "pyproject":
+        return tool
+    for prefix, name in (("tool.uv", "uv"), ("tool.poetry", "poetry"), ("tool.pdm", "pdm")):
+        if section.startswith(prefix):
+            return name
+    return "hatch" if section.startswith("tool.hatch") else "pyproject"
 
 
 def _index_url_report() -> list:
-    """pkg.dev URLs in pip, uv and twine configuration, and whether keyring will be asked."""
-    import re
-
+    """Artifact Registry URLs in the tools' configuration, and whether keyring will be asked."""
     found = []
-    for name in ("PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "UV_INDEX_URL", "UV_EXTRA_INDEX_URL"):
-        for url in re.findall(_URL_PATTERN, os.environ.get(name, "")):
-            found.append(_judge_url(url, f"${name}", name.split("_")[0].lower()))
-    for path, tool in _config_files():
-        try:
-            with open(path, encoding="utf-8") as f:
-                text = f.read(1 << 20)
-        except (OSError, UnicodeDecodeError):
-            continue
-        for url in re.findall(_URL_PATTERN, text):
-            found.append(_judge_url(url, path, tool, text))
+    any_host = bool(os.environ.get("ARTIFACTREGISTRY_GAUTH_HOSTS"))
+    for url, where, tool, settings, key in _configured_urls():
+        if not any_host and ".pkg.dev" not in url.lower():
+            continue  # most URLs in a file are not ours: no need to split them
+        parts = _registry_url_parts(url)
+        if parts is not None:
+            found.append(_judge_url(parts, url, where, tool, settings, key))
+            if len(found) == MAX_REPORTED_URLS:
+                break
     return found
 
 
@@ -2864,8 +3105,10 @@ def _config_files() -> list:
         ("/etc/pip.conf", "pip"),
         (os.path.join(config, "uv", "uv.toml"), "uv"),
         ("uv.toml", "uv"),
-        ("pyproject.toml", "uv"),
+        ("pyproject.toml", "pyproject"),
         (os.path.join(home, ".pypirc"), "twine"),
+        (os.path.join(config, "hatch", "config.toml"), "hatch"),
+        (os.path.join(config, "pdm", "config.toml"), "pdm"),
     ]
     if os.name == "nt":
         appdata = os.environ.get("APPDATA", "")
@@ -2874,30 +3117,76 @@ def _config_files() -> list:
     return [(path, tool) for path, tool in candidates if path and os.path.isfile(path)]
 
 
-def _judge_url(url: str, where: str, tool: str, text: str = "") -> dict:
-    has_user = f"//{USERNAME}@" in url
-    has_secret = "@" in url.split("//", 1)[-1].split("/", 1)[0] and not has_user
-    shown = url if not has_secret else "https://***@" + url.split("@", 1)[1]
-    if has_secret:
-        verdict = "carries its own credentials in the URL: keyring is never asked"
-    elif tool == "uv":
-        if has_user or "authenticate" in text or os.environ.get("UV_KEYRING_PROVIDER"):
-            verdict = "uv asks keyring if UV_KEYRING_PROVIDER=subprocess and the username is known"
-        else:
-            verdict = (
-                f"uv will not ask keyring: put {USERNAME}@ in the URL or set "
-                f"UV_INDEX_<NAME>_USERNAME={USERNAME}, and UV_KEYRING_PROVIDER=subprocess"
-            )
-    elif tool == "twine":
-        verdict = "twine asks keyring for the password (and the username if none is set)"
-    elif has_user:
-        verdict = "pip asks keyring (import or subprocess provider)"
-    else:
-        verdict = (
-            "pip asks keyring with --keyring-provider import (or auto); for subprocess mode "
-            f"before pip 26.2 put {USERNAME}@ in the URL"
+def _judge_url(parts, url: str, where: str, tool: str, settings: dict, key: str) -> dict:
+    """What the tool reading this Artifact Registry URL will do with it."""
+    ok, verdict = _url_verdict(parts, url, tool, settings, key)
+    return {"url": _masked(parts), "where": where, "tool": tool, "ok": ok, "verdict": verdict}
+
+
+def _url_verdict(parts, url: str, tool: str, settings: dict, key: str) -> tuple:
+    """(whether the tool will get a token, and the sentence saying so or what to change)."""
+    user = parts.username
+    configured_user = settings.get("username") or settings.get("user") or ""
+    if parts.scheme.lower() != "https" or not is_registry_service(url):
+        return False, (
+            "artifactregistry-gauth never answers for this URL: use https:// and a plain host "
+            "(no backslash, percent sign, space or password in it)"
         )
-    return {"url": shown, "where": where, "tool": tool, "verdict": verdict}
+    if parts.password is not None:
+        return False, "carries its own credentials in the URL: keyring is never asked"
+    if user not in (None, USERNAME) or configured_user not in ("", USERNAME):
+        return False, _wrong_username(user or configured_user)
+    if tool == "twine" and "password" in settings:
+        return False, "a password is stored beside it: keyring is never asked"
+    if tool == "uv":
+        return _judge_uv_index(user, settings, key)
+    return True, _tool_verdict(tool, user or configured_user)
+
+
+def _wrong_username(user: str) -> str:
+    named = "__token__ (PyPI's)" if user == "__token__" else "not " + USERNAME
+    return f"the username is {named}: {_USERNAME_FIX}"
+
+
+def _judge_uv_index(user: str | None, settings: dict, key: str) -> tuple:
+    """uv asks keyring only with a username, or with authenticate = "always"."""
+    if key == "publish-url":
+        return True, f"uv publish asks keyring with --username {USERNAME} (not __token__)"
+    name = settings.get("name", "")
+    variable = "UV_INDEX_" + "".join(c if c.isalnum() else "_" for c in name.upper())
+    variable += "_USERNAME"
+    env_user = os.environ.get(variable, "") if name else ""
+    if env_user not in ("", USERNAME):
+        return False, f"${variable}: {_wrong_username(env_user)}"
+    if user == USERNAME or env_user == USERNAME:
+        return True, "uv asks keyring with UV_KEYRING_PROVIDER=subprocess (it knows the username)"
+    if settings.get("authenticate") == "always":
+        return True, (
+            'uv asks keyring without a username (authenticate = "always"): needs '
+            "keyring >= 25.2.1 or the keyring link, and UV_KEYRING_PROVIDER=subprocess"
+        )
+    hint = f"set {variable}={USERNAME}, or " if name else ""
+    return False, (
+        f'uv will not ask keyring: {hint}add authenticate = "always" to the index, or put '
+        f"{USERNAME}@ in the URL; and set UV_KEYRING_PROVIDER=subprocess"
+    )
+
+
+def _tool_verdict(tool: str, user: str | None) -> str:
+    if tool == "twine":
+        return "twine asks keyring for the password (and the username if none is set)"
+    if tool in ("hatch", "pdm", "uv publish"):
+        return f"{tool} asks keyring; give the username {USERNAME}, not __token__"
+    if tool == "poetry":
+        return "poetry asks keyring (the backend must be in poetry's own environment)"
+    if tool == "pyproject":
+        return "found in pyproject.toml"
+    if user == USERNAME:
+        return "pip asks keyring (import or subprocess provider)"
+    return (
+        "pip asks keyring with --keyring-provider import (or auto); for subprocess mode "
+        f"before pip 26.2 put {USERNAME}@ in the URL"
+    )
 
 
 def _format_report(report: dict) -> str:
@@ -2940,16 +3229,311 @@ def _format_report(report: dict) -> str:
     else:
         sees = "sees GooglePyPIAuth" if exe.get("sees_backend") else "does NOT see GooglePyPIAuth"
         lines.append(f"  `keyring` on PATH (pip/uv subprocess providers): {exe['path']}: {sees}")
-        if exe.get("in_this_environment"):
-            lines.append("  (pip from this environment skips it and looks further along PATH)")
     lines += ["", "Artifact Registry URLs in configuration:"]
     for entry in report["index_urls"] or []:
-        lines.append(f"  {entry['url']} ({entry['where']}): {entry['verdict']}")
+        mark = "✔" if entry["ok"] else "!"
+        lines.append(f"  {mark} {entry['url']} ({entry['where']}): {entry['verdict']}")
     if not report["index_urls"]:
         lines.append(
-            "  none found (pip.conf, PIP_*/UV_* variables, uv.toml, pyproject.toml, .pypirc)"
+            "  none found (pip.conf, PIP_*/UV_*/TWINE_* variables, uv.toml, pyproject.toml, "
+            ".pypirc, hatch and pdm config.toml)"
         )
+    if report["warnings"]:
+        lines += ["", "Warnings:"] + [f"  ! {warning}" for warning in report["warnings"]]
     return "\n".join(lines) + "\n"
+
+
+# --- netrc ------------------------------------------------------------------------------------
+
+# A netrc file larger than this is refused rather than rewritten.
+MAX_NETRC_BYTES = 1 << 20
+# Google tokens are base64url-like text; whatever would split or quote a netrc token is refused.
+_NETRC_SAFE = r"[A-Za-z0-9_.~+/=-]+"
+_NETRC_TOKEN = rb'"(?:[^"\\]|\\.)*"?|\S+'
+
+
+class _CommandError(Exception):
+    """A command refused or failed: one line for stderr, and the exit code."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _netrc_command(args) -> int:
+    """`netrc [HOST...] [--output FILE]`: netrc entries with a live token."""
+    try:
+        hosts = _netrc_hosts(args.hosts)
+        token = get_token()
+        _check_netrc_token(token)
+        entries = "".join(f"machine {h} login {USERNAME} password {token}\n" for h in hosts)
+        if args.output is None:
+            sys.stdout.write(entries)
+            return 0
+        _write_netrc(args.output, hosts, entries.encode("ascii"))
+    except _CommandError as exc:
+        sys.stderr.write(f"{PROG} netrc: {exc}\n")
+        return exc.code
+    except CredentialError as exc:
+        sys.stderr.write(f"{PROG}: {exc}\n")
+        return 1
+    sys.stderr.write(f"{PROG}: wrote {', '.join(hosts)} to {args.output}\n")
+    return 0
+
+
+def _netrc_hosts(given: list) -> list:
+    """The hostnames to write: those given (each one we answer for), else the configured ones."""
+    if not given:
+        hosts = _configured_registry_hosts()
+        if not hosts:
+            raise _CommandError(
+                "no host given and no Artifact Registry URL found in pip, uv, twine, hatch or "
+                "pdm configuration: name the hosts, e.g. `netrc us-python.pkg.dev`",
+                2,
+            )
+        return hosts
+    hosts: list = []
+    for item in given:
+        host = _netrc_host(item)
+        if host not in hosts:
+            hosts.append(host)
+    return hosts
+
+
+def _netrc_host(item: str) -> str:
+    """The hostname of a host, host:port or URL we answer for; never one we do not."""
+    import re
+
+    host = service_host(item) if is_registry_service(item) else None
+    if host is None or not re.fullmatch(r"[a-z0-9]([a-z0-9.-]*[a-z0-9])?", host):
+        shown = repr(item) if "@" not in item and len(item) < 200 else "a host argument"
+        raise _CommandError(
+            f"{shown} is not an Artifact Registry host (*.pkg.dev, https): no token is "
+            "written for it; add a proxy's host to ARTIFACTREGISTRY_GAUTH_HOSTS",
+            2,
+        )
+    return host
+
+
+def _configured_registry_hosts() -> list:
+    """Hostnames of the Artifact Registry URLs that doctor finds, in order, once each."""
+    hosts: list = []
+    for url, *_ in _configured_urls():
+        if _registry_url_parts(url) is not None and is_registry_service(url):
+            host = service_host(url)
+            if url.lower().startswith("https://") and host and host not in hosts:
+                hosts.append(host)
+    return hosts
+
+
+def _check_netrc_token(token: str) -> None:
+    import re
+
+    if not re.fullmatch(_NETRC_SAFE, token):
+        raise _CommandError("the access token holds characters a netrc file cannot carry")
+
+
+def _write_netrc(path: str, hosts: list, entries: bytes) -> None:
+    """Replace our entries for ``hosts`` in ``path`` (0600, atomically); keep every other byte."""
+    old = _read_own_netrc(path)
+    data = _netrc_with_entries(old, hosts, entries, path)
+    try:
+        _write_private_file(path, data)
+    except OSError as exc:
+        raise _CommandError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def _read_own_netrc(path: str) -> bytes:
+    """The netrc at ``path`` (empty if absent); refused if a link, not a file, or not ours."""
+    import stat
+
+    try:
+        before = os.lstat(path)
+    except FileNotFoundError:
+        return b""
+    except OSError as exc:
+        raise _CommandError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if stat.S_ISLNK(before.st_mode):
+        raise _CommandError(
+            f"{path} is a symbolic link: refusing to replace it; give the file it points to"
+        )
+    if not stat.S_ISREG(before.st_mode):
+        raise _CommandError(f"{path} is not a regular file: give a netrc file's path")
+    if hasattr(os, "getuid") and before.st_uid != os.getuid():
+        raise _CommandError(f"{path} belongs to another user: refusing to rewrite it")
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    try:
+        fd = os.open(path, flags)
+        with os.fdopen(fd, "rb") as f:
+            now = os.fstat(f.fileno())
+            if (now.st_dev, now.st_ino) != (before.st_dev, before.st_ino):
+                raise _CommandError(f"{path} changed while being read: run the command again")
+            data = f.read(MAX_NETRC_BYTES + 1)
+    except OSError as exc:
+        raise _CommandError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if len(data) > MAX_NETRC_BYTES:
+        raise _CommandError(f"{path} is larger than 1 MiB: not a netrc file to rewrite")
+    return data
+
+
+def _netrc_with_entries(data: bytes, hosts: list, entries: bytes, path: str) -> bytes:
+    """``data`` with our entries for ``hosts`` replaced by ``entries``, other bytes untouched."""
+    parsed, open_macro = _netrc_entries(data)
+    ours, default_at = [], None
+    for entry in parsed:
+        if entry["host"] is None:
+            default_at = entry["start"] if default_at is None else default_at
+            continue
+        host = entry["host"]
+        if host.lower().rstrip(".") not in hosts:
+            continue
+        if entry["login"] not in (None, USERNAME.encode()):
+            raise _CommandError(
+                f"{path} has an entry for {host} with another login: remove it, or write "
+                "to another file"
+            )
+        ours.append(_whole_lines(data, entry["start"], entry["end"]))
+    for start, end in reversed(ours):
+        data = data[:start] + data[end:]
+    if ours:
+        at = ours[0][0]
+    elif default_at is not None:  # `default` must stay the last entry (ftp, curl)
+        at = _whole_lines(data, default_at, default_at)[0]
+    else:
+        at = len(data)
+        if open_macro:
+            entries = b"\n" + entries  # an empty line ends a macdef body
+        if data and not data.endswith(b"\n"):
+            entries = b"\n" + entries
+    return data[:at] + entries + data[at:]
+
+
+def _netrc_entries(data: bytes) -> tuple:
+    """Each `machine`/`default` entry's span, host and login; and whether a macdef is open."""
+    import re
+
+    token = re.compile(_NETRC_TOKEN)
+    entries: list = []
+    current = None  # the entry being read; a macdef ends it
+    pending = None  # the keyword whose value comes next
+    pos, open_macro = 0, False
+    while True:
+        match = token.search(data, pos)
+        if match is None:
+            return entries, open_macro
+        text, pos = match.group(), match.end()
+        if pending is None and text.startswith(b"#"):
+            newline = data.find(b"\n", pos)
+            pos = len(data) if newline < 0 else newline
+            continue
+        if pending is not None:
+            keyword, pending = pending, None
+            if keyword == b"macdef":
+                pos, open_macro = _macro_end(data, pos)
+                continue
+            if keyword == b"machine" and current is not None:
+                current["host"] = _netrc_value(text).decode("ascii", "replace")
+            elif keyword in (b"login", b"user") and current is not None:
+                current["login"] = _netrc_value(text)
+        elif text in (b"machine", b"default"):
+            host = "" if text == b"machine" else None
+            current = {"start": match.start(), "end": pos, "host": host, "login": None}
+            entries.append(current)
+            pending = b"machine" if text == b"machine" else None
+        elif text == b"macdef":
+            current, pending = None, text
+        elif text in (b"login", b"user", b"password", b"account", b"port"):
+            pending = text
+        if current is not None:
+            current["end"] = pos
+
+
+def _netrc_value(text: bytes) -> bytes:
+    """A netrc token without its quotes and backslash escapes."""
+    import re
+
+    if not text.startswith(b'"'):
+        return text
+    return re.sub(rb"\\(.)", rb"\1", text[1:-1] if text.endswith(b'"') else text[1:])
+
+
+def _macro_end(data: bytes, pos: int) -> tuple:
+    """Where a macdef body that starts after ``pos``'s line ends (an empty line), and if open."""
+    newline = data.find(b"\n", pos)
+    if newline < 0:
+        return len(data), True
+    blank = data.find(b"\n\n", newline)
+    if blank < 0:
+        return len(data), True
+    return blank + 2, False
+
+
+def _whole_lines(data: bytes, start: int, end: int) -> tuple:
+    """Widen [start, end) to whole lines when nothing else shares them."""
+    line_start = data.rfind(b"\n", 0, start) + 1
+    line_end = data.find(b"\n", end)
+    line_end = len(data) if line_end < 0 else line_end + 1
+    if data[line_start:start].strip() or data[end:line_end].strip():
+        return start, end
+    return line_start, line_end
+
+
+# --- Bazel credential helper ------------------------------------------------------------------
+
+# Bazel sends {"uri": ...}; anything longer is not a request.
+MAX_HELPER_REQUEST = 64 * 1024
+
+
+def _credential_helper_command(argv: list) -> int:
+    """Bazel's credential-helper protocol: `get`, a JSON request on stdin, headers on stdout."""
+    if list(argv) != ["get"]:
+        shown = " ".join(argv)[:80] or "nothing"
+        sys.stderr.write(
+            f"{PROG} credential-helper: unknown command {shown!r}: Bazel's protocol has `get`\n"
+        )
+        return 2
+    try:
+        uri = _helper_request_uri(sys.stdin.buffer.read(MAX_HELPER_REQUEST + 1))
+    except ValueError as exc:
+        sys.stderr.write(f"{PROG} credential-helper: {exc}\n")
+        return 2
+    if not (uri[:8].lower() == "https://" and is_registry_service(uri)):
+        sys.stdout.write("{}\n")
+        return 0
+    try:
+        token = lookup()
+    except CredentialError as exc:
+        sys.stderr.write(f"{PROG}: {exc}\n")
+        return 1
+    sys.stdout.write(_json_text(_helper_response(token, _now())) + "\n")
+    return 0
+
+
+def _helper_request_uri(data: bytes) -> str:
+    """The `uri` of a credential-helper request; ValueError with one line for anything else."""
+    if len(data) > MAX_HELPER_REQUEST:
+        raise ValueError("the request on stdin is larger than 64 KiB")
+    try:
+        request = _json_loads(data)
+    except ValueError:
+        raise ValueError(
+            'the request on stdin is not JSON: Bazel sends {"uri": "https://..."}'
+        ) from None
+    if not isinstance(request, dict) or not isinstance(request.get("uri"), str):
+        raise ValueError('the request on stdin has no "uri" string: {"uri": "https://..."}')
+    return request["uri"]
+
+
+def _helper_response(token: Token, now: float) -> dict:
+    """Basic auth for Artifact Registry, to be asked again while the token has 15 min left."""
+    import base64
+
+    basic = base64.b64encode(f"{USERNAME}:{token.value}".encode()).decode("ascii")
+    response: dict = {"headers": {"Authorization": [f"Basic {basic}"]}}
+    if token.expiry is not None:
+        refresh = max(token.expiry - MIN_TOKEN_LIFE, now)
+        response["expires"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(refresh))
+    return response
 
 
 if __name__ == "__main__":

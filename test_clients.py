@@ -923,3 +923,37 @@ def test_vendored_file_serves_pip(
     find = "import importlib.util as u; print(u.find_spec('artifactregistry_gauth'))"
     found = check(run([toolbox.python("vendored"), "-c", find], env))
     assert found.stdout == "None\n"  # not installed: only keyringrc.cfg knows the file
+
+
+# --- a netrc written by `artifactregistry-gauth netrc`, read with no keyring anywhere ----------
+
+
+def write_netrc(toolbox, env, path):
+    """Our command writes the netrc; the clients then run without keyring or credentials."""
+    ours = toolbox.exe("no_keyring", "artifactregistry-gauth")
+    check(run([ours, "netrc", AR_HOST, "--output", path], env))
+    assert path.stat().st_mode & 0o777 == 0o600
+    return {k: v for k, v in env.items() if k != "GOOGLE_APPLICATION_CREDENTIALS"}
+
+
+@pytest.mark.parametrize("where", ["home", "NETRC"])
+def test_pip_installs_with_the_netrc_we_write(
+    toolbox, registry, fake_google, client_env, tmp_path, where
+):
+    path = Path(client_env["HOME"], ".netrc") if where == "home" else tmp_path / "netrc"
+    env = write_netrc(toolbox, client_env, path)
+    if where == "NETRC":
+        env["NETRC"] = str(path)
+    result = pip_install(toolbox, "pip", env, tmp_path / "t", "disabled", INDEX, "gauth-demo-app")
+    check(result)
+    assert_private_install(registry, tmp_path / "t")
+    assert token_fetches(fake_google) == 1
+
+
+def test_uv_installs_with_the_netrc_we_write(toolbox, registry, fake_google, client_env, tmp_path):
+    env = write_netrc(toolbox, client_env, tmp_path / "netrc")
+    env = {**env, "NETRC": str(tmp_path / "netrc"), "UV_KEYRING_PROVIDER": "disabled"}
+    result = uv_pip_install(toolbox, env, tmp_path / "t", "--index-url", INDEX, "gauth-demo-app")
+    check(result)
+    assert_private_install(registry, tmp_path / "t")
+    assert token_fetches(fake_google) == 1

@@ -1,0 +1,818 @@
+"""The command line beyond `token` and `get`: doctor's checks, `netrc`, `credential-helper`."""
+
+import base64
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import artifactregistry_gauth as gauth
+from conftest import register_secret
+
+ROOT = Path(__file__).resolve().parent
+HOST = "us-python.pkg.dev"
+INDEX = f"https://{HOST}/proj/repo/simple/"
+
+
+def run_cli(*args, stdin="", env=None, cwd=ROOT):
+    return subprocess.run(
+        [sys.executable, "-m", "artifactregistry_gauth", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=60,
+    )
+
+
+def write_pip_conf(text):
+    pip_conf = Path(os.environ["XDG_CONFIG_HOME"]) / "pip" / "pip.conf"
+    pip_conf.parent.mkdir(parents=True, exist_ok=True)
+    pip_conf.write_text(text)
+    return pip_conf
+
+
+def shown_urls(report):
+    return [entry["url"] for entry in report]
+
+
+# --- doctor: URLs in configuration, their passwords masked --------------------------------------
+
+SECRET = "s3cr3t-Pa55word"  # every password in the table below contains it
+
+MASKING_CASES = [
+    (
+        "an @ in the password",
+        f"https://user:{SECRET}@x@{HOST}/p/r/simple/",
+        [f"https://user:***@{HOST}/p/r/simple/"],
+    ),
+    (
+        "a colon and an @ in the password",
+        f"https://user:a:{SECRET}@b@{HOST}/p/r/simple/",
+        [f"https://user:***@{HOST}/p/r/simple/"],
+    ),
+    (
+        "two URLs on one line",
+        f"https://oauth2accesstoken@{HOST}/p/r/simple/ "
+        f"https://_json_key_base64:{SECRET}@europe-python.pkg.dev/p/r/simple/",
+        [
+            f"https://oauth2accesstoken@{HOST}/p/r/simple/",
+            "https://_json_key_base64:***@europe-python.pkg.dev/p/r/simple/",
+        ],
+    ),
+    (
+        "two URLs with only a comma between them",
+        f"https://a:{SECRET}1@{HOST}/p/r/simple/,https://b:{SECRET}2@{HOST}/q/r/simple/",
+        [f"https://a:***@{HOST}/p/r/simple/", f"https://b:***@{HOST}/q/r/simple/"],
+    ),
+    (
+        "//oauth2accesstoken@ elsewhere in the string",
+        f"https://u:{SECRET}@{HOST}/p/r/simple/?next=//oauth2accesstoken@{HOST}/",
+        [f"https://u:***@{HOST}/p/r/simple/"],
+    ),
+    (
+        "//oauth2accesstoken@ in another URL on the line",
+        f"https://oauth2accesstoken@{HOST}/a/ https://u:{SECRET}@{HOST}/p/r/simple/",
+        [f"https://oauth2accesstoken@{HOST}/a/", f"https://u:***@{HOST}/p/r/simple/"],
+    ),
+    (
+        "a password for another host, then ours",
+        f"https://u:{SECRET}@mirror.example/?x=https://{HOST}/p/r/simple/",
+        [f"https://{HOST}/p/r/simple/"],
+    ),
+    (
+        "upper-case scheme and host",
+        f"HTTPS://U:{SECRET}@US-PYTHON.PKG.DEV/p/r/simple/",
+        ["https://U:***@US-PYTHON.PKG.DEV/p/r/simple/"],
+    ),
+    (
+        "a password-looking query is not shown",
+        f"https://{HOST}/p/r/simple/?token={SECRET}",
+        [f"https://{HOST}/p/r/simple/"],
+    ),
+    (
+        "an empty password",
+        f"https://u:@{HOST}/p/r/simple/",
+        [f"https://u:***@{HOST}/p/r/simple/"],
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("line", "shown"), [c[1:] for c in MASKING_CASES], ids=[c[0] for c in MASKING_CASES]
+)
+def test_doctor_masks_every_password_in_configured_urls(line, shown):
+    write_pip_conf(f"[global]\nextra-index-url = {line}\n")
+    report = gauth._index_url_report()
+    assert shown_urls(report) == shown
+    assert SECRET not in json.dumps(report)
+    assert "x@" not in json.dumps(report)
+
+
+def test_doctor_masks_passwords_in_environment_urls(monkeypatch):
+    monkeypatch.setenv("PIP_EXTRA_INDEX_URL", f"{INDEX} https://u:{SECRET}@x@{HOST}/p/r/simple/")
+    report = gauth._index_url_report()
+    assert shown_urls(report) == [INDEX, f"https://u:***@{HOST}/p/r/simple/"]
+    assert SECRET not in json.dumps(report)
+
+
+def crafted_pyproject(repeats=8000):
+    """56 KB that took the old pattern 4-6 s: many URL starts and no pkg.dev after them."""
+    return f'x = "https://u:{SECRET}@{HOST}/p/r/simple/ ' + "http://" * repeats + '"\n'
+
+
+def test_doctor_scans_a_crafted_pyproject_in_linear_work(monkeypatch, tmp_path):
+    text = crafted_pyproject()
+    assert len(text) > 56_000
+    (tmp_path / "pyproject.toml").write_text(text)
+    monkeypatch.chdir(tmp_path)
+    assert shown_urls(gauth._index_url_report()) == [f"https://u:***@{HOST}/p/r/simple/"]
+    # The work: every character of the text belongs to at most one URL candidate, and each
+    # candidate is split once (the pattern has no nested repetition: linear by construction).
+    candidates = gauth._urls_in(text)
+    assert sum(len(url) for url in candidates) <= len(text)
+    assert len(candidates) == 8001
+
+
+def test_doctor_reads_a_config_file_up_to_its_size_bound(monkeypatch, tmp_path):
+    padding = "#" * gauth.MAX_CONFIG_BYTES + "\n"
+    (tmp_path / "uv.toml").write_text(f'{padding}[[index]]\nurl = "{INDEX}"\n')
+    monkeypatch.chdir(tmp_path)
+    assert gauth._index_url_report() == []
+
+
+def test_doctor_skips_a_fifo_named_like_a_config_file(monkeypatch, tmp_path):
+    os.mkfifo(tmp_path / "pyproject.toml")
+    monkeypatch.chdir(tmp_path)
+    assert gauth._index_url_report() == []
+
+
+def test_doctor_reports_a_bounded_number_of_urls(monkeypatch):
+    many = " ".join(f"https://{HOST}/p/r{i}/simple/" for i in range(500))
+    monkeypatch.setenv("PIP_EXTRA_INDEX_URL", many)
+    assert len(gauth._index_url_report()) == gauth.MAX_REPORTED_URLS
+
+
+# --- doctor: settings that keep a tool from asking keyring -------------------------------------
+
+
+def warnings_about(word):
+    return [w for w in gauth.diagnose()["warnings"] if word in w]
+
+
+def fake_keyring_venv(root, version):
+    """A venv-like folder whose bin/keyring lists our backend, with keyring `version` in it."""
+    (root / "bin").mkdir(parents=True)
+    site = root / "lib" / "python3.11" / "site-packages"
+    (site / f"keyring-{version}.dist-info").mkdir(parents=True)
+    script = root / "bin" / "keyring"
+    script.write_text("#!/bin/sh\necho 'artifactregistry_gauth.GooglePyPIAuth (priority: 9)'\n")
+    script.chmod(0o755)
+    return script
+
+
+@pytest.mark.parametrize(("version", "warned"), [("25.4.0", True), ("25.7.0", False)])
+def test_doctor_warns_of_keyring_25_4_0_on_path(bin_dir, tmp_path, version, warned):
+    (bin_dir / "keyring").symlink_to(fake_keyring_venv(tmp_path / "pipx-venv", version))
+    assert gauth._keyring_executable_report()["version"] == version
+    assert bool(warnings_about("Anonymous credential has no username")) is warned
+
+
+@pytest.mark.parametrize(("version", "warned"), [("25.4.0", True), ("25.7.0", False)])
+def test_doctor_warns_of_an_importable_keyring_25_4_0(tmp_path, version, warned):
+    stub = tmp_path / "stub" / "keyring"
+    stub.mkdir(parents=True)
+    (stub / "__init__.py").write_text(f"__version__ = {version!r}\ndef get_keyring(): return 'x'\n")
+    (stub / "backend.py").write_text("def get_all_keyring(): return []\n")
+    env = dict(os.environ, PYTHONPATH=str(stub.parent))
+    report = json.loads(run_cli("doctor", "--json", env=env).stdout)
+    assert report["keyring"]["version"] == version
+    assert any("Anonymous credential" in w for w in report["warnings"]) is warned
+
+
+@pytest.mark.parametrize(("pip_beside_it", "warned"), [(True, True), (False, False)])
+def test_doctor_warns_of_a_keyring_in_pips_scripts_directory(
+    bin_dir, tmp_path, pip_beside_it, warned
+):
+    fake_keyring_venv(tmp_path / "venv", "25.7.0")
+    (bin_dir / "keyring").symlink_to(tmp_path / "venv" / "bin" / "keyring")
+    if pip_beside_it:
+        (bin_dir / "pip").write_text("#!/bin/sh\n")
+        (bin_dir / "pip").chmod(0o755)
+    assert bool(warnings_about("whose subprocess provider skips it")) is warned
+
+
+@pytest.mark.parametrize(("provider", "warned"), [("", False), ("subprocess", True)])
+def test_doctor_minds_the_keyring_beside_its_own_pip_only_for_the_subprocess_provider(
+    bin_dir, tmp_path, monkeypatch, provider, warned
+):
+    # doctor's own environment holds pip, keyring and the backend: pip imports keyring.
+    fake_keyring_venv(tmp_path / "venv", "25.7.0")
+    (bin_dir / "keyring").symlink_to(tmp_path / "venv" / "bin" / "keyring")
+    (bin_dir / "pip").write_text("#!/bin/sh\n")
+    monkeypatch.setattr(sys, "executable", str(bin_dir / "python"))
+    monkeypatch.setenv("PIP_KEYRING_PROVIDER", provider)
+    assert bool(warnings_about("whose subprocess provider skips it")) is warned
+
+
+@pytest.mark.parametrize(
+    ("env", "pip_conf", "warned"),
+    [
+        ({"PIP_NO_INPUT": "1"}, "", True),
+        ({"PIP_NO_INPUT": "yes", "PIP_KEYRING_PROVIDER": "auto"}, "", True),
+        ({}, "[global]\nno-input = true\n", True),
+        ({}, "[install]\nno_input = on\n", True),
+        ({"PIP_NO_INPUT": "1", "PIP_KEYRING_PROVIDER": "import"}, "", False),
+        ({}, "[global]\nno-input = true\nkeyring-provider = subprocess\n", False),
+        ({"PIP_NO_INPUT": "0"}, "[global]\nno-input = true\n", False),
+        ({}, "", False),
+    ],
+)
+def test_doctor_warns_of_pip_no_input_with_the_auto_provider(monkeypatch, env, pip_conf, warned):
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    write_pip_conf(pip_conf)
+    assert bool(warnings_about("never asks keyring")) is warned
+
+
+def write_file(relative, text):
+    path = Path(os.environ["HOME"], relative)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+UPLOAD = f"https://{HOST}/proj/repo/"
+USERNAME_CASES = [
+    (
+        "pip.conf URL",
+        ".config/pip/pip.conf",
+        "[global]\nindex-url = https://{user}@" + HOST + "/p/r/simple/\n",
+        {},
+    ),
+    (".pypirc", ".pypirc", "[gar]\nrepository = " + UPLOAD + "\nusername = {user}\n", {}),
+    (
+        "hatch",
+        ".config/hatch/config.toml",
+        '[publish.index]\nrepo = "' + UPLOAD + '"\nuser = "{user}"\n',
+        {},
+    ),
+    (
+        "pdm",
+        ".config/pdm/config.toml",
+        '[repository.gar]\nurl = "' + UPLOAD + '"\nusername = "{user}"\n',
+        {},
+    ),
+    ("uv publish", None, None, {"UV_PUBLISH_URL": UPLOAD, "UV_PUBLISH_USERNAME": "{user}"}),
+    ("twine env", None, None, {"TWINE_REPOSITORY_URL": UPLOAD, "TWINE_USERNAME": "{user}"}),
+    (
+        "uv index env",
+        ".config/uv/uv.toml",
+        '[[index]]\nname = "gar"\nurl = "' + INDEX + '"\n',
+        {"UV_INDEX_GAR_USERNAME": "{user}"},
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("user", "ok"), [("__token__", False), ("someone", False), ("oauth2accesstoken", True)]
+)
+@pytest.mark.parametrize(
+    ("relative", "text", "env"), [c[1:] for c in USERNAME_CASES], ids=[c[0] for c in USERNAME_CASES]
+)
+def test_doctor_says_the_username_must_be_oauth2accesstoken(
+    monkeypatch, relative, text, env, user, ok
+):
+    if relative:
+        write_file(relative, text.format(user=user))
+    for name, value in env.items():
+        monkeypatch.setenv(name, value.format(user=user))
+    (entry,) = gauth._index_url_report()
+    assert entry["ok"] is ok, entry
+    assert ("the username is" in entry["verdict"]) is not ok
+    if user == "__token__":
+        assert "__token__ (PyPI's)" in entry["verdict"]
+
+
+UV_INDEX_CASES = [
+    ("no username, no authenticate", f'[[index]]\nname = "gar"\nurl = "{INDEX}"\n', {}, False),
+    (
+        "authenticate always",
+        f'[[index]]\nname = "gar"\nurl = "{INDEX}"\nauthenticate = "always"  # c\n',
+        {},
+        True,
+    ),
+    (
+        "username in the URL",
+        f'[[index]]\nname = "gar"\nurl = "https://oauth2accesstoken@{HOST}/p/r/simple/"\n',
+        {},
+        True,
+    ),
+    (
+        "username in the environment",
+        f'[[index]]\nname = "my-gar"\nurl = "{INDEX}"\n',
+        {"UV_INDEX_MY_GAR_USERNAME": "oauth2accesstoken"},
+        True,
+    ),
+    ("pyproject, no username", f'[[tool.uv.index]]\nname = "gar"\nurl = "{INDEX}"\n', {}, False),
+    (
+        "pyproject, authenticate always",
+        f'[[tool.uv.index]]\nurl = "{INDEX}"\nauthenticate = "always"\n',
+        {},
+        True,
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("text", "env", "ok"), [c[1:] for c in UV_INDEX_CASES], ids=[c[0] for c in UV_INDEX_CASES]
+)
+def test_doctor_says_when_uv_will_not_ask_keyring(monkeypatch, tmp_path, text, env, ok):
+    name = "pyproject.toml" if "tool.uv" in text else "uv.toml"
+    (tmp_path / name).write_text(text)
+    monkeypatch.chdir(tmp_path)
+    for variable, value in env.items():
+        monkeypatch.setenv(variable, value)
+    (entry,) = gauth._index_url_report()
+    assert entry["tool"] == "uv"
+    assert entry["ok"] is ok
+    assert ("uv will not ask keyring" in entry["verdict"]) is not ok
+    if not ok:
+        assert 'add authenticate = "always"' in entry["verdict"]
+
+
+def test_doctor_text_marks_what_to_fix(monkeypatch):
+    monkeypatch.setenv("PIP_NO_INPUT", "1")
+    monkeypatch.setenv("PIP_INDEX_URL", f"https://__token__@{HOST}/p/r/simple/")
+    monkeypatch.setenv("GOOGLE_OAUTH_ACCESS_TOKEN", "ya29.doctor-text")
+    text = gauth._format_report(gauth.diagnose())
+    assert f"  ! https://__token__@{HOST}/p/r/simple/ ($PIP_INDEX_URL): the username is" in text
+    assert "Warnings:\n  ! pip's no-input" in text
+
+
+# --- netrc ----------------------------------------------------------------------------------------
+
+TOKEN = "ya29.netrc-test-token"
+ENTRY = f"machine {HOST} login oauth2accesstoken password {TOKEN}\n"
+
+
+@pytest.fixture
+def held_token(monkeypatch):
+    """A token handed over in GOOGLE_OAUTH_ACCESS_TOKEN (its expiry unknown)."""
+    register_secret(TOKEN)
+    monkeypatch.setenv("GOOGLE_OAUTH_ACCESS_TOKEN", TOKEN)
+    return TOKEN
+
+
+@pytest.fixture
+def sa_env(monkeypatch, sa_file):
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(sa_file()))
+
+
+def cli(capsys, *argv, stdin=b""):
+    """Run the command in this process; return (exit code, stdout, stderr)."""
+    import io
+
+    stream = io.TextIOWrapper(io.BytesIO(stdin), encoding="utf-8")
+    old, sys.stdin = sys.stdin, stream
+    try:
+        code = gauth.main(list(argv))
+    except SystemExit as exc:
+        code = exc.code
+    finally:
+        sys.stdin = old
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize(
+    "given",
+    [HOST, f"{HOST}:443", f"https://{HOST}/proj/repo/simple/", "US-PYTHON.PKG.DEV."],
+    ids=["host", "host-and-port", "url", "upper-case-trailing-dot"],
+)
+def test_netrc_prints_an_entry_for_the_hostname(capsys, held_token, given):
+    assert cli(capsys, "netrc", given) == (0, ENTRY, "")
+
+
+def test_netrc_prints_one_entry_per_host(capsys, held_token):
+    code, out, _ = cli(capsys, "netrc", HOST, "europe-python.pkg.dev", HOST)
+    assert code == 0
+    assert out == ENTRY + ENTRY.replace(HOST, "europe-python.pkg.dev")
+
+
+def test_netrc_answers_for_hosts_in_artifactregistry_gauth_hosts(capsys, held_token, monkeypatch):
+    monkeypatch.setenv("ARTIFACTREGISTRY_GAUTH_HOSTS", "*.corp.test")
+    assert cli(capsys, "netrc", "pypi.corp.test")[1] == ENTRY.replace(HOST, "pypi.corp.test")
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "pypi.org",
+        "https://pypi.org/simple/",
+        f"http://{HOST}/proj/repo/simple/",
+        f"https://{HOST}@evil.example/",
+        f"https://evil.example/{HOST}/",
+        f"{HOST}.evil.example",
+        "[::1]",
+        "",
+        "a b.pkg.dev",
+    ],
+)
+def test_netrc_never_writes_a_token_for_another_host(capsys, held_token, tmp_path, host):
+    target = tmp_path / "netrc"
+    code, out, err = cli(capsys, "netrc", HOST, host, "--output", str(target))
+    assert (code, out) == (2, "")
+    assert err.count("\n") == 1
+    assert "is not an Artifact Registry host" in err
+    assert not target.exists()
+
+
+@pytest.mark.parametrize(
+    "token", ["ya29.a0_Ab-Cd.Ef_gh", "ya29.c.b0Aaek_x-y~z+/=", "0123456789_abcdef"]
+)
+def test_netrc_carries_any_token_google_issues(capsys, monkeypatch, token):
+    monkeypatch.setenv("GOOGLE_OAUTH_ACCESS_TOKEN", token)
+    register_secret(token)
+    assert cli(capsys, "netrc", HOST)[1] == ENTRY.replace(TOKEN, token)
+
+
+@pytest.mark.parametrize(
+    "token",
+    ["ya29.a b", "ya29.a\tb", 'ya29."quoted"', "ya29.#comment", "ya29.caf\u00e9", "ya29.a\\b"],
+)
+def test_netrc_refuses_a_token_it_cannot_write(capsys, monkeypatch, tmp_path, token):
+    monkeypatch.setenv("GOOGLE_OAUTH_ACCESS_TOKEN", token)
+    register_secret(token)
+    code, out, err = cli(capsys, "netrc", HOST, "--output", str(tmp_path / "netrc"))
+    assert (code, out) == (1, "")
+    assert err.count("\n") == 1
+    assert token not in err
+    assert not (tmp_path / "netrc").exists()
+
+
+def test_netrc_without_hosts_writes_the_configured_ones(capsys, held_token, monkeypatch, tmp_path):
+    write_pip_conf(f"[global]\nextra-index-url = {INDEX}\n    https://pypi.org/simple/\n")
+    (tmp_path / "uv.toml").write_text(
+        '[[index]]\nname = "eu"\nurl = "https://europe-python.pkg.dev/p/r/simple/"\n'
+    )
+    monkeypatch.chdir(tmp_path)
+    code, out, _ = cli(capsys, "netrc")
+    assert code == 0
+    assert out == ENTRY + ENTRY.replace(HOST, "europe-python.pkg.dev")
+
+
+def test_netrc_without_hosts_or_configuration_says_what_to_do(capsys, held_token):
+    code, out, err = cli(capsys, "netrc")
+    assert (code, out) == (2, "")
+    assert "name the hosts, e.g. `netrc us-python.pkg.dev`" in err
+
+
+def test_netrc_without_credentials_says_why_in_one_line(capsys, tmp_path):
+    code, out, err = cli(capsys, "netrc", HOST, "--output", str(tmp_path / "netrc"))
+    assert (code, out) == (1, "")
+    assert err.startswith("artifactregistry-gauth: no Google credentials found")
+    assert err.count("\n") == 1
+    assert not (tmp_path / "netrc").exists()
+
+
+def test_netrc_output_creates_a_private_file(capsys, held_token, tmp_path):
+    target = tmp_path / "out" / "netrc"
+    target.parent.mkdir()
+    code, out, err = cli(capsys, "netrc", HOST, "--output", str(target))
+    assert (code, out) == (0, "")
+    assert err == f"artifactregistry-gauth: wrote {HOST} to {target}\n"
+    assert target.read_text() == ENTRY
+    assert target.stat().st_mode & 0o777 == 0o600
+    assert [p.name for p in target.parent.iterdir()] == ["netrc"]  # no temporary file left
+
+
+OTHERS_BEFORE = (
+    "# my machines\n"
+    'machine example.com login me password "p w"\n'
+    'machine "quoted.example" login "a b" password "x\\"y"\n'
+    "macdef init\n"
+    f"machine {HOST} login not-an-entry password inside-a-macro\n"
+    "\n"
+)
+OTHERS_AFTER = "machine other.example\n    login you\n    password secret2\n    account acct\n"
+
+
+@pytest.mark.parametrize(
+    "ours",
+    [
+        f"machine {HOST} login oauth2accesstoken password ya29.stale\n",
+        f"machine {HOST}\n  login oauth2accesstoken\n  password ya29.stale\n",
+        f"machine {HOST.upper()} password ya29.stale\n",
+    ],
+    ids=["one-line", "multi-line", "no-login"],
+)
+def test_netrc_output_replaces_only_our_entry(capsys, held_token, tmp_path, ours):
+    target = tmp_path / "netrc"
+    target.write_text(OTHERS_BEFORE + ours + OTHERS_AFTER)
+    target.chmod(0o644)
+    assert cli(capsys, "netrc", HOST, "--output", str(target))[0] == 0
+    assert target.read_text() == OTHERS_BEFORE + ENTRY + OTHERS_AFTER
+    assert target.stat().st_mode & 0o777 == 0o600
+
+
+@pytest.mark.parametrize(
+    ("before", "after"),
+    [
+        ("", ENTRY),
+        ("machine a.example login u password p", "machine a.example login u password p\n" + ENTRY),
+        ("macdef init\ncd /pub", "macdef init\ncd /pub\n\n" + ENTRY),
+        ("macdef init\ncd /pub\n", "macdef init\ncd /pub\n\n" + ENTRY),
+        ("machine a.example login u\ndefault login anonymous\n", None),
+        ('machine "unterminated', 'machine "unterminated\n' + ENTRY),
+        ("# only a comment\n", "# only a comment\n" + ENTRY),
+        ("\x00\xff junk \x01\n", "\x00\xff junk \x01\n" + ENTRY),
+    ],
+    ids=[
+        "empty",
+        "no-final-newline",
+        "open-macdef",
+        "macdef-without-empty-line",
+        "default-stays-last",
+        "unterminated-quote",
+        "comment",
+        "binary-junk",
+    ],
+)
+def test_netrc_output_adds_our_entry_to_any_file(capsys, held_token, tmp_path, before, after):
+    target = tmp_path / "netrc"
+    target.write_bytes(before.encode("latin-1"))
+    assert cli(capsys, "netrc", HOST, "--output", str(target))[0] == 0
+    if after is None:  # before `default`, which ftp and curl want last
+        after = "machine a.example login u\n" + ENTRY + "default login anonymous\n"
+    assert target.read_bytes() == after.encode("latin-1")
+
+
+def test_netrc_output_is_read_by_pythons_netrc_module(capsys, held_token, tmp_path):
+    import netrc
+
+    target = tmp_path / "netrc"
+    target.write_text(OTHERS_BEFORE + OTHERS_AFTER)
+    cli(capsys, "netrc", HOST, "--output", str(target))
+    parsed = netrc.netrc(str(target))
+    assert parsed.authenticators(HOST) == ("oauth2accesstoken", "", TOKEN)
+    assert parsed.authenticators("other.example") == ("you", "acct", "secret2")
+
+
+def test_netrc_output_refuses_an_entry_with_another_login(capsys, held_token, tmp_path):
+    target = tmp_path / "netrc"
+    before = f"machine {HOST} login _json_key_base64 password abc\n"
+    target.write_text(before)
+    code, _, err = cli(capsys, "netrc", HOST, "--output", str(target))
+    assert code == 1
+    assert f"has an entry for {HOST} with another login: remove it" in err
+    assert target.read_text() == before
+
+
+def test_netrc_output_refuses_a_symlink(capsys, held_token, tmp_path):
+    real = tmp_path / "real"
+    real.write_text("machine a.example login u password p\n")
+    link = tmp_path / "netrc"
+    link.symlink_to(real)
+    code, _, err = cli(capsys, "netrc", HOST, "--output", str(link))
+    assert code == 1
+    assert "is a symbolic link: refusing to replace it" in err
+    assert link.is_symlink() and real.read_text() == "machine a.example login u password p\n"
+
+
+def test_netrc_output_refuses_what_is_not_a_file(capsys, held_token, tmp_path):
+    os.mkfifo(tmp_path / "fifo")
+    code, _, err = cli(capsys, "netrc", HOST, "--output", str(tmp_path / "fifo"))
+    assert code == 1
+    assert "is not a regular file" in err
+
+
+def test_netrc_output_refuses_a_huge_file(capsys, held_token, tmp_path):
+    target = tmp_path / "netrc"
+    target.write_bytes(b"#" * (gauth.MAX_NETRC_BYTES + 1))
+    code, _, err = cli(capsys, "netrc", HOST, "--output", str(target))
+    assert code == 1
+    assert "larger than 1 MiB" in err
+
+
+def test_netrc_output_into_a_missing_directory_says_so(capsys, held_token, tmp_path):
+    code, _, err = cli(capsys, "netrc", HOST, "--output", str(tmp_path / "no" / "netrc"))
+    assert code == 1
+    assert err.startswith("artifactregistry-gauth netrc: cannot write ")
+    assert err.count("\n") == 1
+
+
+# --- the Bazel credential helper ------------------------------------------------------------------
+
+
+def helper(capsys, request, *argv):
+    data = request if isinstance(request, bytes) else json.dumps(request).encode()
+    return cli(capsys, "credential-helper", *(argv or ("get",)), stdin=data)
+
+
+def basic(token):
+    return "Basic " + base64.b64encode(f"oauth2accesstoken:{token}".encode()).decode()
+
+
+def test_credential_helper_answers_basic_auth_and_expires_15_minutes_early(
+    capsys, sa_env, fake_google
+):
+    code, out, err = helper(capsys, {"uri": f"{INDEX}gauth-demo/"})
+    assert (code, err) == (0, "")
+    (token,) = fake_google.issued
+    answer = json.loads(out)
+    assert set(answer) == {"headers", "expires"}
+    assert answer["headers"] == {"Authorization": [basic(token)]}
+    expires = gauth._parse_rfc3339(answer["expires"])
+    assert answer["expires"].endswith("Z")
+    refresh_at = time_now() + fake_google.expires_in - gauth.MIN_TOKEN_LIFE
+    assert refresh_at - 120 <= expires <= refresh_at + 1
+
+
+def time_now():
+    import time
+
+    return time.time()
+
+
+def test_credential_helper_omits_expires_when_the_expiry_is_unknown(capsys, held_token):
+    code, out, _ = helper(capsys, {"uri": INDEX})
+    assert code == 0
+    assert json.loads(out) == {"headers": {"Authorization": [basic(TOKEN)]}}
+
+
+def test_credential_helper_answers_again_from_the_cache(capsys, sa_env, fake_google):
+    for _ in range(3):
+        assert helper(capsys, {"uri": INDEX})[0] == 0
+    assert len(fake_google.issued) == 1
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "https://pypi.org/simple/",
+        f"http://{HOST}/proj/repo/simple/",
+        HOST,
+        f"ftp://{HOST}/",
+        f"https://{HOST}@evil.example/",
+        f"https://{HOST}.evil.example/",
+        "https://github.com/bazelbuild/rules_python/archive/1.0.tar.gz",
+        "",
+    ],
+)
+def test_credential_helper_answers_nothing_for_other_uris(capsys, held_token, uri):
+    assert helper(capsys, {"uri": uri}) == (0, "{}\n", "")
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"",
+        b"not json",
+        b"[]",
+        b'"https://us-python.pkg.dev/"',
+        b"{}",
+        b'{"url": "https://us-python.pkg.dev/"}',
+        b'{"uri": 5}',
+        b'{"uri": null}',
+        b"\xff\xfe{}",
+        b"[" * 100_000,
+        b'{"uri": "' + b"a" * (64 * 1024) + b'"}',
+    ],
+    ids=[
+        "empty",
+        "not-json",
+        "array",
+        "string",
+        "no-uri",
+        "url-not-uri",
+        "uri-number",
+        "uri-null",
+        "not-utf8",
+        "deep-nesting",
+        "over-64k",
+    ],
+)
+def test_credential_helper_refuses_a_bad_request_in_one_line(capsys, held_token, request_bytes):
+    code, out, err = helper(capsys, request_bytes)
+    assert (code, out) == (2, "")
+    assert err.startswith("artifactregistry-gauth credential-helper: the request on stdin ")
+    assert err.count("\n") == 1
+
+
+@pytest.mark.parametrize("argv", [[], ["store"], ["erase"], ["get", "extra"]])
+def test_credential_helper_refuses_other_commands(capsys, held_token, argv):
+    code, out, err = cli(capsys, "credential-helper", *argv, stdin=b'{"uri": "x"}')
+    assert (code, out) == (2, "")
+    assert "unknown command" in err
+    assert err.count("\n") == 1
+
+
+def test_credential_helper_without_credentials_fails_in_one_line(capsys):
+    code, out, err = helper(capsys, {"uri": INDEX})
+    assert (code, out) == (1, "")
+    assert err.startswith("artifactregistry-gauth: no Google credentials found")
+    assert err.count("\n") == 1
+
+
+def test_credential_helper_runs_as_bazel_runs_it(held_token, tmp_path):
+    # Bazel runs the helper with `get` as its only argument: a wrapper script does that.
+    wrapper = tmp_path / "artifactregistry-gauth-helper"
+    wrapper.write_text(
+        f'#!/bin/sh\nexec "{sys.executable}" -m artifactregistry_gauth credential-helper "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    result = subprocess.run(
+        [str(wrapper), "get"],
+        input=json.dumps({"uri": INDEX}),
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
+    assert (result.returncode, result.stderr) == (0, "")
+    assert json.loads(result.stdout)["headers"]["Authorization"] == [basic(TOKEN)]
+
+
+@pytest.mark.clients
+def test_credential_helper_answers_in_the_shape_uv_does(capsys, held_token, tmp_path):
+    from uv import find_uv_bin
+
+    env = {
+        "PATH": os.environ["PATH"],
+        "HOME": os.environ["HOME"],
+        "UV_CREDENTIALS_DIR": str(tmp_path / "uv-credentials"),
+        "UV_CONFIG_FILE": os.devnull,
+        "UV_CACHE_DIR": str(tmp_path / "uv-cache"),
+        "UV_NO_PROGRESS": "1",
+        "UV_PREVIEW_FEATURES": "auth-helper",
+        "HTTPS_PROXY": "http://127.0.0.1:9",
+        "NO_PROXY": "127.0.0.1,localhost",
+    }
+    uv = find_uv_bin()
+    login = [uv, "auth", "login", INDEX, "--username", "oauth2accesstoken", "--password", TOKEN]
+    stored = subprocess.run(login, env=env, capture_output=True, text=True, timeout=60)
+    assert stored.returncode == 0, stored.stderr
+    request = json.dumps({"uri": f"{INDEX}gauth-demo/"})
+    theirs = subprocess.run(
+        [uv, "auth", "helper", "--protocol", "bazel", "get"],
+        input=request,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert theirs.returncode == 0, theirs.stderr
+    uvs = json.loads(theirs.stdout)
+    ours = json.loads(helper(capsys, {"uri": f"{INDEX}gauth-demo/"})[1])
+    # uv's answer has no `expires` (it is optional); every key uv sends, we send alike.
+    assert set(uvs) <= set(ours) <= {"headers", "expires"}
+    assert ours["headers"] == uvs["headers"] == {"Authorization": [basic(TOKEN)]}
+
+
+# --- properties, for any input -------------------------------------------------------------------
+
+PROPERTY = settings(
+    max_examples=int(os.environ.get("FUZZ_EXAMPLES", "300")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+SURROUNDINGS = st.text(alphabet="htps:/@ ,;\"'[]=\nx.pkgdev", max_size=60)
+PASSWORDS = st.text(alphabet="abcXYZ0189@:!$&*+=-._~%", min_size=8, max_size=30)
+
+
+@PROPERTY
+@given(before=SURROUNDINGS, password=PASSWORDS, after=SURROUNDINGS)
+def test_any_password_in_a_configured_url_is_never_shown(monkeypatch, before, password, after):
+    url = f"https://user:{password}@{HOST}/p/r/simple/"
+    monkeypatch.setenv("PIP_EXTRA_INDEX_URL", f"{before} {url} {after}")
+    report = gauth._index_url_report()
+    assert f"https://user:***@{HOST}/p/r/simple/" in shown_urls(report)
+    assert password not in json.dumps(report)
+
+
+@PROPERTY
+@given(text=st.text(max_size=400))
+def test_url_candidates_never_overlap(text):
+    assert sum(len(url) for url in gauth._urls_in(text)) <= len(text)
+
+
+@PROPERTY
+@given(data=st.binary(max_size=300) | st.text(max_size=300).map(str.encode))
+def test_netrc_rewrite_keeps_every_byte_of_a_file_without_our_entries(data):
+    entry = ENTRY.encode()
+    if HOST.encode() in data.lower():
+        return
+    out = gauth._netrc_with_entries(data, [HOST], entry, "netrc")
+    at = out.find(entry)
+    assert at >= 0
+    rest = out[:at] + out[at + len(entry) :]
+    # Only line ends are ever added (to end the file's last line, or a macdef).
+    assert rest.replace(b"\n", b"") == data.replace(b"\n", b"")
+    assert 0 <= len(rest) - len(data) <= 2
