@@ -3006,18 +3006,9 @@ def _masked(parts) -> str:
 
 
 def _read_config(path: str) -> str | None:
-    """The first MAX_CONFIG_BYTES of a regular file, decoded; None for anything else."""
-    import stat
-
+    """A configuration file's text (regular, at most MAX_CONFIG_BYTES); None for anything else."""
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-    except OSError:
-        return None
-    try:
-        with os.fdopen(fd, "rb") as f:
-            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-                return None
-            return f.read(MAX_CONFIG_BYTES).decode("utf-8", errors="replace")
+        return read_local_file(path, MAX_CONFIG_BYTES).decode("utf-8", errors="replace")
     except OSError:
         return None
 
