@@ -3118,13 +3118,13 @@ def _url_verdict(parts, url: str, tool: str, settings: dict, key: str) -> tuple:
     """(whether the tool will get a token, and the sentence saying so or what to change)."""
     user = parts.username
     configured_user = settings.get("username") or settings.get("user") or ""
+    if parts.password is not None:
+        return False, "carries its own credentials in the URL: keyring is never asked"
     if parts.scheme.lower() != "https" or not is_registry_service(url):
         return False, (
             "artifactregistry-gauth never answers for this URL: use https:// and a plain host "
             "(no backslash, percent sign, space or password in it)"
         )
-    if parts.password is not None:
-        return False, "carries its own credentials in the URL: keyring is never asked"
     if user not in (None, USERNAME) or configured_user not in ("", USERNAME):
         return False, _wrong_username(user or configured_user)
     if tool == "twine" and "password" in settings:
