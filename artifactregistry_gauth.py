@@ -149,19 +149,26 @@ def _json_loads(data: bytes | str) -> object:
 MAX_LOCAL_FILE_BYTES = 1 << 20
 
 
-def read_local_file(path: str, limit: int = MAX_LOCAL_FILE_BYTES) -> bytes:
+def read_local_file(path: str, limit: int = MAX_LOCAL_FILE_BYTES, owned: bool = False) -> bytes:
     """The bytes of a regular file, opened without blocking and read up to ``limit``.
 
     Raises OSError whose ``strerror`` says why: missing, unreadable, not a regular file
     (a FIFO would block forever, ``/dev/zero`` never ends) or larger than ``limit``.
+    With ``owned``, also when the file is not ours or others may write it.
     """
     import stat
 
     flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
     fd = os.open(path, flags)
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
             raise OSError(0, "not a regular file", path)
+        if owned and hasattr(os, "getuid"):  # checked on what was opened: no race
+            if info.st_uid != os.getuid():
+                raise OSError(0, "owned by another user", path)
+            if info.st_mode & 0o022:
+                raise OSError(0, "writable by other users", path)
         chunks = []
         size = 0
         while size <= limit:
@@ -177,9 +184,9 @@ def read_local_file(path: str, limit: int = MAX_LOCAL_FILE_BYTES) -> bytes:
     return b"".join(chunks)
 
 
-def read_local_text(path: str, limit: int = MAX_LOCAL_FILE_BYTES) -> str:
-    """A regular file's text (UTF-8, BOM allowed); OSError as ``read_local_file``, or if not UTF-8."""
-    data = read_local_file(path, limit)
+def read_local_text(path: str, limit: int = MAX_LOCAL_FILE_BYTES, owned: bool = False) -> str:
+    """A regular file's UTF-8 text (BOM allowed); OSError as read_local_file, or if not UTF-8."""
+    data = read_local_file(path, limit, owned)
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError:
@@ -240,7 +247,7 @@ class Transport:
                 if response.status not in RETRY_STATUSES or attempt == attempts:
                     return response
                 last_error = f"{_without_query(url)} answered HTTP {response.status}"
-                wait = _retry_after(response)
+                wait = _retry_after(response, self.deadline - _monotonic())
             if attempt == attempts:
                 break
             import random
@@ -328,11 +335,18 @@ def _read(reply) -> bytes:
     return reply.read(MAX_RESPONSE_BYTES)
 
 
-def _retry_after(response: Response) -> float:
-    try:
-        return min(float(response.headers.get("retry-after", "0")), LOOKUP_BUDGET)
-    except ValueError:
+def _retry_after(response: Response, limit: float) -> float:
+    """The wait a Retry-After header asks for, at most ``limit``; 0 when absent or unusable.
+
+    Only delta-seconds count (``nan``, ``-5`` or ``1.5`` would otherwise reach time.sleep);
+    an HTTP-date is ignored rather than trusted to a clock we do not share.
+    """
+    text = str(response.headers.get("retry-after", "")).strip()
+    if not (text.isascii() and text.isdigit()):
         return 0.0
+    if len(text) > 9:  # more than 31 years: certainly beyond any budget
+        return max(limit, 0.0)
+    return max(min(float(text), limit), 0.0)
 
 
 def _no_redirect_handler():
@@ -1287,17 +1301,14 @@ class FileFederation(ExternalAccount):
     def subject_token(self, transport: Transport) -> str:
         where = f"the subject token file {self.path}"
         try:
-            # Read as Google's libraries do: whole, not stripped.
-            with open(self.path, encoding="utf-8") as f:
-                content = f.read(MAX_RESPONSE_BYTES)
+            content = read_local_text(self.path)  # whole, not stripped, as Google's libraries do
         except FileNotFoundError:
             raise self.fail(
                 f"{where} (credential_source.file) was not found",
                 "check that the identity provider's token is written there",
             ) from None
-        except (OSError, UnicodeDecodeError) as exc:
-            reason = getattr(exc, "strerror", None) or "not UTF-8 text"
-            raise self.fail(f"cannot read {where} ({reason})") from None
+        except OSError as exc:
+            raise self.fail(f"cannot read {where} ({exc.strerror})") from None
         return self._parse_subject_token(content, where)
 
 
@@ -1386,13 +1397,16 @@ class ExecutableFederation(ExternalAccount):
         return self._parse_response(self._run(transport), "the executable's response")
 
     def _token_from_output_file(self) -> str:
-        import json
-
         try:
-            with open(self.output_file, encoding="utf-8") as f:
-                response = json.load(f)
-        except (OSError, ValueError):
-            return ""  # absent or half-written: run the executable
+            # Ours only: in a shared directory such as /tmp another user could plant a token.
+            response = _json_loads(read_local_file(self.output_file, owned=True))
+        except FileNotFoundError:
+            return ""  # not written yet: run the executable
+        except OSError as exc:
+            _debug("not using the output file %s: %s", self.output_file, exc.strerror)
+            return ""
+        except ValueError:
+            return ""  # half-written: run the executable
         if not isinstance(response, dict):
             return ""
         try:
@@ -1449,8 +1463,7 @@ class ExecutableFederation(ExternalAccount):
         output = done.stdout.decode("utf-8", "replace").strip()
         if not output and self.output_file and done.returncode == 0:
             try:
-                with open(self.output_file, encoding="utf-8") as f:
-                    output = f.read(MAX_RESPONSE_BYTES)
+                output = read_local_text(self.output_file, owned=True)
             except OSError as exc:
                 raise self.fail(
                     f"the executable printed nothing and its output file {self.output_file} "
@@ -1893,15 +1906,16 @@ def load_adc_file(path: str, origin: str) -> CredentialSource:
     """Build the credential source an ADC JSON file describes; CredentialError if broken."""
 
     try:
-        with open(path, "rb") as f:
-            raw = f.read(MAX_RESPONSE_BYTES)
+        raw = read_local_file(path)
     except FileNotFoundError:
         raise CredentialError(
             f"{path} (named by {origin}) was not found; point {origin} at a credentials "
             "JSON file or unset it"
         ) from None
     except OSError as exc:
-        raise CredentialError(f"{path}: cannot read it ({exc.strerror})") from None
+        raise CredentialError(
+            f"{path}: cannot read it ({exc.strerror}); point {origin} at a credentials JSON file"
+        ) from None
     try:
         info = _json_loads(raw)
     except UnicodeDecodeError:

@@ -1,0 +1,255 @@
+"""Local inputs and hostile servers: every one gets a bounded, one-line answer (issue 10)."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import pytest
+
+import artifactregistry_gauth as gauth
+from test_federation import ID_TOKEN_TYPE, STS_URL, SUBJECT, WORKLOAD, Executable, external
+
+KIB = 1024
+
+
+def one_line(exc_info):
+    message = str(exc_info.value)
+    assert "\n" not in message, message
+    return message
+
+
+@pytest.fixture
+def sa_env(monkeypatch, sa_file):
+    path = sa_file()
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(path))
+    return path
+
+
+@pytest.fixture
+def sleeps(monkeypatch):
+    """Every wait the module asks for, recorded instead of slept."""
+    waits = []
+
+    def sleep(seconds):
+        if not 0 <= seconds < 1e6:  # time.sleep's own ValueError or OverflowError
+            raise ValueError(f"sleep length {seconds} is invalid")
+        waits.append(seconds)
+
+    monkeypatch.setattr(gauth.time, "sleep", sleep)
+    return waits
+
+
+# --- row 7: Retry-After is validated and clamped ------------------------------------------------
+
+BACKOFF = "backoff"  # the header is ignored: our own jittered 0.5 s backoff
+GAVE_UP = "gave up"  # longer than the budget: the HTTP error, at once
+
+RETRY_AFTER = [
+    ("1", 1.0),
+    (" 2 ", 2.0),
+    ("0", BACKOFF),
+    ("nan", BACKOFF),
+    ("NaN", BACKOFF),
+    ("inf", BACKOFF),
+    ("-inf", BACKOFF),
+    ("1e999", BACKOFF),
+    ("-5", BACKOFF),
+    ("1.5", BACKOFF),
+    ("garbage", BACKOFF),
+    ("", BACKOFF),
+    ("\u0663", BACKOFF),  # an Arabic-Indic three: a digit to str.isdigit, not to HTTP
+    ("Wed, 21 Oct 2037 07:28:00 GMT", BACKOFF),
+    ("99999999999", GAVE_UP),
+    ("9" * 5000, GAVE_UP),  # int() refuses so many digits on Python 3.11+
+]
+
+
+@pytest.mark.parametrize(("header", "outcome"), RETRY_AFTER)
+def test_retry_after_is_honoured_only_when_sane(sa_env, fake_google, sleeps, header, outcome):
+    fake_google.script((503, {"error": "unavailable"}, {"Retry-After": header}))
+    if outcome == GAVE_UP:
+        with pytest.raises(gauth.CredentialError) as exc:
+            gauth.get_token()
+        assert "answered HTTP 503" in one_line(exc)
+        assert sleeps == []
+        return
+    assert fake_google.is_live(gauth.get_token())
+    (wait,) = sleeps
+    if outcome == BACKOFF:
+        assert 0.45 <= wait <= 0.55
+    else:
+        assert wait == outcome
+
+
+@pytest.mark.parametrize("header", ["nan", "inf", "-1", "99999999999"])
+def test_doctor_survives_any_retry_after(sa_env, fake_google, sleeps, header):
+    fake_google.script(*[(503, {"error": "unavailable"}, {"Retry-After": header})] * 3)
+    report = gauth.diagnose()
+    assert not report["token"]["ok"]
+    assert "HTTP 503" in report["token"]["error"]
+
+
+# --- row 8: local files are regular, bounded, decoded and parsed by one loader ------------------
+
+
+def written(path, data):
+    path.write_bytes(data)
+    return path
+
+
+def make_fifo(path):
+    os.mkfifo(path)
+    return path
+
+
+def make_symlink_to_regular(path):
+    target = path.with_name(path.name + ".target")
+    target.write_bytes(b"content")
+    path.symlink_to(target)
+    return path
+
+
+LOCAL_FILES = [
+    # (name, how to make it, expected bytes or the OSError's strerror)
+    ("regular", lambda p: written(p, b"content"), b"content"),
+    ("symlink to a regular file", make_symlink_to_regular, b"content"),
+    ("empty", lambda p: written(p, b""), b""),
+    ("exactly the limit", lambda p: written(p, b"x" * 4 * KIB), b"x" * 4 * KIB),
+    ("one byte too many", lambda p: written(p, b"x" * (4 * KIB + 1)), "larger than 4 KiB"),
+    ("FIFO", make_fifo, "not a regular file"),
+    ("/dev/zero", lambda p: "/dev/zero", "not a regular file"),
+    ("directory", lambda p: p.mkdir() or p, "not a regular file"),
+    ("missing", lambda p: p, "No such file or directory"),
+    ("dangling symlink", lambda p: p.symlink_to(p.with_name("gone")) or p, "No such file"),
+]
+
+
+@pytest.mark.parametrize(
+    ("make", "outcome"), [c[1:] for c in LOCAL_FILES], ids=[c[0] for c in LOCAL_FILES]
+)
+def test_read_local_file_reads_only_bounded_regular_files(tmp_path, make, outcome):
+    path = make(tmp_path / "input")
+    if isinstance(outcome, bytes):
+        assert gauth.read_local_file(str(path), 4 * KIB) == outcome
+        return
+    with pytest.raises(OSError) as exc:
+        gauth.read_local_file(str(path), 4 * KIB)
+    assert outcome in exc.value.strerror
+
+
+@pytest.mark.parametrize(
+    ("data", "outcome"),
+    [
+        (b"plain", "plain"),
+        (b"\xef\xbb\xbfwith a BOM", "with a BOM"),
+        ("caf\u00e9".encode(), "caf\u00e9"),
+        (b"\xff\xfe latin-1 or UTF-16", "not UTF-8 text"),
+        (b"caf\xe9", "not UTF-8 text"),
+    ],
+)
+def test_read_local_text_decodes_utf8_or_says_it_is_not(tmp_path, data, outcome):
+    path = tmp_path / "text"
+    path.write_bytes(data)
+    if outcome == "not UTF-8 text":
+        with pytest.raises(OSError, match=outcome):
+            gauth.read_local_text(str(path))
+    else:
+        assert gauth.read_local_text(str(path)) == outcome
+
+
+DEEP_JSON = b"[" * 100_000 + b"]" * 100_000
+
+HOSTILE_FILES = [
+    # (name, how to make it at a path, words the one-line error must hold)
+    ("FIFO", make_fifo, "not a regular file"),
+    ("/dev/zero", lambda p: "/dev/zero", "not a regular file"),
+    ("directory", lambda p: p.mkdir() or p, "not a regular file"),
+    ("2 MiB", lambda p: written(p, b" " * (2 << 20) + b"{}"), "larger than 1024 KiB"),
+    ("not UTF-8", lambda p: written(p, b'{"type": "caf\xe9"}'), "not UTF-8"),
+    ("deeply nested", lambda p: written(p, DEEP_JSON), "nested too deeply"),
+    ("missing", lambda p: p, "not found"),
+]
+
+
+@pytest.mark.parametrize(
+    ("make", "words"), [c[1:] for c in HOSTILE_FILES], ids=[c[0] for c in HOSTILE_FILES]
+)
+def test_a_hostile_credentials_file_gets_one_clear_line(monkeypatch, tmp_path, make, words):
+    path = str(make(tmp_path / "creds.json"))
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", path)
+    with pytest.raises(gauth.CredentialError) as exc:
+        gauth.get_token()
+    message = one_line(exc)
+    assert path in message
+    assert words in message
+
+
+SUBJECT_FILES = [
+    ("FIFO", make_fifo, "not a regular file"),
+    ("/dev/zero", lambda p: "/dev/zero", "not a regular file"),
+    ("directory", lambda p: p.mkdir() or p, "not a regular file"),
+    ("2 MiB", lambda p: written(p, b"x" * (2 << 20)), "larger than 1024 KiB"),
+    ("not UTF-8", lambda p: written(p, b"caf\xe9"), "not UTF-8"),
+    ("missing", lambda p: p, "was not found"),
+]
+
+
+@pytest.mark.parametrize(
+    ("make", "words"), [c[1:] for c in SUBJECT_FILES], ids=[c[0] for c in SUBJECT_FILES]
+)
+def test_a_hostile_subject_token_file_gets_one_clear_line(monkeypatch, tmp_path, make, words):
+    token_file = str(make(tmp_path / "subject-token"))
+    creds = tmp_path / "creds.json"
+    creds.write_text(json.dumps(external({"file": token_file})))
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(creds))
+    with pytest.raises(gauth.CredentialError) as exc:
+        gauth.get_token()
+    message = one_line(exc)
+    assert token_file in message
+    assert words in message
+
+
+@pytest.fixture
+def executable(bin_dir, monkeypatch):
+    monkeypatch.setenv("GOOGLE_EXTERNAL_ACCOUNT_ALLOW_EXECUTABLES", "1")
+    return Executable(bin_dir)
+
+
+def fresh_response(token=SUBJECT):
+    return {
+        "version": 1,
+        "success": True,
+        "token_type": ID_TOKEN_TYPE,
+        "id_token": token,
+        "expiration_time": int(time.time()) + 3600,
+    }
+
+
+def use_executable(monkeypatch, tmp_path, google_federation, executable, output_file):
+    google_federation.sts.add_provider(WORKLOAD, ID_TOKEN_TYPE, SUBJECT)
+    source = executable.source(output_file=output_file)
+    creds = tmp_path / "creds.json"
+    creds.write_text(json.dumps(external(source, token_type=ID_TOKEN_TYPE, token_url=STS_URL)))
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(creds))
+
+
+OUTPUT_FILES = [
+    ("FIFO", make_fifo),
+    ("/dev/zero", lambda p: "/dev/zero"),
+    ("directory", lambda p: p.mkdir() or p),
+    ("2 MiB", lambda p: written(p, b" " * (2 << 20) + b"{}")),
+    ("not UTF-8", lambda p: written(p, b'{"version": 1, "x": "caf\xe9"}')),
+    ("deeply nested", lambda p: written(p, DEEP_JSON)),
+]
+
+
+@pytest.mark.parametrize("make", [c[1] for c in OUTPUT_FILES], ids=[c[0] for c in OUTPUT_FILES])
+def test_a_hostile_output_file_is_ignored_and_the_executable_runs(
+    monkeypatch, tmp_path, google_federation, executable, make
+):
+    output_file = make(tmp_path / "output.json")
+    use_executable(monkeypatch, tmp_path, google_federation, executable, output_file)
+    assert google_federation.sts.is_live(gauth.get_token())
+    assert len(executable.calls) == 1
