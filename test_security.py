@@ -253,3 +253,77 @@ def test_a_hostile_output_file_is_ignored_and_the_executable_runs(
     use_executable(monkeypatch, tmp_path, google_federation, executable, output_file)
     assert google_federation.sts.is_live(gauth.get_token())
     assert len(executable.calls) == 1
+
+
+# --- row 10: the executable's output file counts only when it is ours alone ---------------------
+
+ANOTHER_UID = 12345
+
+
+def saved_response(path, mode=0o600, owner=None, token="planted-subject-token-0123"):
+    path.write_text(json.dumps(fresh_response(token)))
+    path.chmod(mode)
+    if owner is not None:
+        os.chown(path, owner, owner)
+    return path
+
+
+def planted_by_another_user(path):
+    return saved_response(path, owner=ANOTHER_UID)
+
+
+def symlink_to_ours(path):
+    saved_response(path.with_name("real.json"), token=SUBJECT)
+    path.symlink_to(path.with_name("real.json"))
+    return path
+
+
+def symlink_to_another_users(path):
+    planted_by_another_user(path.with_name("real.json"))
+    path.symlink_to(path.with_name("real.json"))
+    return path
+
+
+OUTPUT_FILE_OWNERS = [
+    # (name, how the saved response got there, whether it is used instead of running)
+    ("ours, 0600", lambda p: saved_response(p, token=SUBJECT), True),
+    ("ours, readable by all", lambda p: saved_response(p, 0o644, token=SUBJECT), True),
+    ("symlink to ours", symlink_to_ours, True),
+    ("ours, group-writable", lambda p: saved_response(p, 0o620), False),
+    ("ours, world-writable", lambda p: saved_response(p, 0o666), False),
+    ("another user's", planted_by_another_user, False),
+    ("symlink to another user's", symlink_to_another_users, False),
+]
+
+
+@pytest.mark.parametrize(
+    ("plant", "used"), [c[1:] for c in OUTPUT_FILE_OWNERS], ids=[c[0] for c in OUTPUT_FILE_OWNERS]
+)
+def test_an_output_file_is_used_only_when_nobody_else_could_have_written_it(
+    monkeypatch, tmp_path, google_federation, executable, plant, used
+):
+    if plant in (planted_by_another_user, symlink_to_another_users) and os.geteuid() != 0:
+        pytest.skip("needs root to give a file away")
+    output_file = plant(tmp_path / "output.json")
+    use_executable(monkeypatch, tmp_path, google_federation, executable, output_file)
+    assert google_federation.sts.is_live(gauth.get_token())  # never the planted token
+    assert len(executable.calls) == (0 if used else 1)
+
+
+@pytest.mark.parametrize(
+    ("mode", "owner", "words"),
+    [(0o666, None, "writable by other users"), (0o600, ANOTHER_UID, "owned by another user")],
+)
+def test_a_silent_executable_whose_output_file_is_not_ours_alone_is_an_error(
+    monkeypatch, tmp_path, google_federation, executable, mode, owner, words
+):
+    if owner is not None and os.geteuid() != 0:
+        pytest.skip("needs root to give a file away")
+    output_file = saved_response(tmp_path / "output.json", mode, owner)
+    use_executable(monkeypatch, tmp_path, google_federation, executable, output_file)
+    executable.configure(response="")
+    with pytest.raises(gauth.CredentialError) as exc:
+        gauth.get_token()
+    message = one_line(exc)
+    assert str(output_file) in message
+    assert words in message
