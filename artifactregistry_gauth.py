@@ -515,7 +515,11 @@ def _der_sequence(data: bytes, item: tuple[int, int, int]) -> list[tuple[int, in
 class RsaPrivateKey:
     """An RSA private key read from PKCS#8 or PKCS#1 PEM, able to sign RS256."""
 
-    __slots__ = ("n", "e", "d", "p", "q", "dp", "dq", "qinv", "size")
+    __slots__ = ("n", "e", "d", "p", "q", "dp", "dq", "qinv", "size", "primes_checked")
+
+    # Google issues 2048-bit keys; a larger bound would let a crafted key burn seconds of
+    # CPU per signature (the cost grows 8x per doubling).
+    MIN_BITS, MAX_BITS = 2048, 4096
 
     @classmethod
     def from_pem(cls, pem: str) -> RsaPrivateKey:
@@ -563,25 +567,55 @@ class RsaPrivateKey:
         numbers = [int.from_bytes(der[start:end], "big") for _, start, end in items[1:9]]
         key = cls()
         key.n, key.e, key.d, key.p, key.q, key.dp, key.dq, key.qinv = numbers
-        if not (
-            key.n >= 1 << 1023
-            and key.p * key.q == key.n
-            and 1 < key.e < key.n
-            and key.p > 2
-            and key.q > 2
-            and key.e * key.dp % (key.p - 1) == 1
-            and key.e * key.dq % (key.q - 1) == 1
-            and key.qinv * key.q % key.p == 1
-        ):
-            raise KeyFormatError("its numbers do not form a usable RSA key of 1024 bits or more")
-        key.size = (key.n.bit_length() + 7) // 8
+        bits = key.n.bit_length()
+        if not cls.MIN_BITS <= bits <= cls.MAX_BITS:  # before any arithmetic on the numbers
+            raise KeyFormatError(
+                f"it is a {bits}-bit key; only {cls.MIN_BITS} to {cls.MAX_BITS} bits are accepted"
+            )
+        if not key._consistent():
+            raise KeyFormatError("its numbers do not form a consistent RSA key")
+        key.size = (bits + 7) // 8
+        key.primes_checked = False
         return key
+
+    def _consistent(self) -> bool:
+        """Cheap checks (no modular exponentiation) that the eight numbers belong together."""
+        import math
+
+        n, e, p, q = self.n, self.e, self.p, self.q
+        half = n.bit_length() // 2
+        if not (
+            3 <= e < 1 << 256  # FIPS 186 bounds e; a huge e would make each check slow
+            and e % 2 == 1
+            and half - 8 <= min(p, q).bit_length() <= max(p, q).bit_length() <= half + 8
+            and p * q == n  # two primes of about half the size each
+            and 0 < self.d < n
+            and 0 < self.dp < p
+            and 0 < self.dq < q
+            and 0 < self.qinv < p
+        ):
+            return False
+        lam = (p - 1) * (q - 1) // math.gcd(p - 1, q - 1)
+        return (
+            e * self.d % lam == 1  # d may be reduced mod lcm(p-1, q-1) or mod phi
+            and e * self.dp % (p - 1) == 1
+            and e * self.dq % (q - 1) == 1
+            and self.qinv * q % p == 1
+        )
+
+    def _check_primes(self) -> None:
+        """Fermat's test on p and q, before the first signature: composite factors are a forgery."""
+        if not (pow(2, self.p - 1, self.p) == 1 and pow(2, self.q - 1, self.q) == 1):
+            raise KeyFormatError("its factors p and q are not prime")
+        self.primes_checked = True
 
     def sign_rs256(self, message: bytes) -> bytes:
         """RSASSA-PKCS1-v1_5 with SHA-256 (RFC 8017 8.2.1), blinded, CRT, fault-checked."""
         import hashlib
         import secrets
 
+        if not self.primes_checked:  # here, not at load: a cached token needs no signature
+            self._check_primes()
         digest_info = _SHA256_DIGEST_INFO + hashlib.sha256(message).digest()
         padding = b"\xff" * (self.size - len(digest_info) - 3)
         m = int.from_bytes(b"\x00\x01" + padding + b"\x00" + digest_info, "big")

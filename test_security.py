@@ -327,3 +327,133 @@ def test_a_silent_executable_whose_output_file_is_not_ours_alone_is_an_error(
     message = one_line(exc)
     assert str(output_file) in message
     assert words in message
+
+
+# --- row 9: RSA keys are bounded in size and consistent -----------------------------------------
+
+
+def der_integer(value):
+    body = value.to_bytes(value.bit_length() // 8 + 1, "big")  # a leading zero keeps it positive
+    return b"\x02" + der_length(len(body)) + body
+
+
+def der_length(length):
+    if length < 0x80:
+        return bytes([length])
+    raw = length.to_bytes((length.bit_length() + 7) // 8, "big")
+    return bytes([0x80 | len(raw)]) + raw
+
+
+def pkcs1_pem(n, e, d, p, q, dp, dq, qinv):
+    import base64
+    import textwrap
+
+    body = b"".join(der_integer(v) for v in (0, n, e, d, p, q, dp, dq, qinv))
+    der = b"\x30" + der_length(len(body)) + body
+    lines = "\n".join(textwrap.wrap(base64.b64encode(der).decode(), 64))
+    return f"-----BEGIN RSA PRIVATE KEY-----\n{lines}\n-----END RSA PRIVATE KEY-----\n"
+
+
+def key_numbers(p, q, e=65537):
+    """The eight PKCS#1 numbers for factors p and q (prime or not)."""
+    import math
+
+    lam = (p - 1) * (q - 1) // math.gcd(p - 1, q - 1)
+    d = pow(e, -1, lam)
+    return dict(n=p * q, e=e, d=d, p=p, q=q, dp=d % (p - 1), dq=d % (q - 1), qinv=pow(q, -1, p))
+
+
+def generated(bits):
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    numbers = rsa.generate_private_key(public_exponent=65537, key_size=bits).private_numbers()
+    return key_numbers(numbers.p, numbers.q)
+
+
+def primes_of_1024_bit_keys(count):
+    """Pairs of 512-bit primes, from throwaway 1024-bit keys."""
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    primes = []
+    while len(primes) < count:
+        key = rsa.generate_private_key(public_exponent=65537, key_size=1024)  # noqa: S505
+        numbers = key.private_numbers()
+        primes += [numbers.p, numbers.q]
+    return primes
+
+
+def composite_factors():
+    """Factors that are each a product of two primes: a 2048-bit n that is no RSA key."""
+    while True:
+        p1, p2, p3, p4 = primes_of_1024_bit_keys(4)
+        if (p1 * p2 * p3 * p4).bit_length() == 2048:
+            try:
+                return key_numbers(p1 * p2, p3 * p4)
+            except ValueError:  # 65537 happens to divide lcm(p - 1, q - 1)
+                continue
+
+
+def changed(**changes):
+    def make():
+        numbers = generated(2048)
+        for name, change in changes.items():
+            numbers[name] = change(numbers)
+        return numbers
+
+    return make
+
+
+def oversized(bits):
+    """A key whose size alone must refuse it: its other numbers are never looked at."""
+    return lambda: dict(n=(1 << (bits - 1)) | 1, e=65537, d=3, p=5, q=7, dp=1, dq=1, qinv=1)
+
+
+def tiny_factor():
+    """n = 3 * q: consistent CRT numbers, but one factor of two bits."""
+    q = (1 << 2046) + 1
+    while (q - 1) % 65537 == 0 or q % 3 == 0:
+        q += 2
+    return key_numbers(3, q)
+
+
+SIGNS = "signs"
+
+RSA_KEYS = [
+    # (name, how to make the numbers, "signs" or words of the KeyFormatError)
+    ("2048-bit", lambda: generated(2048), SIGNS),
+    ("3072-bit", lambda: generated(3072), SIGNS),
+    ("4096-bit", lambda: generated(4096), SIGNS),
+    ("d reduced mod phi", changed(d=lambda k: pow(65537, -1, (k["p"] - 1) * (k["q"] - 1))), SIGNS),
+    ("1024-bit", lambda: generated(1024), "1024-bit key; only 2048 to 4096"),
+    ("4104-bit", oversized(4104), "4104-bit key; only 2048 to 4096"),
+    ("16384-bit", oversized(16384), "16384-bit key; only 2048 to 4096"),
+    ("composite factors", composite_factors, "not prime"),
+    ("a tiny factor", tiny_factor, "not form a consistent RSA key"),
+    ("wrong d", changed(d=lambda k: k["d"] + 2), "not form a consistent RSA key"),
+    ("unreduced dp", changed(dp=lambda k: k["dp"] + ((k["p"] - 1) << 4000)), "consistent"),
+    ("huge dp", changed(dp=lambda k: k["dp"] + (k["p"] - 1) * (1 << 100_000)), "consistent"),
+    ("wrong qinv", changed(qinv=lambda k: k["qinv"] + 1), "not form a consistent RSA key"),
+    ("even e", changed(e=lambda k: 65536), "not form a consistent RSA key"),
+    ("e of 1", changed(e=lambda k: 1), "not form a consistent RSA key"),
+    ("e of 300 bits", changed(e=lambda k: (1 << 300) + 1), "not form a consistent RSA key"),
+    ("n not p*q", changed(n=lambda k: k["n"] + 2), "not form a consistent RSA key"),
+    ("p and q swapped with qinv", changed(p=lambda k: k["q"], q=lambda k: k["p"]), "consistent"),
+]
+
+
+@pytest.mark.parametrize(
+    ("make", "outcome"), [c[1:] for c in RSA_KEYS], ids=[c[0] for c in RSA_KEYS]
+)
+def test_rsa_keys_are_bounded_and_consistent_or_refused(make, outcome):
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
+    numbers = make()
+    pem = pkcs1_pem(**numbers)
+    if outcome != SIGNS:
+        with pytest.raises(gauth.KeyFormatError, match=outcome):
+            gauth.RsaPrivateKey.from_pem(pem).sign_rs256(b"message")
+        return
+    signature = gauth.RsaPrivateKey.from_pem(pem).sign_rs256(b"message")
+    public = rsa.RSAPublicNumbers(numbers["e"], numbers["n"]).public_key()
+    public.verify(signature, b"message", padding.PKCS1v15(), hashes.SHA256())
