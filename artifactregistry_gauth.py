@@ -400,21 +400,77 @@ def _post_form(
         "POST", url, body=urlencode(fields).encode("ascii"), headers=all_headers
     )
     sent = [value for name, value in fields.items() if name in _SECRET_FIELDS]
-    sent += [v.split()[-1] for k, v in all_headers.items() if k.lower() == "authorization"]
+    for name, value in all_headers.items():
+        if name.lower() == "authorization":
+            sent += _authorization_secrets(value)
     return _token_response_json(response, url, what, sent)
 
 
 # Form fields that carry credentials: a server that echoes them must not make us print them.
 _SECRET_FIELDS = frozenset({"assertion", "refresh_token", "client_secret", "subject_token", "rapt"})
+# At most this much of a server's error text is quoted in ours.
+MAX_QUOTED = 300
+
+
+def _authorization_secrets(value: str) -> list:
+    """The credential of an Authorization header, and for Basic the ``id:secret`` and secret."""
+    import base64
+    import binascii
+
+    scheme, _, credential = value.strip().partition(" ")
+    secrets = [credential]
+    if scheme.lower() == "basic":
+        try:
+            pair = base64.b64decode(credential, validate=True).decode("utf-8")
+        except (binascii.Error, ValueError):
+            return secrets
+        secrets += [pair, pair.partition(":")[2]]
+    return secrets
+
+
+def _secret_forms(secret: str) -> set:
+    """Every way a secret we sent may come back: raw, URL-encoded, JSON-escaped."""
+    import json
+    from urllib.parse import quote, quote_plus
+
+    forms = {secret, " ".join(secret.split()), quote(secret), quote(secret, safe="")}
+    forms.add(quote_plus(secret))
+    for ascii_only in (True, False):
+        escaped = json.dumps(secret, ensure_ascii=ascii_only)[1:-1]
+        forms |= {escaped, escaped.replace("/", "\\/")}
+    return {form for form in forms if len(form) >= 4}
 
 
 def _redact(text: str, secrets: list) -> str:
-    """Server text made safe for one line of ours: whitespace folded, our secrets masked."""
+    """Server text made safe for one line of ours: folded, our secrets masked, at most 300 chars.
+
+    Servers echo what they were sent in any encoding, so each secret is masked in every
+    form we could have sent it (%-escapes in either case).
+    """
+    import re
+
     text = " ".join(text.split())
+    forms = set()
     for secret in secrets:
         if isinstance(secret, str) and len(secret) >= 4:
-            text = text.replace(secret, "***")
-    return text
+            forms |= _secret_forms(secret)
+    if not forms:
+        return text[:MAX_QUOTED]
+    pattern = re.compile(
+        "|".join(re.escape(form) for form in sorted(forms, key=len, reverse=True)), re.IGNORECASE
+    )
+    longest = max(len(form) for form in forms)
+    kept, size, pos = [], 0, 0
+    while size < MAX_QUOTED and pos < len(text):  # only as far as what is quoted: bounded work
+        room = MAX_QUOTED - size
+        found = pattern.search(text, pos, pos + room + longest)
+        if found is None or found.start() >= pos + room:
+            kept.append(text[pos : pos + room])
+            break
+        kept += [text[pos : found.start()], "***"]
+        size += found.start() - pos + 3
+        pos = found.end()
+    return "".join(kept)[:MAX_QUOTED]
 
 
 def _token_response_json(response: Response, url: str, what: str, sent: list = ()) -> dict:
@@ -435,7 +491,7 @@ def _token_response_json(response: Response, url: str, what: str, sent: list = (
             error = str(data.get("error", ""))
             subtype = str(data.get("error_subtype", ""))
             description = str(data.get("error_description", ""))
-    detail = _redact(": ".join(part for part in (error, description) if part), list(sent))[:240]
+    detail = _redact(": ".join(part for part in (error, description) if part), list(sent))
     raise TokenEndpointError(
         f"{what} at {_without_query(url)} refused (HTTP {response.status}"
         + (f", {detail})" if detail else ")"),

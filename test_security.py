@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import re
 import time
+from urllib.parse import quote, quote_plus, urlencode
 
 import pytest
 
 import artifactregistry_gauth as gauth
+from conftest import _reply, register_secret
 from test_federation import ID_TOKEN_TYPE, STS_URL, SUBJECT, WORKLOAD, Executable, external
 
 KIB = 1024
@@ -457,3 +461,147 @@ def test_rsa_keys_are_bounded_and_consistent_or_refused(make, outcome):
     signature = gauth.RsaPrivateKey.from_pem(pem).sign_rs256(b"message")
     public = rsa.RSAPublicNumbers(numbers["e"], numbers["n"]).public_key()
     public.verify(signature, b"message", padding.PKCS1v15(), hashes.SHA256())
+
+
+# --- row 11: a server that echoes what we sent never makes us print a secret --------------------
+
+REFRESH_TOKEN = '1//0gEcho-Refresh/Token+with=odd&chars é"x'
+CLIENT_SECRET = "GOCSPX-echo/secret+=é"
+WF_CLIENT_SECRET = "wf-echo/secret+tail"
+SUBJECT_TOKEN = "eyJhbGciOiJSUzI1NiJ9.echo/subject+token.sig"
+
+
+def every_form(secret):
+    """What the test counts as a leak: the secret in each encoding a server might use."""
+    forms = {secret, quote(secret), quote(secret, safe=""), quote_plus(secret)}
+    forms |= {re.sub("%[0-9A-F]{2}", lambda m: m.group().lower(), form) for form in forms}
+    for ascii_only in (True, False):
+        escaped = json.dumps(secret, ensure_ascii=ascii_only)[1:-1]
+        forms |= {escaped, escaped.replace("/", "\\/")}
+    return forms
+
+
+def basic_forms(client_id, secret):
+    pair = f"{client_id}:{secret}"
+    return {*every_form(secret), pair, base64.b64encode(pair.encode()).decode()}
+
+
+SECRET_FIELDS = ("refresh_token", "client_secret", "subject_token")
+
+
+def secret_fields(record):
+    return {name: value for name, value in record.form.items() if name in SECRET_FIELDS}
+
+
+def echo_body(record):
+    return urlencode(secret_fields(record))
+
+
+def echo_body_lowercase_escapes(record):
+    return re.sub(r"%[0-9A-F]{2}", lambda m: m.group().lower(), echo_body(record))
+
+
+def echo_values(record):
+    return "; ".join(f"{name}={value}" for name, value in secret_fields(record).items())
+
+
+def echo_json(record):
+    return json.dumps(secret_fields(record))
+
+
+def echo_json_unicode(record):
+    return json.dumps(secret_fields(record), ensure_ascii=False).replace("/", "\\/")
+
+
+def echo_quoted_values(record):
+    return " ".join(quote(value, safe="") for value in secret_fields(record).values())
+
+
+def echo_authorization(record):
+    return json.dumps({"authorization": record.headers["authorization"]})
+
+
+def echo_decoded_basic(record):
+    credential = record.headers["authorization"].split(" ", 1)[1]
+    return "client " + base64.b64decode(credential).decode()
+
+
+FORM_ECHOES = [
+    echo_body,
+    echo_body_lowercase_escapes,
+    echo_values,
+    echo_json,
+    echo_json_unicode,
+    echo_quoted_values,
+]
+
+
+def echoing(encode, style, echoed):
+    def respond(record):
+        said = encode(record)
+        echoed.append(said)
+        if style == "oauth":
+            return _reply(400, {"error": "invalid_request", "error_description": "got " + said})
+        return _reply(400, {"error": {"code": 400, "message": "got " + said, "status": "INVALID"}})
+
+    return respond
+
+
+def user_credentials(monkeypatch, tmp_path, fake_google, google_https, user_file):
+    path = user_file(refresh_token=REFRESH_TOKEN, client_secret=CLIENT_SECRET, register=False)
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(path))
+    return every_form(REFRESH_TOKEN) | every_form(CLIENT_SECRET)
+
+
+def federation_with_client_auth(monkeypatch, tmp_path, fake_google, google_https, user_file):
+    token_file = tmp_path / "subject"
+    token_file.write_text(SUBJECT_TOKEN)
+    info = external(
+        {"file": str(token_file)},
+        token_url=fake_google.token_url,
+        client_id="wf-client",
+        client_secret=WF_CLIENT_SECRET,
+    )
+    creds = tmp_path / "creds.json"
+    creds.write_text(json.dumps(info))
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(creds))
+    register_secret(SUBJECT_TOKEN, WF_CLIENT_SECRET)
+    return every_form(SUBJECT_TOKEN) | basic_forms("wf-client", WF_CLIENT_SECRET)
+
+
+ECHO_CASES = [
+    *[(user_credentials, encode) for encode in FORM_ECHOES],
+    *[
+        (federation_with_client_auth, encode)
+        for encode in (*FORM_ECHOES, echo_authorization, echo_decoded_basic)
+    ],
+]
+
+
+@pytest.mark.parametrize("style", ["oauth", "google"])
+@pytest.mark.parametrize(
+    ("credentials", "encode"),
+    ECHO_CASES,
+    ids=[f"{c.__name__}-{e.__name__}" for c, e in ECHO_CASES],
+)
+def test_an_echoed_secret_is_masked_in_every_encoding(
+    monkeypatch, tmp_path, fake_google, google_https, user_file, credentials, encode, style
+):
+    forms = credentials(monkeypatch, tmp_path, fake_google, google_https, user_file)
+    register_secret(*forms)  # so the autouse guard checks the logs for them too
+    echoed = []
+    monkeypatch.setattr(fake_google, "respond", echoing(encode, style, echoed))
+    with pytest.raises(gauth.CredentialError) as exc:
+        gauth.get_token()
+    message = one_line(exc)
+    assert [form for form in forms if form in echoed[0]]  # the server did echo a secret
+    assert "***" in message
+    assert not [form for form in forms if form in message]
+    assert not [form for form in forms if form in json.dumps(gauth.diagnose())]
+
+
+def test_a_long_server_message_is_cut_short(monkeypatch, sa_env, fake_google):
+    fake_google.script((400, {"error": "invalid_grant", "error_description": "blah " * 10_000}))
+    with pytest.raises(gauth.CredentialError) as exc:
+        gauth.get_token()
+    assert one_line(exc).count("blah") <= gauth.MAX_QUOTED // 5
