@@ -1533,18 +1533,14 @@ class ExecutableFederation(ExternalAccount):
         timeout = min(self.timeout, transport.remaining())
         _debug("running %s", argv[0])
         try:
-            done = subprocess.run(
-                argv,
-                stdin=subprocess.DEVNULL,
-                capture_output=True,  # stderr apart, so a warning cannot spoil the JSON
-                env=env,
-                timeout=timeout,
-            )
+            done = _run_capped(argv, env, timeout)  # stderr apart: a warning cannot spoil the JSON
         except subprocess.TimeoutExpired:
             raise self.fail(
                 f"the executable did not finish within {timeout:.1f} s",
                 "fix the command or raise credential_source.executable.timeout_millis",
             ) from None
+        except _OutputTooLargeError as exc:
+            raise self.fail(f"the executable {exc}", _EXECUTABLE_FIX) from None
         except OSError as exc:
             raise self.fail(
                 f"cannot run the executable {argv[0]!r} ({exc.strerror or exc})",
@@ -1640,6 +1636,68 @@ _EXECUTABLE_FIX = (
 def _last_line(data: bytes) -> str:
     lines = [ln.strip() for ln in data.decode("utf-8", "replace").splitlines() if ln.strip()]
     return lines[-1][:300] if lines else ""
+
+
+class _OutputTooLargeError(Exception):
+    """A command printed more than we keep; it was killed."""
+
+
+def _run_capped(argv: list, env: dict | None, timeout: float, limit: int = MAX_RESPONSE_BYTES):
+    """``subprocess.run(argv, stdin=DEVNULL, capture_output=True, env=env, timeout=timeout)``,
+    but a command that prints more than ``limit`` bytes on stdout or stderr is killed.
+
+    Returns a CompletedProcess with bytes. Raises OSError if the command cannot start,
+    subprocess.TimeoutExpired if it is still running (or its pipes still open) at ``timeout``,
+    _OutputTooLargeError ("printed more than 1 MiB on stdout") past ``limit``; the command
+    is killed and reaped in both cases.
+    """
+    import subprocess
+    import threading
+
+    deadline = _monotonic() + timeout
+    pipe = subprocess.PIPE
+    process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=pipe, stderr=pipe, env=env)
+    outputs: dict = {"stdout": bytearray(), "stderr": bytearray()}
+    too_large: list = []
+    ended = threading.Semaphore(0)
+
+    def drain(name: str) -> None:
+        stream, kept = getattr(process, name), outputs[name]
+        try:
+            with stream:
+                while len(kept) <= limit:
+                    chunk = stream.read1(65536)
+                    if not chunk:
+                        return
+                    kept += chunk
+                too_large.append(name)
+                process.kill()  # before ``ended``: the caller's thread waits for the process
+        finally:
+            ended.release()
+
+    for name in outputs:
+        threading.Thread(
+            target=drain, args=(name,), name="artifactregistry-gauth", daemon=True
+        ).start()
+    finished = 0
+    while finished < len(outputs) and not too_large:
+        if not ended.acquire(timeout=max(deadline - _monotonic(), 0.0)):
+            break
+        finished += 1
+    try:
+        if too_large:
+            size = f"{limit >> 20} MiB" if limit & 0xFFFFF == 0 else f"{limit} bytes"
+            raise _OutputTooLargeError(f"printed more than {size} on {too_large[0]}")
+        if finished < len(outputs):  # a pipe still open: it, or a child holding it, runs on
+            raise subprocess.TimeoutExpired(argv, timeout)
+        returncode = process.wait(max(deadline - _monotonic(), 0.0))
+    except (_OutputTooLargeError, subprocess.TimeoutExpired):
+        process.kill()
+        process.wait()
+        raise
+    return subprocess.CompletedProcess(
+        argv, returncode, bytes(outputs["stdout"]), bytes(outputs["stderr"])
+    )
 
 
 class AwsFederation(ExternalAccount):

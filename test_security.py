@@ -6,6 +6,8 @@ import base64
 import json
 import os
 import re
+import subprocess
+import sys
 import time
 from urllib.parse import quote, quote_plus, urlencode
 
@@ -605,3 +607,93 @@ def test_a_long_server_message_is_cut_short(monkeypatch, sa_env, fake_google):
     with pytest.raises(gauth.CredentialError) as exc:
         gauth.get_token()
     assert one_line(exc).count("blah") <= gauth.MAX_QUOTED // 5
+
+
+# --- row 12: what a command prints is capped as HTTP bodies are ---------------------------------
+
+LIMIT = 64 * KIB
+
+
+def python(code):
+    return [sys.executable, "-c", code]
+
+
+RUNS = [
+    # (name, code, returncode and stdout, or the exception and words)
+    ("quiet", "print('hi')", (0, b"hi\n")),
+    ("fails", "import sys; sys.stderr.write('no'); sys.exit(3)", (3, b"")),
+    ("exactly the limit", f"import sys; sys.stdout.write('x' * {LIMIT})", (0, b"x" * LIMIT)),
+    (
+        "one byte too many",
+        f"import sys; sys.stdout.write('x' * {LIMIT + 1})",
+        (gauth._OutputTooLargeError, f"printed more than {LIMIT} bytes on stdout"),
+    ),
+    (
+        "endless stdout",
+        "import sys\nwhile True: sys.stdout.write('x' * 65536)",
+        (gauth._OutputTooLargeError, "on stdout"),
+    ),
+    (
+        "endless stderr",
+        "import sys\nwhile True: sys.stderr.write('x' * 65536)",
+        (gauth._OutputTooLargeError, "on stderr"),
+    ),
+    (
+        "too much, then hangs",
+        f"import sys, time; print('x' * {2 * LIMIT}, flush=True); time.sleep(60)",
+        (gauth._OutputTooLargeError, "on stdout"),
+    ),
+    ("hangs", "import time; time.sleep(60)", (subprocess.TimeoutExpired, "timed out")),
+]
+
+
+@pytest.mark.parametrize(("code", "outcome"), [r[1:] for r in RUNS], ids=[r[0] for r in RUNS])
+def test_run_capped_keeps_at_most_the_limit_and_kills_the_rest(code, outcome):
+    argv = python(code)
+    if isinstance(outcome[0], int):
+        done = gauth._run_capped(argv, None, 30, LIMIT)
+        assert (done.returncode, done.stdout) == outcome
+        return
+    timeout = 1.0 if outcome[0] is subprocess.TimeoutExpired else 30
+    with pytest.raises(outcome[0], match=outcome[1]):
+        gauth._run_capped(argv, None, timeout, LIMIT)
+
+
+def test_run_capped_says_when_a_command_cannot_start(tmp_path):
+    with pytest.raises(OSError):
+        gauth._run_capped([str(tmp_path / "missing")], None, 5, LIMIT)
+
+
+LOUD_EXECUTABLES = [
+    ("2 MiB on stdout", "sys.stdout.write('x' * (2 << 20))", "printed more than 1 MiB on stdout"),
+    ("2 MiB on stderr", "sys.stderr.write('x' * (2 << 20))", "printed more than 1 MiB on stderr"),
+    ("endless output", "while True: sys.stdout.write('x' * 65536)", "more than 1 MiB on stdout"),
+]
+
+
+@pytest.mark.parametrize(
+    ("code", "words"), [r[1:] for r in LOUD_EXECUTABLES], ids=[r[0] for r in LOUD_EXECUTABLES]
+)
+def test_an_executable_that_prints_too_much_is_killed_with_one_clear_line(
+    monkeypatch, tmp_path, bin_dir, code, words
+):
+    script = bin_dir / "loud-helper"
+    script.write_text(f"#!{sys.executable}\nimport sys\n{code}\n")
+    script.chmod(0o755)
+    monkeypatch.setenv("GOOGLE_EXTERNAL_ACCOUNT_ALLOW_EXECUTABLES", "1")
+    source = {"executable": {"command": str(script), "timeout_millis": 30_000}}
+    creds = tmp_path / "creds.json"
+    creds.write_text(json.dumps(external(source, token_type=ID_TOKEN_TYPE)))
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(creds))
+    with pytest.raises(gauth.CredentialError) as exc:
+        gauth.get_token()
+    assert words in one_line(exc)
+
+
+def test_a_response_padded_to_the_limit_is_still_read(
+    monkeypatch, tmp_path, google_federation, executable
+):
+    text = json.dumps(fresh_response())
+    executable.configure(response=text + " " * (gauth.MAX_RESPONSE_BYTES - len(text)))
+    use_executable(monkeypatch, tmp_path, google_federation, executable, None)
+    assert google_federation.sts.is_live(gauth.get_token())
