@@ -2205,7 +2205,9 @@ class TokenCache:
             return None
         path = os.path.join(directory, _file_key(identity) + ".json")
         try:
-            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+            fd = os.open(
+                path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+            )
         except OSError:
             return None
         try:
@@ -2263,13 +2265,40 @@ def cache_dir(create: bool = False) -> str | None:
         except OSError:
             return None
     try:
-        info = os.stat(directory)
-    except OSError:
-        return None
-    if hasattr(os, "getuid") and info.st_uid != os.getuid():
-        _debug("not using cache directory %s: it belongs to another user", directory)
+        problem = _make_private_directory(directory)
+    except OSError as exc:
+        problem = exc.strerror or str(exc)
+    if problem:
+        _debug("not using cache directory %s: %s", directory, problem)
         return None
     return directory
+
+
+def _make_private_directory(directory: str) -> str:
+    """What makes ``directory`` unfit for tokens ("" if nothing); others' write access is removed.
+
+    In a directory others can write, another user could hold the lock (every cold lookup
+    would wait out the budget) or plant links. The directory may itself be a symlink: what
+    it points to is what is checked and repaired, through one descriptor, so nothing can
+    be swapped in between.
+    """
+    import stat
+
+    if not hasattr(os, "getuid"):  # Windows: a per-user profile directory, guarded by ACLs
+        return "" if os.path.isdir(directory) else "not a directory"
+    fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISDIR(info.st_mode):
+            return "not a directory"
+        if info.st_uid != os.getuid():
+            return "it belongs to another user"
+        if info.st_mode & 0o022:
+            os.fchmod(fd, 0o700)
+            _debug("made cache directory %s private: others could write to it", directory)
+    finally:
+        os.close(fd)
+    return ""
 
 
 def _default_cache_dir() -> str:
@@ -2328,7 +2357,7 @@ class _FileLock:
         if self.path is None:
             return self
         try:
-            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            self.fd = _open_lock_file(self.path)
         except OSError:
             return self
         while not _try_lock(self.fd):
@@ -2345,6 +2374,29 @@ class _FileLock:
             _unlock(self.fd)
             os.close(self.fd)
             self.fd = None
+
+
+def _open_lock_file(path: str) -> int:
+    """Our own lock file, never through a link: anything else found there is replaced.
+
+    A lock another user planted (before the directory was made private) could be held
+    forever, and a planted symlink would make us create or lock a file elsewhere.
+    """
+    import stat
+
+    flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    try:
+        fd = os.open(path, flags, 0o600)
+    except OSError:
+        if not os.path.islink(path):
+            raise
+    else:
+        if stat.S_ISREG(os.fstat(fd).st_mode) and _private_file(fd):
+            return fd
+        os.close(fd)
+    _debug("replacing lock file %s: a link, not a file, or not ours alone", path)
+    os.unlink(path)
+    return os.open(path, flags | os.O_EXCL, 0o600)
 
 
 def _try_lock(fd: int) -> bool:

@@ -697,3 +697,142 @@ def test_a_response_padded_to_the_limit_is_still_read(
     executable.configure(response=text + " " * (gauth.MAX_RESPONSE_BYTES - len(text)))
     use_executable(monkeypatch, tmp_path, google_federation, executable, None)
     assert google_federation.sts.is_live(gauth.get_token())
+
+
+# --- row 14: the cache directory and its lock belong to us alone --------------------------------
+
+
+def needs_root():
+    if os.geteuid() != 0:
+        pytest.skip("needs root to give a file away")
+
+
+def directory(path, mode=0o700, owner=None):
+    path.mkdir()
+    path.chmod(mode)
+    if owner is not None:
+        needs_root()
+        os.chown(path, owner, owner)
+    return path
+
+
+def link_to(make):
+    def plant(path):
+        target = make(path.with_name(path.name + "-target"))
+        path.symlink_to(target)
+        return target
+
+    return plant
+
+
+REPAIRED, UNTOUCHED, REFUSED = "repaired to 0700", "used as it is", "not used"
+
+CACHE_DIRECTORIES = [
+    # (name, how the directory is found, what becomes of it)
+    ("ours, 0700", directory, UNTOUCHED),
+    ("ours, 0755", lambda p: directory(p, 0o755), UNTOUCHED),
+    ("ours, world-writable", lambda p: directory(p, 0o777), REPAIRED),
+    ("ours, group-writable", lambda p: directory(p, 0o770), REPAIRED),
+    ("ours, sticky and world-writable", lambda p: directory(p, 0o1777), REPAIRED),
+    ("another user's", lambda p: directory(p, 0o700, ANOTHER_UID), REFUSED),
+    ("another user's, world-writable", lambda p: directory(p, 0o777, ANOTHER_UID), REFUSED),
+    ("symlink to ours", link_to(directory), UNTOUCHED),
+    ("symlink to ours, world-writable", link_to(lambda p: directory(p, 0o777)), REPAIRED),
+    ("symlink to another user's", link_to(lambda p: directory(p, 0o777, ANOTHER_UID)), REFUSED),
+    ("a file", lambda p: written(p, b"not a directory"), REFUSED),
+    ("a dangling symlink", lambda p: p.symlink_to(p.with_name("gone")) or p, REFUSED),
+]
+
+
+@pytest.mark.parametrize(
+    ("make", "outcome"),
+    [c[1:] for c in CACHE_DIRECTORIES],
+    ids=[c[0] for c in CACHE_DIRECTORIES],
+)
+def test_a_cache_directory_others_can_write_is_repaired_or_refused(
+    monkeypatch, tmp_path, sa_env, fake_google, make, outcome
+):
+    path = tmp_path / "cache"
+    target = make(path)
+    mode = os.stat(target).st_mode & 0o7777 if os.path.isdir(target) else None
+    monkeypatch.setenv("ARTIFACTREGISTRY_GAUTH_CACHE_DIR", str(path))
+    assert fake_google.is_live(gauth.get_token())
+    if outcome == REFUSED:
+        assert not os.path.isdir(target) or os.listdir(target) == []
+        return
+    assert [name for name in os.listdir(target) if name.endswith(".json")]
+    assert os.stat(target).st_mode & 0o7777 == (0o700 if outcome == REPAIRED else mode)
+
+
+def plant_symlink(lock, victim):
+    lock.symlink_to(victim)
+
+
+def plant_dangling_symlink(lock, victim):
+    lock.symlink_to(victim.with_name("created-through-the-link"))
+
+
+def plant_fifo(lock, victim):
+    os.mkfifo(lock)
+
+
+def plant_foreign_lock_and_hold_it(lock, victim):
+    import fcntl
+
+    needs_root()
+    lock.write_bytes(b"")
+    lock.chmod(0o666)
+    os.chown(lock, ANOTHER_UID, ANOTHER_UID)
+    holder = os.open(lock, os.O_RDWR)  # another process would hold it the same way
+    fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    PLANTED_FDS.append(holder)
+
+
+def plant_readable_lock(lock, victim):
+    lock.write_bytes(b"")
+    lock.chmod(0o666)
+
+
+PLANTED_FDS: list = []
+
+LOCKS = [plant_symlink, plant_dangling_symlink, plant_fifo, plant_foreign_lock_and_hold_it]
+
+
+@pytest.fixture
+def planted_fds():
+    yield PLANTED_FDS
+    while PLANTED_FDS:
+        os.close(PLANTED_FDS.pop())
+
+
+@pytest.mark.parametrize("plant", [*LOCKS, plant_readable_lock])
+def test_a_planted_lock_file_is_replaced_never_followed_or_waited_on(
+    isolated_env, tmp_path, sa_env, fake_google, sleeps, planted_fds, plant
+):
+    gauth.get_token()  # creates the cache directory and the lock file
+    (lock,) = isolated_env.cache_dir.glob("*.lock")
+    for entry in isolated_env.cache_dir.glob("*.json"):
+        entry.unlink()  # so the next lookup is cold and takes the lock
+    lock.unlink()
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious")
+    plant(lock, victim)
+    gauth._forget_tokens()
+    assert fake_google.is_live(gauth.get_token())
+    assert sleeps == []  # no waiting on a lock someone else holds
+    assert victim.read_bytes() == b"precious"
+    assert not victim.with_name("created-through-the-link").exists()
+    assert lock.is_file() and not lock.is_symlink()
+    assert lock.stat().st_uid == os.getuid() and lock.stat().st_mode & 0o077 == 0
+
+
+def test_a_fifo_planted_as_a_cache_entry_is_ignored_without_blocking(
+    isolated_env, sa_env, fake_google
+):
+    gauth.get_token()
+    (entry,) = isolated_env.cache_dir.glob("*.json")
+    entry.unlink()
+    os.mkfifo(entry)
+    gauth._forget_tokens()
+    assert fake_google.is_live(gauth.get_token())
+    assert entry.is_file()  # replaced by a good entry
