@@ -433,12 +433,12 @@ def _secret_forms(secret: str) -> set:
     import json
     from urllib.parse import quote, quote_plus
 
-    forms = {secret, " ".join(secret.split()), quote(secret), quote(secret, safe="")}
-    forms.add(quote_plus(secret))
+    forms = {secret, quote(secret), quote(secret, safe=""), quote_plus(secret)}
     for ascii_only in (True, False):
         escaped = json.dumps(secret, ensure_ascii=ascii_only)[1:-1]
         forms |= {escaped, escaped.replace("/", "\\/")}
-    return {form for form in forms if len(form) >= 4}
+    folded = {" ".join(form.split()) for form in forms}  # as the text they are found in
+    return {form for form in forms | folded if len(form) >= 4}
 
 
 def _redact(text: str, secrets: list) -> str:
