@@ -1643,13 +1643,13 @@ class _OutputTooLargeError(Exception):
 
 
 def _run_capped(argv: list, env: dict | None, timeout: float, limit: int = MAX_RESPONSE_BYTES):
-    """``subprocess.run(argv, stdin=DEVNULL, capture_output=True, env=env, timeout=timeout)``,
-    but a command that prints more than ``limit`` bytes on stdout or stderr is killed.
+    """Run a command as subprocess.run(capture_output=True) would, stdin closed, output capped.
 
-    Returns a CompletedProcess with bytes. Raises OSError if the command cannot start,
-    subprocess.TimeoutExpired if it is still running (or its pipes still open) at ``timeout``,
-    _OutputTooLargeError ("printed more than 1 MiB on stdout") past ``limit``; the command
-    is killed and reaped in both cases.
+    Returns a CompletedProcess (stdout, stderr as bytes). Raises OSError if the command
+    cannot start, subprocess.TimeoutExpired if it still runs (or its pipes are still open)
+    at ``timeout``, and _OutputTooLargeError ("printed more than 1 MiB on stdout") once
+    it prints more than ``limit`` bytes on stdout or stderr; the command is then killed
+    and reaped.
     """
     import subprocess
     import threading
