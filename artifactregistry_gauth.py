@@ -149,19 +149,26 @@ def _json_loads(data: bytes | str) -> object:
 MAX_LOCAL_FILE_BYTES = 1 << 20
 
 
-def read_local_file(path: str, limit: int = MAX_LOCAL_FILE_BYTES) -> bytes:
+def read_local_file(path: str, limit: int = MAX_LOCAL_FILE_BYTES, owned: bool = False) -> bytes:
     """The bytes of a regular file, opened without blocking and read up to ``limit``.
 
     Raises OSError whose ``strerror`` says why: missing, unreadable, not a regular file
     (a FIFO would block forever, ``/dev/zero`` never ends) or larger than ``limit``.
+    With ``owned``, also when the file is not ours or others may write it.
     """
     import stat
 
     flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
     fd = os.open(path, flags)
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
             raise OSError(0, "not a regular file", path)
+        if owned and hasattr(os, "getuid"):  # checked on what was opened: no race
+            if info.st_uid != os.getuid():
+                raise OSError(0, "owned by another user", path)
+            if info.st_mode & 0o022:
+                raise OSError(0, "writable by other users", path)
         chunks = []
         size = 0
         while size <= limit:
@@ -177,9 +184,9 @@ def read_local_file(path: str, limit: int = MAX_LOCAL_FILE_BYTES) -> bytes:
     return b"".join(chunks)
 
 
-def read_local_text(path: str, limit: int = MAX_LOCAL_FILE_BYTES) -> str:
-    """A regular file's UTF-8 text; OSError as from ``read_local_file``, or if not UTF-8."""
-    data = read_local_file(path, limit)
+def read_local_text(path: str, limit: int = MAX_LOCAL_FILE_BYTES, owned: bool = False) -> str:
+    """A regular file's UTF-8 text (BOM allowed); OSError as read_local_file, or if not UTF-8."""
+    data = read_local_file(path, limit, owned)
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError:
@@ -250,7 +257,7 @@ class Transport:
                 if response.status not in RETRY_STATUSES or attempt == attempts:
                     return response
                 last_error = f"{_without_query(url)} answered HTTP {response.status}"
-                wait = _retry_after(response)
+                wait = _retry_after(response, self.deadline - _monotonic())
             if attempt == attempts:
                 break
             import random
@@ -338,11 +345,18 @@ def _read(reply) -> bytes:
     return reply.read(MAX_RESPONSE_BYTES)
 
 
-def _retry_after(response: Response) -> float:
-    try:
-        return min(float(response.headers.get("retry-after", "0")), LOOKUP_BUDGET)
-    except ValueError:
+def _retry_after(response: Response, limit: float) -> float:
+    """The wait a Retry-After header asks for, at most ``limit``; 0 when absent or unusable.
+
+    Only delta-seconds count (``nan``, ``-5`` or ``1.5`` would otherwise reach time.sleep);
+    an HTTP-date is ignored rather than trusted to a clock we do not share.
+    """
+    text = str(response.headers.get("retry-after", "")).strip()
+    if not (text.isascii() and text.isdigit()):
         return 0.0
+    if len(text) > 9:  # more than 31 years: certainly beyond any budget
+        return max(limit, 0.0)
+    return max(min(float(text), limit), 0.0)
 
 
 def _no_redirect_handler():
@@ -396,21 +410,77 @@ def _post_form(
         "POST", url, body=urlencode(fields).encode("ascii"), headers=all_headers
     )
     sent = [value for name, value in fields.items() if name in _SECRET_FIELDS]
-    sent += [v.split()[-1] for k, v in all_headers.items() if k.lower() == "authorization"]
+    for name, value in all_headers.items():
+        if name.lower() == "authorization":
+            sent += _authorization_secrets(value)
     return _token_response_json(response, url, what, sent)
 
 
 # Form fields that carry credentials: a server that echoes them must not make us print them.
 _SECRET_FIELDS = frozenset({"assertion", "refresh_token", "client_secret", "subject_token", "rapt"})
+# At most this much of a server's error text is quoted in ours.
+MAX_QUOTED = 300
+
+
+def _authorization_secrets(value: str) -> list:
+    """The credential of an Authorization header, and for Basic the ``id:secret`` and secret."""
+    import base64
+    import binascii
+
+    scheme, _, credential = value.strip().partition(" ")
+    secrets = [credential]
+    if scheme.lower() == "basic":
+        try:
+            pair = base64.b64decode(credential, validate=True).decode("utf-8")
+        except (binascii.Error, ValueError):
+            return secrets
+        secrets += [pair, pair.partition(":")[2]]
+    return secrets
+
+
+def _secret_forms(secret: str) -> set:
+    """Every way a secret we sent may come back: raw, URL-encoded, JSON-escaped."""
+    import json
+    from urllib.parse import quote, quote_plus
+
+    forms = {secret, quote(secret), quote(secret, safe=""), quote_plus(secret)}
+    for ascii_only in (True, False):
+        escaped = json.dumps(secret, ensure_ascii=ascii_only)[1:-1]
+        forms |= {escaped, escaped.replace("/", "\\/")}
+    folded = {" ".join(form.split()) for form in forms}  # as the text they are found in
+    return {form for form in forms | folded if len(form) >= 4}
 
 
 def _redact(text: str, secrets: list) -> str:
-    """Server text made safe for one line of ours: whitespace folded, our secrets masked."""
+    """Server text made safe for one line of ours: folded, our secrets masked, at most 300 chars.
+
+    Servers echo what they were sent in any encoding, so each secret is masked in every
+    form we could have sent it (%-escapes in either case).
+    """
+    import re
+
     text = " ".join(text.split())
+    forms = set()
     for secret in secrets:
         if isinstance(secret, str) and len(secret) >= 4:
-            text = text.replace(secret, "***")
-    return text
+            forms |= _secret_forms(secret)
+    if not forms:
+        return text[:MAX_QUOTED]
+    pattern = re.compile(
+        "|".join(re.escape(form) for form in sorted(forms, key=len, reverse=True)), re.IGNORECASE
+    )
+    longest = max(len(form) for form in forms)
+    kept, size, pos = [], 0, 0
+    while size < MAX_QUOTED and pos < len(text):  # only as far as what is quoted: bounded work
+        room = MAX_QUOTED - size
+        found = pattern.search(text, pos, pos + room + longest)
+        if found is None or found.start() >= pos + room:
+            kept.append(text[pos : pos + room])
+            break
+        kept += [text[pos : found.start()], "***"]
+        size += found.start() - pos + 3
+        pos = found.end()
+    return "".join(kept)[:MAX_QUOTED]
 
 
 def _token_response_json(response: Response, url: str, what: str, sent: list = ()) -> dict:
@@ -431,7 +501,7 @@ def _token_response_json(response: Response, url: str, what: str, sent: list = (
             error = str(data.get("error", ""))
             subtype = str(data.get("error_subtype", ""))
             description = str(data.get("error_description", ""))
-    detail = _redact(": ".join(part for part in (error, description) if part), list(sent))[:240]
+    detail = _redact(": ".join(part for part in (error, description) if part), list(sent))
     raise TokenEndpointError(
         f"{what} at {_without_query(url)} refused (HTTP {response.status}"
         + (f", {detail})" if detail else ")"),
@@ -511,7 +581,11 @@ def _der_sequence(data: bytes, item: tuple[int, int, int]) -> list[tuple[int, in
 class RsaPrivateKey:
     """An RSA private key read from PKCS#8 or PKCS#1 PEM, able to sign RS256."""
 
-    __slots__ = ("n", "e", "d", "p", "q", "dp", "dq", "qinv", "size")
+    __slots__ = ("n", "e", "d", "p", "q", "dp", "dq", "qinv", "size", "primes_checked")
+
+    # Google issues 2048-bit keys; a larger bound would let a crafted key burn seconds of
+    # CPU per signature (the cost grows 8x per doubling).
+    MIN_BITS, MAX_BITS = 2048, 4096
 
     @classmethod
     def from_pem(cls, pem: str) -> RsaPrivateKey:
@@ -559,25 +633,55 @@ class RsaPrivateKey:
         numbers = [int.from_bytes(der[start:end], "big") for _, start, end in items[1:9]]
         key = cls()
         key.n, key.e, key.d, key.p, key.q, key.dp, key.dq, key.qinv = numbers
-        if not (
-            key.n >= 1 << 1023
-            and key.p * key.q == key.n
-            and 1 < key.e < key.n
-            and key.p > 2
-            and key.q > 2
-            and key.e * key.dp % (key.p - 1) == 1
-            and key.e * key.dq % (key.q - 1) == 1
-            and key.qinv * key.q % key.p == 1
-        ):
-            raise KeyFormatError("its numbers do not form a usable RSA key of 1024 bits or more")
-        key.size = (key.n.bit_length() + 7) // 8
+        bits = key.n.bit_length()
+        if not cls.MIN_BITS <= bits <= cls.MAX_BITS:  # before any arithmetic on the numbers
+            raise KeyFormatError(
+                f"it is a {bits}-bit key; only {cls.MIN_BITS} to {cls.MAX_BITS} bits are accepted"
+            )
+        if not key._consistent():
+            raise KeyFormatError("its numbers do not form a consistent RSA key")
+        key.size = (bits + 7) // 8
+        key.primes_checked = False
         return key
+
+    def _consistent(self) -> bool:
+        """Cheap checks (no modular exponentiation) that the eight numbers belong together."""
+        import math
+
+        n, e, p, q = self.n, self.e, self.p, self.q
+        half = n.bit_length() // 2
+        if not (
+            3 <= e < 1 << 256  # FIPS 186 bounds e; a huge e would make each check slow
+            and e % 2 == 1
+            and half - 8 <= min(p, q).bit_length() <= max(p, q).bit_length() <= half + 8
+            and p * q == n  # two primes of about half the size each
+            and 0 < self.d < n
+            and 0 < self.dp < p
+            and 0 < self.dq < q
+            and 0 < self.qinv < p
+        ):
+            return False
+        lam = (p - 1) * (q - 1) // math.gcd(p - 1, q - 1)
+        return (
+            e * self.d % lam == 1  # d may be reduced mod lcm(p-1, q-1) or mod phi
+            and e * self.dp % (p - 1) == 1
+            and e * self.dq % (q - 1) == 1
+            and self.qinv * q % p == 1
+        )
+
+    def _check_primes(self) -> None:
+        """Fermat's test on p and q, before the first signature: composite factors are a forgery."""
+        if not (pow(2, self.p - 1, self.p) == 1 and pow(2, self.q - 1, self.q) == 1):
+            raise KeyFormatError("its factors p and q are not prime")
+        self.primes_checked = True
 
     def sign_rs256(self, message: bytes) -> bytes:
         """RSASSA-PKCS1-v1_5 with SHA-256 (RFC 8017 8.2.1), blinded, CRT, fault-checked."""
         import hashlib
         import secrets
 
+        if not self.primes_checked:  # here, not at load: a cached token needs no signature
+            self._check_primes()
         digest_info = _SHA256_DIGEST_INFO + hashlib.sha256(message).digest()
         padding = b"\xff" * (self.size - len(digest_info) - 3)
         m = int.from_bytes(b"\x00\x01" + padding + b"\x00" + digest_info, "big")
@@ -1336,17 +1440,14 @@ class FileFederation(ExternalAccount):
     def subject_token(self, transport: Transport) -> str:
         where = f"the subject token file {self.path}"
         try:
-            # Read as Google's libraries do: whole, not stripped.
-            with open(self.path, encoding="utf-8") as f:
-                content = f.read(MAX_RESPONSE_BYTES)
+            content = read_local_text(self.path)  # whole, not stripped, as Google's libraries do
         except FileNotFoundError:
             raise self.fail(
                 f"{where} (credential_source.file) was not found",
                 "check that the identity provider's token is written there",
             ) from None
-        except (OSError, UnicodeDecodeError) as exc:
-            reason = getattr(exc, "strerror", None) or "not UTF-8 text"
-            raise self.fail(f"cannot read {where} ({reason})") from None
+        except OSError as exc:
+            raise self.fail(f"cannot read {where} ({exc.strerror})") from None
         return self._parse_subject_token(content, where)
 
 
@@ -1435,13 +1536,16 @@ class ExecutableFederation(ExternalAccount):
         return self._parse_response(self._run(transport), "the executable's response")
 
     def _token_from_output_file(self) -> str:
-        import json
-
         try:
-            with open(self.output_file, encoding="utf-8") as f:
-                response = json.load(f)
-        except (OSError, ValueError):
-            return ""  # absent or half-written: run the executable
+            # Ours only: in a shared directory such as /tmp another user could plant a token.
+            response = _json_loads(read_local_file(self.output_file, owned=True))
+        except FileNotFoundError:
+            return ""  # not written yet: run the executable
+        except OSError as exc:
+            _debug("not using the output file %s: %s", self.output_file, exc.strerror)
+            return ""
+        except ValueError:
+            return ""  # half-written: run the executable
         if not isinstance(response, dict):
             return ""
         try:
@@ -1478,18 +1582,14 @@ class ExecutableFederation(ExternalAccount):
         timeout = min(self.timeout, transport.remaining())
         _debug("running %s", argv[0])
         try:
-            done = subprocess.run(
-                argv,
-                stdin=subprocess.DEVNULL,
-                capture_output=True,  # stderr apart, so a warning cannot spoil the JSON
-                env=env,
-                timeout=timeout,
-            )
+            done = _run_capped(argv, env, timeout)  # stderr apart: a warning cannot spoil the JSON
         except subprocess.TimeoutExpired:
             raise self.fail(
                 f"the executable did not finish within {timeout:.1f} s",
                 "fix the command or raise credential_source.executable.timeout_millis",
             ) from None
+        except _OutputTooLargeError as exc:
+            raise self.fail(f"the executable {exc}", _EXECUTABLE_FIX) from None
         except OSError as exc:
             raise self.fail(
                 f"cannot run the executable {argv[0]!r} ({exc.strerror or exc})",
@@ -1498,8 +1598,7 @@ class ExecutableFederation(ExternalAccount):
         output = done.stdout.decode("utf-8", "replace").strip()
         if not output and self.output_file and done.returncode == 0:
             try:
-                with open(self.output_file, encoding="utf-8") as f:
-                    output = f.read(MAX_RESPONSE_BYTES)
+                output = read_local_text(self.output_file, owned=True)
             except OSError as exc:
                 raise self.fail(
                     f"the executable printed nothing and its output file {self.output_file} "
@@ -1586,6 +1685,68 @@ _EXECUTABLE_FIX = (
 def _last_line(data: bytes) -> str:
     lines = [ln.strip() for ln in data.decode("utf-8", "replace").splitlines() if ln.strip()]
     return lines[-1][:300] if lines else ""
+
+
+class _OutputTooLargeError(Exception):
+    """A command printed more than we keep; it was killed."""
+
+
+def _run_capped(argv: list, env: dict | None, timeout: float, limit: int = MAX_RESPONSE_BYTES):
+    """Run a command as subprocess.run(capture_output=True) would, stdin closed, output capped.
+
+    Returns a CompletedProcess (stdout, stderr as bytes). Raises OSError if the command
+    cannot start, subprocess.TimeoutExpired if it still runs (or its pipes are still open)
+    at ``timeout``, and _OutputTooLargeError ("printed more than 1 MiB on stdout") once
+    it prints more than ``limit`` bytes on stdout or stderr; the command is then killed
+    and reaped.
+    """
+    import subprocess
+    import threading
+
+    deadline = _monotonic() + timeout
+    pipe = subprocess.PIPE
+    process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=pipe, stderr=pipe, env=env)
+    outputs: dict = {"stdout": bytearray(), "stderr": bytearray()}
+    too_large: list = []
+    ended = threading.Semaphore(0)
+
+    def drain(name: str) -> None:
+        stream, kept = getattr(process, name), outputs[name]
+        try:
+            with stream:
+                while len(kept) <= limit:
+                    chunk = stream.read1(65536)
+                    if not chunk:
+                        return
+                    kept += chunk
+                too_large.append(name)
+                process.kill()  # before ``ended``: the caller's thread waits for the process
+        finally:
+            ended.release()
+
+    for name in outputs:
+        threading.Thread(
+            target=drain, args=(name,), name="artifactregistry-gauth", daemon=True
+        ).start()
+    finished = 0
+    while finished < len(outputs) and not too_large:
+        if not ended.acquire(timeout=max(deadline - _monotonic(), 0.0)):
+            break
+        finished += 1
+    try:
+        if too_large:
+            size = f"{limit >> 20} MiB" if limit & 0xFFFFF == 0 else f"{limit} bytes"
+            raise _OutputTooLargeError(f"printed more than {size} on {too_large[0]}")
+        if finished < len(outputs):  # a pipe still open: it, or a child holding it, runs on
+            raise subprocess.TimeoutExpired(argv, timeout)
+        returncode = process.wait(max(deadline - _monotonic(), 0.0))
+    except (_OutputTooLargeError, subprocess.TimeoutExpired):
+        process.kill()
+        process.wait()
+        raise
+    return subprocess.CompletedProcess(
+        argv, returncode, bytes(outputs["stdout"]), bytes(outputs["stderr"])
+    )
 
 
 class AwsFederation(ExternalAccount):
@@ -1945,15 +2106,16 @@ def load_adc_file(path: str, origin: str) -> CredentialSource:
     """Build the credential source an ADC JSON file describes; CredentialError if broken."""
 
     try:
-        with open(path, "rb") as f:
-            raw = f.read(MAX_RESPONSE_BYTES)
+        raw = read_local_file(path)
     except FileNotFoundError:
         raise CredentialError(
             f"{path} (named by {origin}) was not found; point {origin} at a credentials "
             "JSON file or unset it"
         ) from None
     except OSError as exc:
-        raise CredentialError(f"{path}: cannot read it ({exc.strerror})") from None
+        raise CredentialError(
+            f"{path}: cannot read it ({exc.strerror}); point {origin} at a credentials JSON file"
+        ) from None
     try:
         info = _json_loads(raw)
     except UnicodeDecodeError:
@@ -2095,7 +2257,9 @@ class TokenCache:
             return None
         path = os.path.join(directory, _file_key(identity) + ".json")
         try:
-            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+            fd = os.open(
+                path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+            )
         except OSError:
             return None
         try:
@@ -2152,13 +2316,40 @@ def cache_dir(create: bool = False) -> str | None:
         except OSError:
             return None
     try:
-        info = os.stat(directory)
-    except OSError:
-        return None
-    if hasattr(os, "getuid") and info.st_uid != os.getuid():
-        _debug("not using cache directory %s: it belongs to another user", directory)
+        problem = _make_private_directory(directory)
+    except OSError as exc:
+        problem = exc.strerror or str(exc)
+    if problem:
+        _debug("not using cache directory %s: %s", directory, problem)
         return None
     return directory
+
+
+def _make_private_directory(directory: str) -> str:
+    """What makes ``directory`` unfit for tokens ("" if nothing); others' write access is removed.
+
+    In a directory others can write, another user could hold the lock (every cold lookup
+    would wait out the budget) or plant links. The directory may itself be a symlink: what
+    it points to is what is checked and repaired, through one descriptor, so nothing can
+    be swapped in between.
+    """
+    import stat
+
+    if not hasattr(os, "getuid"):  # Windows: a per-user profile directory, guarded by ACLs
+        return "" if os.path.isdir(directory) else "not a directory"
+    fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISDIR(info.st_mode):
+            return "not a directory"
+        if info.st_uid != os.getuid():
+            return "it belongs to another user"
+        if info.st_mode & 0o022:
+            os.fchmod(fd, 0o700)
+            _debug("made cache directory %s private: others could write to it", directory)
+    finally:
+        os.close(fd)
+    return ""
 
 
 def _default_cache_dir() -> str:
@@ -2217,7 +2408,7 @@ class _FileLock:
         if self.path is None:
             return self
         try:
-            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            self.fd = _open_lock_file(self.path)
         except OSError:
             return self
         while not _try_lock(self.fd):
@@ -2234,6 +2425,29 @@ class _FileLock:
             _unlock(self.fd)
             os.close(self.fd)
             self.fd = None
+
+
+def _open_lock_file(path: str) -> int:
+    """Our own lock file, never through a link: anything else found there is replaced.
+
+    A lock another user planted (before the directory was made private) could be held
+    forever, and a planted symlink would make us create or lock a file elsewhere.
+    """
+    import stat
+
+    flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    try:
+        fd = os.open(path, flags, 0o600)
+    except OSError:
+        if not os.path.islink(path):
+            raise
+    else:
+        if stat.S_ISREG(os.fstat(fd).st_mode) and _private_file(fd):
+            return fd
+        os.close(fd)
+    _debug("replacing lock file %s: a link, not a file, or not ours alone", path)
+    os.unlink(path)
+    return os.open(path, flags | os.O_EXCL, 0o600)
 
 
 def _try_lock(fd: int) -> bool:

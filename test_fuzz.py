@@ -98,6 +98,57 @@ def test_a_mutated_key_is_rejected_or_still_signs_correctly(rsa_key, data):
     rsa_key.public_key.verify(signature, b"message", padding.PKCS1v15(), hashes.SHA256())
 
 
+def der_integer(value):
+    body = value.to_bytes(value.bit_length() // 8 + 1, "big")
+    length = len(body)
+    if length < 0x80:
+        return b"\x02" + bytes([length]) + body
+    raw = length.to_bytes((length.bit_length() + 7) // 8, "big")
+    return b"\x02" + bytes([0x80 | len(raw)]) + raw + body
+
+
+def pkcs1_der(numbers):
+    body = b"".join(der_integer(v) for v in (0, *numbers))
+    raw = len(body).to_bytes((len(body).bit_length() + 7) // 8, "big")
+    return b"\x30" + bytes([0x80 | len(raw)]) + raw + body
+
+
+def near(value):
+    """Integers of about the size of ``value``: itself, off by a little, or random of its size."""
+    bits = max(value.bit_length(), 2)
+    return st.sampled_from([value, value + 1, value - 1, value + 2]) | st.integers(
+        0, (1 << (bits + 8)) - 1
+    )
+
+
+@FUZZ
+@given(data=st.data())
+def test_a_key_of_random_bounded_numbers_is_refused_or_signs_correctly(rsa_key, data):
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
+    real = rsa_key.private_key.private_numbers()
+    names = ("n", "e", "d", "p", "q", "dp", "dq", "qinv")
+    values = (
+        real.public_numbers.n,
+        real.public_numbers.e,
+        real.d,
+        real.p,
+        real.q,
+        real.dmp1,
+        real.dmq1,
+        real.iqmp,
+    )
+    numbers = [data.draw(near(value), label=name) for name, value in zip(names, values)]
+    try:
+        key = gauth.RsaPrivateKey.from_pem(pem("RSA PRIVATE KEY", pkcs1_der(numbers)))
+        signature = key.sign_rs256(b"message")
+    except gauth.KeyFormatError:
+        return
+    public = rsa.RSAPublicNumbers(numbers[1], numbers[0]).public_key()
+    public.verify(signature, b"message", padding.PKCS1v15(), hashes.SHA256())
+
+
 @FUZZ
 @given(document=adc_documents | json_values)
 def test_any_adc_file_loads_or_says_what_is_wrong(tmp_path_factory, document):
@@ -148,6 +199,53 @@ def test_any_token_endpoint_answer_is_a_token_or_a_credential_error(status, body
     else:
         assert token.value
         assert token.expiry is None or token.seconds_left() > 0
+
+
+@FUZZ
+@given(
+    header=st.text(max_size=30)
+    | st.integers(-(10**12), 10**12).map(str)
+    | st.floats().map(str)
+    | st.sampled_from(["nan", "inf", "-inf", "1e999", "Wed, 21 Oct 2037 07:28:00 GMT"]),
+    limit=st.floats(0, 20),
+)
+def test_any_retry_after_is_a_wait_within_the_limit(header, limit):
+    wait = gauth._retry_after(gauth.Response(503, {"retry-after": header}, b""), limit)
+    assert 0.0 <= wait <= limit
+    text = header.strip()
+    if text.isascii() and text.isdigit():
+        assert wait == min(int(text), limit)
+    else:
+        assert wait == 0.0
+
+
+def secret_encodings(secret):
+    from urllib.parse import quote, quote_plus
+
+    return [
+        secret,
+        quote(secret),
+        quote(secret, safe="").lower(),
+        quote_plus(secret),
+        json.dumps(secret)[1:-1],
+        json.dumps(secret, ensure_ascii=False)[1:-1].replace("/", "\\/"),
+    ]
+
+
+@FUZZ
+@given(
+    secret=st.text(min_size=8, max_size=60).filter(lambda s: "*" not in s and s.strip()),
+    before=st.text(max_size=400),
+    after=st.text(max_size=100),
+    which=st.integers(0, 5),
+)
+def test_a_secret_echoed_in_any_encoding_is_never_quoted(secret, before, after, which):
+    echoed = secret_encodings(secret)[which]
+    said = gauth._redact(before + echoed + after, [secret])
+    assert len(said) <= gauth.MAX_QUOTED
+    folded = " ".join(secret.split())
+    for form in {folded, *secret_encodings(folded)}:
+        assert form.lower() not in said.lower() or len(form) < 4
 
 
 @FUZZ

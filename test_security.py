@@ -1,0 +1,838 @@
+"""Local inputs and hostile servers: every one gets a bounded, one-line answer (issue 10)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from urllib.parse import quote, quote_plus, urlencode
+
+import pytest
+
+import artifactregistry_gauth as gauth
+from conftest import _reply, register_secret
+from test_federation import ID_TOKEN_TYPE, STS_URL, SUBJECT, WORKLOAD, Executable, external
+
+KIB = 1024
+
+
+def one_line(exc_info):
+    message = str(exc_info.value)
+    assert "\n" not in message, message
+    return message
+
+
+@pytest.fixture
+def sa_env(monkeypatch, sa_file):
+    path = sa_file()
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(path))
+    return path
+
+
+@pytest.fixture
+def sleeps(monkeypatch):
+    """Every wait the module asks for, recorded instead of slept."""
+    waits = []
+
+    def sleep(seconds):
+        if not 0 <= seconds < 1e6:  # time.sleep's own ValueError or OverflowError
+            raise ValueError(f"sleep length {seconds} is invalid")
+        waits.append(seconds)
+
+    monkeypatch.setattr(gauth.time, "sleep", sleep)
+    return waits
+
+
+# --- row 7: Retry-After is validated and clamped ------------------------------------------------
+
+BACKOFF = "backoff"  # the header is ignored: our own jittered 0.5 s backoff
+GAVE_UP = "gave up"  # longer than the budget: the HTTP error, at once
+
+RETRY_AFTER = [
+    ("1", 1.0),
+    (" 2 ", 2.0),
+    ("0", BACKOFF),
+    ("nan", BACKOFF),
+    ("NaN", BACKOFF),
+    ("inf", BACKOFF),
+    ("-inf", BACKOFF),
+    ("1e999", BACKOFF),
+    ("-5", BACKOFF),
+    ("1.5", BACKOFF),
+    ("garbage", BACKOFF),
+    ("", BACKOFF),
+    ("\u0663", BACKOFF),  # an Arabic-Indic three: a digit to str.isdigit, not to HTTP
+    ("Wed, 21 Oct 2037 07:28:00 GMT", BACKOFF),
+    ("99999999999", GAVE_UP),
+    ("9" * 5000, GAVE_UP),  # int() refuses so many digits on Python 3.11+
+]
+
+
+@pytest.mark.parametrize(("header", "outcome"), RETRY_AFTER)
+def test_retry_after_is_honoured_only_when_sane(sa_env, fake_google, sleeps, header, outcome):
+    fake_google.script((503, {"error": "unavailable"}, {"Retry-After": header}))
+    if outcome == GAVE_UP:
+        with pytest.raises(gauth.CredentialError) as exc:
+            gauth.get_token()
+        assert "answered HTTP 503" in one_line(exc)
+        assert sleeps == []
+        return
+    assert fake_google.is_live(gauth.get_token())
+    (wait,) = sleeps
+    if outcome == BACKOFF:
+        assert 0.45 <= wait <= 0.55
+    else:
+        assert wait == outcome
+
+
+@pytest.mark.parametrize("header", ["nan", "inf", "-1", "99999999999"])
+def test_doctor_survives_any_retry_after(sa_env, fake_google, sleeps, header):
+    fake_google.script(*[(503, {"error": "unavailable"}, {"Retry-After": header})] * 3)
+    report = gauth.diagnose()
+    assert not report["token"]["ok"]
+    assert "HTTP 503" in report["token"]["error"]
+
+
+# --- row 8: local files are regular, bounded, decoded and parsed by one loader ------------------
+
+
+def written(path, data):
+    path.write_bytes(data)
+    return path
+
+
+def make_fifo(path):
+    os.mkfifo(path)
+    return path
+
+
+def make_symlink_to_regular(path):
+    target = path.with_name(path.name + ".target")
+    target.write_bytes(b"content")
+    path.symlink_to(target)
+    return path
+
+
+LOCAL_FILES = [
+    # (name, how to make it, expected bytes or the OSError's strerror)
+    ("regular", lambda p: written(p, b"content"), b"content"),
+    ("symlink to a regular file", make_symlink_to_regular, b"content"),
+    ("empty", lambda p: written(p, b""), b""),
+    ("exactly the limit", lambda p: written(p, b"x" * 4 * KIB), b"x" * 4 * KIB),
+    ("one byte too many", lambda p: written(p, b"x" * (4 * KIB + 1)), "larger than 4 KiB"),
+    ("FIFO", make_fifo, "not a regular file"),
+    ("/dev/zero", lambda p: "/dev/zero", "not a regular file"),
+    ("directory", lambda p: p.mkdir() or p, "not a regular file"),
+    ("missing", lambda p: p, "No such file or directory"),
+    ("dangling symlink", lambda p: p.symlink_to(p.with_name("gone")) or p, "No such file"),
+]
+
+
+@pytest.mark.parametrize(
+    ("make", "outcome"), [c[1:] for c in LOCAL_FILES], ids=[c[0] for c in LOCAL_FILES]
+)
+def test_read_local_file_reads_only_bounded_regular_files(tmp_path, make, outcome):
+    path = make(tmp_path / "input")
+    if isinstance(outcome, bytes):
+        assert gauth.read_local_file(str(path), 4 * KIB) == outcome
+        return
+    with pytest.raises(OSError) as exc:
+        gauth.read_local_file(str(path), 4 * KIB)
+    assert outcome in exc.value.strerror
+
+
+@pytest.mark.parametrize(
+    ("data", "outcome"),
+    [
+        (b"plain", "plain"),
+        (b"\xef\xbb\xbfwith a BOM", "with a BOM"),
+        ("caf\u00e9".encode(), "caf\u00e9"),
+        (b"\xff\xfe latin-1 or UTF-16", "not UTF-8 text"),
+        (b"caf\xe9", "not UTF-8 text"),
+    ],
+)
+def test_read_local_text_decodes_utf8_or_says_it_is_not(tmp_path, data, outcome):
+    path = tmp_path / "text"
+    path.write_bytes(data)
+    if outcome == "not UTF-8 text":
+        with pytest.raises(OSError, match=outcome):
+            gauth.read_local_text(str(path))
+    else:
+        assert gauth.read_local_text(str(path)) == outcome
+
+
+DEEP_JSON = b"[" * 100_000 + b"]" * 100_000
+
+HOSTILE_FILES = [
+    # (name, how to make it at a path, words the one-line error must hold)
+    ("FIFO", make_fifo, "not a regular file"),
+    ("/dev/zero", lambda p: "/dev/zero", "not a regular file"),
+    ("directory", lambda p: p.mkdir() or p, "not a regular file"),
+    ("2 MiB", lambda p: written(p, b" " * (2 << 20) + b"{}"), "larger than 1024 KiB"),
+    ("not UTF-8", lambda p: written(p, b'{"type": "caf\xe9"}'), "not UTF-8"),
+    ("deeply nested", lambda p: written(p, DEEP_JSON), "nested too deeply"),
+    ("missing", lambda p: p, "not found"),
+]
+
+
+@pytest.mark.parametrize(
+    ("make", "words"), [c[1:] for c in HOSTILE_FILES], ids=[c[0] for c in HOSTILE_FILES]
+)
+def test_a_hostile_credentials_file_gets_one_clear_line(monkeypatch, tmp_path, make, words):
+    path = str(make(tmp_path / "creds.json"))
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", path)
+    with pytest.raises(gauth.CredentialError) as exc:
+        gauth.get_token()
+    message = one_line(exc)
+    assert path in message
+    assert words in message
+
+
+SUBJECT_FILES = [
+    ("FIFO", make_fifo, "not a regular file"),
+    ("/dev/zero", lambda p: "/dev/zero", "not a regular file"),
+    ("directory", lambda p: p.mkdir() or p, "not a regular file"),
+    ("2 MiB", lambda p: written(p, b"x" * (2 << 20)), "larger than 1024 KiB"),
+    ("not UTF-8", lambda p: written(p, b"caf\xe9"), "not UTF-8"),
+    ("missing", lambda p: p, "was not found"),
+]
+
+
+@pytest.mark.parametrize(
+    ("make", "words"), [c[1:] for c in SUBJECT_FILES], ids=[c[0] for c in SUBJECT_FILES]
+)
+def test_a_hostile_subject_token_file_gets_one_clear_line(monkeypatch, tmp_path, make, words):
+    token_file = str(make(tmp_path / "subject-token"))
+    creds = tmp_path / "creds.json"
+    creds.write_text(json.dumps(external({"file": token_file})))
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(creds))
+    with pytest.raises(gauth.CredentialError) as exc:
+        gauth.get_token()
+    message = one_line(exc)
+    assert token_file in message
+    assert words in message
+
+
+@pytest.fixture
+def executable(bin_dir, monkeypatch):
+    monkeypatch.setenv("GOOGLE_EXTERNAL_ACCOUNT_ALLOW_EXECUTABLES", "1")
+    return Executable(bin_dir)
+
+
+def fresh_response(token=SUBJECT):
+    return {
+        "version": 1,
+        "success": True,
+        "token_type": ID_TOKEN_TYPE,
+        "id_token": token,
+        "expiration_time": int(time.time()) + 3600,
+    }
+
+
+def use_executable(monkeypatch, tmp_path, google_federation, executable, output_file):
+    google_federation.sts.add_provider(WORKLOAD, ID_TOKEN_TYPE, SUBJECT)
+    source = executable.source(output_file=output_file)
+    creds = tmp_path / "creds.json"
+    creds.write_text(json.dumps(external(source, token_type=ID_TOKEN_TYPE, token_url=STS_URL)))
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(creds))
+
+
+OUTPUT_FILES = [
+    ("FIFO", make_fifo),
+    ("/dev/zero", lambda p: "/dev/zero"),
+    ("directory", lambda p: p.mkdir() or p),
+    ("2 MiB", lambda p: written(p, b" " * (2 << 20) + b"{}")),
+    ("not UTF-8", lambda p: written(p, b'{"version": 1, "x": "caf\xe9"}')),
+    ("deeply nested", lambda p: written(p, DEEP_JSON)),
+]
+
+
+@pytest.mark.parametrize("make", [c[1] for c in OUTPUT_FILES], ids=[c[0] for c in OUTPUT_FILES])
+def test_a_hostile_output_file_is_ignored_and_the_executable_runs(
+    monkeypatch, tmp_path, google_federation, executable, make
+):
+    output_file = make(tmp_path / "output.json")
+    use_executable(monkeypatch, tmp_path, google_federation, executable, output_file)
+    assert google_federation.sts.is_live(gauth.get_token())
+    assert len(executable.calls) == 1
+
+
+# --- row 10: the executable's output file counts only when it is ours alone ---------------------
+
+ANOTHER_UID = 12345
+
+
+def saved_response(path, mode=0o600, owner=None, token="planted-subject-token-0123"):
+    path.write_text(json.dumps(fresh_response(token)))
+    path.chmod(mode)
+    if owner is not None:
+        os.chown(path, owner, owner)
+    return path
+
+
+def planted_by_another_user(path):
+    return saved_response(path, owner=ANOTHER_UID)
+
+
+def symlink_to_ours(path):
+    saved_response(path.with_name("real.json"), token=SUBJECT)
+    path.symlink_to(path.with_name("real.json"))
+    return path
+
+
+def symlink_to_another_users(path):
+    planted_by_another_user(path.with_name("real.json"))
+    path.symlink_to(path.with_name("real.json"))
+    return path
+
+
+OUTPUT_FILE_OWNERS = [
+    # (name, how the saved response got there, whether it is used instead of running)
+    ("ours, 0600", lambda p: saved_response(p, token=SUBJECT), True),
+    ("ours, readable by all", lambda p: saved_response(p, 0o644, token=SUBJECT), True),
+    ("symlink to ours", symlink_to_ours, True),
+    ("ours, group-writable", lambda p: saved_response(p, 0o620), False),
+    ("ours, world-writable", lambda p: saved_response(p, 0o666), False),
+    ("another user's", planted_by_another_user, False),
+    ("symlink to another user's", symlink_to_another_users, False),
+]
+
+
+@pytest.mark.parametrize(
+    ("plant", "used"), [c[1:] for c in OUTPUT_FILE_OWNERS], ids=[c[0] for c in OUTPUT_FILE_OWNERS]
+)
+def test_an_output_file_is_used_only_when_nobody_else_could_have_written_it(
+    monkeypatch, tmp_path, google_federation, executable, plant, used
+):
+    if plant in (planted_by_another_user, symlink_to_another_users) and os.geteuid() != 0:
+        pytest.skip("needs root to give a file away")
+    output_file = plant(tmp_path / "output.json")
+    use_executable(monkeypatch, tmp_path, google_federation, executable, output_file)
+    assert google_federation.sts.is_live(gauth.get_token())  # never the planted token
+    assert len(executable.calls) == (0 if used else 1)
+
+
+@pytest.mark.parametrize(
+    ("mode", "owner", "words"),
+    [(0o666, None, "writable by other users"), (0o600, ANOTHER_UID, "owned by another user")],
+)
+def test_a_silent_executable_whose_output_file_is_not_ours_alone_is_an_error(
+    monkeypatch, tmp_path, google_federation, executable, mode, owner, words
+):
+    if owner is not None and os.geteuid() != 0:
+        pytest.skip("needs root to give a file away")
+    output_file = saved_response(tmp_path / "output.json", mode, owner)
+    use_executable(monkeypatch, tmp_path, google_federation, executable, output_file)
+    executable.configure(response="")
+    with pytest.raises(gauth.CredentialError) as exc:
+        gauth.get_token()
+    message = one_line(exc)
+    assert str(output_file) in message
+    assert words in message
+
+
+# --- row 9: RSA keys are bounded in size and consistent -----------------------------------------
+
+
+def der_integer(value):
+    body = value.to_bytes(value.bit_length() // 8 + 1, "big")  # a leading zero keeps it positive
+    return b"\x02" + der_length(len(body)) + body
+
+
+def der_length(length):
+    if length < 0x80:
+        return bytes([length])
+    raw = length.to_bytes((length.bit_length() + 7) // 8, "big")
+    return bytes([0x80 | len(raw)]) + raw
+
+
+def pkcs1_pem(n, e, d, p, q, dp, dq, qinv):
+    import base64
+    import textwrap
+
+    body = b"".join(der_integer(v) for v in (0, n, e, d, p, q, dp, dq, qinv))
+    der = b"\x30" + der_length(len(body)) + body
+    lines = "\n".join(textwrap.wrap(base64.b64encode(der).decode(), 64))
+    return f"-----BEGIN RSA PRIVATE KEY-----\n{lines}\n-----END RSA PRIVATE KEY-----\n"
+
+
+def key_numbers(p, q, e=65537):
+    """The eight PKCS#1 numbers for factors p and q (prime or not)."""
+    import math
+
+    lam = (p - 1) * (q - 1) // math.gcd(p - 1, q - 1)
+    d = pow(e, -1, lam)
+    return dict(n=p * q, e=e, d=d, p=p, q=q, dp=d % (p - 1), dq=d % (q - 1), qinv=pow(q, -1, p))
+
+
+def generated(bits):
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    numbers = rsa.generate_private_key(public_exponent=65537, key_size=bits).private_numbers()
+    return key_numbers(numbers.p, numbers.q)
+
+
+def primes_of_1024_bit_keys(count):
+    """Pairs of 512-bit primes, from throwaway 1024-bit keys."""
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    primes = []
+    while len(primes) < count:
+        key = rsa.generate_private_key(public_exponent=65537, key_size=1024)  # noqa: S505
+        numbers = key.private_numbers()
+        primes += [numbers.p, numbers.q]
+    return primes
+
+
+def composite_factors():
+    """Factors that are each a product of two primes: a 2048-bit n that is no RSA key."""
+    while True:
+        p1, p2, p3, p4 = primes_of_1024_bit_keys(4)
+        if (p1 * p2 * p3 * p4).bit_length() == 2048:
+            try:
+                return key_numbers(p1 * p2, p3 * p4)
+            except ValueError:  # 65537 happens to divide lcm(p - 1, q - 1)
+                continue
+
+
+def changed(**changes):
+    def make():
+        numbers = generated(2048)
+        for name, change in changes.items():
+            numbers[name] = change(numbers)
+        return numbers
+
+    return make
+
+
+def oversized(bits):
+    """A key whose size alone must refuse it: its other numbers are never looked at."""
+    return lambda: dict(n=(1 << (bits - 1)) | 1, e=65537, d=3, p=5, q=7, dp=1, dq=1, qinv=1)
+
+
+def tiny_factor():
+    """n = 3 * q: consistent CRT numbers, but one factor of two bits."""
+    q = (1 << 2046) + 1
+    while (q - 1) % 65537 == 0 or q % 3 == 0:
+        q += 2
+    return key_numbers(3, q)
+
+
+SIGNS = "signs"
+
+RSA_KEYS = [
+    # (name, how to make the numbers, "signs" or words of the KeyFormatError)
+    ("2048-bit", lambda: generated(2048), SIGNS),
+    ("3072-bit", lambda: generated(3072), SIGNS),
+    ("4096-bit", lambda: generated(4096), SIGNS),
+    ("d reduced mod phi", changed(d=lambda k: pow(65537, -1, (k["p"] - 1) * (k["q"] - 1))), SIGNS),
+    ("1024-bit", lambda: generated(1024), "1024-bit key; only 2048 to 4096"),
+    ("4104-bit", oversized(4104), "4104-bit key; only 2048 to 4096"),
+    ("16384-bit", oversized(16384), "16384-bit key; only 2048 to 4096"),
+    ("composite factors", composite_factors, "not prime"),
+    ("a tiny factor", tiny_factor, "not form a consistent RSA key"),
+    ("wrong d", changed(d=lambda k: k["d"] + 2), "not form a consistent RSA key"),
+    ("unreduced dp", changed(dp=lambda k: k["dp"] + ((k["p"] - 1) << 4000)), "consistent"),
+    ("huge dp", changed(dp=lambda k: k["dp"] + (k["p"] - 1) * (1 << 100_000)), "consistent"),
+    ("wrong qinv", changed(qinv=lambda k: k["qinv"] + 1), "not form a consistent RSA key"),
+    ("even e", changed(e=lambda k: 65536), "not form a consistent RSA key"),
+    ("e of 1", changed(e=lambda k: 1), "not form a consistent RSA key"),
+    ("e of 300 bits", changed(e=lambda k: (1 << 300) + 1), "not form a consistent RSA key"),
+    ("n not p*q", changed(n=lambda k: k["n"] + 2), "not form a consistent RSA key"),
+    ("p and q swapped with qinv", changed(p=lambda k: k["q"], q=lambda k: k["p"]), "consistent"),
+]
+
+
+@pytest.mark.parametrize(
+    ("make", "outcome"), [c[1:] for c in RSA_KEYS], ids=[c[0] for c in RSA_KEYS]
+)
+def test_rsa_keys_are_bounded_and_consistent_or_refused(make, outcome):
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
+    numbers = make()
+    pem = pkcs1_pem(**numbers)
+    if outcome != SIGNS:
+        with pytest.raises(gauth.KeyFormatError, match=outcome):
+            gauth.RsaPrivateKey.from_pem(pem).sign_rs256(b"message")
+        return
+    signature = gauth.RsaPrivateKey.from_pem(pem).sign_rs256(b"message")
+    public = rsa.RSAPublicNumbers(numbers["e"], numbers["n"]).public_key()
+    public.verify(signature, b"message", padding.PKCS1v15(), hashes.SHA256())
+
+
+# --- row 11: a server that echoes what we sent never makes us print a secret --------------------
+
+REFRESH_TOKEN = '1//0gEcho-Refresh/Token+with=odd&chars é"x'
+CLIENT_SECRET = "GOCSPX-echo/secret+=é"
+WF_CLIENT_SECRET = "wf-echo/secret+tail"
+SUBJECT_TOKEN = "eyJhbGciOiJSUzI1NiJ9.echo/subject+token.sig"
+
+
+def every_form(secret):
+    """What the test counts as a leak: the secret in each encoding a server might use."""
+    forms = {secret, quote(secret), quote(secret, safe=""), quote_plus(secret)}
+    forms |= {re.sub("%[0-9A-F]{2}", lambda m: m.group().lower(), form) for form in forms}
+    for ascii_only in (True, False):
+        escaped = json.dumps(secret, ensure_ascii=ascii_only)[1:-1]
+        forms |= {escaped, escaped.replace("/", "\\/")}
+    return forms
+
+
+def basic_forms(client_id, secret):
+    pair = f"{client_id}:{secret}"
+    return {*every_form(secret), pair, base64.b64encode(pair.encode()).decode()}
+
+
+SECRET_FIELDS = ("refresh_token", "client_secret", "subject_token")
+
+
+def secret_fields(record):
+    return {name: value for name, value in record.form.items() if name in SECRET_FIELDS}
+
+
+def echo_body(record):
+    return urlencode(secret_fields(record))
+
+
+def echo_body_lowercase_escapes(record):
+    return re.sub(r"%[0-9A-F]{2}", lambda m: m.group().lower(), echo_body(record))
+
+
+def echo_values(record):
+    return "; ".join(f"{name}={value}" for name, value in secret_fields(record).items())
+
+
+def echo_json(record):
+    return json.dumps(secret_fields(record))
+
+
+def echo_json_unicode(record):
+    return json.dumps(secret_fields(record), ensure_ascii=False).replace("/", "\\/")
+
+
+def echo_quoted_values(record):
+    return " ".join(quote(value, safe="") for value in secret_fields(record).values())
+
+
+def echo_authorization(record):
+    return json.dumps({"authorization": record.headers["authorization"]})
+
+
+def echo_decoded_basic(record):
+    credential = record.headers["authorization"].split(" ", 1)[1]
+    return "client " + base64.b64decode(credential).decode()
+
+
+FORM_ECHOES = [
+    echo_body,
+    echo_body_lowercase_escapes,
+    echo_values,
+    echo_json,
+    echo_json_unicode,
+    echo_quoted_values,
+]
+
+
+def echoing(encode, style, echoed):
+    def respond(record):
+        said = encode(record)
+        echoed.append(said)
+        if style == "oauth":
+            return _reply(400, {"error": "invalid_request", "error_description": "got " + said})
+        return _reply(400, {"error": {"code": 400, "message": "got " + said, "status": "INVALID"}})
+
+    return respond
+
+
+def user_credentials(monkeypatch, tmp_path, fake_google, google_https, user_file):
+    path = user_file(refresh_token=REFRESH_TOKEN, client_secret=CLIENT_SECRET, register=False)
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(path))
+    return every_form(REFRESH_TOKEN) | every_form(CLIENT_SECRET)
+
+
+def federation_with_client_auth(monkeypatch, tmp_path, fake_google, google_https, user_file):
+    token_file = tmp_path / "subject"
+    token_file.write_text(SUBJECT_TOKEN)
+    info = external(
+        {"file": str(token_file)},
+        token_url=fake_google.token_url,
+        client_id="wf-client",
+        client_secret=WF_CLIENT_SECRET,
+    )
+    creds = tmp_path / "creds.json"
+    creds.write_text(json.dumps(info))
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(creds))
+    register_secret(SUBJECT_TOKEN, WF_CLIENT_SECRET)
+    return every_form(SUBJECT_TOKEN) | basic_forms("wf-client", WF_CLIENT_SECRET)
+
+
+ECHO_CASES = [
+    *[(user_credentials, encode) for encode in FORM_ECHOES],
+    *[
+        (federation_with_client_auth, encode)
+        for encode in (*FORM_ECHOES, echo_authorization, echo_decoded_basic)
+    ],
+]
+
+
+@pytest.mark.parametrize("style", ["oauth", "google"])
+@pytest.mark.parametrize(
+    ("credentials", "encode"),
+    ECHO_CASES,
+    ids=[f"{c.__name__}-{e.__name__}" for c, e in ECHO_CASES],
+)
+def test_an_echoed_secret_is_masked_in_every_encoding(
+    monkeypatch, tmp_path, fake_google, google_https, user_file, credentials, encode, style
+):
+    forms = credentials(monkeypatch, tmp_path, fake_google, google_https, user_file)
+    register_secret(*forms)  # so the autouse guard checks the logs for them too
+    echoed = []
+    monkeypatch.setattr(fake_google, "respond", echoing(encode, style, echoed))
+    with pytest.raises(gauth.CredentialError) as exc:
+        gauth.get_token()
+    message = one_line(exc)
+    assert [form for form in forms if form in echoed[0]]  # the server did echo a secret
+    assert "***" in message
+    assert not [form for form in forms if form in message]
+    assert not [form for form in forms if form in json.dumps(gauth.diagnose())]
+
+
+def test_a_long_server_message_is_cut_short(monkeypatch, sa_env, fake_google):
+    fake_google.script((400, {"error": "invalid_grant", "error_description": "blah " * 10_000}))
+    with pytest.raises(gauth.CredentialError) as exc:
+        gauth.get_token()
+    assert one_line(exc).count("blah") <= gauth.MAX_QUOTED // 5
+
+
+# --- row 12: what a command prints is capped as HTTP bodies are ---------------------------------
+
+LIMIT = 64 * KIB
+
+
+def python(code):
+    return [sys.executable, "-c", code]
+
+
+RUNS = [
+    # (name, code, returncode and stdout, or the exception and words)
+    ("quiet", "print('hi')", (0, b"hi\n")),
+    ("fails", "import sys; sys.stderr.write('no'); sys.exit(3)", (3, b"")),
+    ("exactly the limit", f"import sys; sys.stdout.write('x' * {LIMIT})", (0, b"x" * LIMIT)),
+    (
+        "one byte too many",
+        f"import sys; sys.stdout.write('x' * {LIMIT + 1})",
+        (gauth._OutputTooLargeError, f"printed more than {LIMIT} bytes on stdout"),
+    ),
+    (
+        "endless stdout",
+        "import sys\nwhile True: sys.stdout.write('x' * 65536)",
+        (gauth._OutputTooLargeError, "on stdout"),
+    ),
+    (
+        "endless stderr",
+        "import sys\nwhile True: sys.stderr.write('x' * 65536)",
+        (gauth._OutputTooLargeError, "on stderr"),
+    ),
+    (
+        "too much, then hangs",
+        f"import sys, time; print('x' * {2 * LIMIT}, flush=True); time.sleep(60)",
+        (gauth._OutputTooLargeError, "on stdout"),
+    ),
+    ("hangs", "import time; time.sleep(60)", (subprocess.TimeoutExpired, "timed out")),
+]
+
+
+@pytest.mark.parametrize(("code", "outcome"), [r[1:] for r in RUNS], ids=[r[0] for r in RUNS])
+def test_run_capped_keeps_at_most_the_limit_and_kills_the_rest(code, outcome):
+    argv = python(code)
+    if isinstance(outcome[0], int):
+        done = gauth._run_capped(argv, None, 30, LIMIT)
+        assert (done.returncode, done.stdout) == outcome
+        return
+    timeout = 1.0 if outcome[0] is subprocess.TimeoutExpired else 30
+    with pytest.raises(outcome[0], match=outcome[1]):
+        gauth._run_capped(argv, None, timeout, LIMIT)
+
+
+def test_run_capped_says_when_a_command_cannot_start(tmp_path):
+    with pytest.raises(OSError):
+        gauth._run_capped([str(tmp_path / "missing")], None, 5, LIMIT)
+
+
+LOUD_EXECUTABLES = [
+    ("2 MiB on stdout", "sys.stdout.write('x' * (2 << 20))", "printed more than 1 MiB on stdout"),
+    ("2 MiB on stderr", "sys.stderr.write('x' * (2 << 20))", "printed more than 1 MiB on stderr"),
+    ("endless output", "while True: sys.stdout.write('x' * 65536)", "more than 1 MiB on stdout"),
+]
+
+
+@pytest.mark.parametrize(
+    ("code", "words"), [r[1:] for r in LOUD_EXECUTABLES], ids=[r[0] for r in LOUD_EXECUTABLES]
+)
+def test_an_executable_that_prints_too_much_is_killed_with_one_clear_line(
+    monkeypatch, tmp_path, bin_dir, code, words
+):
+    script = bin_dir / "loud-helper"
+    script.write_text(f"#!{sys.executable}\nimport sys\n{code}\n")
+    script.chmod(0o755)
+    monkeypatch.setenv("GOOGLE_EXTERNAL_ACCOUNT_ALLOW_EXECUTABLES", "1")
+    source = {"executable": {"command": str(script), "timeout_millis": 30_000}}
+    creds = tmp_path / "creds.json"
+    creds.write_text(json.dumps(external(source, token_type=ID_TOKEN_TYPE)))
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(creds))
+    with pytest.raises(gauth.CredentialError) as exc:
+        gauth.get_token()
+    assert words in one_line(exc)
+
+
+def test_a_response_padded_to_the_limit_is_still_read(
+    monkeypatch, tmp_path, google_federation, executable
+):
+    text = json.dumps(fresh_response())
+    executable.configure(response=text + " " * (gauth.MAX_RESPONSE_BYTES - len(text)))
+    use_executable(monkeypatch, tmp_path, google_federation, executable, None)
+    assert google_federation.sts.is_live(gauth.get_token())
+
+
+# --- row 14: the cache directory and its lock belong to us alone --------------------------------
+
+
+def needs_root():
+    if os.geteuid() != 0:
+        pytest.skip("needs root to give a file away")
+
+
+def directory(path, mode=0o700, owner=None):
+    path.mkdir()
+    path.chmod(mode)
+    if owner is not None:
+        needs_root()
+        os.chown(path, owner, owner)
+    return path
+
+
+def link_to(make):
+    def plant(path):
+        target = make(path.with_name(path.name + "-target"))
+        path.symlink_to(target)
+        return target
+
+    return plant
+
+
+REPAIRED, UNTOUCHED, REFUSED = "repaired to 0700", "used as it is", "not used"
+
+CACHE_DIRECTORIES = [
+    # (name, how the directory is found, what becomes of it)
+    ("ours, 0700", directory, UNTOUCHED),
+    ("ours, 0755", lambda p: directory(p, 0o755), UNTOUCHED),
+    ("ours, world-writable", lambda p: directory(p, 0o777), REPAIRED),
+    ("ours, group-writable", lambda p: directory(p, 0o770), REPAIRED),
+    ("ours, sticky and world-writable", lambda p: directory(p, 0o1777), REPAIRED),
+    ("another user's", lambda p: directory(p, 0o700, ANOTHER_UID), REFUSED),
+    ("another user's, world-writable", lambda p: directory(p, 0o777, ANOTHER_UID), REFUSED),
+    ("symlink to ours", link_to(directory), UNTOUCHED),
+    ("symlink to ours, world-writable", link_to(lambda p: directory(p, 0o777)), REPAIRED),
+    ("symlink to another user's", link_to(lambda p: directory(p, 0o777, ANOTHER_UID)), REFUSED),
+    ("a file", lambda p: written(p, b"not a directory"), REFUSED),
+    ("a dangling symlink", lambda p: p.symlink_to(p.with_name("gone")) or p, REFUSED),
+]
+
+
+@pytest.mark.parametrize(
+    ("make", "outcome"),
+    [c[1:] for c in CACHE_DIRECTORIES],
+    ids=[c[0] for c in CACHE_DIRECTORIES],
+)
+def test_a_cache_directory_others_can_write_is_repaired_or_refused(
+    monkeypatch, tmp_path, sa_env, fake_google, make, outcome
+):
+    path = tmp_path / "cache"
+    target = make(path)
+    mode = os.stat(target).st_mode & 0o7777 if os.path.isdir(target) else None
+    monkeypatch.setenv("ARTIFACTREGISTRY_GAUTH_CACHE_DIR", str(path))
+    assert fake_google.is_live(gauth.get_token())
+    if outcome == REFUSED:
+        assert not os.path.isdir(target) or os.listdir(target) == []
+        return
+    assert [name for name in os.listdir(target) if name.endswith(".json")]
+    assert os.stat(target).st_mode & 0o7777 == (0o700 if outcome == REPAIRED else mode)
+
+
+def plant_symlink(lock, victim):
+    lock.symlink_to(victim)
+
+
+def plant_dangling_symlink(lock, victim):
+    lock.symlink_to(victim.with_name("created-through-the-link"))
+
+
+def plant_fifo(lock, victim):
+    os.mkfifo(lock)
+
+
+def plant_foreign_lock_and_hold_it(lock, victim):
+    import fcntl
+
+    needs_root()
+    lock.write_bytes(b"")
+    lock.chmod(0o666)
+    os.chown(lock, ANOTHER_UID, ANOTHER_UID)
+    holder = os.open(lock, os.O_RDWR)  # another process would hold it the same way
+    fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    PLANTED_FDS.append(holder)
+
+
+def plant_readable_lock(lock, victim):
+    lock.write_bytes(b"")
+    lock.chmod(0o666)
+
+
+PLANTED_FDS: list = []
+
+LOCKS = [plant_symlink, plant_dangling_symlink, plant_fifo, plant_foreign_lock_and_hold_it]
+
+
+@pytest.fixture
+def planted_fds():
+    yield PLANTED_FDS
+    while PLANTED_FDS:
+        os.close(PLANTED_FDS.pop())
+
+
+@pytest.mark.parametrize("plant", [*LOCKS, plant_readable_lock])
+def test_a_planted_lock_file_is_replaced_never_followed_or_waited_on(
+    isolated_env, tmp_path, sa_env, fake_google, sleeps, planted_fds, plant
+):
+    gauth.get_token()  # creates the cache directory and the lock file
+    (lock,) = isolated_env.cache_dir.glob("*.lock")
+    for entry in isolated_env.cache_dir.glob("*.json"):
+        entry.unlink()  # so the next lookup is cold and takes the lock
+    lock.unlink()
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious")
+    plant(lock, victim)
+    gauth._forget_tokens()
+    assert fake_google.is_live(gauth.get_token())
+    assert sleeps == []  # no waiting on a lock someone else holds
+    assert victim.read_bytes() == b"precious"
+    assert not victim.with_name("created-through-the-link").exists()
+    assert lock.is_file() and not lock.is_symlink()
+    assert lock.stat().st_uid == os.getuid() and lock.stat().st_mode & 0o077 == 0
+
+
+def test_a_fifo_planted_as_a_cache_entry_is_ignored_without_blocking(
+    isolated_env, sa_env, fake_google
+):
+    gauth.get_token()
+    (entry,) = isolated_env.cache_dir.glob("*.json")
+    entry.unlink()
+    os.mkfifo(entry)
+    gauth._forget_tokens()
+    assert fake_google.is_live(gauth.get_token())
+    assert entry.is_file()  # replaced by a good entry
