@@ -18,6 +18,7 @@ import sys
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -47,6 +48,12 @@ UV = "uv==0.13.9"
 TWINE = "twine==7.0.0"
 POETRY = "poetry==2.5.1"
 TOX = "tox==4.67.15"
+PDM = "pdm==2.29.4"
+HISHEL_1 = "hishel==1.4.0"  # pdm 2.29.4 needs it: hishel 2 has no SyncSqliteStorage
+HATCH = "hatch==1.18.2"
+PIPENV = "pipenv==2026.10.3"
+PIP_TOOLS = "pip-tools==7.6.2"
+PIPX = "pipx==1.18.4"
 OURS = "artifactregistry-gauth"  # replaced by the wheel built from this checkout
 VENVS = {
     "keyring25": [PIP, KEYRING_25, OURS],  # pip's import provider; the `keyring` put on PATH
@@ -58,6 +65,12 @@ VENVS = {
     "poetry": [POETRY, OURS],
     "tox": [TOX, OURS],
     "tox_bare": [TOX],  # `requires = artifactregistry-gauth` makes it provision .tox/.tox
+    "pdm": [PDM, HISHEL_1, KEYRING_25, OURS],  # `pdm self add keyring artifactregistry-gauth`
+    "pdm_bare": [PDM, HISHEL_1],  # no keyring module: unearth runs the `keyring` on PATH
+    "hatch": [HATCH, OURS],  # hatch depends on keyring
+    "pipenv": [PIPENV],
+    "pip_tools": [PIP_TOOLS, PIP, KEYRING_25, OURS],
+    "pipx": [PIPX],
     "vendored": [PIP, KEYRING_25],  # keyring only; our single file comes through keyringrc.cfg
     "no_keyring": ["--no-deps", OURS],  # our command alone, linked as `keyring`
 }
@@ -80,8 +93,8 @@ class Toolbox:
 
     venvs: dict
     project_wheel: Path
-    wheels: dict  # "lib", "app", "public" -> Path
-    wheelhouse: Path  # tox, us and what we both need: what tox provisions from "PyPI"
+    wheels: dict  # "lib", "app", "public", "cli" -> Path
+    wheelhouse: Path  # tox, us and what we both need (and pip): what "PyPI" serves
 
     def bin(self, venv: str) -> Path:
         return self.venvs[venv] / BIN
@@ -160,7 +173,7 @@ def toolbox(tmp_path_factory):
             )
             for name, requirements in VENVS.items()
         ]
-        jobs.append(pool.submit(_download_wheelhouse, wheelhouse, [TOX, str(project_wheel)]))
+        jobs.append(pool.submit(_download_wheelhouse, wheelhouse, [TOX, PIP, str(project_wheel)]))
         for job in jobs:
             job.result()
     wheels = workdir / "wheels"
@@ -172,6 +185,14 @@ def toolbox(tmp_path_factory):
             "lib": build_wheel(wheels, "gauth-demo-lib", "1.0.0"),
             "app": build_wheel(wheels, "gauth-demo-app", "1.0.0", ("gauth-demo-lib>=1.0",)),
             "public": build_wheel(wheels, "gauth-demo-public", "2.0.0"),
+            "cli": build_wheel(
+                wheels,
+                "gauth-demo-cli",
+                "1.0.0",
+                ("gauth-demo-lib>=1.0",),
+                source="import gauth_demo_lib\n\ndef main():\n    print(gauth_demo_lib.hello())\n",
+                console_scripts=("gauth-demo = gauth_demo_cli:main",),
+            ),
         },
         wheelhouse=wheelhouse,
     )
@@ -316,6 +337,17 @@ def dist(tmp_path):
     folder = tmp_path / "dist"
     folder.mkdir()
     return build_wheel(folder, "gauth-demo-upload", "0.1.0")
+
+
+def upload_project(tmp_path):
+    """A project folder named gauth-demo-upload with its wheel already in dist/."""
+    project = tmp_path / "gauth-demo-upload"
+    project.mkdir()
+    (project / "pyproject.toml").write_text(
+        '[project]\nname = "gauth-demo-upload"\nversion = "0.1.0"\n'
+    )
+    (project / "dist").mkdir()
+    return project, build_wheel(project / "dist", "gauth-demo-upload", "0.1.0")
 
 
 def assert_uploaded(registry, wheel):
@@ -664,19 +696,7 @@ def test_poetrys_keyring_check_gets_none_at_once(toolbox, fake_google, client_en
 def test_poetry_publishes_to_artifact_registry(
     toolbox, registry, fake_google, client_env, tmp_path
 ):
-    project = tmp_path / "gauth-demo-upload"
-    project.mkdir()
-    (project / "pyproject.toml").write_text(
-        textwrap.dedent(
-            """\
-            [project]
-            name = "gauth-demo-upload"
-            version = "0.1.0"
-            """
-        )
-    )
-    (project / "dist").mkdir()
-    wheel = build_wheel(project / "dist", "gauth-demo-upload", "0.1.0")
+    project, wheel = upload_project(tmp_path)
     env = {**poetry_env(client_env), "POETRY_REPOSITORIES_GAR_URL": UPLOAD_URL}
     result = run(
         [toolbox.exe("poetry", "poetry"), "publish", "--repository", "gar"], env, cwd=project
@@ -744,6 +764,239 @@ def test_tox_requires_provisions_the_backend_and_installs_a_private_dependency(
     assert (project / ".tox" / ".tox").is_dir()
     assert toolbox.project_wheel.name in registry.served_files(MIRROR_HOST)
     assert set(registry.served_files(AR_HOST)) == PRIVATE_WHEELS
+    assert token_fetches(fake_google) == 1
+
+
+# --- pdm ----------------------------------------------------------------------------------------
+
+
+PDM_PROJECT = f"""\
+[project]
+name = "consumer"
+version = "0.1.0"
+requires-python = ">=3.9"
+dependencies = ["gauth-demo-app"]
+
+[tool.pdm]
+distribution = false
+
+[[tool.pdm.source]]
+name = "gar"
+url = "{INDEX}"
+"""
+
+
+def pdm_env(client_env):
+    """No update check, no prompts, and PyPI's stand-in as pdm's default source."""
+    return {
+        **client_env,
+        "PDM_CHECK_UPDATE": "false",
+        "PDM_NON_INTERACTIVE": "1",
+        "PDM_PYPI_URL": MIRROR_INDEX,
+    }
+
+
+def assert_project_venv_has_private_packages(registry, project):
+    """The project's .venv holds both private packages, each fetched with a live token."""
+    (site_packages,) = project.glob(".venv/lib/python*/site-packages")
+    assert {"gauth_demo_app", "gauth_demo_lib"} <= {p.name for p in site_packages.iterdir()}
+    served = [r for r in registry.requests_to(AR_HOST) if r.status == 200]
+    assert served and all(r.authenticated for r in served)
+    assert set(registry.served_files(AR_HOST)) == PRIVATE_WHEELS
+
+
+def pdm_install(pdm, env, tmp_path):
+    """`pdm install` in a project whose one dependency comes from Artifact Registry."""
+    project = tmp_path / "consumer"
+    project.mkdir()
+    (project / "pyproject.toml").write_text(PDM_PROJECT)
+    check(run([pdm, "install"], env, cwd=project))
+    return project
+
+
+def test_pdm_installs_from_an_artifact_registry_source(
+    toolbox, registry, fake_google, client_env, tmp_path
+):
+    project = pdm_install(toolbox.exe("pdm", "pdm"), pdm_env(client_env), tmp_path)
+    assert_project_venv_has_private_packages(registry, project)
+    assert token_fetches(fake_google) == 1
+
+
+@pytest.fixture
+def keyring_calls(keyring_link, tmp_path):
+    """A folder for PATH whose `keyring` records its arguments, then runs the keyring link."""
+    shim = tmp_path / "shim"
+    shim.mkdir()
+    log = tmp_path / "keyring-calls.jsonl"
+    link = str(keyring_link / "keyring")
+    (shim / "keyring").write_text(
+        f"#!{sys.executable}\n"
+        + textwrap.dedent(
+            f"""\
+            import json, os, sys
+            with open({str(log)!r}, "a") as f:
+                f.write(json.dumps(sys.argv[1:]) + "\\n")
+            os.execv({link!r}, [{link!r}, *sys.argv[1:]])
+            """
+        )
+    )
+    (shim / "keyring").chmod(0o755)
+    return shim, log
+
+
+def test_pdm_without_the_keyring_module_runs_the_keyring_command_in_creds_mode(
+    toolbox, registry, fake_google, client_env, keyring_calls, tmp_path
+):
+    shim, log = keyring_calls
+    env = on_path(pdm_env(client_env), shim)
+    project = pdm_install(toolbox.exe("pdm_bare", "pdm"), env, tmp_path)
+    assert_project_venv_has_private_packages(registry, project)
+    calls = {tuple(json.loads(line)) for line in log.read_text().splitlines()}
+    # unearth asks `get URL __token__` only when the creds-mode question gets no answer.
+    assert {call[:2] for call in calls} == {("--mode=creds", "get")}
+    assert all(call[3] == "" and urlsplit(call[2]).hostname == AR_HOST for call in calls)
+    assert token_fetches(fake_google) == 1
+
+
+@pytest.mark.parametrize("username", [["-u", "oauth2accesstoken"], []], ids=["u", "no-u"])
+def test_pdm_publishes_to_artifact_registry(
+    toolbox, registry, fake_google, client_env, tmp_path, username
+):
+    project, wheel = upload_project(tmp_path)
+    publish = [toolbox.exe("pdm", "pdm"), "publish", "--no-build", "-r", UPLOAD_URL, *username]
+    check(run(publish, pdm_env(client_env), cwd=project))
+    assert_uploaded(registry, wheel)
+    assert token_fetches(fake_google) == 1
+
+
+# --- hatch --------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def loopback_resolver(registry, tmp_path):
+    """PYTHONPATH for a client that ignores HTTPS_PROXY: resolves the fake hosts' port 443
+    to the fake registry (hatch's publisher gives httpx its own transport, so no proxy)."""
+    folder = tmp_path / "resolver"
+    folder.mkdir()
+    routes = {host: registry.port for host in TLS_NAMES}
+    (folder / "sitecustomize.py").write_text(
+        textwrap.dedent(
+            f"""\
+            import socket
+
+            ROUTES = {routes!r}
+            real_getaddrinfo = socket.getaddrinfo
+
+
+            def getaddrinfo(host, port, *args, **kwargs):
+                if str(host).lower() in ROUTES and str(port) == "443":
+                    return real_getaddrinfo("127.0.0.1", ROUTES[host.lower()], *args, **kwargs)
+                if host in ("127.0.0.1", "localhost"):
+                    return real_getaddrinfo(host, port, *args, **kwargs)
+                raise socket.gaierror(socket.EAI_NONAME, f"test resolver: no route to {{host}}")
+
+
+            socket.getaddrinfo = getaddrinfo
+            """
+        )
+    )
+    return folder
+
+
+def test_hatch_publishes_with_the_password_from_keyring(
+    toolbox, registry, fake_google, client_env, loopback_resolver, tmp_path
+):
+    project, wheel = upload_project(tmp_path)
+    env = {**client_env, "PYTHONPATH": str(loopback_resolver)}
+    env["HATCH_INDEX_CA_CERT"] = client_env["SSL_CERT_FILE"]  # the test CA
+    publish = [toolbox.exe("hatch", "hatch"), "publish", "-n", "-r", UPLOAD_URL]
+    check(run([*publish, "-u", "oauth2accesstoken", wheel], env, cwd=project))
+    assert_uploaded(registry, wheel)
+    assert token_fetches(fake_google) == 1
+
+
+# --- pipenv -------------------------------------------------------------------------------------
+
+
+PIPFILE = f"""\
+[[source]]
+name = "gar"
+url = "{INDEX}"
+verify_ssl = true
+
+[packages]
+gauth-demo-app = "*"
+"""
+
+
+def test_pipenv_installs_from_an_artifact_registry_source(
+    toolbox, registry, fake_google, client_env, tmp_path
+):
+    project = tmp_path / "consumer"
+    project.mkdir()
+    (project / "Pipfile").write_text(PIPFILE)
+    env = on_path(client_env, toolbox.bin("keyring25"))  # pipx install keyring; inject us
+    env.update(
+        PIP_KEYRING_PROVIDER="subprocess",
+        PIPENV_VENV_IN_PROJECT="1",
+        PIPENV_YES="1",
+        PIPENV_NOSPIN="1",
+        PIPENV_IGNORE_VIRTUALENVS="1",
+    )
+    pipenv = [toolbox.exe("pipenv", "pipenv"), "install", "--python", sys.executable]
+    check(run(pipenv, env, cwd=project, timeout=300))
+    assert_project_venv_has_private_packages(registry, project)
+    assert token_fetches(fake_google) == 1
+
+
+# --- pip-tools ----------------------------------------------------------------------------------
+
+
+def test_pip_compile_resolves_against_an_artifact_registry_index(
+    toolbox, registry, fake_google, client_env, tmp_path
+):
+    (tmp_path / "requirements.in").write_text("gauth-demo-app\n")
+    compile_ = [
+        toolbox.exe("pip_tools", "pip-compile"),
+        "--index-url",
+        INDEX,
+        "--pip-args",
+        "--keyring-provider import",
+        "--output-file",
+        "requirements.txt",
+        "requirements.in",
+    ]
+    check(run(compile_, client_env, cwd=tmp_path))
+    pinned = (tmp_path / "requirements.txt").read_text()
+    assert "gauth-demo-app==1.0.0" in pinned and "gauth-demo-lib==1.0.0" in pinned
+    served = [r for r in registry.requests_to(AR_HOST) if r.status == 200]
+    assert served and all(r.authenticated for r in served)
+    assert token_fetches(fake_google) == 1
+
+
+# --- pipx ---------------------------------------------------------------------------------------
+
+
+def test_pipx_installs_an_app_from_artifact_registry(
+    toolbox, registry, fake_google, client_env, tmp_path
+):
+    repository = registry.repository(AR_HOST, "proj/repo")
+    repository.add_file(toolbox.wheels["cli"])
+    # pipx reinstalls pip into its shared libraries from the same index.
+    (pip_wheel,) = toolbox.wheelhouse.glob("pip-*.whl")
+    repository.add_file(pip_wheel)
+    env = on_path(client_env, toolbox.bin("keyring25"))  # pipx install keyring; inject us
+    env.update(PIPX_HOME=str(tmp_path / "pipx"), PIPX_BIN_DIR=str(tmp_path / "pipx-bin"))
+    env["PIPX_MAN_DIR"] = str(tmp_path / "pipx-man")
+    # The first pip pipx runs is Python's bundled one (older than 26.2): the username goes
+    # in the URL.
+    pipx = [toolbox.exe("pipx", "pipx"), "install", "--index-url", INDEX_WITH_USER]
+    pipx.append("gauth-demo-cli")
+    check(run(pipx, env, timeout=300))
+    app = check(run([tmp_path / "pipx-bin" / "gauth-demo"], env))
+    assert app.stdout == "gauth-demo-lib\n"
+    served = [r for r in registry.requests_to(AR_HOST) if r.status == 200]
+    assert served and all(r.authenticated for r in served)
     assert token_fetches(fake_google) == 1
 
 
