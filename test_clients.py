@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from conftest import IAM_HOST, STS_HOST, register_secret
 from fake_registry import FakeRegistry, RoutingProxy, build_wheel
 
 pytestmark = pytest.mark.clients
@@ -998,6 +999,280 @@ def test_pipx_installs_an_app_from_artifact_registry(
     served = [r for r in registry.requests_to(AR_HOST) if r.status == 200]
     assert served and all(r.authenticated for r in served)
     assert token_fetches(fake_google) == 1
+
+
+# --- In CI and containers: the README's recipes, run by the same commands ---------------------
+
+# Each recipe below stands in the README as it is here, with the README's placeholders;
+# the tests put the fakes' values in and run the lines a Dockerfile RUN or a CI step runs.
+PIP_FROM_AR = """\
+pip install --keyring-provider import \\
+    --index-url https://us-python.pkg.dev/PROJECT/REPO/simple/ mypackage
+"""
+DOCKER_KEY_FILE = f"""\
+RUN --mount=type=secret,id=gcp,target=/run/secrets/gcp.json \\
+    GOOGLE_APPLICATION_CREDENTIALS=/run/secrets/gcp.json ARTIFACTREGISTRY_GAUTH_NO_CACHE=1 \\
+    {PIP_FROM_AR}"""
+DOCKER_TOKEN_ENV = f"""\
+RUN --mount=type=secret,id=token,env=GOOGLE_OAUTH_ACCESS_TOKEN \\
+    {PIP_FROM_AR}"""
+DOCKER_TOKEN_FILE = f"""\
+RUN --mount=type=secret,id=token \\
+    GOOGLE_OAUTH_ACCESS_TOKEN=$(cat /run/secrets/token) \\
+    {PIP_FROM_AR}"""
+DOCKER_METADATA = f"""\
+RUN ARTIFACTREGISTRY_GAUTH_NO_CACHE=1 \\
+    {PIP_FROM_AR}"""
+WORKLOAD_PROVIDER = (
+    "projects/PROJECT_NUMBER/locations/global/workloadIdentityPools/POOL/providers/PROVIDER"
+)
+IMPERSONATED = "SA_NAME@PROJECT.iam.gserviceaccount.com"
+GITLAB_SCRIPT = f"""\
+printf '%s' "$GCP_ID_TOKEN" > "$CI_BUILDS_DIR/gcp-oidc.jwt"
+cat > "$CI_BUILDS_DIR/gcp-wif.json" <<EOF
+{{
+  "type": "external_account",
+  "audience": "//iam.googleapis.com/{WORKLOAD_PROVIDER}",
+  "subject_token_type": "urn:ietf:params:oauth:token-type:jwt",
+  "token_url": "https://sts.googleapis.com/v1/token",
+  "service_account_impersonation_url": "https://iamcredentials.googleapis.com/v1/projects/-/serviceAccounts/{IMPERSONATED}:generateAccessToken",
+  "credential_source": {{"file": "$CI_BUILDS_DIR/gcp-oidc.jwt"}}
+}}
+EOF
+export GOOGLE_APPLICATION_CREDENTIALS="$CI_BUILDS_DIR/gcp-wif.json"
+{PIP_FROM_AR}"""
+RECIPES = {
+    "docker-key-file": DOCKER_KEY_FILE,
+    "docker-token-env": DOCKER_TOKEN_ENV,
+    "docker-token-file": DOCKER_TOKEN_FILE,
+    "docker-metadata": DOCKER_METADATA,
+    "gitlab": GITLAB_SCRIPT,
+}
+FAKE_VALUES = {  # README placeholder -> what the fakes know
+    "https://us-python.pkg.dev/PROJECT/REPO/simple/": INDEX,
+    WORKLOAD_PROVIDER: WORKLOAD_PROVIDER.replace("PROJECT_NUMBER", "123456")
+    .replace("POOL", "pool")
+    .replace("PROVIDER", "provider"),
+    IMPERSONATED: "target@proj.iam.gserviceaccount.com",
+    " mypackage\n": " gauth-demo-app\n",
+}
+WORKLOAD = "//iam.googleapis.com/" + FAKE_VALUES[WORKLOAD_PROVIDER]
+TARGET = FAKE_VALUES[IMPERSONATED]
+JWT_TYPE = "urn:ietf:params:oauth:token-type:jwt"
+GITHUB_OIDC_HOST = "pipelines.actions.githubusercontent.com"
+
+
+def shell_of(recipe, files=None):
+    """The shell command of a recipe (a RUN line without RUN and its --mount options), with
+    the fakes' values for the README's placeholders and `files` for the mounted paths."""
+    lines = recipe.splitlines(keepends=True)
+    if lines[0].startswith("RUN "):
+        lines[0] = lines[0][len("RUN ") :]
+        if lines[0].startswith("--mount="):
+            del lines[0]
+    text = "".join(lines)
+    for placeholder, value in {**FAKE_VALUES, **(files or {})}.items():
+        text = text.replace(placeholder, str(value))
+    return text
+
+
+def run_recipe(toolbox, env, recipe, target, files=None):
+    """Run a recipe's shell lines where pip, keyring and the backend are installed; pip
+    installs into target (PIP_TARGET, so that the command stays the README's)."""
+    env = {**on_path(env, toolbox.bin("keyring25"), shell_tools(env)), "PIP_TARGET": str(target)}
+    return run(["/bin/sh", "-e", "-c", shell_of(recipe, files)], env)
+
+
+def shell_tools(env):
+    """A folder for PATH with the one command the recipes use besides pip: `cat` (the
+    system's own folders may hold a gcloud, so they are not on the clients' PATH)."""
+    folder = Path(env["TMPDIR"]).parent / "shell-tools"
+    folder.mkdir(exist_ok=True)
+    if not (folder / "cat").exists():
+        (folder / "cat").symlink_to(shutil.which("cat", path="/usr/bin:/bin"))
+    return folder
+
+
+def without_google_credentials(env):
+    return {k: v for k, v in env.items() if k != "GOOGLE_APPLICATION_CREDENTIALS"}
+
+
+class TokenIssuers:
+    """Several token-issuing fakes, as one for the fake registry to check passwords with."""
+
+    def __init__(self, *fakes):
+        self.fakes = fakes
+
+    def is_live(self, token):
+        return any(fake.is_live(token) for fake in self.fakes)
+
+    @property
+    def issued(self):
+        return [token for fake in self.fakes for token in list(fake.issued)]
+
+
+def files_holding(folder, secrets_):
+    """The files under folder that contain any of the secrets."""
+    found = []
+    for path in Path(folder).rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            data = path.read_bytes()
+            if any(secret.encode() in data for secret in secrets_):
+                found.append(path)
+    return found
+
+
+def test_recipes_stand_in_the_readme_line_by_line():
+    readme = (ROOT / "README.md").read_text()
+    missing = [
+        (name, line.strip())
+        for name, recipe in RECIPES.items()
+        for line in recipe.splitlines()
+        if line.strip() not in readme
+    ]
+    assert missing == []
+
+
+def test_docker_build_with_a_key_file_secret_leaves_no_token_behind(
+    toolbox, registry, fake_google, client_env, sa_file, tmp_path
+):
+    secret = sa_file()  # docker build --secret id=gcp,src=key.json .
+    env = without_google_credentials(client_env)
+    target = tmp_path / "t"
+    check(run_recipe(toolbox, env, DOCKER_KEY_FILE, target, {"/run/secrets/gcp.json": secret}))
+    assert_private_install(registry, target)
+    assert token_fetches(fake_google) == 1
+    # Nothing the build wrote (the image's layers) holds the token.
+    assert files_holding(tmp_path, fake_google.issued) == []
+
+
+@pytest.mark.parametrize("recipe", ["docker-token-env", "docker-token-file"])
+def test_docker_build_with_an_access_token_secret(
+    toolbox, registry, fake_google, client_env, tmp_path, recipe
+):
+    # On the host: GOOGLE_OAUTH_ACCESS_TOKEN=$(artifactregistry-gauth token) docker build ...
+    host = check(run([toolbox.exe("keyring25", "artifactregistry-gauth"), "token"], client_env))
+    token = host.stdout.strip()
+    env = without_google_credentials(client_env)
+    files = {}
+    if recipe == "docker-token-env":  # BuildKit 0.14+ sets the variable itself
+        env["GOOGLE_OAUTH_ACCESS_TOKEN"] = token
+    else:
+        (tmp_path / "token").write_text(token)
+        files["/run/secrets/token"] = tmp_path / "token"
+    target = tmp_path / "t"
+    check(run_recipe(toolbox, env, RECIPES[recipe], target, files))
+    assert_private_install(registry, target)
+    assert token_fetches(fake_google) == 1  # the host's, and none in the build
+
+
+@pytest.fixture
+def metadata_registry(registry, fake_google, fake_metadata):
+    """The fake registry taking tokens of the fake metadata server (Cloud Build, GKE)."""
+    registry.google = TokenIssuers(fake_google, fake_metadata)
+    return registry
+
+
+@pytest.mark.parametrize("where", ["step", "docker-build"])
+def test_cloud_build_and_gke_use_the_metadata_server(
+    toolbox, metadata_registry, fake_google, fake_metadata, client_env, tmp_path, where
+):
+    env = {**without_google_credentials(client_env), "GCE_METADATA_HOST": fake_metadata.host}
+    env["GCE_METADATA_IP"] = fake_metadata.host
+    target = tmp_path / "t"
+    recipe = PIP_FROM_AR if where == "step" else DOCKER_METADATA
+    check(run_recipe(toolbox, env, recipe, target))
+    assert_private_install(metadata_registry, target)
+    token_requests = [r for r in fake_metadata.requests if r.route.endswith("/token")]
+    assert (len(token_requests), token_fetches(fake_google)) == (1, 0)
+
+
+@pytest.fixture
+def federation(registry, proxy, google_federation, fake_idp, test_ca):
+    """STS, IAM credentials and GitHub's OIDC token URL reachable through the clients' proxy,
+    and the fake registry taking the tokens they issue."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    test_ca.issue_cert(GITHUB_OIDC_HOST).configure_cert(context)
+    proxy.routes[GITHUB_OIDC_HOST] = fake_idp.serve(context).port
+    for host in (STS_HOST, IAM_HOST):
+        proxy.routes[host] = google_federation.hosts.port
+    fed = google_federation
+    registry.google = TokenIssuers(fed.google, fed.sts, fed.iam)
+    fed.sts.add_provider(WORKLOAD, JWT_TYPE, fake_idp.token)
+    fed.iam.add_service_account(TARGET)
+    return fed
+
+
+def github_actions_credentials(path, fake_idp, impersonate):
+    """The file google-github-actions/auth writes (its `credentials_file_path`)."""
+    request_token = "gha-request-token-0123456789"  # ACTIONS_ID_TOKEN_REQUEST_TOKEN
+    register_secret(request_token)
+    fake_idp.json_field = "value"
+    fake_idp.required_headers = {"Authorization": f"Bearer {request_token}"}
+    audience = "https://iam.googleapis.com/" + FAKE_VALUES[WORKLOAD_PROVIDER]
+    info = {
+        "type": "external_account",
+        "audience": WORKLOAD,
+        "subject_token_type": JWT_TYPE,
+        "token_url": "https://sts.googleapis.com/v1/token",
+        "credential_source": {
+            "url": f"https://{GITHUB_OIDC_HOST}/token?api-version=2.0&audience={audience}",
+            "headers": {"Authorization": f"Bearer {request_token}"},
+            "format": {"type": "json", "subject_token_field_name": "value"},
+        },
+    }
+    if impersonate:
+        info["service_account_impersonation_url"] = (
+            "https://iamcredentials.googleapis.com/v1/projects/-/serviceAccounts/"
+            f"{TARGET}:generateAccessToken"
+        )
+    path.write_text(json.dumps(info, indent=2))
+    path.chmod(0o640)
+    return path
+
+
+@pytest.mark.parametrize("impersonate", [False, True], ids=["direct", "service-account"])
+def test_github_actions_auth_credentials_file(
+    toolbox, registry, federation, fake_idp, client_env, tmp_path, impersonate
+):
+    creds = github_actions_credentials(tmp_path / "gha-creds-1.json", fake_idp, impersonate)
+    env = {
+        **client_env,
+        "GITHUB_ACTIONS": "true",
+        "GOOGLE_APPLICATION_CREDENTIALS": str(creds),
+        "CLOUDSDK_AUTH_CREDENTIAL_FILE_OVERRIDE": str(creds),
+        "GOOGLE_GHA_CREDS_PATH": str(creds),
+    }
+    target = tmp_path / "t"
+    check(run_recipe(toolbox, env, PIP_FROM_AR, target))
+    assert_private_install(registry, target)
+    iam_calls = [r for r in federation.iam.requests if r.method == "POST"]
+    fetches = (len(fake_idp.requests), len(federation.sts.exchanges), len(iam_calls))
+    assert fetches == (1, 1, 1 if impersonate else 0)
+    assert token_fetches(federation.google) == 0
+
+
+def test_gitlab_ci_id_token_through_a_file_source(
+    toolbox, registry, federation, client_env, tmp_path
+):
+    subject = "eyJhbGciOiJSUzI1NiJ9.gitlab-id-token.sig"
+    register_secret(subject)
+    federation.sts.add_provider(WORKLOAD, JWT_TYPE, subject)
+    builds = tmp_path / "builds"
+    builds.mkdir()
+    env = {
+        **without_google_credentials(client_env),
+        "GITLAB_CI": "true",
+        "GCP_ID_TOKEN": subject,  # id_tokens: GCP_ID_TOKEN: aud: ...
+        "CI_BUILDS_DIR": str(builds),
+    }
+    target = tmp_path / "t"
+    result = check(run_recipe(toolbox, env, GITLAB_SCRIPT, target))
+    assert subject not in result.stdout + result.stderr
+    assert_private_install(registry, target)
+    iam_calls = [r for r in federation.iam.requests if r.method == "POST"]
+    assert (len(federation.sts.exchanges), len(iam_calls)) == (1, 1)
+    assert token_fetches(federation.google) == 0
 
 
 # --- the keyring command line -------------------------------------------------------------------
