@@ -1,4 +1,5 @@
-"""Real clients end to end: pip, uv, twine, poetry, tox, keyring against a fake Artifact Registry.
+"""Real clients end to end against a fake Artifact Registry: pip, uv, twine, poetry, tox,
+pdm, hatch, pipenv, pip-tools, pipx, keyring, and the README's CI and container recipes.
 
 Every tool runs as a subprocess from its own virtualenv (built once per session with uv)
 and reaches `https://us-python.pkg.dev/...` through a loopback CONNECT proxy that knows
@@ -823,34 +824,37 @@ def test_pdm_installs_from_an_artifact_registry_source(
     assert token_fetches(fake_google) == 1
 
 
-@pytest.fixture
-def keyring_calls(keyring_link, tmp_path):
-    """A folder for PATH whose `keyring` records its arguments, then runs the keyring link."""
-    shim = tmp_path / "shim"
-    shim.mkdir()
-    log = tmp_path / "keyring-calls.jsonl"
-    link = str(keyring_link / "keyring")
-    (shim / "keyring").write_text(
+def recording_keyring(keyring, folder):
+    """A folder for PATH whose `keyring` records its arguments, then runs `keyring`."""
+    folder.mkdir()
+    log = folder / "calls.jsonl"
+    (folder / "keyring").write_text(
         f"#!{sys.executable}\n"
         + textwrap.dedent(
             f"""\
             import json, os, sys
             with open({str(log)!r}, "a") as f:
                 f.write(json.dumps(sys.argv[1:]) + "\\n")
-            os.execv({link!r}, [{link!r}, *sys.argv[1:]])
+            os.execv({str(keyring)!r}, [{str(keyring)!r}, *sys.argv[1:]])
             """
         )
     )
-    (shim / "keyring").chmod(0o755)
-    return shim, log
+    (folder / "keyring").chmod(0o755)
+    return folder, log
 
 
+@pytest.mark.parametrize("keyring", ["link", "keyring-25"])
 def test_pdm_without_the_keyring_module_runs_the_keyring_command_in_creds_mode(
-    toolbox, registry, fake_google, client_env, keyring_calls, tmp_path
+    toolbox, registry, fake_google, client_env, keyring_link, tmp_path, keyring
 ):
-    shim, log = keyring_calls
-    env = on_path(pdm_env(client_env), shim)
-    project = pdm_install(toolbox.exe("pdm_bare", "pdm"), env, tmp_path)
+    if keyring == "link":
+        command = keyring_link / "keyring"
+    else:
+        command = toolbox.exe("keyring25", "keyring")  # pipx install keyring; inject us
+    shim, log = recording_keyring(command, tmp_path / "shim")
+    project = pdm_install(
+        toolbox.exe("pdm_bare", "pdm"), on_path(pdm_env(client_env), shim), tmp_path
+    )
     assert_project_venv_has_private_packages(registry, project)
     calls = {tuple(json.loads(line)) for line in log.read_text().splitlines()}
     # unearth asks `get URL __token__` only when the creds-mode question gets no answer.
@@ -911,7 +915,7 @@ def test_hatch_publishes_with_the_password_from_keyring(
     env = {**client_env, "PYTHONPATH": str(loopback_resolver)}
     env["HATCH_INDEX_CA_CERT"] = client_env["SSL_CERT_FILE"]  # the test CA
     publish = [toolbox.exe("hatch", "hatch"), "publish", "-n", "-r", UPLOAD_URL]
-    check(run([*publish, "-u", "oauth2accesstoken", wheel], env, cwd=project))
+    check(run([*publish, "-u", "oauth2accesstoken"], env, cwd=project))  # dist/*
     assert_uploaded(registry, wheel)
     assert token_fetches(fake_google) == 1
 
@@ -963,8 +967,6 @@ def test_pip_compile_resolves_against_an_artifact_registry_index(
         INDEX,
         "--pip-args",
         "--keyring-provider import",
-        "--output-file",
-        "requirements.txt",
         "requirements.in",
     ]
     check(run(compile_, client_env, cwd=tmp_path))
