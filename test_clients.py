@@ -152,7 +152,16 @@ def _make_venv(uv: str, path: Path, requirements: list) -> None:
     """A fresh virtualenv holding exactly `requirements` (and what they need)."""
     for command in (
         [uv, "venv", "--quiet", "--python", sys.executable, str(path)],
-        [uv, "pip", "install", "--quiet", "--python", str(path / BIN / "python"), *requirements],
+        [
+            uv,
+            "pip",
+            "install",
+            "--quiet",
+            "--compile-bytecode",
+            "--python",
+            str(path / BIN / "python"),
+            *requirements,
+        ],
     ):
         check(subprocess.run(command, capture_output=True, text=True, timeout=600))
 
@@ -1246,7 +1255,8 @@ def test_github_actions_auth_credentials_file(
         "GOOGLE_GHA_CREDS_PATH": str(creds),
     }
     target = tmp_path / "t"
-    check(run_recipe(toolbox, env, PIP_FROM_AR, target))
+    result = check(run_recipe(toolbox, env, PIP_FROM_AR, target))
+    assert fake_idp.token not in result.stdout + result.stderr
     assert_private_install(registry, target)
     iam_calls = [r for r in federation.iam.requests if r.method == "POST"]
     fetches = (len(fake_idp.requests), len(federation.sts.exchanges), len(iam_calls))
