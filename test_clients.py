@@ -830,6 +830,8 @@ def test_pdm_installs_from_an_artifact_registry_source(
 ):
     project = pdm_install(toolbox.exe("pdm", "pdm"), pdm_env(client_env), tmp_path)
     assert_project_venv_has_private_packages(registry, project)
+    mirror = registry.requests_to(MIRROR_HOST)  # pdm's default source, PyPI's stand-in
+    assert mirror and [r for r in mirror if r.username is not None] == []
     assert token_fetches(fake_google) == 1
 
 
@@ -1007,6 +1009,7 @@ def test_pipx_installs_an_app_from_artifact_registry(
     check(run(pipx, env, timeout=300))
     app = check(run([tmp_path / "pipx-bin" / "gauth-demo"], env))
     assert app.stdout == "gauth-demo-lib\n"
+    assert pip_wheel.name in registry.served_files(AR_HOST)
     served = [r for r in registry.requests_to(AR_HOST) if r.status == 200]
     assert served and all(r.authenticated for r in served)
     assert token_fetches(fake_google) == 1
