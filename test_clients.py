@@ -959,8 +959,7 @@ def test_pipenv_installs_from_an_artifact_registry_source(
         PIPENV_NOSPIN="1",
         PIPENV_IGNORE_VIRTUALENVS="1",
     )
-    pipenv = [toolbox.exe("pipenv", "pipenv"), "install", "--python", sys.executable]
-    check(run(pipenv, env, cwd=project, timeout=300))
+    check(run([toolbox.exe("pipenv", "pipenv"), "install"], env, cwd=project, timeout=300))
     assert_project_venv_has_private_packages(registry, project)
     assert token_fetches(fake_google) == 1
 
