@@ -1073,6 +1073,8 @@ WORKLOAD = "//iam.googleapis.com/" + FAKE_VALUES[WORKLOAD_PROVIDER]
 TARGET = FAKE_VALUES[IMPERSONATED]
 JWT_TYPE = "urn:ietf:params:oauth:token-type:jwt"
 GITHUB_OIDC_HOST = "pipelines.actions.githubusercontent.com"
+GITHUB_REQUEST_URL = f"https://{GITHUB_OIDC_HOST}/token?api-version=2.0"  # the runner's
+GITHUB_REQUEST_TOKEN = "gha-request-token-0123456789"  # ACTIONS_ID_TOKEN_REQUEST_TOKEN
 
 
 def shell_of(recipe, files=None):
@@ -1107,6 +1109,7 @@ def shell_tools(env):
 
 
 def without_google_credentials(env):
+    """A copy of env without the service-account key: a build container or CI job has none."""
     return {k: v for k, v in env.items() if k != "GOOGLE_APPLICATION_CREDENTIALS"}
 
 
@@ -1117,10 +1120,12 @@ class TokenIssuers:
         self.fakes = fakes
 
     def is_live(self, token):
+        """Whether any of the fakes issued the token and it has not expired."""
         return any(fake.is_live(token) for fake in self.fakes)
 
     @property
     def issued(self):
+        """Every token any of the fakes issued."""
         return [token for fake in self.fakes for token in list(fake.issued)]
 
 
@@ -1218,10 +1223,9 @@ def federation(registry, proxy, google_federation, fake_idp, test_ca):
 
 def github_actions_credentials(path, fake_idp, impersonate):
     """The file google-github-actions/auth writes (its `credentials_file_path`)."""
-    request_token = "gha-request-token-0123456789"  # ACTIONS_ID_TOKEN_REQUEST_TOKEN
-    register_secret(request_token)
+    register_secret(GITHUB_REQUEST_TOKEN)
     fake_idp.json_field = "value"
-    fake_idp.required_headers = {"Authorization": f"Bearer {request_token}"}
+    fake_idp.required_headers = {"Authorization": f"Bearer {GITHUB_REQUEST_TOKEN}"}
     audience = "https://iam.googleapis.com/" + FAKE_VALUES[WORKLOAD_PROVIDER]
     info = {
         "type": "external_account",
@@ -1229,8 +1233,8 @@ def github_actions_credentials(path, fake_idp, impersonate):
         "subject_token_type": JWT_TYPE,
         "token_url": "https://sts.googleapis.com/v1/token",
         "credential_source": {
-            "url": f"https://{GITHUB_OIDC_HOST}/token?api-version=2.0&audience={audience}",
-            "headers": {"Authorization": f"Bearer {request_token}"},
+            "url": f"{GITHUB_REQUEST_URL}&audience={audience}",
+            "headers": {"Authorization": f"Bearer {GITHUB_REQUEST_TOKEN}"},
             "format": {"type": "json", "subject_token_field_name": "value"},
         },
     }
@@ -1252,6 +1256,8 @@ def test_github_actions_auth_credentials_file(
     env = {
         **client_env,
         "GITHUB_ACTIONS": "true",
+        "ACTIONS_ID_TOKEN_REQUEST_URL": GITHUB_REQUEST_URL,
+        "ACTIONS_ID_TOKEN_REQUEST_TOKEN": GITHUB_REQUEST_TOKEN,
         "GOOGLE_APPLICATION_CREDENTIALS": str(creds),
         "CLOUDSDK_AUTH_CREDENTIAL_FILE_OVERRIDE": str(creds),
         "GOOGLE_GHA_CREDS_PATH": str(creds),
