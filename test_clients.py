@@ -637,6 +637,15 @@ def test_twine_uploads_to_a_pypirc_repository(toolbox, registry, fake_google, cl
     assert token_fetches(fake_google) == 1
 
 
+CONSUMER_PROJECT = """\
+[project]
+name = "consumer"
+version = "0.1.0"
+requires-python = ">=3.9"
+dependencies = ["gauth-demo-app"]
+"""
+
+
 # --- poetry -------------------------------------------------------------------------------------
 
 
@@ -655,13 +664,9 @@ def test_poetry_installs_from_an_artifact_registry_source(
     project = tmp_path / "consumer"
     project.mkdir()
     (project / "pyproject.toml").write_text(
-        textwrap.dedent(
+        CONSUMER_PROJECT
+        + textwrap.dedent(
             f"""\
-            [project]
-            name = "consumer"
-            version = "0.1.0"
-            requires-python = ">=3.9"
-            dependencies = ["gauth-demo-app"]
 
             [tool.poetry]
             package-mode = false
@@ -781,13 +786,7 @@ def test_tox_requires_provisions_the_backend_and_installs_a_private_dependency(
 # --- pdm ----------------------------------------------------------------------------------------
 
 
-PDM_PROJECT = f"""\
-[project]
-name = "consumer"
-version = "0.1.0"
-requires-python = ">=3.9"
-dependencies = ["gauth-demo-app"]
-
+PDM_PROJECT = f"""{CONSUMER_PROJECT}
 [tool.pdm]
 distribution = false
 
