@@ -930,6 +930,18 @@ def test_hatch_publishes_with_the_password_from_keyring(
     assert token_fetches(fake_google) == 1
 
 
+def test_hatch_with_the_username_token_gets_no_password(
+    toolbox, registry, fake_google, client_env, loopback_resolver, tmp_path
+):
+    project, _ = upload_project(tmp_path)
+    env = {**client_env, "PYTHONPATH": str(loopback_resolver)}
+    publish = [toolbox.exe("hatch", "hatch"), "publish", "-n", "-r", UPLOAD_URL]
+    result = run([*publish, "-u", "__token__"], env, cwd=project)  # hatch's prompt default
+    assert result.returncode != 0
+    assert "Missing required option: auth" in result.stderr
+    assert (registry.uploads, token_fetches(fake_google)) == ([], 0)
+
+
 # --- pipenv -------------------------------------------------------------------------------------
 
 
