@@ -48,6 +48,7 @@ def build_wheel(
     version: str,
     requires: tuple[str, ...] = (),
     source: str | None = None,
+    console_scripts: tuple[str, ...] = (),  # "name = module:function", as pipx needs
 ) -> Path:
     """Write a pure-Python wheel with one module named after the project; return its path."""
     module = normalize(name).replace("-", "_")
@@ -70,6 +71,9 @@ def build_wheel(
         f"{dist_info}/METADATA": metadata.encode(),
         f"{dist_info}/WHEEL": wheel.encode(),
     }
+    if console_scripts:
+        entry_points = "[console_scripts]\n" + "".join(f"{e}\n" for e in console_scripts)
+        files[f"{dist_info}/entry_points.txt"] = entry_points.encode()
     record = [f"{path},sha256={_record_hash(data)},{len(data)}" for path, data in files.items()]
     record.append(f"{dist_info}/RECORD,,")
     files[f"{dist_info}/RECORD"] = ("\n".join(record) + "\n").encode()

@@ -1,4 +1,5 @@
-"""Real clients end to end: pip, uv, twine, poetry, tox, keyring against a fake Artifact Registry.
+"""Real clients end to end against a fake Artifact Registry: pip, uv, twine, poetry, tox,
+pdm, hatch, pipenv, pip-tools, pipx, keyring, and the README's CI and container recipes.
 
 Every tool runs as a subprocess from its own virtualenv (built once per session with uv)
 and reaches `https://us-python.pkg.dev/...` through a loopback CONNECT proxy that knows
@@ -18,9 +19,11 @@ import sys
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
+from conftest import IAM_HOST, STS_HOST, register_secret
 from fake_registry import FakeRegistry, RoutingProxy, build_wheel
 
 pytestmark = pytest.mark.clients
@@ -47,6 +50,12 @@ UV = "uv==0.13.9"
 TWINE = "twine==7.0.0"
 POETRY = "poetry==2.5.1"
 TOX = "tox==4.67.15"
+PDM = "pdm==2.29.4"
+HISHEL_1 = "hishel==1.4.0"  # pdm 2.29.4 needs it: hishel 2 has no SyncSqliteStorage
+HATCH = "hatch==1.18.2"
+PIPENV = "pipenv==2026.10.3"
+PIP_TOOLS = "pip-tools==7.6.2"
+PIPX = "pipx==1.18.4"
 OURS = "artifactregistry-gauth"  # replaced by the wheel built from this checkout
 VENVS = {
     "keyring25": [PIP, KEYRING_25, OURS],  # pip's import provider; the `keyring` put on PATH
@@ -58,6 +67,12 @@ VENVS = {
     "poetry": [POETRY, OURS],
     "tox": [TOX, OURS],
     "tox_bare": [TOX],  # `requires = artifactregistry-gauth` makes it provision .tox/.tox
+    "pdm": [PDM, HISHEL_1, KEYRING_25, OURS],  # `pdm self add keyring artifactregistry-gauth`
+    "pdm_bare": [PDM, HISHEL_1],  # no keyring module: unearth runs the `keyring` on PATH
+    "hatch": [HATCH, OURS],  # hatch depends on keyring
+    "pipenv": [PIPENV],
+    "pip_tools": [PIP_TOOLS, PIP, KEYRING_25, OURS],
+    "pipx": [PIPX],
     "vendored": [PIP, KEYRING_25],  # keyring only; our single file comes through keyringrc.cfg
     "no_keyring": ["--no-deps", OURS],  # our command alone, linked as `keyring`
 }
@@ -80,8 +95,8 @@ class Toolbox:
 
     venvs: dict
     project_wheel: Path
-    wheels: dict  # "lib", "app", "public" -> Path
-    wheelhouse: Path  # tox, us and what we both need: what tox provisions from "PyPI"
+    wheels: dict  # "lib", "app", "public", "cli" -> Path
+    wheelhouse: Path  # tox, us and what we both need (and pip): what "PyPI" serves
 
     def bin(self, venv: str) -> Path:
         return self.venvs[venv] / BIN
@@ -137,7 +152,16 @@ def _make_venv(uv: str, path: Path, requirements: list) -> None:
     """A fresh virtualenv holding exactly `requirements` (and what they need)."""
     for command in (
         [uv, "venv", "--quiet", "--python", sys.executable, str(path)],
-        [uv, "pip", "install", "--quiet", "--python", str(path / BIN / "python"), *requirements],
+        [
+            uv,
+            "pip",
+            "install",
+            "--quiet",
+            "--compile-bytecode",
+            "--python",
+            str(path / BIN / "python"),
+            *requirements,
+        ],
     ):
         check(subprocess.run(command, capture_output=True, text=True, timeout=600))
 
@@ -160,7 +184,7 @@ def toolbox(tmp_path_factory):
             )
             for name, requirements in VENVS.items()
         ]
-        jobs.append(pool.submit(_download_wheelhouse, wheelhouse, [TOX, str(project_wheel)]))
+        jobs.append(pool.submit(_download_wheelhouse, wheelhouse, [TOX, PIP, str(project_wheel)]))
         for job in jobs:
             job.result()
     wheels = workdir / "wheels"
@@ -172,6 +196,14 @@ def toolbox(tmp_path_factory):
             "lib": build_wheel(wheels, "gauth-demo-lib", "1.0.0"),
             "app": build_wheel(wheels, "gauth-demo-app", "1.0.0", ("gauth-demo-lib>=1.0",)),
             "public": build_wheel(wheels, "gauth-demo-public", "2.0.0"),
+            "cli": build_wheel(
+                wheels,
+                "gauth-demo-cli",
+                "1.0.0",
+                ("gauth-demo-lib>=1.0",),
+                source="import gauth_demo_lib\n\ndef main():\n    print(gauth_demo_lib.hello())\n",
+                console_scripts=("gauth-demo = gauth_demo_cli:main",),
+            ),
         },
         wheelhouse=wheelhouse,
     )
@@ -316,6 +348,17 @@ def dist(tmp_path):
     folder = tmp_path / "dist"
     folder.mkdir()
     return build_wheel(folder, "gauth-demo-upload", "0.1.0")
+
+
+def upload_project(tmp_path):
+    """A project folder named gauth-demo-upload with its wheel already in dist/."""
+    project = tmp_path / "gauth-demo-upload"
+    project.mkdir()
+    (project / "pyproject.toml").write_text(
+        '[project]\nname = "gauth-demo-upload"\nversion = "0.1.0"\n'
+    )
+    (project / "dist").mkdir()
+    return project, build_wheel(project / "dist", "gauth-demo-upload", "0.1.0")
 
 
 def assert_uploaded(registry, wheel):
@@ -616,6 +659,15 @@ def test_twine_never_sends_a_token_to_the_host_behind_a_backslash(
     assert registry.uploads == []
 
 
+CONSUMER_PROJECT = """\
+[project]
+name = "consumer"
+version = "0.1.0"
+requires-python = ">=3.9"
+dependencies = ["gauth-demo-app"]
+"""
+
+
 # --- poetry -------------------------------------------------------------------------------------
 
 
@@ -634,13 +686,9 @@ def test_poetry_installs_from_an_artifact_registry_source(
     project = tmp_path / "consumer"
     project.mkdir()
     (project / "pyproject.toml").write_text(
-        textwrap.dedent(
+        CONSUMER_PROJECT
+        + textwrap.dedent(
             f"""\
-            [project]
-            name = "consumer"
-            version = "0.1.0"
-            requires-python = ">=3.9"
-            dependencies = ["gauth-demo-app"]
 
             [tool.poetry]
             package-mode = false
@@ -686,19 +734,7 @@ def test_poetrys_keyring_check_gets_none_at_once(toolbox, fake_google, client_en
 def test_poetry_publishes_to_artifact_registry(
     toolbox, registry, fake_google, client_env, tmp_path
 ):
-    project = tmp_path / "gauth-demo-upload"
-    project.mkdir()
-    (project / "pyproject.toml").write_text(
-        textwrap.dedent(
-            """\
-            [project]
-            name = "gauth-demo-upload"
-            version = "0.1.0"
-            """
-        )
-    )
-    (project / "dist").mkdir()
-    wheel = build_wheel(project / "dist", "gauth-demo-upload", "0.1.0")
+    project, wheel = upload_project(tmp_path)
     env = {**poetry_env(client_env), "POETRY_REPOSITORIES_GAR_URL": UPLOAD_URL}
     result = run(
         [toolbox.exe("poetry", "poetry"), "publish", "--repository", "gar"], env, cwd=project
@@ -767,6 +803,529 @@ def test_tox_requires_provisions_the_backend_and_installs_a_private_dependency(
     assert toolbox.project_wheel.name in registry.served_files(MIRROR_HOST)
     assert set(registry.served_files(AR_HOST)) == PRIVATE_WHEELS
     assert token_fetches(fake_google) == 1
+
+
+# --- pdm ----------------------------------------------------------------------------------------
+
+
+PDM_PROJECT = f"""{CONSUMER_PROJECT}
+[tool.pdm]
+distribution = false
+
+[[tool.pdm.source]]
+name = "gar"
+url = "{INDEX}"
+"""
+
+
+def pdm_env(client_env):
+    """No update check, no prompts, and PyPI's stand-in as pdm's default source."""
+    return {
+        **client_env,
+        "PDM_CHECK_UPDATE": "false",
+        "PDM_NON_INTERACTIVE": "1",
+        "PDM_PYPI_URL": MIRROR_INDEX,
+    }
+
+
+def assert_project_venv_has_private_packages(registry, project):
+    """The project's .venv holds both private packages, each fetched with a live token."""
+    (site_packages,) = project.glob(".venv/lib/python*/site-packages")
+    assert {"gauth_demo_app", "gauth_demo_lib"} <= {p.name for p in site_packages.iterdir()}
+    served = [r for r in registry.requests_to(AR_HOST) if r.status == 200]
+    assert served and all(r.authenticated for r in served)
+    assert set(registry.served_files(AR_HOST)) == PRIVATE_WHEELS
+
+
+def pdm_install(pdm, env, tmp_path):
+    """`pdm install` in a project whose one dependency comes from Artifact Registry."""
+    project = tmp_path / "consumer"
+    project.mkdir()
+    (project / "pyproject.toml").write_text(PDM_PROJECT)
+    check(run([pdm, "install"], env, cwd=project))
+    return project
+
+
+def test_pdm_installs_from_an_artifact_registry_source(
+    toolbox, registry, fake_google, client_env, tmp_path
+):
+    project = pdm_install(toolbox.exe("pdm", "pdm"), pdm_env(client_env), tmp_path)
+    assert_project_venv_has_private_packages(registry, project)
+    mirror = registry.requests_to(MIRROR_HOST)  # pdm's default source, PyPI's stand-in
+    assert mirror and [r for r in mirror if r.username is not None] == []
+    assert token_fetches(fake_google) == 1
+
+
+def recording_keyring(keyring, folder):
+    """A folder for PATH whose `keyring` records its arguments, then runs `keyring`."""
+    folder.mkdir()
+    log = folder / "calls.jsonl"
+    (folder / "keyring").write_text(
+        f"#!{sys.executable}\n"
+        + textwrap.dedent(
+            f"""\
+            import json, os, sys
+            with open({str(log)!r}, "a") as f:
+                f.write(json.dumps(sys.argv[1:]) + "\\n")
+            os.execv({str(keyring)!r}, [{str(keyring)!r}, *sys.argv[1:]])
+            """
+        )
+    )
+    (folder / "keyring").chmod(0o755)
+    return folder, log
+
+
+@pytest.mark.parametrize("keyring", ["link", "keyring-25"])
+def test_pdm_without_the_keyring_module_runs_the_keyring_command_in_creds_mode(
+    toolbox, registry, fake_google, client_env, keyring_link, tmp_path, keyring
+):
+    if keyring == "link":
+        command = keyring_link / "keyring"
+    else:
+        command = toolbox.exe("keyring25", "keyring")  # pipx install keyring; inject us
+    shim, log = recording_keyring(command, tmp_path / "shim")
+    project = pdm_install(
+        toolbox.exe("pdm_bare", "pdm"), on_path(pdm_env(client_env), shim), tmp_path
+    )
+    assert_project_venv_has_private_packages(registry, project)
+    calls = {tuple(json.loads(line)) for line in log.read_text().splitlines()}
+    # unearth asks `get URL __token__` only when the creds-mode question gets no answer.
+    assert {call[:2] for call in calls} == {("--mode=creds", "get")}
+    assert all(call[3] == "" and urlsplit(call[2]).hostname == AR_HOST for call in calls)
+    assert token_fetches(fake_google) == 1
+
+
+@pytest.mark.parametrize("username", [["-u", "oauth2accesstoken"], []], ids=["u", "no-u"])
+def test_pdm_publishes_to_artifact_registry(
+    toolbox, registry, fake_google, client_env, tmp_path, username
+):
+    project, wheel = upload_project(tmp_path)
+    publish = [toolbox.exe("pdm", "pdm"), "publish", "--no-build", "-r", UPLOAD_URL, *username]
+    check(run(publish, pdm_env(client_env), cwd=project))
+    assert_uploaded(registry, wheel)
+    assert token_fetches(fake_google) == 1
+
+
+# --- hatch --------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def loopback_resolver(registry, tmp_path):
+    """PYTHONPATH for a client that ignores HTTPS_PROXY: resolves the fake hosts' port 443
+    to the fake registry (hatch's publisher gives httpx its own transport, so no proxy)."""
+    folder = tmp_path / "resolver"
+    folder.mkdir()
+    routes = {host: registry.port for host in TLS_NAMES}
+    (folder / "sitecustomize.py").write_text(
+        textwrap.dedent(
+            f"""\
+            import socket
+
+            ROUTES = {routes!r}
+            real_getaddrinfo = socket.getaddrinfo
+
+
+            def getaddrinfo(host, port, *args, **kwargs):
+                if str(host).lower() in ROUTES and str(port) == "443":
+                    return real_getaddrinfo("127.0.0.1", ROUTES[host.lower()], *args, **kwargs)
+                if host in ("127.0.0.1", "localhost"):
+                    return real_getaddrinfo(host, port, *args, **kwargs)
+                raise socket.gaierror(socket.EAI_NONAME, f"test resolver: no route to {{host}}")
+
+
+            socket.getaddrinfo = getaddrinfo
+            """
+        )
+    )
+    return folder
+
+
+def test_hatch_publishes_with_the_password_from_keyring(
+    toolbox, registry, fake_google, client_env, loopback_resolver, tmp_path
+):
+    project, wheel = upload_project(tmp_path)
+    env = {**client_env, "PYTHONPATH": str(loopback_resolver)}
+    env["HATCH_INDEX_CA_CERT"] = client_env["SSL_CERT_FILE"]  # the test CA
+    publish = [toolbox.exe("hatch", "hatch"), "publish", "-n", "-r", UPLOAD_URL]
+    check(run([*publish, "-u", "oauth2accesstoken"], env, cwd=project))  # dist/*
+    assert_uploaded(registry, wheel)
+    assert token_fetches(fake_google) == 1
+
+
+def test_hatch_with_the_username_token_gets_no_password(
+    toolbox, registry, fake_google, client_env, loopback_resolver, tmp_path
+):
+    project, _ = upload_project(tmp_path)
+    env = {**client_env, "PYTHONPATH": str(loopback_resolver)}
+    publish = [toolbox.exe("hatch", "hatch"), "publish", "-n", "-r", UPLOAD_URL]
+    result = run([*publish, "-u", "__token__"], env, cwd=project)  # hatch's prompt default
+    assert result.returncode != 0
+    assert "Missing required option: auth" in result.stderr
+    assert (registry.uploads, token_fetches(fake_google)) == ([], 0)
+
+
+# --- pipenv -------------------------------------------------------------------------------------
+
+
+PIPFILE = f"""\
+[[source]]
+name = "gar"
+url = "{INDEX}"
+verify_ssl = true
+
+[packages]
+gauth-demo-app = "*"
+"""
+
+
+def test_pipenv_installs_from_an_artifact_registry_source(
+    toolbox, registry, fake_google, client_env, tmp_path
+):
+    project = tmp_path / "consumer"
+    project.mkdir()
+    (project / "Pipfile").write_text(PIPFILE)
+    env = on_path(client_env, toolbox.bin("keyring25"))  # pipx install keyring; inject us
+    env.update(
+        PIP_KEYRING_PROVIDER="subprocess",
+        PIPENV_VENV_IN_PROJECT="1",
+        PIPENV_YES="1",
+        PIPENV_NOSPIN="1",
+        PIPENV_IGNORE_VIRTUALENVS="1",
+    )
+    check(run([toolbox.exe("pipenv", "pipenv"), "install"], env, cwd=project, timeout=300))
+    assert_project_venv_has_private_packages(registry, project)
+    assert token_fetches(fake_google) == 1
+
+
+# --- pip-tools ----------------------------------------------------------------------------------
+
+
+def test_pip_compile_resolves_against_an_artifact_registry_index(
+    toolbox, registry, fake_google, client_env, tmp_path
+):
+    (tmp_path / "requirements.in").write_text("gauth-demo-app\n")
+    compile_ = [
+        toolbox.exe("pip_tools", "pip-compile"),
+        "--index-url",
+        INDEX,
+        "--pip-args",
+        "--keyring-provider import",
+        "requirements.in",
+    ]
+    check(run(compile_, client_env, cwd=tmp_path))
+    pinned = (tmp_path / "requirements.txt").read_text()
+    assert "gauth-demo-app==1.0.0" in pinned and "gauth-demo-lib==1.0.0" in pinned
+    served = [r for r in registry.requests_to(AR_HOST) if r.status == 200]
+    assert served and all(r.authenticated for r in served)
+    assert token_fetches(fake_google) == 1
+
+
+# --- pipx ---------------------------------------------------------------------------------------
+
+
+def test_pipx_installs_an_app_from_artifact_registry(
+    toolbox, registry, fake_google, client_env, tmp_path
+):
+    repository = registry.repository(AR_HOST, "proj/repo")
+    repository.add_file(toolbox.wheels["cli"])
+    # pipx reinstalls pip into its shared libraries from the same index.
+    (pip_wheel,) = toolbox.wheelhouse.glob("pip-*.whl")
+    repository.add_file(pip_wheel)
+    env = on_path(client_env, toolbox.bin("keyring25"))  # pipx install keyring; inject us
+    env.update(PIPX_HOME=str(tmp_path / "pipx"), PIPX_BIN_DIR=str(tmp_path / "pipx-bin"))
+    env["PIPX_MAN_DIR"] = str(tmp_path / "pipx-man")
+    # The first pip pipx runs is Python's bundled one (older than 26.2): the username goes
+    # in the URL.
+    pipx = [toolbox.exe("pipx", "pipx"), "install", "--index-url", INDEX_WITH_USER]
+    pipx.append("gauth-demo-cli")
+    check(run(pipx, env, timeout=300))
+    app = check(run([tmp_path / "pipx-bin" / "gauth-demo"], env))
+    assert app.stdout == "gauth-demo-lib\n"
+    assert pip_wheel.name in registry.served_files(AR_HOST)
+    served = [r for r in registry.requests_to(AR_HOST) if r.status == 200]
+    assert served and all(r.authenticated for r in served)
+    assert token_fetches(fake_google) == 1
+
+
+# --- In CI and containers: the README's recipes, run by the same commands ---------------------
+
+# Each recipe below stands in the README as it is here, with the README's placeholders;
+# the tests put the fakes' values in and run the lines a Dockerfile RUN or a CI step runs.
+PIP_FROM_AR = """\
+pip install --keyring-provider import \\
+    --index-url https://us-python.pkg.dev/PROJECT/REPO/simple/ mypackage
+"""
+DOCKER_KEY_FILE = f"""\
+RUN --mount=type=secret,id=gcp,target=/run/secrets/gcp.json \\
+    GOOGLE_APPLICATION_CREDENTIALS=/run/secrets/gcp.json ARTIFACTREGISTRY_GAUTH_NO_CACHE=1 \\
+    {PIP_FROM_AR}"""
+DOCKER_TOKEN_ENV = f"""\
+RUN --mount=type=secret,id=token,env=GOOGLE_OAUTH_ACCESS_TOKEN \\
+    {PIP_FROM_AR}"""
+DOCKER_TOKEN_FILE = f"""\
+RUN --mount=type=secret,id=token \\
+    GOOGLE_OAUTH_ACCESS_TOKEN=$(cat /run/secrets/token) \\
+    {PIP_FROM_AR}"""
+DOCKER_METADATA = f"""\
+RUN ARTIFACTREGISTRY_GAUTH_NO_CACHE=1 \\
+    {PIP_FROM_AR}"""
+WORKLOAD_PROVIDER = (
+    "projects/PROJECT_NUMBER/locations/global/workloadIdentityPools/POOL/providers/PROVIDER"
+)
+IMPERSONATED = "SA_NAME@PROJECT.iam.gserviceaccount.com"
+GITLAB_SCRIPT = f"""\
+printf '%s' "$GCP_ID_TOKEN" > "$CI_BUILDS_DIR/gcp-oidc.jwt"
+cat > "$CI_BUILDS_DIR/gcp-wif.json" <<EOF
+{{
+  "type": "external_account",
+  "audience": "//iam.googleapis.com/{WORKLOAD_PROVIDER}",
+  "subject_token_type": "urn:ietf:params:oauth:token-type:jwt",
+  "token_url": "https://sts.googleapis.com/v1/token",
+  "service_account_impersonation_url": "https://iamcredentials.googleapis.com/v1/projects/-/serviceAccounts/{IMPERSONATED}:generateAccessToken",
+  "credential_source": {{"file": "$CI_BUILDS_DIR/gcp-oidc.jwt"}}
+}}
+EOF
+export GOOGLE_APPLICATION_CREDENTIALS="$CI_BUILDS_DIR/gcp-wif.json"
+{PIP_FROM_AR}"""
+RECIPES = {
+    "docker-key-file": DOCKER_KEY_FILE,
+    "docker-token-env": DOCKER_TOKEN_ENV,
+    "docker-token-file": DOCKER_TOKEN_FILE,
+    "docker-metadata": DOCKER_METADATA,
+    "gitlab": GITLAB_SCRIPT,
+}
+FAKE_VALUES = {  # README placeholder -> what the fakes know
+    "https://us-python.pkg.dev/PROJECT/REPO/simple/": INDEX,
+    WORKLOAD_PROVIDER: WORKLOAD_PROVIDER.replace("PROJECT_NUMBER", "123456")
+    .replace("POOL", "pool")
+    .replace("PROVIDER", "provider"),
+    IMPERSONATED: "target@proj.iam.gserviceaccount.com",
+    " mypackage\n": " gauth-demo-app\n",
+}
+WORKLOAD = "//iam.googleapis.com/" + FAKE_VALUES[WORKLOAD_PROVIDER]
+TARGET = FAKE_VALUES[IMPERSONATED]
+JWT_TYPE = "urn:ietf:params:oauth:token-type:jwt"
+GITHUB_OIDC_HOST = "pipelines.actions.githubusercontent.com"
+GITHUB_REQUEST_URL = f"https://{GITHUB_OIDC_HOST}/token?api-version=2.0"  # the runner's
+GITHUB_REQUEST_TOKEN = "gha-request-token-0123456789"  # ACTIONS_ID_TOKEN_REQUEST_TOKEN
+
+
+def shell_of(recipe, files=None):
+    """The shell command of a recipe (a RUN line without RUN and its --mount options), with
+    the fakes' values for the README's placeholders and `files` for the mounted paths."""
+    lines = recipe.splitlines(keepends=True)
+    if lines[0].startswith("RUN "):
+        lines[0] = lines[0][len("RUN ") :]
+        if lines[0].startswith("--mount="):
+            del lines[0]
+    text = "".join(lines)
+    for placeholder, value in {**FAKE_VALUES, **(files or {})}.items():
+        text = text.replace(placeholder, str(value))
+    return text
+
+
+def run_recipe(toolbox, env, recipe, target, files=None):
+    """Run a recipe's shell lines where pip, keyring and the backend are installed; pip
+    installs into target (PIP_TARGET, so that the command stays the README's)."""
+    env = {**on_path(env, toolbox.bin("keyring25"), shell_tools(env)), "PIP_TARGET": str(target)}
+    return run(["/bin/sh", "-e", "-c", shell_of(recipe, files)], env)
+
+
+def shell_tools(env):
+    """A folder for PATH with the one command the recipes use besides pip: `cat` (the
+    system's own folders may hold a gcloud, so they are not on the clients' PATH)."""
+    folder = Path(env["TMPDIR"]).parent / "shell-tools"
+    folder.mkdir(exist_ok=True)
+    if not (folder / "cat").exists():
+        (folder / "cat").symlink_to(shutil.which("cat", path="/usr/bin:/bin"))
+    return folder
+
+
+def without_google_credentials(env):
+    """A copy of env without the service-account key: a build container or CI job has none."""
+    return {k: v for k, v in env.items() if k != "GOOGLE_APPLICATION_CREDENTIALS"}
+
+
+class TokenIssuers:
+    """Several token-issuing fakes, as one for the fake registry to check passwords with."""
+
+    def __init__(self, *fakes):
+        self.fakes = fakes
+
+    def is_live(self, token):
+        """Whether any of the fakes issued the token and it has not expired."""
+        return any(fake.is_live(token) for fake in self.fakes)
+
+    @property
+    def issued(self):
+        """Every token any of the fakes issued."""
+        return [token for fake in self.fakes for token in list(fake.issued)]
+
+
+def files_holding(folder, secrets_):
+    """The files under folder that contain any of the secrets."""
+    found = []
+    for path in Path(folder).rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            data = path.read_bytes()
+            if any(secret.encode() in data for secret in secrets_):
+                found.append(path)
+    return found
+
+
+def test_recipes_stand_in_the_readme_line_by_line():
+    readme = (ROOT / "README.md").read_text()
+    missing = [
+        (name, line.strip())
+        for name, recipe in RECIPES.items()
+        for line in recipe.splitlines()
+        if line.strip() not in readme
+    ]
+    assert missing == []
+
+
+def test_docker_build_with_a_key_file_secret_leaves_no_token_behind(
+    toolbox, registry, fake_google, client_env, sa_file, tmp_path
+):
+    secret = sa_file()  # docker build --secret id=gcp,src=key.json .
+    env = without_google_credentials(client_env)
+    target = tmp_path / "t"
+    check(run_recipe(toolbox, env, DOCKER_KEY_FILE, target, {"/run/secrets/gcp.json": secret}))
+    assert_private_install(registry, target)
+    assert token_fetches(fake_google) == 1
+    # Nothing the build wrote (the image's layers) holds the token.
+    assert files_holding(tmp_path, fake_google.issued) == []
+
+
+@pytest.mark.parametrize("recipe", ["docker-token-env", "docker-token-file"])
+def test_docker_build_with_an_access_token_secret(
+    toolbox, registry, fake_google, client_env, tmp_path, recipe
+):
+    # On the host: GOOGLE_OAUTH_ACCESS_TOKEN=$(artifactregistry-gauth token) docker build ...
+    host = check(run([toolbox.exe("keyring25", "artifactregistry-gauth"), "token"], client_env))
+    token = host.stdout.strip()
+    env = without_google_credentials(client_env)
+    files = {}
+    if recipe == "docker-token-env":  # BuildKit 0.14+ sets the variable itself
+        env["GOOGLE_OAUTH_ACCESS_TOKEN"] = token
+    else:
+        (tmp_path / "token").write_text(token)
+        files["/run/secrets/token"] = tmp_path / "token"
+    target = tmp_path / "t"
+    check(run_recipe(toolbox, env, RECIPES[recipe], target, files))
+    assert_private_install(registry, target)
+    assert token_fetches(fake_google) == 1  # the host's, and none in the build
+
+
+@pytest.fixture
+def metadata_registry(registry, fake_google, fake_metadata):
+    """The fake registry taking tokens of the fake metadata server (Cloud Build, GKE)."""
+    registry.google = TokenIssuers(fake_google, fake_metadata)
+    return registry
+
+
+@pytest.mark.parametrize("where", ["step", "docker-build"])
+def test_cloud_build_and_gke_use_the_metadata_server(
+    toolbox, metadata_registry, fake_google, fake_metadata, client_env, tmp_path, where
+):
+    env = {**without_google_credentials(client_env), "GCE_METADATA_HOST": fake_metadata.host}
+    env["GCE_METADATA_IP"] = fake_metadata.host
+    target = tmp_path / "t"
+    recipe = PIP_FROM_AR if where == "step" else DOCKER_METADATA
+    check(run_recipe(toolbox, env, recipe, target))
+    assert_private_install(metadata_registry, target)
+    token_requests = [r for r in fake_metadata.requests if r.route.endswith("/token")]
+    assert (len(token_requests), token_fetches(fake_google)) == (1, 0)
+
+
+@pytest.fixture
+def federation(registry, proxy, google_federation, fake_idp, test_ca):
+    """STS, IAM credentials and GitHub's OIDC token URL reachable through the clients' proxy,
+    and the fake registry taking the tokens they issue."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    test_ca.issue_cert(GITHUB_OIDC_HOST).configure_cert(context)
+    proxy.routes[GITHUB_OIDC_HOST] = fake_idp.serve(context).port
+    for host in (STS_HOST, IAM_HOST):
+        proxy.routes[host] = google_federation.hosts.port
+    fed = google_federation
+    registry.google = TokenIssuers(fed.google, fed.sts, fed.iam)
+    fed.sts.add_provider(WORKLOAD, JWT_TYPE, fake_idp.token)
+    fed.iam.add_service_account(TARGET)
+    return fed
+
+
+def github_actions_credentials(path, fake_idp, impersonate):
+    """The file google-github-actions/auth writes (its `credentials_file_path`)."""
+    register_secret(GITHUB_REQUEST_TOKEN)
+    fake_idp.json_field = "value"
+    fake_idp.required_headers = {"Authorization": f"Bearer {GITHUB_REQUEST_TOKEN}"}
+    audience = "https://iam.googleapis.com/" + FAKE_VALUES[WORKLOAD_PROVIDER]
+    info = {
+        "type": "external_account",
+        "audience": WORKLOAD,
+        "subject_token_type": JWT_TYPE,
+        "token_url": "https://sts.googleapis.com/v1/token",
+        "credential_source": {
+            "url": f"{GITHUB_REQUEST_URL}&audience={audience}",
+            "headers": {"Authorization": f"Bearer {GITHUB_REQUEST_TOKEN}"},
+            "format": {"type": "json", "subject_token_field_name": "value"},
+        },
+    }
+    if impersonate:
+        info["service_account_impersonation_url"] = (
+            "https://iamcredentials.googleapis.com/v1/projects/-/serviceAccounts/"
+            f"{TARGET}:generateAccessToken"
+        )
+    path.write_text(json.dumps(info, indent=2))
+    path.chmod(0o640)
+    return path
+
+
+@pytest.mark.parametrize("impersonate", [False, True], ids=["direct", "service-account"])
+def test_github_actions_auth_credentials_file(
+    toolbox, registry, federation, fake_idp, client_env, tmp_path, impersonate
+):
+    creds = github_actions_credentials(tmp_path / "gha-creds-1.json", fake_idp, impersonate)
+    env = {
+        **client_env,
+        "GITHUB_ACTIONS": "true",
+        "ACTIONS_ID_TOKEN_REQUEST_URL": GITHUB_REQUEST_URL,
+        "ACTIONS_ID_TOKEN_REQUEST_TOKEN": GITHUB_REQUEST_TOKEN,
+        "GOOGLE_APPLICATION_CREDENTIALS": str(creds),
+        "CLOUDSDK_AUTH_CREDENTIAL_FILE_OVERRIDE": str(creds),
+        "GOOGLE_GHA_CREDS_PATH": str(creds),
+    }
+    target = tmp_path / "t"
+    result = check(run_recipe(toolbox, env, PIP_FROM_AR, target))
+    assert fake_idp.token not in result.stdout + result.stderr
+    assert_private_install(registry, target)
+    iam_calls = [r for r in federation.iam.requests if r.method == "POST"]
+    fetches = (len(fake_idp.requests), len(federation.sts.exchanges), len(iam_calls))
+    assert fetches == (1, 1, 1 if impersonate else 0)
+    assert token_fetches(federation.google) == 0
+
+
+def test_gitlab_ci_id_token_through_a_file_source(
+    toolbox, registry, federation, client_env, tmp_path
+):
+    subject = "eyJhbGciOiJSUzI1NiJ9.gitlab-id-token.sig"
+    register_secret(subject)
+    federation.sts.add_provider(WORKLOAD, JWT_TYPE, subject)
+    builds = tmp_path / "builds"
+    builds.mkdir()
+    env = {
+        **without_google_credentials(client_env),
+        "GITLAB_CI": "true",
+        "GCP_ID_TOKEN": subject,  # id_tokens: GCP_ID_TOKEN: aud: ...
+        "CI_BUILDS_DIR": str(builds),
+    }
+    target = tmp_path / "t"
+    result = check(run_recipe(toolbox, env, GITLAB_SCRIPT, target))
+    assert subject not in result.stdout + result.stderr
+    assert_private_install(registry, target)
+    iam_calls = [r for r in federation.iam.requests if r.method == "POST"]
+    assert (len(federation.sts.exchanges), len(iam_calls)) == (1, 1)
+    assert token_fetches(federation.google) == 0
 
 
 # --- the keyring command line -------------------------------------------------------------------
