@@ -832,9 +832,11 @@ def fake_metadata(isolated_env, monkeypatch):
 
 _GCLOUD_SCRIPT = r'''"""Fake gcloud written by conftest.py, obeying gcloud.config.json beside it."""
 
+import configparser
 import fcntl
 import json
 import os
+import re
 import secrets
 import select
 import sys
@@ -846,10 +848,12 @@ ENV_KEYS = (
     "CLOUDSDK_CONFIG",
     "CLOUDSDK_ACTIVE_CONFIG_NAME",
     "CLOUDSDK_CORE_ACCOUNT",
+    "CLOUDSDK_AUTH_IMPERSONATE_SERVICE_ACCOUNT",
 )
 NO_ACCOUNT = (
     "ERROR: (gcloud.config.config-helper) You do not currently have an active account selected.\n"
 )
+CONFIG_NAME = "^[a-z][-a-z0-9]*$"
 
 
 def beside(name):
@@ -898,22 +902,80 @@ def new_token():
     return "ya29.gcloud-%d-%s" % (n, secrets.token_hex(8))
 
 
+def properties():
+    """Every property as gcloud reads it: variables, the active configuration, the installation."""
+    config_dir = os.environ.get("CLOUDSDK_CONFIG") or os.path.expanduser("~/.config/gcloud")
+    name = os.environ.get("CLOUDSDK_ACTIVE_CONFIG_NAME") or ""
+    if not name:
+        try:
+            with open(os.path.join(config_dir, "active_config"), encoding="utf-8") as f:
+                name = f.read()
+        except FileNotFoundError:
+            name = ""
+        if not re.match(CONFIG_NAME, name):
+            name = "default"
+    root = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
+    files = [os.path.join(root, "properties")]
+    if name != "NONE":
+        files.append(os.path.join(config_dir, "configurations", "config_" + name))
+    values = {}
+    for path in files:
+        parser = configparser.ConfigParser()
+        parser.read(path, encoding="utf-8")
+        for section in parser.sections():
+            values.setdefault(section, {}).update(parser.items(section))
+    for variable, value in os.environ.items():
+        parts = variable.split("_", 2)
+        if len(parts) == 3 and parts[0] == "CLOUDSDK" and parts[1] in ("CORE", "AUTH"):
+            values.setdefault(parts[1].lower(), {})[parts[2].lower()] = value
+    return name, config_dir, values
+
+
+def principal(cfg, props):
+    """Whose token gcloud would print: (principal, base account, fixed token or None)."""
+    auth, core = props.get("auth", {}), props.get("core", {})
+    account = core["account"] if "account" in core else cfg.get("account", "user@example.com")
+    target = auth.get("impersonate_service_account", "").split(",")[-1].strip()
+    if os.environ.get("CLOUDSDK_AUTH_ACCESS_TOKEN"):
+        base, fixed = "token:$CLOUDSDK_AUTH_ACCESS_TOKEN", os.environ["CLOUDSDK_AUTH_ACCESS_TOKEN"]
+    elif auth.get("access_token_file"):
+        with open(auth["access_token_file"], encoding="utf-8") as f:
+            base, fixed = "token:" + auth["access_token_file"], f.read().strip()
+    elif auth.get("credential_file_override"):
+        with open(auth["credential_file_override"], encoding="utf-8") as f:
+            info = json.load(f)
+        base, fixed = info.get("client_email") or "file:" + auth["credential_file_override"], None
+    elif account:
+        base, fixed = account, None
+    else:
+        return None, account, None
+    if target:
+        fixed = None  # impersonation trades the token in for the target's
+    return (target or base), account, fixed
+
+
 def config_helper(cfg, argv):
     if argv[:2] != ["config", "config-helper"] or not any(
         arg.startswith("--format=json") for arg in argv
     ):
         sys.stderr.write("ERROR: (gcloud) unsupported in fake\n")
         return 2
-    token = cfg["token"] if "token" in cfg else new_token()
-    expiry = None if cfg.get("expiry_null") else time.time() + cfg.get("expires_in", 3599)
+    name, config_dir, props = properties()
+    who, account, fixed = principal(cfg, props)
+    if who is None:
+        sys.stderr.write(NO_ACCOUNT)
+        return 1
+    token = cfg["token"] if "token" in cfg else fixed if fixed is not None else new_token()
+    expiry = None if cfg.get("expiry_null") or fixed is not None else (
+        time.time() + cfg.get("expires_in", 3599)
+    )
     if token:
-        append("issued.jsonl", {"token": token, "expiry": expiry})
-    config_dir = os.environ.get("CLOUDSDK_CONFIG") or os.path.expanduser("~/.config/gcloud")
-    core = {"account": cfg.get("account", "user@example.com"), "project": "example-project"}
+        append("issued.jsonl", {"token": token, "expiry": expiry, "principal": who})
+    core = dict(props.get("core", {}), account=account, project="example-project")
     output = {
         "configuration": {
-            "active_configuration": cfg.get("configuration", "default"),
-            "properties": {"core": core},
+            "active_configuration": cfg.get("configuration", name),
+            "properties": dict(props, core=core),
         },
         "credential": {
             "access_token": token,
@@ -985,10 +1047,21 @@ class FakeGcloud:
     )
 
     def __init__(self, bin_dir):
+        # Laid out as an installed SDK whose bin/gcloud is linked from PATH, as /usr/bin/gcloud is.
+        self.sdk_root = bin_dir.parent / "google-cloud-sdk"
+        (self.sdk_root / ".install").mkdir(parents=True)
+        (self.sdk_root / "bin").mkdir()
+        script = self.sdk_root / "bin" / "gcloud"
+        script.write_text(f"#!{sys.executable}\n{_GCLOUD_SCRIPT}")
+        script.chmod(0o755)
         self.path = bin_dir / "gcloud"
-        self.path.write_text(f"#!{sys.executable}\n{_GCLOUD_SCRIPT}")
-        self.path.chmod(0o755)
+        self.path.symlink_to(script)
         self.configure()
+
+    @property
+    def installation_properties(self):
+        """The SDK's own properties file, read after the active configuration."""
+        return self.sdk_root / "properties"
 
     def configure(self, **settings):
         """Replace the configuration; token="" or None is printed as given, not generated."""
@@ -1013,6 +1086,14 @@ class FakeGcloud:
         """Tokens printed so far, mapped to their expiry (epoch seconds, or None)."""
         return {
             entry["token"]: entry["expiry"]
+            for entry in _read_json_lines(self._beside("issued.jsonl"))
+        }
+
+    @property
+    def principals(self):
+        """Tokens printed so far, mapped to whose they are (the impersonated account, if any)."""
+        return {
+            entry["token"]: entry["principal"]
             for entry in _read_json_lines(self._beside("issued.jsonl"))
         }
 
