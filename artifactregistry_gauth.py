@@ -897,6 +897,12 @@ class GcloudCli(CredentialSource):
             ) from None
         except OSError as exc:
             raise self.fail(f"cannot run gcloud ({exc.strerror or exc})") from None
+        if len(stdout) > MAX_RESPONSE_BYTES:
+            raise self.fail(
+                f"gcloud printed more than {MAX_RESPONSE_BYTES // 1024} KiB, which is not "
+                "`config-helper`'s JSON answer",
+                "update the Google Cloud SDK",
+            )
         if returncode != 0:
             raise self.fail(_gcloud_error(stderr), _gcloud_fix(stderr, self.account))
         try:
@@ -913,7 +919,9 @@ class GcloudCli(CredentialSource):
 
 
 def _run_bounded(command: list, env: dict, timeout: float) -> tuple[int, bytes, bytes]:
-    """Run ``command`` without stdin: exit code, stdout and stderr (each capped).
+    """Run ``command`` without stdin: exit code, stdout and stderr (each read up to a cap).
+
+    Output beyond MAX_RESPONSE_BYTES kills the command; stdout then holds one byte more.
 
     Raises subprocess.TimeoutExpired once its whole process group is killed, or OSError.
     """
@@ -956,8 +964,6 @@ def _run_bounded(command: list, env: dict, timeout: float) -> tuple[int, bytes, 
         for reader in readers:
             reader.join(5.0)
     stdout, stderr = outputs.get("stdout", b""), outputs.get("stderr", b"")
-    if len(stdout) > MAX_RESPONSE_BYTES:
-        stdout = b""  # not the JSON answer: parse_config_helper says so
     return process.returncode, stdout, stderr[:MAX_RESPONSE_BYTES]
 
 
@@ -1013,15 +1019,19 @@ def _gcloud_error(stderr: bytes) -> str:
     return text[:300]
 
 
+# What gcloud (requests, urllib3, httplib2) says when the network, not the login, failed.
 _GCLOUD_NETWORK_WORDS = (
     "timed out",
-    "timeout",
+    "readtimeout",
+    "connecttimeout",
     "unable to find the server",
     "failed to establish a new connection",
     "connection refused",
     "connection reset",
+    "connection aborted",
     "max retries exceeded",
-    "proxy",
+    "proxyerror",
+    "unable to connect to proxy",
     "name resolution",
 )
 
