@@ -525,7 +525,8 @@ USER_INVALID_GRANT = (
             "me@example.com",
             "ERROR: (gcloud.config.config-helper) There was a problem refreshing your current "
             "auth tokens: HTTPSConnectionPool(host='oauth2.googleapis.com', port=443): Max "
-            "retries exceeded with url: /token (Caused by ProxyError('Unable to connect to proxy'))",
+            "retries exceeded with url: /token "
+            "(Caused by ProxyError('Unable to connect to proxy'))",
             "check the network and any proxy",
             "gcloud auth login",
         ),
