@@ -7,6 +7,7 @@ one is installed) against loopback fakes of Google's token and IAM endpoints.
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 import sys
@@ -569,3 +570,184 @@ def test_gcloud_errors_name_the_identity_that_failed(monkeypatch, fake_gcloud):
 
 if sys.platform == "win32":  # pragma: no cover - the fakes are POSIX scripts
     pytestmark = pytest.mark.skip("the fake gcloud is a POSIX script")
+
+
+# --- the real Cloud SDK ----------------------------------------------------------------------
+#
+# Each real gcloud run costs about a second: every test below runs it only a few times.
+
+SA = "ci@proj.iam.gserviceaccount.com"
+OTHER_SA = "other@proj.iam.gserviceaccount.com"
+
+
+@pytest.mark.gcloud
+def test_real_gcloud_an_activated_service_account_is_served_and_cached(real_gcloud):
+    real_gcloud.activate(SA)
+    first = gauth.lookup()
+    as_new_process()
+    again = gauth.lookup()
+    assert real_gcloud.principal(first.value) == SA
+    assert again.value == first.value
+    assert first.source == f"gcloud ({SA}, configuration default)"
+
+
+@pytest.mark.gcloud
+def test_real_gcloud_impersonation_on_and_off_gets_each_identity_its_own_token(real_gcloud):
+    real_gcloud.iam.add_service_account(DEPLOYER)
+    real_gcloud.activate(SA)
+    plain = gauth.get_token()
+    as_new_process()
+    real_gcloud.run("config", "set", "auth/impersonate_service_account", DEPLOYER)
+    impersonated = gauth.lookup()
+    as_new_process()
+    real_gcloud.run("config", "unset", "auth/impersonate_service_account")
+    again = gauth.get_token()
+    assert real_gcloud.principal(plain) == SA
+    assert real_gcloud.principal(impersonated.value) == DEPLOYER
+    assert impersonated.source == f"gcloud ({SA} impersonating {DEPLOYER}, configuration default)"
+    assert again == plain
+
+
+@pytest.mark.gcloud
+def test_real_gcloud_configurations_and_variables_select_the_account(real_gcloud, monkeypatch):
+    real_gcloud.activate(OTHER_SA)
+    real_gcloud.activate(SA)  # the active account of the default configuration now
+    write_configuration("other", f"[core]\naccount = {OTHER_SA}\n", activate=False)
+    by_file = gauth.get_token()
+    monkeypatch.setenv("CLOUDSDK_ACTIVE_CONFIG_NAME", "other")
+    by_configuration = gauth.get_token()
+    monkeypatch.delenv("CLOUDSDK_ACTIVE_CONFIG_NAME")
+    monkeypatch.setenv("CLOUDSDK_CORE_ACCOUNT", OTHER_SA)
+    by_variable = gauth.get_token()
+    assert real_gcloud.principal(by_file) == SA
+    assert real_gcloud.principal(by_configuration) == OTHER_SA
+    assert real_gcloud.principal(by_variable) == OTHER_SA
+
+
+@pytest.mark.gcloud
+def test_real_gcloud_impersonation_in_the_installation_properties(
+    real_gcloud, real_gcloud_sdk, bin_dir
+):
+    (bin_dir / "gcloud").unlink()
+    (bin_dir / "gcloud").symlink_to(real_gcloud_sdk / "bin" / "gcloud")
+    properties = real_gcloud_sdk / "properties"
+    real_gcloud.iam.add_service_account(DEPLOYER)
+    real_gcloud.activate(SA)
+    plain = gauth.get_token()
+    as_new_process()
+    properties.write_text(f"[auth]\nimpersonate_service_account = {DEPLOYER}\n")
+    try:
+        impersonated = gauth.get_token()
+    finally:
+        properties.unlink()
+    assert real_gcloud.principal(plain) == SA
+    assert real_gcloud.principal(impersonated) == DEPLOYER
+
+
+@pytest.mark.gcloud
+def test_real_gcloud_credential_file_rewritten_in_place_is_a_new_identity(real_gcloud, monkeypatch):
+    override = real_gcloud.key_file(SA, "gha-creds.json")
+    monkeypatch.setenv("CLOUDSDK_AUTH_CREDENTIAL_FILE_OVERRIDE", str(override))
+    first = gauth.get_token()
+    as_new_process()
+    real_gcloud.key_file(OTHER_SA, "gha-creds.json")
+    second = gauth.get_token()
+    assert real_gcloud.principal(first) == SA
+    assert real_gcloud.principal(second) == OTHER_SA
+
+
+@pytest.mark.gcloud
+def test_real_gcloud_trades_an_access_token_when_impersonating(real_gcloud, monkeypatch):
+    real_gcloud.iam.add_service_account(DEPLOYER)
+    source = real_gcloud.token_endpoint._issue(SA)  # a live token of SA, as if handed over
+    monkeypatch.setenv("CLOUDSDK_AUTH_ACCESS_TOKEN", json.loads(source.body)["access_token"])
+    monkeypatch.setenv("CLOUDSDK_AUTH_IMPERSONATE_SERVICE_ACCOUNT", DEPLOYER)
+    assert real_gcloud.principal(gauth.get_token()) == DEPLOYER
+
+
+@pytest.mark.gcloud
+@pytest.mark.parametrize(
+    ("active_config", "account_variable"),
+    [("default", None), ("default\n", None), ("default", "")],
+    ids=["no-account", "name-with-newline", "empty-account-variable"],
+)
+def test_real_gcloud_without_an_active_account_says_run_gcloud_login(
+    active_config, account_variable, real_gcloud, monkeypatch
+):
+    # An account that gcloud would only complain has no credentials, if it read it.
+    account = "" if account_variable is None and active_config == "default" else SA
+    write_configuration("default", f"[core]\naccount = {account}\n" if account else "")
+    (config_dir() / "active_config").write_text(active_config)
+    if account_variable is not None:
+        monkeypatch.setenv("CLOUDSDK_CORE_ACCOUNT", account_variable)
+    with pytest.raises(gauth.CredentialError) as caught:
+        gauth.get_token()
+    message = str(caught.value)
+    assert "You do not currently have an active account selected" in message
+    assert message.endswith("run `gcloud auth login` (or `gcloud config set account ACCOUNT`)")
+
+
+@pytest.mark.gcloud
+def test_real_gcloud_invalid_grant_for_a_service_account_says_activate_a_key(real_gcloud):
+    real_gcloud.token_endpoint.expires_in = 600  # under --min-expiry=15m: gcloud refreshes
+    real_gcloud.activate(SA)
+    real_gcloud.token_endpoint.revoked.add(SA)
+    with pytest.raises(gauth.CredentialError) as caught:
+        gauth.get_token()
+    message = str(caught.value)
+    assert "invalid_grant" in message
+    assert f"gcloud auth activate-service-account --key-file=KEY.json` for {SA}" in message
+    assert "gcloud auth login" not in message
+
+
+@pytest.mark.gcloud
+def test_real_gcloud_hanging_endpoint_is_a_timeout_not_a_login_problem(real_gcloud, monkeypatch):
+    real_gcloud.token_endpoint.expires_in = 600  # under --min-expiry=15m: gcloud refreshes
+    real_gcloud.activate(SA)
+    asked = len(real_gcloud.token_endpoint.requests)
+    real_gcloud.token_endpoint.script("HANG")
+    monkeypatch.setattr(gauth, "GCLOUD_TIMEOUT", 4.0)
+    with pytest.raises(gauth.CredentialError) as caught:
+        gauth.get_token()
+    message = str(caught.value)
+    assert len(real_gcloud.token_endpoint.requests) > asked  # it hung on the endpoint
+    assert "did not answer within 4 s" in message
+    assert "proxy" in message
+    assert "gcloud auth login" not in message
+
+
+@pytest.mark.gcloud
+def test_real_gcloud_sdk_root_is_where_gcloud_says(real_gcloud):
+    done = real_gcloud.run("info", "--format=value(config.paths.installation_properties_path)")
+    found = gauth.gcloud_installation_properties(str(real_gcloud.path))
+    assert found == done.stdout.strip()
+
+
+@pytest.mark.gcloud
+def test_real_gcloud_external_account_adc_file_is_used(real_gcloud, tmp_path):
+    audience = (
+        "//iam.googleapis.com/projects/123456/locations/global/"
+        "workloadIdentityPools/pool/providers/provider"
+    )
+    subject = "eyJhbGciOiJSUzI1NiJ9.gcloud-subject.sig"
+    register_secret(subject)
+    (tmp_path / "subject.txt").write_text(subject)
+    real_gcloud.token_endpoint.subject_tokens[audience] = subject
+    creds = tmp_path / "creds.json"
+    real_gcloud.run(
+        "iam",
+        "workload-identity-pools",
+        "create-cred-config",
+        audience.removeprefix("//iam.googleapis.com/"),
+        f"--credential-source-file={tmp_path / 'subject.txt'}",
+        f"--output-file={creds}",
+    )
+    # gcloud exchanges the subject token when it logs in: at the fake on loopback.
+    info = json.loads(creds.read_text())
+    creds.write_text(json.dumps({**info, "token_url": real_gcloud.token_endpoint.token_url}))
+    real_gcloud.run("auth", "login", f"--cred-file={creds}", "--update-adc")
+    adc = config_dir() / "application_default_credentials.json"
+    token = gauth.lookup()
+    assert json.loads(adc.read_text())["type"] == "external_account"
+    assert real_gcloud.principal(token.value) == audience
+    assert token.source.endswith(f"from {adc}")
