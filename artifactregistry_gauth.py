@@ -878,8 +878,9 @@ class GcloudCli(CredentialSource):
         return f"gcloud ({who}, configuration {self.configuration})"
 
     def fail(self, problem: str, fix: str = "") -> CredentialError:
-        error = super().fail(problem, fix)
-        return CredentialError(f"{self.describe()}: {str(error)[len(self.origin) + 2 :]}")
+        # Named by whose token was asked for, not by the executable's path.
+        message = str(super().fail(problem, fix))[len(self.origin) :]
+        return CredentialError(self.describe() + message)
 
     def fetch(self, transport: Transport) -> Token:
         import subprocess
@@ -968,15 +969,31 @@ def _run_bounded(command: list, env: dict, timeout: float) -> tuple[int, bytes, 
 
 
 def _kill(process, group: bool) -> None:
+    """Kill the process and what it started (gcloud.cmd runs Python as a child on Windows)."""
     import signal
+    import subprocess
 
     try:
         if group:
             os.killpg(process.pid, signal.SIGKILL)
+        elif os.name == "nt":
+            system = os.environ.get("SystemRoot", "C:\\Windows")  # not PATH: planted copies
+            subprocess.run(
+                [
+                    os.path.join(system, "System32", "taskkill.exe"),
+                    "/F",
+                    "/T",
+                    "/PID",
+                    str(process.pid),
+                ],
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                timeout=10,
+            )
         else:
             process.kill()
-    except OSError:
-        pass  # already gone
+    except (OSError, subprocess.SubprocessError):
+        process.kill()  # the tree could not be ended: at least the process itself
 
 
 def parse_config_helper(stdout: bytes) -> tuple[str, float | None, str]:
@@ -1124,7 +1141,7 @@ class GcloudSettings:
 
     def principal(self, account: str) -> str:
         """Who gcloud answers for, in words: the account, a file or a token, and impersonation."""
-        if os.environ.get("CLOUDSDK_AUTH_ACCESS_TOKEN"):
+        if self.get("auth/access_token"):  # the variable, not a property: never in a file
             who = "the token in $CLOUDSDK_AUTH_ACCESS_TOKEN"
         elif self.get("auth/access_token_file"):
             who = f"the token in {self.get('auth/access_token_file')}"
@@ -2224,7 +2241,12 @@ def _metadata_server() -> CredentialSource:
 
 def _gcloud() -> CredentialSource:
     executable = _find_executable("gcloud.cmd" if os.name == "nt" else "gcloud")
-    settings = GcloudSettings.read(executable)
+    try:
+        settings = GcloudSettings.read(executable)
+    except CredentialError as exc:
+        if executable:
+            raise
+        raise NotApplicable(f"gcloud is not on PATH (and {exc})") from None
     if not settings.impersonated():
         # gcloud would print these tokens unchanged, so it need not run (its order: the
         # variable, then the file). Impersonation trades them for another token: gcloud runs.

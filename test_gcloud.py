@@ -255,12 +255,21 @@ def test_broken_gcloud_configuration_files_get_a_clear_error(name, content, mess
     assert fake_gcloud.calls == []
 
 
+def test_a_broken_gcloud_configuration_without_gcloud_installed_is_skipped():
+    config_dir().mkdir(parents=True)
+    os.mkfifo(config_dir() / "active_config")
+    with pytest.raises(gauth.NotApplicable, match="gcloud is not on PATH.*active_config"):
+        gauth._gcloud()
+
+
 # --- tokens gcloud would only echo: the variable, then the file; keyed by their value --------
 
 
 def test_cloudsdk_auth_access_token_is_served_without_running_gcloud(monkeypatch, fake_gcloud):
     monkeypatch.setenv("CLOUDSDK_AUTH_ACCESS_TOKEN", "ya29.from-the-variable")
-    assert gauth.get_token() == "ya29.from-the-variable"
+    token = gauth.lookup()
+    assert token.value == "ya29.from-the-variable"
+    assert token.source == "access token from $CLOUDSDK_AUTH_ACCESS_TOKEN"
     assert fake_gcloud.calls == []
 
 
@@ -291,8 +300,12 @@ def test_an_access_token_file_set_in_the_configuration_is_read_without_gcloud(
 def test_an_impersonated_access_token_is_traded_by_gcloud(monkeypatch, fake_gcloud):
     monkeypatch.setenv("CLOUDSDK_AUTH_ACCESS_TOKEN", "ya29.the-source-token")
     monkeypatch.setenv("CLOUDSDK_AUTH_IMPERSONATE_SERVICE_ACCOUNT", DEPLOYER)
-    token = gauth.get_token()
-    assert fake_gcloud.principals[token] == DEPLOYER
+    token = gauth.lookup()
+    assert fake_gcloud.principals[token.value] == DEPLOYER
+    assert token.source == (
+        f"gcloud (the token in $CLOUDSDK_AUTH_ACCESS_TOKEN impersonating {DEPLOYER}, "
+        "configuration default)"
+    )
 
 
 def test_a_changed_google_oauth_access_token_is_served_at_once(monkeypatch):
