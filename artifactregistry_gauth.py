@@ -833,7 +833,7 @@ class GcloudAccessTokenFile(CredentialSource):
     kind = "access token file"
     cacheable = False
 
-    def __init__(self, path: str, named_by: str = "CLOUDSDK_AUTH_ACCESS_TOKEN_FILE") -> None:
+    def __init__(self, path: str, named_by: str = "$CLOUDSDK_AUTH_ACCESS_TOKEN_FILE") -> None:
         super().__init__(path)
         try:
             value = read_local_text(path, MAX_TOKEN_FILE_BYTES).strip()
@@ -1133,6 +1133,11 @@ class GcloudSettings:
 
     def get(self, name: str) -> str:
         return self.values.get(name) or ""
+
+    def named_by(self, name: str) -> str:
+        """Where a property was set, for a fix: ``$CLOUDSDK_...`` or ``name in FILE``."""
+        where = self.where.get(name, "")
+        return where if where.startswith("$") else f"{name} in {where}"
 
     def impersonated(self) -> str:
         """The service account gcloud impersonates, or "" (the last of a delegation chain)."""
@@ -2255,7 +2260,7 @@ def _gcloud() -> CredentialSource:
             return ExplicitToken(token, "$CLOUDSDK_AUTH_ACCESS_TOKEN")
         token_file = settings.get("auth/access_token_file")
         if token_file:
-            return GcloudAccessTokenFile(token_file, settings.where["auth/access_token_file"])
+            return GcloudAccessTokenFile(token_file, settings.named_by("auth/access_token_file"))
     if not executable:
         raise NotApplicable("gcloud is not on PATH")
     return GcloudCli(executable, settings)

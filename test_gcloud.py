@@ -297,6 +297,15 @@ def test_an_access_token_file_set_in_the_configuration_is_read_without_gcloud(
     assert fake_gcloud.calls == []
 
 
+def test_a_broken_access_token_file_names_the_configuration_that_set_it(tmp_path, fake_gcloud):
+    write_configuration("default", f"[auth]\naccess_token_file = {tmp_path / 'gone'}\n")
+    with pytest.raises(gauth.CredentialError) as caught:
+        gauth.get_token()
+    assert str(caught.value).endswith(
+        f"fix or unset auth/access_token_file in {config_dir() / 'configurations/config_default'}"
+    )
+
+
 def test_an_impersonated_access_token_is_traded_by_gcloud(monkeypatch, fake_gcloud):
     monkeypatch.setenv("CLOUDSDK_AUTH_ACCESS_TOKEN", "ya29.the-source-token")
     monkeypatch.setenv("CLOUDSDK_AUTH_IMPERSONATE_SERVICE_ACCOUNT", DEPLOYER)
