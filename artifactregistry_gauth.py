@@ -1115,12 +1115,10 @@ class GcloudSettings:
     @classmethod
     def read(cls, executable: str | None) -> GcloudSettings:
         config_dir = gcloud_config_dir()
-        configuration = gcloud_active_configuration(config_dir)
+        configuration, config_file = gcloud_active_configuration(config_dir)
         values: dict = {}
         where: dict = {}
-        files = [gcloud_installation_properties(executable) if executable else None]
-        if configuration != "NONE":  # gcloud's name for "no configuration at all"
-            files.append(os.path.join(config_dir, "configurations", f"config_{configuration}"))
+        files = [gcloud_installation_properties(executable) if executable else None, config_file]
         for path in files:
             if path:
                 for name, value in _read_gcloud_properties(path).items():
@@ -1186,31 +1184,37 @@ def _file_fingerprint(path: str) -> str:
         return f"unreadable ({exc.strerror})"  # gcloud fails too; a fix is a new identity
 
 
-def gcloud_active_configuration(config_dir: str) -> str:
-    """The active configuration's name, exactly as gcloud finds it (PROTOCOLS.md J)."""
+def gcloud_active_configuration(config_dir: str) -> tuple[str, str | None]:
+    """The active configuration's name and file, exactly as gcloud finds them (PROTOCOLS.md J).
+
+    The file is None where gcloud reads none: for ``NONE``, and for a name gcloud rejects.
+    """
     import re
 
     name = os.environ.get("CLOUDSDK_ACTIVE_CONFIG_NAME", "")
-    if name:
-        return name
-    path = os.path.join(config_dir, "active_config")
-    try:
-        data = read_local_file(path, MAX_TOKEN_FILE_BYTES)
-        name = data.decode("utf-8")
-    except FileNotFoundError:
-        return "default"
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = getattr(exc, "strerror", None) or "not UTF-8 text"
-        raise CredentialError(
-            f"{path}: cannot read gcloud's active configuration ({reason}); "
-            "run `gcloud config configurations activate default`"
-        ) from None
-    # gcloud reads it as text (newlines translated) and takes it literally: "work\n" is a
-    # configuration of its own. A name gcloud rejects it deletes, and uses "default".
-    name = name.replace("\r\n", "\n").replace("\r", "\n")
-    if not name or not re.match(_GCLOUD_CONFIG_NAME, name):
-        return "default"
-    return name
+    if not name:
+        path = os.path.join(config_dir, "active_config")
+        try:
+            data = read_local_file(path, MAX_TOKEN_FILE_BYTES)
+            name = data.decode("utf-8")
+        except FileNotFoundError:
+            name = ""
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = getattr(exc, "strerror", None) or "not UTF-8 text"
+            raise CredentialError(
+                f"{path}: cannot read gcloud's active configuration ({reason}); "
+                "run `gcloud config configurations activate default`"
+            ) from None
+        # Read as text (newlines translated) and taken literally: "work\n" is a
+        # configuration of its own, without a file.
+        name = name.replace("\r\n", "\n").replace("\r", "\n")
+        if name and not re.match(_GCLOUD_CONFIG_NAME, name):
+            # gcloud deletes a name it rejects and starts "default" afresh, emptying its file.
+            return "default", None
+    name = name or "default"
+    if name == "NONE":  # gcloud's name for "no configuration at all"
+        return name, None
+    return name, os.path.join(config_dir, "configurations", f"config_{name}")
 
 
 def gcloud_installation_properties(executable: str) -> str | None:

@@ -908,17 +908,18 @@ def properties():
     """Every property as gcloud reads it: variables, the active configuration, the installation."""
     config_dir = os.environ.get("CLOUDSDK_CONFIG") or os.path.expanduser("~/.config/gcloud")
     name = os.environ.get("CLOUDSDK_ACTIVE_CONFIG_NAME") or ""
+    rejected = False
     if not name:
         try:
             with open(os.path.join(config_dir, "active_config"), encoding="utf-8") as f:
                 name = f.read()
         except FileNotFoundError:
             name = ""
-        if not re.match(CONFIG_NAME, name):
-            name = "default"
+        rejected = name and not re.match(CONFIG_NAME, name)
+        name = "default" if rejected or not name else name
     root = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
     files = [os.path.join(root, "properties")]
-    if name != "NONE":
+    if name != "NONE" and not rejected:  # gcloud empties default's file after a rejected name
         files.append(os.path.join(config_dir, "configurations", "config_" + name))
     values = {}
     for path in files:

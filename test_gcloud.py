@@ -173,21 +173,33 @@ def test_the_account_comes_from_the_active_configuration(monkeypatch, fake_gclou
 
 
 @pytest.mark.parametrize(
-    ("content", "configuration"),
+    ("content", "configuration", "has_file"),
     [
-        ("work", "work"),
-        ("work\n", "work\n"),  # gcloud takes it literally: no such configuration
-        ("work\r\n", "work\n"),  # read as text, newlines translated
-        ("", "default"),
-        ("Work", "default"),  # a name gcloud rejects: it deletes the file, uses default
-        ("work\n\n", "default"),
-        ("\ufeffwork", "default"),
+        ("work", "work", True),
+        ("work\n", "work\n", True),  # gcloud takes it literally: a file that is not there
+        ("work\r\n", "work\n", True),  # read as text, newlines translated
+        ("", "default", True),
+        ("Work", "default", False),  # a name gcloud rejects: it starts default afresh
+        ("work\n\n", "default", False),
+        ("\ufeffwork", "default", False),
     ],
 )
-def test_the_active_configuration_name_is_read_as_gcloud_reads_it(content, configuration):
+def test_the_active_configuration_name_is_read_as_gcloud_reads_it(content, configuration, has_file):
     config_dir().mkdir(parents=True)
     (config_dir() / "active_config").write_bytes(content.encode("utf-8"))
-    assert gauth.gcloud_active_configuration(str(config_dir())) == configuration
+    name, path = gauth.gcloud_active_configuration(str(config_dir()))
+    assert name == configuration
+    assert path == (str(config_dir() / "configurations" / f"config_{name}") if has_file else None)
+
+
+@pytest.mark.parametrize("name", ["NONE", "work"])
+def test_the_configuration_variable_wins_over_active_config(name, monkeypatch):
+    config_dir().mkdir(parents=True)
+    (config_dir() / "active_config").write_text("home")
+    monkeypatch.setenv("CLOUDSDK_ACTIVE_CONFIG_NAME", name)
+    configuration, path = gauth.gcloud_active_configuration(str(config_dir()))
+    assert configuration == name
+    assert (path is None) == (name == "NONE")
 
 
 def test_a_trailing_newline_in_active_config_is_no_account_as_in_gcloud(fake_gcloud):
@@ -690,8 +702,8 @@ def test_real_gcloud_trades_an_access_token_when_impersonating(real_gcloud, monk
 @pytest.mark.gcloud
 @pytest.mark.parametrize(
     ("active_config", "account_variable"),
-    [("default", None), ("default\n", None), ("default", "")],
-    ids=["no-account", "name-with-newline", "empty-account-variable"],
+    [("default", None), ("default\n", None), ("Default", None), ("default", "")],
+    ids=["no-account", "name-with-newline", "rejected-name", "empty-account-variable"],
 )
 def test_real_gcloud_without_an_active_account_says_run_gcloud_login(
     active_config, account_variable, real_gcloud, monkeypatch
