@@ -853,7 +853,7 @@ class GcloudAccessTokenFile(CredentialSource):
 
 MAX_TOKEN_FILE_BYTES = 64 * 1024
 # gcloud gets its own bound, not what the lookup budget has left: it takes about 1 s,
-# retries a failing token endpoint for about 7 s, and impersonation is a second request.
+# retries a failing token endpoint for 4-7 s, and impersonation is a second request.
 GCLOUD_TIMEOUT = 30.0
 
 
