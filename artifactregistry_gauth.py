@@ -763,14 +763,16 @@ class CredentialSource:
 
 
 class ExplicitToken(CredentialSource):
-    """A token handed over in ``GOOGLE_OAUTH_ACCESS_TOKEN``."""
+    """A token handed over in a variable: ``GOOGLE_OAUTH_ACCESS_TOKEN`` or gcloud's own."""
 
     kind = "access token"
     cacheable = False
 
-    def __init__(self, value: str) -> None:
-        super().__init__("$GOOGLE_OAUTH_ACCESS_TOKEN")
+    def __init__(self, value: str, origin: str = "$GOOGLE_OAUTH_ACCESS_TOKEN") -> None:
+        super().__init__(origin)
         self.value = value
+        # A new value is a new identity at once; the hash keeps the value out of the key.
+        self.content_hash = _short_hash(value.encode("utf-8", "surrogateescape"))
 
     def fetch(self, transport: Transport) -> Token:
         return Token(self.value, None, self.describe())
@@ -944,26 +946,33 @@ def _looks_like_gce() -> bool:
 
 
 class GcloudAccessTokenFile(CredentialSource):
-    """A token file named by ``CLOUDSDK_AUTH_ACCESS_TOKEN_FILE``, as gcloud itself honours."""
+    """A token file named by gcloud's ``auth/access_token_file``, as gcloud itself honours."""
 
     kind = "access token file"
     cacheable = False
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, named_by: str = "$CLOUDSDK_AUTH_ACCESS_TOKEN_FILE") -> None:
         super().__init__(path)
-
-    def fetch(self, transport: Transport) -> Token:
         try:
-            with open(self.origin, encoding="utf-8") as f:
-                value = f.read().strip()
+            value = read_local_text(path, MAX_TOKEN_FILE_BYTES).strip()
         except OSError as exc:
             raise self.fail(
-                f"cannot read it ({exc.strerror})",
-                "fix or unset CLOUDSDK_AUTH_ACCESS_TOKEN_FILE",
+                f"cannot read it ({exc.strerror})", f"fix or unset {named_by}"
             ) from None
         if not value or any(c.isspace() for c in value):
             raise self.fail("it does not hold one access token", "write the token alone into it")
-        return Token(value, None, self.describe())
+        self.value = value
+        # Rewritten in place, the file is a new identity at once; only a hash is kept.
+        self.content_hash = _short_hash(value.encode("utf-8"))
+
+    def fetch(self, transport: Transport) -> Token:
+        return Token(self.value, None, self.describe())
+
+
+MAX_TOKEN_FILE_BYTES = 64 * 1024
+# gcloud gets its own bound, not what the lookup budget has left: it takes about 1 s,
+# retries a failing token endpoint for 4-7 s, and impersonation is a second request.
+GCLOUD_TIMEOUT = 30.0
 
 
 class GcloudCli(CredentialSource):
@@ -971,44 +980,52 @@ class GcloudCli(CredentialSource):
 
     kind = "gcloud"
 
-    def __init__(self, executable: str) -> None:
+    def __init__(self, executable: str, settings: GcloudSettings | None = None) -> None:
         super().__init__(executable)
-        self.config_dir = gcloud_config_dir()
-        self.configuration, self.account = gcloud_active_account(self.config_dir)
+        self.settings = settings or GcloudSettings.read(executable)
+        self.configuration = self.settings.configuration
+        self.account = self.settings.get("core/account")
 
     @property
     def identity(self) -> str:
-        return f"gcloud:{self.config_dir}:{self.configuration}:{self.account}"
+        settings = self.settings
+        return f"gcloud:{settings.config_dir}:{settings.configuration}:{settings.fingerprint()}"
 
     def describe(self) -> str:
-        who = self.account or "the active account"
+        who = self.settings.principal(self.account)
         return f"gcloud ({who}, configuration {self.configuration})"
+
+    def fail(self, problem: str, fix: str = "") -> CredentialError:
+        # Named by whose token was asked for, not by the executable's path.
+        message = str(super().fail(problem, fix))[len(self.origin) :]
+        return CredentialError(self.describe() + message)
 
     def fetch(self, transport: Transport) -> Token:
         import subprocess
 
         command = [self.origin, "config", "config-helper", "--format=json", "--min-expiry=15m"]
         env = dict(os.environ, CLOUDSDK_CORE_DISABLE_PROMPTS="1")
-        timeout = transport.remaining()
         _debug("running %s", " ".join(command[1:]))
         try:
-            done = subprocess.run(
-                command,
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                env=env,
-                timeout=timeout,
-            )
+            done = _run_capped(command, env, GCLOUD_TIMEOUT)
         except subprocess.TimeoutExpired:
             raise self.fail(
-                f"gcloud did not answer within {timeout:.0f} s", "run `gcloud auth login` once"
+                f"gcloud did not answer within {GCLOUD_TIMEOUT:.0f} s",
+                "it may be waiting for an unreachable or slow token endpoint: check the "
+                "network and any proxy (HTTPS_PROXY), then try `gcloud auth print-access-token`",
             ) from None
         except OSError as exc:
-            raise self.fail(f"cannot run gcloud ({exc.strerror})") from None
-        if done.returncode != 0:
-            raise self.fail(_gcloud_error(done.stderr), _gcloud_fix(done.stderr))
+            raise self.fail(f"cannot run gcloud ({exc.strerror or exc})") from None
+        except _OutputTooLargeError as exc:
+            raise self.fail(
+                f"gcloud {exc}, which is not `config-helper`'s JSON answer",
+                "update the Google Cloud SDK",
+            ) from None
+        returncode, stdout, stderr = done.returncode, done.stdout, done.stderr
+        if returncode != 0:
+            raise self.fail(_gcloud_error(stderr), _gcloud_fix(stderr, self.account))
         try:
-            value, expiry, account = parse_config_helper(done.stdout)
+            value, expiry, account = parse_config_helper(stdout)
         except ValueError:
             raise self.fail(
                 "`gcloud config config-helper` printed something that is not its JSON answer",
@@ -1018,6 +1035,34 @@ class GcloudCli(CredentialSource):
             raise self.fail("gcloud has no access token for the active account", LOGIN_HINT)
         self.account = account or self.account
         return Token(value, expiry, self.describe())
+
+
+def _kill(process, group: bool) -> None:
+    """Kill the process and what it started (gcloud.cmd runs Python as a child on Windows)."""
+    import signal
+    import subprocess
+
+    try:
+        if group:
+            os.killpg(process.pid, signal.SIGKILL)
+        elif os.name == "nt":
+            system = os.environ.get("SystemRoot", "C:\\Windows")  # not PATH: planted copies
+            subprocess.run(
+                [
+                    os.path.join(system, "System32", "taskkill.exe"),
+                    "/F",
+                    "/T",
+                    "/PID",
+                    str(process.pid),
+                ],
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                timeout=10,
+            )
+        else:
+            process.kill()
+    except (OSError, subprocess.SubprocessError):
+        process.kill()  # the tree could not be ended: at least the process itself
 
 
 def parse_config_helper(stdout: bytes) -> tuple[str, float | None, str]:
@@ -1060,10 +1105,43 @@ def _gcloud_error(stderr: bytes) -> str:
     return text[:300]
 
 
-def _gcloud_fix(stderr: bytes) -> str:
+# What gcloud (requests, urllib3, httplib2) says when the network, not the login, failed.
+_GCLOUD_NETWORK_WORDS = (
+    "timed out",
+    "readtimeout",
+    "connecttimeout",
+    "unable to find the server",
+    "failed to establish a new connection",
+    "connection refused",
+    "connection reset",
+    "connection aborted",
+    "max retries exceeded",
+    "proxyerror",
+    "unable to connect to proxy",
+    "name resolution",
+)
+
+
+def _gcloud_fix(stderr: bytes, account: str = "") -> str:
+    """What to do about gcloud's failure, for the kind of account it failed for."""
     text = stderr.decode("utf-8", "replace").lower()
+    if "do not currently have an active account" in text:
+        return "run `gcloud auth login` (or `gcloud config set account ACCOUNT`)"
     if "reauthentication" in text or "reauth" in text:
         return "gcloud needs you to sign in again: run `gcloud auth login`"
+    if any(word in text for word in _GCLOUD_NETWORK_WORDS):
+        return (
+            "gcloud could not reach Google's token endpoint: check the network and any proxy "
+            "(HTTPS_PROXY)"
+        )
+    if "impersonat" in text or "generateaccesstoken" in text or "getaccesstoken" in text:
+        return (
+            "check that the account may impersonate the service account "
+            "(roles/iam.serviceAccountTokenCreator), or unset auth/impersonate_service_account"
+        )
+    if account.endswith(".gserviceaccount.com") or "activate-service-account" in text:
+        who = account if account.endswith(".gserviceaccount.com") else "the service account"
+        return f"run `gcloud auth activate-service-account --key-file=KEY.json` for {who}"
     return "run `gcloud auth login` (or `gcloud auth application-default login`)"
 
 
@@ -1080,29 +1158,178 @@ def gcloud_config_dir() -> str:
     return os.path.join(os.environ.get("SystemDrive", "C:") + "\\", "gcloud")
 
 
-def gcloud_active_account(config_dir: str) -> tuple[str, str]:
-    """(active configuration, account) read from gcloud's files, without starting gcloud."""
+# The properties that decide whose token gcloud returns (PROTOCOLS.md J), as
+# "section/name": every auth property, the account and the universe.
+_GCLOUD_IDENTITY_PROPERTIES = ("core/account", "core/universe_domain")
+_GCLOUD_IDENTITY_SECTION = "auth"
+# Properties that name a file whose content gcloud uses: rewritten in place (as
+# google-github-actions/auth does), the file is a new identity.
+_GCLOUD_FILE_PROPERTIES = ("auth/access_token_file", "auth/credential_file_override")
+_GCLOUD_CONFIG_NAME = "^[a-z][-a-z0-9]*$"  # gcloud's own check, with Python's `$`
+
+
+class GcloudSettings:
+    """The gcloud properties that decide whose token gcloud returns, read as gcloud reads them.
+
+    Each property comes from ``CLOUDSDK_<SECTION>_<NAME>`` (set but empty counts as set),
+    else the active configuration's file, else the installation's ``properties`` file.
+    """
+
+    def __init__(self, config_dir: str, configuration: str, values: dict, where: dict) -> None:
+        self.config_dir = config_dir
+        self.configuration = configuration
+        self.values = values  # "section/name" -> value
+        self.where = where  # "section/name" -> the variable or file it came from
+
+    @classmethod
+    def read(cls, executable: str | None) -> GcloudSettings:
+        config_dir = gcloud_config_dir()
+        configuration, config_file = gcloud_active_configuration(config_dir)
+        values: dict = {}
+        where: dict = {}
+        files = [gcloud_installation_properties(executable) if executable else None, config_file]
+        for path in files:
+            if path:
+                for name, value in _read_gcloud_properties(path).items():
+                    values[name], where[name] = value, path
+        for variable, value in os.environ.items():
+            name = _gcloud_property_of(variable)
+            if name:
+                values[name], where[name] = value, f"${variable}"
+        return cls(config_dir, configuration, values, where)
+
+    def get(self, name: str) -> str:
+        return self.values.get(name) or ""
+
+    def named_by(self, name: str) -> str:
+        """Where a property was set, for a fix: ``$CLOUDSDK_...`` or ``name in FILE``."""
+        where = self.where.get(name, "")
+        return where if where.startswith("$") else f"{name} in {where}"
+
+    def impersonated(self) -> str:
+        """The service account gcloud impersonates, or "" (the last of a delegation chain)."""
+        chain = [part.strip() for part in self.get("auth/impersonate_service_account").split(",")]
+        return chain[-1] if chain else ""
+
+    def principal(self, account: str) -> str:
+        """Who gcloud answers for, in words: the account, a file or a token, and impersonation."""
+        if self.get("auth/access_token"):  # the variable, not a property: never in a file
+            who = "the token in $CLOUDSDK_AUTH_ACCESS_TOKEN"
+        elif self.get("auth/access_token_file"):
+            who = f"the token in {self.get('auth/access_token_file')}"
+        elif self.get("auth/credential_file_override"):
+            who = f"credentials from {self.get('auth/credential_file_override')}"
+        else:
+            who = account or "the active account"
+        target = self.impersonated()
+        return f"{who} impersonating {target}" if target else who
+
+    def fingerprint(self) -> str:
+        """A hash of everything that decides gcloud's answer; values and tokens stay out of it."""
+        decisive = {
+            name: value
+            for name, value in self.values.items()
+            if name in _GCLOUD_IDENTITY_PROPERTIES or name.startswith("auth/")
+        }
+        for name in _GCLOUD_FILE_PROPERTIES:
+            if self.get(name):
+                decisive[name + "#content"] = _file_fingerprint(self.get(name))
+        return _short_hash(_json_compact(sorted(decisive.items())))
+
+
+def _gcloud_property_of(variable: str) -> str:
+    """ "auth/access_token_file" for ``CLOUDSDK_AUTH_ACCESS_TOKEN_FILE``, "" if not decisive."""
+    if variable.startswith("CLOUDSDK_AUTH_"):
+        return "auth/" + variable[len("CLOUDSDK_AUTH_") :].lower()
+    if variable in ("CLOUDSDK_CORE_ACCOUNT", "CLOUDSDK_CORE_UNIVERSE_DOMAIN"):
+        return "core/" + variable[len("CLOUDSDK_CORE_") :].lower()
+    return ""
+
+
+def _file_fingerprint(path: str) -> str:
+    try:
+        return _short_hash(read_local_file(path))
+    except OSError as exc:
+        return f"unreadable ({exc.strerror})"  # gcloud fails too; a fix is a new identity
+
+
+def gcloud_active_configuration(config_dir: str) -> tuple[str, str | None]:
+    """The active configuration's name and file, exactly as gcloud finds them (PROTOCOLS.md J).
+
+    The file is None where gcloud reads none: for ``NONE``, and for a name gcloud rejects.
+    """
+    import re
+
     name = os.environ.get("CLOUDSDK_ACTIVE_CONFIG_NAME", "")
     if not name:
+        path = os.path.join(config_dir, "active_config")
         try:
-            with open(os.path.join(config_dir, "active_config"), encoding="utf-8") as f:
-                name = f.read().strip()
-        except OSError:
+            data = read_local_file(path, MAX_TOKEN_FILE_BYTES)
+            name = data.decode("utf-8")
+        except FileNotFoundError:
             name = ""
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = getattr(exc, "strerror", None) or "not UTF-8 text"
+            raise CredentialError(
+                f"{path}: cannot read gcloud's active configuration ({reason}); "
+                "run `gcloud config configurations activate default`"
+            ) from None
+        # Read as text (newlines translated) and taken literally: "work\n" is a
+        # configuration of its own, without a file.
+        name = name.replace("\r\n", "\n").replace("\r", "\n")
+        if name and not re.match(_GCLOUD_CONFIG_NAME, name):
+            # gcloud deletes a name it rejects and starts "default" afresh, emptying its file.
+            return "default", None
     name = name or "default"
-    account = os.environ.get("CLOUDSDK_CORE_ACCOUNT", "")
-    if not account:
-        import configparser
+    if name == "NONE":  # gcloud's name for "no configuration at all"
+        return name, None
+    return name, os.path.join(config_dir, "configurations", f"config_{name}")
 
-        parser = configparser.ConfigParser(interpolation=None)
-        try:
-            parser.read(
-                os.path.join(config_dir, "configurations", f"config_{name}"), encoding="utf-8"
-            )
-            account = parser.get("core", "account", fallback="")
-        except (configparser.Error, UnicodeDecodeError):
-            account = ""
-    return name, account
+
+def gcloud_installation_properties(executable: str) -> str | None:
+    """``<sdk root>/properties`` of the SDK that ``executable`` belongs to, if it has a root.
+
+    gcloud's root is the nearest directory above its code holding ``.install``; links
+    such as ``/usr/bin/gcloud`` are followed to find it.
+    """
+    directory = os.path.dirname(os.path.realpath(executable))
+    for _ in range(4):
+        if os.path.isdir(os.path.join(directory, ".install")):
+            return os.path.join(directory, "properties")
+        parent = os.path.dirname(directory)
+        if parent == directory:
+            break
+        directory = parent
+    return None
+
+
+def _read_gcloud_properties(path: str) -> dict:
+    """The decisive properties in one of gcloud's INI files ({} if it does not exist)."""
+    import configparser
+
+    try:
+        text = read_local_text(path)
+    except FileNotFoundError:
+        return {}
+    except OSError as exc:
+        raise CredentialError(
+            f"{path}: cannot read this gcloud configuration file ({exc.strerror}); fix or remove it"
+        ) from None
+    parser = configparser.ConfigParser()  # as gcloud parses it, with its interpolation
+    try:
+        parser.read_string(text, path)
+        found = {}
+        for section in parser.sections():
+            for name, value in parser.items(section):
+                key = f"{section}/{name}"
+                if section == _GCLOUD_IDENTITY_SECTION or key in _GCLOUD_IDENTITY_PROPERTIES:
+                    found[key] = value
+    except configparser.Error as exc:
+        problem = " ".join(str(exc).split())[:200]
+        raise CredentialError(
+            f"{path}: gcloud cannot parse this configuration file ({problem}); fix it"
+        ) from None
+    return found
 
 
 # Workload and workforce identity federation and service-account impersonation
@@ -1705,7 +1932,10 @@ def _run_capped(argv: list, env: dict | None, timeout: float, limit: int = MAX_R
 
     deadline = _monotonic() + timeout
     pipe = subprocess.PIPE
-    process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=pipe, stderr=pipe, env=env)
+    group = os.name != "nt"  # its own process group, so a kill also ends what it started
+    process = subprocess.Popen(
+        argv, stdin=subprocess.DEVNULL, stdout=pipe, stderr=pipe, env=env, start_new_session=group
+    )
     outputs: dict = {"stdout": bytearray(), "stderr": bytearray()}
     too_large: list = []
     ended = threading.Semaphore(0)
@@ -1720,7 +1950,7 @@ def _run_capped(argv: list, env: dict | None, timeout: float, limit: int = MAX_R
                         return
                     kept += chunk
                 too_large.append(name)
-                process.kill()  # before ``ended``: the caller's thread waits for the process
+                _kill(process, group)  # before ``ended``: the caller's thread waits for it
         finally:
             ended.release()
 
@@ -1741,8 +1971,11 @@ def _run_capped(argv: list, env: dict | None, timeout: float, limit: int = MAX_R
             raise subprocess.TimeoutExpired(argv, timeout)
         returncode = process.wait(max(deadline - _monotonic(), 0.0))
     except (_OutputTooLargeError, subprocess.TimeoutExpired):
-        process.kill()
+        _kill(process, group)
         process.wait()
+        # The pipes close once every process holding them is gone: wait for that, briefly.
+        for _ in range(len(outputs) - finished):
+            ended.acquire(timeout=2.0)
         raise
     return subprocess.CompletedProcess(
         argv, returncode, bytes(outputs["stdout"]), bytes(outputs["stderr"])
@@ -2187,15 +2420,46 @@ def _metadata_server() -> CredentialSource:
 
 
 def _gcloud() -> CredentialSource:
-    token_file = os.environ.get("CLOUDSDK_AUTH_ACCESS_TOKEN_FILE", "")
-    if token_file:
-        return GcloudAccessTokenFile(token_file)
-    import shutil
-
-    executable = shutil.which("gcloud.cmd" if os.name == "nt" else "gcloud")
+    executable = _find_executable("gcloud.cmd" if os.name == "nt" else "gcloud")
+    try:
+        settings = GcloudSettings.read(executable)
+    except CredentialError as exc:
+        if executable:
+            raise
+        raise NotApplicable(f"gcloud is not on PATH (and {exc})") from None
+    if not settings.impersonated():
+        # gcloud would print these tokens unchanged, so it need not run (its order: the
+        # variable, then the file). Impersonation trades them for another token: gcloud runs.
+        token = os.environ.get("CLOUDSDK_AUTH_ACCESS_TOKEN", "").strip()
+        if token:
+            return ExplicitToken(token, "$CLOUDSDK_AUTH_ACCESS_TOKEN")
+        token_file = settings.get("auth/access_token_file")
+        if token_file:
+            return GcloudAccessTokenFile(token_file, settings.named_by("auth/access_token_file"))
     if not executable:
         raise NotApplicable("gcloud is not on PATH")
-    return GcloudCli(executable)
+    return GcloudCli(executable, settings)
+
+
+def _find_executable(name: str) -> str | None:
+    """The program ``name`` in a PATH directory, like shutil.which but safe on Windows.
+
+    Windows' search (and shutil.which there) tries the working directory first, so a
+    checkout holding ``gcloud.cmd`` would run its code: only absolute PATH entries count.
+    """
+    names = [name]
+    if os.name == "nt":
+        extensions = [e for e in os.environ.get("PATHEXT", ".COM;.EXE;.BAT;.CMD").split(";") if e]
+        if not any(name.lower().endswith(e.lower()) for e in extensions):
+            names = [name + e for e in extensions]
+    for directory in os.environ.get("PATH", os.defpath).split(os.pathsep):
+        if not directory or not os.path.isabs(directory):
+            continue
+        for candidate in names:
+            path = os.path.join(directory, candidate)
+            if os.path.isfile(path) and os.access(path, os.X_OK):
+                return path
+    return None
 
 
 DISCOVERY = (
@@ -3039,10 +3303,9 @@ def _distribution_version(name: str) -> str:
 
 def _keyring_executable_report() -> dict:
     """The `keyring` that pip's and uv's subprocess providers would run, and what it sees."""
-    import shutil
     import subprocess
 
-    executable = shutil.which("keyring")
+    executable = _find_executable("keyring")
     if executable is None:
         return {"path": None, "detail": "no keyring on PATH: subprocess providers are off"}
     try:

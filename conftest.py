@@ -12,10 +12,12 @@ import logging
 import os
 import re
 import secrets
+import shutil
 import signal
 import socket
 import ssl
 import struct
+import subprocess
 import sys
 import threading
 import time
@@ -832,9 +834,11 @@ def fake_metadata(isolated_env, monkeypatch):
 
 _GCLOUD_SCRIPT = r'''"""Fake gcloud written by conftest.py, obeying gcloud.config.json beside it."""
 
+import configparser
 import fcntl
 import json
 import os
+import re
 import secrets
 import select
 import sys
@@ -846,10 +850,12 @@ ENV_KEYS = (
     "CLOUDSDK_CONFIG",
     "CLOUDSDK_ACTIVE_CONFIG_NAME",
     "CLOUDSDK_CORE_ACCOUNT",
+    "CLOUDSDK_AUTH_IMPERSONATE_SERVICE_ACCOUNT",
 )
 NO_ACCOUNT = (
     "ERROR: (gcloud.config.config-helper) You do not currently have an active account selected.\n"
 )
+CONFIG_NAME = "^[a-z][-a-z0-9]*$"
 
 
 def beside(name):
@@ -898,22 +904,81 @@ def new_token():
     return "ya29.gcloud-%d-%s" % (n, secrets.token_hex(8))
 
 
+def properties():
+    """Every property as gcloud reads it: variables, the active configuration, the installation."""
+    config_dir = os.environ.get("CLOUDSDK_CONFIG") or os.path.expanduser("~/.config/gcloud")
+    name = os.environ.get("CLOUDSDK_ACTIVE_CONFIG_NAME") or ""
+    rejected = False
+    if not name:
+        try:
+            with open(os.path.join(config_dir, "active_config"), encoding="utf-8") as f:
+                name = f.read()
+        except FileNotFoundError:
+            name = ""
+        rejected = name and not re.match(CONFIG_NAME, name)
+        name = "default" if rejected or not name else name
+    root = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
+    files = [os.path.join(root, "properties")]
+    if name != "NONE" and not rejected:  # gcloud empties default's file after a rejected name
+        files.append(os.path.join(config_dir, "configurations", "config_" + name))
+    values = {}
+    for path in files:
+        parser = configparser.ConfigParser()
+        parser.read(path, encoding="utf-8")
+        for section in parser.sections():
+            values.setdefault(section, {}).update(parser.items(section))
+    for variable, value in os.environ.items():
+        parts = variable.split("_", 2)
+        if len(parts) == 3 and parts[0] == "CLOUDSDK" and parts[1] in ("CORE", "AUTH"):
+            values.setdefault(parts[1].lower(), {})[parts[2].lower()] = value
+    return name, config_dir, values
+
+
+def principal(cfg, props):
+    """Whose token gcloud would print: (principal, base account, fixed token or None)."""
+    auth, core = props.get("auth", {}), props.get("core", {})
+    account = core["account"] if "account" in core else cfg.get("account", "user@example.com")
+    target = auth.get("impersonate_service_account", "").split(",")[-1].strip()
+    if os.environ.get("CLOUDSDK_AUTH_ACCESS_TOKEN"):
+        base, fixed = "token:$CLOUDSDK_AUTH_ACCESS_TOKEN", os.environ["CLOUDSDK_AUTH_ACCESS_TOKEN"]
+    elif auth.get("access_token_file"):
+        with open(auth["access_token_file"], encoding="utf-8") as f:
+            base, fixed = "token:" + auth["access_token_file"], f.read().strip()
+    elif auth.get("credential_file_override"):
+        with open(auth["credential_file_override"], encoding="utf-8") as f:
+            info = json.load(f)
+        base, fixed = info.get("client_email") or "file:" + auth["credential_file_override"], None
+    elif account:
+        base, fixed = account, None
+    else:
+        return None, account, None
+    if target:
+        fixed = None  # impersonation trades the token in for the target's
+    return (target or base), account, fixed
+
+
 def config_helper(cfg, argv):
     if argv[:2] != ["config", "config-helper"] or not any(
         arg.startswith("--format=json") for arg in argv
     ):
         sys.stderr.write("ERROR: (gcloud) unsupported in fake\n")
         return 2
-    token = cfg["token"] if "token" in cfg else new_token()
-    expiry = None if cfg.get("expiry_null") else time.time() + cfg.get("expires_in", 3599)
+    name, config_dir, props = properties()
+    who, account, fixed = principal(cfg, props)
+    if who is None:
+        sys.stderr.write(NO_ACCOUNT)
+        return 1
+    token = cfg["token"] if "token" in cfg else fixed if fixed is not None else new_token()
+    expiry = None if cfg.get("expiry_null") or fixed is not None else (
+        time.time() + cfg.get("expires_in", 3599)
+    )
     if token:
-        append("issued.jsonl", {"token": token, "expiry": expiry})
-    config_dir = os.environ.get("CLOUDSDK_CONFIG") or os.path.expanduser("~/.config/gcloud")
-    core = {"account": cfg.get("account", "user@example.com"), "project": "example-project"}
+        append("issued.jsonl", {"token": token, "expiry": expiry, "principal": who})
+    core = dict(props.get("core", {}), account=account, project="example-project")
     output = {
         "configuration": {
-            "active_configuration": cfg.get("configuration", "default"),
-            "properties": {"core": core},
+            "active_configuration": cfg.get("configuration", name),
+            "properties": dict(props, core=core),
         },
         "credential": {
             "access_token": token,
@@ -985,10 +1050,21 @@ class FakeGcloud:
     )
 
     def __init__(self, bin_dir):
+        # Laid out as an installed SDK whose bin/gcloud is linked from PATH, as /usr/bin/gcloud is.
+        self.sdk_root = bin_dir.parent / "google-cloud-sdk"
+        (self.sdk_root / ".install").mkdir(parents=True)
+        (self.sdk_root / "bin").mkdir()
+        script = self.sdk_root / "bin" / "gcloud"
+        script.write_text(f"#!{sys.executable}\n{_GCLOUD_SCRIPT}")
+        script.chmod(0o755)
         self.path = bin_dir / "gcloud"
-        self.path.write_text(f"#!{sys.executable}\n{_GCLOUD_SCRIPT}")
-        self.path.chmod(0o755)
+        self.path.symlink_to(script)
         self.configure()
+
+    @property
+    def installation_properties(self):
+        """The SDK's own properties file, read after the active configuration."""
+        return self.sdk_root / "properties"
 
     def configure(self, **settings):
         """Replace the configuration; token="" or None is printed as given, not generated."""
@@ -1013,6 +1089,14 @@ class FakeGcloud:
         """Tokens printed so far, mapped to their expiry (epoch seconds, or None)."""
         return {
             entry["token"]: entry["expiry"]
+            for entry in _read_json_lines(self._beside("issued.jsonl"))
+        }
+
+    @property
+    def principals(self):
+        """Tokens printed so far, mapped to whose they are (the impersonated account, if any)."""
+        return {
+            entry["token"]: entry["principal"]
             for entry in _read_json_lines(self._beside("issued.jsonl"))
         }
 
@@ -1050,6 +1134,191 @@ def fake_gcloud(bin_dir):
     fake = FakeGcloud(bin_dir)
     yield fake
     fake.stop()
+
+
+# --- The real Cloud SDK, against loopback fakes ---------------------------------------------
+
+# Found before any test narrows PATH; None where no Cloud SDK is installed.
+REAL_GCLOUD = shutil.which("gcloud")
+_ORIGINAL_PATH = os.environ.get("PATH", os.defpath)
+
+
+class FakeGcloudTokenEndpoint(_FakeService):
+    """The OAuth token endpoint (and STS) as gcloud's refreshes call them, over plain http."""
+
+    server_header = "ESF"
+    token_prefix = "gcloud-sa"
+
+    def __init__(self):
+        super().__init__()
+        self.service_accounts: dict = {}  # email -> public key
+        self.revoked: set = set()
+        self.subject_tokens: dict = {}  # workload identity audience -> its one subject token
+
+    @property
+    def token_url(self):
+        """The plain-HTTP token endpoint URL, for token_uri in key files."""
+        return f"http://127.0.0.1:{self.port}/token"
+
+    def respond(self, record):
+        """A JWT-bearer grant signed by a registered key; invalid_grant for revoked keys."""
+        if record.route == "/introspect" and record.method == "POST":  # gcloud names the account
+            entry = self.issued.get(record.form.get("token", ""))
+            if entry is None:
+                return _reply(200, {"active": False})
+            return _reply(200, {"active": True, "username": entry["identity"]})
+        if record.route != "/token" or record.method != "POST":
+            return _reply(404, f"nothing at {record.method} {record.route}")
+        if record.form.get("grant_type") == TOKEN_EXCHANGE:  # as STS, for external accounts
+            audience = record.form.get("audience", "")
+            if record.form.get("subject_token") != self.subject_tokens.get(audience):
+                return _oauth_error(400, "invalid_grant", "The subject token is invalid.")
+            return self._issue(audience)
+        if record.form.get("grant_type") != JWT_BEARER:
+            return _oauth_error(400, "unsupported_grant_type", "only JWT bearer grants here")
+        segments = record.form.get("assertion", "").split(".")
+        try:
+            claims = _decode_segment(segments[1], "claims")
+            signature = _base64url_decode(segments[2], "signature")
+            email = claims.get("iss")
+            self.service_accounts[email].verify(
+                signature, ".".join(segments[:2]).encode(), padding.PKCS1v15(), hashes.SHA256()
+            )
+        except (IndexError, KeyError, InvalidSignature, _InvalidGrantError):
+            return _oauth_error(400, "invalid_grant", "Invalid JWT Signature.")
+        if email in self.revoked:
+            return _oauth_error(400, "invalid_grant", "Invalid JWT Signature.")
+        return self._issue(email)
+
+
+class RealGcloud:
+    """The installed Cloud SDK on PATH, isolated: its own config dir, loopback fakes only."""
+
+    def __init__(self, path, env, token_endpoint, iam, key, tmp_path):
+        self.path = path
+        self.env = env
+        self.token_endpoint = token_endpoint
+        self.iam = iam
+        self.key = key
+        self.tmp_path = tmp_path
+
+    def run(self, *args, check=True):
+        """Run gcloud with args: the environment of the test, then the safety net on top."""
+        done = subprocess.run(
+            [str(self.path), *args],
+            env={**os.environ, **self.env},
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        if check and done.returncode != 0:
+            raise AssertionError(f"gcloud {' '.join(args)} failed: {done.stderr[-2000:]}")
+        return done
+
+    def key_file(self, email, name=None):
+        """Write a service-account key file for `email` that the fake token endpoint accepts."""
+        self.token_endpoint.service_accounts[email] = self.key.public_key
+        path = self.tmp_path / (name or f"{email.split('@')[0]}-key.json")
+        path.write_text(
+            json.dumps(
+                {
+                    "type": "service_account",
+                    "project_id": "proj",
+                    "private_key_id": "key-1",
+                    "private_key": self.key.pkcs8_pem,
+                    "client_email": email,
+                    "client_id": "1234",
+                    "token_uri": self.token_endpoint.token_url,
+                }
+            )
+        )
+        return path
+
+    def activate(self, email):
+        """`gcloud auth activate-service-account` with a new key file for `email`."""
+        self.run("auth", "activate-service-account", f"--key-file={self.key_file(email)}")
+
+    def principal(self, token):
+        """Whose token it is: the service account, or the one impersonated with it."""
+        entry = self.iam.issued.get(token) or self.token_endpoint.issued.get(token)
+        return None if entry is None else entry["identity"]
+
+
+def real_gcloud_env(token_endpoint, iam):
+    """Everything that keeps a real gcloud on this machine and on our fakes, in one place.
+
+    gcloud is a subprocess, beyond the in-process socket guard: a dead proxy catches any
+    request to a real host, and the metadata server is a refused loopback port.
+    """
+    dead = f"127.0.0.1:{_refused_port()}"
+    env = {
+        "CLOUDSDK_CORE_DISABLE_PROMPTS": "1",
+        "CLOUDSDK_COMPONENT_MANAGER_DISABLE_UPDATE_CHECK": "1",
+        "CLOUDSDK_CORE_DISABLE_USAGE_REPORTING": "1",
+        "CLOUDSDK_CORE_CHECK_GCE_METADATA": "false",
+        "GCE_METADATA_HOST": dead,
+        "GCE_METADATA_IP": dead,
+        "GCE_METADATA_ROOT": dead,
+        "NO_PROXY": "127.0.0.1,localhost",
+        "no_proxy": "127.0.0.1,localhost",
+        # gcloud's own token endpoint and IAM, on loopback.
+        "CLOUDSDK_AUTH_TOKEN_HOST": token_endpoint.token_url,
+        "CLOUDSDK_AUTH_TOKEN_INTROSPECTION_ENDPOINT": f"http://127.0.0.1:{token_endpoint.port}/introspect",
+        "CLOUDSDK_API_ENDPOINT_OVERRIDES_IAMCREDENTIALS": f"http://127.0.0.1:{iam.port}/",
+        # Without this each refresh also asks for an ID token (PROTOCOLS.md J).
+        "CLOUDSDK_AUTH_SERVICE_ACCOUNT_DISABLE_ID_TOKEN_REFRESH": "true",
+    }
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
+        env[name] = f"http://{dead}"
+    return env
+
+
+@pytest.fixture
+def real_gcloud(bin_dir, tmp_path, rsa_key, monkeypatch):
+    """The installed gcloud, linked into bin_dir, on fakes; skipped where none is installed."""
+    if REAL_GCLOUD is None:
+        pytest.skip("no Cloud SDK installed (gcloud is not on PATH)")
+    with FakeGcloudTokenEndpoint() as token_endpoint:
+        iam = FakeIAMCredentials(token_endpoint)
+        iam.serve()
+        env = real_gcloud_env(token_endpoint, iam)
+        # gcloud's wrapper needs the system's tools (dirname, readlink, python3).
+        monkeypatch.setenv("PATH", os.pathsep.join([str(bin_dir), _ORIGINAL_PATH]))
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)  # for the gcloud our module starts
+        link = bin_dir / "gcloud"
+        link.symlink_to(REAL_GCLOUD)
+        yield RealGcloud(link, env, token_endpoint, iam, rsa_key, tmp_path)
+        iam.close()
+
+
+@pytest.fixture(scope="session")
+def real_gcloud_sdk(tmp_path_factory):
+    """An SDK root of our own around the installed gcloud's code, for its `properties` file.
+
+    gcloud finds its root from where `googlecloudsdk/core` really is: that package is
+    copied (5 MB), the rest linked.
+    """
+    if REAL_GCLOUD is None:
+        pytest.skip("no Cloud SDK installed (gcloud is not on PATH)")
+    real = Path(os.path.realpath(REAL_GCLOUD)).parent.parent
+    root = tmp_path_factory.mktemp("sdk") / "google-cloud-sdk"
+    (root / "bin").mkdir(parents=True)
+    (root / ".install").mkdir()
+    shutil.copy2(real / "bin" / "gcloud", root / "bin" / "gcloud")
+    (root / "lib" / "googlecloudsdk").mkdir(parents=True)
+    shutil.copy2(real / "lib" / "gcloud.py", root / "lib" / "gcloud.py")
+    for entry in (real / "lib").iterdir():
+        if entry.name not in ("gcloud.py", "googlecloudsdk", "__pycache__"):
+            (root / "lib" / entry.name).symlink_to(entry)
+    for entry in (real / "lib" / "googlecloudsdk").iterdir():
+        if entry.name != "core":
+            (root / "lib" / "googlecloudsdk" / entry.name).symlink_to(entry)
+    shutil.copytree(real / "lib" / "googlecloudsdk" / "core", root / "lib/googlecloudsdk/core")
+    if (real / "platform").exists():
+        (root / "platform").symlink_to(real / "platform")
+    return root
 
 
 # --- TLS and the CONNECT proxy -----------------------------------------------------------------

@@ -390,14 +390,6 @@ def test_switching_gcloud_account_never_returns_the_old_accounts_token(monkeypat
     assert len(fake_gcloud.calls) == 2
 
 
-def test_gcloud_account_is_read_from_its_configuration_files(tmp_path):
-    config = tmp_path / "gcloud"
-    (config / "configurations").mkdir(parents=True)
-    (config / "active_config").write_text("work\n")
-    (config / "configurations" / "config_work").write_text("[core]\naccount = me@work.example\n")
-    assert gauth.gcloud_active_account(str(config)) == ("work", "me@work.example")
-
-
 # --- the on-disk cache shared by processes ---------------------------------------------------
 
 
@@ -935,13 +927,6 @@ def test_failing_gcloud_gets_a_clear_error(fake_gcloud, config, message):
     with pytest.raises(gauth.CredentialError, match=message) as caught:
         gauth.get_token()
     assert "\n" not in str(caught.value)
-
-
-def test_a_hanging_gcloud_is_killed_within_the_budget(monkeypatch, fake_gcloud):
-    monkeypatch.setattr(gauth, "LOOKUP_BUDGET", 1.0)
-    fake_gcloud.configure(mode="hang")
-    with pytest.raises(gauth.CredentialError, match="did not answer within"):
-        gauth.get_token()
 
 
 def test_missing_access_token_file_is_a_clear_error(monkeypatch, tmp_path):
