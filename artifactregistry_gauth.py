@@ -32,11 +32,22 @@ LOOKUP_BUDGET = 10.0
 REQUEST_TIMEOUT = 5.0
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 MAX_ATTEMPTS = 3
-# Off Google Cloud the metadata address is usually a black hole: wait briefly,
-# longer when the machine says it is a Google VM.
+# Off Google Cloud the metadata address is usually a black hole: wait briefly, once.
+# When the hardware says Google, wait and retry as google-auth does (GCE_METADATA_TIMEOUT,
+# GCE_METADATA_DETECT_RETRIES): a new GKE pod's metadata server refuses for a few seconds.
 METADATA_PING_TIMEOUT = 0.5
 METADATA_PING_TIMEOUT_ON_GCE = 3.0
+METADATA_DETECT_RETRIES = 3
+METADATA_MAX_DETECT_RETRIES = 10
+METADATA_ATTEMPTS_ON_GCE = 5  # for the data requests, as google-auth's retry_count
 DMI_PRODUCT_NAME = "/sys/class/dmi/id/product_name"
+BOOT_ID = "/proc/sys/kernel/random/boot_id"
+# A ping that waited out its timeout (a black-holed address, off Google hardware) is
+# remembered for this long, so warm calls skip it; a refusal costs nothing and is not.
+METADATA_ABSENT_MEMORY = 10 * 60
+# Which service account and instance the metadata server speaks for, remembered per
+# machine and boot so that a warm call on Google Cloud needs no request at all.
+METADATA_IDENTITY_MEMORY = 5 * 60
 # After a failed lookup, later calls in the same process fail fast and quietly
 # (pip asks once for the URL and once for the host).
 FAILURE_MEMORY = 30.0
@@ -720,7 +731,11 @@ def _require_fields(info: dict, names: tuple, origin: str, fix: str) -> None:
 
 
 class MetadataServer(CredentialSource):
-    """The GCE / GKE / Cloud Run / Cloud Build metadata server."""
+    """The GCE / GKE / Cloud Run / Cloud Build metadata server.
+
+    Its identity is the host, the service account and the instance it speaks for: VMs
+    that share a home directory (NFS) must not share a cached token.
+    """
 
     kind = "metadata server"
 
@@ -730,14 +745,45 @@ class MetadataServer(CredentialSource):
         )
         self.ping_host = os.environ.get("GCE_METADATA_IP") or "169.254.169.254"
         super().__init__(f"http://{self.host}")
+        self.instance_id = ""
+        self.product_name = _dmi_product_name()
+        self.on_google_hardware = self.product_name.startswith("Google")
+
+    @property
+    def identity(self) -> str:
+        return f"metadata server:{self.origin}:{self.account}:{self.instance_id}"
+
+    def identify(self, transport: Transport) -> None:
+        """Learn the service account and instance; NotApplicable when not on Google Cloud."""
+        memory = _MetadataMemory(self)
+        remembered = memory.recall()
+        if remembered.get("verdict") == "present":
+            self.account, self.instance_id = remembered["account"], remembered["instance_id"]
+            return
+        if remembered.get("verdict") == "absent" and not self.on_google_hardware:
+            raise NotApplicable(
+                f"not on Google Cloud (http://{self.ping_host}/ did not answer "
+                f"{_age(remembered['at'])} ago; remembered for "
+                f"{METADATA_ABSENT_MEMORY // 60} min: delete {memory.path} to ask again)"
+            )
+        self.detect(transport, memory)
+        email = self._get(
+            transport, "instance/service-accounts/default/email", "its service account"
+        )
+        if email is None:
+            raise NotApplicable(f"no service account is attached to this machine ({self.origin})")
+        self.account = email
+        self.instance_id = self._get(transport, "instance/id", "its instance id") or ""
+        memory.remember_present(self.account, self.instance_id)
 
     def fetch(self, transport: Transport) -> Token:
-        self.detect(transport)
         url = (
             f"{self.origin}/computeMetadata/v1/instance/service-accounts/default/token"
             "?scopes=https%3A%2F%2Fwww.googleapis.com%2Fauth%2Fcloud-platform"
         )
-        response = transport.request("GET", url, headers=_METADATA_HEADERS, direct=True)
+        response = transport.request(
+            "GET", url, headers=_METADATA_HEADERS, direct=True, attempts=self._attempts()
+        )
         if response.status == 404:
             raise NotApplicable(f"no service account is attached to this machine ({self.origin})")
         if response.status != 200:
@@ -750,9 +796,14 @@ class MetadataServer(CredentialSource):
             raise self.fail("the metadata server answered a token request with something not JSON")
         return _token_from_oauth(data, "the metadata server", self.describe())
 
-    def detect(self, transport: Transport) -> None:
-        """Raise NotApplicable unless a Google metadata server answers the ping."""
-        timeout = METADATA_PING_TIMEOUT_ON_GCE if _looks_like_gce() else METADATA_PING_TIMEOUT
+    def detect(self, transport: Transport, memory: _MetadataMemory | None = None) -> None:
+        """Raise NotApplicable unless a Google metadata server answers the ping.
+
+        On Google hardware a failed ping is no verdict: the hardware decides, as in
+        google-auth, and the requests that follow retry while the server starts.
+        """
+        timeout = _metadata_timeout(self.on_google_hardware)
+        started = _monotonic()
         try:
             response = transport.request(
                 "GET",
@@ -760,27 +811,186 @@ class MetadataServer(CredentialSource):
                 headers=_METADATA_HEADERS,
                 direct=True,
                 timeout=timeout,
-                attempts=1,
+                attempts=_metadata_detect_retries(self.on_google_hardware),
             )
         except CredentialError as exc:
+            if self.on_google_hardware:
+                _debug("metadata ping failed on Google hardware (%s); asking anyway", exc)
+                return
+            # Only a wait is worth remembering: a refusal is free, and a starting pod refuses.
+            if memory is not None and _monotonic() - started >= timeout / 2:
+                memory.remember_absent()
             raise NotApplicable(f"not on Google Cloud ({exc})") from None
-        if response.headers.get("metadata-flavor") != "Google":
-            raise NotApplicable(
-                f"not on Google Cloud (http://{self.ping_host}/ is not a Google metadata server)"
+        if response.status == 200 and response.headers.get("metadata-flavor") == "Google":
+            return
+        if self.on_google_hardware:
+            _debug(
+                "metadata ping answered HTTP %s on Google hardware; asking anyway", response.status
             )
+            return
+        raise NotApplicable(
+            f"not on Google Cloud (http://{self.ping_host}/ is not a Google metadata server)"
+        )
+
+    def _get(self, transport: Transport, path: str, what: str) -> str | None:
+        """One line of text from the metadata server, or None if it has nothing there."""
+        url = f"{self.origin}/computeMetadata/v1/{path}"
+        try:
+            response = transport.request(
+                "GET", url, headers=_METADATA_HEADERS, direct=True, attempts=self._attempts()
+            )
+        except CredentialError as exc:
+            fix = "a new GKE pod's metadata server may need a few more seconds: try again"
+            raise self.fail(str(exc), fix if self.on_google_hardware else "") from None
+        if response.status == 404:
+            return None
+        if response.status != 200 or response.headers.get("metadata-flavor") != "Google":
+            flavor = "" if response.status != 200 else " without Metadata-Flavor: Google"
+            raise self.fail(
+                f"the metadata server answered HTTP {response.status}{flavor} for {what}"
+            )
+        text = response.body.decode("utf-8", "replace").strip()
+        if not text or len(text) > 256 or not text.isprintable() or " " in text:
+            raise self.fail(f"the metadata server answered {what} with something unexpected")
+        return text
+
+    def _attempts(self) -> int:
+        return METADATA_ATTEMPTS_ON_GCE if self.on_google_hardware else MAX_ATTEMPTS
 
 
 _METADATA_HEADERS = {"Metadata-Flavor": "Google"}
 
 
-def _looks_like_gce() -> bool:
+def _dmi_product_name() -> str:
     # Only the hardware says so: GCE_METADATA_HOST is set as often for local emulators,
     # which answer at once, as on Google Cloud.
     try:
-        with open(DMI_PRODUCT_NAME, encoding="utf-8") as f:
-            return f.read().strip().startswith("Google")
+        with open(DMI_PRODUCT_NAME, encoding="utf-8", errors="replace") as f:
+            return f.read(256).strip()
     except OSError:
-        return False
+        return ""
+
+
+def _looks_like_gce() -> bool:
+    return _dmi_product_name().startswith("Google")
+
+
+def _metadata_timeout(on_google_hardware: bool) -> float:
+    """The ping timeout: GCE_METADATA_TIMEOUT if set and sane, else by hardware."""
+    default = METADATA_PING_TIMEOUT_ON_GCE if on_google_hardware else METADATA_PING_TIMEOUT
+    text = os.environ.get("GCE_METADATA_TIMEOUT", "").strip()
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if text and not 0 < value < float("inf"):
+        _debug("ignoring GCE_METADATA_TIMEOUT=%r: not a positive number of seconds", text[:40])
+    return min(value, LOOKUP_BUDGET) if 0 < value < float("inf") else default
+
+
+def _metadata_detect_retries(on_google_hardware: bool) -> int:
+    """Ping attempts: GCE_METADATA_DETECT_RETRIES if set and sane, else by hardware."""
+    default = METADATA_DETECT_RETRIES if on_google_hardware else 1
+    text = os.environ.get("GCE_METADATA_DETECT_RETRIES", "").strip()
+    if not text:
+        return default
+    if not (text.isdigit() and int(text) >= 1):
+        _debug("ignoring GCE_METADATA_DETECT_RETRIES=%r: not a whole number >= 1", text[:40])
+        return default
+    return min(int(text), METADATA_MAX_DETECT_RETRIES)
+
+
+class _MetadataMemory:
+    """What the metadata address said last on this machine and boot, in the cache directory.
+
+    Keyed by metadata host and ping address, host name, DMI product name and boot id, so
+    another machine (a shared home directory), a reboot or new settings ask afresh.
+    """
+
+    def __init__(self, server: MetadataServer) -> None:
+        machine = "\0".join(
+            (
+                "metadata",
+                server.host,
+                server.ping_host,
+                _hostname(),
+                server.product_name,
+                _boot_id(),
+            )
+        )
+        self.key = _file_key(machine, full=True)
+        self.path = self._path(cache_dir())
+
+    def recall(self) -> dict:
+        """The remembered verdict while it is fresh, else {}."""
+        if self.path is None:
+            return {}
+        try:
+            fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        except OSError:
+            return {}
+        try:
+            if not _private_file(fd):
+                return {}
+            with os.fdopen(fd, "rb", closefd=False) as f:
+                data = _json_loads(f.read(4096))
+        except (OSError, ValueError):
+            return {}
+        finally:
+            os.close(fd)
+        return data if self._fresh(data) else {}
+
+    def _fresh(self, data: object) -> bool:
+        if not (isinstance(data, dict) and data.get("key") == self.key):
+            return False
+        at, verdict = data.get("at"), data.get("verdict")
+        if not isinstance(at, (int, float)) or isinstance(at, bool):
+            return False
+        if verdict == "absent":
+            life = METADATA_ABSENT_MEMORY
+        elif verdict == "present" and all(
+            isinstance(data.get(name), str) for name in ("account", "instance_id")
+        ):
+            life = METADATA_IDENTITY_MEMORY
+        else:
+            return False
+        return at - 60 <= _now() < at + life  # a clock set back also forgets
+
+    def remember_absent(self) -> None:
+        self._write({"verdict": "absent"})
+
+    def remember_present(self, account: str, instance_id: str) -> None:
+        self._write({"verdict": "present", "account": account, "instance_id": instance_id})
+
+    def _path(self, directory: str | None) -> str | None:
+        return None if directory is None else os.path.join(directory, self.key[:32] + ".metadata")
+
+    def _write(self, record: dict) -> None:
+        self.path = self._path(cache_dir(create=True))
+        if self.path is None:
+            return
+        try:
+            _write_private_file(self.path, _json_compact({"key": self.key, "at": _now(), **record}))
+        except OSError as exc:
+            _debug("cannot remember the metadata verdict in %s: %s", self.path, exc.strerror or exc)
+
+
+def _hostname() -> str:
+    uname = getattr(os, "uname", None)
+    return uname().nodename if uname else os.environ.get("COMPUTERNAME", "")
+
+
+def _boot_id() -> str:
+    try:
+        with open(BOOT_ID, encoding="ascii", errors="replace") as f:
+            return f.read(64).strip()
+    except OSError:
+        return ""
+
+
+def _age(at: float) -> str:
+    seconds = max(0, int(_now() - at))
+    return f"{seconds // 60} min" if seconds >= 60 else f"{seconds} s"
 
 
 class GcloudAccessTokenFile(CredentialSource):
@@ -1927,7 +2137,12 @@ def _well_known_adc_file() -> CredentialSource:
 def _metadata_server() -> CredentialSource:
     if os.environ.get("NO_GCE_CHECK", "").lower() in ("true", "1", "yes"):
         raise NotApplicable("metadata server not checked (NO_GCE_CHECK)")
-    return MetadataServer()
+    server = MetadataServer()
+    # Its identity (the service account) must be known before the cache is asked. Steps
+    # get no transport, so this one starts its own: its deadline is the lookup's, give or
+    # take the milliseconds the earlier steps took, and the token fetch uses the lookup's.
+    server.identify(Transport())
+    return server
 
 
 def _gcloud() -> CredentialSource:
