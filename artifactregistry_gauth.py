@@ -2587,7 +2587,8 @@ and uv's --keyring-provider subprocess without the keyring package.
 """
 
 
-def _parser():
+def _parser(command: str | None = None):
+    """The command line; with ``command``, only that subcommand's parser is built."""
     import argparse
 
     parser = argparse.ArgumentParser(
@@ -2600,15 +2601,34 @@ def _parser():
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging on stderr")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
+    for name, add_subcommand in SUBCOMMANDS.items():
+        if command in (None, name):
+            add_subcommand(commands)
+    return parser
+
+
+def _add_token(commands) -> None:
     token = commands.add_parser("token", help="print an access token and nothing else")
     token.add_argument("--url", help="the repository URL the token is for (checked, optional)")
+    token.set_defaults(run=lambda args: _token_command(args.url))
+
+
+def _add_get(commands) -> None:
+    # Listed for --help only: main() hands `get` to keyring's own command line.
     commands.add_parser(
         "get",
         help="keyring-compatible: get [--mode password|creds] [--output plain|json] SERVICE [USER]",
         add_help=False,
     )
+
+
+def _add_doctor(commands) -> None:
     doctor = commands.add_parser("doctor", help="say where this machine stands, and what to fix")
     doctor.add_argument("--json", action="store_true", help="machine-readable output")
+    doctor.set_defaults(run=lambda args: _doctor_command(args.json))
+
+
+def _add_print_settings(commands) -> None:
     settings = commands.add_parser(
         "print-settings", help="print pip, twine, uv, poetry and tox settings for a repository"
     )
@@ -2618,7 +2638,23 @@ def _parser():
     settings.add_argument(
         "--tool", choices=("pip", "twine", "uv", "poetry", "tox", "all"), default="all"
     )
-    return parser
+    settings.set_defaults(run=_print_settings_command)
+
+
+def _print_settings_command(args) -> int:
+    sys.stdout.write(print_settings(args.location, args.project, args.repository, args.tool))
+    return 0
+
+
+# One function per subcommand adds its parser and sets `run(args) -> exit code`; the
+# order here is the order of --help. Only the subcommand asked for is built: argparse
+# costs more than a warm `token` itself.
+SUBCOMMANDS = {
+    "token": _add_token,
+    "get": _add_get,
+    "doctor": _add_doctor,
+    "print-settings": _add_print_settings,
+}
 
 
 def _keyring_parser(prog: str):
@@ -2648,15 +2684,23 @@ def main(argv: list | None = None) -> int:
         return _keyring_main(argv, "keyring")
     if _first_word(argv) == "get":
         return _keyring_main(argv, PROG)
-    args = _parser().parse_args(argv)
+    word = _command_word(argv)
+    if word == "token" and len(argv) == 1:  # the hot path: nothing for argparse to do
+        return _token_command(None)
+    args = _parser(word).parse_args(argv)
     if args.verbose:
         os.environ["ARTIFACTREGISTRY_GAUTH_DEBUG"] = "1"
-    if args.command == "token":
-        return _token_command(args.url)
-    if args.command == "doctor":
-        return _doctor_command(args.json)
-    sys.stdout.write(print_settings(args.location, args.project, args.repository, args.tool))
-    return 0
+    return args.run(args)
+
+
+def _command_word(argv: list) -> str | None:
+    """The subcommand, when nothing before it could ask for the full --help."""
+    for arg in argv:
+        if arg in SUBCOMMANDS:
+            return arg
+        if arg not in ("-v", "--verbose"):
+            return None
+    return None
 
 
 def _first_word(argv: list) -> str | None:
@@ -2691,6 +2735,65 @@ def _token_command(url: str | None) -> int:
 
 def _keyring_main(argv: list, prog: str) -> int:
     """Answer keyring's `get` exactly as `keyring get` with this backend would."""
+    question = _plain_keyring_get(argv)
+    if question is None:
+        question = _parse_keyring_command(argv, prog)
+        if isinstance(question, int):
+            return question
+    mode, output, service, username = question
+    if not answers_for(service, username):
+        return 1
+    try:
+        token = get_token()
+    except CredentialError as exc:
+        sys.stderr.write(f"{PROG}: {exc}\n")
+        return 1
+    if mode == "creds":
+        fields = {"username": USERNAME, "password": token}
+    else:
+        fields = {"password": token}
+    if output == "json":
+        import json
+
+        sys.stdout.write(json.dumps(fields) + "\n")
+    else:
+        sys.stdout.write("".join(value + "\n" for value in fields.values()))
+    return 0
+
+
+def _plain_keyring_get(argv: list) -> tuple | None:
+    """(mode, output, service, username) of a plain keyring `get SERVICE [USER]`.
+
+    The forms pip and uv send (``--mode``/``--output``, spelled with a space or ``=``,
+    before or after the words), read without argparse: it costs more than the answer.
+    None for anything else, which keyring's own parser then reads.
+    """
+    options = {"--mode": "password", "--output": "plain"}
+    choices = {"--mode": ("password", "creds"), "--output": ("plain", "json")}
+    words: list = []
+    words_ended = False  # argparse takes the words in one run; split runs go to it
+    arguments = iter(argv)
+    for arg in arguments:
+        name, equals, value = arg.partition("=")
+        if name in options:
+            if not equals:
+                value = next(arguments, None)
+            if value not in choices[name]:
+                return None
+            options[name] = value
+            words_ended = bool(words)
+        elif arg.startswith("-") or words_ended:
+            return None
+        else:
+            words.append(arg)
+    mode = options["--mode"]
+    if not 2 <= len(words) <= 3 or words[0] != "get" or (mode == "password" and len(words) < 3):
+        return None
+    return mode, options["--output"], words[1], words[2] if len(words) == 3 else None
+
+
+def _parse_keyring_command(argv: list, prog: str) -> tuple | int:
+    """keyring's command line read by argparse: the question, or an exit code."""
     parser = _keyring_parser(prog)
     args = parser.parse_args(argv)
     if args.verbose:
@@ -2707,24 +2810,7 @@ def _keyring_main(argv: list, prog: str) -> int:
     if args.service is None or (args.mode == "password" and args.username is None):
         required = "service" if args.mode == "creds" else "service and username"
         parser.error(f"get requires {required}")
-    if not answers_for(args.service, args.username):
-        return 1
-    try:
-        token = get_token()
-    except CredentialError as exc:
-        sys.stderr.write(f"{PROG}: {exc}\n")
-        return 1
-    if args.mode == "creds":
-        fields = {"username": USERNAME, "password": token}
-    else:
-        fields = {"password": token}
-    if args.output == "json":
-        import json
-
-        sys.stdout.write(json.dumps(fields) + "\n")
-    else:
-        sys.stdout.write("".join(value + "\n" for value in fields.values()))
-    return 0
+    return args.mode, args.output, args.service, args.username
 
 
 # --- print-settings ---------------------------------------------------------------------------

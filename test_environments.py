@@ -4,12 +4,16 @@ black hole, VMs sharing a home directory, and the warm command line."""
 import json
 import os
 import stat
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 import artifactregistry_gauth as gauth
 
 GOOGLE = "Google Compute Engine\n"
+ROOT = Path(__file__).resolve().parent
 
 
 def as_new_process():
@@ -327,3 +331,95 @@ def test_a_strange_service_account_answer_is_a_clear_error(fake_metadata, reply,
     fake_metadata.script((200, "computeMetadata/\n"), reply)
     with pytest.raises(gauth.CredentialError, match=message):
         gauth.get_token()
+
+
+# --- the warm command line: argparse only when the plain forms do not do ------------------------
+
+INDEX = "https://us-python.pkg.dev/proj/repo/simple/"
+COMMAND_LINES = [
+    ["token"],
+    ["token", "--url", INDEX],
+    ["token", "--url=" + INDEX],
+    ["token", "--url", "https://pypi.org/simple/"],
+    ["token", "--url", "-x"],
+    ["token", "--url"],
+    ["token", "--help"],
+    ["token", "--bogus"],
+    ["token", "extra"],
+    [],
+    ["--help"],
+    ["--help", "token"],
+    ["--version"],
+    ["bogus"],
+    ["doctor", "--bogus"],
+    ["doctor", "-h"],
+    ["print-settings"],
+    ["print-settings", "--location", "us", "--project", "p", "--repository", "r", "--tool", "uv"],
+    ["get", INDEX, "oauth2accesstoken"],
+    ["--output", "json", "get", INDEX, "oauth2accesstoken"],
+    ["--mode", "creds", "get", INDEX],
+    ["--mode=creds", "--output=json", "get", INDEX],
+    ["get", "us-python.pkg.dev", "--mode", "creds"],
+    ["get", INDEX, "oauth2accesstoken", "--output=json", "--mode", "creds"],
+    ["get", "--mode", "creds", INDEX],
+    ["get", INDEX, "--output", "json", "oauth2accesstoken"],
+    ["get", INDEX],
+    ["get"],
+    ["--mode", "bogus", "get", INDEX],
+    ["--mode", "get", INDEX],
+    ["--mode=", "get", INDEX],
+    ["--output", "json", "--output", "plain", "get", INDEX, "oauth2accesstoken"],
+    ["get", INDEX, "someone"],
+    ["get", "", "oauth2accesstoken"],
+    ["get", INDEX, "oauth2accesstoken", "extra"],
+    ["get", INDEX, "-"],
+    ["--list-backends"],
+    ["set", INDEX, "oauth2accesstoken"],
+]
+
+
+def run_main(argv, capsys):
+    try:
+        code = gauth.main(list(argv))
+    except SystemExit as exc:
+        code = exc.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize("argv", COMMAND_LINES, ids=" ".join)
+def test_every_command_line_answers_as_with_every_parser_built(monkeypatch, capsys, argv):
+    monkeypatch.setenv("GOOGLE_OAUTH_ACCESS_TOKEN", "ya29.same-for-both")
+    quick = run_main(argv, capsys)
+    monkeypatch.setattr(gauth, "_command_word", lambda argv: None)
+    monkeypatch.setattr(gauth, "_plain_keyring_get", lambda argv: None)
+    assert quick == run_main(argv, capsys)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["get", INDEX, "oauth2accesstoken"],  # pip before 26.2, uv with a username
+        ["--mode=creds", "--output=json", "get", INDEX],  # pip 26.2
+        ["get", "us-python.pkg.dev", "--mode", "creds"],  # uv without a username
+    ],
+)
+def test_the_clients_get_forms_are_read_without_argparse(argv):
+    assert gauth._plain_keyring_get(argv) == gauth._parse_keyring_command(argv, "keyring")
+
+
+@pytest.mark.parametrize("argv", [["token"], ["get", INDEX, "oauth2accesstoken"]])
+def test_a_warm_token_or_get_never_imports_argparse(monkeypatch, argv):
+    monkeypatch.setenv("GOOGLE_OAUTH_ACCESS_TOKEN", "ya29.handed-over")
+    for name in ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy"):
+        monkeypatch.setenv(name, "http://127.0.0.1:9")  # nothing may leave loopback
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    code = (
+        "import sys, artifactregistry_gauth as m\n"
+        f"code = m.main({argv!r})\n"
+        "print('argparse' in sys.modules, code)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT
+    )
+    assert result.stdout.splitlines() == ["ya29.handed-over", "False 0"], result.stderr
