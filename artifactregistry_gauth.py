@@ -803,15 +803,18 @@ class MetadataServer(CredentialSource):
         google-auth, and the requests that follow retry while the server starts.
         """
         timeout = _metadata_timeout(self.on_google_hardware)
+        attempts = _metadata_detect_retries(self.on_google_hardware)
         started = _monotonic()
         try:
+            if attempts == 1 and not self.on_google_hardware:
+                self._knock(min(timeout, transport.remaining()))
             response = transport.request(
                 "GET",
                 f"http://{self.ping_host}/",
                 headers=_METADATA_HEADERS,
                 direct=True,
                 timeout=timeout,
-                attempts=_metadata_detect_retries(self.on_google_hardware),
+                attempts=attempts,
             )
         except CredentialError as exc:
             if self.on_google_hardware:
@@ -831,6 +834,30 @@ class MetadataServer(CredentialSource):
         raise NotApplicable(
             f"not on Google Cloud (http://{self.ping_host}/ is not a Google metadata server)"
         )
+
+    def _knock(self, timeout: float) -> None:
+        """Connect to the ping address before loading the HTTP stack (tens of ms).
+
+        Off Google Cloud the address refuses, is unreachable or never accepts: each is
+        known from the connection alone. CredentialError if so; names are left to the ping
+        (resolving one has no timeout).
+        """
+        import socket
+        from urllib.parse import urlsplit
+
+        try:
+            address = urlsplit(f"http://{self.ping_host}/")
+            host, port = address.hostname or "", address.port or 80
+        except ValueError:
+            return
+        if host != "localhost" and not (":" in host or host.replace(".", "").isdigit()):
+            return
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+        except OSError as exc:
+            raise CredentialError(
+                f"could not reach http://{self.ping_host}/: {_describe_os_error(exc)}"
+            ) from None
 
     def _get(self, transport: Transport, path: str, what: str) -> str | None:
         """One line of text from the metadata server, or None if it has nothing there."""
