@@ -836,11 +836,11 @@ class MetadataServer(CredentialSource):
         )
 
     def _knock(self, timeout: float) -> None:
-        """Connect to the ping address before loading the HTTP stack (tens of ms).
+        """Connect to the ping address before loading urllib, which costs tens of ms.
 
         Off Google Cloud the address refuses, is unreachable or never accepts: each is
-        known from the connection alone. CredentialError if so; names are left to the ping
-        (resolving one has no timeout).
+        known from the connection alone (CredentialError). Host names are left to the
+        ping, whose thread bounds their resolution.
         """
         import socket
         from urllib.parse import urlsplit
@@ -896,10 +896,6 @@ def _dmi_product_name() -> str:
             return f.read(256).strip()
     except OSError:
         return ""
-
-
-def _looks_like_gce() -> bool:
-    return _dmi_product_name().startswith("Google")
 
 
 def _metadata_timeout(on_google_hardware: bool) -> float:
