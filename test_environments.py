@@ -357,6 +357,28 @@ def test_a_warm_call_on_google_cloud_asks_the_metadata_server_nothing(
     assert connects.count == connections
 
 
+def test_the_service_account_is_asked_again_when_its_memory_expires(
+    connects, monkeypatch, off_google_hardware, fake_metadata
+):
+    gauth.get_token()
+    connections = connects.count
+    as_new_process()
+    later = gauth._now() + gauth.METADATA_IDENTITY_MEMORY + 1
+    monkeypatch.setattr(gauth, "_now", lambda: later)
+    gauth.get_token()
+    assert connects.count > connections
+
+
+def test_a_verdict_file_that_is_a_symlink_is_ignored(tmp_path, fake_metadata):
+    planted = tmp_path / "planted"
+    planted.write_text(json.dumps({"key": _memory_key(), "at": gauth._now(), "verdict": "absent"}))
+    planted.chmod(0o600)
+    path = _memory_path()
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    os.symlink(planted, path)
+    assert fake_metadata.is_live(gauth.get_token())
+
+
 def test_doctor_names_the_metadata_servers_service_account(fake_metadata):
     report = gauth.diagnose()
     assert fake_metadata.email in report["token"]["source"]
