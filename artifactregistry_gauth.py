@@ -744,6 +744,11 @@ class MetadataServer(CredentialSource):
             "GCE_METADATA_ROOT", "metadata.google.internal"
         )
         self.ping_host = os.environ.get("GCE_METADATA_IP") or "169.254.169.254"
+        for name, value in (("GCE_METADATA_HOST", self.host), ("GCE_METADATA_IP", self.ping_host)):
+            if not _is_host_and_port(value):
+                raise CredentialError(
+                    f"{name} is {value[:80]!r}, not a host or host:port; fix or unset it"
+                )
         super().__init__(f"http://{self.host}")
         self.instance_id = ""
         self.product_name = _dmi_product_name()
@@ -839,21 +844,19 @@ class MetadataServer(CredentialSource):
         """Connect to the ping address before loading urllib, which costs tens of ms.
 
         Off Google Cloud the address refuses, is unreachable or never accepts: each is
-        known from the connection alone (CredentialError). Host names are left to the
-        ping, whose thread bounds their resolution.
+        known from the connection alone (CredentialError). Only an IP literal or
+        localhost is knocked at: resolving other names has no timeout.
         """
         import socket
-        from urllib.parse import urlsplit
 
-        try:
-            address = urlsplit(f"http://{self.ping_host}/")
-            host, port = address.hostname or "", address.port or 80
-        except ValueError:
+        host, port = _ip_and_port(self.ping_host)
+        if not host:
             return
-        if host != "localhost" and not (":" in host or host.replace(".", "").isdigit()):
-            return
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
         try:
-            socket.create_connection((host, port), timeout=timeout).close()
+            with socket.socket(family, socket.SOCK_STREAM) as sock:
+                sock.settimeout(timeout)
+                sock.connect((host, port))  # not create_connection: its lookup loads idna
         except OSError as exc:
             raise CredentialError(
                 f"could not reach http://{self.ping_host}/: {_describe_os_error(exc)}"
@@ -896,6 +899,27 @@ def _dmi_product_name() -> str:
             return f.read(256).strip()
     except OSError:
         return ""
+
+
+def _is_host_and_port(authority: str) -> bool:
+    import re
+
+    match = re.fullmatch(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)(?::([0-9]{1,5}))?", authority)
+    return match is not None and int(match.group(2) or 80) < 65536
+
+
+def _ip_and_port(authority: str) -> tuple[str, int]:
+    """("host", port) of "IP[:port]", "[IPv6][:port]" or "localhost[:port]", else ("", 0)."""
+    if authority.startswith("["):
+        host, _, rest = authority[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else rest or "80"
+    else:
+        host, _, port = authority.partition(":")
+        port = port or "80"
+    literal = host.replace(".", "").isdigit() or ":" in host  # _is_host_and_port checked it
+    if not (literal or host == "localhost") or not port.isdigit() or not 0 < int(port) < 65536:
+        return "", 0
+    return host, int(port)
 
 
 def _metadata_timeout(on_google_hardware: bool) -> float:

@@ -136,6 +136,20 @@ def test_a_bad_metadata_setting_means_the_default(
     assert seen == [(3.0, 3)]
 
 
+@pytest.mark.parametrize("name", ["GCE_METADATA_HOST", "GCE_METADATA_IP"])
+@pytest.mark.parametrize(
+    "value",
+    [
+        *("::1]", "]", "[::1", "[::1]x", "a b", "h\u00e9te", "127.0.0.1\n", "%41", "user@host"),
+        *("127.0.0.1:x", "127.0.0.1:", "127.0.0.1:99999", "host/path", "127.0.0.1:9/x?y"),
+    ],
+)
+def test_a_malformed_metadata_address_is_a_clear_error(monkeypatch, fake_gcloud, name, value):
+    monkeypatch.setenv(name, value)
+    with pytest.raises(gauth.CredentialError, match=f"{name} is .*not a host or host:port"):
+        gauth.get_token()
+
+
 # --- a warm token costs no probe: the "not on Google Cloud" verdict is remembered ---------------
 
 
