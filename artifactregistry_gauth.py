@@ -744,7 +744,10 @@ class MetadataServer(CredentialSource):
             "GCE_METADATA_ROOT", "metadata.google.internal"
         )
         self.ping_host = os.environ.get("GCE_METADATA_IP") or "169.254.169.254"
-        for name, value in (("GCE_METADATA_HOST", self.host), ("GCE_METADATA_IP", self.ping_host)):
+        host_name = (
+            "GCE_METADATA_HOST" if os.environ.get("GCE_METADATA_HOST") else "GCE_METADATA_ROOT"
+        )
+        for name, value in ((host_name, self.host), ("GCE_METADATA_IP", self.ping_host)):
             if not _is_host_and_port(value):
                 raise CredentialError(
                     f"{name} is {value[:80]!r}, not a host or host:port; fix or unset it"
