@@ -1086,9 +1086,9 @@ def report(findings: Findings, facts: dict, args, plan: Plan, elapsed: float) ->
         "answers, as a black-holed 169.254.169.254 does; artifactregistry-gauth waits its "
         "0.5 s ping timeout there (3 s only when the DMI product name says Google).",
         "- 8a/8b prime each cache with one cold call (gcloud starts once, the black hole is "
-        "waited out once), then time warm calls. In 8c each process writes the DMI product name "
+        "waited out once), then time warm calls. In 8c each process points the DMI product name "
         "path its library reads (ours: `artifactregistry_gauth.DMI_PRODUCT_NAME`, official: "
-        "`google.auth.compute_engine._metadata._GCE_PRODUCT_NAME_FILE`) to a file saying Google, "
+        "`google.auth.compute_engine._metadata._GCE_PRODUCT_NAME_FILE`) at a file saying Google, "
         "and the fake metadata server resets every connection until its refusal time is over.",
         "- 5 runs pip from the side's own venv for `import`, and from a separate venv with the "
         "side's `keyring` on PATH for `subprocess` (pip skips a keyring in its own venv). The "
