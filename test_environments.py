@@ -44,24 +44,31 @@ def ping_settings(monkeypatch):
 
 
 class Connects:
-    """Connections this process opened to the fake metadata server."""
+    """Connections this process opened to a metadata address."""
 
     count = 0
 
 
 @pytest.fixture
-def connects(monkeypatch, fake_metadata):
-    """Count connects to the fake metadata server, as the client makes them (in order)."""
+def connects(monkeypatch, isolated_env, fake_metadata):
+    """Count connects to the fake metadata server or the refused port, as the client makes them."""
     counter = Connects()
+    ports = {fake_metadata.port, int(isolated_env.dead_metadata_host.rpartition(":")[2])}
     guarded = socket.socket.connect
 
     def connect(sock, address):
-        if sock.family in (socket.AF_INET, socket.AF_INET6) and address[1] == fake_metadata.port:
+        if sock.family in (socket.AF_INET, socket.AF_INET6) and address[1] in ports:
             counter.count += 1
         return guarded(sock, address)
 
     monkeypatch.setattr(socket.socket, "connect", connect)
     return counter
+
+
+def refused_metadata_address(monkeypatch, isolated_env):
+    """Point the metadata settings at a loopback port that refuses connections."""
+    monkeypatch.setenv("GCE_METADATA_HOST", isolated_env.dead_metadata_host)
+    monkeypatch.setenv("GCE_METADATA_IP", isolated_env.dead_metadata_host)
 
 
 # --- a new GKE pod: the metadata server refuses for a few seconds ------------------------------
@@ -77,12 +84,12 @@ def test_google_hardware_waits_for_a_metadata_server_that_is_still_starting(
     assert fake_gcloud.calls == []
 
 
-def test_off_google_hardware_a_refusing_metadata_server_is_pinged_once(
-    connects, fake_metadata, fake_gcloud
+def test_off_google_hardware_a_refused_metadata_address_is_tried_once(
+    connects, monkeypatch, isolated_env, fake_gcloud
 ):
-    fake_metadata.refuse_connections(10)
+    refused_metadata_address(monkeypatch, isolated_env)
     assert gauth.get_token() in fake_gcloud.issued
-    assert connects.count == 2  # the connection check, then one ping: no retry
+    assert connects.count == 1
 
 
 @pytest.mark.parametrize("status", [301, 403, 404, 500, 503])
@@ -182,15 +189,14 @@ def test_a_refusing_metadata_address_is_known_without_loading_the_http_stack(mon
     assert "Connection refused" in result.stderr
 
 
-def test_a_refusing_metadata_address_is_asked_again_by_the_next_process(
-    connects, fake_metadata, fake_gcloud
+def test_a_refused_metadata_address_is_asked_again_by_the_next_process(
+    connects, monkeypatch, isolated_env, fake_gcloud
 ):
-    fake_metadata.refuse_connections(10)
+    refused_metadata_address(monkeypatch, isolated_env)
     gauth.get_token()
-    connections = connects.count
     as_new_process()
     gauth.get_token()
-    assert connects.count > connections
+    assert connects.count == 2
     assert metadata_files() == []
 
 
