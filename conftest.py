@@ -302,7 +302,7 @@ class _HTTPServer(LoopbackHTTPServer):
         super().__init__(_FakeHandler, ssl_context)
 
     def verify_request(self, request, client_address):
-        """Count the connection; the fake may drop it before reading a byte."""
+        """The fake may drop a connection before reading a byte."""
         return self.fake.accept_connection(request)
 
 
@@ -505,7 +505,6 @@ class _FakeService:
         self._script = deque()
         self._serial = itertools.count(1)
         self._servers = []
-        self.connections = 0
         self._refusals = 0
 
     def refuse_connections(self, count):
@@ -514,9 +513,8 @@ class _FakeService:
             self._refusals = count
 
     def accept_connection(self, sock):
-        """Count a new connection; reset it instead while refusals are pending."""
+        """Take a new connection, or reset it at once while refusals are pending."""
         with self._lock:
-            self.connections += 1
             refuse = self._refusals > 0
             self._refusals -= refuse
         if refuse:
