@@ -32,11 +32,22 @@ LOOKUP_BUDGET = 10.0
 REQUEST_TIMEOUT = 5.0
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 MAX_ATTEMPTS = 3
-# Off Google Cloud the metadata address is usually a black hole: wait briefly,
-# longer when the machine says it is a Google VM.
+# Off Google Cloud the metadata address is usually a black hole: wait briefly, once.
+# When the hardware says Google, wait and retry as google-auth does (GCE_METADATA_TIMEOUT,
+# GCE_METADATA_DETECT_RETRIES): a new GKE pod's metadata server refuses for a few seconds.
 METADATA_PING_TIMEOUT = 0.5
 METADATA_PING_TIMEOUT_ON_GCE = 3.0
+METADATA_DETECT_RETRIES = 3
+METADATA_MAX_DETECT_RETRIES = 10
+METADATA_ATTEMPTS_ON_GCE = 5  # for the data requests, as google-auth's retry_count
 DMI_PRODUCT_NAME = "/sys/class/dmi/id/product_name"
+BOOT_ID = "/proc/sys/kernel/random/boot_id"
+# A ping that waited out its timeout (a black-holed address, off Google hardware) is
+# remembered for this long, so warm calls skip it; a refusal costs nothing and is not.
+METADATA_ABSENT_MEMORY = 10 * 60
+# Which service account and instance the metadata server speaks for, remembered per
+# machine and boot so that a warm call on Google Cloud needs no request at all.
+METADATA_IDENTITY_MEMORY = 5 * 60
 # After a failed lookup, later calls in the same process fail fast and quietly
 # (pip asks once for the URL and once for the host).
 FAILURE_MEMORY = 30.0
@@ -882,7 +893,11 @@ def _require_fields(info: dict, names: tuple, origin: str, fix: str) -> None:
 
 
 class MetadataServer(CredentialSource):
-    """The GCE / GKE / Cloud Run / Cloud Build metadata server."""
+    """The GCE / GKE / Cloud Run / Cloud Build metadata server.
+
+    Its identity is the host, the service account and the instance it speaks for: VMs
+    that share a home directory (NFS) must not share a cached token.
+    """
 
     kind = "metadata server"
 
@@ -891,15 +906,55 @@ class MetadataServer(CredentialSource):
             "GCE_METADATA_ROOT", "metadata.google.internal"
         )
         self.ping_host = os.environ.get("GCE_METADATA_IP") or "169.254.169.254"
+        host_name = (
+            "GCE_METADATA_HOST" if os.environ.get("GCE_METADATA_HOST") else "GCE_METADATA_ROOT"
+        )
+        for name, value in ((host_name, self.host), ("GCE_METADATA_IP", self.ping_host)):
+            if not _is_host_and_port(value):
+                raise CredentialError(
+                    f"{name} is {value[:80]!r}, not a host or host:port; fix or unset it"
+                )
         super().__init__(f"http://{self.host}")
+        self.instance_id = ""
+        self.product_name = _dmi_product_name()
+        self.on_google_hardware = self.product_name.startswith("Google")
+
+    @property
+    def identity(self) -> str:
+        return f"metadata server:{self.origin}:{self.account}:{self.instance_id}"
+
+    def identify(self, transport: Transport) -> str:
+        """Learn the service account and instance; NotApplicable when not on Google Cloud."""
+        memory = _MetadataMemory(self)
+        remembered = memory.recall()
+        if remembered.get("verdict") == "present":
+            self.account, self.instance_id = remembered["account"], remembered["instance_id"]
+            return self.identity
+        if remembered.get("verdict") == "absent" and not self.on_google_hardware:
+            raise NotApplicable(
+                f"not on Google Cloud (http://{self.ping_host}/ did not answer "
+                f"{_age(remembered['at'])} ago; remembered for "
+                f"{METADATA_ABSENT_MEMORY // 60} min: delete {memory.path} to ask again)"
+            )
+        self.detect(transport, memory)
+        email = self._get(
+            transport, "instance/service-accounts/default/email", "its service account"
+        )
+        if email is None:
+            raise NotApplicable(f"no service account is attached to this machine ({self.origin})")
+        self.account = email
+        self.instance_id = self._get(transport, "instance/id", "its instance id") or ""
+        memory.remember_present(self.account, self.instance_id)
+        return self.identity
 
     def fetch(self, transport: Transport) -> Token:
-        self.detect(transport)
         url = (
             f"{self.origin}/computeMetadata/v1/instance/service-accounts/default/token"
             "?scopes=https%3A%2F%2Fwww.googleapis.com%2Fauth%2Fcloud-platform"
         )
-        response = transport.request("GET", url, headers=_METADATA_HEADERS, direct=True)
+        response = transport.request(
+            "GET", url, headers=_METADATA_HEADERS, direct=True, attempts=self._attempts()
+        )
         if response.status == 404:
             raise NotApplicable(f"no service account is attached to this machine ({self.origin})")
         if response.status != 200:
@@ -912,37 +967,243 @@ class MetadataServer(CredentialSource):
             raise self.fail("the metadata server answered a token request with something not JSON")
         return _token_from_oauth(data, "the metadata server", self.describe())
 
-    def detect(self, transport: Transport) -> None:
-        """Raise NotApplicable unless a Google metadata server answers the ping."""
-        timeout = METADATA_PING_TIMEOUT_ON_GCE if _looks_like_gce() else METADATA_PING_TIMEOUT
+    def detect(self, transport: Transport, memory: _MetadataMemory | None = None) -> None:
+        """Raise NotApplicable unless a Google metadata server answers the ping.
+
+        On Google hardware a failed ping is no verdict: the hardware decides, as in
+        google-auth, and the requests that follow retry while the server starts.
+        """
+        timeout = _metadata_timeout(self.on_google_hardware)
+        attempts = _metadata_detect_retries(self.on_google_hardware)
+        started = _monotonic()
         try:
+            if attempts == 1 and not self.on_google_hardware:
+                self._knock(min(timeout, transport.remaining()))
             response = transport.request(
                 "GET",
                 f"http://{self.ping_host}/",
                 headers=_METADATA_HEADERS,
                 direct=True,
                 timeout=timeout,
-                attempts=1,
+                attempts=attempts,
             )
         except CredentialError as exc:
+            if self.on_google_hardware:
+                _debug("metadata ping failed on Google hardware (%s); asking anyway", exc)
+                return
+            # Only a wait is worth remembering: a refusal is free, and a starting pod refuses.
+            if memory is not None and _monotonic() - started >= timeout / 2:
+                memory.remember_absent()
             raise NotApplicable(f"not on Google Cloud ({exc})") from None
-        if response.headers.get("metadata-flavor") != "Google":
-            raise NotApplicable(
-                f"not on Google Cloud (http://{self.ping_host}/ is not a Google metadata server)"
+        if response.status == 200 and response.headers.get("metadata-flavor") == "Google":
+            return
+        if self.on_google_hardware:
+            _debug(
+                "metadata ping answered HTTP %s on Google hardware; asking anyway", response.status
             )
+            return
+        raise NotApplicable(
+            f"not on Google Cloud (http://{self.ping_host}/ is not a Google metadata server)"
+        )
+
+    def _knock(self, timeout: float) -> None:
+        """Connect to the ping address before loading urllib, which costs tens of ms.
+
+        Off Google Cloud the address refuses, is unreachable or never accepts: each is
+        known from the connection alone (CredentialError). Only an IP literal or
+        localhost is knocked at: resolving other names has no timeout.
+        """
+        import socket
+
+        host, port = _ip_and_port(self.ping_host)
+        if not host:
+            return
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        try:
+            with socket.socket(family, socket.SOCK_STREAM) as sock:
+                sock.settimeout(timeout)
+                sock.connect((host, port))  # not create_connection: its lookup loads idna
+        except OSError as exc:
+            raise CredentialError(
+                f"could not reach http://{self.ping_host}/: {_describe_os_error(exc)}"
+            ) from None
+
+    def _get(self, transport: Transport, path: str, what: str) -> str | None:
+        """One line of text from the metadata server, or None if it has nothing there."""
+        url = f"{self.origin}/computeMetadata/v1/{path}"
+        try:
+            response = transport.request(
+                "GET", url, headers=_METADATA_HEADERS, direct=True, attempts=self._attempts()
+            )
+        except CredentialError as exc:
+            fix = "a new GKE pod's metadata server may need a few more seconds: try again"
+            raise self.fail(str(exc), fix if self.on_google_hardware else "") from None
+        if response.status == 404:
+            return None
+        if response.status != 200 or response.headers.get("metadata-flavor") != "Google":
+            flavor = "" if response.status != 200 else " without Metadata-Flavor: Google"
+            raise self.fail(
+                f"the metadata server answered HTTP {response.status}{flavor} for {what}"
+            )
+        text = response.body.decode("utf-8", "replace").strip()
+        if not text or len(text) > 256 or not text.isprintable() or " " in text:
+            raise self.fail(f"the metadata server answered {what} with something unexpected")
+        return text
+
+    def _attempts(self) -> int:
+        return METADATA_ATTEMPTS_ON_GCE if self.on_google_hardware else MAX_ATTEMPTS
 
 
 _METADATA_HEADERS = {"Metadata-Flavor": "Google"}
 
 
-def _looks_like_gce() -> bool:
+def _dmi_product_name() -> str:
     # Only the hardware says so: GCE_METADATA_HOST is set as often for local emulators,
     # which answer at once, as on Google Cloud.
     try:
-        with open(DMI_PRODUCT_NAME, encoding="utf-8") as f:
-            return f.read().strip().startswith("Google")
+        with open(DMI_PRODUCT_NAME, encoding="utf-8", errors="replace") as f:
+            return f.read(256).strip()
     except OSError:
-        return False
+        return ""
+
+
+def _is_host_and_port(authority: str) -> bool:
+    import re
+
+    match = re.fullmatch(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)(?::([0-9]{1,5}))?", authority)
+    return match is not None and int(match.group(2) or 80) < 65536
+
+
+def _ip_and_port(authority: str) -> tuple[str, int]:
+    """("host", port) of "IP[:port]", "[IPv6][:port]" or "localhost[:port]", else ("", 0)."""
+    if authority.startswith("["):
+        host, _, rest = authority[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else rest or "80"
+    else:
+        host, _, port = authority.partition(":")
+        port = port or "80"
+    literal = host.replace(".", "").isdigit() or ":" in host  # _is_host_and_port checked it
+    if not (literal or host == "localhost") or not port.isdigit() or not 0 < int(port) < 65536:
+        return "", 0
+    return host, int(port)
+
+
+def _metadata_timeout(on_google_hardware: bool) -> float:
+    """The ping timeout: GCE_METADATA_TIMEOUT if set and sane, else by hardware."""
+    default = METADATA_PING_TIMEOUT_ON_GCE if on_google_hardware else METADATA_PING_TIMEOUT
+    text = os.environ.get("GCE_METADATA_TIMEOUT", "").strip()
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if text and not 0 < value < float("inf"):
+        _debug("ignoring GCE_METADATA_TIMEOUT=%r: not a positive number of seconds", text[:40])
+    return min(value, LOOKUP_BUDGET) if 0 < value < float("inf") else default
+
+
+def _metadata_detect_retries(on_google_hardware: bool) -> int:
+    """Ping attempts: GCE_METADATA_DETECT_RETRIES if set and sane, else by hardware."""
+    default = METADATA_DETECT_RETRIES if on_google_hardware else 1
+    text = os.environ.get("GCE_METADATA_DETECT_RETRIES", "").strip()
+    if not text:
+        return default
+    if not (text.isdigit() and int(text) >= 1):
+        _debug("ignoring GCE_METADATA_DETECT_RETRIES=%r: not a whole number >= 1", text[:40])
+        return default
+    return min(int(text), METADATA_MAX_DETECT_RETRIES)
+
+
+class _MetadataMemory:
+    """What the metadata address said last on this machine and boot, in the cache directory.
+
+    Keyed by metadata host and ping address, host name, DMI product name and boot id, so
+    another machine (a shared home directory), a reboot or new settings ask afresh.
+    """
+
+    def __init__(self, server: MetadataServer) -> None:
+        machine = "\0".join(
+            (
+                "metadata",
+                server.host,
+                server.ping_host,
+                _hostname(),
+                server.product_name,
+                _boot_id(),
+            )
+        )
+        self.key = _file_key(machine, full=True)
+        self.path = self._path(cache_dir())
+
+    def recall(self) -> dict:
+        """The remembered verdict while it is fresh, else {}."""
+        if self.path is None:
+            return {}
+        try:
+            fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        except OSError:
+            return {}
+        try:
+            if not _private_file(fd):
+                return {}
+            with os.fdopen(fd, "rb", closefd=False) as f:
+                data = _json_loads(f.read(4096))
+        except (OSError, ValueError):
+            return {}
+        finally:
+            os.close(fd)
+        return data if self._fresh(data) else {}
+
+    def _fresh(self, data: object) -> bool:
+        if not (isinstance(data, dict) and data.get("key") == self.key):
+            return False
+        at, verdict = data.get("at"), data.get("verdict")
+        if not isinstance(at, (int, float)) or isinstance(at, bool):
+            return False
+        if verdict == "absent":
+            life = METADATA_ABSENT_MEMORY
+        elif verdict == "present" and all(
+            isinstance(data.get(name), str) for name in ("account", "instance_id")
+        ):
+            life = METADATA_IDENTITY_MEMORY
+        else:
+            return False
+        return at - 60 <= _now() < at + life  # a clock set back also forgets
+
+    def remember_absent(self) -> None:
+        self._write({"verdict": "absent"})
+
+    def remember_present(self, account: str, instance_id: str) -> None:
+        self._write({"verdict": "present", "account": account, "instance_id": instance_id})
+
+    def _path(self, directory: str | None) -> str | None:
+        return None if directory is None else os.path.join(directory, self.key[:32] + ".metadata")
+
+    def _write(self, record: dict) -> None:
+        self.path = self._path(cache_dir(create=True))
+        if self.path is None:
+            return
+        try:
+            _write_private_file(self.path, _json_compact({"key": self.key, "at": _now(), **record}))
+        except OSError as exc:
+            _debug("cannot remember the metadata verdict in %s: %s", self.path, exc.strerror or exc)
+
+
+def _hostname() -> str:
+    uname = getattr(os, "uname", None)
+    return uname().nodename if uname else os.environ.get("COMPUTERNAME", "")
+
+
+def _boot_id() -> str:
+    try:
+        with open(BOOT_ID, encoding="ascii", errors="replace") as f:
+            return f.read(64).strip()
+    except OSError:
+        return ""
+
+
+def _age(at: float) -> str:
+    seconds = max(0, int(_now() - at))
+    return f"{seconds // 60} min" if seconds >= 60 else f"{seconds} s"
 
 
 class GcloudAccessTokenFile(CredentialSource):
@@ -2380,9 +2641,20 @@ def load_adc_file(path: str, origin: str) -> CredentialSource:
 
 
 def _short_hash(data: bytes) -> str:
-    import hashlib
+    return _sha256(data).hexdigest()[:16]
 
-    return hashlib.sha256(data).hexdigest()[:16]
+
+def _sha256(data: bytes):
+    """SHA-256 from Python's own implementation when it has one: on the warm path, loading
+    OpenSSL for hashlib costs more (about 3 ms) than everything else a cached token needs."""
+    try:
+        from _sha2 import sha256  # Python 3.12+
+    except ImportError:
+        try:
+            from _sha256 import sha256  # Python 3.9 to 3.11
+        except ImportError:  # built without them (some FIPS builds)
+            from hashlib import sha256
+    return sha256(data)
 
 
 # --- discovery: the ADC order, then gcloud ----------------------------------------------
@@ -2416,7 +2688,7 @@ def _well_known_adc_file() -> CredentialSource:
 def _metadata_server() -> CredentialSource:
     if os.environ.get("NO_GCE_CHECK", "").lower() in ("true", "1", "yes"):
         raise NotApplicable("metadata server not checked (NO_GCE_CHECK)")
-    return MetadataServer()
+    return MetadataServer()  # its identity is learnt from the server, in the lookup's budget
 
 
 def _gcloud() -> CredentialSource:
@@ -2628,9 +2900,7 @@ def _default_cache_dir() -> str:
 
 def _file_key(identity: str, full: bool = False) -> str:
     """A file name for an identity: its hash, so names reveal nothing about it."""
-    import hashlib
-
-    digest = hashlib.sha256(f"artifactregistry-gauth/1\0{identity}".encode()).hexdigest()
+    digest = _sha256(f"artifactregistry-gauth/1\0{identity}".encode()).hexdigest()
     return digest if full else digest[:32]
 
 
@@ -2989,7 +3259,8 @@ and uv's --keyring-provider subprocess without the keyring package.
 """
 
 
-def _parser():
+def _parser(command: str | None = None):
+    """The command line; with ``command``, only that subcommand's parser is built."""
     import argparse
 
     parser = argparse.ArgumentParser(
@@ -3002,15 +3273,34 @@ def _parser():
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging on stderr")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
+    for name, add_subcommand in SUBCOMMANDS.items():
+        if command in (None, name):
+            add_subcommand(commands)
+    return parser
+
+
+def _add_token(commands) -> None:
     token = commands.add_parser("token", help="print an access token and nothing else")
     token.add_argument("--url", help="the repository URL the token is for (checked, optional)")
+    token.set_defaults(run=lambda args: _token_command(args.url))
+
+
+def _add_get(commands) -> None:
+    # Listed for --help only: main() hands `get` to keyring's own command line.
     commands.add_parser(
         "get",
         help="keyring-compatible: get [--mode password|creds] [--output plain|json] SERVICE [USER]",
         add_help=False,
     )
+
+
+def _add_doctor(commands) -> None:
     doctor = commands.add_parser("doctor", help="say where this machine stands, and what to fix")
     doctor.add_argument("--json", action="store_true", help="machine-readable output")
+    doctor.set_defaults(run=lambda args: _doctor_command(args.json))
+
+
+def _add_print_settings(commands) -> None:
     settings = commands.add_parser(
         "print-settings", help="print pip, twine, uv, poetry and tox settings for a repository"
     )
@@ -3020,14 +3310,42 @@ def _parser():
     settings.add_argument(
         "--tool", choices=("pip", "twine", "uv", "poetry", "tox", "all"), default="all"
     )
+    settings.set_defaults(run=_print_settings_command)
+
+
+def _print_settings_command(args) -> int:
+    sys.stdout.write(print_settings(args.location, args.project, args.repository, args.tool))
+    return 0
+
+
+def _add_netrc(commands) -> None:
     netrc = commands.add_parser(
         "netrc", help="netrc entries with a token, for tools without keyring"
     )
     netrc.add_argument("hosts", nargs="*", metavar="HOST", help="default: the configured hosts")
     netrc.add_argument("--output", metavar="FILE", help="replace our entries in FILE (0600)")
+    netrc.set_defaults(run=_netrc_command)
+
+
+def _add_credential_helper(commands) -> None:
+    import argparse
+
     helper = commands.add_parser("credential-helper", help="Bazel's credential helper: get")
     helper.add_argument("operation", nargs=argparse.REMAINDER, help="get (a JSON request on stdin)")
-    return parser
+    helper.set_defaults(run=lambda args: _credential_helper_command(args.operation))
+
+
+# One function per subcommand adds its parser and sets `run(args) -> exit code`; the
+# order here is the order of --help. Only the subcommand asked for is built: argparse
+# costs more than a warm `token` itself.
+SUBCOMMANDS = {
+    "token": _add_token,
+    "get": _add_get,
+    "doctor": _add_doctor,
+    "print-settings": _add_print_settings,
+    "netrc": _add_netrc,
+    "credential-helper": _add_credential_helper,
+}
 
 
 def _keyring_parser(prog: str):
@@ -3057,19 +3375,23 @@ def main(argv: list | None = None) -> int:
         return _keyring_main(argv, "keyring")
     if _first_word(argv) == "get":
         return _keyring_main(argv, PROG)
-    args = _parser().parse_args(argv)
+    word = _command_word(argv)
+    if word == "token" and len(argv) == 1:  # the hot path: nothing for argparse to do
+        return _token_command(None)
+    args = _parser(word).parse_args(argv)
     if args.verbose:
         os.environ["ARTIFACTREGISTRY_GAUTH_DEBUG"] = "1"
-    if args.command == "token":
-        return _token_command(args.url)
-    if args.command == "doctor":
-        return _doctor_command(args.json)
-    if args.command == "netrc":
-        return _netrc_command(args)
-    if args.command == "credential-helper":
-        return _credential_helper_command(args.operation)
-    sys.stdout.write(print_settings(args.location, args.project, args.repository, args.tool))
-    return 0
+    return args.run(args)
+
+
+def _command_word(argv: list) -> str | None:
+    """The subcommand, when nothing before it could ask for the full --help."""
+    for arg in argv:
+        if arg in SUBCOMMANDS:
+            return arg
+        if arg not in ("-v", "--verbose"):
+            return None
+    return None
 
 
 def _first_word(argv: list) -> str | None:
@@ -3104,6 +3426,65 @@ def _token_command(url: str | None) -> int:
 
 def _keyring_main(argv: list, prog: str) -> int:
     """Answer keyring's `get` exactly as `keyring get` with this backend would."""
+    question = _plain_keyring_get(argv)
+    if question is None:
+        question = _parse_keyring_command(argv, prog)
+        if isinstance(question, int):
+            return question
+    mode, output, service, username = question
+    if not answers_for(service, username):
+        return 1
+    try:
+        token = get_token()
+    except CredentialError as exc:
+        sys.stderr.write(f"{PROG}: {exc}\n")
+        return 1
+    if mode == "creds":
+        fields = {"username": USERNAME, "password": token}
+    else:
+        fields = {"password": token}
+    if output == "json":
+        import json
+
+        sys.stdout.write(json.dumps(fields) + "\n")
+    else:
+        sys.stdout.write("".join(value + "\n" for value in fields.values()))
+    return 0
+
+
+def _plain_keyring_get(argv: list) -> tuple | None:
+    """(mode, output, service, username) of a plain keyring `get SERVICE [USER]`.
+
+    The forms pip and uv send (``--mode``/``--output``, spelled with a space or ``=``,
+    before or after the words), read without argparse: it costs more than the answer.
+    None for anything else, which keyring's own parser then reads.
+    """
+    options = {"--mode": "password", "--output": "plain"}
+    choices = {"--mode": ("password", "creds"), "--output": ("plain", "json")}
+    words: list = []
+    words_ended = False  # argparse takes the words in one run; split runs go to it
+    arguments = iter(argv)
+    for arg in arguments:
+        name, equals, value = arg.partition("=")
+        if name in options:
+            if not equals:
+                value = next(arguments, None)
+            if value not in choices[name]:
+                return None
+            options[name] = value
+            words_ended = bool(words)
+        elif arg.startswith("-") or words_ended:
+            return None
+        else:
+            words.append(arg)
+    mode = options["--mode"]
+    if not 2 <= len(words) <= 3 or words[0] != "get" or (mode == "password" and len(words) < 3):
+        return None
+    return mode, options["--output"], words[1], words[2] if len(words) == 3 else None
+
+
+def _parse_keyring_command(argv: list, prog: str) -> tuple | int:
+    """keyring's command line read by argparse: the question, or an exit code."""
     parser = _keyring_parser(prog)
     args = parser.parse_args(argv)
     if args.verbose:
@@ -3120,24 +3501,7 @@ def _keyring_main(argv: list, prog: str) -> int:
     if args.service is None or (args.mode == "password" and args.username is None):
         required = "service" if args.mode == "creds" else "service and username"
         parser.error(f"get requires {required}")
-    if not answers_for(args.service, args.username):
-        return 1
-    try:
-        token = get_token()
-    except CredentialError as exc:
-        sys.stderr.write(f"{PROG}: {exc}\n")
-        return 1
-    if args.mode == "creds":
-        fields = {"username": USERNAME, "password": token}
-    else:
-        fields = {"password": token}
-    if args.output == "json":
-        import json
-
-        sys.stdout.write(json.dumps(fields) + "\n")
-    else:
-        sys.stdout.write("".join(value + "\n" for value in fields.values()))
-    return 0
+    return args.mode, args.output, args.service, args.username
 
 
 # --- print-settings ---------------------------------------------------------------------------

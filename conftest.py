@@ -303,6 +303,10 @@ class _HTTPServer(LoopbackHTTPServer):
         self.fake = fake
         super().__init__(_FakeHandler, ssl_context)
 
+    def verify_request(self, request, client_address):
+        """The fake may drop a connection before reading a byte."""
+        return self.fake.accept_connection(request)
+
 
 @dataclass
 class Recorded:
@@ -503,6 +507,21 @@ class _FakeService:
         self._script = deque()
         self._serial = itertools.count(1)
         self._servers = []
+        self._refusals = 0
+
+    def refuse_connections(self, count):
+        """Reset the next `count` connections at once, as a server that is not up yet."""
+        with self._lock:
+            self._refusals = count
+
+    def accept_connection(self, sock):
+        """Take a new connection, or reset it at once while refusals are pending."""
+        with self._lock:
+            refuse = self._refusals > 0
+            self._refusals -= refuse
+        if refuse:
+            _abort(sock)
+        return not refuse
 
     def __enter__(self):
         self.serve()
@@ -773,8 +792,10 @@ class FakeMetadata(_FakeService):
         super().__init__()
         self.email = "vm-sa@proj.iam.gserviceaccount.com"
         self.project_id = "proj"
+        self.instance_id = "1234567890123456789"
         self.no_service_account = False
         self.google_flavor = True
+        self.black_hole = False  # accept connections and never answer
 
     @property
     def host(self):
@@ -788,6 +809,8 @@ class FakeMetadata(_FakeService):
 
     def respond(self, record):
         """Answer the handful of metadata paths credential code uses."""
+        if self.black_hole:
+            return HANG
         if "x-forwarded-for" in record.headers:
             return _reply(403, "Request had an X-Forwarded-For header.")
         if record.headers.get("metadata-flavor") != "Google":
@@ -798,6 +821,8 @@ class FakeMetadata(_FakeService):
             return _reply(200, "computeMetadata/\n")
         if record.route == "/computeMetadata/v1/project/project-id":
             return _reply(200, self.project_id)
+        if record.route == "/computeMetadata/v1/instance/id":
+            return _reply(200, self.instance_id)
         if record.route.startswith(_SERVICE_ACCOUNTS) and not self.no_service_account:
             return self._service_account(record)
         return _reply(404, f"fake metadata has nothing at {record.route}")
@@ -819,6 +844,21 @@ class FakeMetadata(_FakeService):
                 return _reply(400, f"unexpected query parameters {unexpected}")
             return self._issue(self.email, scopes=record.query.get("scopes"))
         return _reply(404, f"fake metadata has nothing at {record.route}")
+
+
+@pytest.fixture(autouse=True)
+def off_google_hardware(tmp_path, monkeypatch):
+    """Every test runs as on a machine whose DMI product name is not Google's.
+
+    Tests that need Google hardware write the returned file.
+    """
+    product_name = tmp_path / "dmi-product-name"
+    try:
+        import artifactregistry_gauth as gauth
+    except ModuleNotFoundError:
+        return product_name
+    monkeypatch.setattr(gauth, "DMI_PRODUCT_NAME", str(product_name))
+    return product_name
 
 
 @pytest.fixture

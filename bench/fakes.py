@@ -15,6 +15,7 @@ import io
 import json
 import secrets
 import socket
+import struct
 import sys
 import threading
 import time
@@ -320,6 +321,67 @@ class SilentPort:
         self._sock.close()
         for conn in self._held:
             conn.close()
+
+
+POD_ACCOUNT = "pod-sa@bench-project.iam.gserviceaccount.com"
+
+
+class StartingMetadata:
+    """A GCE metadata server that resets every connection for ``refuse_for`` seconds after
+    ``begin()``, as a new GKE pod's does, then answers the ping, identity and token."""
+
+    def __init__(self, refuse_for: float) -> None:
+        self.refuse_for = refuse_for
+        self.opens_at = 0.0
+        self.issued: set = set()
+        self._server = _StartingServer(self, _Handler).start()
+
+    @property
+    def host(self) -> str:
+        return f"127.0.0.1:{self._server.port}"
+
+    def begin(self) -> None:
+        self.opens_at = time.monotonic() + self.refuse_for
+
+    def refuses(self) -> bool:
+        return time.monotonic() < self.opens_at
+
+    def stop(self) -> None:
+        self._server.stop()
+
+    def is_live(self, token: str) -> bool:
+        return token in self.issued
+
+    def respond(self, method, path, headers, body):
+        flavor = {"Metadata-Flavor": "Google"}
+        if headers.get("metadata-flavor") != "Google":
+            return 403, "text/plain", b"Missing Metadata-Flavor:Google header.", flavor
+        base = "/computeMetadata/v1/instance/"
+        if path == "/":
+            return 200, "text/plain", b"computeMetadata/\n", flavor
+        if path == base + "service-accounts/default/email":
+            return 200, "text/plain", POD_ACCOUNT.encode(), flavor
+        if path == base + "id":
+            return 200, "text/plain", b"4242424242", flavor
+        if path == base + "service-accounts/default/?recursive=true":  # google-auth asks this
+            info = {"aliases": ["default"], "email": POD_ACCOUNT}
+            return _json_reply(200, {**info, "scopes": [CLOUD_PLATFORM]}, flavor)
+        if path == "/computeMetadata/v1/project/project-id":
+            return 200, "text/plain", b"bench-project", flavor
+        if path.startswith(base + "service-accounts/default/token"):
+            token = "ya29.bench-metadata-" + secrets.token_hex(8)
+            self.issued.add(token)
+            return _json_reply(200, {"access_token": token, "expires_in": 3599}, flavor)
+        return 404, "text/plain", b"not found", flavor
+
+
+class _StartingServer(_Server):
+    def verify_request(self, request, client_address):
+        if self.fake.refuses():  # reset at once, as a port nobody listens on yet
+            request.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            request.close()
+            return False
+        return True
 
 
 # --- fake gcloud and the do-nothing keyring backend ----------------------------------------
