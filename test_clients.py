@@ -145,6 +145,8 @@ def _make_venv(uv: str, path: Path, requirements: list) -> None:
 @pytest.fixture(scope="session")
 def toolbox(tmp_path_factory):
     """Every tool in its own virtualenv, installed in parallel once per session."""
+    if sys.version_info < (3, 10):
+        pytest.skip(f"the pinned clients need Python 3.10 or newer ({PIP} does)")
     workdir = tmp_path_factory.mktemp("clients")
     uv = _installer()
     project_wheel = _build_our_wheel(uv, workdir)
