@@ -73,7 +73,8 @@ def tests(session: nox.Session) -> None:
     """The pytest suite; arguments after ``--`` go to pytest."""
     if session.python not in AVAILABLE:
         session.skip(f"Python {session.python} is not installed (looked on PATH and in pyenv)")
-    session.install("-e", ".[test]")
+    # uv's environments have no pip, and the client tests download wheels with it.
+    session.install("pip", "-e", ".[test]")
     session.run("python", "-m", "pytest", *session.posargs)
 
 
