@@ -312,6 +312,23 @@ def test_stale_keychain_roots_are_exported_again(monkeypatch, user_env, on_macos
     assert len(on_macos.calls) == 2
 
 
+@pytest.mark.parametrize("planted", ["writable-by-others", "symlink"])
+def test_a_planted_keychain_roots_file_is_not_trusted(
+    user_env, on_macos, isolated_env, other_ca_file, planted
+):
+    isolated_env.cache_dir.mkdir(mode=0o700, exist_ok=True)
+    cached = macos_roots_file(isolated_env)
+    if planted == "symlink":
+        cached.symlink_to(other_ca_file)
+    else:
+        cached.write_text(other_ca_file.read_text())
+        cached.chmod(0o666)
+    assert user_env.fake.is_live(gauth.get_token())
+    assert len(on_macos.calls) == 1
+    assert not cached.is_symlink()
+    assert stat.S_IMODE(cached.stat().st_mode) == 0o600
+
+
 def test_keychain_roots_are_used_though_one_keychain_is_missing(monkeypatch, user_env, on_macos):
     monkeypatch.setenv("FAKE_SECURITY_EXIT", "50")  # security's exit for a missing keychain
     assert user_env.fake.is_live(gauth.get_token())
