@@ -265,7 +265,7 @@ class Transport:
                 last_error = f"could not reach {_without_query(url)}: {exc}"
                 wait = 0.0
             else:
-                if response.status not in RETRY_STATUSES or attempt == attempts:
+                if not _worth_retrying(response) or attempt == attempts:
                     return response
                 last_error = f"{_without_query(url)} answered HTTP {response.status}"
                 wait = _retry_after(response, self.deadline - _monotonic())
@@ -310,6 +310,10 @@ class Transport:
         handlers = [_no_redirect_handler()]
         if direct:
             handlers.append(urllib.request.ProxyHandler({}))
+        store = ""
+        if url.startswith("https:"):
+            context, store = _tls_context()
+            handlers.append(urllib.request.HTTPSHandler(context=context))
         opener = urllib.request.build_opener(*handlers)
         request = urllib.request.Request(url, data=body, headers=headers, method=method)
         try:
@@ -322,8 +326,9 @@ class Transport:
             reason = exc.reason
             if _is_certificate_error(reason):
                 raise CredentialError(
-                    f"the TLS certificate of {_url_host(url)} is not trusted ({reason}); "
-                    "behind a TLS-inspecting proxy, point SSL_CERT_FILE at its CA bundle"
+                    f"the TLS certificate of {_url_host(url)} is not trusted ({reason}; "
+                    f"verified against {store}); behind a TLS-inspecting proxy, point "
+                    "SSL_CERT_FILE or REQUESTS_CA_BUNDLE at its CA bundle"
                 ) from None
             raise _TransientError(_describe_os_error(reason)) from None
         except (OSError, http.client.HTTPException) as exc:
@@ -354,6 +359,26 @@ def _lower(headers) -> dict:
 
 def _read(reply) -> bytes:
     return reply.read(MAX_RESPONSE_BYTES)
+
+
+# OAuth error codes that mean "try again", whatever the HTTP status (PROTOCOLS.md B.0).
+_RETRY_OAUTH_ERRORS = frozenset({"internal_failure", "server_error", "temporarily_unavailable"})
+
+
+def _worth_retrying(response: Response) -> bool:
+    if response.status in RETRY_STATUSES:
+        return True
+    if response.status < 400:
+        return False
+    try:
+        data = response.json()
+    except ValueError:
+        return False
+    return isinstance(data, dict) and any(
+        data.get(field) in _RETRY_OAUTH_ERRORS
+        for field in ("error", "error_description")
+        if isinstance(data.get(field), str)
+    )
 
 
 def _retry_after(response: Response, limit: float) -> float:
@@ -394,6 +419,167 @@ def _check_endpoint(url: str, what: str) -> None:
     raise CredentialError(
         f"refusing to send credentials to {what} {_without_query(url)!r}: it must be an https URL"
     )
+
+
+# --- TLS: which certificates to trust (PROTOCOLS.md L) ----------------------------------
+
+# Who names a CA bundle, in the order they win: OpenSSL's own variable, then requests'.
+_CA_BUNDLE_VARIABLES = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
+# Roots exported from the macOS keychains are exported again after this long.
+MACOS_ROOTS_LIFE = 24 * 3600
+MACOS_KEYCHAINS = (
+    "/System/Library/Keychains/SystemRootCertificates.keychain",
+    "/Library/Keychains/System.keychain",  # CAs an administrator added, corporate ones
+)
+_TLS_CONTEXTS: dict = {}
+
+
+def _tls_context():
+    """The SSL context for https and a description of its trust store, built once per setting."""
+    key = tuple(os.environ.get(name, "") for name in (*_CA_BUNDLE_VARIABLES, "SSL_CERT_DIR"))
+    found = _TLS_CONTEXTS.get(key)
+    if found is None:
+        found = _TLS_CONTEXTS[key] = _new_tls_context()
+        _debug("verifying TLS certificates against %s", found[1])
+    return found
+
+
+def _new_tls_context():
+    import ssl
+
+    name = next((n for n in _CA_BUNDLE_VARIABLES if os.environ.get(n)), "")
+    if name == "SSL_CERT_FILE" or (not name and os.environ.get("SSL_CERT_DIR")):
+        # OpenSSL reads both variables itself when it loads its default paths.
+        name = name or "SSL_CERT_DIR"
+        return ssl.create_default_context(), f"{name}={os.environ[name]}"
+    if name:
+        return _ca_bundle_context(name, os.environ[name]), f"{name}={os.environ[name]}"
+    context = ssl.create_default_context()
+    if _has_default_roots(context):
+        return context, "OpenSSL's default CA paths"
+    # No roots: python.org's macOS Python before "Install Certificates.command" runs.
+    for fallback in (_truststore_context, _certifi_context, _macos_keychain_context):
+        found = fallback()
+        if found:
+            return found
+    return context, "OpenSSL's default CA paths, which hold no certificates"
+
+
+def _ca_bundle_context(name: str, path: str):
+    """A context that trusts only the bundle (a file or a directory), as requests does."""
+    import ssl
+
+    try:
+        if os.path.isdir(path):
+            return ssl.create_default_context(capath=path)
+        return ssl.create_default_context(cafile=path)
+    except OSError as exc:  # ssl.SSLError is an OSError too
+        problem = exc.strerror or getattr(exc, "reason", None) or exc
+        raise CredentialError(
+            f"{name}={path}: cannot load CA certificates from it ({problem}); "
+            f"point {name} at a PEM bundle or unset it"
+        ) from None
+
+
+def _has_default_roots(context) -> bool:
+    """True if OpenSSL's default paths hold certificates."""
+    import ssl
+
+    if context.cert_store_stats()["x509"]:
+        return True
+    # A CA directory is read lazily, one file per lookup: nothing is counted until then.
+    capath = ssl.get_default_verify_paths().capath
+    if not capath:
+        return False
+    try:
+        with os.scandir(capath) as entries:
+            return any(True for _ in entries)
+    except OSError:
+        return False
+
+
+def _truststore_context():
+    """The OS trust store through truststore, or pip's vendored copy of it."""
+    import importlib
+    import ssl
+
+    for name in ("truststore", "pip._vendor.truststore"):
+        try:
+            truststore = importlib.import_module(name)
+        except ImportError:  # absent, or Python older than truststore supports
+            continue
+        return truststore.SSLContext(ssl.PROTOCOL_TLS_CLIENT), f"the OS trust store via {name}"
+    return None
+
+
+def _certifi_context():
+    import ssl
+
+    try:
+        import certifi
+    except ImportError:
+        return None
+    path = certifi.where()
+    return ssl.create_default_context(cafile=path), f"certifi's CA bundle {path}"
+
+
+def _macos_keychain_context():
+    """The macOS system roots and admin-added CAs, as the keychains hold them."""
+    import ssl
+
+    if sys.platform != "darwin":
+        return None
+    pem = _macos_roots()
+    if not pem:
+        return None
+    try:
+        context = ssl.create_default_context(cadata=pem)
+    except ssl.SSLError as exc:
+        _debug("cannot use the certificates exported from the macOS keychains: %s", exc)
+        return None
+    return context, "the macOS system keychains (security find-certificate)"
+
+
+def _macos_roots() -> str:
+    """PEM certificates from the system keychains, kept in the cache for MACOS_ROOTS_LIFE."""
+    directory = cache_dir(create=True)
+    path = os.path.join(directory, "macos-roots.pem") if directory else ""
+    pem = _fresh_private_text(path, MACOS_ROOTS_LIFE) if path else ""
+    if pem:
+        return pem
+    pem = _export_macos_roots()
+    if pem and path:
+        try:
+            _write_private_file(path, pem.encode("ascii"))
+        except OSError as exc:
+            _debug("cannot keep the macOS roots in %s: %s", path, exc.strerror or exc)
+    return pem
+
+
+def _fresh_private_text(path: str, life: float) -> str:
+    """The text of a file of ours younger than ``life`` seconds, else ""."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except OSError:
+        return ""
+    with os.fdopen(fd, "rb") as f:
+        if not _private_file(fd) or _now() - os.fstat(fd).st_mtime > life:
+            return ""
+        return f.read().decode("ascii", "replace")
+
+
+def _export_macos_roots() -> str:
+    import subprocess
+
+    argv = ["security", "find-certificate", "-a", "-p", *MACOS_KEYCHAINS]
+    try:
+        done = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        _debug("cannot export the macOS roots with security: %s", exc)
+        return ""
+    # A missing keychain makes security fail, yet it still prints the other one.
+    pem = done.stdout.decode("ascii", "replace")
+    return pem if "-----BEGIN CERTIFICATE-----" in pem else ""
 
 
 # --- OAuth token endpoints -------------------------------------------------------------
@@ -2067,7 +2253,10 @@ class ExecutableFederation(ExternalAccount):
             env["GOOGLE_EXTERNAL_ACCOUNT_IMPERSONATED_EMAIL"] = self.account
         if self.output_file:
             env["GOOGLE_EXTERNAL_ACCOUNT_OUTPUT_FILE"] = self.output_file
-        timeout = min(self.timeout, transport.remaining())
+        # timeout_millis bounds the executable (an SSO helper may wait for a person), not the
+        # network budget; the budget is given back afterwards for the exchange that follows.
+        timeout = self.timeout
+        started = _monotonic()
         _debug("running %s", argv[0])
         try:
             done = _run_capped(argv, env, timeout)  # stderr apart: a warning cannot spoil the JSON
@@ -2083,6 +2272,7 @@ class ExecutableFederation(ExternalAccount):
                 f"cannot run the executable {argv[0]!r} ({exc.strerror or exc})",
                 "fix credential_source.executable.command",
             ) from None
+        transport.deadline += _monotonic() - started
         output = done.stdout.decode("utf-8", "replace").strip()
         if not output and self.output_file and done.returncode == 0:
             try:
@@ -2675,7 +2865,15 @@ def _explicit_adc_file() -> CredentialSource:
     path = os.environ.get("GOOGLE_APPLICATION_CREDENTIALS", "")
     if not path:
         raise NotApplicable("GOOGLE_APPLICATION_CREDENTIALS is not set")
+    # Naming gcloud's own ADC file means "use gcloud's ADC": when it is missing, discovery
+    # goes on as google-auth's does (PROTOCOLS.md A.1). Any other missing file is an error.
+    if not os.path.exists(path) and _same_path(path, well_known_adc_file()):
+        raise NotApplicable(f"GOOGLE_APPLICATION_CREDENTIALS names gcloud's absent {path}")
     return load_adc_file(path, "GOOGLE_APPLICATION_CREDENTIALS")
+
+
+def _same_path(one: str, other: str) -> bool:
+    return os.path.normcase(os.path.abspath(one)) == os.path.normcase(os.path.abspath(other))
 
 
 def _well_known_adc_file() -> CredentialSource:

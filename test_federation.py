@@ -504,15 +504,13 @@ def test_executable_that_prints_nothing_is_read_from_its_output_file(scenarios, 
     assert fed.sts.is_live(gauth.get_token())
 
 
-def test_a_hanging_executable_is_killed_within_the_lookup_budget(scenarios, monkeypatch):
-    monkeypatch.setattr(gauth, "LOOKUP_BUDGET", 1.0)
-    path, _ = scenarios.executable_source()
+def test_a_hanging_executable_is_killed_at_its_timeout_millis(scenarios, monkeypatch):
+    monkeypatch.setattr(gauth, "LOOKUP_BUDGET", 1.0)  # the network's budget, not the executable's
+    path, _ = scenarios.executable_source()  # timeout_millis 5000, the shortest allowed
     scenarios.executable.configure(sleep=30)
     use(monkeypatch, path)
-    started = time.monotonic()
-    with pytest.raises(gauth.CredentialError, match=r"did not finish within (0\.9|1\.0) s"):
+    with pytest.raises(gauth.CredentialError, match=r"did not finish within 5\.0 s"):
         gauth.get_token()
-    assert time.monotonic() - started < 3
 
 
 def test_url_source_fetches_the_subject_token_with_the_configured_headers(
