@@ -431,6 +431,7 @@ MACOS_KEYCHAINS = (
     "/System/Library/Keychains/SystemRootCertificates.keychain",
     "/Library/Keychains/System.keychain",  # CAs an administrator added, corporate ones
 )
+MAX_MACOS_ROOTS_BYTES = 8 << 20
 _TLS_CONTEXTS: dict = {}
 
 
@@ -557,24 +558,31 @@ def _macos_roots() -> str:
 
 
 def _fresh_private_text(path: str, life: float) -> str:
-    """The text of a file of ours younger than ``life`` seconds, else ""."""
+    """The text of a regular file of ours younger than ``life`` seconds, else ""."""
+    import stat
+
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        fd = os.open(path, flags)
     except OSError:
         return ""
     with os.fdopen(fd, "rb") as f:
-        if not _private_file(fd) or _now() - os.fstat(fd).st_mtime > life:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or not _private_file(fd) or _now() - info.st_mtime > life:
             return ""
-        return f.read().decode("ascii", "replace")
+        return f.read(MAX_MACOS_ROOTS_BYTES).decode("ascii", "replace")
 
 
 def _export_macos_roots() -> str:
     import subprocess
 
-    argv = ["security", "find-certificate", "-a", "-p", *MACOS_KEYCHAINS]
+    security = _find_executable("security")  # on PATH, never the working directory
+    if not security:
+        return ""
+    argv = [security, "find-certificate", "-a", "-p", *MACOS_KEYCHAINS]
     try:
-        done = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired) as exc:
+        done = _run_capped(argv, None, 10.0, MAX_MACOS_ROOTS_BYTES)
+    except (OSError, subprocess.TimeoutExpired, _OutputTooLargeError) as exc:
         _debug("cannot export the macOS roots with security: %s", exc)
         return ""
     # A missing keychain makes security fail, yet it still prints the other one.
