@@ -1333,7 +1333,8 @@ class _MetadataMemory:
         if self.path is None:
             return {}
         try:
-            fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+            flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+            fd = os.open(self.path, flags)
         except OSError:
             return {}
         try:
