@@ -212,9 +212,11 @@ def _is_loopback_host(host: str) -> bool:
     if host == "localhost":
         return True
     try:
-        return ipaddress.ip_address(host[1:-1] if host.startswith("[") else host).is_loopback
+        address = ipaddress.ip_address(host[1:-1] if host.startswith("[") else host)
     except ValueError:
         return False  # a name such as 127.evil.example resolves wherever its owner likes
+    # ::ffff:127.0.0.1 reaches 127.0.0.1; Python 3.13 says so itself, older ones do not.
+    return (getattr(address, "ipv4_mapped", None) or address).is_loopback
 
 
 def _url_host(url: str) -> str:

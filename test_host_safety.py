@@ -129,7 +129,8 @@ def test_the_backend_gives_a_backslash_url_no_token(sa_env, fake_google):
         ("http://127.1/token", False),  # inet_aton shorthand: not an IP literal to us
         ("http://2130706433/token", False),
         ("http://0x7f000001/token", False),
-        ("http://[::ffff:127.0.0.1]/token", False),
+        ("http://[::ffff:127.0.0.1]/token", True),  # IPv4-mapped 127.0.0.1, on every Python
+        ("http://[::ffff:10.0.0.1]/token", False),
         ("http://10.0.0.1/token", False),
         ("http://oauth2.googleapis.com/token", False),
         ("ftp://127.0.0.1/token", False),
