@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import artifactregistry_gauth as gauth
-from conftest import register_secret
+from fakes import register_secret
 
 ROOT = Path(__file__).resolve().parent
 HOST = "us-python.pkg.dev"

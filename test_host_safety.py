@@ -5,12 +5,10 @@ between our reading of a URL and urllib.parse, urllib3 (requests) and WHATWG (uv
 browsers) lives in test_fuzz.py.
 """
 
-import socket
-import threading
-
 import pytest
 
 import artifactregistry_gauth as gauth
+from fakes.network import Listener
 
 
 @pytest.fixture
@@ -151,37 +149,11 @@ def test_a_name_that_starts_with_127_gets_no_assertion(monkeypatch, sa_file):
         gauth.get_token()
 
 
-class RecordingProxy:
-    """A listener that counts connections and answers none: any use of it is a leak."""
-
-    def __init__(self):
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.connections = 0
-        self._thread = threading.Thread(target=self._accept, daemon=True)
-        self._thread.start()
-
-    @property
-    def url(self):
-        return f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-
-    def _accept(self):
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.connections += 1
-            conn.close()
-
-    def close(self):
-        self.sock.close()
-
-
 @pytest.fixture
 def recording_proxy():
-    proxy = RecordingProxy()
-    yield proxy
-    proxy.close()
+    """A proxy that counts connections and answers none: any use of it is a leak."""
+    with Listener(hold=False) as proxy:
+        yield proxy
 
 
 def test_a_loopback_token_endpoint_is_never_reached_through_a_proxy(

@@ -14,7 +14,8 @@ from urllib.parse import quote, quote_plus, urlencode
 import pytest
 
 import artifactregistry_gauth as gauth
-from conftest import _reply, register_secret
+from fakes import register_secret
+from fakes.network import reply
 from test_federation import ID_TOKEN_TYPE, STS_URL, SUBJECT, WORKLOAD, Executable, external
 
 KIB = 1024
@@ -543,8 +544,8 @@ def echoing(encode, style, echoed):
         said = encode(record)
         echoed.append(said)
         if style == "oauth":
-            return _reply(400, {"error": "invalid_request", "error_description": "got " + said})
-        return _reply(400, {"error": {"code": 400, "message": "got " + said, "status": "INVALID"}})
+            return reply(400, {"error": "invalid_request", "error_description": "got " + said})
+        return reply(400, {"error": {"code": 400, "message": "got " + said, "status": "INVALID"}})
 
     return respond
 
