@@ -12,7 +12,7 @@ environment at them, and stop them:
   `fake_idp` (a subject-token URL);
 - `fake_metadata` (GCE metadata), `fake_aws` (EC2 instance metadata);
 - `fake_gcloud` (fakes.gcloud.FakeGcloud on PATH), `real_gcloud` and `real_gcloud_sdk`;
-- `rsa_key`, `sa_file`, `user_file` (keys and credential files the fakes accept);
+- `rsa_key`, `sa_file`, `user_file`, `sa_env` (keys and credential files the fakes accept);
 - `test_ca`, `test_ca_file`, `google_tls_context`, `federation_tls_context`;
 - `bin_dir`, `home_dir`.
 """
@@ -32,8 +32,6 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 
 from fakes import SECRETS, register_secret
 from fakes.gcloud import (
@@ -60,6 +58,7 @@ from fakes.google import (
     GoogleFederation,
     GoogleHTTPS,
     VirtualHosts,
+    new_rsa_key,
 )
 from fakes.metadata import FakeAwsMetadata, FakeMetadata
 from fakes.network import (
@@ -72,6 +71,14 @@ from fakes.network import (
 )
 
 __all__ = ["SECRETS", "register_secret"]  # the secret guard's registry, where tests look for it
+
+
+def pytest_collection_modifyitems(items):
+    """Client tests share session-wide virtualenvs: under xdist they all go to one worker."""
+    for item in items:
+        if item.get_closest_marker("clients"):
+            item.add_marker(pytest.mark.xdist_group("clients"))
+
 
 # --- Isolated environment and network guard -------------------------------------------------
 
@@ -402,33 +409,10 @@ def google_https(fake_google, test_ca_file, google_tls_context, monkeypatch):
 # --- Keys and credential files -----------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class RsaKey:
-    """An RSA key pair with its private key as PKCS#8 and PKCS#1 PEM."""
-
-    private_key: rsa.RSAPrivateKey
-    public_key: rsa.RSAPublicKey
-    pkcs8_pem: str
-    pkcs1_pem: str
-
-
-def _private_pem(key, private_format):
-    """Serialize a private key as unencrypted PEM text."""
-    return key.private_bytes(
-        serialization.Encoding.PEM, private_format, serialization.NoEncryption()
-    ).decode("ascii")
-
-
 @pytest.fixture(scope="session")
 def rsa_key():
     """One RSA-2048 key pair for the session."""
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pair = RsaKey(
-        private_key=key,
-        public_key=key.public_key(),
-        pkcs8_pem=_private_pem(key, serialization.PrivateFormat.PKCS8),
-        pkcs1_pem=_private_pem(key, serialization.PrivateFormat.TraditionalOpenSSL),
-    )
+    pair = new_rsa_key()
     for pem in (pair.pkcs8_pem, pair.pkcs1_pem):
         register_secret(*pem.splitlines()[1:-1])
     return pair
@@ -481,6 +465,14 @@ def sa_file(tmp_path, fake_google, rsa_key):
         return path
 
     return make
+
+
+@pytest.fixture
+def sa_env(monkeypatch, sa_file):
+    """GOOGLE_APPLICATION_CREDENTIALS names a new service-account key fake_google accepts."""
+    path = sa_file()
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(path))
+    return path
 
 
 @pytest.fixture

@@ -370,11 +370,6 @@ def held_token(monkeypatch):
     return TOKEN
 
 
-@pytest.fixture
-def sa_env(monkeypatch, sa_file):
-    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(sa_file()))
-
-
 def cli(capsys, *argv, stdin=b""):
     """Run the command in this process; return (exit code, stdout, stderr)."""
     import io

@@ -253,6 +253,42 @@ def _decode_segment(segment, what):
     return value
 
 
+# --- service-account keys -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RsaKey:
+    """An RSA key pair with its private key as PKCS#8 and PKCS#1 PEM."""
+
+    private_key: object  # cryptography RSAPrivateKey
+    public_key: object  # cryptography RSAPublicKey
+    pkcs8_pem: str
+    pkcs1_pem: str
+
+
+def _private_pem(key, private_format):
+    """Serialize a private key as unencrypted PEM text."""
+    from cryptography.hazmat.primitives import serialization
+
+    return key.private_bytes(
+        serialization.Encoding.PEM, private_format, serialization.NoEncryption()
+    ).decode("ascii")
+
+
+def new_rsa_key():
+    """A new RSA-2048 key pair."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    return RsaKey(
+        private_key=key,
+        public_key=key.public_key(),
+        pkcs8_pem=_private_pem(key, serialization.PrivateFormat.PKCS8),
+        pkcs1_pem=_private_pem(key, serialization.PrivateFormat.TraditionalOpenSSL),
+    )
+
+
 # --- the token endpoint as gcloud's own refreshes call it -------------------------------------
 
 
