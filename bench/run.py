@@ -546,7 +546,7 @@ class Bench:
                 met=fetches["ours"] == self.plan.sa_reps,
             )
         )
-        latency = self.world.token.latency
+        latency = self.world.token.delay
         local = {
             name: [_median(first[name]) - _median(floor) - latency] for name in ("ours", "official")
         }
