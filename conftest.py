@@ -73,13 +73,6 @@ from fakes.network import (
 __all__ = ["SECRETS", "register_secret"]  # the secret guard's registry, where tests look for it
 
 
-def pytest_collection_modifyitems(items):
-    """Client tests share session-wide virtualenvs: under xdist they all go to one worker."""
-    for item in items:
-        if item.get_closest_marker("clients"):
-            item.add_marker(pytest.mark.xdist_group("clients"))
-
-
 # --- Isolated environment and network guard -------------------------------------------------
 
 _REMOVED_VARS = frozenset(
