@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import artifactregistry_gauth as gauth
-from conftest import register_secret
+from fakes import register_secret
 
 ROOT = Path(__file__).resolve().parent
 HOST = "us-python.pkg.dev"
@@ -368,11 +368,6 @@ def held_token(monkeypatch):
     register_secret(TOKEN)
     monkeypatch.setenv("GOOGLE_OAUTH_ACCESS_TOKEN", TOKEN)
     return TOKEN
-
-
-@pytest.fixture
-def sa_env(monkeypatch, sa_file):
-    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(sa_file()))
 
 
 def cli(capsys, *argv, stdin=b""):

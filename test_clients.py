@@ -23,8 +23,10 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from conftest import IAM_HOST, STS_HOST, register_secret
-from fake_registry import FakeRegistry, RoutingProxy, build_wheel
+from fakes import register_secret
+from fakes.google import IAM_HOST, STS_HOST
+from fakes.network import RoutingProxy
+from fakes.registry import FakeRegistry, build_wheel
 
 pytestmark = pytest.mark.clients
 

@@ -13,7 +13,7 @@ from urllib.parse import unquote
 import pytest
 
 import artifactregistry_gauth as gauth
-from conftest import (
+from fakes.google import (
     ACCESS_TOKEN_TYPE,
     AWS_TOKEN_TYPE,
     CLOUD_PLATFORM,

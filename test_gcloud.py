@@ -1,6 +1,6 @@
 """gcloud as a credential source: whose token it returns, and the tokens it would only echo.
 
-The first part runs against the fake gcloud of conftest.py, which honours the same
+The first part runs against the fake gcloud of fakes/gcloud.py, which honours the same
 properties as the real one. The tests marked ``gcloud`` run the real Cloud SDK (where
 one is installed) against loopback fakes of Google's token and IAM endpoints.
 """
@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 import artifactregistry_gauth as gauth
-from conftest import register_secret
+from fakes import register_secret
 
 DEPLOYER = "deployer@proj.iam.gserviceaccount.com"
 BUILDER = "builder@proj.iam.gserviceaccount.com"

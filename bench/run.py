@@ -28,15 +28,24 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import fakes
 from venvs import BenchSetupError, Venv
 
 BENCH_DIR = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH_DIR.parent))  # the project's fakes: the test suite's own kit
+from fakes.gcloud import FakeGcloud  # noqa: E402
+from fakes.google import FakeGoogle, public_key_from_numbers  # noqa: E402
+from fakes.metadata import FakeMetadata  # noqa: E402
+from fakes.network import Listener, RoutingProxy, refused_port  # noqa: E402
+from fakes.registry import FakeRegistry, wheel  # noqa: E402
+
 REGISTRY_HOST = "us-python.pkg.dev"
 REPO_PREFIX = "/bench-project/bench-repo"
 REPO_URL = f"https://{REGISTRY_HOST}{REPO_PREFIX}/simple/"
 USERNAME = "oauth2accesstoken"
 SA_EMAIL = "bench@bench-project.iam.gserviceaccount.com"
+SA_KEY_ID = "0123456789abcdef0123456789abcdef01234567"
+GCLOUD_ACCOUNT = "dev@example.com"
+POD_ACCOUNT = "pod-sa@bench-project.iam.gserviceaccount.com"
 OFFICIAL_DIST = "keyrings.google-artifactregistry-auth"
 HARD_TIMEOUT = 120.0
 CONCURRENT = 8
@@ -246,38 +255,42 @@ class World:
         key = json.loads((material / "key.json").read_text())
         self.ca_file = material / "ca.pem"
 
-        self.token = fakes.TokenEndpoint(SA_EMAIL, key["n"], key["e"], token_latency)
+        self.token = FakeGoogle()
+        self.token.delay = token_latency
+        self.token.add_service_account(
+            SA_EMAIL, public_key_from_numbers(key["n"], key["e"]), SA_KEY_ID
+        )
+        self.token.start()
         self.sa_file = work / "service-account.json"
-        self.sa_file.write_text(json.dumps(_service_account_info(key["pem"], self.token.url)))
+        self.sa_file.write_text(json.dumps(_service_account_info(key["pem"], self.token.token_url)))
 
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(str(material / "server.pem"))
-        self.index = fakes.PackageIndex(
-            REGISTRY_HOST,
-            REPO_PREFIX,
-            fakes.index_wheels(INDEX_PACKAGES),
-            self.token.is_live,
-            context,
-        )
-        self.proxy = fakes.connect_proxy(REGISTRY_HOST, self.index.port)
-        self.silent = fakes.SilentPort()
-        self.refused = fakes.refused_port()
+        self.index = FakeRegistry(context, self.token)
+        repository = self.index.repository(REGISTRY_HOST, REPO_PREFIX)
+        for filename, data in index_wheels(INDEX_PACKAGES):
+            repository.add(filename, data)
+        self.index.start()
+        self.proxy = RoutingProxy({REGISTRY_HOST: self.index.port}).start()
+        self.silent = Listener(hold=True)
+        self.refused = refused_port()
 
         self.home = work / "home"
         (self.home / ".config" / "gcloud").mkdir(parents=True)
         self.gcloud_bin = work / "gcloud-bin"
         self.gcloud_bin.mkdir()
-        self.gcloud_log = work / "gcloud-tokens.log"
-        self.gcloud_log.touch()
-        gcloud = self.gcloud_bin / "gcloud"
-        gcloud.write_text(fakes.gcloud_script(sys.executable, str(self.gcloud_log), gcloud_delay))
-        gcloud.chmod(0o755)
+        self.gcloud = FakeGcloud(self.gcloud_bin)  # its SDK layout goes beside gcloud-bin
+        if gcloud_delay:
+            self.gcloud.configure(mode="sleep", seconds=gcloud_delay, account=GCLOUD_ACCOUNT)
+        else:
+            self.gcloud.configure(account=GCLOUD_ACCOUNT)
         self.system_path = [
             d for d in SYSTEM_PATH if os.path.isdir(d) and not os.path.exists(f"{d}/gcloud")
         ]
         self._caches = 0
 
     def stop(self) -> None:
+        self.gcloud.stop()
         for server in (self.token, self.index, self.proxy, self.silent):
             server.stop()
 
@@ -289,7 +302,16 @@ class World:
         return path
 
     def gcloud_tokens(self) -> list:
-        return self.gcloud_log.read_text().split()
+        return list(self.gcloud.issued)
+
+    @property
+    def fetches(self) -> int:
+        """Tokens the token endpoint issued so far."""
+        return len(self.token.issued)
+
+    def unauthorized_since(self, mark: int) -> int:
+        """401 answers of the index to the requests after the first `mark`."""
+        return sum(r.status == 401 for r in self.index.requests[mark:])
 
     def env(self, cache: Path, creds: str, path_dirs: tuple = (), metadata_ip: str = "") -> dict:
         """A clean environment with credentials ``sa``, ``gcloud`` or ``none``, all on loopback."""
@@ -317,11 +339,57 @@ class World:
         return env
 
 
+def index_wheels(count: int) -> list:
+    """``bench-app`` depending on ``count - 1`` small libraries: (file name, bytes) each."""
+    libs = [f"bench-lib-{i}" for i in range(1, count)]
+    return [
+        *(wheel(name, "1.0") for name in libs),
+        wheel("bench-app", "1.0", requires=tuple(libs), source="import bench_lib_1\n"),
+    ]
+
+
+def _starting_pod_metadata() -> FakeMetadata:
+    """A GKE pod's metadata server; `refuse_for` makes it one that is still starting."""
+    mds = FakeMetadata()
+    mds.email, mds.project_id, mds.instance_id = POD_ACCOUNT, "bench-project", "4242424242"
+    return mds.start()
+
+
+FLOOR_TOKEN = "ya29.bench-constant"
+FLOOR_MODULE = f'''\
+"""A keyring backend that answers a constant: what keyring costs on its own."""
+
+from keyring.backend import KeyringBackend
+
+
+class ConstantBackend(KeyringBackend):
+    priority = 9
+
+    def get_password(self, service, username):
+        return {FLOOR_TOKEN!r}
+
+    def set_password(self, service, username, password):
+        raise NotImplementedError
+
+    def delete_password(self, service, username):
+        raise NotImplementedError
+'''
+
+
+def floor_backend_wheel() -> tuple[str, bytes]:
+    return wheel(
+        "bench-floor-backend",
+        "1.0",
+        files={"bench_floor_backend.py": FLOOR_MODULE},
+        entry_points="[keyring.backends]\nbench-floor = bench_floor_backend\n",
+    )
+
+
 def _service_account_info(pem: str, token_uri: str) -> dict:
     return {
         "type": "service_account",
         "project_id": "bench-project",
-        "private_key_id": "0123456789abcdef0123456789abcdef01234567",
+        "private_key_id": SA_KEY_ID,
         "private_key": pem,
         "client_email": SA_EMAIL,
         "client_id": "100000000000000000000",
@@ -418,7 +486,7 @@ class Bench:
         live = {
             "ours": world.token.is_live,
             "official": world.token.is_live,
-            "floor": lambda t: t == fakes.FLOOR_TOKEN,
+            "floor": lambda t: t == FLOOR_TOKEN,
         }
         for side in sides:  # warm-up, not counted
             self._keyring_get(side, world.env(world.fresh_cache(), "sa"))
@@ -430,9 +498,9 @@ class Bench:
             caches = {s.name: world.fresh_cache() for s in sides}
             for call in range(self.plan.sa_calls):
                 for side in sides:
-                    before = world.token.fetches
+                    before = world.fetches
                     result = self._keyring_get(side, world.env(caches[side.name], "sa"))
-                    fetched = world.token.fetches - before
+                    fetched = world.fetches - before
                     self._answer_ok("2 service account", side, result, live[side.name])
                     fetches[side.name] += fetched
                     if call == 0 and side is not self.floor:
@@ -478,7 +546,7 @@ class Bench:
                 met=fetches["ours"] == self.plan.sa_reps,
             )
         )
-        latency = self.world.token.latency
+        latency = self.world.token.delay
         local = {
             name: [_median(first[name]) - _median(floor) - latency] for name in ("ours", "official")
         }
@@ -510,11 +578,7 @@ class Bench:
                 result = self._keyring_get(side, world.env(caches[side.name], "gcloud"))
                 issued = set(world.gcloud_tokens())
                 starts[side.name] += len(issued - before)
-                live = (
-                    (lambda t: t == fakes.FLOOR_TOKEN)
-                    if side is self.floor
-                    else issued.__contains__
-                )
+                live = (lambda t: t == FLOOR_TOKEN) if side is self.floor else issued.__contains__
                 self._answer_ok("3 gcloud only", side, result, live)
                 times[side.name].append(result.seconds)
         n = self.plan.gcloud_calls
@@ -652,8 +716,8 @@ class Bench:
                         "bench-app",
                     ]
                     env = world.env(world.fresh_cache(), "sa", path_dirs)
-                    before = world.token.fetches
-                    world.index.reset_counts()
+                    before = world.fetches
+                    mark = len(world.index.requests)
                     result = run(command, env, world.work)
                     installed = (target / "bench_app" / "__init__.py").is_file()
                     if result.returncode != 0 or not installed:
@@ -663,8 +727,8 @@ class Bench:
                     if rep == 0:
                         continue  # warm-up
                     times[side.name].append(result.seconds)
-                    fetches[side.name].append(world.token.fetches - before)
-                    unauthorized[side.name] += world.index.unauthorized
+                    fetches[side.name].append(world.fetches - before)
+                    unauthorized[side.name] += world.unauthorized_since(mark)
                     shutil.rmtree(target, ignore_errors=True)
             key = "5a" if provider == "import" else "5c"
             per_run = {name: count / self.plan.pip_reps for name, count in unauthorized.items()}
@@ -699,7 +763,7 @@ class Bench:
         for _ in range(self.plan.concurrent_reps):
             for side in (self.ours, self.official):
                 env = world.env(world.fresh_cache(), "sa")
-                before = world.token.fetches
+                before = world.fetches
                 start = time.perf_counter()
                 procs = [
                     subprocess.Popen(
@@ -723,7 +787,7 @@ class Bench:
                         out, err = proc.communicate()
                     results.append(Run(0.0, proc.returncode, out.decode(), err.decode()))
                 walls[side.name].append(time.perf_counter() - start)
-                fetches[side.name].append(world.token.fetches - before)
+                fetches[side.name].append(world.fetches - before)
                 for result in results:
                     self._answer_ok("6 concurrent", side, result, world.token.is_live)
         rows = self.findings.rows
@@ -764,14 +828,14 @@ class Bench:
         run(floor_command, env, world.work)
         times = {key: [] for key in commands}
         floor = []
-        before = world.token.fetches
+        before = world.fetches
         for _ in range(self.plan.token_reps):
             for key, (_, command) in commands.items():
                 result = run(command, env, world.work)
                 self._answer_ok(f"{key} token", self.ours, result, world.token.is_live)
                 times[key].append(result.seconds)
             floor.append(run(floor_command, env, world.work).seconds)
-        fetched = world.token.fetches - before
+        fetched = world.fetches - before
         calls = self.plan.token_reps * len(commands)
         for key, (label, _) in commands.items():
             self.findings.rows.append(
@@ -830,7 +894,7 @@ class Bench:
 
     def pod_start(self) -> None:
         world = self.world
-        mds = fakes.StartingMetadata(POD_START_REFUSAL)
+        mds = _starting_pod_metadata()
         dmi = world.work / "dmi-product-name"
         dmi.write_text("Google Compute Engine\n")
         commands = {
@@ -850,7 +914,7 @@ class Bench:
                 for side in (self.ours, self.official):
                     env = world.env(world.fresh_cache(), "none")
                     env["GCE_METADATA_HOST"] = env["GCE_METADATA_IP"] = mds.host
-                    mds.begin()
+                    mds.refuse_for(POD_START_REFUSAL)
                     result = run(commands[side.name], env, world.work)
                     self._answer_ok("8c pod start", side, result, mds.is_live)
                     times[side.name].append(result.seconds)
@@ -885,19 +949,46 @@ SCENARIOS = (
 # --- setting up ---------------------------------------------------------------------------------
 
 
+def tools_venv(root: Path, base_python: str) -> Venv:
+    """The venv with the bench's test-only tools: cryptography (the fakes) and trustme."""
+    tools = Venv(root, "tools")
+    tools.ensure(base_python, ["--upgrade", "pip", "cryptography", "trustme"])
+    return tools
+
+
+def _has_cryptography() -> bool:
+    try:
+        import cryptography  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _rerun_with_tools(args, argv: list) -> None:
+    """Run the bench again in the tools venv: the fake token endpoint checks RS256 with
+    cryptography, which this interpreter lacks. The venvs stay built for args.python."""
+    tools = tools_venv(args.venvs / _python_tag(), args.python)
+    again = [a for a in argv if a != "--refresh"]
+    command = [tools.python, str(Path(__file__).resolve()), *again, "--python", args.python]
+    os.execv(tools.python, command)  # noqa: S606 (no shell: the same bench, another Python)
+
+
+def _python_tag() -> str:
+    return "py" + "".join(platform.python_version_tuple()[:2])
+
+
 def build_venvs(root: Path, base_python: str, refresh: bool, work: Path) -> dict:
     if refresh:
         shutil.rmtree(root, ignore_errors=True)
-    tools = Venv(root, "tools")
-    tools.ensure(base_python, ["--upgrade", "pip", "cryptography", "trustme"])
+    tools = tools_venv(root, base_python)
     pip_version = tools.versions("pip")["pip"]
     pin = f"pip=={pip_version}"
 
-    floor_wheel_name, floor_wheel = fakes.floor_backend_wheel()
+    floor_wheel_name, floor_wheel = floor_backend_wheel()
     wheel_path = work / floor_wheel_name
     wheel_path.write_bytes(floor_wheel)
     floor = Venv(root, "floor")
-    floor.ensure(base_python, [pin, "keyring", str(wheel_path)], fakes.FLOOR_MODULE)
+    floor.ensure(base_python, [pin, "keyring", str(wheel_path)], FLOOR_MODULE)
     keyring_pin = f"keyring=={floor.versions('keyring')['keyring']}"
 
     official = Venv(root, "official")
@@ -1145,10 +1236,12 @@ def parse_args(argv: list | None) -> argparse.Namespace:
 
 def main(argv: list | None = None) -> int:
     args = parse_args(argv)
+    if not _has_cryptography():
+        _rerun_with_tools(args, argv if argv is not None else sys.argv[1:])
     plan = QUICK if args.quick else Plan()
     wanted = {s.strip() for s in args.only.split(",") if s.strip()}
     started = time.monotonic()
-    python_tag = "py" + "".join(platform.python_version_tuple()[:2])
+    python_tag = _python_tag()
     with tempfile.TemporaryDirectory(prefix="arg-bench-") as tmp:
         work = Path(tmp)
         try:
