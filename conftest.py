@@ -50,7 +50,6 @@ from fakes.google import (
     OTHER_UNIVERSE,
     STS_HOST,
     TLS_HOSTS,
-    FakeGcloudTokenEndpoint,
     FakeGoogle,
     FakeIAMCredentials,
     FakeIdentityProvider,
@@ -343,7 +342,7 @@ def real_gcloud(bin_dir, tmp_path, rsa_key, monkeypatch):
     """The installed gcloud, linked into bin_dir, on fakes; skipped where none is installed."""
     if REAL_GCLOUD is None:
         pytest.skip("no Cloud SDK installed (gcloud is not on PATH)")
-    with FakeGcloudTokenEndpoint() as token_endpoint:
+    with FakeGoogle(for_gcloud=True) as token_endpoint:
         iam = FakeIAMCredentials(token_endpoint)
         iam.serve()
         env = real_gcloud_env(token_endpoint, iam)

@@ -347,7 +347,7 @@ class RealGcloud:
 
     def key_file(self, email, name=None):
         """Write a service-account key file for `email` that the fake token endpoint accepts."""
-        self.token_endpoint.service_accounts[email] = self.key.public_key
+        self.token_endpoint.add_service_account(email, self.key.public_key)
         path = self.tmp_path / (name or f"{email.split('@')[0]}-key.json")
         path.write_text(
             json.dumps(

@@ -102,16 +102,27 @@ _REFRESH_FIELDS = frozenset({"grant_type", "client_id", "client_secret", "refres
 
 
 class FakeGoogle(FakeService):
-    """Google's OAuth2 token endpoint, strict about every grant it accepts."""
+    """Google's OAuth2 token endpoint, strict about every grant our module sends.
+
+    ``for_gcloud`` serves the real Cloud SDK instead, which is not under test: any grant
+    signed by a registered key, token introspection, and subject-token exchange.
+    """
 
     server_header = "ESF"
 
-    def __init__(self):
+    def __init__(self, for_gcloud=False):
         super().__init__()
         self.expected_scope = CLOUD_PLATFORM
         self.service_accounts: dict[str, tuple] = {}
         self.users: dict[str, _User] = {}
         self.rejected: list[str] = []  # why each refused assertion was refused
+        # The real Cloud SDK is not under test: its assertions carry its own aud and
+        # scopes, it introspects tokens and exchanges external-account subject tokens here.
+        self.for_gcloud = for_gcloud
+        self.revoked: set = set()  # service accounts whose keys were deleted
+        self.subject_tokens: dict = {}  # workload identity audience -> its one subject token
+        if for_gcloud:
+            self.token_prefix = "gcloud-sa"
 
     @property
     def token_url(self):
@@ -133,6 +144,8 @@ class FakeGoogle(FakeService):
 
     def respond(self, record):
         """Answer token requests; anything else is a 404."""
+        if self.for_gcloud:
+            return self._respond_to_gcloud(record)
         host = record.headers.get("host", "").lower().removesuffix(":443")
         if record.scheme == "https" and host != OAUTH_HOST:
             return reply(404, f"fake google serves only {OAUTH_HOST} over TLS, not {host!r}")
@@ -212,6 +225,35 @@ class FakeGoogle(FakeService):
             raise _InvalidGrantError(f"iat {iat} is more than 300 s from now")
         return email
 
+    def _respond_to_gcloud(self, record):
+        """Grants as gcloud's refreshes send them: signed by a registered key, not revoked."""
+        if record.route == "/introspect" and record.method == "POST":  # gcloud names the account
+            entry = self.issued.get(record.form.get("token", ""))
+            if entry is None:
+                return reply(200, {"active": False})
+            return reply(200, {"active": True, "username": entry["identity"]})
+        if record.route != "/token" or record.method != "POST":
+            return reply(404, f"nothing at {record.method} {record.route}")
+        if record.form.get("grant_type") == TOKEN_EXCHANGE:  # as STS, for external accounts
+            audience = record.form.get("audience", "")
+            if record.form.get("subject_token") != self.subject_tokens.get(audience):
+                return _oauth_error(400, "invalid_grant", "The subject token is invalid.")
+            return self._issue(audience)
+        if record.form.get("grant_type") != JWT_BEARER:
+            return _oauth_error(400, "unsupported_grant_type", "only JWT bearer grants here")
+        segments = record.form.get("assertion", "").split(".")
+        try:
+            claims = _decode_segment(segments[1], "claims")
+            signature = _base64url_decode(segments[2], "signature")
+            email = claims.get("iss")
+            public_key, _ = self.service_accounts[email]
+            signed = verify_rs256(public_key, signature, ".".join(segments[:2]).encode())
+        except (IndexError, KeyError, TypeError, _InvalidGrantError):
+            signed = False
+        if not signed or email in self.revoked:
+            return _oauth_error(400, "invalid_grant", "Invalid JWT Signature.")
+        return self._issue(email)
+
     def _refresh_token_grant(self, form):
         if "scope" in form:
             return _oauth_error(400, "invalid_request", "a refresh_token grant must not send scope")
@@ -287,57 +329,6 @@ def new_rsa_key():
         pkcs8_pem=_private_pem(key, serialization.PrivateFormat.PKCS8),
         pkcs1_pem=_private_pem(key, serialization.PrivateFormat.TraditionalOpenSSL),
     )
-
-
-# --- the token endpoint as gcloud's own refreshes call it -------------------------------------
-
-
-class FakeGcloudTokenEndpoint(FakeService):
-    """The OAuth token endpoint (and STS) as gcloud's refreshes call them, over plain http."""
-
-    server_header = "ESF"
-    token_prefix = "gcloud-sa"
-
-    def __init__(self):
-        super().__init__()
-        self.service_accounts: dict = {}  # email -> public key
-        self.revoked: set = set()
-        self.subject_tokens: dict = {}  # workload identity audience -> its one subject token
-
-    @property
-    def token_url(self):
-        """The plain-HTTP token endpoint URL, for token_uri in key files."""
-        return f"http://127.0.0.1:{self.port}/token"
-
-    def respond(self, record):
-        """A JWT-bearer grant signed by a registered key; invalid_grant for revoked keys."""
-        if record.route == "/introspect" and record.method == "POST":  # gcloud names the account
-            entry = self.issued.get(record.form.get("token", ""))
-            if entry is None:
-                return reply(200, {"active": False})
-            return reply(200, {"active": True, "username": entry["identity"]})
-        if record.route != "/token" or record.method != "POST":
-            return reply(404, f"nothing at {record.method} {record.route}")
-        if record.form.get("grant_type") == TOKEN_EXCHANGE:  # as STS, for external accounts
-            audience = record.form.get("audience", "")
-            if record.form.get("subject_token") != self.subject_tokens.get(audience):
-                return _oauth_error(400, "invalid_grant", "The subject token is invalid.")
-            return self._issue(audience)
-        if record.form.get("grant_type") != JWT_BEARER:
-            return _oauth_error(400, "unsupported_grant_type", "only JWT bearer grants here")
-        segments = record.form.get("assertion", "").split(".")
-        try:
-            claims = _decode_segment(segments[1], "claims")
-            signature = _base64url_decode(segments[2], "signature")
-            email = claims.get("iss")
-            signed = verify_rs256(
-                self.service_accounts[email], signature, ".".join(segments[:2]).encode()
-            )
-        except (IndexError, KeyError, _InvalidGrantError):
-            signed = False
-        if not signed or email in self.revoked:
-            return _oauth_error(400, "invalid_grant", "Invalid JWT Signature.")
-        return self._issue(email)
 
 
 # --- the fake Google at its real https:// URL ---------------------------------------------------
