@@ -1256,9 +1256,14 @@ _METADATA_HEADERS = {"Metadata-Flavor": "Google"}
 def _dmi_product_name() -> str:
     # Only the hardware says so: GCE_METADATA_HOST is set as often for local emulators,
     # which answer at once, as on Google Cloud.
+    return _system_text(DMI_PRODUCT_NAME, 256)
+
+
+def _system_text(path: str, limit: int) -> str:
+    """The first ``limit`` characters of a kernel-provided file, stripped; "" if unreadable."""
     try:
-        with open(DMI_PRODUCT_NAME, encoding="utf-8", errors="replace") as f:
-            return f.read(256).strip()
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.read(limit).strip()
     except OSError:
         return ""
 
@@ -1391,11 +1396,7 @@ def _hostname() -> str:
 
 
 def _boot_id() -> str:
-    try:
-        with open(BOOT_ID, encoding="ascii", errors="replace") as f:
-            return f.read(64).strip()
-    except OSError:
-        return ""
+    return _system_text(BOOT_ID, 64)
 
 
 def _age(at: float) -> str:
