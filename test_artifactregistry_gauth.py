@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 import artifactregistry_gauth as gauth
+from test_cli import run_cli  # one way to run the command line, with stdin when needed
 
 INDEX = "https://us-python.pkg.dev/proj/repo/simple/"
 ROOT = Path(__file__).resolve().parent
@@ -670,17 +671,6 @@ def test_metadata_server_error_is_reported(fake_metadata):
 
 
 # --- the command line ---------------------------------------------------------------------------
-
-
-def run_cli(*args, env=None, cwd=ROOT):
-    return subprocess.run(
-        [sys.executable, "-m", "artifactregistry_gauth", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=cwd,
-        timeout=60,
-    )
 
 
 def test_cli_token_prints_only_the_token(monkeypatch, sa_file, fake_google):
