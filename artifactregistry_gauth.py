@@ -178,15 +178,6 @@ def _token_or_none() -> str | None:
         return None
 
 
-_LAST_FAILURE: list = []  # [(monotonic time, message)]
-
-
-def _forget_tokens() -> None:
-    """Forget the tokens and failures this process remembers (the disk cache stays)."""
-    _CACHE.clear()
-    _LAST_FAILURE.clear()
-
-
 # --- which services we answer for (the host policy) -------------------------------------
 
 
@@ -242,17 +233,6 @@ def service_host(service: str) -> str | None:
     if host.endswith("."):
         host = host[:-1]
     return host if _is_host_name(host) else None
-
-
-_LABEL_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-")
-
-
-def _is_host_name(host: str) -> bool:
-    """True for a DNS name of letter-digit-hyphen labels (lower case), nothing else."""
-    return bool(host) and all(
-        label and label[0] != "-" and label[-1] != "-" and _LABEL_CHARS.issuperset(label)
-        for label in host.split(".")
-    )
 
 
 # --- lookup: the first source that applies, its token cached by identity ----------------
@@ -2209,6 +2189,15 @@ class TokenCache:
 _CACHE = TokenCache()
 
 
+_LAST_FAILURE: list = []  # [(monotonic time, message)]
+
+
+def _forget_tokens() -> None:
+    """Forget the tokens and failures this process remembers (the disk cache stays)."""
+    _CACHE.clear()
+    _LAST_FAILURE.clear()
+
+
 def cache_dir(create: bool = False) -> str | None:
     """This user's token cache directory, or None when caching is off or impossible."""
     if os.environ.get("ARTIFACTREGISTRY_GAUTH_NO_CACHE", "") not in ("", "0"):
@@ -3065,6 +3054,17 @@ def _json_loads(data: bytes | str) -> object:
         return json.loads(data.decode("utf-8") if isinstance(data, bytes) else data)
     except RecursionError:
         raise ValueError("JSON nested too deeply") from None
+
+
+_LABEL_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-")
+
+
+def _is_host_name(host: str) -> bool:
+    """True for a DNS name of letter-digit-hyphen labels (lower case), nothing else."""
+    return bool(host) and all(
+        label and label[0] != "-" and label[-1] != "-" and _LABEL_CHARS.issuperset(label)
+        for label in host.split(".")
+    )
 
 
 def _is_loopback_host(host: str) -> bool:
