@@ -4,6 +4,22 @@ Answers ``oauth2accesstoken`` and a short-lived Google access token for ``*.pkg.
 hosts. Credentials are found the way Google's Application Default Credentials are, then
 through the gcloud CLI. Standard library only; ``keyring`` is imported only when the
 backend class is built, so this file can be vendored on its own.
+
+One lookup, in the order this file is written:
+
+1. ``GooglePyPIAuth.get_password`` (keyring) or ``get_token``;
+2. the host policy, ``answers_for``: no answer and no I/O unless the service is a
+   registry host that every HTTP stack agrees on;
+3. ``lookup`` walks ``DISCOVERY``, the ADC order: a handed-over token, the
+   ``GOOGLE_APPLICATION_CREDENTIALS`` file, gcloud's ADC file, the metadata server, gcloud;
+4. the first step that applies gives a ``CredentialSource``, whose ``identify`` names the
+   principal its token would be for;
+5. ``TokenCache`` answers for that identity from memory or a private file; otherwise,
+   under a lock, the source's ``fetch`` asks Google (OAuth, RS256, STS, SigV4 below);
+6. through ``Transport``: HTTP with timeouts, retries, no redirects, and the TLS trust
+   of ``_tls_context``; then the low-level helpers (files, subprocesses, hashing).
+
+The command line (``main``) comes last, behind a banner; nothing above it uses it.
 """
 
 from __future__ import annotations
