@@ -106,10 +106,10 @@ class Token:
         self.expiry = expiry
         self.source = source
 
-    def seconds_left(self, now: float | None = None) -> float | None:
+    def seconds_left(self) -> float | None:
         if self.expiry is None:
             return None
-        return self.expiry - (_now() if now is None else now)
+        return self.expiry - _now()
 
     def __repr__(self) -> str:  # never the token itself
         return f"<Token from {self.source or '?'} expiring at {self.expiry}>"
@@ -184,12 +184,12 @@ def get_token() -> str:
 
 def _token_or_none() -> str | None:
     """The token for the keyring backend: on failure one warning line, then None."""
-    if _LAST_FAILURE and _monotonic() - _LAST_FAILURE[0][0] < FAILURE_MEMORY:
+    if _LAST_FAILURE and _monotonic() - _LAST_FAILURE[0] < FAILURE_MEMORY:
         return None
     try:
         return get_token()
     except CredentialError as exc:
-        _LAST_FAILURE[:] = [(_monotonic(), str(exc))]
+        _LAST_FAILURE[:] = [_monotonic()]
         _logger().warning("artifactregistry-gauth: %s", exc)
         return None
 
@@ -254,13 +254,13 @@ def service_host(service: str) -> str | None:
 # --- lookup: the first source that applies, its token cached by identity ----------------
 
 
-def lookup(transport: Transport | None = None, report: list | None = None) -> Token:
+def lookup(report: list | None = None) -> Token:
     """Find credentials in the documented order and return a live token.
 
     Raises CredentialError with one line saying what was tried and what to do. With
     ``report``, appends what each source said (for ``doctor``).
     """
-    transport = transport or Transport()
+    transport = Transport()
     skipped = []
     for label, step in DISCOVERY:
         try:
@@ -474,7 +474,7 @@ class ServiceAccountKey(CredentialSource):
     def sign(self, claims: dict) -> str:
         try:
             return make_jwt(self.key, claims, self.key_id)
-        except (KeyFormatError, ValueError) as exc:
+        except ValueError as exc:  # KeyFormatError included
             raise self.fail(f"signing with private_key failed ({exc})", _KEY_FIX) from None
 
     def fetch(self, transport: Transport) -> Token:
@@ -1256,7 +1256,6 @@ class ExternalAccountUser(CredentialSource):
         self.client_auth = _basic_auth(info["client_id"], info["client_secret"])
         self.refresh_token = info["refresh_token"]
         self.universe = _optional_str(info, "universe_domain", origin) or DEFAULT_UNIVERSE
-        self.quota_project = _optional_str(info, "quota_project_id", origin)
 
     def fetch(self, transport: Transport) -> Token:
         fields = {"grant_type": "refresh_token", "refresh_token": self.refresh_token}
@@ -1510,7 +1509,7 @@ class MetadataServer(CredentialSource):
             raise self.fail("the metadata server answered a token request with something not JSON")
         return _token_from_oauth(data, "the metadata server", self.describe())
 
-    def detect(self, transport: Transport, memory: _MetadataMemory | None = None) -> None:
+    def detect(self, transport: Transport, memory: _MetadataMemory | None) -> None:
         """Raise NotApplicable unless a Google metadata server answers the ping.
 
         On Google hardware a failed ping is no verdict: the hardware decides, as in
@@ -1780,7 +1779,7 @@ class GcloudCli(CredentialSource):
 
     kind = "gcloud"
 
-    def __init__(self, executable: str, settings: GcloudSettings | None = None) -> None:
+    def __init__(self, executable: str, settings: GcloudSettings) -> None:
         super().__init__(executable)
         self.settings = settings or GcloudSettings.read(executable)
         self.configuration = self.settings.configuration
@@ -1981,7 +1980,7 @@ class GcloudSettings:
     def impersonated(self) -> str:
         """The service account gcloud impersonates, or "" (the last of a delegation chain)."""
         chain = [part.strip() for part in self.get("auth/impersonate_service_account").split(",")]
-        return chain[-1] if chain else ""
+        return chain[-1]
 
     def principal(self, account: str) -> str:
         """Who gcloud answers for, in words: the account, a file or a token, and impersonation."""
@@ -2118,7 +2117,7 @@ class TokenCache:
     def __init__(self) -> None:
         self._entries: dict = {}  # identity -> (token, hand out until)
 
-    def get(self, identity: str, source: CredentialSource | None = None) -> Token | None:
+    def get(self, identity: str, source: CredentialSource) -> Token | None:
         token, until = self._entries.get(identity, (None, 0.0))
         if token is not None and _now() < until:
             return token
@@ -2129,7 +2128,7 @@ class TokenCache:
                 return token
         return None
 
-    def put(self, identity: str, token: Token, source: CredentialSource | None = None) -> None:
+    def put(self, identity: str, token: Token, source: CredentialSource) -> None:
         if token.expiry is None:
             self._entries[identity] = (token, _now() + UNKNOWN_EXPIRY_LIFE)
             return
@@ -2205,7 +2204,7 @@ class TokenCache:
 _CACHE = TokenCache()
 
 
-_LAST_FAILURE: list = []  # [(monotonic time, message)]
+_LAST_FAILURE: list = []  # [monotonic time of the last failed lookup]
 
 
 def _forget_tokens() -> None:
@@ -2464,7 +2463,7 @@ def _redact(text: str, secrets: list) -> str:
     return "".join(kept)[:MAX_QUOTED]
 
 
-def _token_response_json(response: Response, url: str, what: str, sent: list = ()) -> dict:
+def _token_response_json(response: Response, url: str, what: str, sent: list) -> dict:
     try:
         data = response.json()
     except ValueError:
@@ -2756,7 +2755,6 @@ def aws_sigv4_headers(
     import hashlib
     import hmac
     import posixpath
-    import time
     from urllib.parse import parse_qs, quote, urlsplit
 
     parts = urlsplit(url)
@@ -3138,8 +3136,8 @@ def _check_endpoint(url: str, what: str) -> None:
 class Transport:
     """Sends the HTTP requests of one lookup, all within one deadline."""
 
-    def __init__(self, budget: float | None = None) -> None:
-        self.budget = LOOKUP_BUDGET if budget is None else budget
+    def __init__(self) -> None:
+        self.budget = LOOKUP_BUDGET
         self.deadline = _monotonic() + self.budget
 
     def remaining(self) -> float:
@@ -3294,8 +3292,6 @@ def _retry_after(response: Response, limit: float) -> float:
     text = str(response.headers.get("retry-after", "")).strip()
     if not (text.isascii() and text.isdigit()):
         return 0.0
-    if len(text) > 9:  # more than 31 years: certainly beyond any budget
-        return max(limit, 0.0)
     return max(min(float(text), limit), 0.0)
 
 
