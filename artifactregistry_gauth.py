@@ -1677,19 +1677,9 @@ class _MetadataMemory:
         if self.path is None:
             return {}
         try:
-            flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
-            fd = os.open(self.path, flags)
-        except OSError:
-            return {}
-        try:
-            if not _private_file(fd):
-                return {}
-            with os.fdopen(fd, "rb", closefd=False) as f:
-                data = _json_loads(f.read(4096))
+            data = _json_loads(read_local_file(self.path, 4096, private=True))
         except (OSError, ValueError):
             return {}
-        finally:
-            os.close(fd)
         return data if self._fresh(data) else {}
 
     def _fresh(self, data: object) -> bool:
@@ -2153,22 +2143,12 @@ class TokenCache:
             return None
         path = os.path.join(directory, _file_key(identity) + ".json")
         try:
-            fd = os.open(
-                path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
-            )
-        except OSError:
+            data = _json_loads(read_local_file(path, 65536, private=True))
+        except FileNotFoundError:
             return None
-        try:
-            if not _private_file(fd):
-                _debug("ignoring cache file %s: not ours or readable by others", path)
-                return None
-            with os.fdopen(fd, "rb", closefd=False) as f:
-                data = _json_loads(f.read(65536))
-        except (OSError, ValueError):
-            _debug("ignoring unreadable cache file %s", path)
+        except (OSError, ValueError) as exc:
+            _debug("ignoring cache file %s: %s", path, getattr(exc, "strerror", "") or exc)
             return None
-        finally:
-            os.close(fd)
         if not (
             isinstance(data, dict)
             and data.get("key") == _file_key(identity, full=True)
@@ -2276,14 +2256,6 @@ def _file_key(identity: str, full: bool = False) -> str:
     return digest if full else digest[:32]
 
 
-def _private_file(fd: int) -> bool:
-    """True if the open file is ours and nobody else can read or write it."""
-    if not hasattr(os, "getuid"):
-        return True
-    info = os.fstat(fd)
-    return info.st_uid == os.getuid() and not info.st_mode & 0o077
-
-
 class _FileLock:
     """An exclusive lock on a file, given up on at a deadline (then we go on unlocked)."""
 
@@ -2333,7 +2305,8 @@ def _open_lock_file(path: str) -> int:
         if not os.path.islink(path):
             raise
     else:
-        if stat.S_ISREG(os.fstat(fd).st_mode) and _private_file(fd):
+        info = os.fstat(fd)
+        if stat.S_ISREG(info.st_mode) and not _not_ours(info, private=True):
             return fd
         os.close(fd)
     _debug("replacing lock file %s: a link, not a file, or not ours alone", path)
@@ -2852,26 +2825,31 @@ def _debug(msg: str, *args: object) -> None:
 # --- local files: bounded reads, private writes -------------------------------------------
 
 
-def read_local_file(path: str, limit: int = MAX_LOCAL_FILE_BYTES, owned: bool = False) -> bytes:
+def read_local_file(
+    path: str, limit: int = MAX_LOCAL_FILE_BYTES, owned: bool = False, private: bool = False
+) -> bytes:
     """The bytes of a regular file, opened without blocking and read up to ``limit``.
 
     Raises OSError whose ``strerror`` says why: missing, unreadable, not a regular file
     (a FIFO would block forever, ``/dev/zero`` never ends) or larger than ``limit``.
-    With ``owned``, also when the file is not ours or others may write it.
+    ``owned``: also unless the file is ours and nobody else can write it, so nobody else
+    could have planted what it says (an executable's output file). ``private``: a file we
+    wrote ourselves (cache, verdicts): owned, nobody else can read it either, and a
+    symbolic link is not followed. Both are checked on what was opened: no race.
     """
     import stat
 
     flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
+    if private:
+        flags |= getattr(os, "O_NOFOLLOW", 0)
     fd = os.open(path, flags)
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise OSError(0, "not a regular file", path)
-        if owned and hasattr(os, "getuid"):  # checked on what was opened: no race
-            if info.st_uid != os.getuid():
-                raise OSError(0, "owned by another user", path)
-            if info.st_mode & 0o022:
-                raise OSError(0, "writable by other users", path)
+        reason = (owned or private) and _not_ours(info, private)
+        if reason:
+            raise OSError(0, reason, path)
         chunks = []
         size = 0
         while size <= limit:
@@ -2885,6 +2863,17 @@ def read_local_file(path: str, limit: int = MAX_LOCAL_FILE_BYTES, owned: bool = 
     if size > limit:
         raise OSError(0, f"larger than {limit // 1024} KiB", path)
     return b"".join(chunks)
+
+
+def _not_ours(info: os.stat_result, private: bool) -> str:
+    """Why a file is not ours alone ("" if it is): owner, then who else may write (or read)."""
+    if not hasattr(os, "getuid"):
+        return ""  # Windows: the user's profile directories carry the protection
+    if info.st_uid != os.getuid():
+        return "owned by another user"
+    if info.st_mode & (0o077 if private else 0o022):
+        return "open to other users" if private else "writable by other users"
+    return ""
 
 
 def read_local_text(path: str, limit: int = MAX_LOCAL_FILE_BYTES, owned: bool = False) -> str:
@@ -3445,19 +3434,13 @@ def _macos_roots() -> str:
 
 
 def _fresh_private_text(path: str, life: float) -> str:
-    """The text of a regular file of ours younger than ``life`` seconds, else ""."""
-    import stat
-
-    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    """The text of a private file of ours younger than ``life`` seconds, else ""."""
     try:
-        fd = os.open(path, flags)
+        if _now() - os.stat(path, follow_symlinks=False).st_mtime > life:
+            return ""
+        return read_local_file(path, MAX_MACOS_ROOTS_BYTES, private=True).decode("ascii", "replace")
     except OSError:
         return ""
-    with os.fdopen(fd, "rb") as f:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode) or not _private_file(fd) or _now() - info.st_mtime > life:
-            return ""
-        return f.read(MAX_MACOS_ROOTS_BYTES).decode("ascii", "replace")
 
 
 def _export_macos_roots() -> str:
