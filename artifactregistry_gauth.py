@@ -344,13 +344,13 @@ def _explicit_adc_file() -> CredentialSource:
         raise NotApplicable("GOOGLE_APPLICATION_CREDENTIALS is not set")
     # Naming gcloud's own ADC file means "use gcloud's ADC": when it is missing, discovery
     # goes on as google-auth's does (PROTOCOLS.md A.1). Any other missing file is an error.
-    if not os.path.exists(path) and _same_path(path, well_known_adc_file()):
+    if not os.path.exists(path) and _same_path(path, gcloud_adc_path()):
         raise NotApplicable(f"GOOGLE_APPLICATION_CREDENTIALS names gcloud's absent {path}")
     return load_adc_file(path, "GOOGLE_APPLICATION_CREDENTIALS")
 
 
-def _well_known_adc_file() -> CredentialSource:
-    path = well_known_adc_file()
+def _gcloud_adc_file() -> CredentialSource:
+    path = gcloud_adc_path()
     if not os.path.isfile(path):
         raise NotApplicable(f"no {path}")
     return load_adc_file(path, "gcloud's application default credentials")
@@ -387,7 +387,7 @@ def _gcloud() -> CredentialSource:
 DISCOVERY = (
     ("GOOGLE_OAUTH_ACCESS_TOKEN", _explicit_token),
     ("GOOGLE_APPLICATION_CREDENTIALS", _explicit_adc_file),
-    ("gcloud ADC file", _well_known_adc_file),
+    ("gcloud ADC file", _gcloud_adc_file),
     ("metadata server", _metadata_server),
     ("gcloud", _gcloud),
 )
@@ -413,12 +413,13 @@ class CredentialSource:
         self.origin = origin  # the file or variable it was found in
 
     @property
-    def identity(self) -> str:
+    def static_identity(self) -> str:
+        """The cache identity as far as it is known without asking anyone."""
         return f"{self.kind}:{self.origin}:{self.content_hash}"
 
     def identify(self, transport: Transport) -> str:
         """The cache identity; a source whose principal shows only at run time looks here."""
-        return self.identity
+        return self.static_identity
 
     def describe(self) -> str:
         who = f" {self.account}" if self.account else ""
@@ -428,9 +429,27 @@ class CredentialSource:
         raise NotImplementedError
 
     def fail(self, problem: str, fix: str = "") -> CredentialError:
+        """One line: who failed, what went wrong, and what to do."""
         if fix:
             problem = (problem[:-1] if problem.endswith(".") else problem) + f"; {fix}"
-        return CredentialError(f"{self.origin}: {problem}")
+        return CredentialError(f"{self.blame()}: {problem}")
+
+    def blame(self) -> str:
+        """How error lines name this source: the file or variable it came from."""
+        return self.origin
+
+    def failed(self, exc: CredentialError, fix: str = "") -> CredentialError:
+        """``fail`` for a request that failed; a token endpoint's refusal gets a fix.
+
+        The fix is ``fix`` if given, else the source's own ``refusal_fix``.
+        """
+        if isinstance(exc, TokenEndpointError):
+            return self.fail(str(exc), fix or self.refusal_fix(exc))
+        return self.fail(str(exc))
+
+    def refusal_fix(self, exc: TokenEndpointError) -> str:
+        """What to do when the token endpoint refuses this source (its OAuth error)."""
+        return ""
 
 
 class ExplicitToken(CredentialSource):
@@ -496,11 +515,13 @@ class ServiceAccountKey(CredentialSource):
         try:
             data = _post_form(transport, self.token_uri, fields, "the token endpoint")
         except TokenEndpointError as exc:
-            fix = _KEY_FIX if exc.error in ("invalid_grant", "invalid_client") else ""
-            if "clock" in str(exc).lower() or "jwt" in str(exc).lower():
-                fix = "check that this machine's clock is right, or " + _KEY_FIX
-            raise self.fail(str(exc), fix) from None
+            raise self.failed(exc) from None
         return _token_from_oauth(data, "the token endpoint", self.describe())
+
+    def refusal_fix(self, exc: TokenEndpointError) -> str:
+        if "clock" in str(exc).lower() or "jwt" in str(exc).lower():
+            return "check that this machine's clock is right, or " + _KEY_FIX
+        return _KEY_FIX if exc.error in ("invalid_grant", "invalid_client") else ""
 
 
 _KEY_FIX = (
@@ -541,11 +562,18 @@ class AuthorizedUser(CredentialSource):
             if exc.subtype in ("invalid_rapt", "rapt_required"):
                 problem = "Google wants you to sign in again (reauthentication)"
                 raise self.fail(problem, LOGIN_HINT) from None
-            if exc.error in ("invalid_grant", "invalid_client", "unauthorized_client"):
-                fix = "the login has expired or was revoked; " + LOGIN_HINT
-                raise self.fail(str(exc), fix) from None
-            raise self.fail(str(exc)) from None
+            raise self.failed(exc) from None
         return _token_from_oauth(data, "Google's token endpoint", self.describe())
+
+    def refusal_fix(self, exc: TokenEndpointError) -> str:
+        return _expired_login_fix(exc, LOGIN_HINT)
+
+
+def _expired_login_fix(exc: TokenEndpointError, login: str) -> str:
+    """For a refresh token the endpoint no longer accepts: log in again."""
+    if exc.error in ("invalid_grant", "invalid_client", "unauthorized_client"):
+        return "the login has expired or was revoked; " + login
+    return ""
 
 
 def _require_fields(info: dict, names: tuple, origin: str, fix: str) -> None:
@@ -730,7 +758,8 @@ class ExternalAccount(CredentialSource):
         # runner the same file serves one job's token, then another's. So the subject is
         # part of the identity (hashed; it is never stored).
         self._subject = self.subject_token(transport)
-        return f"{self.identity}:{_short_hash(self.subject_fingerprint(self._subject).encode())}"
+        subject = _short_hash(self.subject_fingerprint(self._subject).encode())
+        return f"{self.static_identity}:{subject}"
 
     def subject_fingerprint(self, subject_token: str) -> str:
         """What decides the principal: a JWT's claims (not its times), else the whole token."""
@@ -760,11 +789,8 @@ class ExternalAccount(CredentialSource):
         try:
             data = _post_form(transport, self.token_url, fields, "Google's STS", headers)
             token = _token_from_oauth(data, "Google's STS", self.describe())
-        except TokenEndpointError as exc:
-            fix = "check the audience, and that the pool's provider accepts this subject token"
-            raise self.fail(str(exc), fix if exc.error else "") from None
         except CredentialError as exc:
-            raise self.fail(str(exc)) from None
+            raise self.failed(exc) from None
         if not self.impersonation_url:
             return token
         try:
@@ -777,13 +803,14 @@ class ExternalAccount(CredentialSource):
                 self.quota_project,
                 self.describe(),
             )
-        except TokenEndpointError as exc:
-            raise self.fail(
-                str(exc),
-                f"grant the federated identity roles/iam.workloadIdentityUser on {self.account}",
-            ) from None
         except CredentialError as exc:
-            raise self.fail(str(exc)) from None
+            fix = f"grant the federated identity roles/iam.workloadIdentityUser on {self.account}"
+            raise self.failed(exc, fix) from None
+
+    def refusal_fix(self, exc: TokenEndpointError) -> str:
+        if not exc.error:
+            return ""
+        return "check the audience, and that the pool's provider accepts this subject token"
 
     def _token_format(self) -> tuple[str, str]:
         """(format type, JSON field name) of a file or url subject token."""
@@ -1131,7 +1158,7 @@ class AwsFederation(ExternalAccount):
         # The signed request carries a timestamp, so it differs every time; the AWS
         # credentials that sign it decide the principal (hashed, never stored).
         self._aws = self._region_and_credentials(transport)
-        return f"{self.identity}:{_short_hash(_json_compact(self._aws))}"
+        return f"{self.static_identity}:{_short_hash(_json_compact(self._aws))}"
 
     def _region_and_credentials(self, transport: Transport) -> tuple:
         metadata = _AwsMetadata(self, transport)
@@ -1263,13 +1290,11 @@ class ExternalAccountUser(CredentialSource):
         try:
             data = _post_form(transport, self.token_url, fields, "Google's STS", headers)
             return _token_from_oauth(data, "Google's STS", self.describe())
-        except TokenEndpointError as exc:
-            fix = ""
-            if exc.error in ("invalid_grant", "invalid_client", "unauthorized_client"):
-                fix = "the login has expired or was revoked; " + _WORKFORCE_LOGIN_FIX
-            raise self.fail(str(exc), fix) from None
         except CredentialError as exc:
-            raise self.fail(str(exc)) from None
+            raise self.failed(exc) from None
+
+    def refusal_fix(self, exc: TokenEndpointError) -> str:
+        return _expired_login_fix(exc, _WORKFORCE_LOGIN_FIX)
 
 
 _IMPERSONATION_SOURCES = {
@@ -1341,13 +1366,9 @@ class ImpersonatedServiceAccount(CredentialSource):
                 self.quota_project,
                 self.describe(),
             )
-        except TokenEndpointError as exc:
-            raise self.fail(
-                str(exc),
-                f"grant the source account roles/iam.serviceAccountTokenCreator on {self.account}",
-            ) from None
         except CredentialError as exc:
-            raise self.fail(str(exc)) from None
+            fix = f"grant the source account roles/iam.serviceAccountTokenCreator on {self.account}"
+            raise self.failed(exc, fix) from None
 
 
 # --- reading an ADC file: its type decides the source --------------------------------------
@@ -1365,7 +1386,7 @@ _UNSUPPORTED_TYPES = {
 }
 
 
-def well_known_adc_file() -> str:
+def gcloud_adc_path() -> str:
     return os.path.join(gcloud_config_dir(), "application_default_credentials.json")
 
 
@@ -1462,7 +1483,7 @@ class MetadataServer(CredentialSource):
         self.on_google_hardware = self.product_name.startswith("Google")
 
     @property
-    def identity(self) -> str:
+    def static_identity(self) -> str:
         return f"metadata server:{self.origin}:{self.account}:{self.instance_id}"
 
     def identify(self, transport: Transport) -> str:
@@ -1471,7 +1492,7 @@ class MetadataServer(CredentialSource):
         remembered = memory.recall()
         if remembered.get("verdict") == "present":
             self.account, self.instance_id = remembered["account"], remembered["instance_id"]
-            return self.identity
+            return self.static_identity
         if remembered.get("verdict") == "absent" and not self.on_google_hardware:
             raise NotApplicable(
                 f"not on Google Cloud (http://{self.ping_host}/ did not answer "
@@ -1487,7 +1508,7 @@ class MetadataServer(CredentialSource):
         self.account = email
         self.instance_id = self._get(transport, "instance/id", "its instance id") or ""
         memory.remember_present(self.account, self.instance_id)
-        return self.identity
+        return self.static_identity
 
     def fetch(self, transport: Transport) -> Token:
         url = (
@@ -1771,12 +1792,12 @@ class GcloudCli(CredentialSource):
 
     def __init__(self, executable: str, settings: GcloudSettings) -> None:
         super().__init__(executable)
-        self.settings = settings or GcloudSettings.read(executable)
+        self.settings = settings
         self.configuration = self.settings.configuration
         self.account = self.settings.get("core/account")
 
     @property
-    def identity(self) -> str:
+    def static_identity(self) -> str:
         settings = self.settings
         return f"gcloud:{settings.config_dir}:{settings.configuration}:{settings.fingerprint()}"
 
@@ -1784,10 +1805,8 @@ class GcloudCli(CredentialSource):
         who = self.settings.principal(self.account)
         return f"gcloud ({who}, configuration {self.configuration})"
 
-    def fail(self, problem: str, fix: str = "") -> CredentialError:
-        # Named by whose token was asked for, not by the executable's path.
-        message = str(super().fail(problem, fix))[len(self.origin) :]
-        return CredentialError(self.describe() + message)
+    def blame(self) -> str:
+        return self.describe()  # whose token was asked for, not the executable's path
 
     def fetch(self, transport: Transport) -> Token:
         import subprocess

@@ -166,7 +166,7 @@ def test_any_adc_file_loads_or_says_what_is_wrong(tmp_path_factory, document):
         assert "\n" not in str(exc)
     else:
         assert isinstance(source, gauth.CredentialSource)
-        assert source.identity
+        assert source.static_identity
 
 
 @FUZZ
