@@ -203,52 +203,43 @@ def answers_for(service: str, username: str | None) -> bool:
 
 
 def is_registry_service(service: str) -> bool:
-    """True for Artifact Registry hosts and those in ARTIFACTREGISTRY_GAUTH_HOSTS."""
+    """True for an https URL whose host is Artifact Registry's (``*.pkg.dev``) or in
+    ARTIFACTREGISTRY_GAUTH_HOSTS, and for a bare name that is exactly a registry host.
+
+    A URL's host is where the request goes. A bare name is answered only when it is
+    ``LOCATION-FORMAT.pkg.dev`` or an ARTIFACTREGISTRY_GAUTH_HOSTS entry, with an optional
+    port and nothing else: pdm and poetry also ask with names they build from a label that
+    whoever wrote the project chose (``pdm-pypi-NAME``, ``poetry-repository-NAME``), then
+    send the answer to that label's URL, wherever it points.
+    """
     host = service_host(service)
     if host is None:
         return False
-    if host.endswith(".pkg.dev"):
-        return True
-    for entry in os.environ.get("ARTIFACTREGISTRY_GAUTH_HOSTS", "").split(","):
-        pattern = entry.strip().lower().rstrip(".")
-        if pattern.startswith("*.") and host.endswith(pattern[1:]):
-            return True
-        if pattern and host == pattern:
-            return True
-    return False
+    if "://" not in service:
+        return _is_registry_host(host) or _is_extra_host(host, wildcards=False)
+    return _is_token_destination(host)
 
 
 def service_host(service: str) -> str | None:
-    """The host a keyring service names (a URL or a bare ``host[:port]``), if unambiguous.
+    """The host a keyring service names, an https URL or a bare ``host[:port]``, if unambiguous.
 
     None unless every HTTP stack would connect to the same host: urllib.parse ends the
     authority only at ``/?#``, while urllib3 (requests, so twine and poetry) and WHATWG
     parsers (uv) also end it at a backslash, decode ``%``, drop tabs and map Unicode dots.
     So a service with whitespace or control characters, an authority with a backslash,
     ``%``, a password or non-ASCII, or a host that is not plain letters, digits, ``-``
-    and ``.`` gets no answer; neither does plain http.
+    and ``.`` gets no answer; neither does plain http, nor a bare name with more than
+    ``host[:port]`` (a user, a path): that is not what pip and uv ask with.
     """
     if not isinstance(service, str) or not service.isprintable() or " " in service:
         return None
     scheme, sep, rest = service.partition("://")
     if not sep:
-        rest = service
-    elif scheme.lower() != "https":
+        return _authority_host(service, userinfo=False)
+    if scheme.lower() != "https":
         return None
     end = min((i for i in map(rest.find, "/?#") if i >= 0), default=len(rest))
-    authority = rest[:end]
-    if not authority.isascii() or "\\" in authority or "%" in authority:
-        return None
-    userinfo, at, hostport = authority.rpartition("@")
-    if at and (":" in userinfo or "@" in userinfo):
-        return None  # a password or a second @: readers disagree on where the host starts
-    host, colon, port = hostport.partition(":")
-    if colon and port and not port.isdigit():
-        return None
-    host = host.lower()
-    if host.endswith("."):
-        host = host[:-1]
-    return host if _is_host_name(host) else None
+    return _authority_host(rest[:end], userinfo=True)
 
 
 # --- lookup: the first source that applies, its token cached by identity ----------------
@@ -1473,7 +1464,7 @@ class MetadataServer(CredentialSource):
             "GCE_METADATA_HOST" if os.environ.get("GCE_METADATA_HOST") else "GCE_METADATA_ROOT"
         )
         for name, value in ((host_name, self.host), ("GCE_METADATA_IP", self.ping_host)):
-            if not _is_host_and_port(value):
+            if _host_and_port(value) is None:
                 raise CredentialError(
                     f"{name} is {value[:80]!r}, not a host or host:port; fix or unset it"
                 )
@@ -1626,25 +1617,12 @@ def _dmi_product_name() -> str:
     return _system_text(DMI_PRODUCT_NAME, 256)
 
 
-def _is_host_and_port(authority: str) -> bool:
-    import re
-
-    match = re.fullmatch(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)(?::([0-9]{1,5}))?", authority)
-    return match is not None and int(match.group(2) or 80) < 65536
-
-
 def _ip_and_port(authority: str) -> tuple[str, int]:
     """("host", port) of "IP[:port]", "[IPv6][:port]" or "localhost[:port]", else ("", 0)."""
-    if authority.startswith("["):
-        host, _, rest = authority[1:].partition("]")
-        port = rest[1:] if rest.startswith(":") else rest or "80"
-    else:
-        host, _, port = authority.partition(":")
-        port = port or "80"
-    literal = host.replace(".", "").isdigit() or ":" in host  # _is_host_and_port checked it
-    if not (literal or host == "localhost") or not port.isdigit() or not 0 < int(port) < 65536:
-        return "", 0
-    return host, int(port)
+    host, port = _host_and_port(authority) or ("", 0)
+    if (host == "localhost" or _ip_literal(host) is not None) and port > 0:
+        return host.strip("[]"), port
+    return "", 0
 
 
 def _metadata_timeout(on_google_hardware: bool) -> float:
@@ -3078,6 +3056,8 @@ def _json_loads(data: bytes | str) -> object:
         raise ValueError("JSON nested too deeply") from None
 
 
+# Host names and addresses: one rule each, which the host policy, the metadata server,
+# the token endpoints and the command line all call.
 _LABEL_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-")
 
 
@@ -3089,32 +3069,120 @@ def _is_host_name(host: str) -> bool:
     )
 
 
-def _is_loopback_host(host: str) -> bool:
-    """True for ``localhost`` and IP literals in 127.0.0.0/8 or ``::1``, never for a name."""
+def _authority_host(authority: str, userinfo: bool) -> str | None:
+    """The host of ``[user@]host[:port]``, lower case without a final dot, if plain.
+
+    HTTP stacks disagree on a backslash, ``%``, non-ASCII, a password or a second ``@``:
+    None for those, and for any userinfo unless ``userinfo`` allows a user name.
+    """
+    if not authority.isascii() or "\\" in authority or "%" in authority:
+        return None
+    user, at, hostport = authority.rpartition("@")
+    if at and (not userinfo or ":" in user or "@" in user):
+        return None  # a password or a second @: readers disagree on where the host starts
+    host, colon, port = hostport.partition(":")
+    if colon and port and not port.isdigit():
+        return None
+    host = host.lower()
+    if host.endswith("."):
+        host = host[:-1]
+    return host if _is_host_name(host) else None
+
+
+def _is_token_destination(host: str) -> bool:
+    """True for a host a URL may take a token to: under pkg.dev, or one we are told of."""
+    return host.endswith(".pkg.dev") or _is_extra_host(host)
+
+
+def _is_extra_host(host: str, wildcards: bool = True) -> bool:
+    """True for a host ARTIFACTREGISTRY_GAUTH_HOSTS names, exactly or under a ``*.`` entry."""
+    for entry in os.environ.get("ARTIFACTREGISTRY_GAUTH_HOSTS", "").split(","):
+        pattern = entry.strip().lower().rstrip(".")
+        if wildcards and pattern.startswith("*.") and host.endswith(pattern[1:]):
+            return True
+        if pattern and host == pattern:
+            return True
+    return False
+
+
+# Artifact Registry's own host names are LOCATION-FORMAT.pkg.dev, as gcloud builds them
+# (googlecloudsdk/command_lib/artifacts/endpoint_util.py, ArtifactRegistryDomainEndpoint).
+# LOCATION is a multi-region or a region (`gcloud artifacts locations list`); Google names
+# regions CONTINENT-DIRECTION and a number (https://cloud.google.com/about/locations):
+# us-central1, europe-west12, northamerica-northeast1, me-central2, africa-south1. FORMAT
+# is a value of the Artifact Registry API's Repository.Format in lower case, or pypi, the
+# host of Python repositories in Artifact Registry's alpha.
+_MULTI_REGIONS = frozenset({"us", "europe", "asia"})
+_CONTINENTS = _MULTI_REGIONS | {"australia", "northamerica", "southamerica", "me", "africa"}
+_DIRECTIONS = frozenset(
+    {"north", "south", "east", "west", "central", "northeast", "northwest", "southeast"}
+    | {"southwest"}
+)
+_REPOSITORY_FORMATS = frozenset(
+    {"apt", "docker", "generic", "go", "kfp", "maven", "npm", "python", "pypi", "ruby", "yum"}
+)
+
+
+def _is_registry_host(host: str) -> bool:
+    """True for Artifact Registry's own host names, ``LOCATION-FORMAT.pkg.dev``."""
+    name, _, domain = host.partition(".")
+    location, _, repository_format = name.rpartition("-")
+    return (
+        domain == "pkg.dev"
+        and repository_format in _REPOSITORY_FORMATS
+        and (location in _MULTI_REGIONS or _is_region(location))
+    )
+
+
+def _is_region(location: str) -> bool:
+    """True for a region's name: a continent, a direction, a number from 1 to 99."""
+    continent, _, area = location.partition("-")
+    direction = area.rstrip("0123456789")
+    number = area[len(direction) :]
+    return (
+        continent in _CONTINENTS
+        and direction in _DIRECTIONS
+        and 0 < len(number) < 3
+        and number[0] != "0"
+    )
+
+
+def _ip_literal(host: str):
+    """The address an IP literal (``[v6]`` or bare) names, IPv4-mapped unwrapped; else None.
+
+    Only literals: a name such as 127.evil.example resolves wherever its owner likes, and
+    inet_aton shorthands (127.1, 0x7f000001) are not literals to every stack.
+    """
     import ipaddress
 
-    host = host.lower()
-    if host == "localhost":
-        return True
     try:
         address = ipaddress.ip_address(host[1:-1] if host.startswith("[") else host)
     except ValueError:
-        return False  # a name such as 127.evil.example resolves wherever its owner likes
+        return None
     # ::ffff:127.0.0.1 reaches 127.0.0.1; Python 3.13 says so itself, older ones do not.
-    return (getattr(address, "ipv4_mapped", None) or address).is_loopback
+    return getattr(address, "ipv4_mapped", None) or address
+
+
+def _is_loopback_host(host: str) -> bool:
+    """True for ``localhost`` and IP literals in 127.0.0.0/8 or ``::1``, never for a name."""
+    address = _ip_literal(host)
+    return host.lower() == "localhost" or (address is not None and address.is_loopback)
 
 
 def _is_local_address(host: str) -> bool:
     """Loopback or link-local: metadata services that a proxy must never see."""
-    import ipaddress
+    address = _ip_literal(host)
+    return _is_loopback_host(host) or (address is not None and address.is_link_local)
 
-    if _is_loopback_host(host):
-        return True
-    try:
-        address = ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        return False
-    return address.is_loopback or address.is_link_local
+
+def _host_and_port(authority: str) -> tuple[str, int] | None:
+    """("host", port) of ``host[:port]`` or ``[IPv6][:port]`` (port 80 if none); else None."""
+    import re
+
+    match = re.fullmatch(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)(?::([0-9]{1,5}))?", authority)
+    if match is None or int(match.group(2) or 80) > 65535:
+        return None
+    return match.group(1), int(match.group(2) or 80)
 
 
 def _url_host(url: str) -> str:
@@ -4096,7 +4164,7 @@ def _registry_url_parts(url: str):
         parts.port  # noqa: B018 - a malformed port raises ValueError here
     except ValueError:
         return None
-    if host.endswith(".pkg.dev") or (host and is_registry_service(host)):
+    if host and _is_token_destination(host):
         return parts
     return None
 
@@ -4402,10 +4470,9 @@ def _netrc_hosts(given: list) -> list:
 
 def _netrc_host(item: str) -> str:
     """The hostname of a host, host:port or URL we answer for; never one we do not."""
-    import re
-
-    host = service_host(item) if is_registry_service(item) else None
-    if host is None or not re.fullmatch(r"[a-z0-9]([a-z0-9.-]*[a-z0-9])?", host):
+    url = item if "://" in item else f"https://{item}"  # a machine is where the token goes
+    host = service_host(url) if is_registry_service(url) else None
+    if host is None:
         shown = repr(item) if "@" not in item and len(item) < 200 else "a host argument"
         raise _CommandError(
             f"{shown} is not an Artifact Registry host (*.pkg.dev, https): no token is "
