@@ -4,6 +4,22 @@ Answers ``oauth2accesstoken`` and a short-lived Google access token for ``*.pkg.
 hosts. Credentials are found the way Google's Application Default Credentials are, then
 through the gcloud CLI. Standard library only; ``keyring`` is imported only when the
 backend class is built, so this file can be vendored on its own.
+
+One lookup, in the order this file is written:
+
+1. ``GooglePyPIAuth.get_password`` (keyring) or ``get_token``;
+2. the host policy, ``answers_for``: no answer and no I/O unless the service is a
+   registry host that every HTTP stack agrees on;
+3. ``lookup`` walks ``DISCOVERY``, the ADC order: a handed-over token, the
+   ``GOOGLE_APPLICATION_CREDENTIALS`` file, gcloud's ADC file, the metadata server, gcloud;
+4. the first step that applies gives a ``CredentialSource``, whose ``identify`` names the
+   principal its token would be for;
+5. ``TokenCache`` answers for that identity from memory or a private file; otherwise,
+   under a lock, the source's ``fetch`` asks Google (OAuth, RS256, STS, SigV4 below);
+6. through ``Transport``: HTTP with timeouts, retries, no redirects, and the TLS trust
+   of ``_tls_context``; then the low-level helpers (files, subprocesses, hashing).
+
+The command line (``main``) comes last, behind a banner; nothing above it uses it.
 """
 
 from __future__ import annotations
@@ -14,6 +30,10 @@ import time  # built in: loaded with the interpreter, free to import
 
 __version__ = "0.1.0"
 __all__ = ["CredentialError", "GooglePyPIAuth", "Token", "get_token", "lookup", "main"]  # noqa: F822 - built on first access
+
+
+# --- constants and errors ---------------------------------------------------------------
+
 
 USERNAME = "oauth2accesstoken"
 SCOPE = "https://www.googleapis.com/auth/cloud-platform"
@@ -32,26 +52,15 @@ LOOKUP_BUDGET = 10.0
 REQUEST_TIMEOUT = 5.0
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 MAX_ATTEMPTS = 3
-# Off Google Cloud the metadata address is usually a black hole: wait briefly, once.
-# When the hardware says Google, wait and retry as google-auth does (GCE_METADATA_TIMEOUT,
-# GCE_METADATA_DETECT_RETRIES): a new GKE pod's metadata server refuses for a few seconds.
-METADATA_PING_TIMEOUT = 0.5
-METADATA_PING_TIMEOUT_ON_GCE = 3.0
-METADATA_DETECT_RETRIES = 3
-METADATA_MAX_DETECT_RETRIES = 10
-METADATA_ATTEMPTS_ON_GCE = 5  # for the data requests, as google-auth's retry_count
-DMI_PRODUCT_NAME = "/sys/class/dmi/id/product_name"
-BOOT_ID = "/proc/sys/kernel/random/boot_id"
-# A ping that waited out its timeout (a black-holed address, off Google hardware) is
-# remembered for this long, so warm calls skip it; a refusal costs nothing and is not.
-METADATA_ABSENT_MEMORY = 10 * 60
-# Which service account and instance the metadata server speaks for, remembered per
-# machine and boot so that a warm call on Google Cloud needs no request at all.
-METADATA_IDENTITY_MEMORY = 5 * 60
+
+
 # After a failed lookup, later calls in the same process fail fast and quietly
 # (pip asks once for the URL and once for the host).
 FAILURE_MEMORY = 30.0
 MAX_RESPONSE_BYTES = 1 << 20
+
+
+MAX_LOCAL_FILE_BYTES = 1 << 20
 
 
 class CredentialError(Exception):
@@ -60,6 +69,31 @@ class CredentialError(Exception):
 
 class NotApplicable(Exception):  # noqa: N818 - a verdict, not an error
     """This credential source does not apply here; discovery moves on to the next."""
+
+
+class TokenEndpointError(CredentialError):
+    """The token endpoint said no; ``error`` and ``subtype`` are its OAuth error codes."""
+
+    def __init__(self, message: str, error: str = "", subtype: str = "") -> None:
+        super().__init__(message)
+        self.error = error
+        self.subtype = subtype
+
+
+class KeyFormatError(ValueError):
+    """A private key that cannot be used; the message never contains key material."""
+
+
+class _StaleResponseError(CredentialError):
+    """An executable's answer that is well formed but unusable: run the executable again."""
+
+
+class _TransientError(Exception):
+    """A connection-level failure worth another try."""
+
+
+class _OutputTooLargeError(Exception):
+    """A command printed more than we keep; it was killed."""
 
 
 class Token:
@@ -89,854 +123,284 @@ def _monotonic() -> float:
     return time.monotonic()
 
 
-# --- logging: imported only when something is to be said ------------------------------
-
-
-_LOGGER_NAME = "artifactregistry_gauth"
-
-
-def _debug_env() -> bool:
-    return os.environ.get("ARTIFACTREGISTRY_GAUTH_DEBUG", "") not in ("", "0")
-
-
-def _debug_enabled() -> bool:
-    if _debug_env():
-        return True
-    if "logging" not in sys.modules:  # nobody configured logging, so nobody wants our debug
-        return False
-    import logging
-
-    return logging.getLogger(_LOGGER_NAME).isEnabledFor(logging.DEBUG)
-
-
-def _logger():
-    import logging
-
-    logger = logging.getLogger(_LOGGER_NAME)
-    if _debug_env() and not any(getattr(h, "_gauth", False) for h in logger.handlers):
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("artifactregistry-gauth: %(message)s"))
-        handler._gauth = True
-        logger.addHandler(handler)
-        logger.setLevel(logging.DEBUG)
-        logger.propagate = False
-    return logger
-
-
-def _debug(msg: str, *args: object) -> None:
-    if _debug_enabled():
-        _logger().debug(msg, *args)
-
-
-# --- HTTP: timeouts, retries, proxies, no redirects ------------------------------------
-
-
-class Response:
-    """Status, headers (lower-case names) and body of one HTTP exchange."""
-
-    __slots__ = ("status", "headers", "body")
-
-    def __init__(self, status: int, headers: dict, body: bytes) -> None:
-        self.status = status
-        self.headers = headers
-        self.body = body
-
-    def json(self) -> object:
-        return _json_loads(self.body)
-
-
-def _json_loads(data: bytes | str) -> object:
-    """Parse JSON; any malformed input (bad UTF-8, too deep, not JSON) is a ValueError."""
-    import json
-
-    try:
-        return json.loads(data.decode("utf-8") if isinstance(data, bytes) else data)
-    except RecursionError:
-        raise ValueError("JSON nested too deeply") from None
-
-
-# --- local files: credentials, gcloud's settings, subject tokens ------------------------
-
-MAX_LOCAL_FILE_BYTES = 1 << 20
-
-
-def read_local_file(path: str, limit: int = MAX_LOCAL_FILE_BYTES, owned: bool = False) -> bytes:
-    """The bytes of a regular file, opened without blocking and read up to ``limit``.
-
-    Raises OSError whose ``strerror`` says why: missing, unreadable, not a regular file
-    (a FIFO would block forever, ``/dev/zero`` never ends) or larger than ``limit``.
-    With ``owned``, also when the file is not ours or others may write it.
-    """
-    import stat
-
-    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
-    fd = os.open(path, flags)
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise OSError(0, "not a regular file", path)
-        if owned and hasattr(os, "getuid"):  # checked on what was opened: no race
-            if info.st_uid != os.getuid():
-                raise OSError(0, "owned by another user", path)
-            if info.st_mode & 0o022:
-                raise OSError(0, "writable by other users", path)
-        chunks = []
-        size = 0
-        while size <= limit:
-            chunk = os.read(fd, limit + 1 - size)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            size += len(chunk)
-    finally:
-        os.close(fd)
-    if size > limit:
-        raise OSError(0, f"larger than {limit // 1024} KiB", path)
-    return b"".join(chunks)
-
-
-def read_local_text(path: str, limit: int = MAX_LOCAL_FILE_BYTES, owned: bool = False) -> str:
-    """A regular file's UTF-8 text (BOM allowed); OSError as read_local_file, or if not UTF-8."""
-    data = read_local_file(path, limit, owned)
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        raise OSError(0, "not UTF-8 text", path) from None
-
-
-def _is_loopback_host(host: str) -> bool:
-    """True for ``localhost`` and IP literals in 127.0.0.0/8 or ``::1``, never for a name."""
-    import ipaddress
-
-    host = host.lower()
-    if host == "localhost":
-        return True
-    try:
-        address = ipaddress.ip_address(host[1:-1] if host.startswith("[") else host)
-    except ValueError:
-        return False  # a name such as 127.evil.example resolves wherever its owner likes
-    # ::ffff:127.0.0.1 reaches 127.0.0.1; Python 3.13 says so itself, older ones do not.
-    return (getattr(address, "ipv4_mapped", None) or address).is_loopback
-
-
-def _url_host(url: str) -> str:
-    from urllib.parse import urlsplit
-
-    return urlsplit(url).hostname or ""
-
-
-def _without_query(url: str) -> str:
-    return url.split("?", 1)[0]
-
-
-class Transport:
-    """Sends the HTTP requests of one lookup, all within one deadline."""
-
-    def __init__(self, budget: float | None = None) -> None:
-        self.budget = LOOKUP_BUDGET if budget is None else budget
-        self.deadline = _monotonic() + self.budget
-
-    def remaining(self) -> float:
-        left = self.deadline - _monotonic()
-        if left <= 0:
-            raise CredentialError(f"gave up after {self.budget:g} s: Google did not answer in time")
-        return left
-
-    def request(
-        self,
-        method: str,
-        url: str,
-        *,
-        body: bytes | None = None,
-        headers: dict | None = None,
-        direct: bool = False,
-        timeout: float = REQUEST_TIMEOUT,
-        attempts: int = MAX_ATTEMPTS,
-    ) -> Response:
-        """Send one request; retry transient failures with backoff inside the deadline.
-
-        ``direct`` bypasses any proxy (the metadata server must never be proxied).
-        """
-        last_error = None
-        # A proxy would carry a loopback request (and its plain-http secrets) off the machine.
-        direct = direct or _is_loopback_host(_url_host(url))
-        for attempt in range(1, attempts + 1):
-            try:
-                response = self._send(method, url, body, headers or {}, direct, timeout)
-            except _TransientError as exc:
-                last_error = f"could not reach {_without_query(url)}: {exc}"
-                wait = 0.0
-            else:
-                if not _worth_retrying(response) or attempt == attempts:
-                    return response
-                last_error = f"{_without_query(url)} answered HTTP {response.status}"
-                wait = _retry_after(response, self.deadline - _monotonic())
-            if attempt == attempts:
-                break
-            import random
-
-            wait = max(wait, 0.5 * 2 ** (attempt - 1) * random.uniform(0.9, 1.1))  # noqa: S311
-            if wait >= self.deadline - _monotonic():
-                break
-            _debug("%s; retrying in %.1f s", last_error, wait)
-            time.sleep(wait)
-        raise CredentialError(last_error)
-
-    def _send(self, method, url, body, headers, direct, timeout) -> Response:
-        """One exchange, bounded as a whole: socket timeouts alone let a slow drip go on."""
-        import threading
-
-        timeout = min(timeout, self.remaining())
-        outcome: list = []
-
-        def exchange() -> None:
-            try:
-                outcome.append(self._exchange(method, url, body, headers, direct, timeout))
-            except BaseException as exc:  # handed to the caller's thread below
-                outcome.append(exc)
-
-        worker = threading.Thread(target=exchange, name="artifactregistry-gauth", daemon=True)
-        worker.start()
-        worker.join(timeout)
-        if not outcome:  # abandoned: the daemon thread ends with its socket's timeout
-            raise _TransientError("timed out")
-        if isinstance(outcome[0], BaseException):
-            raise outcome[0]
-        return outcome[0]
-
-    def _exchange(self, method, url, body, headers, direct, timeout) -> Response:
-        import http.client
-        import urllib.error
-        import urllib.request
-
-        handlers = [_no_redirect_handler()]
-        if direct:
-            handlers.append(urllib.request.ProxyHandler({}))
-        store = ""
-        if url.startswith("https:"):
-            context, store = _tls_context()
-            handlers.append(urllib.request.HTTPSHandler(context=context))
-        opener = urllib.request.build_opener(*handlers)
-        request = urllib.request.Request(url, data=body, headers=headers, method=method)
-        try:
-            with opener.open(request, timeout=timeout) as reply:
-                return Response(reply.status, _lower(reply.headers), _read(reply))
-        except urllib.error.HTTPError as reply:
-            with reply:
-                return Response(reply.code, _lower(reply.headers), _read(reply))
-        except urllib.error.URLError as exc:
-            reason = exc.reason
-            if _is_certificate_error(reason):
-                raise CredentialError(
-                    f"the TLS certificate of {_url_host(url)} is not trusted ({reason}; "
-                    f"verified against {store}); behind a TLS-inspecting proxy, point "
-                    "SSL_CERT_FILE or REQUESTS_CA_BUNDLE at its CA bundle"
-                ) from None
-            raise _TransientError(_describe_os_error(reason)) from None
-        except (OSError, http.client.HTTPException) as exc:
-            raise _TransientError(_describe_os_error(exc)) from None
-
-
-class _TransientError(Exception):
-    """A connection-level failure worth another try."""
-
-
-def _is_certificate_error(reason: object) -> bool:
-    import ssl
-
-    return isinstance(reason, ssl.SSLCertVerificationError)
-
-
-def _describe_os_error(exc: object) -> str:
-    if isinstance(exc, TimeoutError) or type(exc).__name__ == "timeout":
-        return "timed out"
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    return str(exc) or type(exc).__name__
-
-
-def _lower(headers) -> dict:
-    return {k.lower(): v for k, v in headers.items()}
-
-
-def _read(reply) -> bytes:
-    return reply.read(MAX_RESPONSE_BYTES)
-
-
-# OAuth error codes that mean "try again", whatever the HTTP status (PROTOCOLS.md B.0).
-_RETRY_OAUTH_ERRORS = frozenset({"internal_failure", "server_error", "temporarily_unavailable"})
-
-
-def _worth_retrying(response: Response) -> bool:
-    if response.status in RETRY_STATUSES:
-        return True
-    if response.status < 400:
-        return False
-    try:
-        data = response.json()
-    except ValueError:
-        return False
-    return isinstance(data, dict) and any(
-        data.get(field) in _RETRY_OAUTH_ERRORS
-        for field in ("error", "error_description")
-        if isinstance(data.get(field), str)
-    )
-
-
-def _retry_after(response: Response, limit: float) -> float:
-    """The wait a Retry-After header asks for, at most ``limit``; 0 when absent or unusable.
-
-    Only delta-seconds count (``nan``, ``-5`` or ``1.5`` would otherwise reach time.sleep);
-    an HTTP-date is ignored rather than trusted to a clock we do not share.
-    """
-    text = str(response.headers.get("retry-after", "")).strip()
-    if not (text.isascii() and text.isdigit()):
-        return 0.0
-    if len(text) > 9:  # more than 31 years: certainly beyond any budget
-        return max(limit, 0.0)
-    return max(min(float(text), limit), 0.0)
-
-
-def _no_redirect_handler():
-    import urllib.request
-
-    class NoRedirect(urllib.request.HTTPRedirectHandler):
-        """Token endpoints never redirect; following one could send credentials elsewhere."""
-
-        def redirect_request(self, req, fp, code, msg, headers, newurl):
-            return None
-
-    return NoRedirect()
-
-
-def _check_endpoint(url: str, what: str) -> None:
-    """Refuse to send credentials anywhere but https, or http on this machine."""
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(url)
-    if parts.scheme == "https" and parts.hostname:
-        return
-    if parts.scheme == "http" and parts.hostname and _is_loopback_host(parts.hostname):
-        return
-    raise CredentialError(
-        f"refusing to send credentials to {what} {_without_query(url)!r}: it must be an https URL"
-    )
-
-
-# --- TLS: which certificates to trust (PROTOCOLS.md L) ----------------------------------
-
-# Who names a CA bundle, in the order they win: OpenSSL's own variable, then requests'.
-_CA_BUNDLE_VARIABLES = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
-# Roots exported from the macOS keychains are exported again after this long.
-MACOS_ROOTS_LIFE = 24 * 3600
-MACOS_KEYCHAINS = (
-    "/System/Library/Keychains/SystemRootCertificates.keychain",
-    "/Library/Keychains/System.keychain",  # CAs an administrator added, corporate ones
-)
-MAX_MACOS_ROOTS_BYTES = 8 << 20
-_TLS_CONTEXTS: dict = {}
-
-
-def _tls_context():
-    """The SSL context for https and a description of its trust store, built once per setting."""
-    key = tuple(os.environ.get(name, "") for name in (*_CA_BUNDLE_VARIABLES, "SSL_CERT_DIR"))
-    found = _TLS_CONTEXTS.get(key)
-    if found is None:
-        found = _TLS_CONTEXTS[key] = _new_tls_context()
-        _debug("verifying TLS certificates against %s", found[1])
-    return found
-
-
-def _new_tls_context():
-    import ssl
-
-    name = next((n for n in _CA_BUNDLE_VARIABLES if os.environ.get(n)), "")
-    if name == "SSL_CERT_FILE" or (not name and os.environ.get("SSL_CERT_DIR")):
-        # OpenSSL reads both variables itself when it loads its default paths.
-        name = name or "SSL_CERT_DIR"
-        return ssl.create_default_context(), f"{name}={os.environ[name]}"
-    if name:
-        return _ca_bundle_context(name, os.environ[name]), f"{name}={os.environ[name]}"
-    context = ssl.create_default_context()
-    if _has_default_roots(context):
-        return context, "OpenSSL's default CA paths"
-    # No roots: python.org's macOS Python before "Install Certificates.command" runs.
-    for fallback in (_truststore_context, _certifi_context, _macos_keychain_context):
-        found = fallback()
-        if found:
-            return found
-    return context, "OpenSSL's default CA paths, which hold no certificates"
-
-
-def _ca_bundle_context(name: str, path: str):
-    """A context that trusts only the bundle (a file or a directory), as requests does."""
-    import ssl
-
-    try:
-        if os.path.isdir(path):
-            return ssl.create_default_context(capath=path)
-        return ssl.create_default_context(cafile=path)
-    except OSError as exc:  # ssl.SSLError is an OSError too
-        problem = exc.strerror or getattr(exc, "reason", None) or exc
-        raise CredentialError(
-            f"{name}={path}: cannot load CA certificates from it ({problem}); "
-            f"point {name} at a PEM bundle or unset it"
-        ) from None
-
-
-def _has_default_roots(context) -> bool:
-    """True if OpenSSL's default paths hold certificates."""
-    import ssl
-
-    if context.cert_store_stats()["x509"]:
-        return True
-    # A CA directory is read lazily, one file per lookup: nothing is counted until then.
-    capath = ssl.get_default_verify_paths().capath
-    if not capath:
-        return False
-    try:
-        with os.scandir(capath) as entries:
-            return any(True for _ in entries)
-    except OSError:
-        return False
-
-
-def _truststore_context():
-    """The OS trust store through truststore, or pip's vendored copy of it."""
-    import importlib
-    import ssl
-
-    for name in ("truststore", "pip._vendor.truststore"):
-        try:
-            truststore = importlib.import_module(name)
-        except ImportError:  # absent, or Python older than truststore supports
-            continue
-        return truststore.SSLContext(ssl.PROTOCOL_TLS_CLIENT), f"the OS trust store via {name}"
-    return None
-
-
-def _certifi_context():
-    import ssl
-
-    try:
-        import certifi
-    except ImportError:
-        return None
-    path = certifi.where()
-    return ssl.create_default_context(cafile=path), f"certifi's CA bundle {path}"
-
-
-def _macos_keychain_context():
-    """The macOS system roots and admin-added CAs, as the keychains hold them."""
-    import ssl
-
-    if sys.platform != "darwin":
-        return None
-    pem = _macos_roots()
-    if not pem:
-        return None
-    try:
-        context = ssl.create_default_context(cadata=pem)
-    except ssl.SSLError as exc:
-        _debug("cannot use the certificates exported from the macOS keychains: %s", exc)
-        return None
-    return context, "the macOS system keychains (security find-certificate)"
-
-
-def _macos_roots() -> str:
-    """PEM certificates from the system keychains, kept in the cache for MACOS_ROOTS_LIFE."""
-    directory = cache_dir(create=True)
-    path = os.path.join(directory, "macos-roots.pem") if directory else ""
-    pem = _fresh_private_text(path, MACOS_ROOTS_LIFE) if path else ""
-    if pem:
-        return pem
-    pem = _export_macos_roots()
-    if pem and path:
-        try:
-            _write_private_file(path, pem.encode("ascii"))
-        except OSError as exc:
-            _debug("cannot keep the macOS roots in %s: %s", path, exc.strerror or exc)
-    return pem
-
-
-def _fresh_private_text(path: str, life: float) -> str:
-    """The text of a regular file of ours younger than ``life`` seconds, else ""."""
-    import stat
-
-    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
-    try:
-        fd = os.open(path, flags)
-    except OSError:
-        return ""
-    with os.fdopen(fd, "rb") as f:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode) or not _private_file(fd) or _now() - info.st_mtime > life:
-            return ""
-        return f.read(MAX_MACOS_ROOTS_BYTES).decode("ascii", "replace")
-
-
-def _export_macos_roots() -> str:
-    import subprocess
-
-    security = _find_executable("security")  # on PATH, never the working directory
-    if not security:
-        return ""
-    argv = [security, "find-certificate", "-a", "-p", *MACOS_KEYCHAINS]
-    try:
-        done = _run_capped(argv, None, 10.0, MAX_MACOS_ROOTS_BYTES)
-    except (OSError, subprocess.TimeoutExpired, _OutputTooLargeError) as exc:
-        _debug("cannot export the macOS roots with security: %s", exc)
-        return ""
-    # A missing keychain makes security fail, yet it still prints the other one.
-    pem = done.stdout.decode("ascii", "replace")
-    return pem if "-----BEGIN CERTIFICATE-----" in pem else ""
-
-
-# --- OAuth token endpoints -------------------------------------------------------------
-
-
-class TokenEndpointError(CredentialError):
-    """The token endpoint said no; ``error`` and ``subtype`` are its OAuth error codes."""
-
-    def __init__(self, message: str, error: str = "", subtype: str = "") -> None:
-        super().__init__(message)
-        self.error = error
-        self.subtype = subtype
-
-
-def _post_form(
-    transport: Transport, url: str, fields: dict, what: str, headers: dict | None = None
-) -> dict:
-    """POST a form to an OAuth token endpoint and return its JSON answer."""
-    from urllib.parse import urlencode
-
-    _check_endpoint(url, what)
-    all_headers = {"Content-Type": "application/x-www-form-urlencoded"}
-    all_headers.update(headers or {})
-    response = transport.request(
-        "POST", url, body=urlencode(fields).encode("ascii"), headers=all_headers
-    )
-    sent = [value for name, value in fields.items() if name in _SECRET_FIELDS]
-    for name, value in all_headers.items():
-        if name.lower() == "authorization":
-            sent += _authorization_secrets(value)
-    return _token_response_json(response, url, what, sent)
-
-
-# Form fields that carry credentials: a server that echoes them must not make us print them.
-_SECRET_FIELDS = frozenset({"assertion", "refresh_token", "client_secret", "subject_token", "rapt"})
-# At most this much of a server's error text is quoted in ours.
-MAX_QUOTED = 300
-
-
-def _authorization_secrets(value: str) -> list:
-    """The credential of an Authorization header, and for Basic the ``id:secret`` and secret."""
-    import base64
-    import binascii
-
-    scheme, _, credential = value.strip().partition(" ")
-    secrets = [credential]
-    if scheme.lower() == "basic":
-        try:
-            pair = base64.b64decode(credential, validate=True).decode("utf-8")
-        except (binascii.Error, ValueError):
-            return secrets
-        secrets += [pair, pair.partition(":")[2]]
-    return secrets
-
-
-def _secret_forms(secret: str) -> set:
-    """Every way a secret we sent may come back: raw, URL-encoded, JSON-escaped."""
-    import json
-    from urllib.parse import quote, quote_plus
-
-    forms = {secret, quote(secret), quote(secret, safe=""), quote_plus(secret)}
-    for ascii_only in (True, False):
-        escaped = json.dumps(secret, ensure_ascii=ascii_only)[1:-1]
-        forms |= {escaped, escaped.replace("/", "\\/")}
-    folded = {" ".join(form.split()) for form in forms}  # as the text they are found in
-    return {form for form in forms | folded if len(form) >= 4}
-
-
-def _redact(text: str, secrets: list) -> str:
-    """Server text made safe for one line of ours: folded, our secrets masked, at most 300 chars.
-
-    Servers echo what they were sent in any encoding, so each secret is masked in every
-    form we could have sent it (%-escapes in either case).
-    """
-    import re
-
-    text = " ".join(text.split())
-    forms = set()
-    for secret in secrets:
-        if isinstance(secret, str) and len(secret) >= 4:
-            forms |= _secret_forms(secret)
-    if not forms:
-        return text[:MAX_QUOTED]
-    pattern = re.compile(
-        "|".join(re.escape(form) for form in sorted(forms, key=len, reverse=True)), re.IGNORECASE
-    )
-    longest = max(len(form) for form in forms)
-    kept, size, pos = [], 0, 0
-    while size < MAX_QUOTED and pos < len(text):  # only as far as what is quoted: bounded work
-        room = MAX_QUOTED - size
-        found = pattern.search(text, pos, pos + room + longest)
-        if found is None or found.start() >= pos + room:
-            kept.append(text[pos : pos + room])
-            break
-        kept += [text[pos : found.start()], "***"]
-        size += found.start() - pos + 3
-        pos = found.end()
-    return "".join(kept)[:MAX_QUOTED]
-
-
-def _token_response_json(response: Response, url: str, what: str, sent: list = ()) -> dict:
-    try:
-        data = response.json()
-    except ValueError:
-        data = None
-    if response.status == 200 and isinstance(data, dict):
-        return data
-    if response.status == 200:
-        raise CredentialError(f"{what} at {_without_query(url)} answered with something not JSON")
-    error, subtype, description = "", "", ""
-    if isinstance(data, dict):
-        if isinstance(data.get("error"), dict):  # Google API style (C.3)
-            description = str(data["error"].get("message", ""))
-            error = str(data["error"].get("status", ""))
-        else:
-            error = str(data.get("error", ""))
-            subtype = str(data.get("error_subtype", ""))
-            description = str(data.get("error_description", ""))
-    detail = _redact(": ".join(part for part in (error, description) if part), list(sent))
-    raise TokenEndpointError(
-        f"{what} at {_without_query(url)} refused (HTTP {response.status}"
-        + (f", {detail})" if detail else ")"),
-        error,
-        subtype,
-    )
-
-
-def _token_from_oauth(data: dict, what: str, source: str) -> Token:
-    value = data.get("access_token")
-    if not isinstance(value, str) or not value:
-        raise CredentialError(f"{what} answered without an access_token")
-    return Token(value, _expiry_from(data.get("expires_in")), source)
-
-
-def _expiry_from(expires_in: object) -> float | None:
-    try:
-        seconds = int(expires_in)  # Google sometimes sends it as a string
-    except (TypeError, ValueError, OverflowError):
-        return None
-    if not 0 < seconds < 366 * 86400:
-        return None
-    return _now() + seconds
-
-
-def _parse_rfc3339(text: str) -> float:
-    """Seconds since the epoch for ``2024-05-01T12:00:00Z`` (fractional seconds allowed)."""
-    import calendar
-
-    main_part, _, _ = text.rstrip("Z").partition(".")
-    return float(calendar.timegm(time.strptime(main_part, "%Y-%m-%dT%H:%M:%S")))
-
-
-# --- RS256 signing in pure Python --------------------------------------------------------
-
-
-_RSA_OID = bytes.fromhex("2a864886f70d010101")  # rsaEncryption, 1.2.840.113549.1.1.1
-_SHA256_DIGEST_INFO = bytes.fromhex("3031300d060960864801650304020105000420")
-
-
-class KeyFormatError(ValueError):
-    """A private key that cannot be used; the message never contains key material."""
-
-
-def _der_item(data: bytes, pos: int) -> tuple[int, int, int]:
-    """Return (tag, start of content, end of content) of the DER item at ``pos``."""
-    if pos + 2 > len(data):
-        raise KeyFormatError("truncated DER")
-    tag, length = data[pos], data[pos + 1]
-    pos += 2
-    if length & 0x80:
-        count = length & 0x7F
-        if not 1 <= count <= 4 or pos + count > len(data):
-            raise KeyFormatError("bad DER length")
-        length = int.from_bytes(data[pos : pos + count], "big")
-        pos += count
-    if pos + length > len(data):
-        raise KeyFormatError("truncated DER")
-    return tag, pos, pos + length
-
-
-def _der_sequence(data: bytes, item: tuple[int, int, int]) -> list[tuple[int, int, int]]:
-    """The items inside the SEQUENCE ``item``."""
-    tag, pos, end = item
-    if tag != 0x30:
-        raise KeyFormatError("expected a DER SEQUENCE")
-    items = []
-    while pos < end:
-        child = _der_item(data, pos)
-        if child[2] > end:
-            raise KeyFormatError("truncated DER")
-        items.append(child)
-        pos = child[2]
-    return items
-
-
-class RsaPrivateKey:
-    """An RSA private key read from PKCS#8 or PKCS#1 PEM, able to sign RS256."""
-
-    __slots__ = ("n", "e", "d", "p", "q", "dp", "dq", "qinv", "size", "primes_checked")
-
-    # Google issues 2048-bit keys; a larger bound would let a crafted key burn seconds of
-    # CPU per signature (the cost grows 8x per doubling).
-    MIN_BITS, MAX_BITS = 2048, 4096
-
-    @classmethod
-    def from_pem(cls, pem: str) -> RsaPrivateKey:
-        import base64
-        import binascii
-
-        if not isinstance(pem, str):
-            raise KeyFormatError("it is not a string")
-        label, der = "", b""
-        for kind in ("PRIVATE KEY", "RSA PRIVATE KEY", "ENCRYPTED PRIVATE KEY"):
-            begin, end = f"-----BEGIN {kind}-----", f"-----END {kind}-----"
-            if begin in pem:
-                if end not in pem:
-                    raise KeyFormatError(f"no {end} line")
-                body = pem.split(begin, 1)[1].split(end, 1)[0]
-                label = kind
-                try:
-                    der = base64.b64decode("".join(body.split()), validate=True)
-                except (binascii.Error, ValueError):
-                    raise KeyFormatError("the PEM body is not base64") from None
-                break
-        if not label:
-            raise KeyFormatError("no -----BEGIN PRIVATE KEY----- line")
-        if label == "ENCRYPTED PRIVATE KEY":
-            raise KeyFormatError("it is encrypted; Google key files hold an unencrypted key")
-        if label == "PRIVATE KEY":
-            der = cls._unwrap_pkcs8(der)
-        return cls._from_pkcs1(der)
-
-    @staticmethod
-    def _unwrap_pkcs8(der: bytes) -> bytes:
-        items = _der_sequence(der, _der_item(der, 0))
-        if len(items) < 3 or items[1][0] != 0x30 or items[2][0] != 0x04:
-            raise KeyFormatError("not a PKCS#8 PrivateKeyInfo")
-        algorithm = _der_sequence(der, items[1])
-        if not algorithm or der[algorithm[0][1] : algorithm[0][2]] != _RSA_OID:
-            raise KeyFormatError("not an RSA key")
-        return der[items[2][1] : items[2][2]]
-
-    @classmethod
-    def _from_pkcs1(cls, der: bytes) -> RsaPrivateKey:
-        items = _der_sequence(der, _der_item(der, 0))
-        if len(items) < 9 or any(tag != 0x02 for tag, _, _ in items[:9]):
-            raise KeyFormatError("not a PKCS#1 RSAPrivateKey")
-        numbers = [int.from_bytes(der[start:end], "big") for _, start, end in items[1:9]]
-        key = cls()
-        key.n, key.e, key.d, key.p, key.q, key.dp, key.dq, key.qinv = numbers
-        bits = key.n.bit_length()
-        if not cls.MIN_BITS <= bits <= cls.MAX_BITS:  # before any arithmetic on the numbers
-            raise KeyFormatError(
-                f"it is a {bits}-bit key; only {cls.MIN_BITS} to {cls.MAX_BITS} bits are accepted"
+# --- the keyring backend and get_token: what callers see --------------------------------
+
+
+def _build_backend_class() -> type:
+    from keyring.backend import KeyringBackend
+    from keyring.credentials import SimpleCredential
+
+    class GooglePyPIAuth(KeyringBackend):
+        """Google access tokens for Artifact Registry (*.pkg.dev) Python repositories."""
+
+        # Above the OS keyrings (about 5) so we answer first; below keyring's chainer (10)
+        # so other hosts still reach them.
+        priority = 9
+
+        def get_password(self, service: str, username: str | None) -> str | None:
+            if not answers_for(service, username):
+                return None
+            return _token_or_none()
+
+        def get_credential(self, service: str, username: str | None):
+            if not answers_for(service, username):
+                return None
+            token = _token_or_none()
+            return None if token is None else SimpleCredential(USERNAME, token)
+
+        def set_password(self, service: str, username: str, password: str) -> None:
+            # NotImplementedError (not PasswordSetError) lets keyring's chainer move on.
+            raise NotImplementedError(
+                "artifactregistry-gauth stores nothing: its credentials come from Google"
             )
-        if not key._consistent():
-            raise KeyFormatError("its numbers do not form a consistent RSA key")
-        key.size = (bits + 7) // 8
-        key.primes_checked = False
-        return key
 
-    def _consistent(self) -> bool:
-        """Cheap checks (no modular exponentiation) that the eight numbers belong together."""
-        import math
+        def delete_password(self, service: str, username: str) -> None:
+            raise NotImplementedError(
+                "artifactregistry-gauth stores nothing: its credentials come from Google"
+            )
 
-        n, e, p, q = self.n, self.e, self.p, self.q
-        half = n.bit_length() // 2
-        if not (
-            3 <= e < 1 << 256  # FIPS 186 bounds e; a huge e would make each check slow
-            and e % 2 == 1
-            and half - 8 <= min(p, q).bit_length() <= max(p, q).bit_length() <= half + 8
-            and p * q == n  # two primes of about half the size each
-            and 0 < self.d < n
-            and 0 < self.dp < p
-            and 0 < self.dq < q
-            and 0 < self.qinv < p
-        ):
-            return False
-        lam = (p - 1) * (q - 1) // math.gcd(p - 1, q - 1)
-        return (
-            e * self.d % lam == 1  # d may be reduced mod lcm(p-1, q-1) or mod phi
-            and e * self.dp % (p - 1) == 1
-            and e * self.dq % (q - 1) == 1
-            and self.qinv * q % p == 1
-        )
-
-    def _check_primes(self) -> None:
-        """Fermat's test on p and q, before the first signature: composite factors are a forgery."""
-        if not (pow(2, self.p - 1, self.p) == 1 and pow(2, self.q - 1, self.q) == 1):
-            raise KeyFormatError("its factors p and q are not prime")
-        self.primes_checked = True
-
-    def sign_rs256(self, message: bytes) -> bytes:
-        """RSASSA-PKCS1-v1_5 with SHA-256 (RFC 8017 8.2.1), blinded, CRT, fault-checked."""
-        import hashlib
-        import secrets
-
-        if not self.primes_checked:  # here, not at load: a cached token needs no signature
-            self._check_primes()
-        digest_info = _SHA256_DIGEST_INFO + hashlib.sha256(message).digest()
-        padding = b"\xff" * (self.size - len(digest_info) - 3)
-        m = int.from_bytes(b"\x00\x01" + padding + b"\x00" + digest_info, "big")
-        # Blinding keeps the private-key operation's timing independent of the message.
-        r = secrets.randbelow(self.n - 2) + 2
-        blinded = (m * pow(r, self.e, self.n)) % self.n
-        m1 = pow(blinded, self.dp, self.p)
-        m2 = pow(blinded, self.dq, self.q)
-        s = (m2 + ((self.qinv * (m1 - m2)) % self.p) * self.q) * pow(r, -1, self.n) % self.n
-        if pow(s, self.e, self.n) != m:  # a faulty CRT result would leak the key
-            raise KeyFormatError("signature self-check failed")
-        return s.to_bytes(self.size, "big")
+    GooglePyPIAuth.__module__ = "artifactregistry_gauth"
+    GooglePyPIAuth.__qualname__ = "GooglePyPIAuth"
+    return GooglePyPIAuth
 
 
-def _b64url(data: bytes) -> str:
-    import base64
-
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
-def _json_text(value: object) -> str:
-    return _json_compact(value).decode("utf-8")
-
-
-def _json_compact(value: object) -> bytes:
-    import json
-
-    return json.dumps(value, separators=(",", ":")).encode("utf-8")
+def __getattr__(name: str) -> object:
+    # PEP 562: `GooglePyPIAuth` is built (and keyring imported) on first access, which is
+    # how keyring's entry point and keyringrc.cfg both load it.
+    if name == "GooglePyPIAuth":
+        module = sys.modules.get("artifactregistry_gauth") or sys.modules[__name__]
+        cls = module.__dict__.get("_backend_class")
+        if cls is None:
+            cls = _build_backend_class()
+            module._backend_class = cls
+        return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def make_jwt(key: RsaPrivateKey, claims: dict, key_id: str | None = None) -> str:
-    """A compact RS256 JWT (RFC 7519) of ``claims``."""
-    header = {"typ": "JWT", "alg": "RS256"}
-    if key_id:
-        header["kid"] = key_id
-    signing_input = f"{_b64url(_json_compact(header))}.{_b64url(_json_compact(claims))}"
-    signature = key.sign_rs256(signing_input.encode("ascii"))
-    return f"{signing_input}.{_b64url(signature)}"
+def get_token() -> str:
+    """A live access token, or CredentialError."""
+    return lookup().value
 
 
-# --- credential sources ----------------------------------------------------------------
+def _token_or_none() -> str | None:
+    """The token for the keyring backend: on failure one warning line, then None."""
+    if _LAST_FAILURE and _monotonic() - _LAST_FAILURE[0][0] < FAILURE_MEMORY:
+        return None
+    try:
+        return get_token()
+    except CredentialError as exc:
+        _LAST_FAILURE[:] = [(_monotonic(), str(exc))]
+        _logger().warning("artifactregistry-gauth: %s", exc)
+        return None
+
+
+# --- which services we answer for (the host policy) -------------------------------------
+
+
+def answers_for(service: str, username: str | None) -> bool:
+    """Whether the backend answers this keyring question (decided without any I/O)."""
+    return username in (None, "", USERNAME) and is_registry_service(service)
+
+
+def is_registry_service(service: str) -> bool:
+    """True for Artifact Registry hosts and those in ARTIFACTREGISTRY_GAUTH_HOSTS."""
+    host = service_host(service)
+    if host is None:
+        return False
+    if host.endswith(".pkg.dev"):
+        return True
+    for entry in os.environ.get("ARTIFACTREGISTRY_GAUTH_HOSTS", "").split(","):
+        pattern = entry.strip().lower().rstrip(".")
+        if pattern.startswith("*.") and host.endswith(pattern[1:]):
+            return True
+        if pattern and host == pattern:
+            return True
+    return False
+
+
+def service_host(service: str) -> str | None:
+    """The host a keyring service names (a URL or a bare ``host[:port]``), if unambiguous.
+
+    None unless every HTTP stack would connect to the same host: urllib.parse ends the
+    authority only at ``/?#``, while urllib3 (requests, so twine and poetry) and WHATWG
+    parsers (uv) also end it at a backslash, decode ``%``, drop tabs and map Unicode dots.
+    So a service with whitespace or control characters, an authority with a backslash,
+    ``%``, a password or non-ASCII, or a host that is not plain letters, digits, ``-``
+    and ``.`` gets no answer; neither does plain http.
+    """
+    if not isinstance(service, str) or not service.isprintable() or " " in service:
+        return None
+    scheme, sep, rest = service.partition("://")
+    if not sep:
+        rest = service
+    elif scheme.lower() != "https":
+        return None
+    end = min((i for i in map(rest.find, "/?#") if i >= 0), default=len(rest))
+    authority = rest[:end]
+    if not authority.isascii() or "\\" in authority or "%" in authority:
+        return None
+    userinfo, at, hostport = authority.rpartition("@")
+    if at and (":" in userinfo or "@" in userinfo):
+        return None  # a password or a second @: readers disagree on where the host starts
+    host, colon, port = hostport.partition(":")
+    if colon and port and not port.isdigit():
+        return None
+    host = host.lower()
+    if host.endswith("."):
+        host = host[:-1]
+    return host if _is_host_name(host) else None
+
+
+# --- lookup: the first source that applies, its token cached by identity ----------------
+
+
+def lookup(transport: Transport | None = None, report: list | None = None) -> Token:
+    """Find credentials in the documented order and return a live token.
+
+    Raises CredentialError with one line saying what was tried and what to do. With
+    ``report``, appends what each source said (for ``doctor``).
+    """
+    transport = transport or Transport()
+    skipped = []
+    for label, step in DISCOVERY:
+        try:
+            source = step()
+            token, how = _cached_or_fetched(source, transport)
+        except NotApplicable as exc:
+            _debug("skipped: %s", exc)
+            skipped.append(str(exc))
+            _note(report, label, "skipped", str(exc))
+            continue
+        except CredentialError as exc:
+            _note(report, label, "failed", str(exc))
+            raise
+        _note(report, label, "answered", source.describe(), token=token, how=how)
+        return token
+    raise CredentialError(
+        "no Google credentials found (" + "; ".join(skipped) + "); " + LOGIN_HINT + ", or set "
+        "GOOGLE_APPLICATION_CREDENTIALS to a service account key file"
+    )
+
+
+def _note(report: list | None, label: str, status: str, detail: str, **extra: object) -> None:
+    if report is not None:
+        report.append(dict(source=label, status=status, detail=detail, **extra))
+
+
+def _cached_or_fetched(source: CredentialSource, transport: Transport) -> tuple[Token, str]:
+    """The source's token and where it came from: memory, disk or a fetch."""
+    identity = source.identify(transport)
+    token = _CACHE.get(identity, source)
+    if token is not None:
+        _debug("using a cached token from %s", source.describe())
+        return token, "cache"
+    with _CACHE.lock(identity, transport) if source.cacheable else _NO_LOCK:
+        token = _CACHE.get(identity, source)  # another process may have just fetched it
+        if token is not None:
+            _debug("using a token another process just fetched from %s", source.describe())
+            return token, "cache"
+        started = _monotonic()
+        token = source.fetch(transport)
+        if not _is_token_text(token.value):
+            # Printed into netrc files, headers and `keyring get` output, a space or newline
+            # would smuggle in extra entries or lines.
+            raise source.fail(
+                "the token it gave is not one word of printable ASCII",
+                "check what issues the token",
+            )
+        _debug("got a token from %s in %.0f ms", source.describe(), 1000 * (_monotonic() - started))
+        _CACHE.put(identity, token, source)
+    return token, "fetched"
+
+
+def _is_token_text(value: object) -> bool:
+    """True for a non-empty string of printable ASCII without spaces, as access tokens are."""
+    return (
+        isinstance(value, str)
+        and value.isascii()
+        and value.isprintable()
+        and " " not in value
+        and bool(value)
+    )
+
+
+# --- discovery: the ADC order, then gcloud ----------------------------------------------
+
+
+#
+# Each step returns a source or raises NotApplicable with the reason it was skipped.
+# A CredentialError from a step ends the search: a broken credential that was asked for
+# must never silently become another identity.
+def _explicit_token() -> CredentialSource:
+    value = os.environ.get("GOOGLE_OAUTH_ACCESS_TOKEN", "").strip()
+    if not value:
+        raise NotApplicable("GOOGLE_OAUTH_ACCESS_TOKEN is not set")
+    return ExplicitToken(value)
+
+
+def _explicit_adc_file() -> CredentialSource:
+    path = os.environ.get("GOOGLE_APPLICATION_CREDENTIALS", "")
+    if not path:
+        raise NotApplicable("GOOGLE_APPLICATION_CREDENTIALS is not set")
+    # Naming gcloud's own ADC file means "use gcloud's ADC": when it is missing, discovery
+    # goes on as google-auth's does (PROTOCOLS.md A.1). Any other missing file is an error.
+    if not os.path.exists(path) and _same_path(path, well_known_adc_file()):
+        raise NotApplicable(f"GOOGLE_APPLICATION_CREDENTIALS names gcloud's absent {path}")
+    return load_adc_file(path, "GOOGLE_APPLICATION_CREDENTIALS")
+
+
+def _well_known_adc_file() -> CredentialSource:
+    path = well_known_adc_file()
+    if not os.path.isfile(path):
+        raise NotApplicable(f"no {path}")
+    return load_adc_file(path, "gcloud's application default credentials")
+
+
+def _metadata_server() -> CredentialSource:
+    if os.environ.get("NO_GCE_CHECK", "").lower() in ("true", "1", "yes"):
+        raise NotApplicable("metadata server not checked (NO_GCE_CHECK)")
+    return MetadataServer()  # its identity is learnt from the server, in the lookup's budget
+
+
+def _gcloud() -> CredentialSource:
+    executable = _find_executable("gcloud.cmd" if os.name == "nt" else "gcloud")
+    try:
+        settings = GcloudSettings.read(executable)
+    except CredentialError as exc:
+        if executable:
+            raise
+        raise NotApplicable(f"gcloud is not on PATH (and {exc})") from None
+    if not settings.impersonated():
+        # gcloud would print these tokens unchanged, so it need not run (its order: the
+        # variable, then the file). Impersonation trades them for another token: gcloud runs.
+        token = os.environ.get("CLOUDSDK_AUTH_ACCESS_TOKEN", "").strip()
+        if token:
+            return ExplicitToken(token, "$CLOUDSDK_AUTH_ACCESS_TOKEN")
+        token_file = settings.get("auth/access_token_file")
+        if token_file:
+            return GcloudAccessTokenFile(token_file, settings.named_by("auth/access_token_file"))
+    if not executable:
+        raise NotApplicable("gcloud is not on PATH")
+    return GcloudCli(executable, settings)
+
+
+DISCOVERY = (
+    ("GOOGLE_OAUTH_ACCESS_TOKEN", _explicit_token),
+    ("GOOGLE_APPLICATION_CREDENTIALS", _explicit_adc_file),
+    ("gcloud ADC file", _well_known_adc_file),
+    ("metadata server", _metadata_server),
+    ("gcloud", _gcloud),
+)
+
+
+# --- credential sources: one class each, the same small interface ------------------------
+
+
 #
 # Each source is built cheaply (no network), names a stable ``identity`` for the token
 # cache, describes itself for humans, and ``fetch``es a Token. ``fetch`` raises
 # NotApplicable when the source turns out to be absent (no metadata server), and
 # CredentialError when it is there but fails.
-
-
 class CredentialSource:
     """One place a token can come from."""
 
@@ -983,6 +447,9 @@ class ExplicitToken(CredentialSource):
 
     def fetch(self, transport: Transport) -> Token:
         return Token(self.value, None, self.describe())
+
+
+# --- Application Default Credentials files: service account and authorized user ----------
 
 
 class ServiceAccountKey(CredentialSource):
@@ -1086,6 +553,886 @@ def _require_fields(info: dict, names: tuple, origin: str, fix: str) -> None:
         if not isinstance(info.get(name), str) or not info[name]:
             state = "missing" if name not in info else "not a non-empty string"
             raise CredentialError(f"{origin}: field {name!r} is {state}; {fix}")
+
+
+# --- workload and workforce identity federation (external_account) ------------------------
+
+
+# Workload and workforce identity federation and service-account impersonation
+# (PROTOCOLS.md B.3-B.5): a token from another identity provider is exchanged at Google's
+# Security Token Service (STS), and the result may be traded at IAM for a service
+# account's token. Each way of getting the outside token is one small subclass.
+IAM_SCOPE = "https://www.googleapis.com/auth/iam"
+TOKEN_EXCHANGE_GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"
+ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
+AWS_TOKEN_TYPE = "urn:ietf:params:aws:token-type:aws4_request"
+STS_URL_TEMPLATE = "https://sts.{universe_domain}/v1/token"
+IAM_URL_TEMPLATE = (
+    "https://iamcredentials.{universe_domain}/v1/projects/-/serviceAccounts/"
+    "{email}:generateAccessToken"
+)
+DEFAULT_IMPERSONATION_LIFETIME = 3600
+EXECUTABLE_TIMEOUT_MILLIS = 30_000
+IMDSV2_TTL_SECONDS = "300"
+_FEDERATION_FIX = (
+    "recreate the file with `gcloud iam workload-identity-pools create-cred-config` "
+    "(or `gcloud iam workforce-pools create-cred-config`)"
+)
+_WORKFORCE_LOGIN_FIX = (
+    "run `gcloud auth application-default login --login-config=LOGIN_CONFIG_FILE` again"
+)
+
+
+def _optional_str(info: dict, name: str, where: str, fix: str = _FEDERATION_FIX) -> str:
+    """The string field ``name`` of ``info``, "" when absent or null."""
+    value = info.get(name)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise CredentialError(f"{where}: field {name!r} is not a string; {fix}")
+    return value
+
+
+def _target_principal(url: str) -> str:
+    """The service account email in a ``.../serviceAccounts/EMAIL:generateAccessToken`` URL."""
+    start, end = url.rfind("/"), url.find(":generateAccessToken")
+    if start == -1 or end == -1 or start > end or not url[start + 1 : end]:
+        return ""
+    return url[start + 1 : end]
+
+
+# Claims that change with every token issued to the same subject.
+_VOLATILE_CLAIMS = frozenset({"iat", "exp", "nbf", "jti", "auth_time"})
+
+
+def _stable_jwt_claims(token: str) -> str:
+    """A JWT's claims without its times and id, as canonical JSON; "" if not a JWT."""
+    import base64
+    import binascii
+    import json
+
+    parts = token.split(".")
+    if len(parts) != 3:
+        return ""
+    try:
+        payload = base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4))
+        claims = _json_loads(payload)
+    except (binascii.Error, ValueError):
+        return ""
+    if not isinstance(claims, dict):
+        return ""
+    stable = {k: v for k, v in claims.items() if k not in _VOLATILE_CLAIMS}
+    return json.dumps(stable, sort_keys=True, separators=(",", ":"))
+
+
+class ExternalAccount(CredentialSource):
+    """An ``external_account`` file: a subject token exchanged at Google's STS (RFC 8693)."""
+
+    source_name = ""  # how the subject token is found: file, url, executable, aws
+
+    @classmethod
+    def from_info(cls, info: dict, origin: str) -> ExternalAccount:
+        """The subclass for this file's ``credential_source``, in Google's order."""
+        source = info.get("credential_source")
+        if not isinstance(source, dict):
+            state = "missing" if source is None else "not a JSON object"
+            raise CredentialError(
+                f"{origin}: field 'credential_source' is {state}; {_FEDERATION_FIX}"
+            )
+        if info.get("subject_token_type") == AWS_TOKEN_TYPE:
+            return AwsFederation(info, origin)
+        if source.get("executable") is not None:
+            return ExecutableFederation(info, origin)
+        if "environment_id" in source:
+            raise CredentialError(
+                f"{origin}: credential_source.environment_id {source['environment_id']!r} is "
+                f"only for AWS, but subject_token_type is not {AWS_TOKEN_TYPE}; {_FEDERATION_FIX}"
+            )
+        given = [name for name in ("file", "url", "certificate") if source.get(name) is not None]
+        if len(given) != 1:
+            raise CredentialError(
+                f"{origin}: credential_source must have exactly one of 'file', 'url', "
+                f"'executable' or AWS's 'environment_id'; {_FEDERATION_FIX}"
+            )
+        if given == ["certificate"]:
+            raise CredentialError(
+                f"{origin}: X.509 certificate workload identity federation "
+                "(credential_source.certificate) is not supported by artifactregistry-gauth; "
+                "use a file, url, executable or aws credential source, or a service account key"
+            )
+        return FileFederation(info, origin) if given == ["file"] else UrlFederation(info, origin)
+
+    def __init__(self, info: dict, origin: str) -> None:
+        import re
+
+        super().__init__(origin)
+        _require_fields(info, ("audience", "subject_token_type"), origin, _FEDERATION_FIX)
+        self.audience = info["audience"]
+        self.subject_token_type = info["subject_token_type"]
+        self.credential_source = info["credential_source"]
+        self.universe = _optional_str(info, "universe_domain", origin) or DEFAULT_UNIVERSE
+        # gcloud writes token_url; without one, the universe's STS is the documented default.
+        token_url = _optional_str(info, "token_url", origin) or STS_URL_TEMPLATE
+        self.token_url = token_url.replace("{universe_domain}", self.universe)
+        self.client_id = _optional_str(info, "client_id", origin)
+        self.client_secret = _optional_str(info, "client_secret", origin)
+        workforce = re.match(
+            r"//iam\.googleapis\.com/locations/[^/]+/workforcePools/", self.audience
+        )
+        self.user_project = _optional_str(info, "workforce_pool_user_project", origin)
+        if self.user_project and not workforce:
+            raise self.fail(
+                "field 'workforce_pool_user_project' is set but the audience is not a "
+                "workforce pool (//iam.googleapis.com/locations/LOCATION/workforcePools/...)",
+                "remove workforce_pool_user_project, or fix the audience",
+            )
+        federation = "workforce" if workforce else "workload"
+        self.kind = f"{federation} identity federation ({self.source_name})"
+        self.quota_project = os.environ.get("GOOGLE_CLOUD_QUOTA_PROJECT") or _optional_str(
+            info, "quota_project_id", origin
+        )
+        self.impersonation_url = _optional_str(info, "service_account_impersonation_url", origin)
+        self.lifetime = DEFAULT_IMPERSONATION_LIFETIME
+        if self.impersonation_url:
+            self.account = _target_principal(self.impersonation_url)
+            if not self.account:
+                raise self.fail(
+                    "field 'service_account_impersonation_url' does not end in "
+                    "serviceAccounts/EMAIL:generateAccessToken",
+                    _FEDERATION_FIX,
+                )
+            self.lifetime = self._lifetime(info.get("service_account_impersonation"))
+
+    def _lifetime(self, options: object) -> int:
+        if options is None:
+            return DEFAULT_IMPERSONATION_LIFETIME
+        if not isinstance(options, dict):
+            raise self.fail(
+                "field 'service_account_impersonation' is not a JSON object", _FEDERATION_FIX
+            )
+        seconds = options.get("token_lifetime_seconds")
+        if seconds is None:
+            return DEFAULT_IMPERSONATION_LIFETIME
+        if type(seconds) is not int or not 1 <= seconds <= 43200:
+            raise self.fail(
+                "field service_account_impersonation.token_lifetime_seconds is not a whole "
+                "number of seconds from 1 to 43200",
+                "fix it or remove it (the default is 3600)",
+            )
+        return seconds
+
+    def subject_token(self, transport: Transport) -> str:
+        """The token from the other identity provider."""
+        raise NotImplementedError
+
+    def identify(self, transport: Transport) -> str:
+        # The file says where the subject token comes from, not whose it is: on a shared CI
+        # runner the same file serves one job's token, then another's. So the subject is
+        # part of the identity (hashed; it is never stored).
+        self._subject = self.subject_token(transport)
+        return f"{self.identity}:{_short_hash(self.subject_fingerprint(self._subject).encode())}"
+
+    def subject_fingerprint(self, subject_token: str) -> str:
+        """What decides the principal: a JWT's claims (not its times), else the whole token."""
+        return _stable_jwt_claims(subject_token) or subject_token
+
+    def fetch(self, transport: Transport) -> Token:
+        subject_token = self.__dict__.pop("_subject", None) or self.subject_token(transport)
+        # With impersonation the STS token only has to be good enough to call IAM.
+        fields = {
+            "grant_type": TOKEN_EXCHANGE_GRANT,
+            "audience": self.audience,
+            "scope": IAM_SCOPE if self.impersonation_url else SCOPE,
+            "requested_token_type": ACCESS_TOKEN_TYPE,
+            "subject_token": subject_token,
+            "subject_token_type": self.subject_token_type,
+        }
+        headers = {}
+        if self.client_id:
+            headers["Authorization"] = _basic_auth(self.client_id, self.client_secret)
+        elif self.user_project:
+            import json
+            from urllib.parse import quote
+
+            # Encoded once here and again by the form: Google's STS expects exactly that.
+            fields["options"] = quote(json.dumps({"userProject": self.user_project}))
+        _debug("exchanging the %s subject token at %s", self.source_name, self.token_url)
+        try:
+            data = _post_form(transport, self.token_url, fields, "Google's STS", headers)
+            token = _token_from_oauth(data, "Google's STS", self.describe())
+        except TokenEndpointError as exc:
+            fix = "check the audience, and that the pool's provider accepts this subject token"
+            raise self.fail(str(exc), fix if exc.error else "") from None
+        except CredentialError as exc:
+            raise self.fail(str(exc)) from None
+        if not self.impersonation_url:
+            return token
+        try:
+            return _generate_access_token(
+                transport,
+                self.impersonation_url,
+                token.value,
+                None,
+                self.lifetime,
+                self.quota_project,
+                self.describe(),
+            )
+        except TokenEndpointError as exc:
+            raise self.fail(
+                str(exc),
+                f"grant the federated identity roles/iam.workloadIdentityUser on {self.account}",
+            ) from None
+        except CredentialError as exc:
+            raise self.fail(str(exc)) from None
+
+    def _token_format(self) -> tuple[str, str]:
+        """(format type, JSON field name) of a file or url subject token."""
+        form = self.credential_source.get("format") or {}
+        if not isinstance(form, dict):
+            raise self.fail("credential_source.format is not a JSON object", _FEDERATION_FIX)
+        kind = form.get("type") or "text"
+        if kind not in ("text", "json"):
+            raise self.fail(
+                f"credential_source.format.type is {kind!r}, expected 'text' or 'json'",
+                _FEDERATION_FIX,
+            )
+        field = form.get("subject_token_field_name")
+        if kind == "json" and (not isinstance(field, str) or not field):
+            raise self.fail(
+                "credential_source.format.subject_token_field_name is missing (needed for "
+                "the json format)",
+                _FEDERATION_FIX,
+            )
+        return kind, field or ""
+
+    def _parse_subject_token(self, content: str, where: str) -> str:
+        kind, field = self.format
+        token = content
+        if kind == "json":
+            try:
+                data = _json_loads(content)
+                token = data[field]
+            except (ValueError, KeyError, TypeError):
+                raise self.fail(
+                    f"cannot read a subject token from {where}: it is not a JSON object "
+                    f"with the field {field!r}",
+                    "check credential_source.format.subject_token_field_name",
+                ) from None
+        if not isinstance(token, str) or not token:
+            raise self.fail(f"{where} holds no subject token", "check the identity provider")
+        return token
+
+
+class FileFederation(ExternalAccount):
+    """Federation with a subject token read from a file (Kubernetes, Azure, CI systems)."""
+
+    source_name = "file"
+
+    def __init__(self, info: dict, origin: str) -> None:
+        super().__init__(info, origin)
+        self.path = self.credential_source["file"]
+        if not isinstance(self.path, str) or not self.path:
+            raise self.fail("credential_source.file is not a path", _FEDERATION_FIX)
+        self.format = self._token_format()
+
+    def subject_token(self, transport: Transport) -> str:
+        where = f"the subject token file {self.path}"
+        try:
+            content = read_local_text(self.path)  # whole, not stripped, as Google's libraries do
+        except FileNotFoundError:
+            raise self.fail(
+                f"{where} (credential_source.file) was not found",
+                "check that the identity provider's token is written there",
+            ) from None
+        except OSError as exc:
+            raise self.fail(f"cannot read {where} ({exc.strerror})") from None
+        return self._parse_subject_token(content, where)
+
+
+class UrlFederation(ExternalAccount):
+    """Federation with a subject token fetched from a URL (Azure and other metadata services)."""
+
+    source_name = "url"
+
+    def __init__(self, info: dict, origin: str) -> None:
+        from urllib.parse import urlsplit
+
+        super().__init__(info, origin)
+        self.url = self.credential_source["url"]
+        parts = urlsplit(self.url) if isinstance(self.url, str) else None
+        if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+            raise self.fail("credential_source.url is not an http or https URL", _FEDERATION_FIX)
+        self.headers = self.credential_source.get("headers") or {}
+        if not isinstance(self.headers, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in self.headers.items()
+        ):
+            raise self.fail(
+                "credential_source.headers is not an object of string values", _FEDERATION_FIX
+            )
+        self.direct = _is_local_address(parts.hostname)
+        self.format = self._token_format()
+
+    def subject_token(self, transport: Transport) -> str:
+        where = f"the subject token URL {_without_query(self.url)}"
+        try:
+            response = transport.request("GET", self.url, headers=self.headers, direct=self.direct)
+        except CredentialError as exc:
+            raise self.fail(str(exc)) from None
+        if response.status != 200:
+            raise self.fail(
+                f"{where} answered HTTP {response.status}",
+                "check credential_source.url and credential_source.headers",
+            )
+        try:
+            content = response.body.decode("utf-8")
+        except UnicodeDecodeError:
+            raise self.fail(f"{where} answered with something not UTF-8 text") from None
+        return self._parse_subject_token(content, where)
+
+
+class ExecutableFederation(ExternalAccount):
+    """Federation with a subject token printed by a command (PROTOCOLS.md B.3, executable)."""
+
+    source_name = "executable"
+
+    def __init__(self, info: dict, origin: str) -> None:
+        super().__init__(info, origin)
+        executable = self.credential_source["executable"]
+        if not isinstance(executable, dict):
+            raise self.fail("credential_source.executable is not a JSON object", _FEDERATION_FIX)
+        self.command = executable.get("command")
+        if not isinstance(self.command, str) or not self.command.strip():
+            raise self.fail("credential_source.executable.command is missing", _FEDERATION_FIX)
+        millis = executable.get("timeout_millis") or EXECUTABLE_TIMEOUT_MILLIS
+        if type(millis) not in (int, float) or not 5000 <= millis <= 120_000:
+            raise self.fail(
+                "credential_source.executable.timeout_millis must be between 5000 and 120000",
+                "fix it or remove it (the default is 30000)",
+            )
+        self.timeout = millis / 1000
+        self.output_file = executable.get("output_file") or ""
+        if not isinstance(self.output_file, str):
+            raise self.fail(
+                "credential_source.executable.output_file is not a path", _FEDERATION_FIX
+            )
+
+    def subject_token(self, transport: Transport) -> str:
+        if os.environ.get("GOOGLE_EXTERNAL_ACCOUNT_ALLOW_EXECUTABLES") != "1":
+            raise self.fail(
+                "it runs a command (credential_source.executable), and executables are not allowed",
+                "set GOOGLE_EXTERNAL_ACCOUNT_ALLOW_EXECUTABLES=1 if you trust this file",
+            )
+        if self.output_file:
+            token = self._token_from_output_file()
+            if token:
+                _debug("reusing the subject token in %s", self.output_file)
+                return token
+        return self._parse_response(self._run(transport), "the executable's response")
+
+    def _token_from_output_file(self) -> str:
+        try:
+            # Ours only: in a shared directory such as /tmp another user could plant a token.
+            response = _json_loads(read_local_file(self.output_file, owned=True))
+        except FileNotFoundError:
+            return ""  # not written yet: run the executable
+        except OSError as exc:
+            _debug("not using the output file %s: %s", self.output_file, exc.strerror)
+            return ""
+        except ValueError:
+            return ""  # half-written: run the executable
+        if not isinstance(response, dict):
+            return ""
+        try:
+            token = self._parse_response(response, f"the output file {self.output_file}")
+        except _StaleResponseError:
+            return ""
+        # Without an expiry a saved token cannot be trusted to be still good.
+        return token if "expiration_time" in response else ""
+
+    def _run(self, transport: Transport) -> object:
+        import shlex
+        import subprocess
+
+        try:
+            argv = shlex.split(self.command)
+        except ValueError as exc:
+            argv, problem = [], f"cannot be split into words ({exc})"
+        else:
+            problem = "is empty"
+        if not argv:
+            raise self.fail(f"credential_source.executable.command {problem}", _FEDERATION_FIX)
+        env = dict(os.environ)
+        env.update(
+            GOOGLE_EXTERNAL_ACCOUNT_AUDIENCE=self.audience,
+            GOOGLE_EXTERNAL_ACCOUNT_TOKEN_TYPE=self.subject_token_type,
+            GOOGLE_EXTERNAL_ACCOUNT_ID=self.account,
+            GOOGLE_EXTERNAL_ACCOUNT_INTERACTIVE="0",
+            GOOGLE_EXTERNAL_ACCOUNT_REVOKE="0",
+        )
+        if self.impersonation_url:
+            env["GOOGLE_EXTERNAL_ACCOUNT_IMPERSONATED_EMAIL"] = self.account
+        if self.output_file:
+            env["GOOGLE_EXTERNAL_ACCOUNT_OUTPUT_FILE"] = self.output_file
+        # timeout_millis bounds the executable (an SSO helper may wait for a person), not the
+        # network budget; the budget is given back afterwards for the exchange that follows.
+        timeout = self.timeout
+        started = _monotonic()
+        _debug("running %s", argv[0])
+        try:
+            done = _run_capped(argv, env, timeout)  # stderr apart: a warning cannot spoil the JSON
+        except subprocess.TimeoutExpired:
+            raise self.fail(
+                f"the executable did not finish within {timeout:.1f} s",
+                "fix the command or raise credential_source.executable.timeout_millis",
+            ) from None
+        except _OutputTooLargeError as exc:
+            raise self.fail(f"the executable {exc}", _EXECUTABLE_FIX) from None
+        except OSError as exc:
+            raise self.fail(
+                f"cannot run the executable {argv[0]!r} ({exc.strerror or exc})",
+                "fix credential_source.executable.command",
+            ) from None
+        transport.deadline += _monotonic() - started
+        output = done.stdout.decode("utf-8", "replace").strip()
+        if not output and self.output_file and done.returncode == 0:
+            try:
+                output = read_local_text(self.output_file, owned=True)
+            except OSError as exc:
+                raise self.fail(
+                    f"the executable printed nothing and its output file {self.output_file} "
+                    f"cannot be read ({exc.strerror})"
+                ) from None
+        try:
+            response = _json_loads(output)
+        except ValueError:
+            response = None
+        if done.returncode != 0:
+            if isinstance(response, dict) and response.get("success") is False:
+                self._parse_response(response, "the executable's response")
+            said = _last_line(done.stderr)
+            raise self.fail(
+                f"the executable exited with code {done.returncode}"
+                + (f" and said: {said}" if said else ""),
+                "run the command by hand to see what is wrong",
+            )
+        if not isinstance(response, dict):
+            raise self.fail(
+                "the executable's response is not a JSON object",
+                "it must print the JSON response documented for executable-sourced credentials",
+            )
+        return response
+
+    def _parse_response(self, response: dict, where: str) -> str:
+        """The subject token of a response; _StaleResponseError if running again may help."""
+        version = response.get("version")
+        if type(version) is not int:
+            problem = "no version field" if version is None else "a version that is not a number"
+            raise self.fail(f"{where} has {problem}", _EXECUTABLE_FIX)
+        if version > 1:
+            raise _StaleResponseError(
+                f"{self.origin}: {where} has version {version}, and only version 1 is "
+                "supported; update the executable or artifactregistry-gauth"
+            )
+        success = response.get("success")
+        if type(success) is not bool:
+            raise self.fail(f"{where} has no success field", _EXECUTABLE_FIX)
+        if not success:
+            code, message = response.get("code"), response.get("message")
+            if code is None or message is None:
+                raise self.fail(
+                    f"{where} says it failed but has no code and message fields",
+                    _EXECUTABLE_FIX,
+                )
+            raise _StaleResponseError(
+                f"{self.origin}: the executable failed: {str(code)[:100]}: {str(message)[:300]}"
+            )
+        expiration = response.get("expiration_time")
+        if expiration is not None:
+            if type(expiration) not in (int, float):
+                raise self.fail(f"{where} has an expiration_time that is not a number")
+            if expiration < _now():
+                raise _StaleResponseError(
+                    f"{self.origin}: the token in {where} has expired (expiration_time "
+                    f"{int(expiration)}); the executable must print a fresh one"
+                )
+        token_type = response.get("token_type")
+        if not isinstance(token_type, str):
+            raise self.fail(f"{where} has no token_type field", _EXECUTABLE_FIX)
+        field = _EXECUTABLE_TOKEN_FIELDS.get(token_type)
+        if field is None:
+            raise _StaleResponseError(
+                f"{self.origin}: {where} has the unsupported token_type {token_type[:100]!r}; "
+                + _EXECUTABLE_FIX
+            )
+        token = response.get(field)
+        if not isinstance(token, str) or not token:
+            raise self.fail(f"{where} has no {field} field", _EXECUTABLE_FIX)
+        return token
+
+
+_EXECUTABLE_TOKEN_FIELDS = {
+    "urn:ietf:params:oauth:token-type:jwt": "id_token",
+    "urn:ietf:params:oauth:token-type:id_token": "id_token",
+    "urn:ietf:params:oauth:token-type:saml2": "saml_response",
+}
+_EXECUTABLE_FIX = (
+    "the executable must print the JSON response documented for executable-sourced credentials"
+)
+
+
+def _last_line(data: bytes) -> str:
+    lines = [ln.strip() for ln in data.decode("utf-8", "replace").splitlines() if ln.strip()]
+    return lines[-1][:300] if lines else ""
+
+
+class AwsFederation(ExternalAccount):
+    """Federation from AWS: a SigV4-signed GetCallerIdentity request is the subject token."""
+
+    source_name = "aws"
+
+    def __init__(self, info: dict, origin: str) -> None:
+        import re
+        from urllib.parse import urlsplit
+
+        super().__init__(info, origin)
+        source = self.credential_source
+        environment = source.get("environment_id")
+        match = re.fullmatch(r"aws(\d+)", environment) if isinstance(environment, str) else None
+        if match is None:
+            raise self.fail(
+                f"credential_source.environment_id is {environment!r}, expected 'aws1'",
+                _FEDERATION_FIX,
+            )
+        if match.group(1) != "1":
+            raise self.fail(
+                f"credential_source.environment_id {environment!r} is not supported, only 'aws1'",
+                _FEDERATION_FIX,
+            )
+        where = "credential_source"
+        self.verification_url = _optional_str(source, "regional_cred_verification_url", where)
+        parts = urlsplit(self.verification_url.replace("{region}", "region"))
+        if parts.scheme != "https" or not parts.hostname:
+            raise self.fail(
+                "credential_source.regional_cred_verification_url is not an https URL",
+                _FEDERATION_FIX,
+            )
+        self.region_url = _optional_str(source, "region_url", where)
+        self.credentials_url = _optional_str(source, "url", where)
+        self.imdsv2_url = _optional_str(source, "imdsv2_session_token_url", where)
+        for name, url in (
+            ("region_url", self.region_url),
+            ("url", self.credentials_url),
+            ("imdsv2_session_token_url", self.imdsv2_url),
+        ):
+            if url and urlsplit(url).scheme not in ("http", "https"):
+                raise self.fail(f"credential_source.{name} is not an http URL", _FEDERATION_FIX)
+
+    def identify(self, transport: Transport) -> str:
+        # The signed request carries a timestamp, so it differs every time; the AWS
+        # credentials that sign it decide the principal (hashed, never stored).
+        self._aws = self._region_and_credentials(transport)
+        return f"{self.identity}:{_short_hash(_json_compact(self._aws))}"
+
+    def _region_and_credentials(self, transport: Transport) -> tuple:
+        metadata = _AwsMetadata(self, transport)
+        return (metadata.region(), *metadata.credentials())
+
+    def subject_token(self, transport: Transport) -> str:
+        import json
+        from urllib.parse import quote
+
+        aws = self.__dict__.pop("_aws", None) or self._region_and_credentials(transport)
+        region, key_id, secret, session_token = aws
+        url = self.verification_url.replace("{region}", region)
+        headers = aws_sigv4_headers("POST", url, region, key_id, secret, session_token, _now())
+        # Added after signing: STS checks it, AWS never sees it.
+        headers["x-goog-cloud-target-resource"] = self.audience
+        request = {
+            "url": url,
+            "method": "POST",
+            "headers": [{"key": key, "value": value} for key, value in headers.items()],
+        }
+        return quote(json.dumps(request, separators=(",", ":"), sort_keys=True))
+
+
+class _AwsMetadata:
+    """Region and credentials from the environment, else from the AWS instance metadata."""
+
+    def __init__(self, source: AwsFederation, transport: Transport) -> None:
+        self.source = source
+        self.transport = transport
+        self._session_headers: dict | None = None
+
+    def region(self) -> str:
+        region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+        if region:
+            return region
+        if not self.source.region_url:
+            raise self.source.fail(
+                "the AWS region is unknown",
+                "set AWS_REGION, or credential_source.region_url",
+            )
+        zone = self._get(self.source.region_url, "the availability zone").strip()
+        if len(zone) < 2:
+            raise self.source.fail("the AWS metadata server sent an empty availability zone")
+        return zone[:-1]  # us-east-2b is in us-east-2
+
+    def credentials(self) -> tuple[str, str, str]:
+        key_id = os.environ.get("AWS_ACCESS_KEY_ID")
+        secret = os.environ.get("AWS_SECRET_ACCESS_KEY")
+        if key_id and secret:
+            return key_id, secret, os.environ.get("AWS_SESSION_TOKEN", "")
+        url = self.source.credentials_url
+        if not url:
+            raise self.source.fail(
+                "no AWS credentials",
+                "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or credential_source.url",
+            )
+        role = self._get(url, "the instance role name").strip()
+        if not role or "/" in role:
+            raise self.source.fail("the AWS metadata server sent no usable role name")
+        data = self._json(f"{url.rstrip('/')}/{role}", "the role's credentials")
+        values = [data.get(name) for name in ("AccessKeyId", "SecretAccessKey", "Token")]
+        if not all(isinstance(value, str) and value for value in values[:2]):
+            raise self.source.fail(
+                "the AWS metadata server's credentials lack AccessKeyId or SecretAccessKey"
+            )
+        return values[0], values[1], values[2] if isinstance(values[2], str) else ""
+
+    def _headers(self) -> dict:
+        """The IMDSv2 session header, fetched once per lookup when the file asks for it."""
+        if self._session_headers is None:
+            self._session_headers = {}
+            if self.source.imdsv2_url:
+                response = self._request(
+                    "PUT",
+                    self.source.imdsv2_url,
+                    {"X-aws-ec2-metadata-token-ttl-seconds": IMDSV2_TTL_SECONDS},
+                    "an IMDSv2 session token",
+                )
+                token = response.body.decode("ascii", "replace").strip()
+                self._session_headers = {"X-aws-ec2-metadata-token": token}
+        return self._session_headers
+
+    def _get(self, url: str, what: str) -> str:
+        return self._request("GET", url, self._headers(), what).body.decode("utf-8", "replace")
+
+    def _json(self, url: str, what: str) -> dict:
+
+        body = self._request("GET", url, self._headers(), what).body
+        try:
+            data = _json_loads(body)
+        except ValueError:
+            data = None
+        if not isinstance(data, dict):
+            raise self.source.fail(f"the AWS metadata server sent {what} as something not JSON")
+        return data
+
+    def _request(self, method: str, url: str, headers: dict, what: str) -> Response:
+        # Instance metadata is this machine's own: never through a proxy.
+        try:
+            response = self.transport.request(method, url, headers=headers, direct=True)
+        except CredentialError as exc:
+            raise self.source.fail(f"no AWS metadata ({exc})") from None
+        if response.status != 200:
+            raise self.source.fail(
+                f"the AWS metadata server answered HTTP {response.status} for {what} "
+                f"({_without_query(url)})",
+                "check the instance's IAM role, or set the AWS_* variables",
+            )
+        return response
+
+
+class ExternalAccountUser(CredentialSource):
+    """A workforce identity user's refresh token (``external_account_authorized_user``)."""
+
+    kind = "workforce user"
+
+    def __init__(self, info: dict, origin: str) -> None:
+        super().__init__(origin)
+        names = ("refresh_token", "token_url", "client_id", "client_secret")
+        _require_fields(info, names, origin, _WORKFORCE_LOGIN_FIX)
+        self.token_url = info["token_url"]
+        self.client_auth = _basic_auth(info["client_id"], info["client_secret"])
+        self.refresh_token = info["refresh_token"]
+        self.universe = _optional_str(info, "universe_domain", origin) or DEFAULT_UNIVERSE
+        self.quota_project = _optional_str(info, "quota_project_id", origin)
+
+    def fetch(self, transport: Transport) -> Token:
+        fields = {"grant_type": "refresh_token", "refresh_token": self.refresh_token}
+        headers = {"Authorization": self.client_auth}
+        try:
+            data = _post_form(transport, self.token_url, fields, "Google's STS", headers)
+            return _token_from_oauth(data, "Google's STS", self.describe())
+        except TokenEndpointError as exc:
+            fix = ""
+            if exc.error in ("invalid_grant", "invalid_client", "unauthorized_client"):
+                fix = "the login has expired or was revoked; " + _WORKFORCE_LOGIN_FIX
+            raise self.fail(str(exc), fix) from None
+        except CredentialError as exc:
+            raise self.fail(str(exc)) from None
+
+
+_IMPERSONATION_SOURCES = {
+    "authorized_user": AuthorizedUser,
+    "service_account": ServiceAccountKey,
+    "external_account_authorized_user": ExternalAccountUser,
+}
+_IMPERSONATION_FIX = (
+    "recreate it with `gcloud auth application-default login "
+    "--impersonate-service-account=SA_EMAIL`"
+)
+
+
+class ImpersonatedServiceAccount(CredentialSource):
+    """A service account impersonated by another credential (``impersonated_service_account``)."""
+
+    kind = "impersonated service account"
+
+    def __init__(self, info: dict, origin: str) -> None:
+        super().__init__(origin)
+        fix = _IMPERSONATION_FIX
+        _require_fields(info, ("service_account_impersonation_url",), origin, fix)
+        self.account = _target_principal(info["service_account_impersonation_url"])
+        if not self.account:
+            raise self.fail(
+                "field 'service_account_impersonation_url' does not end in "
+                "serviceAccounts/EMAIL:generateAccessToken",
+                fix,
+            )
+        source_info = info.get("source_credentials")
+        if not isinstance(source_info, dict):
+            state = "missing" if source_info is None else "not a JSON object"
+            raise self.fail(f"field 'source_credentials' is {state}", fix)
+        source_type = source_info.get("type")
+        if source_type not in _IMPERSONATION_SOURCES:
+            expected = ", ".join(_IMPERSONATION_SOURCES)
+            hint = fix
+            if source_type == "external_account":
+                hint = "put service_account_impersonation_url into the external_account file itself"
+            raise self.fail(
+                f"source_credentials of type {source_type!r} cannot be impersonated from "
+                f"(expected one of {expected})",
+                hint,
+            )
+        self.source = _IMPERSONATION_SOURCES[source_type](
+            source_info, f"{origin} (source_credentials)"
+        )
+        if isinstance(self.source, ServiceAccountKey):
+            self.source.scope = IAM_SCOPE  # enough to call IAM, as Google's libraries ask
+        self.delegates = info.get("delegates")
+        if self.delegates is not None and not (
+            isinstance(self.delegates, list) and all(isinstance(d, str) for d in self.delegates)
+        ):
+            raise self.fail("field 'delegates' is not a list of service account emails", fix)
+        # The request goes to the universe's standard endpoint: the URL only names the account.
+        universe = getattr(self.source, "universe", DEFAULT_UNIVERSE)
+        self.iam_url = IAM_URL_TEMPLATE.format(universe_domain=universe, email=self.account)
+        self.quota_project = _optional_str(source_info, "quota_project_id", origin)
+
+    def fetch(self, transport: Transport) -> Token:
+        source_token = self.source.fetch(transport)
+        try:
+            return _generate_access_token(
+                transport,
+                self.iam_url,
+                source_token.value,
+                self.delegates,
+                DEFAULT_IMPERSONATION_LIFETIME,
+                self.quota_project,
+                self.describe(),
+            )
+        except TokenEndpointError as exc:
+            raise self.fail(
+                str(exc),
+                f"grant the source account roles/iam.serviceAccountTokenCreator on {self.account}",
+            ) from None
+        except CredentialError as exc:
+            raise self.fail(str(exc)) from None
+
+
+# --- reading an ADC file: its type decides the source --------------------------------------
+
+
+ADC_FILE_TYPES = {
+    "service_account": ServiceAccountKey,
+    "authorized_user": AuthorizedUser,
+    "external_account": ExternalAccount.from_info,
+    "external_account_authorized_user": ExternalAccountUser,
+    "impersonated_service_account": ImpersonatedServiceAccount,
+}
+_UNSUPPORTED_TYPES = {
+    "gdch_service_account": "Google Distributed Cloud Hosted service accounts",
+}
+
+
+def well_known_adc_file() -> str:
+    return os.path.join(gcloud_config_dir(), "application_default_credentials.json")
+
+
+def load_adc_file(path: str, origin: str) -> CredentialSource:
+    """Build the credential source an ADC JSON file describes; CredentialError if broken."""
+
+    try:
+        raw = read_local_file(path)
+    except FileNotFoundError:
+        raise CredentialError(
+            f"{path} (named by {origin}) was not found; point {origin} at a credentials "
+            "JSON file or unset it"
+        ) from None
+    except OSError as exc:
+        raise CredentialError(
+            f"{path}: cannot read it ({exc.strerror}); point {origin} at a credentials JSON file"
+        ) from None
+    try:
+        info = _json_loads(raw)
+    except UnicodeDecodeError:
+        raise CredentialError(f"{path} is not a valid JSON file (not UTF-8 text)") from None
+    except ValueError as exc:
+        if hasattr(exc, "lineno"):
+            problem = f"{exc.msg} at line {exc.lineno} column {exc.colno}"
+        else:
+            problem = str(exc)
+        raise CredentialError(f"{path} is not a valid JSON file ({problem})") from None
+    if not isinstance(info, dict):
+        raise CredentialError(f"{path} is not a credentials file (expected a JSON object)")
+    kind = info.get("type")
+    if kind is not None and not isinstance(kind, str):
+        kind = _json_text(kind)[:40]  # a list or number is no valid type either
+    if kind in ADC_FILE_TYPES:
+        source = ADC_FILE_TYPES[kind](info, path)
+        source.content_hash = _short_hash(raw)
+        return source
+    if kind in _UNSUPPORTED_TYPES:
+        raise CredentialError(
+            f"{path}: {_UNSUPPORTED_TYPES[kind]} ({kind}) are not supported by "
+            "artifactregistry-gauth; use a service account key or gcloud"
+        )
+    expected = ", ".join(sorted(ADC_FILE_TYPES))
+    raise CredentialError(
+        f"{path} does not have a valid type: type is {kind!r}, expected one of {expected}"
+    )
+
+
+# --- the metadata server (GCE, GKE, Cloud Run, Cloud Build) ---------------------------------
+
+
+# Off Google Cloud the metadata address is usually a black hole: wait briefly, once.
+# When the hardware says Google, wait and retry as google-auth does (GCE_METADATA_TIMEOUT,
+# GCE_METADATA_DETECT_RETRIES): a new GKE pod's metadata server refuses for a few seconds.
+METADATA_PING_TIMEOUT = 0.5
+METADATA_PING_TIMEOUT_ON_GCE = 3.0
+METADATA_DETECT_RETRIES = 3
+METADATA_MAX_DETECT_RETRIES = 10
+METADATA_ATTEMPTS_ON_GCE = 5  # for the data requests, as google-auth's retry_count
+DMI_PRODUCT_NAME = "/sys/class/dmi/id/product_name"
+BOOT_ID = "/proc/sys/kernel/random/boot_id"
+# A ping that waited out its timeout (a black-holed address, off Google hardware) is
+# remembered for this long, so warm calls skip it; a refusal costs nothing and is not.
+METADATA_ABSENT_MEMORY = 10 * 60
+# Which service account and instance the metadata server speaks for, remembered per
+# machine and boot so that a warm call on Google Cloud needs no request at all.
+METADATA_IDENTITY_MEMORY = 5 * 60
 
 
 class MetadataServer(CredentialSource):
@@ -1259,15 +1606,6 @@ def _dmi_product_name() -> str:
     return _system_text(DMI_PRODUCT_NAME, 256)
 
 
-def _system_text(path: str, limit: int) -> str:
-    """The first ``limit`` characters of a kernel-provided file, stripped; "" if unreadable."""
-    try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            return f.read(limit).strip()
-    except OSError:
-        return ""
-
-
 def _is_host_and_port(authority: str) -> bool:
     import re
 
@@ -1404,6 +1742,9 @@ def _age(at: float) -> str:
     return f"{seconds // 60} min" if seconds >= 60 else f"{seconds} s"
 
 
+# --- the gcloud CLI: its access token file, its config-helper, its settings ----------------
+
+
 class GcloudAccessTokenFile(CredentialSource):
     """A token file named by gcloud's ``auth/access_token_file``, as gcloud itself honours."""
 
@@ -1494,34 +1835,6 @@ class GcloudCli(CredentialSource):
             raise self.fail("gcloud has no access token for the active account", LOGIN_HINT)
         self.account = account or self.account
         return Token(value, expiry, self.describe())
-
-
-def _kill(process, group: bool) -> None:
-    """Kill the process and what it started (gcloud.cmd runs Python as a child on Windows)."""
-    import signal
-    import subprocess
-
-    try:
-        if group:
-            os.killpg(process.pid, signal.SIGKILL)
-        elif os.name == "nt":
-            system = os.environ.get("SystemRoot", "C:\\Windows")  # not PATH: planted copies
-            subprocess.run(
-                [
-                    os.path.join(system, "System32", "taskkill.exe"),
-                    "/F",
-                    "/T",
-                    "/PID",
-                    str(process.pid),
-                ],
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                timeout=10,
-            )
-        else:
-            process.kill()
-    except (OSError, subprocess.SubprocessError):
-        process.kill()  # the tree could not be ended: at least the process itself
 
 
 def parse_config_helper(stdout: bytes) -> tuple[str, float | None, str]:
@@ -1791,1169 +2104,7 @@ def _read_gcloud_properties(path: str) -> dict:
     return found
 
 
-# Workload and workforce identity federation and service-account impersonation
-# (PROTOCOLS.md B.3-B.5): a token from another identity provider is exchanged at Google's
-# Security Token Service (STS), and the result may be traded at IAM for a service
-# account's token. Each way of getting the outside token is one small subclass.
-
-IAM_SCOPE = "https://www.googleapis.com/auth/iam"
-TOKEN_EXCHANGE_GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"
-ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
-AWS_TOKEN_TYPE = "urn:ietf:params:aws:token-type:aws4_request"
-STS_URL_TEMPLATE = "https://sts.{universe_domain}/v1/token"
-IAM_URL_TEMPLATE = (
-    "https://iamcredentials.{universe_domain}/v1/projects/-/serviceAccounts/"
-    "{email}:generateAccessToken"
-)
-DEFAULT_IMPERSONATION_LIFETIME = 3600
-EXECUTABLE_TIMEOUT_MILLIS = 30_000
-IMDSV2_TTL_SECONDS = "300"
-_FEDERATION_FIX = (
-    "recreate the file with `gcloud iam workload-identity-pools create-cred-config` "
-    "(or `gcloud iam workforce-pools create-cred-config`)"
-)
-_WORKFORCE_LOGIN_FIX = (
-    "run `gcloud auth application-default login --login-config=LOGIN_CONFIG_FILE` again"
-)
-
-
-def _optional_str(info: dict, name: str, where: str, fix: str = _FEDERATION_FIX) -> str:
-    """The string field ``name`` of ``info``, "" when absent or null."""
-    value = info.get(name)
-    if value is None:
-        return ""
-    if not isinstance(value, str):
-        raise CredentialError(f"{where}: field {name!r} is not a string; {fix}")
-    return value
-
-
-def _target_principal(url: str) -> str:
-    """The service account email in a ``.../serviceAccounts/EMAIL:generateAccessToken`` URL."""
-    start, end = url.rfind("/"), url.find(":generateAccessToken")
-    if start == -1 or end == -1 or start > end or not url[start + 1 : end]:
-        return ""
-    return url[start + 1 : end]
-
-
-def _basic_auth(client_id: str, client_secret: str) -> str:
-    import base64
-
-    pair = f"{client_id}:{client_secret or ''}".encode()
-    return "Basic " + base64.b64encode(pair).decode("ascii")
-
-
-# Claims that change with every token issued to the same subject.
-_VOLATILE_CLAIMS = frozenset({"iat", "exp", "nbf", "jti", "auth_time"})
-
-
-def _stable_jwt_claims(token: str) -> str:
-    """A JWT's claims without its times and id, as canonical JSON; "" if not a JWT."""
-    import base64
-    import binascii
-    import json
-
-    parts = token.split(".")
-    if len(parts) != 3:
-        return ""
-    try:
-        payload = base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4))
-        claims = _json_loads(payload)
-    except (binascii.Error, ValueError):
-        return ""
-    if not isinstance(claims, dict):
-        return ""
-    stable = {k: v for k, v in claims.items() if k not in _VOLATILE_CLAIMS}
-    return json.dumps(stable, sort_keys=True, separators=(",", ":"))
-
-
-def _is_local_address(host: str) -> bool:
-    """Loopback or link-local: metadata services that a proxy must never see."""
-    import ipaddress
-
-    if _is_loopback_host(host):
-        return True
-    try:
-        address = ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        return False
-    return address.is_loopback or address.is_link_local
-
-
-def _generate_access_token(
-    transport: Transport,
-    url: str,
-    bearer: str,
-    delegates: list | None,
-    lifetime: int,
-    quota_project: str,
-    source: str,
-) -> Token:
-    """Trade a token for a service account's at IAM's generateAccessToken (PROTOCOLS.md B.4)."""
-    import json
-
-    _check_endpoint(url, "IAM credentials")
-    body = {"delegates": delegates, "scope": [SCOPE], "lifetime": f"{lifetime}s"}
-    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {bearer}"}
-    if quota_project:
-        headers["x-goog-user-project"] = quota_project
-    _debug("asking IAM for a token of %s", _target_principal(url))
-    response = transport.request(
-        "POST", url, body=json.dumps(body).encode("utf-8"), headers=headers
-    )
-    data = _token_response_json(response, url, "IAM generateAccessToken", [bearer])
-    value, expire_time = data.get("accessToken"), data.get("expireTime")
-    if not isinstance(value, str) or not value:
-        raise CredentialError("IAM generateAccessToken answered without an accessToken")
-    try:
-        expiry = _parse_rfc3339(expire_time)
-    except (AttributeError, ValueError):
-        raise CredentialError(
-            "IAM generateAccessToken answered without a valid expireTime"
-        ) from None
-    return Token(value, expiry, source)
-
-
-class ExternalAccount(CredentialSource):
-    """An ``external_account`` file: a subject token exchanged at Google's STS (RFC 8693)."""
-
-    source_name = ""  # how the subject token is found: file, url, executable, aws
-
-    @classmethod
-    def from_info(cls, info: dict, origin: str) -> ExternalAccount:
-        """The subclass for this file's ``credential_source``, in Google's order."""
-        source = info.get("credential_source")
-        if not isinstance(source, dict):
-            state = "missing" if source is None else "not a JSON object"
-            raise CredentialError(
-                f"{origin}: field 'credential_source' is {state}; {_FEDERATION_FIX}"
-            )
-        if info.get("subject_token_type") == AWS_TOKEN_TYPE:
-            return AwsFederation(info, origin)
-        if source.get("executable") is not None:
-            return ExecutableFederation(info, origin)
-        if "environment_id" in source:
-            raise CredentialError(
-                f"{origin}: credential_source.environment_id {source['environment_id']!r} is "
-                f"only for AWS, but subject_token_type is not {AWS_TOKEN_TYPE}; {_FEDERATION_FIX}"
-            )
-        given = [name for name in ("file", "url", "certificate") if source.get(name) is not None]
-        if len(given) != 1:
-            raise CredentialError(
-                f"{origin}: credential_source must have exactly one of 'file', 'url', "
-                f"'executable' or AWS's 'environment_id'; {_FEDERATION_FIX}"
-            )
-        if given == ["certificate"]:
-            raise CredentialError(
-                f"{origin}: X.509 certificate workload identity federation "
-                "(credential_source.certificate) is not supported by artifactregistry-gauth; "
-                "use a file, url, executable or aws credential source, or a service account key"
-            )
-        return FileFederation(info, origin) if given == ["file"] else UrlFederation(info, origin)
-
-    def __init__(self, info: dict, origin: str) -> None:
-        import re
-
-        super().__init__(origin)
-        _require_fields(info, ("audience", "subject_token_type"), origin, _FEDERATION_FIX)
-        self.audience = info["audience"]
-        self.subject_token_type = info["subject_token_type"]
-        self.credential_source = info["credential_source"]
-        self.universe = _optional_str(info, "universe_domain", origin) or DEFAULT_UNIVERSE
-        # gcloud writes token_url; without one, the universe's STS is the documented default.
-        token_url = _optional_str(info, "token_url", origin) or STS_URL_TEMPLATE
-        self.token_url = token_url.replace("{universe_domain}", self.universe)
-        self.client_id = _optional_str(info, "client_id", origin)
-        self.client_secret = _optional_str(info, "client_secret", origin)
-        workforce = re.match(
-            r"//iam\.googleapis\.com/locations/[^/]+/workforcePools/", self.audience
-        )
-        self.user_project = _optional_str(info, "workforce_pool_user_project", origin)
-        if self.user_project and not workforce:
-            raise self.fail(
-                "field 'workforce_pool_user_project' is set but the audience is not a "
-                "workforce pool (//iam.googleapis.com/locations/LOCATION/workforcePools/...)",
-                "remove workforce_pool_user_project, or fix the audience",
-            )
-        federation = "workforce" if workforce else "workload"
-        self.kind = f"{federation} identity federation ({self.source_name})"
-        self.quota_project = os.environ.get("GOOGLE_CLOUD_QUOTA_PROJECT") or _optional_str(
-            info, "quota_project_id", origin
-        )
-        self.impersonation_url = _optional_str(info, "service_account_impersonation_url", origin)
-        self.lifetime = DEFAULT_IMPERSONATION_LIFETIME
-        if self.impersonation_url:
-            self.account = _target_principal(self.impersonation_url)
-            if not self.account:
-                raise self.fail(
-                    "field 'service_account_impersonation_url' does not end in "
-                    "serviceAccounts/EMAIL:generateAccessToken",
-                    _FEDERATION_FIX,
-                )
-            self.lifetime = self._lifetime(info.get("service_account_impersonation"))
-
-    def _lifetime(self, options: object) -> int:
-        if options is None:
-            return DEFAULT_IMPERSONATION_LIFETIME
-        if not isinstance(options, dict):
-            raise self.fail(
-                "field 'service_account_impersonation' is not a JSON object", _FEDERATION_FIX
-            )
-        seconds = options.get("token_lifetime_seconds")
-        if seconds is None:
-            return DEFAULT_IMPERSONATION_LIFETIME
-        if type(seconds) is not int or not 1 <= seconds <= 43200:
-            raise self.fail(
-                "field service_account_impersonation.token_lifetime_seconds is not a whole "
-                "number of seconds from 1 to 43200",
-                "fix it or remove it (the default is 3600)",
-            )
-        return seconds
-
-    def subject_token(self, transport: Transport) -> str:
-        """The token from the other identity provider."""
-        raise NotImplementedError
-
-    def identify(self, transport: Transport) -> str:
-        # The file says where the subject token comes from, not whose it is: on a shared CI
-        # runner the same file serves one job's token, then another's. So the subject is
-        # part of the identity (hashed; it is never stored).
-        self._subject = self.subject_token(transport)
-        return f"{self.identity}:{_short_hash(self.subject_fingerprint(self._subject).encode())}"
-
-    def subject_fingerprint(self, subject_token: str) -> str:
-        """What decides the principal: a JWT's claims (not its times), else the whole token."""
-        return _stable_jwt_claims(subject_token) or subject_token
-
-    def fetch(self, transport: Transport) -> Token:
-        subject_token = self.__dict__.pop("_subject", None) or self.subject_token(transport)
-        # With impersonation the STS token only has to be good enough to call IAM.
-        fields = {
-            "grant_type": TOKEN_EXCHANGE_GRANT,
-            "audience": self.audience,
-            "scope": IAM_SCOPE if self.impersonation_url else SCOPE,
-            "requested_token_type": ACCESS_TOKEN_TYPE,
-            "subject_token": subject_token,
-            "subject_token_type": self.subject_token_type,
-        }
-        headers = {}
-        if self.client_id:
-            headers["Authorization"] = _basic_auth(self.client_id, self.client_secret)
-        elif self.user_project:
-            import json
-            from urllib.parse import quote
-
-            # Encoded once here and again by the form: Google's STS expects exactly that.
-            fields["options"] = quote(json.dumps({"userProject": self.user_project}))
-        _debug("exchanging the %s subject token at %s", self.source_name, self.token_url)
-        try:
-            data = _post_form(transport, self.token_url, fields, "Google's STS", headers)
-            token = _token_from_oauth(data, "Google's STS", self.describe())
-        except TokenEndpointError as exc:
-            fix = "check the audience, and that the pool's provider accepts this subject token"
-            raise self.fail(str(exc), fix if exc.error else "") from None
-        except CredentialError as exc:
-            raise self.fail(str(exc)) from None
-        if not self.impersonation_url:
-            return token
-        try:
-            return _generate_access_token(
-                transport,
-                self.impersonation_url,
-                token.value,
-                None,
-                self.lifetime,
-                self.quota_project,
-                self.describe(),
-            )
-        except TokenEndpointError as exc:
-            raise self.fail(
-                str(exc),
-                f"grant the federated identity roles/iam.workloadIdentityUser on {self.account}",
-            ) from None
-        except CredentialError as exc:
-            raise self.fail(str(exc)) from None
-
-    def _token_format(self) -> tuple[str, str]:
-        """(format type, JSON field name) of a file or url subject token."""
-        form = self.credential_source.get("format") or {}
-        if not isinstance(form, dict):
-            raise self.fail("credential_source.format is not a JSON object", _FEDERATION_FIX)
-        kind = form.get("type") or "text"
-        if kind not in ("text", "json"):
-            raise self.fail(
-                f"credential_source.format.type is {kind!r}, expected 'text' or 'json'",
-                _FEDERATION_FIX,
-            )
-        field = form.get("subject_token_field_name")
-        if kind == "json" and (not isinstance(field, str) or not field):
-            raise self.fail(
-                "credential_source.format.subject_token_field_name is missing (needed for "
-                "the json format)",
-                _FEDERATION_FIX,
-            )
-        return kind, field or ""
-
-    def _parse_subject_token(self, content: str, where: str) -> str:
-        kind, field = self.format
-        token = content
-        if kind == "json":
-            try:
-                data = _json_loads(content)
-                token = data[field]
-            except (ValueError, KeyError, TypeError):
-                raise self.fail(
-                    f"cannot read a subject token from {where}: it is not a JSON object "
-                    f"with the field {field!r}",
-                    "check credential_source.format.subject_token_field_name",
-                ) from None
-        if not isinstance(token, str) or not token:
-            raise self.fail(f"{where} holds no subject token", "check the identity provider")
-        return token
-
-
-class FileFederation(ExternalAccount):
-    """Federation with a subject token read from a file (Kubernetes, Azure, CI systems)."""
-
-    source_name = "file"
-
-    def __init__(self, info: dict, origin: str) -> None:
-        super().__init__(info, origin)
-        self.path = self.credential_source["file"]
-        if not isinstance(self.path, str) or not self.path:
-            raise self.fail("credential_source.file is not a path", _FEDERATION_FIX)
-        self.format = self._token_format()
-
-    def subject_token(self, transport: Transport) -> str:
-        where = f"the subject token file {self.path}"
-        try:
-            content = read_local_text(self.path)  # whole, not stripped, as Google's libraries do
-        except FileNotFoundError:
-            raise self.fail(
-                f"{where} (credential_source.file) was not found",
-                "check that the identity provider's token is written there",
-            ) from None
-        except OSError as exc:
-            raise self.fail(f"cannot read {where} ({exc.strerror})") from None
-        return self._parse_subject_token(content, where)
-
-
-class UrlFederation(ExternalAccount):
-    """Federation with a subject token fetched from a URL (Azure and other metadata services)."""
-
-    source_name = "url"
-
-    def __init__(self, info: dict, origin: str) -> None:
-        from urllib.parse import urlsplit
-
-        super().__init__(info, origin)
-        self.url = self.credential_source["url"]
-        parts = urlsplit(self.url) if isinstance(self.url, str) else None
-        if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
-            raise self.fail("credential_source.url is not an http or https URL", _FEDERATION_FIX)
-        self.headers = self.credential_source.get("headers") or {}
-        if not isinstance(self.headers, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in self.headers.items()
-        ):
-            raise self.fail(
-                "credential_source.headers is not an object of string values", _FEDERATION_FIX
-            )
-        self.direct = _is_local_address(parts.hostname)
-        self.format = self._token_format()
-
-    def subject_token(self, transport: Transport) -> str:
-        where = f"the subject token URL {_without_query(self.url)}"
-        try:
-            response = transport.request("GET", self.url, headers=self.headers, direct=self.direct)
-        except CredentialError as exc:
-            raise self.fail(str(exc)) from None
-        if response.status != 200:
-            raise self.fail(
-                f"{where} answered HTTP {response.status}",
-                "check credential_source.url and credential_source.headers",
-            )
-        try:
-            content = response.body.decode("utf-8")
-        except UnicodeDecodeError:
-            raise self.fail(f"{where} answered with something not UTF-8 text") from None
-        return self._parse_subject_token(content, where)
-
-
-class _StaleResponseError(CredentialError):
-    """An executable's answer that is well formed but unusable: run the executable again."""
-
-
-class ExecutableFederation(ExternalAccount):
-    """Federation with a subject token printed by a command (PROTOCOLS.md B.3, executable)."""
-
-    source_name = "executable"
-
-    def __init__(self, info: dict, origin: str) -> None:
-        super().__init__(info, origin)
-        executable = self.credential_source["executable"]
-        if not isinstance(executable, dict):
-            raise self.fail("credential_source.executable is not a JSON object", _FEDERATION_FIX)
-        self.command = executable.get("command")
-        if not isinstance(self.command, str) or not self.command.strip():
-            raise self.fail("credential_source.executable.command is missing", _FEDERATION_FIX)
-        millis = executable.get("timeout_millis") or EXECUTABLE_TIMEOUT_MILLIS
-        if type(millis) not in (int, float) or not 5000 <= millis <= 120_000:
-            raise self.fail(
-                "credential_source.executable.timeout_millis must be between 5000 and 120000",
-                "fix it or remove it (the default is 30000)",
-            )
-        self.timeout = millis / 1000
-        self.output_file = executable.get("output_file") or ""
-        if not isinstance(self.output_file, str):
-            raise self.fail(
-                "credential_source.executable.output_file is not a path", _FEDERATION_FIX
-            )
-
-    def subject_token(self, transport: Transport) -> str:
-        if os.environ.get("GOOGLE_EXTERNAL_ACCOUNT_ALLOW_EXECUTABLES") != "1":
-            raise self.fail(
-                "it runs a command (credential_source.executable), and executables are not allowed",
-                "set GOOGLE_EXTERNAL_ACCOUNT_ALLOW_EXECUTABLES=1 if you trust this file",
-            )
-        if self.output_file:
-            token = self._token_from_output_file()
-            if token:
-                _debug("reusing the subject token in %s", self.output_file)
-                return token
-        return self._parse_response(self._run(transport), "the executable's response")
-
-    def _token_from_output_file(self) -> str:
-        try:
-            # Ours only: in a shared directory such as /tmp another user could plant a token.
-            response = _json_loads(read_local_file(self.output_file, owned=True))
-        except FileNotFoundError:
-            return ""  # not written yet: run the executable
-        except OSError as exc:
-            _debug("not using the output file %s: %s", self.output_file, exc.strerror)
-            return ""
-        except ValueError:
-            return ""  # half-written: run the executable
-        if not isinstance(response, dict):
-            return ""
-        try:
-            token = self._parse_response(response, f"the output file {self.output_file}")
-        except _StaleResponseError:
-            return ""
-        # Without an expiry a saved token cannot be trusted to be still good.
-        return token if "expiration_time" in response else ""
-
-    def _run(self, transport: Transport) -> object:
-        import shlex
-        import subprocess
-
-        try:
-            argv = shlex.split(self.command)
-        except ValueError as exc:
-            argv, problem = [], f"cannot be split into words ({exc})"
-        else:
-            problem = "is empty"
-        if not argv:
-            raise self.fail(f"credential_source.executable.command {problem}", _FEDERATION_FIX)
-        env = dict(os.environ)
-        env.update(
-            GOOGLE_EXTERNAL_ACCOUNT_AUDIENCE=self.audience,
-            GOOGLE_EXTERNAL_ACCOUNT_TOKEN_TYPE=self.subject_token_type,
-            GOOGLE_EXTERNAL_ACCOUNT_ID=self.account,
-            GOOGLE_EXTERNAL_ACCOUNT_INTERACTIVE="0",
-            GOOGLE_EXTERNAL_ACCOUNT_REVOKE="0",
-        )
-        if self.impersonation_url:
-            env["GOOGLE_EXTERNAL_ACCOUNT_IMPERSONATED_EMAIL"] = self.account
-        if self.output_file:
-            env["GOOGLE_EXTERNAL_ACCOUNT_OUTPUT_FILE"] = self.output_file
-        # timeout_millis bounds the executable (an SSO helper may wait for a person), not the
-        # network budget; the budget is given back afterwards for the exchange that follows.
-        timeout = self.timeout
-        started = _monotonic()
-        _debug("running %s", argv[0])
-        try:
-            done = _run_capped(argv, env, timeout)  # stderr apart: a warning cannot spoil the JSON
-        except subprocess.TimeoutExpired:
-            raise self.fail(
-                f"the executable did not finish within {timeout:.1f} s",
-                "fix the command or raise credential_source.executable.timeout_millis",
-            ) from None
-        except _OutputTooLargeError as exc:
-            raise self.fail(f"the executable {exc}", _EXECUTABLE_FIX) from None
-        except OSError as exc:
-            raise self.fail(
-                f"cannot run the executable {argv[0]!r} ({exc.strerror or exc})",
-                "fix credential_source.executable.command",
-            ) from None
-        transport.deadline += _monotonic() - started
-        output = done.stdout.decode("utf-8", "replace").strip()
-        if not output and self.output_file and done.returncode == 0:
-            try:
-                output = read_local_text(self.output_file, owned=True)
-            except OSError as exc:
-                raise self.fail(
-                    f"the executable printed nothing and its output file {self.output_file} "
-                    f"cannot be read ({exc.strerror})"
-                ) from None
-        try:
-            response = _json_loads(output)
-        except ValueError:
-            response = None
-        if done.returncode != 0:
-            if isinstance(response, dict) and response.get("success") is False:
-                self._parse_response(response, "the executable's response")
-            said = _last_line(done.stderr)
-            raise self.fail(
-                f"the executable exited with code {done.returncode}"
-                + (f" and said: {said}" if said else ""),
-                "run the command by hand to see what is wrong",
-            )
-        if not isinstance(response, dict):
-            raise self.fail(
-                "the executable's response is not a JSON object",
-                "it must print the JSON response documented for executable-sourced credentials",
-            )
-        return response
-
-    def _parse_response(self, response: dict, where: str) -> str:
-        """The subject token of a response; _StaleResponseError if running again may help."""
-        version = response.get("version")
-        if type(version) is not int:
-            problem = "no version field" if version is None else "a version that is not a number"
-            raise self.fail(f"{where} has {problem}", _EXECUTABLE_FIX)
-        if version > 1:
-            raise _StaleResponseError(
-                f"{self.origin}: {where} has version {version}, and only version 1 is "
-                "supported; update the executable or artifactregistry-gauth"
-            )
-        success = response.get("success")
-        if type(success) is not bool:
-            raise self.fail(f"{where} has no success field", _EXECUTABLE_FIX)
-        if not success:
-            code, message = response.get("code"), response.get("message")
-            if code is None or message is None:
-                raise self.fail(
-                    f"{where} says it failed but has no code and message fields",
-                    _EXECUTABLE_FIX,
-                )
-            raise _StaleResponseError(
-                f"{self.origin}: the executable failed: {str(code)[:100]}: {str(message)[:300]}"
-            )
-        expiration = response.get("expiration_time")
-        if expiration is not None:
-            if type(expiration) not in (int, float):
-                raise self.fail(f"{where} has an expiration_time that is not a number")
-            if expiration < _now():
-                raise _StaleResponseError(
-                    f"{self.origin}: the token in {where} has expired (expiration_time "
-                    f"{int(expiration)}); the executable must print a fresh one"
-                )
-        token_type = response.get("token_type")
-        if not isinstance(token_type, str):
-            raise self.fail(f"{where} has no token_type field", _EXECUTABLE_FIX)
-        field = _EXECUTABLE_TOKEN_FIELDS.get(token_type)
-        if field is None:
-            raise _StaleResponseError(
-                f"{self.origin}: {where} has the unsupported token_type {token_type[:100]!r}; "
-                + _EXECUTABLE_FIX
-            )
-        token = response.get(field)
-        if not isinstance(token, str) or not token:
-            raise self.fail(f"{where} has no {field} field", _EXECUTABLE_FIX)
-        return token
-
-
-_EXECUTABLE_TOKEN_FIELDS = {
-    "urn:ietf:params:oauth:token-type:jwt": "id_token",
-    "urn:ietf:params:oauth:token-type:id_token": "id_token",
-    "urn:ietf:params:oauth:token-type:saml2": "saml_response",
-}
-_EXECUTABLE_FIX = (
-    "the executable must print the JSON response documented for executable-sourced credentials"
-)
-
-
-def _last_line(data: bytes) -> str:
-    lines = [ln.strip() for ln in data.decode("utf-8", "replace").splitlines() if ln.strip()]
-    return lines[-1][:300] if lines else ""
-
-
-class _OutputTooLargeError(Exception):
-    """A command printed more than we keep; it was killed."""
-
-
-def _run_capped(argv: list, env: dict | None, timeout: float, limit: int = MAX_RESPONSE_BYTES):
-    """Run a command as subprocess.run(capture_output=True) would, stdin closed, output capped.
-
-    Returns a CompletedProcess (stdout, stderr as bytes). Raises OSError if the command
-    cannot start, subprocess.TimeoutExpired if it still runs (or its pipes are still open)
-    at ``timeout``, and _OutputTooLargeError ("printed more than 1 MiB on stdout") once
-    it prints more than ``limit`` bytes on stdout or stderr; the command is then killed
-    and reaped.
-    """
-    import subprocess
-    import threading
-
-    deadline = _monotonic() + timeout
-    pipe = subprocess.PIPE
-    group = os.name != "nt"  # its own process group, so a kill also ends what it started
-    process = subprocess.Popen(
-        argv, stdin=subprocess.DEVNULL, stdout=pipe, stderr=pipe, env=env, start_new_session=group
-    )
-    outputs: dict = {"stdout": bytearray(), "stderr": bytearray()}
-    too_large: list = []
-    ended = threading.Semaphore(0)
-
-    def drain(name: str) -> None:
-        stream, kept = getattr(process, name), outputs[name]
-        try:
-            with stream:
-                while len(kept) <= limit:
-                    chunk = stream.read1(65536)
-                    if not chunk:
-                        return
-                    kept += chunk
-                too_large.append(name)
-                _kill(process, group)  # before ``ended``: the caller's thread waits for it
-        finally:
-            ended.release()
-
-    for name in outputs:
-        threading.Thread(
-            target=drain, args=(name,), name="artifactregistry-gauth", daemon=True
-        ).start()
-    finished = 0
-    while finished < len(outputs) and not too_large:
-        if not ended.acquire(timeout=max(deadline - _monotonic(), 0.0)):
-            break
-        finished += 1
-    try:
-        if too_large:
-            size = f"{limit >> 20} MiB" if limit & 0xFFFFF == 0 else f"{limit} bytes"
-            raise _OutputTooLargeError(f"printed more than {size} on {too_large[0]}")
-        if finished < len(outputs):  # a pipe still open: it, or a child holding it, runs on
-            raise subprocess.TimeoutExpired(argv, timeout)
-        returncode = process.wait(max(deadline - _monotonic(), 0.0))
-    except (_OutputTooLargeError, subprocess.TimeoutExpired):
-        _kill(process, group)
-        process.wait()
-        # The pipes close once every process holding them is gone: wait for that, briefly.
-        for _ in range(len(outputs) - finished):
-            ended.acquire(timeout=2.0)
-        raise
-    return subprocess.CompletedProcess(
-        argv, returncode, bytes(outputs["stdout"]), bytes(outputs["stderr"])
-    )
-
-
-class AwsFederation(ExternalAccount):
-    """Federation from AWS: a SigV4-signed GetCallerIdentity request is the subject token."""
-
-    source_name = "aws"
-
-    def __init__(self, info: dict, origin: str) -> None:
-        import re
-        from urllib.parse import urlsplit
-
-        super().__init__(info, origin)
-        source = self.credential_source
-        environment = source.get("environment_id")
-        match = re.fullmatch(r"aws(\d+)", environment) if isinstance(environment, str) else None
-        if match is None:
-            raise self.fail(
-                f"credential_source.environment_id is {environment!r}, expected 'aws1'",
-                _FEDERATION_FIX,
-            )
-        if match.group(1) != "1":
-            raise self.fail(
-                f"credential_source.environment_id {environment!r} is not supported, only 'aws1'",
-                _FEDERATION_FIX,
-            )
-        where = "credential_source"
-        self.verification_url = _optional_str(source, "regional_cred_verification_url", where)
-        parts = urlsplit(self.verification_url.replace("{region}", "region"))
-        if parts.scheme != "https" or not parts.hostname:
-            raise self.fail(
-                "credential_source.regional_cred_verification_url is not an https URL",
-                _FEDERATION_FIX,
-            )
-        self.region_url = _optional_str(source, "region_url", where)
-        self.credentials_url = _optional_str(source, "url", where)
-        self.imdsv2_url = _optional_str(source, "imdsv2_session_token_url", where)
-        for name, url in (
-            ("region_url", self.region_url),
-            ("url", self.credentials_url),
-            ("imdsv2_session_token_url", self.imdsv2_url),
-        ):
-            if url and urlsplit(url).scheme not in ("http", "https"):
-                raise self.fail(f"credential_source.{name} is not an http URL", _FEDERATION_FIX)
-
-    def identify(self, transport: Transport) -> str:
-        # The signed request carries a timestamp, so it differs every time; the AWS
-        # credentials that sign it decide the principal (hashed, never stored).
-        self._aws = self._region_and_credentials(transport)
-        return f"{self.identity}:{_short_hash(_json_compact(self._aws))}"
-
-    def _region_and_credentials(self, transport: Transport) -> tuple:
-        metadata = _AwsMetadata(self, transport)
-        return (metadata.region(), *metadata.credentials())
-
-    def subject_token(self, transport: Transport) -> str:
-        import json
-        from urllib.parse import quote
-
-        aws = self.__dict__.pop("_aws", None) or self._region_and_credentials(transport)
-        region, key_id, secret, session_token = aws
-        url = self.verification_url.replace("{region}", region)
-        headers = aws_sigv4_headers("POST", url, region, key_id, secret, session_token, _now())
-        # Added after signing: STS checks it, AWS never sees it.
-        headers["x-goog-cloud-target-resource"] = self.audience
-        request = {
-            "url": url,
-            "method": "POST",
-            "headers": [{"key": key, "value": value} for key, value in headers.items()],
-        }
-        return quote(json.dumps(request, separators=(",", ":"), sort_keys=True))
-
-
-class _AwsMetadata:
-    """Region and credentials from the environment, else from the AWS instance metadata."""
-
-    def __init__(self, source: AwsFederation, transport: Transport) -> None:
-        self.source = source
-        self.transport = transport
-        self._session_headers: dict | None = None
-
-    def region(self) -> str:
-        region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-        if region:
-            return region
-        if not self.source.region_url:
-            raise self.source.fail(
-                "the AWS region is unknown",
-                "set AWS_REGION, or credential_source.region_url",
-            )
-        zone = self._get(self.source.region_url, "the availability zone").strip()
-        if len(zone) < 2:
-            raise self.source.fail("the AWS metadata server sent an empty availability zone")
-        return zone[:-1]  # us-east-2b is in us-east-2
-
-    def credentials(self) -> tuple[str, str, str]:
-        key_id = os.environ.get("AWS_ACCESS_KEY_ID")
-        secret = os.environ.get("AWS_SECRET_ACCESS_KEY")
-        if key_id and secret:
-            return key_id, secret, os.environ.get("AWS_SESSION_TOKEN", "")
-        url = self.source.credentials_url
-        if not url:
-            raise self.source.fail(
-                "no AWS credentials",
-                "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or credential_source.url",
-            )
-        role = self._get(url, "the instance role name").strip()
-        if not role or "/" in role:
-            raise self.source.fail("the AWS metadata server sent no usable role name")
-        data = self._json(f"{url.rstrip('/')}/{role}", "the role's credentials")
-        values = [data.get(name) for name in ("AccessKeyId", "SecretAccessKey", "Token")]
-        if not all(isinstance(value, str) and value for value in values[:2]):
-            raise self.source.fail(
-                "the AWS metadata server's credentials lack AccessKeyId or SecretAccessKey"
-            )
-        return values[0], values[1], values[2] if isinstance(values[2], str) else ""
-
-    def _headers(self) -> dict:
-        """The IMDSv2 session header, fetched once per lookup when the file asks for it."""
-        if self._session_headers is None:
-            self._session_headers = {}
-            if self.source.imdsv2_url:
-                response = self._request(
-                    "PUT",
-                    self.source.imdsv2_url,
-                    {"X-aws-ec2-metadata-token-ttl-seconds": IMDSV2_TTL_SECONDS},
-                    "an IMDSv2 session token",
-                )
-                token = response.body.decode("ascii", "replace").strip()
-                self._session_headers = {"X-aws-ec2-metadata-token": token}
-        return self._session_headers
-
-    def _get(self, url: str, what: str) -> str:
-        return self._request("GET", url, self._headers(), what).body.decode("utf-8", "replace")
-
-    def _json(self, url: str, what: str) -> dict:
-
-        body = self._request("GET", url, self._headers(), what).body
-        try:
-            data = _json_loads(body)
-        except ValueError:
-            data = None
-        if not isinstance(data, dict):
-            raise self.source.fail(f"the AWS metadata server sent {what} as something not JSON")
-        return data
-
-    def _request(self, method: str, url: str, headers: dict, what: str) -> Response:
-        # Instance metadata is this machine's own: never through a proxy.
-        try:
-            response = self.transport.request(method, url, headers=headers, direct=True)
-        except CredentialError as exc:
-            raise self.source.fail(f"no AWS metadata ({exc})") from None
-        if response.status != 200:
-            raise self.source.fail(
-                f"the AWS metadata server answered HTTP {response.status} for {what} "
-                f"({_without_query(url)})",
-                "check the instance's IAM role, or set the AWS_* variables",
-            )
-        return response
-
-
-def aws_sigv4_headers(
-    method: str,
-    url: str,
-    region: str,
-    access_key_id: str,
-    secret_access_key: str,
-    session_token: str,
-    now: float,
-) -> dict:
-    """Headers of an AWS Signature Version 4 signed request with an empty body, in order."""
-    import hashlib
-    import hmac
-    import posixpath
-    import time
-    from urllib.parse import parse_qs, quote, urlsplit
-
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    service = host.split(".")[0]
-    if service.endswith("-fips"):
-        service = service[: -len("-fips")]
-    stamp = time.gmtime(now)
-    amz_date = time.strftime("%Y%m%dT%H%M%SZ", stamp)
-    date = amz_date[:8]
-    path = posixpath.normpath(parts.path) if parts.path else "/"
-    query = parse_qs(parts.query)
-    canonical_query = "&".join(
-        f"{quote(key, safe='-_.~')}={value}"
-        for key in sorted(query, key=lambda k: quote(k, safe="-_.~"))
-        for value in sorted(quote(v, safe="-_.~") for v in query[key])
-    )
-    signed = {"host": host, "x-amz-date": amz_date}
-    if session_token:
-        signed["x-amz-security-token"] = session_token
-    names = sorted(signed)
-    canonical_request = "\n".join(
-        [
-            method,
-            path,
-            canonical_query,
-            "".join(f"{name}:{signed[name]}\n" for name in names),
-            ";".join(names),
-            hashlib.sha256(b"").hexdigest(),
-        ]
-    )
-    scope = f"{date}/{region}/{service}/aws4_request"
-    string_to_sign = "\n".join(
-        [
-            "AWS4-HMAC-SHA256",
-            amz_date,
-            scope,
-            hashlib.sha256(canonical_request.encode("utf-8")).hexdigest(),
-        ]
-    )
-    key = ("AWS4" + secret_access_key).encode("utf-8")
-    for part in (date, region, service, "aws4_request"):
-        key = hmac.new(key, part.encode("utf-8"), hashlib.sha256).digest()
-    signature = hmac.new(key, string_to_sign.encode("utf-8"), hashlib.sha256).hexdigest()
-    headers = {
-        "Authorization": f"AWS4-HMAC-SHA256 Credential={access_key_id}/{scope}, "
-        f"SignedHeaders={';'.join(names)}, Signature={signature}",
-        "host": host,
-        "x-amz-date": amz_date,
-    }
-    if session_token:
-        headers["x-amz-security-token"] = session_token
-    return headers
-
-
-class ExternalAccountUser(CredentialSource):
-    """A workforce identity user's refresh token (``external_account_authorized_user``)."""
-
-    kind = "workforce user"
-
-    def __init__(self, info: dict, origin: str) -> None:
-        super().__init__(origin)
-        names = ("refresh_token", "token_url", "client_id", "client_secret")
-        _require_fields(info, names, origin, _WORKFORCE_LOGIN_FIX)
-        self.token_url = info["token_url"]
-        self.client_auth = _basic_auth(info["client_id"], info["client_secret"])
-        self.refresh_token = info["refresh_token"]
-        self.universe = _optional_str(info, "universe_domain", origin) or DEFAULT_UNIVERSE
-        self.quota_project = _optional_str(info, "quota_project_id", origin)
-
-    def fetch(self, transport: Transport) -> Token:
-        fields = {"grant_type": "refresh_token", "refresh_token": self.refresh_token}
-        headers = {"Authorization": self.client_auth}
-        try:
-            data = _post_form(transport, self.token_url, fields, "Google's STS", headers)
-            return _token_from_oauth(data, "Google's STS", self.describe())
-        except TokenEndpointError as exc:
-            fix = ""
-            if exc.error in ("invalid_grant", "invalid_client", "unauthorized_client"):
-                fix = "the login has expired or was revoked; " + _WORKFORCE_LOGIN_FIX
-            raise self.fail(str(exc), fix) from None
-        except CredentialError as exc:
-            raise self.fail(str(exc)) from None
-
-
-_IMPERSONATION_SOURCES = {
-    "authorized_user": AuthorizedUser,
-    "service_account": ServiceAccountKey,
-    "external_account_authorized_user": ExternalAccountUser,
-}
-_IMPERSONATION_FIX = (
-    "recreate it with `gcloud auth application-default login "
-    "--impersonate-service-account=SA_EMAIL`"
-)
-
-
-class ImpersonatedServiceAccount(CredentialSource):
-    """A service account impersonated by another credential (``impersonated_service_account``)."""
-
-    kind = "impersonated service account"
-
-    def __init__(self, info: dict, origin: str) -> None:
-        super().__init__(origin)
-        fix = _IMPERSONATION_FIX
-        _require_fields(info, ("service_account_impersonation_url",), origin, fix)
-        self.account = _target_principal(info["service_account_impersonation_url"])
-        if not self.account:
-            raise self.fail(
-                "field 'service_account_impersonation_url' does not end in "
-                "serviceAccounts/EMAIL:generateAccessToken",
-                fix,
-            )
-        source_info = info.get("source_credentials")
-        if not isinstance(source_info, dict):
-            state = "missing" if source_info is None else "not a JSON object"
-            raise self.fail(f"field 'source_credentials' is {state}", fix)
-        source_type = source_info.get("type")
-        if source_type not in _IMPERSONATION_SOURCES:
-            expected = ", ".join(_IMPERSONATION_SOURCES)
-            hint = fix
-            if source_type == "external_account":
-                hint = "put service_account_impersonation_url into the external_account file itself"
-            raise self.fail(
-                f"source_credentials of type {source_type!r} cannot be impersonated from "
-                f"(expected one of {expected})",
-                hint,
-            )
-        self.source = _IMPERSONATION_SOURCES[source_type](
-            source_info, f"{origin} (source_credentials)"
-        )
-        if isinstance(self.source, ServiceAccountKey):
-            self.source.scope = IAM_SCOPE  # enough to call IAM, as Google's libraries ask
-        self.delegates = info.get("delegates")
-        if self.delegates is not None and not (
-            isinstance(self.delegates, list) and all(isinstance(d, str) for d in self.delegates)
-        ):
-            raise self.fail("field 'delegates' is not a list of service account emails", fix)
-        # The request goes to the universe's standard endpoint: the URL only names the account.
-        universe = getattr(self.source, "universe", DEFAULT_UNIVERSE)
-        self.iam_url = IAM_URL_TEMPLATE.format(universe_domain=universe, email=self.account)
-        self.quota_project = _optional_str(source_info, "quota_project_id", origin)
-
-    def fetch(self, transport: Transport) -> Token:
-        source_token = self.source.fetch(transport)
-        try:
-            return _generate_access_token(
-                transport,
-                self.iam_url,
-                source_token.value,
-                self.delegates,
-                DEFAULT_IMPERSONATION_LIFETIME,
-                self.quota_project,
-                self.describe(),
-            )
-        except TokenEndpointError as exc:
-            raise self.fail(
-                str(exc),
-                f"grant the source account roles/iam.serviceAccountTokenCreator on {self.account}",
-            ) from None
-        except CredentialError as exc:
-            raise self.fail(str(exc)) from None
-
-
-# --- Application Default Credentials files ----------------------------------------------
-
-ADC_FILE_TYPES = {
-    "service_account": ServiceAccountKey,
-    "authorized_user": AuthorizedUser,
-    "external_account": ExternalAccount.from_info,
-    "external_account_authorized_user": ExternalAccountUser,
-    "impersonated_service_account": ImpersonatedServiceAccount,
-}
-_UNSUPPORTED_TYPES = {
-    "gdch_service_account": "Google Distributed Cloud Hosted service accounts",
-}
-
-
-def well_known_adc_file() -> str:
-    return os.path.join(gcloud_config_dir(), "application_default_credentials.json")
-
-
-def load_adc_file(path: str, origin: str) -> CredentialSource:
-    """Build the credential source an ADC JSON file describes; CredentialError if broken."""
-
-    try:
-        raw = read_local_file(path)
-    except FileNotFoundError:
-        raise CredentialError(
-            f"{path} (named by {origin}) was not found; point {origin} at a credentials "
-            "JSON file or unset it"
-        ) from None
-    except OSError as exc:
-        raise CredentialError(
-            f"{path}: cannot read it ({exc.strerror}); point {origin} at a credentials JSON file"
-        ) from None
-    try:
-        info = _json_loads(raw)
-    except UnicodeDecodeError:
-        raise CredentialError(f"{path} is not a valid JSON file (not UTF-8 text)") from None
-    except ValueError as exc:
-        if hasattr(exc, "lineno"):
-            problem = f"{exc.msg} at line {exc.lineno} column {exc.colno}"
-        else:
-            problem = str(exc)
-        raise CredentialError(f"{path} is not a valid JSON file ({problem})") from None
-    if not isinstance(info, dict):
-        raise CredentialError(f"{path} is not a credentials file (expected a JSON object)")
-    kind = info.get("type")
-    if kind is not None and not isinstance(kind, str):
-        kind = _json_text(kind)[:40]  # a list or number is no valid type either
-    if kind in ADC_FILE_TYPES:
-        source = ADC_FILE_TYPES[kind](info, path)
-        source.content_hash = _short_hash(raw)
-        return source
-    if kind in _UNSUPPORTED_TYPES:
-        raise CredentialError(
-            f"{path}: {_UNSUPPORTED_TYPES[kind]} ({kind}) are not supported by "
-            "artifactregistry-gauth; use a service account key or gcloud"
-        )
-    expected = ", ".join(sorted(ADC_FILE_TYPES))
-    raise CredentialError(
-        f"{path} does not have a valid type: type is {kind!r}, expected one of {expected}"
-    )
-
-
-def _short_hash(data: bytes) -> str:
-    return _sha256(data).hexdigest()[:16]
-
-
-def _sha256(data: bytes):
-    """SHA-256 from Python's own implementation when it has one: on the warm path, loading
-    OpenSSL for hashlib costs more (about 3 ms) than everything else a cached token needs."""
-    try:
-        from _sha2 import sha256  # Python 3.12+
-    except ImportError:
-        try:
-            from _sha256 import sha256  # Python 3.9 to 3.11
-        except ImportError:  # built without them (some FIPS builds)
-            from hashlib import sha256
-    return sha256(data)
-
-
-# --- discovery: the ADC order, then gcloud ----------------------------------------------
-#
-# Each step returns a source or raises NotApplicable with the reason it was skipped.
-# A CredentialError from a step ends the search: a broken credential that was asked for
-# must never silently become another identity.
-
-
-def _explicit_token() -> CredentialSource:
-    value = os.environ.get("GOOGLE_OAUTH_ACCESS_TOKEN", "").strip()
-    if not value:
-        raise NotApplicable("GOOGLE_OAUTH_ACCESS_TOKEN is not set")
-    return ExplicitToken(value)
-
-
-def _explicit_adc_file() -> CredentialSource:
-    path = os.environ.get("GOOGLE_APPLICATION_CREDENTIALS", "")
-    if not path:
-        raise NotApplicable("GOOGLE_APPLICATION_CREDENTIALS is not set")
-    # Naming gcloud's own ADC file means "use gcloud's ADC": when it is missing, discovery
-    # goes on as google-auth's does (PROTOCOLS.md A.1). Any other missing file is an error.
-    if not os.path.exists(path) and _same_path(path, well_known_adc_file()):
-        raise NotApplicable(f"GOOGLE_APPLICATION_CREDENTIALS names gcloud's absent {path}")
-    return load_adc_file(path, "GOOGLE_APPLICATION_CREDENTIALS")
-
-
-def _same_path(one: str, other: str) -> bool:
-    return os.path.normcase(os.path.abspath(one)) == os.path.normcase(os.path.abspath(other))
-
-
-def _well_known_adc_file() -> CredentialSource:
-    path = well_known_adc_file()
-    if not os.path.isfile(path):
-        raise NotApplicable(f"no {path}")
-    return load_adc_file(path, "gcloud's application default credentials")
-
-
-def _metadata_server() -> CredentialSource:
-    if os.environ.get("NO_GCE_CHECK", "").lower() in ("true", "1", "yes"):
-        raise NotApplicable("metadata server not checked (NO_GCE_CHECK)")
-    return MetadataServer()  # its identity is learnt from the server, in the lookup's budget
-
-
-def _gcloud() -> CredentialSource:
-    executable = _find_executable("gcloud.cmd" if os.name == "nt" else "gcloud")
-    try:
-        settings = GcloudSettings.read(executable)
-    except CredentialError as exc:
-        if executable:
-            raise
-        raise NotApplicable(f"gcloud is not on PATH (and {exc})") from None
-    if not settings.impersonated():
-        # gcloud would print these tokens unchanged, so it need not run (its order: the
-        # variable, then the file). Impersonation trades them for another token: gcloud runs.
-        token = os.environ.get("CLOUDSDK_AUTH_ACCESS_TOKEN", "").strip()
-        if token:
-            return ExplicitToken(token, "$CLOUDSDK_AUTH_ACCESS_TOKEN")
-        token_file = settings.get("auth/access_token_file")
-        if token_file:
-            return GcloudAccessTokenFile(token_file, settings.named_by("auth/access_token_file"))
-    if not executable:
-        raise NotApplicable("gcloud is not on PATH")
-    return GcloudCli(executable, settings)
-
-
-def _find_executable(name: str) -> str | None:
-    """The program ``name`` in a PATH directory, like shutil.which but safe on Windows.
-
-    Windows' search (and shutil.which there) tries the working directory first, so a
-    checkout holding ``gcloud.cmd`` would run its code: only absolute PATH entries count.
-    """
-    names = [name]
-    if os.name == "nt":
-        extensions = [e for e in os.environ.get("PATHEXT", ".COM;.EXE;.BAT;.CMD").split(";") if e]
-        if not any(name.lower().endswith(e.lower()) for e in extensions):
-            names = [name + e for e in extensions]
-    for directory in os.environ.get("PATH", os.defpath).split(os.pathsep):
-        if not directory or not os.path.isabs(directory):
-            continue
-        for candidate in names:
-            path = os.path.join(directory, candidate)
-            if os.path.isfile(path) and os.access(path, os.X_OK):
-                return path
-    return None
-
-
-DISCOVERY = (
-    ("GOOGLE_OAUTH_ACCESS_TOKEN", _explicit_token),
-    ("GOOGLE_APPLICATION_CREDENTIALS", _explicit_adc_file),
-    ("gcloud ADC file", _well_known_adc_file),
-    ("metadata server", _metadata_server),
-    ("gcloud", _gcloud),
-)
-
-
-# --- token cache -------------------------------------------------------------------------
+# --- token cache: memory, then private files, one fetch across processes -------------------
 
 
 class TokenCache:
@@ -3051,6 +2202,18 @@ class TokenCache:
             _debug("cannot write the token cache in %s: %s", directory, exc.strerror or exc)
 
 
+_CACHE = TokenCache()
+
+
+_LAST_FAILURE: list = []  # [(monotonic time, message)]
+
+
+def _forget_tokens() -> None:
+    """Forget the tokens and failures this process remembers (the disk cache stays)."""
+    _CACHE.clear()
+    _LAST_FAILURE.clear()
+
+
 def cache_dir(create: bool = False) -> str | None:
     """This user's token cache directory, or None when caching is off or impossible."""
     if os.environ.get("ARTIFACTREGISTRY_GAUTH_NO_CACHE", "") not in ("", "0"):
@@ -3122,24 +2285,6 @@ def _private_file(fd: int) -> bool:
     return info.st_uid == os.getuid() and not info.st_mode & 0o077
 
 
-def _write_private_file(path: str, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically, mode 0600, replacing whatever was there."""
-    import secrets
-
-    temporary = f"{path}.{secrets.token_hex(4)}.tmp"
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(temporary, path)
-    except OSError:
-        try:
-            os.unlink(temporary)
-        except OSError:
-            pass
-        raise
-
-
 class _FileLock:
     """An exclusive lock on a file, given up on at a deadline (then we go on unlocked)."""
 
@@ -3169,6 +2314,9 @@ class _FileLock:
             _unlock(self.fd)
             os.close(self.fd)
             self.fd = None
+
+
+_NO_LOCK = _FileLock(None, 0.0)
 
 
 def _open_lock_file(path: str) -> int:
@@ -3227,140 +2375,701 @@ def _unlock(fd: int) -> None:
         pass
 
 
-_CACHE = TokenCache()
-_LAST_FAILURE: list = []  # [(monotonic time, message)]
+# --- OAuth token endpoints: requests, answers, errors without secrets ----------------------
 
 
-def _forget_tokens() -> None:
-    """Forget the tokens and failures this process remembers (the disk cache stays)."""
-    _CACHE.clear()
-    _LAST_FAILURE.clear()
+def _post_form(
+    transport: Transport, url: str, fields: dict, what: str, headers: dict | None = None
+) -> dict:
+    """POST a form to an OAuth token endpoint and return its JSON answer."""
+    from urllib.parse import urlencode
+
+    _check_endpoint(url, what)
+    all_headers = {"Content-Type": "application/x-www-form-urlencoded"}
+    all_headers.update(headers or {})
+    response = transport.request(
+        "POST", url, body=urlencode(fields).encode("ascii"), headers=all_headers
+    )
+    sent = [value for name, value in fields.items() if name in _SECRET_FIELDS]
+    for name, value in all_headers.items():
+        if name.lower() == "authorization":
+            sent += _authorization_secrets(value)
+    return _token_response_json(response, url, what, sent)
 
 
-def lookup(transport: Transport | None = None, report: list | None = None) -> Token:
-    """Find credentials in the documented order and return a live token.
+# Form fields that carry credentials: a server that echoes them must not make us print them.
+_SECRET_FIELDS = frozenset({"assertion", "refresh_token", "client_secret", "subject_token", "rapt"})
+# At most this much of a server's error text is quoted in ours.
+MAX_QUOTED = 300
 
-    Raises CredentialError with one line saying what was tried and what to do. With
-    ``report``, appends what each source said (for ``doctor``).
-    """
-    transport = transport or Transport()
-    skipped = []
-    for label, step in DISCOVERY:
+
+def _authorization_secrets(value: str) -> list:
+    """The credential of an Authorization header, and for Basic the ``id:secret`` and secret."""
+    import base64
+    import binascii
+
+    scheme, _, credential = value.strip().partition(" ")
+    secrets = [credential]
+    if scheme.lower() == "basic":
         try:
-            source = step()
-            token, how = _cached_or_fetched(source, transport)
-        except NotApplicable as exc:
-            _debug("skipped: %s", exc)
-            skipped.append(str(exc))
-            _note(report, label, "skipped", str(exc))
-            continue
-        except CredentialError as exc:
-            _note(report, label, "failed", str(exc))
-            raise
-        _note(report, label, "answered", source.describe(), token=token, how=how)
-        return token
-    raise CredentialError(
-        "no Google credentials found (" + "; ".join(skipped) + "); " + LOGIN_HINT + ", or set "
-        "GOOGLE_APPLICATION_CREDENTIALS to a service account key file"
-    )
+            pair = base64.b64decode(credential, validate=True).decode("utf-8")
+        except (binascii.Error, ValueError):
+            return secrets
+        secrets += [pair, pair.partition(":")[2]]
+    return secrets
 
 
-def _note(report: list | None, label: str, status: str, detail: str, **extra: object) -> None:
-    if report is not None:
-        report.append(dict(source=label, status=status, detail=detail, **extra))
+def _secret_forms(secret: str) -> set:
+    """Every way a secret we sent may come back: raw, URL-encoded, JSON-escaped."""
+    import json
+    from urllib.parse import quote, quote_plus
+
+    forms = {secret, quote(secret), quote(secret, safe=""), quote_plus(secret)}
+    for ascii_only in (True, False):
+        escaped = json.dumps(secret, ensure_ascii=ascii_only)[1:-1]
+        forms |= {escaped, escaped.replace("/", "\\/")}
+    folded = {" ".join(form.split()) for form in forms}  # as the text they are found in
+    return {form for form in forms | folded if len(form) >= 4}
 
 
-def _cached_or_fetched(source: CredentialSource, transport: Transport) -> tuple[Token, str]:
-    """The source's token and where it came from: memory, disk or a fetch."""
-    identity = source.identify(transport)
-    token = _CACHE.get(identity, source)
-    if token is not None:
-        _debug("using a cached token from %s", source.describe())
-        return token, "cache"
-    with _CACHE.lock(identity, transport) if source.cacheable else _NO_LOCK:
-        token = _CACHE.get(identity, source)  # another process may have just fetched it
-        if token is not None:
-            _debug("using a token another process just fetched from %s", source.describe())
-            return token, "cache"
-        started = _monotonic()
-        token = source.fetch(transport)
-        if not _is_token_text(token.value):
-            # Printed into netrc files, headers and `keyring get` output, a space or newline
-            # would smuggle in extra entries or lines.
-            raise source.fail(
-                "the token it gave is not one word of printable ASCII",
-                "check what issues the token",
-            )
-        _debug("got a token from %s in %.0f ms", source.describe(), 1000 * (_monotonic() - started))
-        _CACHE.put(identity, token, source)
-    return token, "fetched"
+def _redact(text: str, secrets: list) -> str:
+    """Server text made safe for one line of ours: folded, our secrets masked, at most 300 chars.
 
-
-_NO_LOCK = _FileLock(None, 0.0)
-
-
-def _is_token_text(value: object) -> bool:
-    """True for a non-empty string of printable ASCII without spaces, as access tokens are."""
-    return (
-        isinstance(value, str)
-        and value.isascii()
-        and value.isprintable()
-        and " " not in value
-        and bool(value)
-    )
-
-
-def get_token() -> str:
-    """A live access token, or CredentialError."""
-    return lookup().value
-
-
-def _token_or_none() -> str | None:
-    """The token for the keyring backend: on failure one warning line, then None."""
-    if _LAST_FAILURE and _monotonic() - _LAST_FAILURE[0][0] < FAILURE_MEMORY:
-        return None
-    try:
-        return get_token()
-    except CredentialError as exc:
-        _LAST_FAILURE[:] = [(_monotonic(), str(exc))]
-        _logger().warning("artifactregistry-gauth: %s", exc)
-        return None
-
-
-# --- which services we answer for -------------------------------------------------------
-
-
-def service_host(service: str) -> str | None:
-    """The host a keyring service names (a URL or a bare ``host[:port]``), if unambiguous.
-
-    None unless every HTTP stack would connect to the same host: urllib.parse ends the
-    authority only at ``/?#``, while urllib3 (requests, so twine and poetry) and WHATWG
-    parsers (uv) also end it at a backslash, decode ``%``, drop tabs and map Unicode dots.
-    So a service with whitespace or control characters, an authority with a backslash,
-    ``%``, a password or non-ASCII, or a host that is not plain letters, digits, ``-``
-    and ``.`` gets no answer; neither does plain http.
+    Servers echo what they were sent in any encoding, so each secret is masked in every
+    form we could have sent it (%-escapes in either case).
     """
-    if not isinstance(service, str) or not service.isprintable() or " " in service:
+    import re
+
+    text = " ".join(text.split())
+    forms = set()
+    for secret in secrets:
+        if isinstance(secret, str) and len(secret) >= 4:
+            forms |= _secret_forms(secret)
+    if not forms:
+        return text[:MAX_QUOTED]
+    pattern = re.compile(
+        "|".join(re.escape(form) for form in sorted(forms, key=len, reverse=True)), re.IGNORECASE
+    )
+    longest = max(len(form) for form in forms)
+    kept, size, pos = [], 0, 0
+    while size < MAX_QUOTED and pos < len(text):  # only as far as what is quoted: bounded work
+        room = MAX_QUOTED - size
+        found = pattern.search(text, pos, pos + room + longest)
+        if found is None or found.start() >= pos + room:
+            kept.append(text[pos : pos + room])
+            break
+        kept += [text[pos : found.start()], "***"]
+        size += found.start() - pos + 3
+        pos = found.end()
+    return "".join(kept)[:MAX_QUOTED]
+
+
+def _token_response_json(response: Response, url: str, what: str, sent: list = ()) -> dict:
+    try:
+        data = response.json()
+    except ValueError:
+        data = None
+    if response.status == 200 and isinstance(data, dict):
+        return data
+    if response.status == 200:
+        raise CredentialError(f"{what} at {_without_query(url)} answered with something not JSON")
+    error, subtype, description = "", "", ""
+    if isinstance(data, dict):
+        if isinstance(data.get("error"), dict):  # Google API style (C.3)
+            description = str(data["error"].get("message", ""))
+            error = str(data["error"].get("status", ""))
+        else:
+            error = str(data.get("error", ""))
+            subtype = str(data.get("error_subtype", ""))
+            description = str(data.get("error_description", ""))
+    detail = _redact(": ".join(part for part in (error, description) if part), list(sent))
+    raise TokenEndpointError(
+        f"{what} at {_without_query(url)} refused (HTTP {response.status}"
+        + (f", {detail})" if detail else ")"),
+        error,
+        subtype,
+    )
+
+
+def _token_from_oauth(data: dict, what: str, source: str) -> Token:
+    value = data.get("access_token")
+    if not isinstance(value, str) or not value:
+        raise CredentialError(f"{what} answered without an access_token")
+    return Token(value, _expiry_from(data.get("expires_in")), source)
+
+
+def _expiry_from(expires_in: object) -> float | None:
+    try:
+        seconds = int(expires_in)  # Google sometimes sends it as a string
+    except (TypeError, ValueError, OverflowError):
         return None
-    scheme, sep, rest = service.partition("://")
-    if not sep:
-        rest = service
-    elif scheme.lower() != "https":
+    if not 0 < seconds < 366 * 86400:
         return None
-    end = min((i for i in map(rest.find, "/?#") if i >= 0), default=len(rest))
-    authority = rest[:end]
-    if not authority.isascii() or "\\" in authority or "%" in authority:
-        return None
-    userinfo, at, hostport = authority.rpartition("@")
-    if at and (":" in userinfo or "@" in userinfo):
-        return None  # a password or a second @: readers disagree on where the host starts
-    host, colon, port = hostport.partition(":")
-    if colon and port and not port.isdigit():
-        return None
-    host = host.lower()
-    if host.endswith("."):
-        host = host[:-1]
-    return host if _is_host_name(host) else None
+    return _now() + seconds
+
+
+def _parse_rfc3339(text: str) -> float:
+    """Seconds since the epoch for ``2024-05-01T12:00:00Z`` (fractional seconds allowed)."""
+    import calendar
+
+    main_part, _, _ = text.rstrip("Z").partition(".")
+    return float(calendar.timegm(time.strptime(main_part, "%Y-%m-%dT%H:%M:%S")))
+
+
+def _basic_auth(client_id: str, client_secret: str) -> str:
+    import base64
+
+    pair = f"{client_id}:{client_secret or ''}".encode()
+    return "Basic " + base64.b64encode(pair).decode("ascii")
+
+
+def _generate_access_token(
+    transport: Transport,
+    url: str,
+    bearer: str,
+    delegates: list | None,
+    lifetime: int,
+    quota_project: str,
+    source: str,
+) -> Token:
+    """Trade a token for a service account's at IAM's generateAccessToken (PROTOCOLS.md B.4)."""
+    import json
+
+    _check_endpoint(url, "IAM credentials")
+    body = {"delegates": delegates, "scope": [SCOPE], "lifetime": f"{lifetime}s"}
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {bearer}"}
+    if quota_project:
+        headers["x-goog-user-project"] = quota_project
+    _debug("asking IAM for a token of %s", _target_principal(url))
+    response = transport.request(
+        "POST", url, body=json.dumps(body).encode("utf-8"), headers=headers
+    )
+    data = _token_response_json(response, url, "IAM generateAccessToken", [bearer])
+    value, expire_time = data.get("accessToken"), data.get("expireTime")
+    if not isinstance(value, str) or not value:
+        raise CredentialError("IAM generateAccessToken answered without an accessToken")
+    try:
+        expiry = _parse_rfc3339(expire_time)
+    except (AttributeError, ValueError):
+        raise CredentialError(
+            "IAM generateAccessToken answered without a valid expireTime"
+        ) from None
+    return Token(value, expiry, source)
+
+
+# --- RS256 signing in pure Python ---------------------------------------------------------
+
+
+_RSA_OID = bytes.fromhex("2a864886f70d010101")  # rsaEncryption, 1.2.840.113549.1.1.1
+_SHA256_DIGEST_INFO = bytes.fromhex("3031300d060960864801650304020105000420")
+
+
+def _der_item(data: bytes, pos: int) -> tuple[int, int, int]:
+    """Return (tag, start of content, end of content) of the DER item at ``pos``."""
+    if pos + 2 > len(data):
+        raise KeyFormatError("truncated DER")
+    tag, length = data[pos], data[pos + 1]
+    pos += 2
+    if length & 0x80:
+        count = length & 0x7F
+        if not 1 <= count <= 4 or pos + count > len(data):
+            raise KeyFormatError("bad DER length")
+        length = int.from_bytes(data[pos : pos + count], "big")
+        pos += count
+    if pos + length > len(data):
+        raise KeyFormatError("truncated DER")
+    return tag, pos, pos + length
+
+
+def _der_sequence(data: bytes, item: tuple[int, int, int]) -> list[tuple[int, int, int]]:
+    """The items inside the SEQUENCE ``item``."""
+    tag, pos, end = item
+    if tag != 0x30:
+        raise KeyFormatError("expected a DER SEQUENCE")
+    items = []
+    while pos < end:
+        child = _der_item(data, pos)
+        if child[2] > end:
+            raise KeyFormatError("truncated DER")
+        items.append(child)
+        pos = child[2]
+    return items
+
+
+class RsaPrivateKey:
+    """An RSA private key read from PKCS#8 or PKCS#1 PEM, able to sign RS256."""
+
+    __slots__ = ("n", "e", "d", "p", "q", "dp", "dq", "qinv", "size", "primes_checked")
+
+    # Google issues 2048-bit keys; a larger bound would let a crafted key burn seconds of
+    # CPU per signature (the cost grows 8x per doubling).
+    MIN_BITS, MAX_BITS = 2048, 4096
+
+    @classmethod
+    def from_pem(cls, pem: str) -> RsaPrivateKey:
+        import base64
+        import binascii
+
+        if not isinstance(pem, str):
+            raise KeyFormatError("it is not a string")
+        label, der = "", b""
+        for kind in ("PRIVATE KEY", "RSA PRIVATE KEY", "ENCRYPTED PRIVATE KEY"):
+            begin, end = f"-----BEGIN {kind}-----", f"-----END {kind}-----"
+            if begin in pem:
+                if end not in pem:
+                    raise KeyFormatError(f"no {end} line")
+                body = pem.split(begin, 1)[1].split(end, 1)[0]
+                label = kind
+                try:
+                    der = base64.b64decode("".join(body.split()), validate=True)
+                except (binascii.Error, ValueError):
+                    raise KeyFormatError("the PEM body is not base64") from None
+                break
+        if not label:
+            raise KeyFormatError("no -----BEGIN PRIVATE KEY----- line")
+        if label == "ENCRYPTED PRIVATE KEY":
+            raise KeyFormatError("it is encrypted; Google key files hold an unencrypted key")
+        if label == "PRIVATE KEY":
+            der = cls._unwrap_pkcs8(der)
+        return cls._from_pkcs1(der)
+
+    @staticmethod
+    def _unwrap_pkcs8(der: bytes) -> bytes:
+        items = _der_sequence(der, _der_item(der, 0))
+        if len(items) < 3 or items[1][0] != 0x30 or items[2][0] != 0x04:
+            raise KeyFormatError("not a PKCS#8 PrivateKeyInfo")
+        algorithm = _der_sequence(der, items[1])
+        if not algorithm or der[algorithm[0][1] : algorithm[0][2]] != _RSA_OID:
+            raise KeyFormatError("not an RSA key")
+        return der[items[2][1] : items[2][2]]
+
+    @classmethod
+    def _from_pkcs1(cls, der: bytes) -> RsaPrivateKey:
+        items = _der_sequence(der, _der_item(der, 0))
+        if len(items) < 9 or any(tag != 0x02 for tag, _, _ in items[:9]):
+            raise KeyFormatError("not a PKCS#1 RSAPrivateKey")
+        numbers = [int.from_bytes(der[start:end], "big") for _, start, end in items[1:9]]
+        key = cls()
+        key.n, key.e, key.d, key.p, key.q, key.dp, key.dq, key.qinv = numbers
+        bits = key.n.bit_length()
+        if not cls.MIN_BITS <= bits <= cls.MAX_BITS:  # before any arithmetic on the numbers
+            raise KeyFormatError(
+                f"it is a {bits}-bit key; only {cls.MIN_BITS} to {cls.MAX_BITS} bits are accepted"
+            )
+        if not key._consistent():
+            raise KeyFormatError("its numbers do not form a consistent RSA key")
+        key.size = (bits + 7) // 8
+        key.primes_checked = False
+        return key
+
+    def _consistent(self) -> bool:
+        """Cheap checks (no modular exponentiation) that the eight numbers belong together."""
+        import math
+
+        n, e, p, q = self.n, self.e, self.p, self.q
+        half = n.bit_length() // 2
+        if not (
+            3 <= e < 1 << 256  # FIPS 186 bounds e; a huge e would make each check slow
+            and e % 2 == 1
+            and half - 8 <= min(p, q).bit_length() <= max(p, q).bit_length() <= half + 8
+            and p * q == n  # two primes of about half the size each
+            and 0 < self.d < n
+            and 0 < self.dp < p
+            and 0 < self.dq < q
+            and 0 < self.qinv < p
+        ):
+            return False
+        lam = (p - 1) * (q - 1) // math.gcd(p - 1, q - 1)
+        return (
+            e * self.d % lam == 1  # d may be reduced mod lcm(p-1, q-1) or mod phi
+            and e * self.dp % (p - 1) == 1
+            and e * self.dq % (q - 1) == 1
+            and self.qinv * q % p == 1
+        )
+
+    def _check_primes(self) -> None:
+        """Fermat's test on p and q, before the first signature: composite factors are a forgery."""
+        if not (pow(2, self.p - 1, self.p) == 1 and pow(2, self.q - 1, self.q) == 1):
+            raise KeyFormatError("its factors p and q are not prime")
+        self.primes_checked = True
+
+    def sign_rs256(self, message: bytes) -> bytes:
+        """RSASSA-PKCS1-v1_5 with SHA-256 (RFC 8017 8.2.1), blinded, CRT, fault-checked."""
+        import hashlib
+        import secrets
+
+        if not self.primes_checked:  # here, not at load: a cached token needs no signature
+            self._check_primes()
+        digest_info = _SHA256_DIGEST_INFO + hashlib.sha256(message).digest()
+        padding = b"\xff" * (self.size - len(digest_info) - 3)
+        m = int.from_bytes(b"\x00\x01" + padding + b"\x00" + digest_info, "big")
+        # Blinding keeps the private-key operation's timing independent of the message.
+        r = secrets.randbelow(self.n - 2) + 2
+        blinded = (m * pow(r, self.e, self.n)) % self.n
+        m1 = pow(blinded, self.dp, self.p)
+        m2 = pow(blinded, self.dq, self.q)
+        s = (m2 + ((self.qinv * (m1 - m2)) % self.p) * self.q) * pow(r, -1, self.n) % self.n
+        if pow(s, self.e, self.n) != m:  # a faulty CRT result would leak the key
+            raise KeyFormatError("signature self-check failed")
+        return s.to_bytes(self.size, "big")
+
+
+def _b64url(data: bytes) -> str:
+    import base64
+
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _json_text(value: object) -> str:
+    return _json_compact(value).decode("utf-8")
+
+
+def _json_compact(value: object) -> bytes:
+    import json
+
+    return json.dumps(value, separators=(",", ":")).encode("utf-8")
+
+
+def make_jwt(key: RsaPrivateKey, claims: dict, key_id: str | None = None) -> str:
+    """A compact RS256 JWT (RFC 7519) of ``claims``."""
+    header = {"typ": "JWT", "alg": "RS256"}
+    if key_id:
+        header["kid"] = key_id
+    signing_input = f"{_b64url(_json_compact(header))}.{_b64url(_json_compact(claims))}"
+    signature = key.sign_rs256(signing_input.encode("ascii"))
+    return f"{signing_input}.{_b64url(signature)}"
+
+
+# --- AWS Signature Version 4 (for federation from AWS) ------------------------------------
+
+
+def aws_sigv4_headers(
+    method: str,
+    url: str,
+    region: str,
+    access_key_id: str,
+    secret_access_key: str,
+    session_token: str,
+    now: float,
+) -> dict:
+    """Headers of an AWS Signature Version 4 signed request with an empty body, in order."""
+    import hashlib
+    import hmac
+    import posixpath
+    import time
+    from urllib.parse import parse_qs, quote, urlsplit
+
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    service = host.split(".")[0]
+    if service.endswith("-fips"):
+        service = service[: -len("-fips")]
+    stamp = time.gmtime(now)
+    amz_date = time.strftime("%Y%m%dT%H%M%SZ", stamp)
+    date = amz_date[:8]
+    path = posixpath.normpath(parts.path) if parts.path else "/"
+    query = parse_qs(parts.query)
+    canonical_query = "&".join(
+        f"{quote(key, safe='-_.~')}={value}"
+        for key in sorted(query, key=lambda k: quote(k, safe="-_.~"))
+        for value in sorted(quote(v, safe="-_.~") for v in query[key])
+    )
+    signed = {"host": host, "x-amz-date": amz_date}
+    if session_token:
+        signed["x-amz-security-token"] = session_token
+    names = sorted(signed)
+    canonical_request = "\n".join(
+        [
+            method,
+            path,
+            canonical_query,
+            "".join(f"{name}:{signed[name]}\n" for name in names),
+            ";".join(names),
+            hashlib.sha256(b"").hexdigest(),
+        ]
+    )
+    scope = f"{date}/{region}/{service}/aws4_request"
+    string_to_sign = "\n".join(
+        [
+            "AWS4-HMAC-SHA256",
+            amz_date,
+            scope,
+            hashlib.sha256(canonical_request.encode("utf-8")).hexdigest(),
+        ]
+    )
+    key = ("AWS4" + secret_access_key).encode("utf-8")
+    for part in (date, region, service, "aws4_request"):
+        key = hmac.new(key, part.encode("utf-8"), hashlib.sha256).digest()
+    signature = hmac.new(key, string_to_sign.encode("utf-8"), hashlib.sha256).hexdigest()
+    headers = {
+        "Authorization": f"AWS4-HMAC-SHA256 Credential={access_key_id}/{scope}, "
+        f"SignedHeaders={';'.join(names)}, Signature={signature}",
+        "host": host,
+        "x-amz-date": amz_date,
+    }
+    if session_token:
+        headers["x-amz-security-token"] = session_token
+    return headers
+
+
+# --- logging: imported only when something is to be said ----------------------------------
+
+
+_LOGGER_NAME = "artifactregistry_gauth"
+
+
+def _debug_env() -> bool:
+    return os.environ.get("ARTIFACTREGISTRY_GAUTH_DEBUG", "") not in ("", "0")
+
+
+def _debug_enabled() -> bool:
+    if _debug_env():
+        return True
+    if "logging" not in sys.modules:  # nobody configured logging, so nobody wants our debug
+        return False
+    import logging
+
+    return logging.getLogger(_LOGGER_NAME).isEnabledFor(logging.DEBUG)
+
+
+def _logger():
+    import logging
+
+    logger = logging.getLogger(_LOGGER_NAME)
+    if _debug_env() and not any(getattr(h, "_gauth", False) for h in logger.handlers):
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("artifactregistry-gauth: %(message)s"))
+        handler._gauth = True
+        logger.addHandler(handler)
+        logger.setLevel(logging.DEBUG)
+        logger.propagate = False
+    return logger
+
+
+def _debug(msg: str, *args: object) -> None:
+    if _debug_enabled():
+        _logger().debug(msg, *args)
+
+
+# --- local files: bounded reads, private writes -------------------------------------------
+
+
+def read_local_file(path: str, limit: int = MAX_LOCAL_FILE_BYTES, owned: bool = False) -> bytes:
+    """The bytes of a regular file, opened without blocking and read up to ``limit``.
+
+    Raises OSError whose ``strerror`` says why: missing, unreadable, not a regular file
+    (a FIFO would block forever, ``/dev/zero`` never ends) or larger than ``limit``.
+    With ``owned``, also when the file is not ours or others may write it.
+    """
+    import stat
+
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
+    fd = os.open(path, flags)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise OSError(0, "not a regular file", path)
+        if owned and hasattr(os, "getuid"):  # checked on what was opened: no race
+            if info.st_uid != os.getuid():
+                raise OSError(0, "owned by another user", path)
+            if info.st_mode & 0o022:
+                raise OSError(0, "writable by other users", path)
+        chunks = []
+        size = 0
+        while size <= limit:
+            chunk = os.read(fd, limit + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    finally:
+        os.close(fd)
+    if size > limit:
+        raise OSError(0, f"larger than {limit // 1024} KiB", path)
+    return b"".join(chunks)
+
+
+def read_local_text(path: str, limit: int = MAX_LOCAL_FILE_BYTES, owned: bool = False) -> str:
+    """A regular file's UTF-8 text (BOM allowed); OSError as read_local_file, or if not UTF-8."""
+    data = read_local_file(path, limit, owned)
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise OSError(0, "not UTF-8 text", path) from None
+
+
+def _system_text(path: str, limit: int) -> str:
+    """The first ``limit`` characters of a kernel-provided file, stripped; "" if unreadable."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.read(limit).strip()
+    except OSError:
+        return ""
+
+
+def _write_private_file(path: str, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically, mode 0600, replacing whatever was there."""
+    import secrets
+
+    temporary = f"{path}.{secrets.token_hex(4)}.tmp"
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(temporary, path)
+    except OSError:
+        try:
+            os.unlink(temporary)
+        except OSError:
+            pass
+        raise
+
+
+def _same_path(one: str, other: str) -> bool:
+    return os.path.normcase(os.path.abspath(one)) == os.path.normcase(os.path.abspath(other))
+
+
+# --- subprocesses: found on PATH only, output capped, killed as a group --------------------
+
+
+def _find_executable(name: str) -> str | None:
+    """The program ``name`` in a PATH directory, like shutil.which but safe on Windows.
+
+    Windows' search (and shutil.which there) tries the working directory first, so a
+    checkout holding ``gcloud.cmd`` would run its code: only absolute PATH entries count.
+    """
+    names = [name]
+    if os.name == "nt":
+        extensions = [e for e in os.environ.get("PATHEXT", ".COM;.EXE;.BAT;.CMD").split(";") if e]
+        if not any(name.lower().endswith(e.lower()) for e in extensions):
+            names = [name + e for e in extensions]
+    for directory in os.environ.get("PATH", os.defpath).split(os.pathsep):
+        if not directory or not os.path.isabs(directory):
+            continue
+        for candidate in names:
+            path = os.path.join(directory, candidate)
+            if os.path.isfile(path) and os.access(path, os.X_OK):
+                return path
+    return None
+
+
+def _run_capped(argv: list, env: dict | None, timeout: float, limit: int = MAX_RESPONSE_BYTES):
+    """Run a command as subprocess.run(capture_output=True) would, stdin closed, output capped.
+
+    Returns a CompletedProcess (stdout, stderr as bytes). Raises OSError if the command
+    cannot start, subprocess.TimeoutExpired if it still runs (or its pipes are still open)
+    at ``timeout``, and _OutputTooLargeError ("printed more than 1 MiB on stdout") once
+    it prints more than ``limit`` bytes on stdout or stderr; the command is then killed
+    and reaped.
+    """
+    import subprocess
+    import threading
+
+    deadline = _monotonic() + timeout
+    pipe = subprocess.PIPE
+    group = os.name != "nt"  # its own process group, so a kill also ends what it started
+    process = subprocess.Popen(
+        argv, stdin=subprocess.DEVNULL, stdout=pipe, stderr=pipe, env=env, start_new_session=group
+    )
+    outputs: dict = {"stdout": bytearray(), "stderr": bytearray()}
+    too_large: list = []
+    ended = threading.Semaphore(0)
+
+    def drain(name: str) -> None:
+        stream, kept = getattr(process, name), outputs[name]
+        try:
+            with stream:
+                while len(kept) <= limit:
+                    chunk = stream.read1(65536)
+                    if not chunk:
+                        return
+                    kept += chunk
+                too_large.append(name)
+                _kill(process, group)  # before ``ended``: the caller's thread waits for it
+        finally:
+            ended.release()
+
+    for name in outputs:
+        threading.Thread(
+            target=drain, args=(name,), name="artifactregistry-gauth", daemon=True
+        ).start()
+    finished = 0
+    while finished < len(outputs) and not too_large:
+        if not ended.acquire(timeout=max(deadline - _monotonic(), 0.0)):
+            break
+        finished += 1
+    try:
+        if too_large:
+            size = f"{limit >> 20} MiB" if limit & 0xFFFFF == 0 else f"{limit} bytes"
+            raise _OutputTooLargeError(f"printed more than {size} on {too_large[0]}")
+        if finished < len(outputs):  # a pipe still open: it, or a child holding it, runs on
+            raise subprocess.TimeoutExpired(argv, timeout)
+        returncode = process.wait(max(deadline - _monotonic(), 0.0))
+    except (_OutputTooLargeError, subprocess.TimeoutExpired):
+        _kill(process, group)
+        process.wait()
+        # The pipes close once every process holding them is gone: wait for that, briefly.
+        for _ in range(len(outputs) - finished):
+            ended.acquire(timeout=2.0)
+        raise
+    return subprocess.CompletedProcess(
+        argv, returncode, bytes(outputs["stdout"]), bytes(outputs["stderr"])
+    )
+
+
+def _kill(process, group: bool) -> None:
+    """Kill the process and what it started (gcloud.cmd runs Python as a child on Windows)."""
+    import signal
+    import subprocess
+
+    try:
+        if group:
+            os.killpg(process.pid, signal.SIGKILL)
+        elif os.name == "nt":
+            system = os.environ.get("SystemRoot", "C:\\Windows")  # not PATH: planted copies
+            subprocess.run(
+                [
+                    os.path.join(system, "System32", "taskkill.exe"),
+                    "/F",
+                    "/T",
+                    "/PID",
+                    str(process.pid),
+                ],
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                timeout=10,
+            )
+        else:
+            process.kill()
+    except (OSError, subprocess.SubprocessError):
+        process.kill()  # the tree could not be ended: at least the process itself
+
+
+# --- HTTP: timeouts, retries, proxies, no redirects ---------------------------------------
+
+
+class Response:
+    """Status, headers (lower-case names) and body of one HTTP exchange."""
+
+    __slots__ = ("status", "headers", "body")
+
+    def __init__(self, status: int, headers: dict, body: bytes) -> None:
+        self.status = status
+        self.headers = headers
+        self.body = body
+
+    def json(self) -> object:
+        return _json_loads(self.body)
+
+
+def _json_loads(data: bytes | str) -> object:
+    """Parse JSON; any malformed input (bad UTF-8, too deep, not JSON) is a ValueError."""
+    import json
+
+    try:
+        return json.loads(data.decode("utf-8") if isinstance(data, bytes) else data)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
 
 
 _LABEL_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-")
@@ -3374,82 +3083,432 @@ def _is_host_name(host: str) -> bool:
     )
 
 
-def is_registry_service(service: str) -> bool:
-    """True for Artifact Registry hosts and those in ARTIFACTREGISTRY_GAUTH_HOSTS."""
-    host = service_host(service)
-    if host is None:
-        return False
-    if host.endswith(".pkg.dev"):
+def _is_loopback_host(host: str) -> bool:
+    """True for ``localhost`` and IP literals in 127.0.0.0/8 or ``::1``, never for a name."""
+    import ipaddress
+
+    host = host.lower()
+    if host == "localhost":
         return True
-    for entry in os.environ.get("ARTIFACTREGISTRY_GAUTH_HOSTS", "").split(","):
-        pattern = entry.strip().lower().rstrip(".")
-        if pattern.startswith("*.") and host.endswith(pattern[1:]):
-            return True
-        if pattern and host == pattern:
-            return True
-    return False
+    try:
+        address = ipaddress.ip_address(host[1:-1] if host.startswith("[") else host)
+    except ValueError:
+        return False  # a name such as 127.evil.example resolves wherever its owner likes
+    # ::ffff:127.0.0.1 reaches 127.0.0.1; Python 3.13 says so itself, older ones do not.
+    return (getattr(address, "ipv4_mapped", None) or address).is_loopback
 
 
-def answers_for(service: str, username: str | None) -> bool:
-    """Whether the backend answers this keyring question (decided without any I/O)."""
-    return username in (None, "", USERNAME) and is_registry_service(service)
+def _is_local_address(host: str) -> bool:
+    """Loopback or link-local: metadata services that a proxy must never see."""
+    import ipaddress
+
+    if _is_loopback_host(host):
+        return True
+    try:
+        address = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return address.is_loopback or address.is_link_local
 
 
-# --- keyring backend, built only when keyring asks for it -------------------------------
+def _url_host(url: str) -> str:
+    from urllib.parse import urlsplit
+
+    return urlsplit(url).hostname or ""
 
 
-def _build_backend_class() -> type:
-    from keyring.backend import KeyringBackend
-    from keyring.credentials import SimpleCredential
-
-    class GooglePyPIAuth(KeyringBackend):
-        """Google access tokens for Artifact Registry (*.pkg.dev) Python repositories."""
-
-        # Above the OS keyrings (about 5) so we answer first; below keyring's chainer (10)
-        # so other hosts still reach them.
-        priority = 9
-
-        def get_password(self, service: str, username: str | None) -> str | None:
-            if not answers_for(service, username):
-                return None
-            return _token_or_none()
-
-        def get_credential(self, service: str, username: str | None):
-            if not answers_for(service, username):
-                return None
-            token = _token_or_none()
-            return None if token is None else SimpleCredential(USERNAME, token)
-
-        def set_password(self, service: str, username: str, password: str) -> None:
-            # NotImplementedError (not PasswordSetError) lets keyring's chainer move on.
-            raise NotImplementedError(
-                "artifactregistry-gauth stores nothing: its credentials come from Google"
-            )
-
-        def delete_password(self, service: str, username: str) -> None:
-            raise NotImplementedError(
-                "artifactregistry-gauth stores nothing: its credentials come from Google"
-            )
-
-    GooglePyPIAuth.__module__ = "artifactregistry_gauth"
-    GooglePyPIAuth.__qualname__ = "GooglePyPIAuth"
-    return GooglePyPIAuth
+def _without_query(url: str) -> str:
+    return url.split("?", 1)[0]
 
 
-def __getattr__(name: str) -> object:
-    # PEP 562: `GooglePyPIAuth` is built (and keyring imported) on first access, which is
-    # how keyring's entry point and keyringrc.cfg both load it.
-    if name == "GooglePyPIAuth":
-        module = sys.modules.get("artifactregistry_gauth") or sys.modules[__name__]
-        cls = module.__dict__.get("_backend_class")
-        if cls is None:
-            cls = _build_backend_class()
-            module._backend_class = cls
-        return cls
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+def _check_endpoint(url: str, what: str) -> None:
+    """Refuse to send credentials anywhere but https, or http on this machine."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.scheme == "https" and parts.hostname:
+        return
+    if parts.scheme == "http" and parts.hostname and _is_loopback_host(parts.hostname):
+        return
+    raise CredentialError(
+        f"refusing to send credentials to {what} {_without_query(url)!r}: it must be an https URL"
+    )
 
 
-# --- command line -------------------------------------------------------------------------
+class Transport:
+    """Sends the HTTP requests of one lookup, all within one deadline."""
+
+    def __init__(self, budget: float | None = None) -> None:
+        self.budget = LOOKUP_BUDGET if budget is None else budget
+        self.deadline = _monotonic() + self.budget
+
+    def remaining(self) -> float:
+        left = self.deadline - _monotonic()
+        if left <= 0:
+            raise CredentialError(f"gave up after {self.budget:g} s: Google did not answer in time")
+        return left
+
+    def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        body: bytes | None = None,
+        headers: dict | None = None,
+        direct: bool = False,
+        timeout: float = REQUEST_TIMEOUT,
+        attempts: int = MAX_ATTEMPTS,
+    ) -> Response:
+        """Send one request; retry transient failures with backoff inside the deadline.
+
+        ``direct`` bypasses any proxy (the metadata server must never be proxied).
+        """
+        last_error = None
+        # A proxy would carry a loopback request (and its plain-http secrets) off the machine.
+        direct = direct or _is_loopback_host(_url_host(url))
+        for attempt in range(1, attempts + 1):
+            try:
+                response = self._send(method, url, body, headers or {}, direct, timeout)
+            except _TransientError as exc:
+                last_error = f"could not reach {_without_query(url)}: {exc}"
+                wait = 0.0
+            else:
+                if not _worth_retrying(response) or attempt == attempts:
+                    return response
+                last_error = f"{_without_query(url)} answered HTTP {response.status}"
+                wait = _retry_after(response, self.deadline - _monotonic())
+            if attempt == attempts:
+                break
+            import random
+
+            wait = max(wait, 0.5 * 2 ** (attempt - 1) * random.uniform(0.9, 1.1))  # noqa: S311
+            if wait >= self.deadline - _monotonic():
+                break
+            _debug("%s; retrying in %.1f s", last_error, wait)
+            time.sleep(wait)
+        raise CredentialError(last_error)
+
+    def _send(self, method, url, body, headers, direct, timeout) -> Response:
+        """One exchange, bounded as a whole: socket timeouts alone let a slow drip go on."""
+        import threading
+
+        timeout = min(timeout, self.remaining())
+        outcome: list = []
+
+        def exchange() -> None:
+            try:
+                outcome.append(self._exchange(method, url, body, headers, direct, timeout))
+            except BaseException as exc:  # handed to the caller's thread below
+                outcome.append(exc)
+
+        worker = threading.Thread(target=exchange, name="artifactregistry-gauth", daemon=True)
+        worker.start()
+        worker.join(timeout)
+        if not outcome:  # abandoned: the daemon thread ends with its socket's timeout
+            raise _TransientError("timed out")
+        if isinstance(outcome[0], BaseException):
+            raise outcome[0]
+        return outcome[0]
+
+    def _exchange(self, method, url, body, headers, direct, timeout) -> Response:
+        import http.client
+        import urllib.error
+        import urllib.request
+
+        handlers = [_no_redirect_handler()]
+        if direct:
+            handlers.append(urllib.request.ProxyHandler({}))
+        store = ""
+        if url.startswith("https:"):
+            context, store = _tls_context()
+            handlers.append(urllib.request.HTTPSHandler(context=context))
+        opener = urllib.request.build_opener(*handlers)
+        request = urllib.request.Request(url, data=body, headers=headers, method=method)
+        try:
+            with opener.open(request, timeout=timeout) as reply:
+                return Response(reply.status, _lower(reply.headers), _read(reply))
+        except urllib.error.HTTPError as reply:
+            with reply:
+                return Response(reply.code, _lower(reply.headers), _read(reply))
+        except urllib.error.URLError as exc:
+            reason = exc.reason
+            if _is_certificate_error(reason):
+                raise CredentialError(
+                    f"the TLS certificate of {_url_host(url)} is not trusted ({reason}; "
+                    f"verified against {store}); behind a TLS-inspecting proxy, point "
+                    "SSL_CERT_FILE or REQUESTS_CA_BUNDLE at its CA bundle"
+                ) from None
+            raise _TransientError(_describe_os_error(reason)) from None
+        except (OSError, http.client.HTTPException) as exc:
+            raise _TransientError(_describe_os_error(exc)) from None
+
+
+def _is_certificate_error(reason: object) -> bool:
+    import ssl
+
+    return isinstance(reason, ssl.SSLCertVerificationError)
+
+
+def _describe_os_error(exc: object) -> str:
+    if isinstance(exc, TimeoutError) or type(exc).__name__ == "timeout":
+        return "timed out"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__
+
+
+def _lower(headers) -> dict:
+    return {k.lower(): v for k, v in headers.items()}
+
+
+def _read(reply) -> bytes:
+    return reply.read(MAX_RESPONSE_BYTES)
+
+
+# OAuth error codes that mean "try again", whatever the HTTP status (PROTOCOLS.md B.0).
+_RETRY_OAUTH_ERRORS = frozenset({"internal_failure", "server_error", "temporarily_unavailable"})
+
+
+def _worth_retrying(response: Response) -> bool:
+    if response.status in RETRY_STATUSES:
+        return True
+    if response.status < 400:
+        return False
+    try:
+        data = response.json()
+    except ValueError:
+        return False
+    return isinstance(data, dict) and any(
+        data.get(field) in _RETRY_OAUTH_ERRORS
+        for field in ("error", "error_description")
+        if isinstance(data.get(field), str)
+    )
+
+
+def _retry_after(response: Response, limit: float) -> float:
+    """The wait a Retry-After header asks for, at most ``limit``; 0 when absent or unusable.
+
+    Only delta-seconds count (``nan``, ``-5`` or ``1.5`` would otherwise reach time.sleep);
+    an HTTP-date is ignored rather than trusted to a clock we do not share.
+    """
+    text = str(response.headers.get("retry-after", "")).strip()
+    if not (text.isascii() and text.isdigit()):
+        return 0.0
+    if len(text) > 9:  # more than 31 years: certainly beyond any budget
+        return max(limit, 0.0)
+    return max(min(float(text), limit), 0.0)
+
+
+def _no_redirect_handler():
+    import urllib.request
+
+    class NoRedirect(urllib.request.HTTPRedirectHandler):
+        """Token endpoints never redirect; following one could send credentials elsewhere."""
+
+        def redirect_request(self, req, fp, code, msg, headers, newurl):
+            return None
+
+    return NoRedirect()
+
+
+# --- TLS: which certificates to trust -----------------------------------------------------
+
+
+# Who names a CA bundle, in the order they win: OpenSSL's own variable, then requests'.
+_CA_BUNDLE_VARIABLES = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
+# Roots exported from the macOS keychains are exported again after this long.
+MACOS_ROOTS_LIFE = 24 * 3600
+MACOS_KEYCHAINS = (
+    "/System/Library/Keychains/SystemRootCertificates.keychain",
+    "/Library/Keychains/System.keychain",  # CAs an administrator added, corporate ones
+)
+MAX_MACOS_ROOTS_BYTES = 8 << 20
+_TLS_CONTEXTS: dict = {}
+
+
+def _tls_context():
+    """The SSL context for https and a description of its trust store, built once per setting."""
+    key = tuple(os.environ.get(name, "") for name in (*_CA_BUNDLE_VARIABLES, "SSL_CERT_DIR"))
+    found = _TLS_CONTEXTS.get(key)
+    if found is None:
+        found = _TLS_CONTEXTS[key] = _new_tls_context()
+        _debug("verifying TLS certificates against %s", found[1])
+    return found
+
+
+def _new_tls_context():
+    import ssl
+
+    name = next((n for n in _CA_BUNDLE_VARIABLES if os.environ.get(n)), "")
+    if name == "SSL_CERT_FILE" or (not name and os.environ.get("SSL_CERT_DIR")):
+        # OpenSSL reads both variables itself when it loads its default paths.
+        name = name or "SSL_CERT_DIR"
+        return ssl.create_default_context(), f"{name}={os.environ[name]}"
+    if name:
+        return _ca_bundle_context(name, os.environ[name]), f"{name}={os.environ[name]}"
+    context = ssl.create_default_context()
+    if _has_default_roots(context):
+        return context, "OpenSSL's default CA paths"
+    # No roots: python.org's macOS Python before "Install Certificates.command" runs.
+    for fallback in (_truststore_context, _certifi_context, _macos_keychain_context):
+        found = fallback()
+        if found:
+            return found
+    return context, "OpenSSL's default CA paths, which hold no certificates"
+
+
+def _ca_bundle_context(name: str, path: str):
+    """A context that trusts only the bundle (a file or a directory), as requests does."""
+    import ssl
+
+    try:
+        if os.path.isdir(path):
+            return ssl.create_default_context(capath=path)
+        return ssl.create_default_context(cafile=path)
+    except OSError as exc:  # ssl.SSLError is an OSError too
+        problem = exc.strerror or getattr(exc, "reason", None) or exc
+        raise CredentialError(
+            f"{name}={path}: cannot load CA certificates from it ({problem}); "
+            f"point {name} at a PEM bundle or unset it"
+        ) from None
+
+
+def _has_default_roots(context) -> bool:
+    """True if OpenSSL's default paths hold certificates."""
+    import ssl
+
+    if context.cert_store_stats()["x509"]:
+        return True
+    # A CA directory is read lazily, one file per lookup: nothing is counted until then.
+    capath = ssl.get_default_verify_paths().capath
+    if not capath:
+        return False
+    try:
+        with os.scandir(capath) as entries:
+            return any(True for _ in entries)
+    except OSError:
+        return False
+
+
+def _truststore_context():
+    """The OS trust store through truststore, or pip's vendored copy of it."""
+    import importlib
+    import ssl
+
+    for name in ("truststore", "pip._vendor.truststore"):
+        try:
+            truststore = importlib.import_module(name)
+        except ImportError:  # absent, or Python older than truststore supports
+            continue
+        return truststore.SSLContext(ssl.PROTOCOL_TLS_CLIENT), f"the OS trust store via {name}"
+    return None
+
+
+def _certifi_context():
+    import ssl
+
+    try:
+        import certifi
+    except ImportError:
+        return None
+    path = certifi.where()
+    return ssl.create_default_context(cafile=path), f"certifi's CA bundle {path}"
+
+
+def _macos_keychain_context():
+    """The macOS system roots and admin-added CAs, as the keychains hold them."""
+    import ssl
+
+    if sys.platform != "darwin":
+        return None
+    pem = _macos_roots()
+    if not pem:
+        return None
+    try:
+        context = ssl.create_default_context(cadata=pem)
+    except ssl.SSLError as exc:
+        _debug("cannot use the certificates exported from the macOS keychains: %s", exc)
+        return None
+    return context, "the macOS system keychains (security find-certificate)"
+
+
+def _macos_roots() -> str:
+    """PEM certificates from the system keychains, kept in the cache for MACOS_ROOTS_LIFE."""
+    directory = cache_dir(create=True)
+    path = os.path.join(directory, "macos-roots.pem") if directory else ""
+    pem = _fresh_private_text(path, MACOS_ROOTS_LIFE) if path else ""
+    if pem:
+        return pem
+    pem = _export_macos_roots()
+    if pem and path:
+        try:
+            _write_private_file(path, pem.encode("ascii"))
+        except OSError as exc:
+            _debug("cannot keep the macOS roots in %s: %s", path, exc.strerror or exc)
+    return pem
+
+
+def _fresh_private_text(path: str, life: float) -> str:
+    """The text of a regular file of ours younger than ``life`` seconds, else ""."""
+    import stat
+
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError:
+        return ""
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or not _private_file(fd) or _now() - info.st_mtime > life:
+            return ""
+        return f.read(MAX_MACOS_ROOTS_BYTES).decode("ascii", "replace")
+
+
+def _export_macos_roots() -> str:
+    import subprocess
+
+    security = _find_executable("security")  # on PATH, never the working directory
+    if not security:
+        return ""
+    argv = [security, "find-certificate", "-a", "-p", *MACOS_KEYCHAINS]
+    try:
+        done = _run_capped(argv, None, 10.0, MAX_MACOS_ROOTS_BYTES)
+    except (OSError, subprocess.TimeoutExpired, _OutputTooLargeError) as exc:
+        _debug("cannot export the macOS roots with security: %s", exc)
+        return ""
+    # A missing keychain makes security fail, yet it still prints the other one.
+    pem = done.stdout.decode("ascii", "replace")
+    return pem if "-----BEGIN CERTIFICATE-----" in pem else ""
+
+
+# --- hashing ------------------------------------------------------------------------------
+
+
+def _short_hash(data: bytes) -> str:
+    return _sha256(data).hexdigest()[:16]
+
+
+def _sha256(data: bytes):
+    """SHA-256 from Python's own implementation when it has one: on the warm path, loading
+    OpenSSL for hashlib costs more (about 3 ms) than everything else a cached token needs."""
+    try:
+        from _sha2 import sha256  # Python 3.12+
+    except ImportError:
+        try:
+            from _sha256 import sha256  # Python 3.9 to 3.11
+        except ImportError:  # built without them (some FIPS builds)
+            from hashlib import sha256
+    return sha256(data)
+
+
+# ==========================================================================================
+
+
+# The command line. Everything above serves a lookup and never uses a name below this line.
+
+
+# ==========================================================================================
+
 
 PROG = "artifactregistry-gauth"
 
@@ -3714,7 +3773,7 @@ def _parse_keyring_command(argv: list, prog: str) -> tuple | int:
     return args.mode, args.output, args.service, args.username
 
 
-# --- print-settings ---------------------------------------------------------------------------
+# --- print-settings -----------------------------------------------------------------------
 
 
 def print_settings(location: str, project: str, repository: str, tool: str = "all") -> str:
@@ -3782,7 +3841,7 @@ setenv =
     return "\n".join(chosen.values())
 
 
-# --- doctor -----------------------------------------------------------------------------------
+# --- doctor -------------------------------------------------------------------------------
 
 
 def _doctor_command(as_json: bool) -> int:
@@ -4285,7 +4344,8 @@ def _format_report(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-# --- netrc ------------------------------------------------------------------------------------
+# --- netrc --------------------------------------------------------------------------------
+
 
 # A netrc file larger than this is refused rather than rewritten.
 MAX_NETRC_BYTES = 1 << 20
@@ -4520,7 +4580,8 @@ def _whole_lines(data: bytes, start: int, end: int) -> tuple:
     return line_start, line_end
 
 
-# --- Bazel credential helper ------------------------------------------------------------------
+# --- Bazel credential helper --------------------------------------------------------------
+
 
 # Bazel sends {"uri": ...}; anything longer is not a request.
 MAX_HELPER_REQUEST = 64 * 1024
