@@ -167,7 +167,7 @@ def test_any_adc_file_loads_or_says_what_is_wrong(tmp_path_factory, document):
         assert "\n" not in str(exc)
     else:
         assert isinstance(source, gauth.CredentialSource)
-        assert source.identity
+        assert source.static_identity
 
 
 @FUZZ
@@ -176,9 +176,13 @@ def test_any_bytes_as_an_adc_file_load_or_say_what_is_wrong(tmp_path_factory, ra
     path = tmp_path_factory.mktemp("adc") / "creds.json"
     path.write_bytes(raw)
     try:
-        gauth.load_adc_file(str(path), "GOOGLE_APPLICATION_CREDENTIALS")
-    except gauth.CredentialError:
-        pass
+        source = gauth.load_adc_file(str(path), "GOOGLE_APPLICATION_CREDENTIALS")
+    except gauth.CredentialError as exc:
+        assert str(path) in str(exc)
+        assert "\n" not in str(exc)
+    else:
+        assert isinstance(source, gauth.CredentialSource)
+        assert source.static_identity
 
 
 token_bodies = (
@@ -198,7 +202,7 @@ token_bodies = (
 def test_any_token_endpoint_answer_is_a_token_or_a_credential_error(status, body):
     response = gauth.Response(status, {}, body)
     try:
-        data = gauth._token_response_json(response, "https://oauth2.googleapis.com/token", "it")
+        data = gauth._token_response_json(response, "https://oauth2.googleapis.com/token", "it", [])
         token = gauth._token_from_oauth(data, "it", "fuzz")
     except gauth.CredentialError as exc:
         assert "\n" not in str(exc)
@@ -468,7 +472,7 @@ def test_the_readers_really_disagree_on_the_known_attacks(service):
 )
 def test_absurd_expires_in_means_unknown_expiry(expires_in):
     body = f'{{"access_token": "t", "expires_in": {expires_in}}}'.encode()
-    data = gauth._token_response_json(gauth.Response(200, {}, body), "https://x/token", "it")
+    data = gauth._token_response_json(gauth.Response(200, {}, body), "https://x/token", "it", [])
     assert gauth._token_from_oauth(data, "it", "fuzz").expiry is None
 
 

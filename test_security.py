@@ -22,15 +22,10 @@ import pytest
 import artifactregistry_gauth as gauth
 from fakes import register_secret
 from fakes.network import Listener, reply
+from fakes.testing import one_line
 from test_federation import ID_TOKEN_TYPE, STS_URL, SUBJECT, WORKLOAD, Executable, external
 
 KIB = 1024
-
-
-def one_line(exc_info):
-    message = str(exc_info.value)
-    assert "\n" not in message, message
-    return message
 
 
 @pytest.fixture
