@@ -687,9 +687,8 @@ def poetry_env(client_env):
     }
 
 
-def test_poetry_installs_from_an_artifact_registry_source(
-    toolbox, registry, fake_google, client_env, tmp_path
-):
+def poetry_project(tmp_path, source, url):
+    """A project that needs gauth-demo-app from its one poetry source, `source` at `url`."""
     project = tmp_path / "consumer"
     project.mkdir()
     (project / "pyproject.toml").write_text(
@@ -701,12 +700,19 @@ def test_poetry_installs_from_an_artifact_registry_source(
             package-mode = false
 
             [[tool.poetry.source]]
-            name = "gar"
-            url = "{INDEX}"
+            name = "{source}"
+            url = "{url}"
             priority = "primary"
             """
         )
     )
+    return project
+
+
+def test_poetry_installs_from_an_artifact_registry_source(
+    toolbox, registry, fake_google, client_env, tmp_path
+):
+    project = poetry_project(tmp_path, "gar", INDEX)
     result = run(
         [toolbox.exe("poetry", "poetry"), "install", "-vvv"], poetry_env(client_env), cwd=project
     )
@@ -756,23 +762,7 @@ def test_poetry_sends_no_token_for_a_source_named_like_a_registry_host(
 ):
     # poetry asks keyring for poetry-repository-NAME with the http-basic username, then sends
     # the answer to NAME's URL: here a foreign host that asks for credentials.
-    project = tmp_path / "consumer"
-    project.mkdir()
-    (project / "pyproject.toml").write_text(
-        CONSUMER_PROJECT
-        + textwrap.dedent(
-            f"""\
-
-            [tool.poetry]
-            package-mode = false
-
-            [[tool.poetry.source]]
-            name = "{AR_HOST}"
-            url = "{PROXY_INDEX}"
-            priority = "primary"
-            """
-        )
-    )
+    project = poetry_project(tmp_path, AR_HOST, PROXY_INDEX)
     config = tmp_path / "poetry-config"
     config.mkdir()
     (config / "auth.toml").write_text(f'[http-basic."{AR_HOST}"]\nusername = "oauth2accesstoken"\n')
