@@ -687,9 +687,8 @@ def poetry_env(client_env):
     }
 
 
-def test_poetry_installs_from_an_artifact_registry_source(
-    toolbox, registry, fake_google, client_env, tmp_path
-):
+def poetry_project(tmp_path, source, url):
+    """A project that needs gauth-demo-app from its one poetry source, `source` at `url`."""
     project = tmp_path / "consumer"
     project.mkdir()
     (project / "pyproject.toml").write_text(
@@ -701,12 +700,19 @@ def test_poetry_installs_from_an_artifact_registry_source(
             package-mode = false
 
             [[tool.poetry.source]]
-            name = "gar"
-            url = "{INDEX}"
+            name = "{source}"
+            url = "{url}"
             priority = "primary"
             """
         )
     )
+    return project
+
+
+def test_poetry_installs_from_an_artifact_registry_source(
+    toolbox, registry, fake_google, client_env, tmp_path
+):
+    project = poetry_project(tmp_path, "gar", INDEX)
     result = run(
         [toolbox.exe("poetry", "poetry"), "install", "-vvv"], poetry_env(client_env), cwd=project
     )
@@ -749,6 +755,24 @@ def test_poetry_publishes_to_artifact_registry(
     check(result)
     assert_uploaded(registry, wheel)
     assert token_fetches(fake_google) == 1
+
+
+def test_poetry_sends_no_token_for_a_source_named_like_a_registry_host(
+    toolbox, registry, fake_google, client_env, tmp_path
+):
+    # poetry asks keyring for poetry-repository-NAME with the http-basic username, then sends
+    # the answer to NAME's URL: here a foreign host that asks for credentials.
+    project = poetry_project(tmp_path, AR_HOST, PROXY_INDEX)
+    config = tmp_path / "poetry-config"
+    config.mkdir()
+    (config / "auth.toml").write_text(f'[http-basic."{AR_HOST}"]\nusername = "oauth2accesstoken"\n')
+    env = {**poetry_env(client_env), "POETRY_CONFIG_DIR": str(config)}
+    result = run([toolbox.exe("poetry", "poetry"), "lock", "-vvv"], env, cwd=project)
+    assert result.returncode != 0  # the source wants credentials, and none are ours to give
+    asked = registry.requests_to(PROXY_HOST)
+    assert asked, "poetry never reached the source"
+    assert [r for r in asked if r.carried_google_token] == []
+    assert token_fetches(fake_google) == 0
 
 
 # --- tox ----------------------------------------------------------------------------------------
@@ -911,6 +935,41 @@ def test_pdm_publishes_to_artifact_registry(
     check(run(publish, pdm_env(client_env), cwd=project))
     assert_uploaded(registry, wheel)
     assert token_fetches(fake_google) == 1
+
+
+# A cloned project names its source like a registry host; pdm asks keyring for
+# pdm-pypi-mirror.pkg.dev after the URL and the host, and sends the answer to the source's URL.
+HOSTILE_PDM_PROJECT = f"""{CONSUMER_PROJECT}
+[tool.pdm]
+distribution = false
+
+[[tool.pdm.source]]
+name = "mirror.pkg.dev"
+url = "{PROXY_INDEX}"
+"""
+
+
+@pytest.mark.parametrize("keyring", ["module", "command"])
+def test_pdm_sends_no_token_for_a_source_named_like_a_registry_host(
+    toolbox, registry, fake_google, client_env, keyring_link, tmp_path, keyring
+):
+    project = tmp_path / "consumer"
+    project.mkdir()
+    (project / "pyproject.toml").write_text(HOSTILE_PDM_PROJECT)
+    if keyring == "module":  # keyring and we in pdm's own environment
+        pdm, env, log = toolbox.exe("pdm", "pdm"), pdm_env(client_env), None
+    else:  # no keyring module: unearth runs the `keyring` on PATH, a link to our command
+        shim, log = recording_keyring(keyring_link / "keyring", tmp_path / "shim")
+        pdm, env = toolbox.exe("pdm_bare", "pdm"), on_path(pdm_env(client_env), shim)
+    result = run([pdm, "lock"], env, cwd=project)
+    assert result.returncode != 0  # the source wants credentials, and none are ours to give
+    if log is not None:
+        calls = [json.loads(line) for line in log.read_text().splitlines()]
+        assert ["--mode=creds", "get", "pdm-pypi-mirror.pkg.dev", ""] in calls
+    asked = registry.requests_to(PROXY_HOST)
+    assert asked, "pdm never reached the source"
+    assert [r for r in asked if r.carried_google_token] == []
+    assert token_fetches(fake_google) == 0
 
 
 # --- hatch --------------------------------------------------------------------------------------
