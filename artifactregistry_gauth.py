@@ -443,7 +443,7 @@ class ExplicitToken(CredentialSource):
         super().__init__(origin)
         self.value = value
         # A new value is a new identity at once; the hash keeps the value out of the key.
-        self.content_hash = _short_hash(value.encode("utf-8", "surrogateescape"))
+        self.content_hash = _short_hash(value)
 
     def fetch(self, transport: Transport) -> Token:
         return Token(self.value, None, self.describe())
@@ -730,7 +730,7 @@ class ExternalAccount(CredentialSource):
         # runner the same file serves one job's token, then another's. So the subject is
         # part of the identity (hashed; it is never stored).
         self._subject = self.subject_token(transport)
-        return f"{self.identity}:{_short_hash(self.subject_fingerprint(self._subject).encode())}"
+        return f"{self.identity}:{_short_hash(self.subject_fingerprint(self._subject))}"
 
     def subject_fingerprint(self, subject_token: str) -> str:
         """What decides the principal: a JWT's claims (not its times), else the whole token."""
@@ -748,9 +748,7 @@ class ExternalAccount(CredentialSource):
             "subject_token_type": self.subject_token_type,
         }
         headers = {}
-        if self.client_id:
-            headers["Authorization"] = _basic_auth(self.client_id, self.client_secret)
-        elif self.user_project:
+        if self.user_project and not self.client_id:
             import json
             from urllib.parse import quote
 
@@ -758,6 +756,8 @@ class ExternalAccount(CredentialSource):
             fields["options"] = quote(json.dumps({"userProject": self.user_project}))
         _debug("exchanging the %s subject token at %s", self.source_name, self.token_url)
         try:
+            if self.client_id:
+                headers["Authorization"] = _basic_auth(self.client_id, self.client_secret)
             data = _post_form(transport, self.token_url, fields, "Google's STS", headers)
             token = _token_from_oauth(data, "Google's STS", self.describe())
         except TokenEndpointError as exc:
@@ -1144,7 +1144,10 @@ class AwsFederation(ExternalAccount):
         aws = self.__dict__.pop("_aws", None) or self._region_and_credentials(transport)
         region, key_id, secret, session_token = aws
         url = self.verification_url.replace("{region}", region)
-        headers = aws_sigv4_headers("POST", url, region, key_id, secret, session_token, _now())
+        try:
+            headers = aws_sigv4_headers("POST", url, region, key_id, secret, session_token, _now())
+        except CredentialError as exc:
+            raise self.fail(str(exc), "check the AWS credentials") from None
         # Added after signing: STS checks it, AWS never sees it.
         headers["x-goog-cloud-target-resource"] = self.audience
         request = {
@@ -1253,15 +1256,15 @@ class ExternalAccountUser(CredentialSource):
         names = ("refresh_token", "token_url", "client_id", "client_secret")
         _require_fields(info, names, origin, _WORKFORCE_LOGIN_FIX)
         self.token_url = info["token_url"]
-        self.client_auth = _basic_auth(info["client_id"], info["client_secret"])
+        self.client_id, self.client_secret = info["client_id"], info["client_secret"]
         self.refresh_token = info["refresh_token"]
         self.universe = _optional_str(info, "universe_domain", origin) or DEFAULT_UNIVERSE
         self.quota_project = _optional_str(info, "quota_project_id", origin)
 
     def fetch(self, transport: Transport) -> Token:
         fields = {"grant_type": "refresh_token", "refresh_token": self.refresh_token}
-        headers = {"Authorization": self.client_auth}
         try:
+            headers = {"Authorization": _basic_auth(self.client_id, self.client_secret)}
             data = _post_form(transport, self.token_url, fields, "Google's STS", headers)
             return _token_from_oauth(data, "Google's STS", self.describe())
         except TokenEndpointError as exc:
@@ -1763,7 +1766,7 @@ class GcloudAccessTokenFile(CredentialSource):
             raise self.fail("it does not hold one access token", "write the token alone into it")
         self.value = value
         # Rewritten in place, the file is a new identity at once; only a hash is kept.
-        self.content_hash = _short_hash(value.encode("utf-8"))
+        self.content_hash = _short_hash(value)
 
     def fetch(self, transport: Transport) -> Token:
         return Token(self.value, None, self.describe())
@@ -2273,7 +2276,7 @@ def _default_cache_dir() -> str:
 
 def _file_key(identity: str, full: bool = False) -> str:
     """A file name for an identity: its hash, so names reveal nothing about it."""
-    digest = _sha256(f"artifactregistry-gauth/1\0{identity}".encode()).hexdigest()
+    digest = _sha256(_hashable(f"artifactregistry-gauth/1\0{identity}")).hexdigest()
     return digest if full else digest[:32]
 
 
@@ -2387,8 +2390,11 @@ def _post_form(
     _check_endpoint(url, what)
     all_headers = {"Content-Type": "application/x-www-form-urlencoded"}
     all_headers.update(headers or {})
+    form = {
+        name: _sendable(value, f"the {name} to send to {what}") for name, value in fields.items()
+    }
     response = transport.request(
-        "POST", url, body=urlencode(fields).encode("ascii"), headers=all_headers
+        "POST", url, body=urlencode(form).encode("ascii"), headers=all_headers
     )
     sent = [value for name, value in fields.items() if name in _SECRET_FIELDS]
     for name, value in all_headers.items():
@@ -2519,8 +2525,23 @@ def _parse_rfc3339(text: str) -> float:
 def _basic_auth(client_id: str, client_secret: str) -> str:
     import base64
 
-    pair = f"{client_id}:{client_secret or ''}".encode()
+    pair = _sendable(f"{client_id}:{client_secret or ''}", "the client_id or client_secret")
     return "Basic " + base64.b64encode(pair).decode("ascii")
+
+
+def _sendable(text: str, what: str) -> bytes:
+    """The UTF-8 we send for ``text``; CredentialError naming ``what`` if it cannot be sent.
+
+    JSON can spell half of a UTF-16 pair (``"\\ud800"``) and Python decodes it to a lone
+    surrogate, which no UTF-8 encoder accepts: refused here in one line, not a traceback.
+    """
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise CredentialError(
+            f"{what} holds a lone surrogate (half of a UTF-16 pair, as a JSON \\ud800 "
+            "escape decodes), which cannot be sent; fix the text where it comes from"
+        ) from None
 
 
 def _generate_access_token(
@@ -2794,10 +2815,10 @@ def aws_sigv4_headers(
             "AWS4-HMAC-SHA256",
             amz_date,
             scope,
-            hashlib.sha256(canonical_request.encode("utf-8")).hexdigest(),
+            hashlib.sha256(_sendable(canonical_request, "the AWS request")).hexdigest(),
         ]
     )
-    key = ("AWS4" + secret_access_key).encode("utf-8")
+    key = _sendable("AWS4" + secret_access_key, "the AWS secret access key")
     for part in (date, region, service, "aws4_request"):
         key = hmac.new(key, part.encode("utf-8"), hashlib.sha256).digest()
     signature = hmac.new(key, string_to_sign.encode("utf-8"), hashlib.sha256).hexdigest()
@@ -2968,9 +2989,19 @@ def _run_capped(argv: list, env: dict | None, timeout: float, limit: int = MAX_R
     deadline = _monotonic() + timeout
     pipe = subprocess.PIPE
     group = os.name != "nt"  # its own process group, so a kill also ends what it started
-    process = subprocess.Popen(
-        argv, stdin=subprocess.DEVNULL, stdout=pipe, stderr=pipe, env=env, start_new_session=group
-    )
+    try:
+        process = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=pipe,
+            stderr=pipe,
+            env=env,
+            start_new_session=group,
+        )
+    except ValueError:  # a NUL, or a lone surrogate the file system encoding refuses
+        raise OSError(
+            0, "its command line or environment holds a NUL or a character that cannot be passed"
+        ) from None
     outputs: dict = {"stdout": bytearray(), "stderr": bytearray()}
     too_large: list = []
     ended = threading.Semaphore(0)
@@ -3135,6 +3166,35 @@ def _check_endpoint(url: str, what: str) -> None:
     )
 
 
+_HEADER_NAME_CHARS = frozenset(
+    "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+)
+
+
+def _check_sendable(url: str, headers: dict) -> None:
+    """CredentialError unless http.client can send this URL and these headers as they are.
+
+    It sends the request line as ASCII and header values as Latin-1, and refuses line
+    breaks; text from a file would otherwise fail inside it as a traceback (or, for a
+    header, quote the value). Nothing of a header's value is quoted here.
+    """
+    if not (url.isascii() and url.isprintable()) or " " in url:
+        raise CredentialError(
+            f"the URL {url} holds characters that cannot be sent (non-ASCII, spaces or "
+            "control characters); percent-encode them"
+        )
+    for name, value in headers.items():
+        if not (name and _HEADER_NAME_CHARS.issuperset(name) and _is_header_value(value)):
+            raise CredentialError(
+                f"the {name!r} header for {url} holds characters HTTP headers cannot carry "
+                "(a line break, a control character, text beyond Latin-1 or a lone surrogate)"
+            )
+
+
+def _is_header_value(value: str) -> bool:
+    return all(c == "\t" or " " <= c <= "~" or "\xa0" <= c <= "\xff" for c in value)
+
+
 class Transport:
     """Sends the HTTP requests of one lookup, all within one deadline."""
 
@@ -3163,6 +3223,7 @@ class Transport:
 
         ``direct`` bypasses any proxy (the metadata server must never be proxied).
         """
+        _check_sendable(url, headers or {})
         last_error = None
         # A proxy would carry a loopback request (and its plain-http secrets) off the machine.
         direct = direct or _is_loopback_host(_url_host(url))
@@ -3484,8 +3545,14 @@ def _export_macos_roots() -> str:
 # --- hashing ------------------------------------------------------------------------------
 
 
-def _short_hash(data: bytes) -> str:
-    return _sha256(data).hexdigest()[:16]
+def _short_hash(data: bytes | str) -> str:
+    return _sha256(_hashable(data)).hexdigest()[:16]
+
+
+def _hashable(data: bytes | str) -> bytes:
+    """Text as bytes to hash: a lone surrogate (a JSON escape, a non-UTF-8 file name)
+    hashes too, so that a source can say what is wrong instead of raising here."""
+    return data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data
 
 
 def _sha256(data: bytes):

@@ -797,6 +797,161 @@ def test_a_long_server_message_is_cut_short(monkeypatch, sa_env, fake_google):
     assert one_line(exc).count("blah") <= gauth.MAX_QUOTED // 5
 
 
+# --- text that cannot be sent: one line, never a UnicodeEncodeError ---------------------------
+
+INDEX = "https://us-python.pkg.dev/proj/repo/simple/"
+LONE_SURROGATE = "abc\ud800def"  # what a JSON "\ud800" escape without its pair decodes to
+
+
+def surrogate_subject_file(tmp_path, fake_idp):
+    token_file = tmp_path / "subject.json"
+    token_file.write_text(json.dumps({"id_token": LONE_SURROGATE}))  # written as \ud800
+    return {"file": str(token_file)}
+
+
+def surrogate_subject_url(tmp_path, fake_idp):
+    fake_idp.token, fake_idp.json_field = LONE_SURROGATE, "id_token"
+    return {"url": fake_idp.url}
+
+
+@pytest.fixture(params=[surrogate_subject_file, surrogate_subject_url])
+def unsendable_subject(request, tmp_path, monkeypatch):
+    source = request.param(tmp_path, request.getfixturevalue("fake_idp"))
+    source["format"] = {"type": "json", "subject_token_field_name": "id_token"}
+    creds = tmp_path / "creds.json"
+    creds.write_text(json.dumps(external(source, token_url="http://127.0.0.1:9/token")))
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(creds))
+    return creds
+
+
+UNSENDABLE = "subject_token to send to Google's STS holds a lone surrogate"
+
+
+def test_a_subject_token_that_cannot_be_sent_is_one_line_from_get_password(
+    unsendable_subject, caplog
+):
+    with caplog.at_level("WARNING", logger="artifactregistry_gauth"):
+        assert gauth.GooglePyPIAuth().get_password(INDEX, "oauth2accesstoken") is None
+    [line] = caplog.messages
+    assert line.startswith(f"artifactregistry-gauth: {unsendable_subject}: ")
+    assert UNSENDABLE in line
+
+
+@pytest.mark.parametrize("command", [["token"], ["get", INDEX, "oauth2accesstoken"]])
+def test_a_subject_token_that_cannot_be_sent_is_one_line_from_the_cli(unsendable_subject, command):
+    done = subprocess.run(
+        [sys.executable, "-m", "artifactregistry_gauth", *command],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    assert done.stdout == ""
+    [line] = done.stderr.splitlines()
+    assert UNSENDABLE in line and str(unsendable_subject) in line
+
+
+UNSENDABLE_FILES = [
+    # (name, credential_source, extra fields of the file, words of the one line)
+    (
+        "header value beyond Latin-1",
+        {"url": "http://127.0.0.1:9/idp", "headers": {"Metadata": "\u20ac"}},
+        {},
+        "the 'Metadata' header for http://127.0.0.1:9/idp holds characters",
+    ),
+    (
+        "header value with a lone surrogate",
+        {"url": "http://127.0.0.1:9/idp", "headers": {"Metadata": "\ud800"}},
+        {},
+        "the 'Metadata' header",
+    ),
+    (
+        "header value with a line break",
+        {"url": "http://127.0.0.1:9/idp", "headers": {"Metadata": "a\r\nX-Injected: 1"}},
+        {},
+        "the 'Metadata' header",
+    ),
+    (
+        "header name with a space",
+        {"url": "http://127.0.0.1:9/idp", "headers": {"Meta data": "True"}},
+        {},
+        "the 'Meta data' header",
+    ),
+    (
+        "non-ASCII subject token URL",
+        {"url": "http://127.0.0.1:9/t\u00f6ken"},
+        {},
+        "the URL http://127.0.0.1:9/t\u00f6ken holds characters that cannot be sent",
+    ),
+    (
+        "non-ASCII token_url",
+        {"file": "SUBJECT_FILE"},
+        {"token_url": "http://127.0.0.1:9/t\u00f6ken"},
+        "the URL http://127.0.0.1:9/t\u00f6ken holds characters that cannot be sent",
+    ),
+    (
+        "audience with a lone surrogate",
+        {"file": "SUBJECT_FILE"},
+        {"audience": WORKLOAD + "\ud800"},
+        "the audience to send to Google's STS holds a lone surrogate",
+    ),
+    (
+        "client secret with a lone surrogate",
+        {"file": "SUBJECT_FILE"},
+        {"client_id": "c", "client_secret": "\ud800"},
+        "the client_id or client_secret holds a lone surrogate",
+    ),
+    (
+        "AWS secret with a lone surrogate",
+        {
+            "environment_id": "aws1",
+            "regional_cred_verification_url": "https://sts.{region}.amazonaws.com?"
+            "Action=GetCallerIdentity&Version=2011-06-15",
+        },
+        {"subject_token_type": "urn:ietf:params:aws:token-type:aws4_request"},
+        "the AWS secret access key holds a lone surrogate",
+    ),
+    (
+        "executable audience with a NUL",
+        {"executable": {"command": "/bin/true"}},
+        {"audience": WORKLOAD + "\x00"},
+        "cannot run the executable '/bin/true' (its command line or environment holds",
+    ),
+    (
+        "executable command with a lone surrogate",
+        {"executable": {"command": "/bin/true \ud800"}},
+        {},
+        "cannot run the executable '/bin/true' (its command line or environment holds",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("source", "extra", "words"),
+    [row[1:] for row in UNSENDABLE_FILES],
+    ids=[row[0] for row in UNSENDABLE_FILES],
+)
+def test_text_that_cannot_be_sent_is_one_clear_line(monkeypatch, tmp_path, source, extra, words):
+    subject = tmp_path / "subject"
+    subject.write_text(SUBJECT)
+    if source.get("file") == "SUBJECT_FILE":
+        source = {"file": str(subject)}
+    monkeypatch.setenv("GOOGLE_EXTERNAL_ACCOUNT_ALLOW_EXECUTABLES", "1")
+    if "environment_id" in source:
+        # The environment cannot hold a lone surrogate; AWS metadata's JSON can.
+        aws = ("us-east-1", "AKIAEXAMPLE", "\ud800", "")
+        monkeypatch.setattr(gauth.AwsFederation, "_region_and_credentials", lambda *_: aws)
+    info = external(source, **{"token_url": "http://127.0.0.1:9/token", **extra})
+    creds = tmp_path / "creds.json"
+    creds.write_text(json.dumps(info))
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(creds))
+    with pytest.raises(gauth.CredentialError) as exc:
+        gauth.get_token()
+    message = one_line(exc)
+    assert message.startswith(f"{creds}: ")
+    assert words in message
+
+
 # --- row 12: what a command prints is capped as HTTP bodies are ---------------------------------
 
 LIMIT = 64 * KIB
