@@ -754,7 +754,9 @@ class ExternalAccount(CredentialSource):
 
             # Encoded once here and again by the form: Google's STS expects exactly that.
             fields["options"] = quote(json.dumps({"userProject": self.user_project}))
-        _debug("exchanging the %s subject token at %s", self.source_name, self.token_url)
+        _debug(
+            "exchanging the %s subject token at %s", self.source_name, _quoted_url(self.token_url)
+        )
         try:
             if self.client_id:
                 headers["Authorization"] = _basic_auth(self.client_id, self.client_secret)
@@ -873,7 +875,7 @@ class UrlFederation(ExternalAccount):
         self.format = self._token_format()
 
     def subject_token(self, transport: Transport) -> str:
-        where = f"the subject token URL {_without_query(self.url)}"
+        where = f"the subject token URL {_quoted_url(self.url)}"
         try:
             response = transport.request("GET", self.url, headers=self.headers, direct=self.direct)
         except CredentialError as exc:
@@ -1240,7 +1242,7 @@ class _AwsMetadata:
         if response.status != 200:
             raise self.source.fail(
                 f"the AWS metadata server answered HTTP {response.status} for {what} "
-                f"({_without_query(url)})",
+                f"({_quoted_url(url)})",
                 "check the instance's IAM role, or set the AWS_* variables",
             )
         return response
@@ -2478,7 +2480,7 @@ def _token_response_json(response: Response, url: str, what: str, sent: list = (
     if response.status == 200 and isinstance(data, dict):
         return data
     if response.status == 200:
-        raise CredentialError(f"{what} at {_without_query(url)} answered with something not JSON")
+        raise CredentialError(f"{what} at {_quoted_url(url)} answered with something not JSON")
     error, subtype, description = "", "", ""
     if isinstance(data, dict):
         if isinstance(data.get("error"), dict):  # Google API style (C.3)
@@ -2490,7 +2492,7 @@ def _token_response_json(response: Response, url: str, what: str, sent: list = (
             description = str(data.get("error_description", ""))
     detail = _redact(": ".join(part for part in (error, description) if part), list(sent))
     raise TokenEndpointError(
-        f"{what} at {_without_query(url)} refused (HTTP {response.status}"
+        f"{what} at {_quoted_url(url)} refused (HTTP {response.status}"
         + (f", {detail})" if detail else ")"),
         error,
         subtype,
@@ -3148,8 +3150,22 @@ def _url_host(url: str) -> str:
     return urlsplit(url).hostname or ""
 
 
-def _without_query(url: str) -> str:
-    return url.split("?", 1)[0]
+def _quoted_url(url: str) -> str:
+    """A URL as our messages and logs quote it: no query or fragment (they carry tokens),
+    a userinfo password as ``***``; never an exception, whatever the text."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    end = min((i for i in map(rest.find, "/?#") if i >= 0), default=len(rest))
+    authority, path = rest[:end], rest[end:].split("?", 1)[0].split("#", 1)[0]
+    userinfo, at, hostport = authority.rpartition("@")
+    if at:
+        user, colon, _ = userinfo.partition(":")
+        if len(user) > 40:  # a long "user name" is likely a token itself
+            user = "***"
+        authority = f"{user}{':***' if colon else ''}@{hostport}"
+    shown = f"{scheme}{sep}{authority}{path}"
+    return shown if len(shown) <= 200 else shown[:200] + "..."
 
 
 def _check_endpoint(url: str, what: str) -> None:
@@ -3162,7 +3178,7 @@ def _check_endpoint(url: str, what: str) -> None:
     if parts.scheme == "http" and parts.hostname and _is_loopback_host(parts.hostname):
         return
     raise CredentialError(
-        f"refusing to send credentials to {what} {_without_query(url)!r}: it must be an https URL"
+        f"refusing to send credentials to {what} {_quoted_url(url)!r}: it must be an https URL"
     )
 
 
@@ -3178,16 +3194,24 @@ def _check_sendable(url: str, headers: dict) -> None:
     breaks; text from a file would otherwise fail inside it as a traceback (or, for a
     header, quote the value). Nothing of a header's value is quoted here.
     """
+    from urllib.parse import urlsplit
+
     if not (url.isascii() and url.isprintable()) or " " in url:
         raise CredentialError(
-            f"the URL {url} holds characters that cannot be sent (non-ASCII, spaces or "
-            "control characters); percent-encode them"
+            f"the URL {_quoted_url(url)} holds characters that cannot be sent (non-ASCII, "
+            "spaces or control characters); percent-encode them"
+        )
+    if "@" in urlsplit(url).netloc:
+        # urllib would take "user:password@host" for the host name and look it up in DNS.
+        raise CredentialError(
+            f"the URL {_quoted_url(url)} has a user name or password, which is never sent; "
+            "remove it (credentials belong in headers)"
         )
     for name, value in headers.items():
         if not (name and _HEADER_NAME_CHARS.issuperset(name) and _is_header_value(value)):
             raise CredentialError(
-                f"the {name!r} header for {url} holds characters HTTP headers cannot carry "
-                "(a line break, a control character, text beyond Latin-1 or a lone surrogate)"
+                f"the {name!r} header for {_quoted_url(url)} holds characters HTTP headers cannot "
+                "carry (a line break, a control character, text beyond Latin-1 or a lone surrogate)"
             )
 
 
@@ -3231,12 +3255,12 @@ class Transport:
             try:
                 response = self._send(method, url, body, headers or {}, direct, timeout)
             except _TransientError as exc:
-                last_error = f"could not reach {_without_query(url)}: {exc}"
+                last_error = f"could not reach {_quoted_url(url)}: {exc}"
                 wait = 0.0
             else:
                 if not _worth_retrying(response) or attempt == attempts:
                     return response
-                last_error = f"{_without_query(url)} answered HTTP {response.status}"
+                last_error = f"{_quoted_url(url)} answered HTTP {response.status}"
                 wait = _retry_after(response, self.deadline - _monotonic())
             if attempt == attempts:
                 break
@@ -3747,7 +3771,7 @@ def _first_word(argv: list) -> str | None:
 def _token_command(url: str | None) -> int:
     if url is not None and not is_registry_service(url):
         sys.stderr.write(
-            f"{PROG}: {url} is not an Artifact Registry URL (https://*.pkg.dev/...); "
+            f"{PROG}: {_quoted_url(url)} is not an Artifact Registry URL (https://*.pkg.dev/...); "
             "add its host to ARTIFACTREGISTRY_GAUTH_HOSTS if it fronts one\n"
         )
         return 2
@@ -4170,18 +4194,6 @@ def _registry_url_parts(url: str):
     return None
 
 
-def _masked(parts) -> str:
-    """The URL without query or fragment, any userinfo password shown as ***."""
-    userinfo, at, hostport = parts.netloc.rpartition("@")
-    if at:
-        user, colon, _ = userinfo.partition(":")
-        if len(user) > 40:  # a long "username" is likely a token itself
-            user = "***"
-        userinfo = user + (":***" if colon else "") + "@"
-    shown = f"{parts.scheme}://{userinfo}{hostport}{parts.path}"
-    return shown if len(shown) <= 200 else shown[:200] + "..."
-
-
 def _read_config(path: str) -> str | None:
     """A configuration file's text (regular, at most MAX_CONFIG_BYTES); None for anything else."""
     try:
@@ -4288,7 +4300,13 @@ def _config_files() -> list:
 def _judge_url(parts, url: str, where: str, tool: str, settings: dict, key: str) -> dict:
     """What the tool reading this Artifact Registry URL will do with it."""
     ok, verdict = _url_verdict(parts, url, tool, settings, key)
-    return {"url": _masked(parts), "where": where, "tool": tool, "ok": ok, "verdict": verdict}
+    return {
+        "url": _quoted_url(parts.geturl()),
+        "where": where,
+        "tool": tool,
+        "ok": ok,
+        "verdict": verdict,
+    }
 
 
 def _url_verdict(parts, url: str, tool: str, settings: dict, key: str) -> tuple:

@@ -952,6 +952,114 @@ def test_text_that_cannot_be_sent_is_one_clear_line(monkeypatch, tmp_path, sourc
     assert words in message
 
 
+# --- a password in a URL we quote is shown as *** ---------------------------------------------
+
+URL_PASSWORD = "Url-Pa55word-Never-Shown"
+AWS_VERIFY = "https://sts.{region}.amazonaws.com?Action=GetCallerIdentity&Version=2011-06-15"
+
+
+def with_password(path, scheme="http"):
+    return f"{scheme}://robot:{URL_PASSWORD}@127.0.0.1:9/{path}"
+
+
+PASSWORD_URLS = [
+    # (name, credential_source, extra fields of the file)
+    ("subject token URL", {"url": with_password("idp?resource=x")}, {}),
+    ("subject token URL without a port", {"url": f"http://robot:{URL_PASSWORD}@127.0.0.1/"}, {}),
+    ("token_url", {"file": "SUBJECT_FILE"}, {"token_url": with_password("token")}),
+    ("token_url not https", {"file": "SUBJECT_FILE"}, {"token_url": with_password("t", "ftp")}),
+    (
+        "AWS region_url",
+        {"environment_id": "aws1", "region_url": with_password("zone")},
+        {"subject_token_type": "urn:ietf:params:aws:token-type:aws4_request"},
+    ),
+    (
+        "AWS session URL",
+        {
+            "environment_id": "aws1",
+            "url": "http://127.0.0.1:9/creds",
+            "imdsv2_session_token_url": with_password("api/token"),
+        },
+        {"subject_token_type": "urn:ietf:params:aws:token-type:aws4_request"},
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("source", "extra"), [row[1:] for row in PASSWORD_URLS], ids=[row[0] for row in PASSWORD_URLS]
+)
+def test_a_password_in_a_url_is_masked_in_errors_and_logs(
+    monkeypatch, tmp_path, caplog, source, extra
+):
+    register_secret(URL_PASSWORD)  # the autouse guard scans every error and log line for it
+    subject = tmp_path / "subject"
+    subject.write_text(SUBJECT)
+    if source.get("file") == "SUBJECT_FILE":
+        source = {"file": str(subject)}
+    if "environment_id" in source:
+        source["regional_cred_verification_url"] = AWS_VERIFY
+        for name in ("AWS_REGION", "AWS_DEFAULT_REGION", "AWS_ACCESS_KEY_ID"):
+            monkeypatch.delenv(name, raising=False)
+        if "region_url" not in source:
+            monkeypatch.setenv("AWS_REGION", "us-east-1")
+    info = external(source, **{"token_url": "http://127.0.0.1:9/token", **extra})
+    creds = tmp_path / "creds.json"
+    creds.write_text(json.dumps(info))
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(creds))
+    with caplog.at_level("DEBUG", logger="artifactregistry_gauth"):
+        with pytest.raises(gauth.CredentialError) as exc:
+            gauth.get_token()
+    message = one_line(exc)
+    assert "robot:***@127.0.0.1" in message
+    assert URL_PASSWORD not in message + caplog.text
+
+
+def test_a_url_with_a_password_is_refused_before_any_connection(monkeypatch, tmp_path):
+    connected = []
+    monkeypatch.setattr(gauth.Transport, "_exchange", lambda *args: connected.append(args))
+    creds = tmp_path / "creds.json"
+    creds.write_text(json.dumps(external({"url": with_password("idp")})))
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(creds))
+    with pytest.raises(gauth.CredentialError, match=r"robot:\*\*\*@.* has a user name or password"):
+        gauth.get_token()
+    assert connected == []  # not even a DNS lookup of "robot:PASSWORD@127.0.0.1"
+
+
+def test_the_cli_masks_a_password_in_a_url_it_refuses():
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "artifactregistry_gauth",
+            "token",
+            "--url",
+            with_password("x", "https"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert "robot:***@127.0.0.1" in done.stderr
+    assert URL_PASSWORD not in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("https://a.example/p?token=secret#frag", "https://a.example/p"),
+        ("http://u:p@h:1/x", "http://u:***@h:1/x"),
+        ("http://u@h/x", "http://u@h/x"),
+        ("http://u:p:q@x@h/", "http://u:***@h/"),
+        ("http://" + "t" * 50 + "@h/", "http://***@h/"),
+        ("u:p@h/x", "u:***@h/x"),
+        ("http://[::1/x", "http://[::1/x"),  # urlsplit would raise; quoting never does
+    ],
+)
+def test_a_quoted_url_never_shows_a_password_query_or_fragment(url, shown):
+    assert gauth._quoted_url(url) == shown
+
+
 # --- row 12: what a command prints is capped as HTTP bodies are ---------------------------------
 
 LIMIT = 64 * KIB
