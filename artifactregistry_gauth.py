@@ -2397,16 +2397,32 @@ def _authorization_secrets(value: str) -> list:
 
 
 def _secret_forms(secret: str) -> set:
-    """Every way a secret we sent may come back: raw, URL-encoded, JSON-escaped."""
+    """Every way a secret we sent may come back: raw, URL-encoded or JSON-escaped, as is
+    or as its bytes in base64, base64url or hex (alone or inside a longer encoded text)."""
     import json
     from urllib.parse import quote, quote_plus
 
-    forms = {secret, quote(secret), quote(secret, safe=""), quote_plus(secret)}
-    for ascii_only in (True, False):
-        escaped = json.dumps(secret, ensure_ascii=ascii_only)[1:-1]
-        forms |= {escaped, escaped.replace("/", "\\/")}
+    forms = set()
+    for text in {secret, *_binary_forms(secret.encode("utf-8", "surrogatepass"))}:
+        forms |= {text, quote(text), quote(text, safe=""), quote_plus(text)}
+        for ascii_only in (True, False):
+            escaped = json.dumps(text, ensure_ascii=ascii_only)[1:-1]
+            forms |= {escaped, escaped.replace("/", "\\/")}
     folded = {" ".join(form.split()) for form in forms}  # as the text they are found in
     return {form for form in forms | folded if len(form) >= 4}
+
+
+def _binary_forms(data: bytes) -> set:
+    """``data`` in hex, and in base64 and base64url: whole, and the characters that
+    depend on nothing but ``data`` wherever it starts in a longer encoded text."""
+    import base64
+
+    forms = {data.hex()}  # matched regardless of case
+    for skip in range(3):  # where data starts within base64's groups of three bytes
+        encoded = base64.b64encode(bytes(skip) + data).decode("ascii")
+        own = encoded[4 if skip else 0 : (skip + len(data)) // 3 * 4]
+        forms |= {own, encoded[4:] if skip else encoded, encoded.rstrip("=")}
+    return forms | {form.replace("+", "-").replace("/", "_") for form in forms}
 
 
 def _redact(text: str, secrets: list) -> str:

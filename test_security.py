@@ -822,6 +822,10 @@ def every_form(secret):
     for ascii_only in (True, False):
         escaped = json.dumps(secret, ensure_ascii=ascii_only)[1:-1]
         forms |= {escaped, escaped.replace("/", "\\/")}
+    data = secret.encode()
+    for encoded in (base64.b64encode(data).decode(), base64.urlsafe_b64encode(data).decode()):
+        forms |= {encoded, encoded.rstrip("=")}
+    forms |= {data.hex(), data.hex().upper()}
     return forms
 
 
@@ -861,6 +865,19 @@ def echo_quoted_values(record):
     return " ".join(quote(value, safe="") for value in secret_fields(record).values())
 
 
+def echo_base64(record):
+    return " ".join(base64.b64encode(v.encode()).decode() for v in secret_fields(record).values())
+
+
+def echo_base64url_unpadded(record):
+    values = secret_fields(record).values()
+    return " ".join(base64.urlsafe_b64encode(v.encode()).decode().rstrip("=") for v in values)
+
+
+def echo_hex(record):
+    return " ".join(value.encode().hex() for value in secret_fields(record).values())
+
+
 def echo_authorization(record):
     return json.dumps({"authorization": record.headers["authorization"]})
 
@@ -877,6 +894,9 @@ FORM_ECHOES = [
     echo_json,
     echo_json_unicode,
     echo_quoted_values,
+    echo_base64,
+    echo_base64url_unpadded,
+    echo_hex,
 ]
 
 
