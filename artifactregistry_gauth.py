@@ -1798,7 +1798,7 @@ class GcloudCli(CredentialSource):
         env = dict(os.environ, CLOUDSDK_CORE_DISABLE_PROMPTS="1")
         _debug("running %s", " ".join(command[1:]))
         try:
-            done = _run_capped(command, env, GCLOUD_TIMEOUT)
+            done = _run_capped(command, env, GCLOUD_TIMEOUT, answered=_is_config_helper_answer)
         except subprocess.TimeoutExpired:
             raise self.fail(
                 f"gcloud did not answer within {GCLOUD_TIMEOUT:.0f} s",
@@ -1851,6 +1851,14 @@ def parse_config_helper(stdout: bytes) -> tuple[str, float | None, str]:
         expiry,
         account if isinstance(account, str) else "",
     )
+
+
+def _is_config_helper_answer(stdout: bytes) -> bool:
+    """Whether config-helper's output is a whole answer with a token: nothing more is to come."""
+    try:
+        return bool(parse_config_helper(stdout)[0])
+    except ValueError:
+        return False
 
 
 def _dig(data: object, *keys: str) -> object:
@@ -2976,14 +2984,21 @@ def _find_executable(name: str) -> str | None:
     return None
 
 
-def _run_capped(argv: list, env: dict | None, timeout: float, limit: int = MAX_RESPONSE_BYTES):
+def _run_capped(
+    argv: list,
+    env: dict | None,
+    timeout: float,
+    limit: int = MAX_RESPONSE_BYTES,
+    answered=None,
+):
     """Run a command as subprocess.run(capture_output=True) would, stdin closed, output capped.
 
     Returns a CompletedProcess (stdout, stderr as bytes). Raises OSError if the command
     cannot start, subprocess.TimeoutExpired if it still runs (or its pipes are still open)
     at ``timeout``, and _OutputTooLargeError ("printed more than 1 MiB on stdout") once
     it prints more than ``limit`` bytes on stdout or stderr; the command is then killed
-    and reaped.
+    and reaped. With ``answered`` (a test of stdout), the command's exit with an answer
+    that passes it ends the wait, though something it started still holds the pipes.
     """
     import subprocess
     import threading
@@ -3006,7 +3021,8 @@ def _run_capped(argv: list, env: dict | None, timeout: float, limit: int = MAX_R
         ) from None
     outputs: dict = {"stdout": bytearray(), "stderr": bytearray()}
     too_large: list = []
-    ended = threading.Semaphore(0)
+    closed: list = []  # the pipes that reached their end
+    progress = threading.Semaphore(0)  # released at each chunk, each pipe's end, the exit
 
     def drain(name: str) -> None:
         stream, kept = getattr(process, name), outputs[name]
@@ -3017,34 +3033,52 @@ def _run_capped(argv: list, env: dict | None, timeout: float, limit: int = MAX_R
                     if not chunk:
                         return
                     kept += chunk
+                    progress.release()
                 too_large.append(name)
-                _kill(process, group)  # before ``ended``: the caller's thread waits for it
+                _kill(process, group)  # before the release: the caller's thread waits for it
         finally:
-            ended.release()
+            closed.append(name)
+            progress.release()
 
-    for name in outputs:
+    def reap() -> None:
+        process.wait()
+        progress.release()
+
+    for target, args in [(drain, ("stdout",)), (drain, ("stderr",)), (reap, ())]:
         threading.Thread(
-            target=drain, args=(name,), name="artifactregistry-gauth", daemon=True
+            target=target, args=args, name="artifactregistry-gauth", daemon=True
         ).start()
-    finished = 0
-    while finished < len(outputs) and not too_large:
-        if not ended.acquire(timeout=max(deadline - _monotonic(), 0.0)):
+
+    def done() -> bool:
+        if too_large or len(closed) == len(outputs):
+            return True
+        # Exited with a whole answer: what comes later is from something it left running.
+        return (
+            answered is not None
+            and process.returncode is not None
+            and answered(bytes(outputs["stdout"]))
+        )
+
+    while not done():
+        if not progress.acquire(timeout=max(deadline - _monotonic(), 0.0)):
             break
-        finished += 1
     try:
         if too_large:
             size = f"{limit >> 20} MiB" if limit & 0xFFFFF == 0 else f"{limit} bytes"
             raise _OutputTooLargeError(f"printed more than {size} on {too_large[0]}")
-        if finished < len(outputs):  # a pipe still open: it, or a child holding it, runs on
+        if not done():  # a pipe still open: it, or a child holding it, runs on
             raise subprocess.TimeoutExpired(argv, timeout)
         returncode = process.wait(max(deadline - _monotonic(), 0.0))
     except (_OutputTooLargeError, subprocess.TimeoutExpired):
         _kill(process, group)
         process.wait()
         # The pipes close once every process holding them is gone: wait for that, briefly.
-        for _ in range(len(outputs) - finished):
-            ended.acquire(timeout=2.0)
+        stop = _monotonic() + 2.0
+        while len(closed) < len(outputs) and progress.acquire(timeout=max(stop - _monotonic(), 0)):
+            pass
         raise
+    if len(closed) < len(outputs) and group:
+        _kill(process, group)  # what it left holding the pipes; its threads end with them
     return subprocess.CompletedProcess(
         argv, returncode, bytes(outputs["stdout"]), bytes(outputs["stderr"])
     )

@@ -523,6 +523,17 @@ def _ends(pid):
     return False
 
 
+def test_gcloud_that_answers_and_exits_is_not_waited_for_past_its_exit(monkeypatch, fake_gcloud):
+    # A child it left running holds its stdout open: the pipe would close only when the
+    # child ends. gcloud's exit with a whole answer is the end of the answer.
+    fake_gcloud.configure(linger=120)
+    monkeypatch.setattr(gauth, "GCLOUD_TIMEOUT", 20.0)
+    token = gauth.lookup()
+    assert token.value in fake_gcloud.issued
+    [child] = fake_gcloud.lingering
+    assert _ends(child), "what it left holding the pipe was ended with it"
+
+
 def test_huge_gcloud_output_is_not_held_in_memory(fake_gcloud):
     fake_gcloud.configure(mode="junk", stdout="x" * (3 << 20))
     with pytest.raises(gauth.CredentialError, match="gcloud printed more than 1 MiB on stdout"):
