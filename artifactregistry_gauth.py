@@ -1784,6 +1784,25 @@ class GcloudCli(CredentialSource):
         settings = self.settings
         return f"gcloud:{settings.config_dir}:{settings.configuration}:{settings.fingerprint()}"
 
+    def identify(self, transport: Transport) -> str:
+        # gcloud runs a federation file's exchange itself, and the file says where the
+        # subject token comes from, not whose it is: keyed as ADC keys such a file.
+        federation = self._federation_override()
+        if federation is None:
+            return self.static_identity
+        return f"{self.static_identity}:{federation.identify(transport)}"
+
+    def _federation_override(self) -> ExternalAccount | None:
+        """The external_account file auth/credential_file_override names, if it names one."""
+        path = self.settings.get("auth/credential_file_override")
+        if not path:
+            return None
+        try:
+            source = load_adc_file(path, self.settings.named_by("auth/credential_file_override"))
+        except CredentialError:
+            return None  # gcloud reads it and says what is wrong; its content is keyed already
+        return source if isinstance(source, ExternalAccount) else None
+
     def describe(self) -> str:
         who = self.settings.principal(self.account)
         return f"gcloud ({who}, configuration {self.configuration})"
