@@ -453,7 +453,7 @@ class ExplicitToken(CredentialSource):
         super().__init__(origin)
         self.value = value
         # A new value is a new identity at once; the hash keeps the value out of the key.
-        self.content_hash = _short_hash(value.encode("utf-8", "surrogateescape"))
+        self.content_hash = _short_hash(value)
 
     def fetch(self, transport: Transport) -> Token:
         return Token(self.value, None, self.describe())
@@ -749,7 +749,7 @@ class ExternalAccount(CredentialSource):
         # runner the same file serves one job's token, then another's. So the subject is
         # part of the identity (hashed; it is never stored).
         self._subject = self.subject_token(transport)
-        subject = _short_hash(self.subject_fingerprint(self._subject).encode())
+        subject = _short_hash(self.subject_fingerprint(self._subject))
         return f"{self.static_identity}:{subject}"
 
     def subject_fingerprint(self, subject_token: str) -> str:
@@ -768,16 +768,18 @@ class ExternalAccount(CredentialSource):
             "subject_token_type": self.subject_token_type,
         }
         headers = {}
-        if self.client_id:
-            headers["Authorization"] = _basic_auth(self.client_id, self.client_secret)
-        elif self.user_project:
+        if self.user_project and not self.client_id:
             import json
             from urllib.parse import quote
 
             # Encoded once here and again by the form: Google's STS expects exactly that.
             fields["options"] = quote(json.dumps({"userProject": self.user_project}))
-        _debug("exchanging the %s subject token at %s", self.source_name, self.token_url)
+        _debug(
+            "exchanging the %s subject token at %s", self.source_name, _quoted_url(self.token_url)
+        )
         try:
+            if self.client_id:
+                headers["Authorization"] = _basic_auth(self.client_id, self.client_secret)
             data = _post_form(transport, self.token_url, fields, "Google's STS", headers)
             token = _token_from_oauth(data, "Google's STS", self.describe())
         except CredentialError as exc:
@@ -891,7 +893,7 @@ class UrlFederation(ExternalAccount):
         self.format = self._token_format()
 
     def subject_token(self, transport: Transport) -> str:
-        where = f"the subject token URL {_without_query(self.url)}"
+        where = f"the subject token URL {_quoted_url(self.url)}"
         try:
             response = transport.request("GET", self.url, headers=self.headers, direct=self.direct)
         except CredentialError as exc:
@@ -1162,7 +1164,10 @@ class AwsFederation(ExternalAccount):
         aws = self.__dict__.pop("_aws", None) or self._region_and_credentials(transport)
         region, key_id, secret, session_token = aws
         url = self.verification_url.replace("{region}", region)
-        headers = aws_sigv4_headers("POST", url, region, key_id, secret, session_token, _now())
+        try:
+            headers = aws_sigv4_headers("POST", url, region, key_id, secret, session_token, _now())
+        except CredentialError as exc:
+            raise self.fail(str(exc), "check the AWS credentials") from None
         # Added after signing: STS checks it, AWS never sees it.
         headers["x-goog-cloud-target-resource"] = self.audience
         request = {
@@ -1255,7 +1260,7 @@ class _AwsMetadata:
         if response.status != 200:
             raise self.source.fail(
                 f"the AWS metadata server answered HTTP {response.status} for {what} "
-                f"({_without_query(url)})",
+                f"({_quoted_url(url)})",
                 "check the instance's IAM role, or set the AWS_* variables",
             )
         return response
@@ -1271,14 +1276,14 @@ class ExternalAccountUser(CredentialSource):
         names = ("refresh_token", "token_url", "client_id", "client_secret")
         _require_fields(info, names, origin, _WORKFORCE_LOGIN_FIX)
         self.token_url = info["token_url"]
-        self.client_auth = _basic_auth(info["client_id"], info["client_secret"])
+        self.client_id, self.client_secret = info["client_id"], info["client_secret"]
         self.refresh_token = info["refresh_token"]
         self.universe = _optional_str(info, "universe_domain", origin) or DEFAULT_UNIVERSE
 
     def fetch(self, transport: Transport) -> Token:
         fields = {"grant_type": "refresh_token", "refresh_token": self.refresh_token}
-        headers = {"Authorization": self.client_auth}
         try:
+            headers = {"Authorization": _basic_auth(self.client_id, self.client_secret)}
             data = _post_form(transport, self.token_url, fields, "Google's STS", headers)
             return _token_from_oauth(data, "Google's STS", self.describe())
         except CredentialError as exc:
@@ -1751,7 +1756,7 @@ class GcloudAccessTokenFile(CredentialSource):
             raise self.fail("it does not hold one access token", "write the token alone into it")
         self.value = value
         # Rewritten in place, the file is a new identity at once; only a hash is kept.
-        self.content_hash = _short_hash(value.encode("utf-8"))
+        self.content_hash = _short_hash(value)
 
     def fetch(self, transport: Transport) -> Token:
         return Token(self.value, None, self.describe())
@@ -1779,6 +1784,25 @@ class GcloudCli(CredentialSource):
         settings = self.settings
         return f"gcloud:{settings.config_dir}:{settings.configuration}:{settings.fingerprint()}"
 
+    def identify(self, transport: Transport) -> str:
+        # gcloud runs a federation file's exchange itself, and the file says where the
+        # subject token comes from, not whose it is: keyed as ADC keys such a file.
+        federation = self._federation_override()
+        if federation is None:
+            return self.static_identity
+        return f"{self.static_identity}:{federation.identify(transport)}"
+
+    def _federation_override(self) -> ExternalAccount | None:
+        """The external_account file auth/credential_file_override names, if it names one."""
+        path = self.settings.get("auth/credential_file_override")
+        if not path:
+            return None
+        try:
+            source = load_adc_file(path, self.settings.named_by("auth/credential_file_override"))
+        except CredentialError:
+            return None  # gcloud reads it and says what is wrong; its content is keyed already
+        return source if isinstance(source, ExternalAccount) else None
+
     def describe(self) -> str:
         who = self.settings.principal(self.account)
         return f"gcloud ({who}, configuration {self.configuration})"
@@ -1793,7 +1817,7 @@ class GcloudCli(CredentialSource):
         env = dict(os.environ, CLOUDSDK_CORE_DISABLE_PROMPTS="1")
         _debug("running %s", " ".join(command[1:]))
         try:
-            done = _run_capped(command, env, GCLOUD_TIMEOUT)
+            done = _run_capped(command, env, GCLOUD_TIMEOUT, answered=_is_config_helper_answer)
         except subprocess.TimeoutExpired:
             raise self.fail(
                 f"gcloud did not answer within {GCLOUD_TIMEOUT:.0f} s",
@@ -1846,6 +1870,14 @@ def parse_config_helper(stdout: bytes) -> tuple[str, float | None, str]:
         expiry,
         account if isinstance(account, str) else "",
     )
+
+
+def _is_config_helper_answer(stdout: bytes) -> bool:
+    """Whether config-helper's output is a whole answer with a token: nothing more is to come."""
+    try:
+        return bool(parse_config_helper(stdout)[0])
+    except ValueError:
+        return False
 
 
 def _dig(data: object, *keys: str) -> object:
@@ -2249,7 +2281,7 @@ def _default_cache_dir() -> str:
 
 def _file_key(identity: str, full: bool = False) -> str:
     """A file name for an identity: its hash, so names reveal nothing about it."""
-    digest = _sha256(f"artifactregistry-gauth/1\0{identity}".encode()).hexdigest()
+    digest = _sha256(_hashable(f"artifactregistry-gauth/1\0{identity}")).hexdigest()
     return digest if full else digest[:32]
 
 
@@ -2356,8 +2388,11 @@ def _post_form(
     _check_endpoint(url, what)
     all_headers = {"Content-Type": "application/x-www-form-urlencoded"}
     all_headers.update(headers or {})
+    form = {
+        name: _sendable(value, f"the {name} to send to {what}") for name, value in fields.items()
+    }
     response = transport.request(
-        "POST", url, body=urlencode(fields).encode("ascii"), headers=all_headers
+        "POST", url, body=urlencode(form).encode("ascii"), headers=all_headers
     )
     sent = [value for name, value in fields.items() if name in _SECRET_FIELDS]
     for name, value in all_headers.items():
@@ -2389,16 +2424,32 @@ def _authorization_secrets(value: str) -> list:
 
 
 def _secret_forms(secret: str) -> set:
-    """Every way a secret we sent may come back: raw, URL-encoded, JSON-escaped."""
+    """Every way a secret we sent may come back: raw, URL-encoded or JSON-escaped, as is
+    or as its bytes in base64, base64url or hex (alone or inside a longer encoded text)."""
     import json
     from urllib.parse import quote, quote_plus
 
-    forms = {secret, quote(secret), quote(secret, safe=""), quote_plus(secret)}
-    for ascii_only in (True, False):
-        escaped = json.dumps(secret, ensure_ascii=ascii_only)[1:-1]
-        forms |= {escaped, escaped.replace("/", "\\/")}
+    forms = set()
+    for text in {secret, *_binary_forms(secret.encode("utf-8", "surrogatepass"))}:
+        forms |= {text, quote(text), quote(text, safe=""), quote_plus(text)}
+        for ascii_only in (True, False):
+            escaped = json.dumps(text, ensure_ascii=ascii_only)[1:-1]
+            forms |= {escaped, escaped.replace("/", "\\/")}
     folded = {" ".join(form.split()) for form in forms}  # as the text they are found in
     return {form for form in forms | folded if len(form) >= 4}
+
+
+def _binary_forms(data: bytes) -> set:
+    """``data`` in hex, and in base64 and base64url: whole, and the characters that
+    depend on nothing but ``data`` wherever it starts in a longer encoded text."""
+    import base64
+
+    forms = {data.hex()}  # matched regardless of case
+    for skip in range(3):  # where data starts within base64's groups of three bytes
+        encoded = base64.b64encode(bytes(skip) + data).decode("ascii")
+        own = encoded[4 if skip else 0 : (skip + len(data)) // 3 * 4]
+        forms |= {own, encoded[4:] if skip else encoded, encoded.rstrip("=")}
+    return forms | {form.replace("+", "-").replace("/", "_") for form in forms}
 
 
 def _redact(text: str, secrets: list) -> str:
@@ -2441,7 +2492,7 @@ def _token_response_json(response: Response, url: str, what: str, sent: list) ->
     if response.status == 200 and isinstance(data, dict):
         return data
     if response.status == 200:
-        raise CredentialError(f"{what} at {_without_query(url)} answered with something not JSON")
+        raise CredentialError(f"{what} at {_quoted_url(url)} answered with something not JSON")
     error, subtype, description = "", "", ""
     if isinstance(data, dict):
         if isinstance(data.get("error"), dict):  # Google API style (C.3)
@@ -2453,7 +2504,7 @@ def _token_response_json(response: Response, url: str, what: str, sent: list) ->
             description = str(data.get("error_description", ""))
     detail = _redact(": ".join(part for part in (error, description) if part), list(sent))
     raise TokenEndpointError(
-        f"{what} at {_without_query(url)} refused (HTTP {response.status}"
+        f"{what} at {_quoted_url(url)} refused (HTTP {response.status}"
         + (f", {detail})" if detail else ")"),
         error,
         subtype,
@@ -2488,8 +2539,23 @@ def _parse_rfc3339(text: str) -> float:
 def _basic_auth(client_id: str, client_secret: str) -> str:
     import base64
 
-    pair = f"{client_id}:{client_secret or ''}".encode()
+    pair = _sendable(f"{client_id}:{client_secret or ''}", "the client_id or client_secret")
     return "Basic " + base64.b64encode(pair).decode("ascii")
+
+
+def _sendable(text: str, what: str) -> bytes:
+    """The UTF-8 we send for ``text``; CredentialError naming ``what`` if it cannot be sent.
+
+    JSON can spell half of a UTF-16 pair (``"\\ud800"``) and Python decodes it to a lone
+    surrogate, which no UTF-8 encoder accepts: refused here in one line, not a traceback.
+    """
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise CredentialError(
+            f"{what} holds a lone surrogate (half of a UTF-16 pair, as a JSON \\ud800 "
+            "escape decodes), which cannot be sent; fix the text where it comes from"
+        ) from None
 
 
 def _generate_access_token(
@@ -2762,10 +2828,10 @@ def aws_sigv4_headers(
             "AWS4-HMAC-SHA256",
             amz_date,
             scope,
-            hashlib.sha256(canonical_request.encode("utf-8")).hexdigest(),
+            hashlib.sha256(_sendable(canonical_request, "the AWS request")).hexdigest(),
         ]
     )
-    key = ("AWS4" + secret_access_key).encode("utf-8")
+    key = _sendable("AWS4" + secret_access_key, "the AWS secret access key")
     for part in (date, region, service, "aws4_request"):
         key = hmac.new(key, part.encode("utf-8"), hashlib.sha256).digest()
     signature = hmac.new(key, string_to_sign.encode("utf-8"), hashlib.sha256).hexdigest()
@@ -2937,14 +3003,21 @@ def _find_executable(name: str) -> str | None:
     return None
 
 
-def _run_capped(argv: list, env: dict | None, timeout: float, limit: int = MAX_RESPONSE_BYTES):
+def _run_capped(
+    argv: list,
+    env: dict | None,
+    timeout: float,
+    limit: int = MAX_RESPONSE_BYTES,
+    answered=None,
+):
     """Run a command as subprocess.run(capture_output=True) would, stdin closed, output capped.
 
     Returns a CompletedProcess (stdout, stderr as bytes). Raises OSError if the command
     cannot start, subprocess.TimeoutExpired if it still runs (or its pipes are still open)
     at ``timeout``, and _OutputTooLargeError ("printed more than 1 MiB on stdout") once
     it prints more than ``limit`` bytes on stdout or stderr; the command is then killed
-    and reaped.
+    and reaped. With ``answered`` (a test of stdout), the command's exit with an answer
+    that passes it ends the wait, though something it started still holds the pipes.
     """
     import subprocess
     import threading
@@ -2952,12 +3025,23 @@ def _run_capped(argv: list, env: dict | None, timeout: float, limit: int = MAX_R
     deadline = _monotonic() + timeout
     pipe = subprocess.PIPE
     group = os.name != "nt"  # its own process group, so a kill also ends what it started
-    process = subprocess.Popen(
-        argv, stdin=subprocess.DEVNULL, stdout=pipe, stderr=pipe, env=env, start_new_session=group
-    )
+    try:
+        process = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=pipe,
+            stderr=pipe,
+            env=env,
+            start_new_session=group,
+        )
+    except ValueError:  # a NUL, or a lone surrogate the file system encoding refuses
+        raise OSError(
+            0, "its command line or environment holds a NUL or a character that cannot be passed"
+        ) from None
     outputs: dict = {"stdout": bytearray(), "stderr": bytearray()}
     too_large: list = []
-    ended = threading.Semaphore(0)
+    closed: list = []  # the pipes that reached their end
+    progress = threading.Semaphore(0)  # released at each chunk, each pipe's end, the exit
 
     def drain(name: str) -> None:
         stream, kept = getattr(process, name), outputs[name]
@@ -2968,34 +3052,52 @@ def _run_capped(argv: list, env: dict | None, timeout: float, limit: int = MAX_R
                     if not chunk:
                         return
                     kept += chunk
+                    progress.release()
                 too_large.append(name)
-                _kill(process, group)  # before ``ended``: the caller's thread waits for it
+                _kill(process, group)  # before the release: the caller's thread waits for it
         finally:
-            ended.release()
+            closed.append(name)
+            progress.release()
 
-    for name in outputs:
+    def reap() -> None:
+        process.wait()
+        progress.release()
+
+    for target, args in [(drain, ("stdout",)), (drain, ("stderr",)), (reap, ())]:
         threading.Thread(
-            target=drain, args=(name,), name="artifactregistry-gauth", daemon=True
+            target=target, args=args, name="artifactregistry-gauth", daemon=True
         ).start()
-    finished = 0
-    while finished < len(outputs) and not too_large:
-        if not ended.acquire(timeout=max(deadline - _monotonic(), 0.0)):
+
+    def done() -> bool:
+        if too_large or len(closed) == len(outputs):
+            return True
+        # Exited with a whole answer: what comes later is from something it left running.
+        return (
+            answered is not None
+            and process.returncode is not None
+            and answered(bytes(outputs["stdout"]))
+        )
+
+    while not done():
+        if not progress.acquire(timeout=max(deadline - _monotonic(), 0.0)):
             break
-        finished += 1
     try:
         if too_large:
             size = f"{limit >> 20} MiB" if limit & 0xFFFFF == 0 else f"{limit} bytes"
             raise _OutputTooLargeError(f"printed more than {size} on {too_large[0]}")
-        if finished < len(outputs):  # a pipe still open: it, or a child holding it, runs on
+        if not done():  # a pipe still open: it, or a child holding it, runs on
             raise subprocess.TimeoutExpired(argv, timeout)
         returncode = process.wait(max(deadline - _monotonic(), 0.0))
     except (_OutputTooLargeError, subprocess.TimeoutExpired):
         _kill(process, group)
         process.wait()
         # The pipes close once every process holding them is gone: wait for that, briefly.
-        for _ in range(len(outputs) - finished):
-            ended.acquire(timeout=2.0)
+        stop = _monotonic() + 2.0
+        while len(closed) < len(outputs) and progress.acquire(timeout=max(stop - _monotonic(), 0)):
+            pass
         raise
+    if len(closed) < len(outputs) and group:
+        _kill(process, group)  # what it left holding the pipes; its threads end with them
     return subprocess.CompletedProcess(
         argv, returncode, bytes(outputs["stdout"]), bytes(outputs["stderr"])
     )
@@ -3191,8 +3293,22 @@ def _url_host(url: str) -> str:
     return urlsplit(url).hostname or ""
 
 
-def _without_query(url: str) -> str:
-    return url.split("?", 1)[0]
+def _quoted_url(url: str) -> str:
+    """A URL as our messages and logs quote it: no query or fragment (they carry tokens),
+    a userinfo password as ``***``; never an exception, whatever the text."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    end = min((i for i in map(rest.find, "/?#") if i >= 0), default=len(rest))
+    authority, path = rest[:end], rest[end:].split("?", 1)[0].split("#", 1)[0]
+    userinfo, at, hostport = authority.rpartition("@")
+    if at:
+        user, colon, _ = userinfo.partition(":")
+        if len(user) > 40:  # a long "user name" is likely a token itself
+            user = "***"
+        authority = f"{user}{':***' if colon else ''}@{hostport}"
+    shown = f"{scheme}{sep}{authority}{path}"
+    return shown if len(shown) <= 200 else shown[:200] + "..."
 
 
 def _check_endpoint(url: str, what: str) -> None:
@@ -3205,8 +3321,45 @@ def _check_endpoint(url: str, what: str) -> None:
     if parts.scheme == "http" and parts.hostname and _is_loopback_host(parts.hostname):
         return
     raise CredentialError(
-        f"refusing to send credentials to {what} {_without_query(url)!r}: it must be an https URL"
+        f"refusing to send credentials to {what} {_quoted_url(url)!r}: it must be an https URL"
     )
+
+
+_HEADER_NAME_CHARS = frozenset(
+    "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+)
+
+
+def _check_sendable(url: str, headers: dict) -> None:
+    """CredentialError unless http.client can send this URL and these headers as they are.
+
+    It sends the request line as ASCII and header values as Latin-1, and refuses line
+    breaks; text from a file would otherwise fail inside it as a traceback (or, for a
+    header, quote the value). Nothing of a header's value is quoted here.
+    """
+    from urllib.parse import urlsplit
+
+    if not (url.isascii() and url.isprintable()) or " " in url:
+        raise CredentialError(
+            f"the URL {_quoted_url(url)} holds characters that cannot be sent (non-ASCII, "
+            "spaces or control characters); percent-encode them"
+        )
+    if "@" in urlsplit(url).netloc:
+        # urllib would take "user:password@host" for the host name and look it up in DNS.
+        raise CredentialError(
+            f"the URL {_quoted_url(url)} has a user name or password, which is never sent; "
+            "remove it (credentials belong in headers)"
+        )
+    for name, value in headers.items():
+        if not (name and _HEADER_NAME_CHARS.issuperset(name) and _is_header_value(value)):
+            raise CredentialError(
+                f"the {name!r} header for {_quoted_url(url)} holds characters HTTP headers cannot "
+                "carry (a line break, a control character, text beyond Latin-1 or a lone surrogate)"
+            )
+
+
+def _is_header_value(value: str) -> bool:
+    return all(c == "\t" or " " <= c <= "~" or "\xa0" <= c <= "\xff" for c in value)
 
 
 class Transport:
@@ -3237,6 +3390,7 @@ class Transport:
 
         ``direct`` bypasses any proxy (the metadata server must never be proxied).
         """
+        _check_sendable(url, headers or {})
         last_error = None
         # A proxy would carry a loopback request (and its plain-http secrets) off the machine.
         direct = direct or _is_loopback_host(_url_host(url))
@@ -3244,12 +3398,12 @@ class Transport:
             try:
                 response = self._send(method, url, body, headers or {}, direct, timeout)
             except _TransientError as exc:
-                last_error = f"could not reach {_without_query(url)}: {exc}"
+                last_error = f"could not reach {_quoted_url(url)}: {exc}"
                 wait = 0.0
             else:
                 if not _worth_retrying(response) or attempt == attempts:
                     return response
-                last_error = f"{_without_query(url)} answered HTTP {response.status}"
+                last_error = f"{_quoted_url(url)} answered HTTP {response.status}"
                 wait = _retry_after(response, self.deadline - _monotonic())
             if attempt == attempts:
                 break
@@ -3550,8 +3704,14 @@ def _export_macos_roots() -> str:
 # --- hashing ------------------------------------------------------------------------------
 
 
-def _short_hash(data: bytes) -> str:
-    return _sha256(data).hexdigest()[:16]
+def _short_hash(data: bytes | str) -> str:
+    return _sha256(_hashable(data)).hexdigest()[:16]
+
+
+def _hashable(data: bytes | str) -> bytes:
+    """Text as bytes to hash: a lone surrogate (a JSON escape, a non-UTF-8 file name)
+    hashes too, so that a source can say what is wrong instead of raising here."""
+    return data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data
 
 
 def _sha256(data: bytes):
@@ -3746,7 +3906,7 @@ def _first_word(argv: list) -> str | None:
 def _token_command(url: str | None) -> int:
     if url is not None and not is_registry_service(url):
         sys.stderr.write(
-            f"{PROG}: {url} is not an Artifact Registry URL (https://*.pkg.dev/...); "
+            f"{PROG}: {_quoted_url(url)} is not an Artifact Registry URL (https://*.pkg.dev/...); "
             "add its host to ARTIFACTREGISTRY_GAUTH_HOSTS if it fronts one\n"
         )
         return 2
@@ -4169,18 +4329,6 @@ def _registry_url_parts(url: str):
     return None
 
 
-def _masked(parts) -> str:
-    """The URL without query or fragment, any userinfo password shown as ***."""
-    userinfo, at, hostport = parts.netloc.rpartition("@")
-    if at:
-        user, colon, _ = userinfo.partition(":")
-        if len(user) > 40:  # a long "username" is likely a token itself
-            user = "***"
-        userinfo = user + (":***" if colon else "") + "@"
-    shown = f"{parts.scheme}://{userinfo}{hostport}{parts.path}"
-    return shown if len(shown) <= 200 else shown[:200] + "..."
-
-
 def _read_config(path: str) -> str | None:
     """A configuration file's text (regular, at most MAX_CONFIG_BYTES); None for anything else."""
     try:
@@ -4287,7 +4435,13 @@ def _config_files() -> list:
 def _judge_url(parts, url: str, where: str, tool: str, settings: dict, key: str) -> dict:
     """What the tool reading this Artifact Registry URL will do with it."""
     ok, verdict = _url_verdict(parts, url, tool, settings, key)
-    return {"url": _masked(parts), "where": where, "tool": tool, "ok": ok, "verdict": verdict}
+    return {
+        "url": _quoted_url(parts.geturl()),
+        "where": where,
+        "tool": tool,
+        "ok": ok,
+        "verdict": verdict,
+    }
 
 
 def _url_verdict(parts, url: str, tool: str, settings: dict, key: str) -> tuple:
