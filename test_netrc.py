@@ -460,7 +460,7 @@ PARALLEL_HOSTS = [
 def test_concurrent_netrc_writers_lose_no_entry(tmp_path):
     target = tmp_path / "netrc"
     env = {**os.environ, "GOOGLE_OAUTH_ACCESS_TOKEN": TOKEN}
-    for _ in range(4):
+    for _ in range(2):  # without a lock, a round loses an entry about every other time
         target.write_text("machine evil.test login bob password x\n")
         target.chmod(0o600)
         runs = [
