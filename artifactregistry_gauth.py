@@ -4636,10 +4636,9 @@ def _portable_netrc_entries(data: bytes, ours: list, path: str) -> list:
             if word.startswith(b"#") and state["expect"] is None:
                 entry_open = state["entry"] is not None
                 rest = text[match.end() :]
-                if _netrc_comment(word, rest, data[resume:at], entry_open, number, refuse):
-                    end = next_line - 1  # the rest of the line was read as a comment
+                skipped = _netrc_comment(word, rest, data[resume:at], entry_open, number, refuse)
+                resume = next_line if skipped else end + 1
                 state["comment"] = entry_open
-                resume = end + 1
                 break
             resume = end + 1
             if state["expect"] is None:
