@@ -2302,7 +2302,7 @@ class _FileLock:
             return self
         while not _try_lock(self.fd):
             if _monotonic() >= self.deadline - 1.0:
-                _debug("token cache lock still held by another process; fetching anyway")
+                _debug("lock %s still held by another process; going on without it", self.path)
                 os.close(self.fd)
                 self.fd = None
                 break
@@ -4569,9 +4569,12 @@ def _format_report(report: dict) -> str:
 
 # A netrc file larger than this is refused rather than rewritten.
 MAX_NETRC_BYTES = 1 << 20
+# curl reads a netrc line into 4096 bytes and skips a longer line whole.
+MAX_NETRC_LINE = 4000
+# How long a netrc run waits for another one writing the same file.
+NETRC_LOCK_WAIT = 10.0
 # Google tokens are base64url-like text; whatever would split or quote a netrc token is refused.
 _NETRC_SAFE = r"[A-Za-z0-9_.~+/=-]+"
-_NETRC_TOKEN = rb'"(?:[^"\\]|\\.)*"?|\S+'
 
 
 class _CommandError(Exception):
@@ -4652,145 +4655,305 @@ def _check_netrc_token(token: str) -> None:
 
     if not re.fullmatch(_NETRC_SAFE, token):
         raise _CommandError("the access token holds characters a netrc file cannot carry")
+    if len(token) > MAX_NETRC_LINE - 200:
+        raise _CommandError("the access token is too long for a netrc line that curl reads")
 
 
 def _write_netrc(path: str, hosts: list, entries: bytes) -> None:
-    """Replace our entries for ``hosts`` in ``path`` (0600, atomically); keep every other byte."""
-    old = _read_own_netrc(path)
-    data = _netrc_with_entries(old, hosts, entries, path)
+    """Put our entries for ``hosts`` first in ``path`` (0600, atomically); keep every other byte.
+
+    Other users must not be able to change the file or swap it (they could plant lines that
+    hand our token to their host), and concurrent runs must not lose each other's entries.
+    """
+    _check_netrc_directory(path)
+    with _netrc_lock(path) as lock:
+        if lock.path is not None and lock.fd is None:
+            raise _CommandError(
+                f"{path}: cannot take the lock {lock.path} within {NETRC_LOCK_WAIT:.0f} s "
+                "(another netrc run?): run the command again"
+            )
+        data = _netrc_with_entries(_read_own_netrc(path), hosts, entries, path)
+        try:
+            _write_private_file(path, data)
+        except OSError as exc:
+            raise _CommandError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def _check_netrc_directory(path: str) -> None:
+    """Refuse a directory where other users could replace the file (unless it is sticky)."""
+    import stat
+
+    if not hasattr(os, "getuid"):  # Windows: ACLs, not mode bits, guard the directory
+        return
+    directory = os.path.dirname(os.path.abspath(path))
     try:
-        _write_private_file(path, data)
-    except OSError as exc:
-        raise _CommandError(f"cannot write {path}: {exc.strerror or exc}") from None
+        info = os.stat(directory)
+    except OSError:
+        return  # the write says why
+    if info.st_mode & 0o022 and not info.st_mode & stat.S_ISVTX:
+        raise _CommandError(
+            f"{directory}: other users can write this directory and it has no sticky bit, "
+            "so they could replace the file: write the netrc elsewhere"
+        )
+
+
+def _netrc_lock(path: str) -> _FileLock:
+    """One writer at a time for each netrc file, whatever name it is given by."""
+    directory = cache_dir(create=True) or os.path.dirname(os.path.abspath(path))
+    key = _file_key("netrc\0" + os.path.realpath(path))
+    deadline = _monotonic() + NETRC_LOCK_WAIT + 1.0  # _FileLock gives up a second early
+    return _FileLock(os.path.join(directory, f"netrc-{key}.lock"), deadline)
 
 
 def _read_own_netrc(path: str) -> bytes:
-    """The netrc at ``path`` (empty if absent); refused if a link, not a file, or not ours."""
+    """The netrc at ``path`` (empty if absent): a regular file of ours that others cannot write."""
     import stat
 
     try:
-        before = os.lstat(path)
+        if stat.S_ISLNK(os.lstat(path).st_mode):
+            raise _CommandError(
+                f"{path} is a symbolic link: refusing to replace it; give the file it points to"
+            )
+        return read_local_file(path, MAX_NETRC_BYTES, owned=True)
     except FileNotFoundError:
         return b""
     except OSError as exc:
-        raise _CommandError(f"cannot read {path}: {exc.strerror or exc}") from None
-    if stat.S_ISLNK(before.st_mode):
-        raise _CommandError(
-            f"{path} is a symbolic link: refusing to replace it; give the file it points to"
-        )
-    if not stat.S_ISREG(before.st_mode):
-        raise _CommandError(f"{path} is not a regular file: give a netrc file's path")
-    if hasattr(os, "getuid") and before.st_uid != os.getuid():
-        raise _CommandError(f"{path} belongs to another user: refusing to rewrite it")
-    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
-    try:
-        fd = os.open(path, flags)
-        with os.fdopen(fd, "rb") as f:
-            now = os.fstat(f.fileno())
-            if (now.st_dev, now.st_ino) != (before.st_dev, before.st_ino):
-                raise _CommandError(f"{path} changed while being read: run the command again")
-            data = f.read(MAX_NETRC_BYTES + 1)
-    except OSError as exc:
-        raise _CommandError(f"cannot read {path}: {exc.strerror or exc}") from None
-    if len(data) > MAX_NETRC_BYTES:
-        raise _CommandError(f"{path} is larger than 1 MiB: not a netrc file to rewrite")
-    return data
+        reason = exc.strerror or str(exc)
+        fix = "; remove their write access (chmod 600) first" if "writable" in reason else ""
+        raise _CommandError(f"{path}: {reason}: refusing to rewrite it{fix}") from None
 
 
 def _netrc_with_entries(data: bytes, hosts: list, entries: bytes, path: str) -> bytes:
-    """``data`` with our entries for ``hosts`` replaced by ``entries``, other bytes untouched."""
-    parsed, open_macro = _netrc_entries(data)
-    ours, default_at = [], None
-    for entry in parsed:
-        if entry["host"] is None:
-            default_at = entry["start"] if default_at is None else default_at
-            continue
-        host = entry["host"]
-        if host.lower().rstrip(".") not in hosts:
-            continue
-        if entry["login"] not in (None, USERNAME.encode()):
-            raise _CommandError(
-                f"{path} has an entry for {host} with another login: remove it, or write "
-                "to another file"
-            )
-        ours.append(_whole_lines(data, entry["start"], entry["end"]))
+    """``data`` with ``entries`` first and our old entries for ``hosts`` gone, other bytes kept.
+
+    First, because then no earlier entry can take ours in (a dangling `login`, an open
+    quote). And the rest must be read the same way by every reader, or it is refused.
+    """
+    ours = []
+    for entry in _portable_netrc_entries(data, hosts, path):
+        if entry["host"] in hosts:
+            if entry["login"] not in (None, USERNAME.encode()):
+                raise _CommandError(
+                    f"{path} has an entry for {entry['host']} with another login: remove it, "
+                    "or write to another file"
+                )
+            ours.append(_whole_lines(data, entry["start"], entry["end"]))
     for start, end in reversed(ours):
         data = data[:start] + data[end:]
-    if ours:
-        at = ours[0][0]
-    elif default_at is not None:  # `default` must stay the last entry (ftp, curl)
-        at = _whole_lines(data, default_at, default_at)[0]
-    else:
-        at = len(data)
-        if open_macro:
-            entries = b"\n" + entries  # an empty line ends a macdef body
-        if data and not data.endswith(b"\n"):
-            entries = b"\n" + entries
-    return data[:at] + entries + data[at:]
+    # Our lines end in LF even in a CR LF file: after a CR LF, uv reads a comment's words.
+    data = entries + data
+    _portable_netrc_entries(data, [], path)  # what we wrote is read the same way too
+    return data
 
 
-def _netrc_entries(data: bytes) -> tuple:
-    """Each `machine`/`default` entry's span, host and login; and whether a macdef is open."""
+# The words every reader knows as keywords. curl takes them in any case, Python and uv only
+# in lower case; Python and uv also know `user`, curl does not.
+_NETRC_KEYWORDS = (b"machine", b"default", b"login", b"password", b"account", b"macdef")
+_NETRC_FIELDS = (b"login", b"password", b"account")
+
+
+def _portable_netrc_entries(data: bytes, ours: list, path: str) -> list:
+    """Each entry's span, host and login, in a file that Python's netrc (3.9 and 3.10+),
+    curl and uv all read alike; anything they read differently is refused with its line.
+
+    Entries for ``ours`` (about to be replaced) may be incomplete or repeated.
+    """
     import re
 
-    token = re.compile(_NETRC_TOKEN)
+    def refuse(number: int, why: str) -> _CommandError:
+        return _CommandError(f"{path}: line {number}: {why}; the file is left as it was")
+
     entries: list = []
-    current = None  # the entry being read; a macdef ends it
-    pending = None  # the keyword whose value comes next
-    pos, open_macro = 0, False
-    while True:
-        match = token.search(data, pos)
-        if match is None:
-            return entries, open_macro
-        text, pos = match.group(), match.end()
-        if pending is None and text.startswith(b"#"):
-            newline = data.find(b"\n", pos)
-            pos = len(data) if newline < 0 else newline
+    state = {"entry": None, "expect": None, "line": 0, "comment": False, "default": 0}
+    state["seen"] = set()
+    macro = 0  # the line of the macdef whose body is being skipped
+    number = 0
+    resume = 0  # where the readers' tokenizers stand: past the last word's terminator or line
+    for number, start, text, line_end in _netrc_lines(data):
+        next_line = start + len(text) + len(line_end)
+        _check_netrc_line(number, text, refuse)
+        if macro:  # Python and curl end a macro at an empty line only, uv at blanks too
+            if not text:
+                macro = 0
+            elif not text.strip(b" \t"):
+                raise refuse(number, "a macdef line of only blanks ends the macro for uv only")
+            resume = next_line
             continue
-        if pending is not None:
-            keyword, pending = pending, None
-            if keyword == b"macdef":
-                pos, open_macro = _macro_end(data, pos)
-                continue
-            if keyword == b"machine" and current is not None:
-                current["host"] = _netrc_value(text).decode("ascii", "replace")
-            elif keyword in (b"login", b"user") and current is not None:
-                current["login"] = _netrc_value(text)
-        elif text in (b"machine", b"default"):
-            host = "" if text == b"machine" else None
-            current = {"start": match.start(), "end": pos, "host": host, "login": None}
-            entries.append(current)
-            pending = b"machine" if text == b"machine" else None
-        elif text == b"macdef":
-            current, pending = None, text
-        elif text in (b"login", b"user", b"password", b"account", b"port"):
-            pending = text
-        if current is not None:
-            current["end"] = pos
+        for match in re.finditer(rb"[^ \t]+", text):
+            word, at, end = match.group(), start + match.start(), start + match.end()
+            if b'"' in word or b"\\" in word:
+                raise refuse(
+                    number,
+                    "a quote or backslash, which Python 3.9 reads as it is and Python 3.10+, "
+                    "curl and uv as quoting",
+                )
+            if word.startswith(b"#") and state["expect"] is None:
+                entry_open = state["entry"] is not None
+                rest = text[match.end() :]
+                skipped = _netrc_comment(word, rest, data[resume:at], entry_open, number, refuse)
+                resume = next_line if skipped else end + 1
+                state["comment"] = entry_open
+                break
+            resume = end + 1
+            if state["expect"] is None:
+                _netrc_keyword(state, entries, ours, word, at, number, refuse)
+            elif _netrc_value(state, word, end, number, refuse) == b"macdef":
+                if state["line"] != number:
+                    raise refuse(
+                        number,
+                        "a macdef's name must be on its line (curl "
+                        "takes that line for the macro's first)",
+                    )
+                if match.end() != len(text) or line_end != b"\n":
+                    raise refuse(
+                        number,
+                        "a macdef's name must end its line, with LF only: "
+                        "readers disagree on where the macro starts",
+                    )
+                macro = number
+    if state["expect"] is not None:
+        raise refuse(number, f"`{str(state['expect'], 'ascii')}` has no value")
+    if macro:
+        raise refuse(macro, "a macdef without the empty line that ends it (Python rejects it)")
+    _finish_netrc_entry(state, ours, refuse)
+    return entries
 
 
-def _netrc_value(text: bytes) -> bytes:
-    """A netrc token without its quotes and backslash escapes."""
+def _netrc_lines(data: bytes) -> list:
+    """(number, start, text, line end) of each line; the end is LF, CR LF, or "" at the end."""
+    lines, start = [], 0
+    pieces = data.split(b"\n")
+    for number, piece in enumerate(pieces, 1):
+        if number == len(pieces):
+            if piece:
+                lines.append((number, start, piece, b""))
+            break
+        if piece.endswith(b"\r"):
+            lines.append((number, start, piece[:-1], b"\r\n"))
+        else:
+            lines.append((number, start, piece, b"\n"))
+        start += len(piece) + 1
+    return lines
+
+
+def _check_netrc_line(number: int, text: bytes, refuse) -> None:
     import re
 
-    if not text.startswith(b'"'):
-        return text
-    return re.sub(rb"\\(.)", rb"\1", text[1:-1] if text.endswith(b'"') else text[1:])
+    if re.search(rb"[^\t\x20-\x7e]", text):
+        raise refuse(
+            number,
+            "a control character, lone CR or non-ASCII byte, which readers split differently",
+        )
+    if len(text) > MAX_NETRC_LINE:
+        raise refuse(number, f"longer than {MAX_NETRC_LINE} bytes, which curl skips")
 
 
-def _macro_end(data: bytes, pos: int) -> tuple:
-    """Where a macdef body that starts after ``pos``'s line ends (an empty line), and if open."""
-    newline = data.find(b"\n", pos)
-    if newline < 0:
-        return len(data), True
-    blank = data.find(b"\n\n", newline)
-    if blank < 0:
-        return len(data), True
-    return blank + 2, False
+def _netrc_comment(word: bytes, rest: bytes, gap: bytes, entry_open: bool, number, refuse):
+    """Check a comment that every reader skips alike; True if they skip the rest of its line.
+
+    Python 3.10+ and uv skip the words after a `#` only when no line end came between the
+    last word read and the `#` (an empty line, or the LF of a CR LF, can); Python 3.9 skips
+    none after `#word`, and after a `#` that ends a line inside an entry, the next line.
+    """
+    words_after = rest.strip(b" \t")
+    if word == b"#" and not rest and entry_open:
+        raise refuse(
+            number,
+            "a # alone at a line end after an entry makes Python 3.9 "
+            "skip the next line; write `# ` and a word",
+        )
+    if word != b"#" and words_after:
+        raise refuse(
+            number,
+            "a comment that starts `#word` and goes on, which "
+            "Python reads as words; write `# ` and the text",
+        )
+    if words_after and b"\n" in gap:
+        raise refuse(
+            number,
+            "a comment whose words Python 3.10+ or uv read as keywords (it "
+            "follows an empty line, or a line ending in CR LF)",
+        )
+    return b"\n" not in gap
+
+
+def _netrc_value(state: dict, word: bytes, end: int, number: int, refuse) -> bytes:
+    """Take ``word`` as the value of the keyword before it; return that keyword."""
+    expected, state["expect"] = state["expect"], None
+    if word.startswith(b"#"):
+        raise refuse(
+            number, f"`{str(expected, 'ascii')}` has no value (curl reads `#` as a comment)"
+        )
+    if word.lower() in (*_NETRC_KEYWORDS, b"user"):
+        raise refuse(number, f"`{str(expected, 'ascii')}` has a keyword for its value")
+    entry = state["entry"]
+    if expected == b"machine":
+        entry["host"] = str(word, "ascii").lower().rstrip(".")
+    elif expected in _NETRC_FIELDS:
+        entry[str(expected, "ascii")] = word
+    if entry is not None:
+        entry["end"] = end
+    return expected
+
+
+def _netrc_keyword(state: dict, entries: list, ours: list, word: bytes, at, number, refuse):
+    """Take ``word`` where a keyword is due: it starts an entry or a macro, or names a field."""
+    if word in (b"machine", b"default", b"macdef"):
+        _finish_netrc_entry(state, ours, refuse)
+        state["entry"], state["comment"], state["expect"] = None, False, word
+        state["line"] = number
+        if word == b"macdef":
+            return
+        if state["default"]:
+            raise refuse(number, "an entry after `default`, where curl stops; put `default` last")
+        entry = {"start": at, "end": at + len(word), "line": number, "host": None}
+        entry.update(login=None, password=None, account=None)
+        entries.append(entry)
+        state["entry"] = entry
+        if word == b"default":
+            state["default"], state["expect"] = number, None
+    elif word in _NETRC_FIELDS:
+        if state["entry"] is None:
+            raise refuse(number, f"`{str(word, 'ascii')}` outside an entry")
+        if state["comment"]:
+            raise refuse(number, "a comment inside an entry, where Python 3.9 ends the entry")
+        if state["entry"][str(word, "ascii")] is not None:
+            raise refuse(
+                number,
+                f"`{str(word, 'ascii')}` twice in one entry: curl takes the first, Python the last",
+            )
+        state["expect"] = word
+    elif word.lower() in _NETRC_KEYWORDS:
+        raise refuse(number, f"`{str(word, 'ascii')}`: only lower-case keywords are read by all")
+    elif word == b"user":
+        raise refuse(number, "`user`, which curl does not know: write `login`")
+    else:
+        raise refuse(
+            number,
+            "a word where a keyword (machine, default, login, password, account, macdef) should be",
+        )
+
+
+def _finish_netrc_entry(state: dict, ours: list, refuse) -> None:
+    """Check the entry just ended: complete, and the only one for its machine."""
+    entry = state["entry"]
+    if entry is None or entry["host"] in ours:
+        return
+    if entry["password"] is None:
+        raise refuse(entry["line"], "an entry without a password (Python 3.9 rejects the file)")
+    if entry["login"] is None:
+        raise refuse(entry["line"], "an entry without a login (curl reads on past it)")
+    if entry["host"] is not None:
+        if entry["host"] in state["seen"]:
+            raise refuse(
+                entry["line"],
+                "a second entry for one machine: curl takes the first, Python the last",
+            )
+        state["seen"].add(entry["host"])
 
 
 def _whole_lines(data: bytes, start: int, end: int) -> tuple:
-    """Widen [start, end) to whole lines when nothing else shares them."""
+    """Widen [start, end) to whole lines (CR LF included) when nothing else shares them."""
     line_start = data.rfind(b"\n", 0, start) + 1
     line_end = data.find(b"\n", end)
     line_end = len(data) if line_end < 0 else line_end + 1
