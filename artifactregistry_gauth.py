@@ -3311,6 +3311,130 @@ def _no_redirect_handler():
     return NoRedirect()
 
 
+# --- pip's configuration: its files in pip's order, an option read as pip reads it --------
+
+# pip 26.3's system-wide folders besides the XDG ones (pip/_internal/utils/appdirs.py,
+# site_config_dirs): Unix adds /etc, macOS has Apple's shared folder (and Homebrew's).
+PIP_UNIX_SYSTEM_DIR = "/etc"
+PIP_UNIX_XDG_DIR = "/etc/xdg"
+PIP_MACOS_SYSTEM_DIR = "/Library/Application Support"
+# A framework Python installed by Homebrew: its prefix holds a share/pip of its own.
+_HOMEBREW_PYTHON = r"(.+)/opt/python[^/]*/Frameworks/Python\.framework/Versions/[^/]+"
+
+
+def pip_config_files() -> list:
+    """pip's configuration files in the order pip 26.3 loads them: a later file wins.
+
+    From pip/_internal/configuration.py: the system-wide files, the user's (the legacy one
+    first), the environment's (``sys.prefix``), then ``PIP_CONFIG_FILE``. The user's are
+    skipped when ``PIP_CONFIG_FILE`` names a file that exists, and all of them when it is
+    os.devnull.
+    """
+    named = os.environ.get("PIP_CONFIG_FILE")
+    if named == os.devnull:
+        return []
+    windows = sys.platform == "win32"
+    directories = _pip_system_dirs()
+    if not (named and os.path.exists(named)):
+        legacy = os.path.join(os.path.expanduser("~"), "pip" if windows else ".pip")
+        directories += [legacy, _pip_user_dir()]
+    directories.append(sys.prefix)
+    files = [os.path.join(d, "pip.ini" if windows else "pip.conf") for d in directories]
+    return [*files, named] if named else files
+
+
+def _pip_system_dirs() -> list:
+    """platformdirs' site config folders as pip asks for them, each with pip's own name."""
+    if sys.platform == "win32":
+        # CSIDL_COMMON_APPDATA (C:\ProgramData), which %ALLUSERSPROFILE% names.
+        common = os.environ.get("ALLUSERSPROFILE") or os.environ.get("PROGRAMDATA")
+        return [os.path.join(common or "C:\\ProgramData", "pip")]
+    if sys.platform == "darwin":
+        found = _xdg_dirs("XDG_DATA_DIRS")
+        if not found:
+            prefix = _homebrew_prefix()
+            found = [os.path.join(prefix, "share")] if prefix else []
+            found.append(PIP_MACOS_SYSTEM_DIR)
+        return [os.path.join(d, "pip") for d in found]
+    found = _xdg_dirs("XDG_CONFIG_DIRS") or [PIP_UNIX_XDG_DIR]
+    return [os.path.join(d, "pip") for d in found] + [PIP_UNIX_SYSTEM_DIR]
+
+
+def _pip_user_dir() -> str:
+    home = os.path.expanduser("~")
+    if sys.platform == "win32":  # CSIDL_APPDATA, the roaming profile
+        return os.path.join(
+            os.environ.get("APPDATA") or os.path.join(home, "AppData", "Roaming"), "pip"
+        )
+    if sys.platform == "darwin":
+        # pip takes Application Support only where that folder exists, else ~/.config/pip.
+        data = _xdg_dirs("XDG_DATA_HOME")
+        preferred = os.path.join(*data or [home, "Library", "Application Support"], "pip")
+        return preferred if os.path.isdir(preferred) else os.path.join(home, ".config", "pip")
+    return os.path.join(*_xdg_dirs("XDG_CONFIG_HOME") or [home, ".config"], "pip")
+
+
+def _xdg_dirs(variable: str) -> list:
+    """The absolute paths in an XDG variable; relative ones are ignored, as the spec says."""
+    parts = (part.strip() for part in os.environ.get(variable, "").split(os.pathsep))
+    return [part for part in parts if part.startswith("/")]
+
+
+def _homebrew_prefix() -> str:
+    import re
+
+    match = re.fullmatch(_HOMEBREW_PYTHON, sys.base_prefix)
+    return match.group(1) if match else ""
+
+
+def pip_option(name: str) -> tuple:
+    """(value, where it is set) of a ``pip install`` option; ("", "") when unset.
+
+    As pip's ConfigOptionParser reads it: ``PIP_<NAME>`` wins, then ``[install]``, then
+    ``[global]``, each from the last file that sets it; an empty value counts as unset.
+    """
+    variable = "PIP_" + name.upper().replace("-", "_")
+    if os.environ.get(variable):
+        return os.environ[variable], f"${variable}"
+    found: dict = {}
+    for path in pip_config_files():
+        for section, value in _pip_file_options(path, name).items():
+            found[section] = (value, f"{section}.{name} in {path}")
+    return found.get("install") or found.get("global") or ("", "")
+
+
+def _pip_file_options(path: str, name: str) -> dict:
+    """``{"global": value, "install": value}`` for one option in one of pip's files."""
+    import configparser
+
+    try:
+        text = read_local_text(path)
+    except FileNotFoundError:
+        return {}
+    except OSError as exc:
+        _debug("cannot read pip's configuration file %s: %s", path, exc.strerror)
+        return {}
+    parser = configparser.RawConfigParser()  # as pip reads it: no interpolation
+    parser.optionxform = _pip_option_name
+    try:
+        parser.read_string(text, path)
+    except configparser.Error as exc:
+        _debug("pip cannot parse its configuration file %s: %s", path, " ".join(str(exc).split()))
+        return {}
+    sections = ("global", "install")
+    return {
+        s: parser.get(s, name)
+        for s in sections
+        if parser.has_section(s) and parser.get(s, name, fallback="")
+    }
+
+
+def _pip_option_name(name: str) -> str:
+    """pip's spelling of an option in its files: lower case, dashes, no leading ``--``."""
+    name = name.lower().replace("_", "-")
+    return name[2:] if name.startswith("--") else name
+
+
 # --- TLS: which certificates to trust -----------------------------------------------------
 
 
@@ -4035,22 +4159,13 @@ _TRUE = ("1", "y", "yes", "t", "true", "on")
 
 
 def _pip_setting(name: str, default: str) -> str:
-    """A pip option from PIP_* or pip's configuration files, as pip would read it (roughly)."""
-    value = os.environ.get("PIP_" + name.upper().replace("-", "_"))
-    if value is None:
-        for path, tool in _config_files():
-            text = _read_config(path) if tool == "pip" else None
-            for section in _config_sections(text or ""):
-                if section["name"] in ("global", "install"):
-                    settings = section["settings"]
-                    value = settings.get(name, settings.get(name.replace("-", "_"), value))
-            if value is not None:
-                break
-    if not (value or "").strip():
+    """A pip option from PIP_* or pip's configuration files, as pip reads it."""
+    value = pip_option(name)[0].strip()
+    if not value:
         return default
     if name == "no-input":
-        return "yes" if value.strip().lower() in _TRUE else ""
-    return value.strip().lower()
+        return "yes" if value.lower() in _TRUE else ""
+    return value.lower()
 
 
 # A configuration file is read up to this size: a pyproject.toml may come from an untrusted
@@ -4198,12 +4313,8 @@ def _index_url_report() -> list:
 def _config_files() -> list:
     home = os.path.expanduser("~")
     config = os.environ.get("XDG_CONFIG_HOME") or os.path.join(home, ".config")
-    candidates = [
-        (os.environ.get("PIP_CONFIG_FILE", ""), "pip"),
-        (os.path.join(config, "pip", "pip.conf"), "pip"),
-        (os.path.join(home, ".pip", "pip.conf"), "pip"),
-        (os.path.join(sys.prefix, "pip.conf"), "pip"),
-        ("/etc/pip.conf", "pip"),
+    candidates = [(path, "pip") for path in pip_config_files()]
+    candidates += [
         (os.path.join(config, "uv", "uv.toml"), "uv"),
         ("uv.toml", "uv"),
         ("pyproject.toml", "pyproject"),
@@ -4213,7 +4324,6 @@ def _config_files() -> list:
     ]
     if os.name == "nt":
         appdata = os.environ.get("APPDATA", "")
-        candidates.append((os.path.join(appdata, "pip", "pip.ini"), "pip"))
         candidates.append((os.path.join(appdata, "uv", "uv.toml"), "uv"))
     return [(path, tool) for path, tool in candidates if path and os.path.isfile(path)]
 
