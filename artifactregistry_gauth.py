@@ -1933,6 +1933,9 @@ def gcloud_config_dir() -> str:
 # The properties that decide whose token gcloud returns (PROTOCOLS.md J), as
 # "section/name": every auth property, the account and the universe.
 _GCLOUD_IDENTITY_PROPERTIES = ("core/account", "core/universe_domain")
+# The CA bundle gcloud trusts: not an identity, read for TLS (the user's gcloud works with it).
+GCLOUD_CA_PROPERTY = "core/custom_ca_certs_file"
+_GCLOUD_CORE_PROPERTIES = (*_GCLOUD_IDENTITY_PROPERTIES, GCLOUD_CA_PROPERTY)
 _GCLOUD_IDENTITY_SECTION = "auth"
 # Properties that name a file whose content gcloud uses: rewritten in place (as
 # google-github-actions/auth does), the file is a new identity.
@@ -2013,8 +2016,9 @@ def _gcloud_property_of(variable: str) -> str:
     """ "auth/access_token_file" for ``CLOUDSDK_AUTH_ACCESS_TOKEN_FILE``, "" if not decisive."""
     if variable.startswith("CLOUDSDK_AUTH_"):
         return "auth/" + variable[len("CLOUDSDK_AUTH_") :].lower()
-    if variable in ("CLOUDSDK_CORE_ACCOUNT", "CLOUDSDK_CORE_UNIVERSE_DOMAIN"):
-        return "core/" + variable[len("CLOUDSDK_CORE_") :].lower()
+    if variable.startswith("CLOUDSDK_CORE_"):
+        name = "core/" + variable[len("CLOUDSDK_CORE_") :].lower()
+        return name if name in _GCLOUD_CORE_PROPERTIES else ""
     return ""
 
 
@@ -2094,7 +2098,7 @@ def _read_gcloud_properties(path: str) -> dict:
         for section in parser.sections():
             for name, value in parser.items(section):
                 key = f"{section}/{name}"
-                if section == _GCLOUD_IDENTITY_SECTION or key in _GCLOUD_IDENTITY_PROPERTIES:
+                if section == _GCLOUD_IDENTITY_SECTION or key in _GCLOUD_CORE_PROPERTIES:
                     found[key] = value
     except configparser.Error as exc:
         problem = " ".join(str(exc).split())[:200]
@@ -3220,7 +3224,8 @@ class Transport:
             handlers.append(urllib.request.ProxyHandler({}))
         store = ""
         if url.startswith("https:"):
-            context, store = _tls_context()
+            context, stores = _tls_context()
+            store = describe_trust(stores)
             handlers.append(urllib.request.HTTPSHandler(context=context))
         opener = urllib.request.build_opener(*handlers)
         request = urllib.request.Request(url, data=body, headers=headers, method=method)
@@ -3437,9 +3442,18 @@ def _pip_option_name(name: str) -> str:
 
 # --- TLS: which certificates to trust -----------------------------------------------------
 
-
-# Who names a CA bundle, in the order they win: OpenSSL's own variable, then requests'.
-_CA_BUNDLE_VARIABLES = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
+# Variables that name a CA bundle or directory, each read by some tool: OpenSSL (Python's
+# ssl, uv, curl) reads the first two, requests (twine, google-auth) the third, curl the last.
+_CA_VARIABLES = ("SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
+# A long-lived process that changes one of these gets a new context.
+_TLS_ENVIRONMENT = (
+    *_CA_VARIABLES,
+    "PIP_CERT",
+    "PIP_CONFIG_FILE",
+    "CLOUDSDK_CONFIG",
+    "CLOUDSDK_ACTIVE_CONFIG_NAME",
+    "CLOUDSDK_CORE_CUSTOM_CA_CERTS_FILE",
+)
 # Roots exported from the macOS keychains are exported again after this long.
 MACOS_ROOTS_LIFE = 24 * 3600
 MACOS_KEYCHAINS = (
@@ -3451,57 +3465,79 @@ _TLS_CONTEXTS: dict = {}
 
 
 def _tls_context():
-    """The SSL context for https and a description of its trust store, built once per setting."""
-    key = tuple(os.environ.get(name, "") for name in (*_CA_BUNDLE_VARIABLES, "SSL_CERT_DIR"))
+    """The SSL context for https and the stores it trusts, built once per process and setting.
+
+    Built on the first network call only: a token from the cache never needs it.
+    """
+    key = tuple(os.environ.get(name, "") for name in _TLS_ENVIRONMENT)
     found = _TLS_CONTEXTS.get(key)
     if found is None:
         found = _TLS_CONTEXTS[key] = _new_tls_context()
-        _debug("verifying TLS certificates against %s", found[1])
+        _debug("verifying TLS certificates against %s", describe_trust(found[1]))
     return found
 
 
 def _new_tls_context():
+    """A context trusting the union of what the user's tools trust, as pip 26.3 does.
+
+    The OS store (through truststore where importable), OpenSSL's defaults, every bundle or
+    directory named for any tool, certifi, and without truststore on macOS the keychains.
+    A named store that cannot be loaded is reported, never fatal: the others may suffice.
+    Returns the context and the stores, each a dict: store, path, from, and any problem.
+    """
+    context, stores = _os_trust_context()
+    for name, path, origin in _named_ca_stores():
+        stores.append(_add_ca_store(context, name, path, origin))
+    for name in ("certifi", "pip._vendor.certifi"):  # pip trusts its own copy of certifi
+        certifi = _optional_module(name)
+        if certifi is not None:
+            stores.append(_add_ca_store(context, "certifi's CA bundle", certifi.where(), name))
+            break
+    if sys.platform == "darwin" and not stores[0]["from"].endswith("truststore"):
+        # truststore asks the keychains itself; without it, their export is the OS store.
+        stores.append(_add_macos_keychains(context))
+    return context, stores
+
+
+def _os_trust_context():
+    """A context on the OS store: truststore's where importable (its platforms, Python 3.10+)."""
     import ssl
 
-    name = next((n for n in _CA_BUNDLE_VARIABLES if os.environ.get(n)), "")
-    if name == "SSL_CERT_FILE" or (not name and os.environ.get("SSL_CERT_DIR")):
-        # OpenSSL reads both variables itself when it loads its default paths.
-        name = name or "SSL_CERT_DIR"
-        return ssl.create_default_context(), f"{name}={os.environ[name]}"
-    if name:
-        return _ca_bundle_context(name, os.environ[name]), f"{name}={os.environ[name]}"
+    for name in ("truststore", "pip._vendor.truststore"):
+        truststore = _optional_module(name)
+        if truststore is not None:
+            context = truststore.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            context.load_default_certs()  # OpenSSL's defaults join the OS store
+            os_store = {"store": f"the OS trust store via {name}", "from": name}
+            return context, [os_store, _default_store(context)]
     context = ssl.create_default_context()
-    if _has_default_roots(context):
-        return context, "OpenSSL's default CA paths"
-    # No roots: python.org's macOS Python before "Install Certificates.command" runs.
-    for fallback in (_truststore_context, _certifi_context, _macos_keychain_context):
-        found = fallback()
-        if found:
-            return found
-    return context, "OpenSSL's default CA paths, which hold no certificates"
+    return context, [_default_store(context)]
 
 
-def _ca_bundle_context(name: str, path: str):
-    """A context that trusts only the bundle (a file or a directory), as requests does."""
+def _default_store(context) -> dict:
+    """What ssl's load_default_certs gave: Windows' system stores, else OpenSSL's paths."""
     import ssl
 
-    try:
-        if os.path.isdir(path):
-            return ssl.create_default_context(capath=path)
-        return ssl.create_default_context(cafile=path)
-    except OSError as exc:  # ssl.SSLError is an OSError too
-        problem = exc.strerror or getattr(exc, "reason", None) or exc
-        raise CredentialError(
-            f"{name}={path}: cannot load CA certificates from it ({problem}); "
-            f"point {name} at a PEM bundle or unset it"
-        ) from None
+    if sys.platform == "win32":
+        stores = "the Windows system certificate stores (ROOT and CA)"
+        return {"store": stores, "from": "ssl.SSLContext.load_default_certs"}
+    paths = ssl.get_default_verify_paths()
+    where = " and ".join(p for p in (paths.cafile, paths.capath) if p)
+    store = {
+        "store": "OpenSSL's default CA paths",
+        "path": where,
+        "from": "ssl.get_default_verify_paths",
+    }
+    if not _has_default_roots(context):
+        store["problem"] = "they hold no certificates"
+    return store
 
 
 def _has_default_roots(context) -> bool:
     """True if OpenSSL's default paths hold certificates."""
     import ssl
 
-    if context.cert_store_stats()["x509"]:
+    if context.get_ca_certs():
         return True
     # A CA directory is read lazily, one file per lookup: nothing is counted until then.
     capath = ssl.get_default_verify_paths().capath
@@ -3514,46 +3550,85 @@ def _has_default_roots(context) -> bool:
         return False
 
 
-def _truststore_context():
-    """The OS trust store through truststore, or pip's vendored copy of it."""
+def _named_ca_stores() -> list:
+    """(name, path, where it is set) for each CA bundle or directory named for a tool."""
+    named = [(n, os.environ[n], f"${n}") for n in _CA_VARIABLES if os.environ.get(n)]
+    cert, where = pip_option("cert")
+    if cert:
+        named.append(("pip's cert", os.path.expanduser(cert), where))
+    try:
+        settings = GcloudSettings.read(_find_executable("gcloud"))
+    except CredentialError as exc:  # gcloud's own files are broken: gcloud fails too
+        _debug("not reading gcloud's %s: %s", GCLOUD_CA_PROPERTY, exc)
+    else:
+        path = settings.get(GCLOUD_CA_PROPERTY)
+        if path:
+            named.append(
+                (f"gcloud's {GCLOUD_CA_PROPERTY}", path, settings.named_by(GCLOUD_CA_PROPERTY))
+            )
+    return named
+
+
+def _add_ca_store(context, name: str, path: str, origin: str) -> dict:
+    """Load a bundle (a file) or a CA directory into ``context``; a problem is reported back."""
+    import stat
+
+    store = {"store": name, "path": path, "from": origin}
+    try:
+        mode = os.stat(path).st_mode
+        if stat.S_ISDIR(mode):
+            context.load_verify_locations(capath=path)
+        elif stat.S_ISREG(mode):  # never a FIFO or a device: loading it could block
+            context.load_verify_locations(cafile=path)
+        else:
+            raise OSError(0, "not a regular file")
+    except OSError as exc:  # ssl.SSLError is an OSError too
+        problem = exc.strerror or getattr(exc, "reason", None) or exc
+        store["problem"] = f"cannot load CA certificates from it ({problem})"
+        _debug("%s %s (%s): %s", name, path, origin, store["problem"])
+    return store
+
+
+def _optional_module(name: str):
+    """An optional module (truststore, certifi), or None where it is absent or unsupported."""
     import importlib
-    import ssl
-
-    for name in ("truststore", "pip._vendor.truststore"):
-        try:
-            truststore = importlib.import_module(name)
-        except ImportError:  # absent, or Python older than truststore supports
-            continue
-        return truststore.SSLContext(ssl.PROTOCOL_TLS_CLIENT), f"the OS trust store via {name}"
-    return None
-
-
-def _certifi_context():
-    import ssl
 
     try:
-        import certifi
-    except ImportError:
+        return importlib.import_module(name)
+    except ImportError:  # absent, or a Python older than it supports
         return None
-    path = certifi.where()
-    return ssl.create_default_context(cafile=path), f"certifi's CA bundle {path}"
 
 
-def _macos_keychain_context():
+def describe_trust(stores: list) -> str:
+    """The stores in one line, for errors and the debug log: the loaded, then the failed."""
+
+    def label(store: dict) -> str:
+        path = store.get("path")
+        if not path:
+            return store["store"]
+        named = store["from"] == f"${store['store']}"  # SSL_CERT_FILE=/its/path
+        return f"{store['store']}={path}" if named else f"{store['store']} {path}"
+
+    used = ", ".join(label(s) for s in stores if "problem" not in s)
+    failed = "; ".join(f"{label(s)}: {s['problem']}" for s in stores if "problem" in s)
+    return f"{used or 'nothing'}" + (f"; not used: {failed}" if failed else "")
+
+
+def _add_macos_keychains(context) -> dict:
     """The macOS system roots and admin-added CAs, as the keychains hold them."""
     import ssl
 
-    if sys.platform != "darwin":
-        return None
+    store = {"store": "the macOS system keychains", "from": "security find-certificate"}
     pem = _macos_roots()
     if not pem:
-        return None
+        store["problem"] = "no certificates exported"
+        return store
     try:
-        context = ssl.create_default_context(cadata=pem)
+        context.load_verify_locations(cadata=pem)
     except ssl.SSLError as exc:
-        _debug("cannot use the certificates exported from the macOS keychains: %s", exc)
-        return None
-    return context, "the macOS system keychains (security find-certificate)"
+        store["problem"] = f"cannot use the exported certificates ({exc.reason or exc})"
+        _debug("%s", store["problem"])
+    return store
 
 
 def _macos_roots() -> str:
@@ -4008,6 +4083,7 @@ def diagnose() -> dict:
         "sources": steps,
         "token": token_info,
         "cache": _cache_report(),
+        "tls": [dict(store) for store in _tls_context()[1]],
         "keyring": _keyring_report(),
         "keyring_executable": _keyring_executable_report(),
         "index_urls": _index_url_report(),
@@ -4423,6 +4499,7 @@ def _format_report(report: dict) -> str:
     ]
     if "entries" in cache:
         lines[-1] += f" ({cache['entries']} tokens)"
+    lines += _format_tls(report["tls"], marks["answered"])
     ring = report["keyring"]
     lines += ["", "keyring:"]
     if not ring["importable"]:
@@ -4452,6 +4529,18 @@ def _format_report(report: dict) -> str:
     if report["warnings"]:
         lines += ["", "Warnings:"] + [f"  ! {warning}" for warning in report["warnings"]]
     return "\n".join(lines) + "\n"
+
+
+def _format_tls(stores: list, mark: str) -> list:
+    """doctor's lines for the TLS stores: each one, where it came from, and why it is unused."""
+    lines = ["", "TLS trusts the union of:"]
+    for store in stores:
+        path = f" {store['path']}" if store.get("path") else ""
+        problem = f": NOT USED: {store['problem']}" if "problem" in store else ""
+        lines.append(
+            f"  {'!' if problem else mark} {store['store']}{path} ({store['from']}){problem}"
+        )
+    return lines
 
 
 # --- netrc --------------------------------------------------------------------------------

@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import os
+import shutil
+import ssl
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 import artifactregistry_gauth as gauth
+from fakes.google import GOOGLE_HOSTS, TLS_HOSTS
+from fakes.network import RoutingProxy, new_ca, server_context, write_ca_file
+from test_tls_and_timing import FakeSecurity, _fake_truststore
 
 REAL_PREFIX = sys.prefix
+OPENSSL = shutil.which("openssl")  # found before the tests narrow PATH
 
 
 def real_pip_26_3():
@@ -25,17 +32,8 @@ def real_pip_26_3():
 
 
 @pytest.fixture(autouse=True)
-def no_pip_settings(monkeypatch, tmp_path):
-    """No PIP_* variable and no system-wide pip file of this machine reaches a test."""
-    for name in list(os.environ):
-        if name.startswith("PIP_"):
-            monkeypatch.delenv(name)
-    system = tmp_path / "system"
-    monkeypatch.setattr(gauth, "PIP_UNIX_SYSTEM_DIR", str(system / "etc"))
-    monkeypatch.setattr(gauth, "PIP_UNIX_XDG_DIR", str(system / "etc" / "xdg"))
-    monkeypatch.setattr(gauth, "PIP_MACOS_SYSTEM_DIR", str(system / "Library"))
-    monkeypatch.delenv("XDG_CONFIG_DIRS", raising=False)
-    monkeypatch.delenv("XDG_DATA_DIRS", raising=False)
+def own_venv(monkeypatch, tmp_path):
+    """The running environment's pip file is the test's (conftest isolates the system's)."""
     monkeypatch.setattr(sys, "prefix", str(tmp_path / "venv"))
 
 
@@ -48,7 +46,7 @@ def _places(platform: str, home: Path, tmp_path: Path) -> list:
     venv = tmp_path / "venv"
     if platform == "win32":
         return [
-            ("ProgramData", tmp_path / "ProgramData" / "pip" / "pip.ini"),
+            ("ProgramData", system / "ProgramData" / "pip" / "pip.ini"),
             ("legacy-user", home / "pip" / "pip.ini"),
             ("APPDATA", home / "AppData" / "Roaming" / "pip" / "pip.ini"),
             ("venv", venv / "pip.ini"),
@@ -78,7 +76,6 @@ def pip_places(monkeypatch, tmp_path, home_dir, request):
     platform = request.param
     monkeypatch.setattr(sys, "platform", platform)
     monkeypatch.setenv("USERPROFILE", str(home_dir))  # what ~ is on Windows
-    monkeypatch.setenv("ALLUSERSPROFILE", str(tmp_path / "ProgramData"))
     if platform == "darwin":
         monkeypatch.delenv("XDG_DATA_HOME")  # else pip looks there, not in ~/Library
     places = _places(platform, home_dir, tmp_path)
@@ -224,3 +221,231 @@ def test_pip_config_files_match_real_pip_26_3(monkeypatch, tmp_path, named):
     )
     assert done.returncode == 0, done.stderr
     assert gauth.pip_config_files() == _files_pip_loads(done.stdout)
+
+
+# --- TLS: the union of every store, each row with a CA only that store holds ----------------
+
+
+@dataclass
+class PrivateGoogle:
+    """The fake Google at its https:// names, its certificate signed by a CA of this test."""
+
+    ca_file: Path
+    fake: object
+
+    def ca_dir(self, directory: Path) -> Path:
+        """A c_rehash-style directory holding the CA, as SSL_CERT_DIR wants one."""
+        if OPENSSL is None:
+            pytest.skip("no openssl command to name the file by its subject hash")
+        done = subprocess.run(
+            [OPENSSL, "x509", "-hash", "-noout", "-in", str(self.ca_file)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        directory.mkdir()
+        shutil.copy(self.ca_file, directory / f"{done.stdout.strip()}.0")
+        return directory
+
+
+@pytest.fixture
+def private_google(monkeypatch, tmp_path, fake_google, user_file):
+    """An authorized_user ADC file refreshed at a Google only this test's CA vouches for."""
+    ca = new_ca()
+    server = fake_google.serve(server_context(ca, TLS_HOSTS))
+    proxy = RoutingProxy({host: server.port for host in GOOGLE_HOSTS}).start()
+    for name in ("HTTPS_PROXY", "https_proxy"):
+        monkeypatch.setenv(name, proxy.url)
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(user_file()))
+    monkeypatch.setattr(gauth, "_TLS_CONTEXTS", {})
+    yield PrivateGoogle(write_ca_file(ca, tmp_path / "private-ca.pem"), fake_google)
+    proxy.stop()
+
+
+def _module(monkeypatch, name: str, source: str) -> None:
+    """Install a module ``name`` made of ``source`` (our own fakes of optional modules)."""
+    module = type(sys)(name)
+    exec(source, module.__dict__)  # noqa: S102 - a fake written by this test file
+    monkeypatch.setitem(sys.modules, name, module)
+
+
+def _no_os_store_modules(monkeypatch) -> None:
+    for name in ("truststore", "pip._vendor.truststore"):
+        monkeypatch.setitem(sys.modules, name, None)  # as if not installed
+
+
+def trust_by_variable(name):
+    def put(monkeypatch, google, tmp_path):
+        path = google.ca_dir(tmp_path / "ca-dir") if name == "SSL_CERT_DIR" else google.ca_file
+        monkeypatch.setenv(name, str(path))
+
+    return put
+
+
+def trust_by_pip_conf(monkeypatch, google, tmp_path):
+    _write(
+        Path(os.environ["XDG_CONFIG_HOME"]) / "pip" / "pip.conf",
+        f"[global]\ncert = {google.ca_file}\n",
+    )
+
+
+def trust_by_gcloud_config(monkeypatch, google, tmp_path):
+    config = Path(os.environ["CLOUDSDK_CONFIG"]) / "configurations" / "config_default"
+    _write(config, f"[core]\ncustom_ca_certs_file = {google.ca_file}\n")
+
+
+def trust_by_truststore(monkeypatch, google, tmp_path):
+    _module(monkeypatch, "truststore", _fake_truststore(google.ca_file))
+
+
+def trust_by_pips_truststore(monkeypatch, google, tmp_path):
+    monkeypatch.setitem(sys.modules, "truststore", None)
+    _module(monkeypatch, "pip._vendor.truststore", _fake_truststore(google.ca_file))
+
+
+def trust_by_certifi(monkeypatch, google, tmp_path):
+    _module(monkeypatch, "certifi", f"def where():\n    return {str(google.ca_file)!r}\n")
+
+
+def trust_by_openssl_defaults(monkeypatch, google, tmp_path):
+    def load(context):
+        context.load_verify_locations(cafile=str(google.ca_file))
+
+    monkeypatch.setattr(ssl.SSLContext, "set_default_verify_paths", load)
+
+
+def trust_by_macos_keychain(monkeypatch, google, tmp_path):
+    monkeypatch.setattr(sys, "platform", "darwin")
+    _no_os_store_modules(monkeypatch)  # a Python without truststore: the keychains' export
+    FakeSecurity(Path(os.environ["PATH"].split(os.pathsep)[0]), google.ca_file)
+
+
+def trust_by_windows_root_store(monkeypatch, google, tmp_path):
+    monkeypatch.setattr(sys, "platform", "win32")
+    _no_os_store_modules(monkeypatch)
+    calls = []
+
+    def load_store(context, name, purpose):  # Windows' enum_certificates, simulated
+        calls.append(name)
+        if name == "ROOT":
+            context.load_verify_locations(cafile=str(google.ca_file))
+
+    monkeypatch.setattr(ssl.SSLContext, "_load_windows_store_certs", load_store, raising=False)
+
+
+TRUST_ROWS = {
+    "SSL_CERT_FILE": trust_by_variable("SSL_CERT_FILE"),
+    "SSL_CERT_DIR": trust_by_variable("SSL_CERT_DIR"),
+    "REQUESTS_CA_BUNDLE": trust_by_variable("REQUESTS_CA_BUNDLE"),
+    "CURL_CA_BUNDLE": trust_by_variable("CURL_CA_BUNDLE"),
+    "PIP_CERT": trust_by_variable("PIP_CERT"),
+    "pip.conf-cert": trust_by_pip_conf,
+    "gcloud-custom_ca_certs_file": trust_by_gcloud_config,
+    "CLOUDSDK_CORE_CUSTOM_CA_CERTS_FILE": trust_by_variable("CLOUDSDK_CORE_CUSTOM_CA_CERTS_FILE"),
+    "truststore": trust_by_truststore,
+    "pip._vendor.truststore": trust_by_pips_truststore,
+    "certifi": trust_by_certifi,
+    "openssl-default-paths": trust_by_openssl_defaults,
+    "macos-keychain": trust_by_macos_keychain,
+    "windows-root-store": trust_by_windows_root_store,
+}
+
+
+@pytest.fixture
+def ordinary_stores(monkeypatch, tmp_path):
+    """Another CA in each variable a tool reads, as on a machine that names the system bundle."""
+    other = write_ca_file(new_ca(), tmp_path / "other-ca.pem")
+    for name in ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "PIP_CERT"):
+        monkeypatch.setenv(name, str(other))
+    return other
+
+
+@pytest.mark.parametrize("row", list(TRUST_ROWS))
+def test_a_ca_that_only_one_store_holds_is_trusted(
+    monkeypatch, tmp_path, private_google, ordinary_stores, row
+):
+    for name in ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "PIP_CERT"):
+        if row.startswith(name) or (row.startswith("pip") and name == "PIP_CERT"):
+            monkeypatch.delenv(name)  # this row's store holds the private CA instead
+    TRUST_ROWS[row](monkeypatch, private_google, tmp_path)
+    assert private_google.fake.is_live(gauth.get_token())
+
+
+def test_without_the_ca_in_any_store_the_certificate_is_not_trusted(
+    private_google, ordinary_stores
+):
+    with pytest.raises(gauth.CredentialError, match="is not trusted"):
+        gauth.get_token()
+
+
+def test_on_windows_the_store_is_named_as_the_system_root_and_ca_stores(
+    monkeypatch, tmp_path, private_google
+):
+    trust_by_windows_root_store(monkeypatch, private_google, tmp_path)
+    assert private_google.fake.is_live(gauth.get_token())
+    stores = [store["store"] for store in gauth._tls_context()[1]]
+    assert stores[0] == "the Windows system certificate stores (ROOT and CA)"
+    assert not [store for store in stores if "OpenSSL" in store]
+
+
+def test_a_warm_call_never_builds_the_tls_context(monkeypatch, private_google):
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(private_google.ca_file))
+    token = gauth.get_token()
+    monkeypatch.setattr(gauth, "_TLS_CONTEXTS", {})  # a new process, the disk cache warm
+    gauth._forget_tokens()
+
+    def no_context():
+        raise AssertionError("a warm call built a TLS context")
+
+    monkeypatch.setattr(gauth, "_new_tls_context", no_context)
+    assert gauth.get_token() == token
+
+
+def test_doctor_lists_each_store_and_where_it_came_from(monkeypatch, tmp_path, private_google):
+    trust_by_pip_conf(monkeypatch, private_google, tmp_path)
+    missing = tmp_path / "gone.pem"
+    monkeypatch.setenv("CURL_CA_BUNDLE", str(missing))
+    report = gauth.diagnose()
+    assert report["token"]["ok"]
+    pip_conf = Path(os.environ["XDG_CONFIG_HOME"]) / "pip" / "pip.conf"
+    assert {
+        "store": "pip's cert",
+        "path": str(private_google.ca_file),
+        "from": f"global.cert in {pip_conf}",
+    } in report["tls"]
+    text = gauth._format_report(report)
+    assert "TLS trusts the union of:\n" in text
+    assert f"pip's cert {private_google.ca_file} (global.cert in {pip_conf})\n" in text
+    assert (
+        f"  ! CURL_CA_BUNDLE {missing} ($CURL_CA_BUNDLE): NOT USED: cannot load CA "
+        "certificates from it (No such file or directory)\n"
+    ) in text
+
+
+def _real_pip_reaches(google, tmp_path) -> bool:
+    """Whether real pip 26.3 trusts the private CA: it asks the fake for an index page."""
+    command = [*real_pip_26_3(), "download", "--no-deps", "--no-input", "--no-cache-dir"]
+    command += ["--retries", "0", "--keyring-provider", "disabled"]
+    command += ["--index-url", "https://oauth2.googleapis.com/simple/", "-d", str(tmp_path / "d")]
+    done = subprocess.run(
+        [*command, "gauth-not-there"], capture_output=True, text=True, timeout=120
+    )
+    asked = any(r.path.startswith("/simple/gauth-not-there") for r in google.fake.requests)
+    assert asked != ("CERTIFICATE_VERIFY_FAILED" in done.stdout + done.stderr), done.stderr
+    return asked
+
+
+@pytest.mark.skipif(real_pip_26_3() is None, reason="no pip 26.3 wheel (virtualenv) installed")
+@pytest.mark.parametrize("row", ["PIP_CERT", "pip.conf-cert", "none"])
+def test_we_trust_what_real_pip_26_3_trusts(monkeypatch, tmp_path, private_google, row):
+    if row != "none":
+        TRUST_ROWS[row](monkeypatch, private_google, tmp_path)
+    pip_trusts = _real_pip_reaches(private_google, tmp_path)
+    assert pip_trusts == (row != "none")
+    try:
+        gauth.get_token()
+    except gauth.CredentialError:
+        we_trust = False
+    else:
+        we_trust = True
+    assert we_trust == pip_trusts
