@@ -13,6 +13,7 @@ import trustme
 import artifactregistry_gauth as gauth
 from conftest import _forget_tokens
 from fakes.testing import one_line
+from fakes.trust import FakeSecurity, truststore_source
 
 WORKLOAD = (
     "//iam.googleapis.com/projects/123456/locations/global/"
@@ -138,23 +139,10 @@ class NoDefaultRoots:
         self.monkeypatch.syspath_prepend(str(root))
 
     def truststore(self, ca_file=None):
-        self.importable("truststore", _fake_truststore(ca_file or self.ca_file))
+        self.importable("truststore", truststore_source(ca_file or self.ca_file))
 
     def certifi(self):
         self.importable("certifi", f"def where():\n    return {self.ca_file!r}\n")
-
-
-def _fake_truststore(ca_file):
-    return f"""
-import ssl
-built = []
-
-class SSLContext(ssl.SSLContext):
-    def __init__(self, protocol):
-        super().__init__()
-        built.append(protocol)
-        self.load_verify_locations(cafile={str(ca_file)!r})
-"""
 
 
 @pytest.fixture
@@ -170,7 +158,7 @@ def test_without_default_roots_the_os_store_is_used_through_truststore(user_env,
 
 def test_without_truststore_pips_vendored_copy_is_used(monkeypatch, user_env, no_default_roots):
     namespace = {}
-    exec(_fake_truststore(user_env.ca_file), namespace)  # noqa: S102 - our own fake module
+    exec(truststore_source(user_env.ca_file), namespace)  # noqa: S102 - our own fake module
     vendored = type(sys)("pip._vendor.truststore")
     vendored.__dict__.update(namespace)
     monkeypatch.setitem(sys.modules, "pip._vendor.truststore", vendored)
@@ -232,32 +220,6 @@ def test_an_untrusted_certificate_error_names_the_store_used(
 
 
 # --- macOS: the system keychains through `security` ----------------------------------------
-
-_FAKE_SECURITY = """
-import os, sys
-here = os.path.dirname(os.path.abspath(__file__))
-with open(os.path.join(here, "security.calls"), "a") as log:
-    log.write(" ".join(sys.argv[1:]) + "\\n")
-with open(os.path.join(here, "security.pem")) as pem:
-    sys.stdout.write(pem.read())
-sys.exit(int(os.environ.get("FAKE_SECURITY_EXIT", "0")))
-"""
-
-
-class FakeSecurity:
-    """macOS's `security` command on PATH, printing the test CA as the keychains' roots."""
-
-    def __init__(self, bin_dir, ca_file):
-        self.bin_dir = bin_dir
-        path = bin_dir / "security"
-        path.write_text(f"#!{sys.executable}\n{_FAKE_SECURITY}")
-        path.chmod(0o755)
-        (bin_dir / "security.pem").write_text(ca_file.read_text())
-
-    @property
-    def calls(self):
-        log = self.bin_dir / "security.calls"
-        return log.read_text().splitlines() if log.exists() else []
 
 
 @pytest.fixture

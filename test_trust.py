@@ -15,7 +15,7 @@ import pytest
 import artifactregistry_gauth as gauth
 from fakes.google import GOOGLE_HOSTS, TLS_HOSTS
 from fakes.network import RoutingProxy, new_ca, server_context, write_ca_file
-from test_tls_and_timing import FakeSecurity, _fake_truststore
+from fakes.trust import FakeSecurity, truststore_source
 
 REAL_PREFIX = sys.prefix
 OPENSSL = shutil.which("openssl")  # found before the tests narrow PATH
@@ -295,12 +295,12 @@ def trust_by_gcloud_config(monkeypatch, google, tmp_path):
 
 
 def trust_by_truststore(monkeypatch, google, tmp_path):
-    _module(monkeypatch, "truststore", _fake_truststore(google.ca_file))
+    _module(monkeypatch, "truststore", truststore_source(google.ca_file))
 
 
 def trust_by_pips_truststore(monkeypatch, google, tmp_path):
     monkeypatch.setitem(sys.modules, "truststore", None)
-    _module(monkeypatch, "pip._vendor.truststore", _fake_truststore(google.ca_file))
+    _module(monkeypatch, "pip._vendor.truststore", truststore_source(google.ca_file))
 
 
 def trust_by_certifi(monkeypatch, google, tmp_path):
