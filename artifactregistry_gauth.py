@@ -3557,13 +3557,20 @@ def _new_tls_context():
     A named store that cannot be loaded is reported, never fatal: the others may suffice.
     Returns the context and the stores, each a dict: store, path, from, and any problem.
     """
+    import ssl
+
     context, stores = _os_trust_context()
+    # Machines often name the system bundle in several variables: each file is loaded once.
+    default = ssl.get_default_verify_paths().cafile  # SSL_CERT_FILE, if it names a file
+    usable = not any("problem" in store for store in stores)
+    loaded = {os.path.realpath(default)} if default and usable else set()
     for name, path, origin in _named_ca_stores():
-        stores.append(_add_ca_store(context, name, path, origin))
+        stores.append(_add_ca_store(context, name, path, origin, loaded))
     for name in ("certifi", "pip._vendor.certifi"):  # pip trusts its own copy of certifi
         certifi = _optional_module(name)
         if certifi is not None:
-            stores.append(_add_ca_store(context, "certifi's CA bundle", certifi.where(), name))
+            where = certifi.where()
+            stores.append(_add_ca_store(context, "certifi's CA bundle", where, name, loaded))
             break
     if sys.platform == "darwin" and not stores[0]["from"].endswith("truststore"):
         # truststore asks the keychains itself; without it, their export is the OS store.
@@ -3641,11 +3648,17 @@ def _named_ca_stores() -> list:
     return named
 
 
-def _add_ca_store(context, name: str, path: str, origin: str) -> dict:
-    """Load a bundle (a file) or a CA directory into ``context``; a problem is reported back."""
+def _add_ca_store(context, name: str, path: str, origin: str, loaded: set) -> dict:
+    """Load a bundle (a file) or a CA directory into ``context`` unless ``loaded`` has it.
+
+    A problem is reported back in the store, never raised.
+    """
     import stat
 
     store = {"store": name, "path": path, "from": origin}
+    real = os.path.realpath(path)
+    if real in loaded:
+        return store
     try:
         mode = os.stat(path).st_mode
         if stat.S_ISDIR(mode):
@@ -3658,6 +3671,8 @@ def _add_ca_store(context, name: str, path: str, origin: str) -> dict:
         problem = exc.strerror or getattr(exc, "reason", None) or exc
         store["problem"] = f"cannot load CA certificates from it ({problem})"
         _debug("%s %s (%s): %s", name, path, origin, store["problem"])
+    else:
+        loaded.add(real)
     return store
 
 

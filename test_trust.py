@@ -360,7 +360,22 @@ def ordinary_stores(monkeypatch, tmp_path):
     return other
 
 
-@pytest.mark.parametrize("row", list(TRUST_ROWS))
+POSIX_ONLY_ROWS = {"macos-keychain": "the fake `security` is a #! script"}
+
+
+@pytest.mark.parametrize(
+    "row",
+    [
+        pytest.param(
+            row,
+            marks=pytest.mark.skipif(
+                row in POSIX_ONLY_ROWS and sys.platform == "win32",
+                reason=POSIX_ONLY_ROWS.get(row, ""),
+            ),
+        )
+        for row in TRUST_ROWS
+    ],
+)
 def test_a_ca_that_only_one_store_holds_is_trusted(
     monkeypatch, tmp_path, private_google, ordinary_stores, row
 ):
@@ -449,3 +464,25 @@ def test_we_trust_what_real_pip_26_3_trusts(monkeypatch, tmp_path, private_googl
     else:
         we_trust = True
     assert we_trust == pip_trusts
+
+
+def test_a_bundle_named_in_several_places_is_loaded_once(monkeypatch, private_google):
+    for name in ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "PIP_CERT"):
+        monkeypatch.setenv(name, str(private_google.ca_file))
+    loads = []
+    real_load = ssl.SSLContext.load_verify_locations
+
+    def counted(context, cafile=None, capath=None, cadata=None):
+        loads.append(cafile)
+        return real_load(context, cafile, capath, cadata)
+
+    monkeypatch.setattr(ssl.SSLContext, "load_verify_locations", counted)
+    assert private_google.fake.is_live(gauth.get_token())
+    assert str(private_google.ca_file) not in loads  # OpenSSL's defaults read SSL_CERT_FILE
+    named = [s for s in gauth._tls_context()[1] if s.get("path") == str(private_google.ca_file)]
+    assert [s["store"] for s in named] == [
+        "SSL_CERT_FILE",
+        "REQUESTS_CA_BUNDLE",
+        "CURL_CA_BUNDLE",
+        "pip's cert",
+    ]
