@@ -735,7 +735,7 @@ def test_get_without_credentials_exits_1_with_one_line_like_keyring():
 
 @pytest.fixture
 def keyring_link(bin_dir):
-    """A `keyring` on PATH that is a link to our command, as the README suggests."""
+    """A `keyring` on PATH that is a link to our command, as docs/reference.md suggests."""
     script = Path(sys.executable).with_name("artifactregistry-gauth")
     link = bin_dir / "keyring"
     link.symlink_to(script)
