@@ -3661,7 +3661,9 @@ def _add_ca_store(context, name: str, path: str, origin: str, loaded: set) -> di
         return store
     try:
         mode = os.stat(path).st_mode
-        if stat.S_ISDIR(mode):
+        if stat.S_ISDIR(mode) and _os_verifies(context):
+            _load_ca_directory_at_once(context, path)
+        elif stat.S_ISDIR(mode):
             context.load_verify_locations(capath=path)
         elif stat.S_ISREG(mode):  # never a FIFO or a device: loading it could block
             context.load_verify_locations(cafile=path)
@@ -3674,6 +3676,31 @@ def _add_ca_store(context, name: str, path: str, origin: str, loaded: set) -> di
     else:
         loaded.add(real)
     return store
+
+
+def _os_verifies(context) -> bool:
+    """Whether truststore has macOS or Windows verify: they see only loaded certificates.
+
+    OpenSSL reads a CA directory lazily, during a handshake; the OS would never see it.
+    """
+    import ssl
+
+    return type(context) is not ssl.SSLContext and sys.platform in ("darwin", "win32")
+
+
+def _load_ca_directory_at_once(context, path: str) -> None:
+    """Every certificate file of a CA directory (hashed names or not); OSError if none."""
+    count = 0
+    with os.scandir(path) as entries:
+        for entry in entries:
+            try:
+                if entry.is_file():  # a hash link counts as the file it names
+                    context.load_verify_locations(cafile=entry.path)
+                    count += 1
+            except OSError:  # ssl.SSLError too: not every file in such a folder is a CA
+                continue
+    if not count:
+        raise OSError(0, "no certificate file in it")
 
 
 def _optional_module(name: str):

@@ -486,3 +486,20 @@ def test_a_bundle_named_in_several_places_is_loaded_once(monkeypatch, private_go
         "CURL_CA_BUNDLE",
         "pip's cert",
     ]
+
+
+@pytest.mark.parametrize("platform", ["darwin", "win32"])
+def test_with_truststore_on_macos_and_windows_a_ca_directory_is_read_at_once(
+    monkeypatch, tmp_path, private_google, ordinary_stores, platform
+):
+    # There truststore shows the OS only the certificates loaded so far, and OpenSSL reads
+    # a directory lazily, during a handshake the OS never sees.
+    if platform == "win32" and sys.platform != "win32":  # no Windows stores to enumerate here
+        monkeypatch.setattr(ssl.SSLContext, "_load_windows_store_certs", lambda *_: None)
+    monkeypatch.setattr(sys, "platform", platform)
+    _module(monkeypatch, "truststore", truststore_source(ordinary_stores))
+    monkeypatch.setenv("SSL_CERT_DIR", str(private_google.ca_dir(tmp_path / "ca-dir")))
+    context = gauth._tls_context()[0]
+    private = ssl.PEM_cert_to_DER_cert(private_google.ca_file.read_text())
+    assert private in context.get_ca_certs(binary_form=True)
+    assert private_google.fake.is_live(gauth.get_token())
