@@ -1951,6 +1951,9 @@ def gcloud_config_dir() -> str:
 # The properties that decide whose token gcloud returns (docs/protocols.md#gcloud), as
 # "section/name": every auth property, the account and the universe.
 _GCLOUD_IDENTITY_PROPERTIES = ("core/account", "core/universe_domain")
+# The CA bundle gcloud trusts: not an identity, read for TLS (the user's gcloud works with it).
+GCLOUD_CA_PROPERTY = "core/custom_ca_certs_file"
+_GCLOUD_CORE_PROPERTIES = (*_GCLOUD_IDENTITY_PROPERTIES, GCLOUD_CA_PROPERTY)
 _GCLOUD_IDENTITY_SECTION = "auth"
 # Properties that name a file whose content gcloud uses: rewritten in place (as
 # google-github-actions/auth does), the file is a new identity.
@@ -2031,8 +2034,9 @@ def _gcloud_property_of(variable: str) -> str:
     """ "auth/access_token_file" for ``CLOUDSDK_AUTH_ACCESS_TOKEN_FILE``, "" if not decisive."""
     if variable.startswith("CLOUDSDK_AUTH_"):
         return "auth/" + variable[len("CLOUDSDK_AUTH_") :].lower()
-    if variable in ("CLOUDSDK_CORE_ACCOUNT", "CLOUDSDK_CORE_UNIVERSE_DOMAIN"):
-        return "core/" + variable[len("CLOUDSDK_CORE_") :].lower()
+    if variable.startswith("CLOUDSDK_CORE_"):
+        name = "core/" + variable[len("CLOUDSDK_CORE_") :].lower()
+        return name if name in _GCLOUD_CORE_PROPERTIES else ""
     return ""
 
 
@@ -2112,7 +2116,7 @@ def _read_gcloud_properties(path: str) -> dict:
         for section in parser.sections():
             for name, value in parser.items(section):
                 key = f"{section}/{name}"
-                if section == _GCLOUD_IDENTITY_SECTION or key in _GCLOUD_IDENTITY_PROPERTIES:
+                if section == _GCLOUD_IDENTITY_SECTION or key in _GCLOUD_CORE_PROPERTIES:
                     found[key] = value
     except configparser.Error as exc:
         problem = " ".join(str(exc).split())[:200]
@@ -3448,7 +3452,8 @@ class Transport:
             handlers.append(urllib.request.ProxyHandler({}))
         store = ""
         if url.startswith("https:"):
-            context, store = _tls_context()
+            context, stores = _tls_context()
+            store = describe_trust(stores)
             handlers.append(urllib.request.HTTPSHandler(context=context))
         opener = urllib.request.build_opener(*handlers)
         request = urllib.request.Request(url, data=body, headers=headers, method=method)
@@ -3537,11 +3542,144 @@ def _no_redirect_handler():
     return NoRedirect()
 
 
+# --- pip's configuration: its files in pip's order, an option read as pip reads it --------
+
+# pip 26.3's system-wide folders besides the XDG ones (pip/_internal/utils/appdirs.py,
+# site_config_dirs): Unix adds /etc, macOS has Apple's shared folder (and Homebrew's).
+PIP_UNIX_SYSTEM_DIR = "/etc"
+PIP_UNIX_XDG_DIR = "/etc/xdg"
+PIP_MACOS_SYSTEM_DIR = "/Library/Application Support"
+# A framework Python installed by Homebrew: its prefix holds a share/pip of its own.
+_HOMEBREW_PYTHON = r"(.+)/opt/python[^/]*/Frameworks/Python\.framework/Versions/[^/]+"
+
+
+def pip_config_files() -> list:
+    """pip's configuration files in the order pip 26.3 loads them: a later file wins.
+
+    From pip/_internal/configuration.py: the system-wide files, the user's (the legacy one
+    first), the environment's (``sys.prefix``), then ``PIP_CONFIG_FILE``. The user's are
+    skipped when ``PIP_CONFIG_FILE`` names a file that exists, and all of them when it is
+    os.devnull.
+    """
+    named = os.environ.get("PIP_CONFIG_FILE")
+    if named == os.devnull:
+        return []
+    windows = sys.platform == "win32"
+    directories = _pip_system_dirs()
+    if not (named and os.path.exists(named)):
+        legacy = os.path.join(os.path.expanduser("~"), "pip" if windows else ".pip")
+        directories += [legacy, _pip_user_dir()]
+    directories.append(sys.prefix)
+    files = [os.path.join(d, "pip.ini" if windows else "pip.conf") for d in directories]
+    return [*files, named] if named else files
+
+
+def _pip_system_dirs() -> list:
+    """platformdirs' site config folders as pip asks for them, each with pip's own name."""
+    if sys.platform == "win32":
+        # CSIDL_COMMON_APPDATA (C:\ProgramData), which %ALLUSERSPROFILE% names.
+        common = os.environ.get("ALLUSERSPROFILE") or os.environ.get("PROGRAMDATA")
+        return [os.path.join(common or "C:\\ProgramData", "pip")]
+    if sys.platform == "darwin":
+        found = _xdg_dirs("XDG_DATA_DIRS")
+        if not found:
+            prefix = _homebrew_prefix()
+            found = [os.path.join(prefix, "share")] if prefix else []
+            found.append(PIP_MACOS_SYSTEM_DIR)
+        return [os.path.join(d, "pip") for d in found]
+    found = _xdg_dirs("XDG_CONFIG_DIRS") or [PIP_UNIX_XDG_DIR]
+    return [os.path.join(d, "pip") for d in found] + [PIP_UNIX_SYSTEM_DIR]
+
+
+def _pip_user_dir() -> str:
+    home = os.path.expanduser("~")
+    if sys.platform == "win32":  # CSIDL_APPDATA, the roaming profile
+        return os.path.join(
+            os.environ.get("APPDATA") or os.path.join(home, "AppData", "Roaming"), "pip"
+        )
+    if sys.platform == "darwin":
+        # pip takes Application Support only where that folder exists, else ~/.config/pip.
+        data = _xdg_dirs("XDG_DATA_HOME")
+        preferred = os.path.join(*data or [home, "Library", "Application Support"], "pip")
+        return preferred if os.path.isdir(preferred) else os.path.join(home, ".config", "pip")
+    return os.path.join(*_xdg_dirs("XDG_CONFIG_HOME") or [home, ".config"], "pip")
+
+
+def _xdg_dirs(variable: str) -> list:
+    """The absolute paths in an XDG variable; relative ones are ignored, as the spec says."""
+    parts = (part.strip() for part in os.environ.get(variable, "").split(os.pathsep))
+    return [part for part in parts if part.startswith("/")]
+
+
+def _homebrew_prefix() -> str:
+    import re
+
+    match = re.fullmatch(_HOMEBREW_PYTHON, sys.base_prefix)
+    return match.group(1) if match else ""
+
+
+def pip_option(name: str) -> tuple:
+    """(value, where it is set) of a ``pip install`` option; ("", "") when unset.
+
+    As pip's ConfigOptionParser reads it: ``PIP_<NAME>`` wins, then ``[install]``, then
+    ``[global]``, each from the last file that sets it; an empty value counts as unset.
+    """
+    variable = "PIP_" + name.upper().replace("-", "_")
+    if os.environ.get(variable):
+        return os.environ[variable], f"${variable}"
+    found: dict = {}
+    for path in pip_config_files():
+        for section, value in _pip_file_options(path, name).items():
+            found[section] = (value, f"{section}.{name} in {path}")
+    return found.get("install") or found.get("global") or ("", "")
+
+
+def _pip_file_options(path: str, name: str) -> dict:
+    """``{"global": value, "install": value}`` for one option in one of pip's files."""
+    import configparser
+
+    try:
+        text = read_local_text(path)
+    except FileNotFoundError:
+        return {}
+    except OSError as exc:
+        _debug("cannot read pip's configuration file %s: %s", path, exc.strerror)
+        return {}
+    parser = configparser.RawConfigParser()  # as pip reads it: no interpolation
+    parser.optionxform = _pip_option_name
+    try:
+        parser.read_string(text, path)
+    except configparser.Error as exc:
+        _debug("pip cannot parse its configuration file %s: %s", path, " ".join(str(exc).split()))
+        return {}
+    sections = ("global", "install")
+    return {
+        s: parser.get(s, name)
+        for s in sections
+        if parser.has_section(s) and parser.get(s, name, fallback="")
+    }
+
+
+def _pip_option_name(name: str) -> str:
+    """pip's spelling of an option in its files: lower case, dashes, no leading ``--``."""
+    name = name.lower().replace("_", "-")
+    return name[2:] if name.startswith("--") else name
+
+
 # --- TLS: which certificates to trust -----------------------------------------------------
 
-
-# Who names a CA bundle, in the order they win: OpenSSL's own variable, then requests'.
-_CA_BUNDLE_VARIABLES = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
+# Variables that name a CA bundle or directory, each read by some tool: OpenSSL (Python's
+# ssl, uv, curl) reads the first two, requests (twine, google-auth) the third, curl the last.
+_CA_VARIABLES = ("SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
+# A long-lived process that changes one of these gets a new context.
+_TLS_ENVIRONMENT = (
+    *_CA_VARIABLES,
+    "PIP_CERT",
+    "PIP_CONFIG_FILE",
+    "CLOUDSDK_CONFIG",
+    "CLOUDSDK_ACTIVE_CONFIG_NAME",
+    "CLOUDSDK_CORE_CUSTOM_CA_CERTS_FILE",
+)
 # Roots exported from the macOS keychains are exported again after this long.
 MACOS_ROOTS_LIFE = 24 * 3600
 MACOS_KEYCHAINS = (
@@ -3553,57 +3691,86 @@ _TLS_CONTEXTS: dict = {}
 
 
 def _tls_context():
-    """The SSL context for https and a description of its trust store, built once per setting."""
-    key = tuple(os.environ.get(name, "") for name in (*_CA_BUNDLE_VARIABLES, "SSL_CERT_DIR"))
+    """The SSL context for https and the stores it trusts, built once per process and setting.
+
+    Built on the first network call only: a token from the cache never needs it.
+    """
+    key = tuple(os.environ.get(name, "") for name in _TLS_ENVIRONMENT)
     found = _TLS_CONTEXTS.get(key)
     if found is None:
         found = _TLS_CONTEXTS[key] = _new_tls_context()
-        _debug("verifying TLS certificates against %s", found[1])
+        _debug("verifying TLS certificates against %s", describe_trust(found[1]))
     return found
 
 
 def _new_tls_context():
+    """A context trusting the union of what the user's tools trust, as pip 26.3 does.
+
+    The OS store (through truststore where importable), OpenSSL's defaults, every bundle or
+    directory named for any tool, certifi, and without truststore on macOS the keychains.
+    A named store that cannot be loaded is reported, never fatal: the others may suffice.
+    Returns the context and the stores, each a dict: store, path, from, and any problem.
+    """
     import ssl
 
-    name = next((n for n in _CA_BUNDLE_VARIABLES if os.environ.get(n)), "")
-    if name == "SSL_CERT_FILE" or (not name and os.environ.get("SSL_CERT_DIR")):
-        # OpenSSL reads both variables itself when it loads its default paths.
-        name = name or "SSL_CERT_DIR"
-        return ssl.create_default_context(), f"{name}={os.environ[name]}"
-    if name:
-        return _ca_bundle_context(name, os.environ[name]), f"{name}={os.environ[name]}"
+    context, stores = _os_trust_context()
+    # Machines often name the system bundle in several variables: each file is loaded once.
+    default = ssl.get_default_verify_paths().cafile  # SSL_CERT_FILE, if it names a file
+    usable = not any("problem" in store for store in stores)
+    loaded = {os.path.realpath(default)} if default and usable else set()
+    for name, path, origin in _named_ca_stores():
+        stores.append(_add_ca_store(context, name, path, origin, loaded))
+    for name in ("certifi", "pip._vendor.certifi"):  # pip trusts its own copy of certifi
+        certifi = _optional_module(name)
+        if certifi is not None:
+            where = certifi.where()
+            stores.append(_add_ca_store(context, "certifi's CA bundle", where, name, loaded))
+            break
+    if sys.platform == "darwin" and not stores[0]["from"].endswith("truststore"):
+        # truststore asks the keychains itself; without it, their export is the OS store.
+        stores.append(_add_macos_keychains(context))
+    return context, stores
+
+
+def _os_trust_context():
+    """A context on the OS store: truststore's where importable (its platforms, Python 3.10+)."""
+    import ssl
+
+    for name in ("truststore", "pip._vendor.truststore"):
+        truststore = _optional_module(name)
+        if truststore is not None:
+            context = truststore.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            context.load_default_certs()  # OpenSSL's defaults join the OS store
+            os_store = {"store": f"the OS trust store via {name}", "from": name}
+            return context, [os_store, _default_store(context)]
     context = ssl.create_default_context()
-    if _has_default_roots(context):
-        return context, "OpenSSL's default CA paths"
-    # No roots: python.org's macOS Python before "Install Certificates.command" runs.
-    for fallback in (_truststore_context, _certifi_context, _macos_keychain_context):
-        found = fallback()
-        if found:
-            return found
-    return context, "OpenSSL's default CA paths, which hold no certificates"
+    return context, [_default_store(context)]
 
 
-def _ca_bundle_context(name: str, path: str):
-    """A context that trusts only the bundle (a file or a directory), as requests does."""
+def _default_store(context) -> dict:
+    """What ssl's load_default_certs gave: Windows' system stores, else OpenSSL's paths."""
     import ssl
 
-    try:
-        if os.path.isdir(path):
-            return ssl.create_default_context(capath=path)
-        return ssl.create_default_context(cafile=path)
-    except OSError as exc:  # ssl.SSLError is an OSError too
-        problem = exc.strerror or getattr(exc, "reason", None) or exc
-        raise CredentialError(
-            f"{name}={path}: cannot load CA certificates from it ({problem}); "
-            f"point {name} at a PEM bundle or unset it"
-        ) from None
+    if sys.platform == "win32":
+        stores = "the Windows system certificate stores (ROOT and CA)"
+        return {"store": stores, "from": "ssl.SSLContext.load_default_certs"}
+    paths = ssl.get_default_verify_paths()
+    where = " and ".join(p for p in (paths.cafile, paths.capath) if p)
+    store = {
+        "store": "OpenSSL's default CA paths",
+        "path": where,
+        "from": "ssl.get_default_verify_paths",
+    }
+    if not _has_default_roots(context):
+        store["problem"] = "they hold no certificates"
+    return store
 
 
 def _has_default_roots(context) -> bool:
     """True if OpenSSL's default paths hold certificates."""
     import ssl
 
-    if context.cert_store_stats()["x509"]:
+    if context.get_ca_certs():
         return True
     # A CA directory is read lazily, one file per lookup: nothing is counted until then.
     capath = ssl.get_default_verify_paths().capath
@@ -3616,46 +3783,120 @@ def _has_default_roots(context) -> bool:
         return False
 
 
-def _truststore_context():
-    """The OS trust store through truststore, or pip's vendored copy of it."""
+def _named_ca_stores() -> list:
+    """(name, path, where it is set) for each CA bundle or directory named for a tool."""
+    named = [(n, os.environ[n], f"${n}") for n in _CA_VARIABLES if os.environ.get(n)]
+    cert, where = pip_option("cert")
+    if cert:
+        named.append(("pip's cert", os.path.expanduser(cert), where))
+    try:
+        settings = GcloudSettings.read(_find_executable("gcloud"))
+    except CredentialError as exc:  # gcloud's own files are broken: gcloud fails too
+        _debug("not reading gcloud's %s: %s", GCLOUD_CA_PROPERTY, exc)
+    else:
+        path = settings.get(GCLOUD_CA_PROPERTY)
+        if path:
+            named.append(
+                (f"gcloud's {GCLOUD_CA_PROPERTY}", path, settings.named_by(GCLOUD_CA_PROPERTY))
+            )
+    return named
+
+
+def _add_ca_store(context, name: str, path: str, origin: str, loaded: set) -> dict:
+    """Load a bundle (a file) or a CA directory into ``context`` unless ``loaded`` has it.
+
+    A problem is reported back in the store, never raised.
+    """
+    import stat
+
+    store = {"store": name, "path": path, "from": origin}
+    real = os.path.realpath(path)
+    if real in loaded:
+        return store
+    try:
+        mode = os.stat(path).st_mode
+        if stat.S_ISDIR(mode) and _os_verifies(context):
+            _load_ca_directory_at_once(context, path)
+        elif stat.S_ISDIR(mode):
+            context.load_verify_locations(capath=path)
+        elif stat.S_ISREG(mode):  # never a FIFO or a device: loading it could block
+            context.load_verify_locations(cafile=path)
+        else:
+            raise OSError(0, "not a regular file")
+    except OSError as exc:  # ssl.SSLError is an OSError too
+        problem = exc.strerror or getattr(exc, "reason", None) or exc
+        store["problem"] = f"cannot load CA certificates from it ({problem})"
+        _debug("%s %s (%s): %s", name, path, origin, store["problem"])
+    else:
+        loaded.add(real)
+    return store
+
+
+def _os_verifies(context) -> bool:
+    """Whether truststore has macOS or Windows verify: they see only loaded certificates.
+
+    OpenSSL reads a CA directory lazily, during a handshake; the OS would never see it.
+    """
+    import ssl
+
+    return type(context) is not ssl.SSLContext and sys.platform in ("darwin", "win32")
+
+
+def _load_ca_directory_at_once(context, path: str) -> None:
+    """Every certificate file of a CA directory (hashed names or not); OSError if none."""
+    count = 0
+    with os.scandir(path) as entries:
+        for entry in entries:
+            try:
+                if entry.is_file():  # a hash link counts as the file it names
+                    context.load_verify_locations(cafile=entry.path)
+                    count += 1
+            except OSError:  # ssl.SSLError too: not every file in such a folder is a CA
+                continue
+    if not count:
+        raise OSError(0, "no certificate file in it")
+
+
+def _optional_module(name: str):
+    """An optional module (truststore, certifi), or None where it is absent or unsupported."""
     import importlib
-    import ssl
-
-    for name in ("truststore", "pip._vendor.truststore"):
-        try:
-            truststore = importlib.import_module(name)
-        except ImportError:  # absent, or Python older than truststore supports
-            continue
-        return truststore.SSLContext(ssl.PROTOCOL_TLS_CLIENT), f"the OS trust store via {name}"
-    return None
-
-
-def _certifi_context():
-    import ssl
 
     try:
-        import certifi
-    except ImportError:
+        return importlib.import_module(name)
+    except ImportError:  # absent, or a Python older than it supports
         return None
-    path = certifi.where()
-    return ssl.create_default_context(cafile=path), f"certifi's CA bundle {path}"
 
 
-def _macos_keychain_context():
+def describe_trust(stores: list) -> str:
+    """The stores in one line, for errors and the debug log: the loaded, then the failed."""
+
+    def label(store: dict) -> str:
+        path = store.get("path")
+        if not path:
+            return store["store"]
+        named = store["from"] == f"${store['store']}"  # SSL_CERT_FILE=/its/path
+        return f"{store['store']}={path}" if named else f"{store['store']} {path}"
+
+    used = ", ".join(label(s) for s in stores if "problem" not in s)
+    failed = "; ".join(f"{label(s)}: {s['problem']}" for s in stores if "problem" in s)
+    return f"{used or 'nothing'}" + (f"; not used: {failed}" if failed else "")
+
+
+def _add_macos_keychains(context) -> dict:
     """The macOS system roots and admin-added CAs, as the keychains hold them."""
     import ssl
 
-    if sys.platform != "darwin":
-        return None
+    store = {"store": "the macOS system keychains", "from": "security find-certificate"}
     pem = _macos_roots()
     if not pem:
-        return None
+        store["problem"] = "no certificates exported"
+        return store
     try:
-        context = ssl.create_default_context(cadata=pem)
+        context.load_verify_locations(cadata=pem)
     except ssl.SSLError as exc:
-        _debug("cannot use the certificates exported from the macOS keychains: %s", exc)
-        return None
-    return context, "the macOS system keychains (security find-certificate)"
+        store["problem"] = f"cannot use the exported certificates ({exc.reason or exc})"
+        _debug("%s", store["problem"])
+    return store
 
 
 def _macos_roots() -> str:
@@ -4110,6 +4351,7 @@ def diagnose() -> dict:
         "sources": steps,
         "token": token_info,
         "cache": _cache_report(),
+        "tls": [dict(store) for store in _tls_context()[1]],
         "keyring": _keyring_report(),
         "keyring_executable": _keyring_executable_report(),
         "index_urls": _index_url_report(),
@@ -4261,22 +4503,13 @@ _TRUE = ("1", "y", "yes", "t", "true", "on")
 
 
 def _pip_setting(name: str, default: str) -> str:
-    """A pip option from PIP_* or pip's configuration files, as pip would read it (roughly)."""
-    value = os.environ.get("PIP_" + name.upper().replace("-", "_"))
-    if value is None:
-        for path, tool in _config_files():
-            text = _read_config(path) if tool == "pip" else None
-            for section in _config_sections(text or ""):
-                if section["name"] in ("global", "install"):
-                    settings = section["settings"]
-                    value = settings.get(name, settings.get(name.replace("-", "_"), value))
-            if value is not None:
-                break
-    if not (value or "").strip():
+    """A pip option from PIP_* or pip's configuration files, as pip reads it."""
+    value = pip_option(name)[0].strip()
+    if not value:
         return default
     if name == "no-input":
-        return "yes" if value.strip().lower() in _TRUE else ""
-    return value.strip().lower()
+        return "yes" if value.lower() in _TRUE else ""
+    return value.lower()
 
 
 # A configuration file is read up to this size: a pyproject.toml may come from an untrusted
@@ -4412,12 +4645,8 @@ def _index_url_report() -> list:
 def _config_files() -> list:
     home = os.path.expanduser("~")
     config = os.environ.get("XDG_CONFIG_HOME") or os.path.join(home, ".config")
-    candidates = [
-        (os.environ.get("PIP_CONFIG_FILE", ""), "pip"),
-        (os.path.join(config, "pip", "pip.conf"), "pip"),
-        (os.path.join(home, ".pip", "pip.conf"), "pip"),
-        (os.path.join(sys.prefix, "pip.conf"), "pip"),
-        ("/etc/pip.conf", "pip"),
+    candidates = [(path, "pip") for path in pip_config_files()]
+    candidates += [
         (os.path.join(config, "uv", "uv.toml"), "uv"),
         ("uv.toml", "uv"),
         ("pyproject.toml", "pyproject"),
@@ -4427,7 +4656,6 @@ def _config_files() -> list:
     ]
     if os.name == "nt":
         appdata = os.environ.get("APPDATA", "")
-        candidates.append((os.path.join(appdata, "pip", "pip.ini"), "pip"))
         candidates.append((os.path.join(appdata, "uv", "uv.toml"), "uv"))
     return [(path, tool) for path, tool in candidates if path and os.path.isfile(path)]
 
@@ -4533,6 +4761,7 @@ def _format_report(report: dict) -> str:
     ]
     if "entries" in cache:
         lines[-1] += f" ({cache['entries']} tokens)"
+    lines += _format_tls(report["tls"], marks["answered"])
     ring = report["keyring"]
     lines += ["", "keyring:"]
     if not ring["importable"]:
@@ -4562,6 +4791,18 @@ def _format_report(report: dict) -> str:
     if report["warnings"]:
         lines += ["", "Warnings:"] + [f"  ! {warning}" for warning in report["warnings"]]
     return "\n".join(lines) + "\n"
+
+
+def _format_tls(stores: list, mark: str) -> list:
+    """doctor's lines for the TLS stores: each one, where it came from, and why it is unused."""
+    lines = ["", "TLS trusts the union of:"]
+    for store in stores:
+        path = f" {store['path']}" if store.get("path") else ""
+        problem = f": NOT USED: {store['problem']}" if "problem" in store else ""
+        lines.append(
+            f"  {'!' if problem else mark} {store['store']}{path} ({store['from']}){problem}"
+        )
+    return lines
 
 
 # --- netrc --------------------------------------------------------------------------------
