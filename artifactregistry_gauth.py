@@ -50,6 +50,7 @@ UNKNOWN_EXPIRY_LIFE = 5 * 60
 # The whole lookup gives up after this many seconds, whatever hangs.
 LOOKUP_BUDGET = 10.0
 REQUEST_TIMEOUT = 5.0
+MAX_BACKOFF = 4.0  # between retries: only the metadata server on Google hardware gets this far
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 MAX_ATTEMPTS = 3
 
@@ -68,7 +69,15 @@ class CredentialError(Exception):
 
 
 class NotApplicable(Exception):  # noqa: N818 - a verdict, not an error
-    """This credential source does not apply here; discovery moves on to the next."""
+    """This credential source does not apply here; discovery moves on to the next.
+
+    ``look_again`` is a step worth one more, more patient try before the lookup says
+    "no credentials": a verdict that was remembered or hurried may be out of date.
+    """
+
+    def __init__(self, reason: str, look_again=None) -> None:
+        super().__init__(reason)
+        self.look_again = look_again
 
 
 class TokenEndpointError(CredentialError):
@@ -261,29 +270,57 @@ def lookup(transport: Transport | None = None, report: list | None = None) -> To
     ``report``, appends what each source said (for ``doctor``).
     """
     transport = transport or Transport()
-    skipped = []
+    skipped: dict = {}  # label -> why it was skipped
+    again = []
     for label, step in DISCOVERY:
-        try:
-            source = step()
-            token, how = _cached_or_fetched(source, transport)
-        except NotApplicable as exc:
-            _debug("skipped: %s", exc)
-            skipped.append(str(exc))
-            _note(report, label, "skipped", str(exc))
-            continue
-        except CredentialError as exc:
-            _note(report, label, "failed", str(exc))
-            raise
-        _note(report, label, "answered", source.describe(), token=token, how=how)
-        return token
+        token = _try_step(label, step, transport, report, skipped, again)
+        if token is not None:
+            return token
+    # Nothing answered: a source skipped on a remembered or hurried verdict gets one more,
+    # patient look, so that a stale "absent" never fails a lookup a fresh look would pass.
+    for label, step in again:
+        token = _try_step(label, step, transport, report, skipped, [])
+        if token is not None:
+            return token
     raise CredentialError(
-        "no Google credentials found (" + "; ".join(skipped) + "); " + LOGIN_HINT + ", or set "
-        "GOOGLE_APPLICATION_CREDENTIALS to a service account key file"
+        "no Google credentials found ("
+        + "; ".join(skipped.values())
+        + "); "
+        + LOGIN_HINT
+        + ", or set GOOGLE_APPLICATION_CREDENTIALS to a service account key file"
     )
+
+
+def _try_step(
+    label: str,
+    step,
+    transport: Transport,
+    report: list | None,
+    skipped: dict,
+    again: list,
+) -> Token | None:
+    """The token of one discovery step, or None when it does not apply (why goes to skipped)."""
+    try:
+        source = step()
+        with transport.own_budget(source.budget):
+            token, how = _cached_or_fetched(source, transport)
+    except NotApplicable as exc:
+        _debug("skipped: %s", exc)
+        skipped[label] = str(exc)
+        _note(report, label, "skipped", str(exc))
+        if exc.look_again is not None:
+            again.append((label, exc.look_again))
+        return None
+    except CredentialError as exc:
+        _note(report, label, "failed", str(exc))
+        raise
+    _note(report, label, "answered", source.describe(), token=token, how=how)
+    return token
 
 
 def _note(report: list | None, label: str, status: str, detail: str, **extra: object) -> None:
     if report is not None:
+        report[:] = [step for step in report if step["source"] != label]  # a second look wins
         report.append(dict(source=label, status=status, detail=detail, **extra))
 
 
@@ -407,6 +444,7 @@ class CredentialSource:
     kind = "credentials"
     account = ""
     cacheable = True  # False for tokens that are already at hand: nothing to save
+    budget: float | None = None  # seconds of its own, instead of the lookup's
     content_hash = ""  # of the file it was read from, so an edited file is a new identity
 
     def __init__(self, origin: str) -> None:
@@ -1424,7 +1462,12 @@ METADATA_PING_TIMEOUT = 0.5
 METADATA_PING_TIMEOUT_ON_GCE = 3.0
 METADATA_DETECT_RETRIES = 3
 METADATA_MAX_DETECT_RETRIES = 10
-METADATA_ATTEMPTS_ON_GCE = 5  # for the data requests, as google-auth's retry_count
+# On Google hardware the data requests retry for as long as this budget allows (google-auth
+# waits about 18 s for a starting pod; gcloud's own metadata check has 30 s), set by
+# ARTIFACTREGISTRY_GAUTH_METADATA_BUDGET. Off Google hardware the lookup's budget holds.
+METADATA_BUDGET_ON_GCE = 30.0
+METADATA_MAX_BUDGET = 600.0
+METADATA_ATTEMPTS_ON_GCE = 20  # the budget ends them first
 DMI_PRODUCT_NAME = "/sys/class/dmi/id/product_name"
 BOOT_ID = "/proc/sys/kernel/random/boot_id"
 # A ping that waited out its timeout (a black-holed address, off Google hardware) is
@@ -1433,6 +1476,19 @@ METADATA_ABSENT_MEMORY = 10 * 60
 # Which service account and instance the metadata server speaks for, remembered per
 # machine and boot so that a warm call on Google Cloud needs no request at all.
 METADATA_IDENTITY_MEMORY = 5 * 60
+# Variables Google Cloud sets where the DMI product name may be unreadable (gVisor): there a
+# slow ping is never remembered as "absent". Cloud Run services and Cloud Functions
+# (K_SERVICE), Cloud Run jobs (CLOUD_RUN_JOB), Cloud Functions (FUNCTION_TARGET; the older
+# runtimes' FUNCTION_REGION), App Engine (GAE_SERVICE), Cloud Build steps (BUILDER_OUTPUT).
+# KUBERNETES_SERVICE_HOST is not one: every Kubernetes sets it.
+GOOGLE_CLOUD_VARIABLES = (
+    "K_SERVICE",
+    "CLOUD_RUN_JOB",
+    "FUNCTION_TARGET",
+    "FUNCTION_REGION",
+    "GAE_SERVICE",
+    "BUILDER_OUTPUT",
+)
 
 
 class MetadataServer(CredentialSource):
@@ -1444,7 +1500,7 @@ class MetadataServer(CredentialSource):
 
     kind = "metadata server"
 
-    def __init__(self) -> None:
+    def __init__(self, patient: bool = False) -> None:
         self.host = os.environ.get("GCE_METADATA_HOST") or os.environ.get(
             "GCE_METADATA_ROOT", "metadata.google.internal"
         )
@@ -1461,6 +1517,13 @@ class MetadataServer(CredentialSource):
         self.instance_id = ""
         self.product_name = _dmi_product_name()
         self.on_google_hardware = self.product_name.startswith("Google")
+        self.on_google_cloud = self.on_google_hardware or any(
+            os.environ.get(name) for name in GOOGLE_CLOUD_VARIABLES
+        )
+        # The last look before "no credentials": no remembered verdict, google-auth's timeout.
+        self.patient = patient
+        if self.on_google_hardware:
+            self.budget = _metadata_budget()
 
     @property
     def identity(self) -> str:
@@ -1469,15 +1532,16 @@ class MetadataServer(CredentialSource):
     def identify(self, transport: Transport) -> str:
         """Learn the service account and instance; NotApplicable when not on Google Cloud."""
         memory = _MetadataMemory(self)
-        remembered = memory.recall()
+        remembered = {} if self.patient else memory.recall()
         if remembered.get("verdict") == "present":
             self.account, self.instance_id = remembered["account"], remembered["instance_id"]
             return self.identity
-        if remembered.get("verdict") == "absent" and not self.on_google_hardware:
+        if remembered.get("verdict") == "absent" and not self.on_google_cloud:
             raise NotApplicable(
                 f"not on Google Cloud (http://{self.ping_host}/ did not answer "
                 f"{_age(remembered['at'])} ago; remembered for "
-                f"{METADATA_ABSENT_MEMORY // 60} min: delete {memory.path} to ask again)"
+                f"{METADATA_ABSENT_MEMORY // 60} min: delete {memory.path} to ask again)",
+                look_again=self.look_again,
             )
         self.detect(transport, memory)
         email = self._get(
@@ -1486,9 +1550,25 @@ class MetadataServer(CredentialSource):
         if email is None:
             raise NotApplicable(f"no service account is attached to this machine ({self.origin})")
         self.account = email
-        self.instance_id = self._get(transport, "instance/id", "its instance id") or ""
-        memory.remember_present(self.account, self.instance_id)
+        self.instance_id = self._instance_id(transport)
+        if self.instance_id:
+            memory.remember_present(self.account, self.instance_id)
+        else:
+            # Without it two VMs sharing a home directory (NFS) could share a cached token:
+            # this lookup's token stays in this process.
+            self.cacheable = False
         return self.identity
+
+    def look_again(self) -> MetadataServer:
+        return MetadataServer(patient=True)
+
+    def _instance_id(self, transport: Transport) -> str:
+        """The instance id, or "" when the server will not say (never a failure)."""
+        try:
+            return self._get(transport, "instance/id", "its instance id") or ""
+        except CredentialError as exc:
+            _debug("no instance id from the metadata server: %s", exc)
+            return ""
 
     def fetch(self, transport: Transport) -> Token:
         url = (
@@ -1516,7 +1596,7 @@ class MetadataServer(CredentialSource):
         On Google hardware a failed ping is no verdict: the hardware decides, as in
         google-auth, and the requests that follow retry while the server starts.
         """
-        timeout = _metadata_timeout(self.on_google_hardware)
+        timeout = _metadata_timeout(self.on_google_hardware or self.patient)
         attempts = _metadata_detect_retries(self.on_google_hardware)
         started = _monotonic()
         try:
@@ -1535,9 +1615,11 @@ class MetadataServer(CredentialSource):
                 _debug("metadata ping failed on Google hardware (%s); asking anyway", exc)
                 return
             # Only a wait is worth remembering: a refusal is free, and a starting pod refuses.
-            if memory is not None and _monotonic() - started >= timeout / 2:
+            waited = _monotonic() - started >= timeout / 2
+            if memory is not None and waited and not self.on_google_cloud:
                 memory.remember_absent()
-            raise NotApplicable(f"not on Google Cloud ({exc})") from None
+            again = None if self.patient else self.look_again
+            raise NotApplicable(f"not on Google Cloud ({exc})", look_again=again) from None
         if response.status == 200 and response.headers.get("metadata-flavor") == "Google":
             return
         if self.on_google_hardware:
@@ -1583,11 +1665,10 @@ class MetadataServer(CredentialSource):
             raise self.fail(str(exc), fix if self.on_google_hardware else "") from None
         if response.status == 404:
             return None
-        if response.status != 200 or response.headers.get("metadata-flavor") != "Google":
-            flavor = "" if response.status != 200 else " without Metadata-Flavor: Google"
-            raise self.fail(
-                f"the metadata server answered HTTP {response.status}{flavor} for {what}"
-            )
+        # Metadata-Flavor is checked on the ping only, as google-auth does: emulators and
+        # proxies drop it from data answers.
+        if response.status != 200:
+            raise self.fail(f"the metadata server answered HTTP {response.status} for {what}")
         text = response.body.decode("utf-8", "replace").strip()
         if not text or len(text) > 256 or not text.isprintable() or " " in text:
             raise self.fail(f"the metadata server answered {what} with something unexpected")
@@ -1630,14 +1711,28 @@ def _ip_and_port(authority: str) -> tuple[str, int]:
 def _metadata_timeout(on_google_hardware: bool) -> float:
     """The ping timeout: GCE_METADATA_TIMEOUT if set and sane, else by hardware."""
     default = METADATA_PING_TIMEOUT_ON_GCE if on_google_hardware else METADATA_PING_TIMEOUT
-    text = os.environ.get("GCE_METADATA_TIMEOUT", "").strip()
+    value = _seconds_setting("GCE_METADATA_TIMEOUT")
+    return default if value is None else min(value, LOOKUP_BUDGET)
+
+
+def _metadata_budget() -> float:
+    """Seconds for metadata discovery on Google hardware: ARTIFACTREGISTRY_GAUTH_METADATA_BUDGET."""
+    value = _seconds_setting("ARTIFACTREGISTRY_GAUTH_METADATA_BUDGET")
+    return METADATA_BUDGET_ON_GCE if value is None else min(value, METADATA_MAX_BUDGET)
+
+
+def _seconds_setting(name: str) -> float | None:
+    """A positive, finite number of seconds from the variable ``name``; None if unset or not."""
+    text = os.environ.get(name, "").strip()
     try:
         value = float(text)
     except ValueError:
         value = 0.0
-    if text and not 0 < value < float("inf"):
-        _debug("ignoring GCE_METADATA_TIMEOUT=%r: not a positive number of seconds", text[:40])
-    return min(value, LOOKUP_BUDGET) if 0 < value < float("inf") else default
+    if 0 < value < float("inf"):
+        return value
+    if text:
+        _debug("ignoring %s=%r: not a positive number of seconds", name, text[:40])
+    return None
 
 
 def _metadata_detect_retries(on_google_hardware: bool) -> int:
@@ -1702,7 +1797,7 @@ class _MetadataMemory:
         if verdict == "absent":
             life = METADATA_ABSENT_MEMORY
         elif verdict == "present" and all(
-            isinstance(data.get(name), str) for name in ("account", "instance_id")
+            isinstance(data.get(name), str) and data[name] for name in ("account", "instance_id")
         ):
             life = METADATA_IDENTITY_MEMORY
         else:
@@ -3148,6 +3243,10 @@ class Transport:
             raise CredentialError(f"gave up after {self.budget:g} s: Google did not answer in time")
         return left
 
+    def own_budget(self, budget: float | None) -> _OwnBudget:
+        """Inside, requests have ``budget`` seconds; the time spent is not charged to the lookup."""
+        return _OwnBudget(self, budget)
+
     def request(
         self,
         method: str,
@@ -3181,7 +3280,8 @@ class Transport:
                 break
             import random
 
-            wait = max(wait, 0.5 * 2 ** (attempt - 1) * random.uniform(0.9, 1.1))  # noqa: S311
+            backoff = min(0.5 * 2 ** (attempt - 1), MAX_BACKOFF)
+            wait = max(wait, backoff * random.uniform(0.9, 1.1))  # noqa: S311
             if wait >= self.deadline - _monotonic():
                 break
             _debug("%s; retrying in %.1f s", last_error, wait)
@@ -3241,6 +3341,29 @@ class Transport:
             raise _TransientError(_describe_os_error(reason)) from None
         except (OSError, http.client.HTTPException) as exc:
             raise _TransientError(_describe_os_error(exc)) from None
+
+
+class _OwnBudget:
+    """A stretch of a lookup with a budget of its own (None: the lookup's)."""
+
+    def __init__(self, transport: Transport, budget: float | None) -> None:
+        self.transport = transport
+        self.budget = budget
+        self.saved = (transport.budget, transport.deadline)
+        self.started = 0.0
+
+    def __enter__(self) -> None:
+        if self.budget is not None:
+            self.started = _monotonic()
+            self.saved = (self.transport.budget, self.transport.deadline)
+            self.transport.budget = self.budget
+            self.transport.deadline = self.started + self.budget
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.budget is not None:
+            budget, deadline = self.saved
+            self.transport.budget = budget
+            self.transport.deadline = deadline + (_monotonic() - self.started)
 
 
 def _is_certificate_error(reason: object) -> bool:
