@@ -1469,6 +1469,12 @@ METADATA_BUDGET_ON_GCE = 30.0
 METADATA_MAX_BUDGET = 600.0
 METADATA_ATTEMPTS_ON_GCE = 20  # the budget ends them first
 DMI_PRODUCT_NAME = "/sys/class/dmi/id/product_name"
+# GCE_METADATA_MTLS_MODE=strict, or =default where these files exist, means https to the
+# metadata server with its own root and client certificate (google-auth 2.50+,
+# google/auth/compute_engine/_mtls.py; GCE docs "HTTPS metadata server endpoint").
+METADATA_MTLS_DIR = (
+    "C:/ProgramData/Google/ComputeEngine" if os.name == "nt" else "/run/google-mds-mtls"
+)
 BOOT_ID = "/proc/sys/kernel/random/boot_id"
 # A ping that waited out its timeout (a black-holed address, off Google hardware) is
 # remembered for this long, so warm calls skip it; a refusal costs nothing and is not.
@@ -1513,7 +1519,10 @@ class MetadataServer(CredentialSource):
                 raise CredentialError(
                     f"{name} is {value[:80]!r}, not a host or host:port; fix or unset it"
                 )
-        super().__init__(f"http://{self.host}")
+        self.mtls_mode = _metadata_mtls_mode()
+        self.mtls_files = _metadata_mtls_files()
+        self.scheme = "https" if self._use_mtls() else "http"
+        super().__init__(f"{self.scheme}://{self.host}")
         self.instance_id = ""
         self.product_name = _dmi_product_name()
         self.on_google_hardware = self.product_name.startswith("Google")
@@ -1562,6 +1571,60 @@ class MetadataServer(CredentialSource):
     def look_again(self) -> MetadataServer:
         return MetadataServer(patient=True)
 
+    def _use_mtls(self) -> bool:
+        """Whether to speak https with the client certificate; strict without it is an error."""
+        if self.mtls_mode == "none":
+            return False
+        missing = [path for path in self.mtls_files if not os.path.isfile(path)]
+        if missing and self.mtls_mode == "strict":
+            raise CredentialError(
+                f"GCE_METADATA_MTLS_MODE is strict, but {missing[0]} is missing: the metadata "
+                "server is never asked over plain http then; set GCE_METADATA_MTLS_MODE=default "
+                "or none, or run where the metadata server's certificates are installed"
+            )
+        return not missing
+
+    def _request(self, transport: Transport, url: str, **options: object) -> Response:
+        """GET ``url`` (under http://) from the metadata server, directly, over mTLS if set."""
+        if self.scheme == "http":
+            return transport.request("GET", url, headers=_METADATA_HEADERS, direct=True, **options)
+        secure = "https" + url[len("http") :]
+        try:
+            return transport.request(
+                "GET", secure, headers=_METADATA_HEADERS, direct=True, tls=self._tls(), **options
+            )
+        except CredentialError as exc:
+            if self.mtls_mode == "strict":
+                raise
+            # As google-auth does in its default mode; said aloud, never silently.
+            _logger().warning(
+                "artifactregistry-gauth: mutual TLS to the metadata server failed (%s); "
+                "using plain http, as GCE_METADATA_MTLS_MODE=default allows",
+                exc,
+            )
+        self.scheme = "http"
+        return transport.request("GET", url, headers=_METADATA_HEADERS, direct=True, **options)
+
+    def _tls(self) -> tuple:
+        """An SSL context trusting the metadata server's root only, with its client certificate."""
+        import ssl
+
+        root, client = self.mtls_files
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        for path, load in (
+            (root, context.load_verify_locations),
+            (client, context.load_cert_chain),
+        ):
+            try:
+                load(path)
+            except (OSError, ssl.SSLError) as exc:
+                raise CredentialError(
+                    f"{path}: cannot use it for mutual TLS to the metadata server "
+                    f"({getattr(exc, 'reason', None) or exc.strerror or exc}); fix it, or set "
+                    "GCE_METADATA_MTLS_MODE=none"
+                ) from None
+        return context, f"the metadata server's root certificate {root}"
+
     def _instance_id(self, transport: Transport) -> str:
         """The instance id, or "" when the server will not say (never a failure)."""
         try:
@@ -1572,12 +1635,10 @@ class MetadataServer(CredentialSource):
 
     def fetch(self, transport: Transport) -> Token:
         url = (
-            f"{self.origin}/computeMetadata/v1/instance/service-accounts/default/token"
+            f"http://{self.host}/computeMetadata/v1/instance/service-accounts/default/token"
             "?scopes=https%3A%2F%2Fwww.googleapis.com%2Fauth%2Fcloud-platform"
         )
-        response = transport.request(
-            "GET", url, headers=_METADATA_HEADERS, direct=True, attempts=self._attempts()
-        )
+        response = self._request(transport, url, attempts=self._attempts())
         if response.status == 404:
             raise NotApplicable(f"no service account is attached to this machine ({self.origin})")
         if response.status != 200:
@@ -1600,15 +1661,11 @@ class MetadataServer(CredentialSource):
         attempts = _metadata_detect_retries(self.on_google_hardware)
         started = _monotonic()
         try:
-            if attempts == 1 and not self.on_google_hardware:
+            # With mTLS a refused https port may still leave plain http (mode default).
+            if attempts == 1 and not self.on_google_hardware and self.scheme == "http":
                 self._knock(min(timeout, transport.remaining()))
-            response = transport.request(
-                "GET",
-                f"http://{self.ping_host}/",
-                headers=_METADATA_HEADERS,
-                direct=True,
-                timeout=timeout,
-                attempts=attempts,
+            response = self._request(
+                transport, f"http://{self.ping_host}/", timeout=timeout, attempts=attempts
             )
         except CredentialError as exc:
             if self.on_google_hardware:
@@ -1655,11 +1712,9 @@ class MetadataServer(CredentialSource):
 
     def _get(self, transport: Transport, path: str, what: str) -> str | None:
         """One line of text from the metadata server, or None if it has nothing there."""
-        url = f"{self.origin}/computeMetadata/v1/{path}"
+        url = f"http://{self.host}/computeMetadata/v1/{path}"
         try:
-            response = transport.request(
-                "GET", url, headers=_METADATA_HEADERS, direct=True, attempts=self._attempts()
-            )
+            response = self._request(transport, url, attempts=self._attempts())
         except CredentialError as exc:
             fix = "a new GKE pod's metadata server may need a few more seconds: try again"
             raise self.fail(str(exc), fix if self.on_google_hardware else "") from None
@@ -1713,6 +1768,27 @@ def _metadata_timeout(on_google_hardware: bool) -> float:
     default = METADATA_PING_TIMEOUT_ON_GCE if on_google_hardware else METADATA_PING_TIMEOUT
     value = _seconds_setting("GCE_METADATA_TIMEOUT")
     return default if value is None else min(value, LOOKUP_BUDGET)
+
+
+def _metadata_mtls_mode() -> str:
+    """GCE_METADATA_MTLS_MODE: none (google-auth's default since 2.50), default or strict."""
+    value = os.environ.get("GCE_METADATA_MTLS_MODE", "")
+    mode = value.strip().lower() or "none"
+    if mode not in ("none", "default", "strict"):
+        raise CredentialError(
+            f"GCE_METADATA_MTLS_MODE is {value[:40]!r}; set it to strict, default or none"
+        )
+    return mode
+
+
+def _metadata_mtls_files() -> tuple:
+    """The metadata server's root certificate and client certificate-and-key files."""
+    names = (
+        ("mds-mtls-root.crt", "mds-mtls-client.key")
+        if os.name == "nt"
+        else ("root.crt", "client.key")
+    )
+    return tuple(os.path.join(METADATA_MTLS_DIR, name) for name in names)
 
 
 def _metadata_budget() -> float:
@@ -3257,17 +3333,19 @@ class Transport:
         direct: bool = False,
         timeout: float = REQUEST_TIMEOUT,
         attempts: int = MAX_ATTEMPTS,
+        tls: tuple | None = None,
     ) -> Response:
         """Send one request; retry transient failures with backoff inside the deadline.
 
-        ``direct`` bypasses any proxy (the metadata server must never be proxied).
+        ``direct`` bypasses any proxy (the metadata server must never be proxied); ``tls``
+        is an (SSL context, description of its trust) for https instead of the usual one.
         """
         last_error = None
         # A proxy would carry a loopback request (and its plain-http secrets) off the machine.
         direct = direct or _is_loopback_host(_url_host(url))
         for attempt in range(1, attempts + 1):
             try:
-                response = self._send(method, url, body, headers or {}, direct, timeout)
+                response = self._send(method, url, body, headers or {}, direct, timeout, tls)
             except _TransientError as exc:
                 last_error = f"could not reach {_without_query(url)}: {exc}"
                 wait = 0.0
@@ -3288,7 +3366,7 @@ class Transport:
             time.sleep(wait)
         raise CredentialError(last_error)
 
-    def _send(self, method, url, body, headers, direct, timeout) -> Response:
+    def _send(self, method, url, body, headers, direct, timeout, tls=None) -> Response:
         """One exchange, bounded as a whole: socket timeouts alone let a slow drip go on."""
         import threading
 
@@ -3297,7 +3375,7 @@ class Transport:
 
         def exchange() -> None:
             try:
-                outcome.append(self._exchange(method, url, body, headers, direct, timeout))
+                outcome.append(self._exchange(method, url, body, headers, direct, timeout, tls))
             except BaseException as exc:  # handed to the caller's thread below
                 outcome.append(exc)
 
@@ -3310,7 +3388,7 @@ class Transport:
             raise outcome[0]
         return outcome[0]
 
-    def _exchange(self, method, url, body, headers, direct, timeout) -> Response:
+    def _exchange(self, method, url, body, headers, direct, timeout, tls=None) -> Response:
         import http.client
         import urllib.error
         import urllib.request
@@ -3320,7 +3398,7 @@ class Transport:
             handlers.append(urllib.request.ProxyHandler({}))
         store = ""
         if url.startswith("https:"):
-            context, store = _tls_context()
+            context, store = tls or _tls_context()
             handlers.append(urllib.request.HTTPSHandler(context=context))
         opener = urllib.request.build_opener(*handlers)
         request = urllib.request.Request(url, data=body, headers=headers, method=method)

@@ -2,8 +2,10 @@
 black hole, VMs sharing a home directory, and the warm command line."""
 
 import json
+import logging
 import os
 import socket
+import ssl
 import stat
 import subprocess
 import sys
@@ -13,6 +15,7 @@ from pathlib import Path
 import pytest
 
 import artifactregistry_gauth as gauth
+from fakes.network import server_context
 
 GOOGLE = "Google Compute Engine\n"
 ROOT = Path(__file__).resolve().parent
@@ -600,6 +603,110 @@ def test_without_an_instance_id_vms_sharing_a_home_never_share_a_token(
     monkeypatch.setattr(gauth, "_hostname", lambda: "another-vm")  # the same home over NFS
     as_new_process()
     assert gauth.get_token() != first
+
+
+# --- GCE_METADATA_MTLS_MODE: https with the metadata server's client certificate --------------
+
+
+@pytest.fixture
+def mds_certificates(tmp_path, monkeypatch, test_ca):
+    """The metadata server's root and client certificate files, where the module looks."""
+    directory = tmp_path / "google-mds-mtls"
+    directory.mkdir()
+    monkeypatch.setattr(gauth, "METADATA_MTLS_DIR", str(directory))
+    root, client = gauth._metadata_mtls_files()
+    test_ca.cert_pem.write_to_path(root)
+    test_ca.issue_cert("gce-client.example").private_key_and_cert_chain_pem.write_to_path(client)
+    return directory
+
+
+@pytest.fixture
+def mtls_metadata(fake_metadata, monkeypatch, test_ca):
+    """The fake metadata server also on https, demanding a client certificate of the test CA."""
+    context = server_context(test_ca, ["127.0.0.1"])
+    context.verify_mode = ssl.CERT_REQUIRED
+    test_ca.configure_trust(context)
+    server = fake_metadata.serve(context)
+    fake_metadata.plain_host = fake_metadata.host
+    fake_metadata.tls_host = f"127.0.0.1:{server.port}"
+    return fake_metadata
+
+
+def point_metadata_at(monkeypatch, host):
+    monkeypatch.setenv("GCE_METADATA_HOST", host)
+    monkeypatch.setenv("GCE_METADATA_IP", host)
+
+
+@pytest.mark.parametrize("mode", ["strict", "default", "DEFAULT"])
+def test_mtls_mode_speaks_https_with_the_client_certificate(
+    monkeypatch, mds_certificates, mtls_metadata, mode
+):
+    monkeypatch.setenv("GCE_METADATA_MTLS_MODE", mode)
+    point_metadata_at(monkeypatch, mtls_metadata.tls_host)
+    assert mtls_metadata.is_live(gauth.get_token())
+    assert {r.scheme for r in mtls_metadata.requests} == {"https"}
+
+
+@pytest.mark.parametrize("mode", ["none", "", "default"])
+def test_plain_http_without_mtls_or_without_its_certificates(monkeypatch, fake_metadata, mode):
+    monkeypatch.setenv("GCE_METADATA_MTLS_MODE", mode)
+    monkeypatch.setattr(gauth, "METADATA_MTLS_DIR", "/nonexistent/google-mds-mtls")
+    assert fake_metadata.is_live(gauth.get_token())
+    assert {r.scheme for r in fake_metadata.requests} == {"http"}
+
+
+def test_mode_none_ignores_the_certificates(monkeypatch, mds_certificates, fake_metadata):
+    monkeypatch.setenv("GCE_METADATA_MTLS_MODE", "none")
+    assert fake_metadata.is_live(gauth.get_token())
+
+
+def test_strict_without_the_certificates_is_one_clear_line(monkeypatch, fake_metadata):
+    monkeypatch.setenv("GCE_METADATA_MTLS_MODE", "strict")
+    monkeypatch.setattr(gauth, "METADATA_MTLS_DIR", "/nonexistent/google-mds-mtls")
+    with pytest.raises(gauth.CredentialError) as failure:
+        gauth.get_token()
+    message = str(failure.value)
+    assert "GCE_METADATA_MTLS_MODE is strict" in message
+    assert "/nonexistent/google-mds-mtls" in message
+    assert "\n" not in message
+    assert fake_metadata.requests == []  # never plain http
+
+
+def test_strict_never_falls_back_to_plain_http(monkeypatch, mds_certificates, mtls_metadata):
+    monkeypatch.setenv("GCE_METADATA_MTLS_MODE", "strict")
+    point_metadata_at(monkeypatch, mtls_metadata.plain_host)  # speaks http only
+    with pytest.raises(gauth.CredentialError):
+        gauth.get_token()
+    assert mtls_metadata.requests == []
+
+
+def test_default_falls_back_to_http_with_a_warning(
+    monkeypatch, caplog, mds_certificates, mtls_metadata
+):
+    monkeypatch.setenv("GCE_METADATA_MTLS_MODE", "default")
+    point_metadata_at(monkeypatch, mtls_metadata.plain_host)
+    with caplog.at_level(logging.WARNING, logger="artifactregistry_gauth"):
+        assert mtls_metadata.is_live(gauth.get_token())
+    assert any("mutual TLS" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("value", ["strictly", "on", "true", "1"])
+def test_an_unknown_mtls_mode_is_one_clear_line(monkeypatch, fake_metadata, value):
+    monkeypatch.setenv("GCE_METADATA_MTLS_MODE", value)
+    with pytest.raises(
+        gauth.CredentialError, match="GCE_METADATA_MTLS_MODE is .*strict, default or none"
+    ):
+        gauth.get_token()
+
+
+def test_an_unusable_client_certificate_is_one_clear_line(
+    monkeypatch, mds_certificates, mtls_metadata
+):
+    monkeypatch.setenv("GCE_METADATA_MTLS_MODE", "strict")
+    point_metadata_at(monkeypatch, mtls_metadata.tls_host)
+    (mds_certificates / "client.key").write_text("not a certificate\n")
+    with pytest.raises(gauth.CredentialError, match="client.key"):
+        gauth.get_token()
 
 
 # --- the warm command line: argparse only when the plain forms do not do ------------------------
