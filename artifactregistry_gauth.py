@@ -115,10 +115,10 @@ class Token:
         self.expiry = expiry
         self.source = source
 
-    def seconds_left(self, now: float | None = None) -> float | None:
+    def seconds_left(self) -> float | None:
         if self.expiry is None:
             return None
-        return self.expiry - (_now() if now is None else now)
+        return self.expiry - _now()
 
     def __repr__(self) -> str:  # never the token itself
         return f"<Token from {self.source or '?'} expiring at {self.expiry}>"
@@ -193,12 +193,12 @@ def get_token() -> str:
 
 def _token_or_none() -> str | None:
     """The token for the keyring backend: on failure one warning line, then None."""
-    if _LAST_FAILURE and _monotonic() - _LAST_FAILURE[0][0] < FAILURE_MEMORY:
+    if _LAST_FAILURE and _monotonic() - _LAST_FAILURE[0] < FAILURE_MEMORY:
         return None
     try:
         return get_token()
     except CredentialError as exc:
-        _LAST_FAILURE[:] = [(_monotonic(), str(exc))]
+        _LAST_FAILURE[:] = [_monotonic()]
         _logger().warning("artifactregistry-gauth: %s", exc)
         return None
 
@@ -263,13 +263,13 @@ def service_host(service: str) -> str | None:
 # --- lookup: the first source that applies, its token cached by identity ----------------
 
 
-def lookup(transport: Transport | None = None, report: list | None = None) -> Token:
+def lookup(report: list | None = None) -> Token:
     """Find credentials in the documented order and return a live token.
 
     Raises CredentialError with one line saying what was tried and what to do. With
     ``report``, appends what each source said (for ``doctor``).
     """
-    transport = transport or Transport()
+    transport = Transport()
     skipped: dict = {}  # label -> why it was skipped
     again = []
     for label, step in DISCOVERY:
@@ -512,7 +512,7 @@ class ServiceAccountKey(CredentialSource):
     def sign(self, claims: dict) -> str:
         try:
             return make_jwt(self.key, claims, self.key_id)
-        except (KeyFormatError, ValueError) as exc:
+        except ValueError as exc:  # KeyFormatError included
             raise self.fail(f"signing with private_key failed ({exc})", _KEY_FIX) from None
 
     def fetch(self, transport: Transport) -> Token:
@@ -1294,7 +1294,6 @@ class ExternalAccountUser(CredentialSource):
         self.client_auth = _basic_auth(info["client_id"], info["client_secret"])
         self.refresh_token = info["refresh_token"]
         self.universe = _optional_str(info, "universe_domain", origin) or DEFAULT_UNIVERSE
-        self.quota_project = _optional_str(info, "quota_project_id", origin)
 
     def fetch(self, transport: Transport) -> Token:
         fields = {"grant_type": "refresh_token", "refresh_token": self.refresh_token}
@@ -1651,7 +1650,7 @@ class MetadataServer(CredentialSource):
             raise self.fail("the metadata server answered a token request with something not JSON")
         return _token_from_oauth(data, "the metadata server", self.describe())
 
-    def detect(self, transport: Transport, memory: _MetadataMemory | None = None) -> None:
+    def detect(self, transport: Transport, memory: _MetadataMemory | None) -> None:
         """Raise NotApplicable unless a Google metadata server answers the ping.
 
         On Google hardware a failed ping is no verdict: the hardware decides, as in
@@ -1849,19 +1848,9 @@ class _MetadataMemory:
         if self.path is None:
             return {}
         try:
-            flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
-            fd = os.open(self.path, flags)
-        except OSError:
-            return {}
-        try:
-            if not _private_file(fd):
-                return {}
-            with os.fdopen(fd, "rb", closefd=False) as f:
-                data = _json_loads(f.read(4096))
+            data = _json_loads(read_local_file(self.path, 4096, private=True))
         except (OSError, ValueError):
             return {}
-        finally:
-            os.close(fd)
         return data if self._fresh(data) else {}
 
     def _fresh(self, data: object) -> bool:
@@ -1951,7 +1940,7 @@ class GcloudCli(CredentialSource):
 
     kind = "gcloud"
 
-    def __init__(self, executable: str, settings: GcloudSettings | None = None) -> None:
+    def __init__(self, executable: str, settings: GcloudSettings) -> None:
         super().__init__(executable)
         self.settings = settings or GcloudSettings.read(executable)
         self.configuration = self.settings.configuration
@@ -2152,7 +2141,7 @@ class GcloudSettings:
     def impersonated(self) -> str:
         """The service account gcloud impersonates, or "" (the last of a delegation chain)."""
         chain = [part.strip() for part in self.get("auth/impersonate_service_account").split(",")]
-        return chain[-1] if chain else ""
+        return chain[-1]
 
     def principal(self, account: str) -> str:
         """Who gcloud answers for, in words: the account, a file or a token, and impersonation."""
@@ -2289,7 +2278,7 @@ class TokenCache:
     def __init__(self) -> None:
         self._entries: dict = {}  # identity -> (token, hand out until)
 
-    def get(self, identity: str, source: CredentialSource | None = None) -> Token | None:
+    def get(self, identity: str, source: CredentialSource) -> Token | None:
         token, until = self._entries.get(identity, (None, 0.0))
         if token is not None and _now() < until:
             return token
@@ -2300,7 +2289,7 @@ class TokenCache:
                 return token
         return None
 
-    def put(self, identity: str, token: Token, source: CredentialSource | None = None) -> None:
+    def put(self, identity: str, token: Token, source: CredentialSource) -> None:
         if token.expiry is None:
             self._entries[identity] = (token, _now() + UNKNOWN_EXPIRY_LIFE)
             return
@@ -2325,22 +2314,12 @@ class TokenCache:
             return None
         path = os.path.join(directory, _file_key(identity) + ".json")
         try:
-            fd = os.open(
-                path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
-            )
-        except OSError:
+            data = _json_loads(read_local_file(path, 65536, private=True))
+        except FileNotFoundError:
             return None
-        try:
-            if not _private_file(fd):
-                _debug("ignoring cache file %s: not ours or readable by others", path)
-                return None
-            with os.fdopen(fd, "rb", closefd=False) as f:
-                data = _json_loads(f.read(65536))
-        except (OSError, ValueError):
-            _debug("ignoring unreadable cache file %s", path)
+        except (OSError, ValueError) as exc:
+            _debug("ignoring cache file %s: %s", path, getattr(exc, "strerror", "") or exc)
             return None
-        finally:
-            os.close(fd)
         if not (
             isinstance(data, dict)
             and data.get("key") == _file_key(identity, full=True)
@@ -2376,7 +2355,7 @@ class TokenCache:
 _CACHE = TokenCache()
 
 
-_LAST_FAILURE: list = []  # [(monotonic time, message)]
+_LAST_FAILURE: list = []  # [monotonic time of the last failed lookup]
 
 
 def _forget_tokens() -> None:
@@ -2448,14 +2427,6 @@ def _file_key(identity: str, full: bool = False) -> str:
     return digest if full else digest[:32]
 
 
-def _private_file(fd: int) -> bool:
-    """True if the open file is ours and nobody else can read or write it."""
-    if not hasattr(os, "getuid"):
-        return True
-    info = os.fstat(fd)
-    return info.st_uid == os.getuid() and not info.st_mode & 0o077
-
-
 class _FileLock:
     """An exclusive lock on a file, given up on at a deadline (then we go on unlocked)."""
 
@@ -2505,7 +2476,8 @@ def _open_lock_file(path: str) -> int:
         if not os.path.islink(path):
             raise
     else:
-        if stat.S_ISREG(os.fstat(fd).st_mode) and _private_file(fd):
+        info = os.fstat(fd)
+        if stat.S_ISREG(info.st_mode) and not _not_ours(info, private=True):
             return fd
         os.close(fd)
     _debug("replacing lock file %s: a link, not a file, or not ours alone", path)
@@ -2635,7 +2607,7 @@ def _redact(text: str, secrets: list) -> str:
     return "".join(kept)[:MAX_QUOTED]
 
 
-def _token_response_json(response: Response, url: str, what: str, sent: list = ()) -> dict:
+def _token_response_json(response: Response, url: str, what: str, sent: list) -> dict:
     try:
         data = response.json()
     except ValueError:
@@ -2927,7 +2899,6 @@ def aws_sigv4_headers(
     import hashlib
     import hmac
     import posixpath
-    import time
     from urllib.parse import parse_qs, quote, urlsplit
 
     parts = urlsplit(url)
@@ -3025,26 +2996,31 @@ def _debug(msg: str, *args: object) -> None:
 # --- local files: bounded reads, private writes -------------------------------------------
 
 
-def read_local_file(path: str, limit: int = MAX_LOCAL_FILE_BYTES, owned: bool = False) -> bytes:
+def read_local_file(
+    path: str, limit: int = MAX_LOCAL_FILE_BYTES, owned: bool = False, private: bool = False
+) -> bytes:
     """The bytes of a regular file, opened without blocking and read up to ``limit``.
 
     Raises OSError whose ``strerror`` says why: missing, unreadable, not a regular file
     (a FIFO would block forever, ``/dev/zero`` never ends) or larger than ``limit``.
-    With ``owned``, also when the file is not ours or others may write it.
+    ``owned``: also unless the file is ours and nobody else can write it, so nobody else
+    could have planted what it says (an executable's output file). ``private``: a file we
+    wrote ourselves (cache, verdicts): owned, nobody else can read it either, and a
+    symbolic link is not followed. Both are checked on what was opened: no race.
     """
     import stat
 
     flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
+    if private:
+        flags |= getattr(os, "O_NOFOLLOW", 0)
     fd = os.open(path, flags)
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise OSError(0, "not a regular file", path)
-        if owned and hasattr(os, "getuid"):  # checked on what was opened: no race
-            if info.st_uid != os.getuid():
-                raise OSError(0, "owned by another user", path)
-            if info.st_mode & 0o022:
-                raise OSError(0, "writable by other users", path)
+        reason = (owned or private) and _not_ours(info, private)
+        if reason:
+            raise OSError(0, reason, path)
         chunks = []
         size = 0
         while size <= limit:
@@ -3058,6 +3034,17 @@ def read_local_file(path: str, limit: int = MAX_LOCAL_FILE_BYTES, owned: bool = 
     if size > limit:
         raise OSError(0, f"larger than {limit // 1024} KiB", path)
     return b"".join(chunks)
+
+
+def _not_ours(info: os.stat_result, private: bool) -> str:
+    """Why a file is not ours alone ("" if it is): owner, then who else may write (or read)."""
+    if not hasattr(os, "getuid"):
+        return ""  # Windows: the user's profile directories carry the protection
+    if info.st_uid != os.getuid():
+        return "owned by another user"
+    if info.st_mode & (0o077 if private else 0o022):
+        return "open to other users" if private else "writable by other users"
+    return ""
 
 
 def read_local_text(path: str, limit: int = MAX_LOCAL_FILE_BYTES, owned: bool = False) -> str:
@@ -3309,8 +3296,8 @@ def _check_endpoint(url: str, what: str) -> None:
 class Transport:
     """Sends the HTTP requests of one lookup, all within one deadline."""
 
-    def __init__(self, budget: float | None = None) -> None:
-        self.budget = LOOKUP_BUDGET if budget is None else budget
+    def __init__(self) -> None:
+        self.budget = LOOKUP_BUDGET
         self.deadline = _monotonic() + self.budget
 
     def remaining(self) -> float:
@@ -3495,8 +3482,6 @@ def _retry_after(response: Response, limit: float) -> float:
     text = str(response.headers.get("retry-after", "")).strip()
     if not (text.isascii() and text.isdigit()):
         return 0.0
-    if len(text) > 9:  # more than 31 years: certainly beyond any budget
-        return max(limit, 0.0)
     return max(min(float(text), limit), 0.0)
 
 
@@ -3650,19 +3635,13 @@ def _macos_roots() -> str:
 
 
 def _fresh_private_text(path: str, life: float) -> str:
-    """The text of a regular file of ours younger than ``life`` seconds, else ""."""
-    import stat
-
-    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    """The text of a private file of ours younger than ``life`` seconds, else ""."""
     try:
-        fd = os.open(path, flags)
+        if _now() - os.stat(path, follow_symlinks=False).st_mtime > life:
+            return ""
+        return read_local_file(path, MAX_MACOS_ROOTS_BYTES, private=True).decode("ascii", "replace")
     except OSError:
         return ""
-    with os.fdopen(fd, "rb") as f:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode) or not _private_file(fd) or _now() - info.st_mtime > life:
-            return ""
-        return f.read(MAX_MACOS_ROOTS_BYTES).decode("ascii", "replace")
 
 
 def _export_macos_roots() -> str:
