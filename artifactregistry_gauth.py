@@ -314,14 +314,14 @@ def _try_step(
     except CredentialError as exc:
         _note(report, label, "failed", str(exc))
         raise
-    _note(report, label, "answered", source.describe(), token=token, how=how)
+    _note(report, label, "answered", source, token=token, how=how)
     return token
 
 
-def _note(report: list | None, label: str, status: str, detail: str, **extra: object) -> None:
+def _note(report: list | None, label: str, status: str, detail: object, **extra: object) -> None:
     if report is not None:
         report[:] = [step for step in report if step["source"] != label]  # a second look wins
-        report.append(dict(source=label, status=status, detail=detail, **extra))
+        report.append(dict(source=label, status=status, detail=str(detail), **extra))
 
 
 def _cached_or_fetched(source: CredentialSource, transport: Transport) -> tuple[Token, str]:
@@ -329,7 +329,7 @@ def _cached_or_fetched(source: CredentialSource, transport: Transport) -> tuple[
     identity = source.identify(transport)
     token = _CACHE.get(identity, source)
     if token is not None:
-        _debug("using a cached token from %s", source.describe())
+        _debug("using a cached token from %s", source)
         return token, "cache"
     with _CACHE.lock(identity, transport) if source.cacheable else _NO_LOCK:
         token = _CACHE.get(identity, source)  # another process may have just fetched it
@@ -383,14 +383,14 @@ def _explicit_adc_file() -> CredentialSource:
     # goes on as google-auth's does (PROTOCOLS.md A.1). Any other missing file is an error.
     if not os.path.exists(path) and _same_path(path, well_known_adc_file()):
         raise NotApplicable(f"GOOGLE_APPLICATION_CREDENTIALS names gcloud's absent {path}")
-    return load_adc_file(path, "GOOGLE_APPLICATION_CREDENTIALS")
+    return AdcFile(path, "GOOGLE_APPLICATION_CREDENTIALS")
 
 
 def _well_known_adc_file() -> CredentialSource:
     path = well_known_adc_file()
     if not os.path.isfile(path):
         raise NotApplicable(f"no {path}")
-    return load_adc_file(path, "gcloud's application default credentials")
+    return AdcFile(path, "gcloud's application default credentials")
 
 
 def _metadata_server() -> CredentialSource:
@@ -450,9 +450,11 @@ class CredentialSource:
     def __init__(self, origin: str) -> None:
         self.origin = origin  # the file or variable it was found in
 
+    identity_kind = ""  # the kind its identity names, when not ``kind``
+
     @property
     def identity(self) -> str:
-        return f"{self.kind}:{self.origin}:{self.content_hash}"
+        return f"{self.identity_kind or self.kind}:{self.origin}:{self.content_hash}"
 
     def identify(self, transport: Transport) -> str:
         """The cache identity; a source whose principal shows only at run time looks here."""
@@ -461,6 +463,9 @@ class CredentialSource:
     def describe(self) -> str:
         who = f" {self.account}" if self.account else ""
         return f"{self.kind}{who} from {self.origin}"
+
+    def __str__(self) -> str:  # log lines describe a source only when they are written
+        return self.describe()
 
     def fetch(self, transport: Transport) -> Token:
         raise NotImplementedError
@@ -1407,11 +1412,51 @@ def well_known_adc_file() -> str:
     return os.path.join(gcloud_config_dir(), "application_default_credentials.json")
 
 
+ADC_FILE = "ADC file"
+
+
+class AdcFile(CredentialSource):
+    """An ADC file that discovery found, parsed only when the token cache cannot answer.
+
+    A warm call so needs no JSON, base64 or key parsing. Its identity, the file and its
+    content, is the identity of every source such a file alone decides; federation adds
+    its subject token to it, so a token cached under the bare file identity was fetched
+    by one of those and by nothing else.
+    """
+
+    kind = ADC_FILE
+
+    def __init__(self, path: str, named_by: str) -> None:
+        super().__init__(path)
+        self.raw = _read_adc_file(path, named_by)
+        self.content_hash = _short_hash(self.raw)
+        self._parsed: CredentialSource | None = None
+
+    def parsed(self) -> CredentialSource:
+        if self._parsed is None:
+            self._parsed = _parse_adc_file(self.origin, self.raw)
+        return self._parsed
+
+    def identify(self, transport: Transport) -> str:
+        if _CACHE.get(self.identity, self) is not None:
+            return self.identity
+        return self.parsed().identify(transport)
+
+    def fetch(self, transport: Transport) -> Token:
+        return self.parsed().fetch(transport)
+
+    def describe(self) -> str:
+        return self.parsed().describe()
+
+
 def load_adc_file(path: str, origin: str) -> CredentialSource:
     """Build the credential source an ADC JSON file describes; CredentialError if broken."""
+    return _parse_adc_file(path, _read_adc_file(path, origin))
 
+
+def _read_adc_file(path: str, origin: str) -> bytes:
     try:
-        raw = read_local_file(path)
+        return read_local_file(path)
     except FileNotFoundError:
         raise CredentialError(
             f"{path} (named by {origin}) was not found; point {origin} at a credentials "
@@ -1421,6 +1466,9 @@ def load_adc_file(path: str, origin: str) -> CredentialSource:
         raise CredentialError(
             f"{path}: cannot read it ({exc.strerror}); point {origin} at a credentials JSON file"
         ) from None
+
+
+def _parse_adc_file(path: str, raw: bytes) -> CredentialSource:
     try:
         info = _json_loads(raw)
     except UnicodeDecodeError:
@@ -1439,6 +1487,7 @@ def load_adc_file(path: str, origin: str) -> CredentialSource:
     if kind in ADC_FILE_TYPES:
         source = ADC_FILE_TYPES[kind](info, path)
         source.content_hash = _short_hash(raw)
+        source.identity_kind = ADC_FILE  # the identity AdcFile looks for before parsing
         return source
     if kind in _UNSUPPORTED_TYPES:
         raise CredentialError(
@@ -2312,23 +2361,18 @@ class TokenCache:
         directory = cache_dir()
         if directory is None:
             return None
-        path = os.path.join(directory, _file_key(identity) + ".json")
+        path = os.path.join(directory, _file_key(identity) + TOKEN_FILE_SUFFIX)
         try:
-            data = _json_loads(read_local_file(path, 65536, private=True))
+            data = read_local_file(path, 65536, private=True)
         except FileNotFoundError:
             return None
-        except (OSError, ValueError) as exc:
-            _debug("ignoring cache file %s: %s", path, getattr(exc, "strerror", "") or exc)
+        except OSError as exc:
+            _debug("ignoring cache file %s: %s", path, exc.strerror or exc)
             return None
-        if not (
-            isinstance(data, dict)
-            and data.get("key") == _file_key(identity, full=True)
-            and _is_token_text(data.get("token"))
-            and isinstance(data.get("expiry"), (int, float))
-            and 0 < data["expiry"] < 1e11  # not NaN, not infinite, not absurd
-        ):
+        token = _parse_token_record(data, _file_key(identity, full=True))
+        if token is None:
+            _debug("ignoring cache file %s: not a token record for this identity", path)
             return None
-        token = Token(data["token"], float(data["expiry"]), str(data.get("source", "")))
         left = token.seconds_left()
         if left is None or left < MIN_TOKEN_LIFE:
             return None
@@ -2339,20 +2383,42 @@ class TokenCache:
         directory = cache_dir(create=True)
         if directory is None:
             return
-        record = {
-            "key": _file_key(identity, full=True),
-            "token": token.value,
-            "expiry": token.expiry,
-            "source": token.source,
-        }
-        path = os.path.join(directory, _file_key(identity) + ".json")
+        path = os.path.join(directory, _file_key(identity) + TOKEN_FILE_SUFFIX)
         try:
-            _write_private_file(path, _json_compact(record))
+            _write_private_file(path, _token_record(_file_key(identity, full=True), token))
         except OSError as exc:
             _debug("cannot write the token cache in %s: %s", directory, exc.strerror or exc)
 
 
 _CACHE = TokenCache()
+
+# A token record is five lines: this header, the identity's full key, the expiry (epoch
+# seconds), the token, the source's description. Plain lines need no JSON parser on the
+# warm path. Records of older versions (JSON, in *.json files) are never read: one fetch.
+TOKEN_FILE_SUFFIX = ".token"
+_TOKEN_RECORD_HEADER = "artifactregistry-gauth token 2"
+
+
+def _token_record(key: str, token: Token) -> bytes:
+    source = " ".join(token.source.split())  # one line, whatever a path holds
+    return f"{_TOKEN_RECORD_HEADER}\n{key}\n{token.expiry!r}\n{token.value}\n{source}\n".encode()
+
+
+def _parse_token_record(data: bytes, key: str) -> Token | None:
+    """The token a record holds for ``key``; None for anything else, however malformed."""
+    try:
+        lines = data.decode("utf-8").split("\n")
+    except UnicodeDecodeError:
+        return None
+    if len(lines) != 6 or lines[0] != _TOKEN_RECORD_HEADER or lines[1] != key or lines[5]:
+        return None
+    try:
+        expiry = float(lines[2])
+    except ValueError:
+        return None
+    if not 0 < expiry < 1e11 or not _is_token_text(lines[3]):  # not NaN, infinite or absurd
+        return None
+    return Token(lines[3], expiry, lines[4])
 
 
 _LAST_FAILURE: list = []  # [monotonic time of the last failed lookup]
