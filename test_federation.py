@@ -22,6 +22,7 @@ from fakes.google import (
     TOKEN_EXCHANGE,
     aws_signature_checker,
 )
+from fakes.testing import one_line
 
 INDEX = "https://us-python.pkg.dev/proj/repo/simple/"
 STS_URL = "https://sts.googleapis.com/v1/token"
@@ -63,12 +64,6 @@ def external(credential_source, audience=WORKLOAD, token_type=JWT_TYPE, **extra)
     }
     info.update(extra)
     return {key: value for key, value in info.items() if value is not None}
-
-
-def one_line(exc):
-    message = str(exc.value)
-    assert "\n" not in message, message
-    return message
 
 
 # --- executables written by the tests ---------------------------------------------------------
@@ -530,7 +525,8 @@ def test_url_source_fetches_the_subject_token_with_the_configured_headers(
 # --- AWS ----------------------------------------------------------------------------------------
 
 
-# PROTOCOLS.md B.3: the signing test vectors of Google's own AWS tests, reproduced exactly.
+# The signing test vectors of google-auth's own AWS tests (its tests/test_aws.py), reproduced
+# exactly (docs/protocols.md#aws).
 SIGV4_TOKEN = (
     "AQoEXAMPLEH4aoAH0gNCAPyJxz4BlCFFxWNE1OPTgk5TthT+FvwqnKwRcOIfrRh3c/LTo6UDdyJwOOvEVPvLXCrrrUtdn"
     "niCEXAMPLE/IvU1dYUg2RVAJBanLiHb4IgRmpRV3zrkuWJOgQs8IZZaIv2BXIa2R4OlgkBN9bkUDNCJiBeb/AXlzBBko"
