@@ -4233,7 +4233,7 @@ def _cache_report() -> dict:
     if usable is None:
         state = "absent" if not os.path.exists(directory) else "unusable (not a directory of ours)"
         return {"directory": directory, "state": state}
-    entries = [name for name in os.listdir(usable) if name.endswith(".json")]
+    entries = [name for name in os.listdir(usable) if name.endswith(TOKEN_FILE_SUFFIX)]
     return {"directory": directory, "state": "on", "entries": len(entries)}
 
 

@@ -347,3 +347,8 @@ def test_an_edited_credentials_file_is_a_new_identity_before_any_parsing(sa_env,
     as_new_process()
     assert gauth.get_token() != first
     assert len(fake_google.token_requests) == 2
+
+
+def test_doctor_counts_the_cached_tokens(sa_env, fake_google):
+    gauth.get_token()
+    assert gauth.diagnose()["cache"]["entries"] == 1
