@@ -548,7 +548,7 @@ class ServiceAccountKey(CredentialSource):
         fields = {"grant_type": JWT_BEARER_GRANT, "assertion": assertion}
         try:
             data = _post_form(transport, self.token_uri, fields, "the token endpoint")
-        except TokenEndpointError as exc:
+        except CredentialError as exc:
             raise self.failed(exc) from None
         return _token_from_oauth(data, "the token endpoint", self.describe())
 
