@@ -1523,8 +1523,8 @@ METADATA_PING_TIMEOUT_ON_GCE = 3.0
 METADATA_DETECT_RETRIES = 3
 METADATA_MAX_DETECT_RETRIES = 10
 # On Google hardware the data requests retry for as long as this budget allows (google-auth
-# waits about 18 s for a starting pod; gcloud's own metadata check has 30 s), set by
-# ARTIFACTREGISTRY_GAUTH_METADATA_BUDGET. Off Google hardware the lookup's budget holds.
+# waits about 18 s for a starting pod), set by ARTIFACTREGISTRY_GAUTH_METADATA_BUDGET.
+# Off Google hardware the lookup's budget holds.
 METADATA_BUDGET_ON_GCE = 30.0
 METADATA_MAX_BUDGET = 600.0
 METADATA_ATTEMPTS_ON_GCE = 20  # the budget ends them first
