@@ -69,11 +69,7 @@ class CredentialError(Exception):
 
 
 class NotApplicable(Exception):  # noqa: N818 - a verdict, not an error
-    """This credential source does not apply here; discovery moves on to the next.
-
-    ``look_again`` is a step worth one more, more patient try before the lookup says
-    "no credentials": a verdict that was remembered or hurried may be out of date.
-    """
+    """This source does not apply here; ``look_again``, if any, is a step to try once more."""
 
     def __init__(self, reason: str, look_again=None) -> None:
         super().__init__(reason)
@@ -261,34 +257,25 @@ def lookup(report: list | None = None) -> Token:
     ``report``, appends what each source said (for ``doctor``).
     """
     transport = Transport()
-    skipped: dict = {}  # label -> why it was skipped
-    again = []
+    skipped: dict = {}  # label -> NotApplicable
     for label, step in DISCOVERY:
-        token = _try_step(label, step, transport, report, skipped, again)
+        token = _try_step(label, step, transport, report, skipped)
         if token is not None:
             return token
-    # Nothing answered: a source skipped on a remembered or hurried verdict gets one more,
-    # patient look, so that a stale "absent" never fails a lookup a fresh look would pass.
+    # A last, patient look where "absent" was remembered or hurried: it may be stale.
+    again = [(label, exc.look_again) for label, exc in skipped.items() if exc.look_again]
     for label, step in again:
-        token = _try_step(label, step, transport, report, skipped, [])
+        token = _try_step(label, step, transport, report, skipped)
         if token is not None:
             return token
     raise CredentialError(
-        "no Google credentials found ("
-        + "; ".join(skipped.values())
-        + "); "
-        + LOGIN_HINT
-        + ", or set GOOGLE_APPLICATION_CREDENTIALS to a service account key file"
+        f"no Google credentials found ({'; '.join(map(str, skipped.values()))}); {LOGIN_HINT}, "
+        "or set GOOGLE_APPLICATION_CREDENTIALS to a service account key file"
     )
 
 
 def _try_step(
-    label: str,
-    step,
-    transport: Transport,
-    report: list | None,
-    skipped: dict,
-    again: list,
+    label, step, transport: Transport, report: list | None, skipped: dict
 ) -> Token | None:
     """The token of one discovery step, or None when it does not apply (why goes to skipped)."""
     try:
@@ -297,10 +284,8 @@ def _try_step(
             token, how = _cached_or_fetched(source, transport)
     except NotApplicable as exc:
         _debug("skipped: %s", exc)
-        skipped[label] = str(exc)
+        skipped[label] = exc
         _note(report, label, "skipped", str(exc))
-        if exc.look_again is not None:
-            again.append((label, exc.look_again))
         return None
     except CredentialError as exc:
         _note(report, label, "failed", str(exc))
