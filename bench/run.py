@@ -1156,7 +1156,7 @@ def report(findings: Findings, facts: dict, args, plan: Plan, elapsed: float) ->
         *(
             [
                 f"- Baseline (rows marked so): `{args.baseline}`, commit "
-                f"`{facts['baseline']['commit']}`"
+                f"`{facts['baseline']['commit'] or 'unknown: not a git checkout'}`"
             ]
             if facts.get("baseline")
             else []
