@@ -50,6 +50,7 @@ UNKNOWN_EXPIRY_LIFE = 5 * 60
 # The whole lookup gives up after this many seconds, whatever hangs.
 LOOKUP_BUDGET = 10.0
 REQUEST_TIMEOUT = 5.0
+MAX_BACKOFF = 4.0  # between retries: only the metadata server on Google hardware gets this far
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 MAX_ATTEMPTS = 3
 
@@ -68,7 +69,11 @@ class CredentialError(Exception):
 
 
 class NotApplicable(Exception):  # noqa: N818 - a verdict, not an error
-    """This credential source does not apply here; discovery moves on to the next."""
+    """This source does not apply here; ``look_again``, if any, is a step to try once more."""
+
+    def __init__(self, reason: str, look_again=None) -> None:
+        super().__init__(reason)
+        self.look_again = look_again
 
 
 class TokenEndpointError(CredentialError):
@@ -252,30 +257,47 @@ def lookup(report: list | None = None) -> Token:
     ``report``, appends what each source said (for ``doctor``).
     """
     transport = Transport()
-    skipped = []
+    skipped: dict = {}  # label -> NotApplicable
     for label, step in DISCOVERY:
-        try:
-            source = step()
-            token, how = _cached_or_fetched(source, transport)
-        except NotApplicable as exc:
-            _debug("skipped: %s", exc)
-            skipped.append(str(exc))
-            _note(report, label, "skipped", str(exc))
-            continue
-        except CredentialError as exc:
-            _note(report, label, "failed", str(exc))
-            raise
-        _note(report, label, "answered", source.describe(), token=token, how=how)
-        return token
+        token = _try_step(label, step, transport, report, skipped)
+        if token is not None:
+            return token
+    # A last, patient look where "absent" was remembered or hurried: it may be stale.
+    again = [(label, exc.look_again) for label, exc in skipped.items() if exc.look_again]
+    for label, step in again:
+        token = _try_step(label, step, transport, report, skipped)
+        if token is not None:
+            return token
     raise CredentialError(
-        "no Google credentials found (" + "; ".join(skipped) + "); " + LOGIN_HINT + ", or set "
-        "GOOGLE_APPLICATION_CREDENTIALS to a service account key file"
+        f"no Google credentials found ({'; '.join(map(str, skipped.values()))}); {LOGIN_HINT}, "
+        "or set GOOGLE_APPLICATION_CREDENTIALS to a service account key file"
     )
 
 
-def _note(report: list | None, label: str, status: str, detail: str, **extra: object) -> None:
+def _try_step(
+    label, step, transport: Transport, report: list | None, skipped: dict
+) -> Token | None:
+    """The token of one discovery step, or None when it does not apply (why goes to skipped)."""
+    try:
+        source = step()
+        with transport.own_budget(source.budget):
+            token, how = _cached_or_fetched(source, transport)
+    except NotApplicable as exc:
+        _debug("skipped: %s", exc)
+        skipped[label] = exc
+        _note(report, label, "skipped", str(exc))
+        return None
+    except CredentialError as exc:
+        _note(report, label, "failed", str(exc))
+        raise
+    _note(report, label, "answered", source, token=token, how=how)
+    return token
+
+
+def _note(report: list | None, label: str, status: str, detail: object, **extra: object) -> None:
     if report is not None:
-        report.append(dict(source=label, status=status, detail=detail, **extra))
+        report[:] = [step for step in report if step["source"] != label]  # a second look wins
+        report.append(dict(source=label, status=status, detail=str(detail), **extra))
 
 
 def _cached_or_fetched(source: CredentialSource, transport: Transport) -> tuple[Token, str]:
@@ -283,7 +305,7 @@ def _cached_or_fetched(source: CredentialSource, transport: Transport) -> tuple[
     identity = source.identify(transport)
     token = _CACHE.get(identity, source)
     if token is not None:
-        _debug("using a cached token from %s", source.describe())
+        _debug("using a cached token from %s", source)
         return token, "cache"
     with _CACHE.lock(identity, transport) if source.cacheable else _NO_LOCK:
         token = _CACHE.get(identity, source)  # another process may have just fetched it
@@ -337,14 +359,14 @@ def _explicit_adc_file() -> CredentialSource:
     # goes on as google-auth's does (docs/protocols.md#discovery); other missing files fail.
     if not os.path.exists(path) and _same_path(path, gcloud_adc_path()):
         raise NotApplicable(f"GOOGLE_APPLICATION_CREDENTIALS names gcloud's absent {path}")
-    return load_adc_file(path, "GOOGLE_APPLICATION_CREDENTIALS")
+    return AdcFile(path, "GOOGLE_APPLICATION_CREDENTIALS")
 
 
 def _gcloud_adc_file() -> CredentialSource:
     path = gcloud_adc_path()
     if not os.path.isfile(path):
         raise NotApplicable(f"no {path}")
-    return load_adc_file(path, "gcloud's application default credentials")
+    return AdcFile(path, "gcloud's application default credentials")
 
 
 def _metadata_server() -> CredentialSource:
@@ -398,15 +420,18 @@ class CredentialSource:
     kind = "credentials"
     account = ""
     cacheable = True  # False for tokens that are already at hand: nothing to save
+    budget: float | None = None  # seconds of its own, instead of the lookup's
     content_hash = ""  # of the file it was read from, so an edited file is a new identity
 
     def __init__(self, origin: str) -> None:
         self.origin = origin  # the file or variable it was found in
 
+    identity_kind = ""  # the kind its identity names, when not ``kind``
+
     @property
     def static_identity(self) -> str:
         """The cache identity as far as it is known without asking anyone."""
-        return f"{self.kind}:{self.origin}:{self.content_hash}"
+        return f"{self.identity_kind or self.kind}:{self.origin}:{self.content_hash}"
 
     def identify(self, transport: Transport) -> str:
         """The cache identity; a source whose principal shows only at run time looks here."""
@@ -415,6 +440,9 @@ class CredentialSource:
     def describe(self) -> str:
         who = f" {self.account}" if self.account else ""
         return f"{self.kind}{who} from {self.origin}"
+
+    def __str__(self) -> str:  # log lines describe a source only when they are written
+        return self.describe()
 
     def fetch(self, transport: Transport) -> Token:
         raise NotImplementedError
@@ -1386,11 +1414,51 @@ def gcloud_adc_path() -> str:
     return os.path.join(gcloud_config_dir(), "application_default_credentials.json")
 
 
+ADC_FILE = "ADC file"
+
+
+class AdcFile(CredentialSource):
+    """An ADC file that discovery found, parsed only when the token cache cannot answer.
+
+    A warm call so needs no JSON, base64 or key parsing. Its identity, the file and its
+    content, is the identity of every source such a file alone decides; federation adds
+    its subject token to it, so a token cached under the bare file identity was fetched
+    by one of those and by nothing else.
+    """
+
+    kind = ADC_FILE
+
+    def __init__(self, path: str, named_by: str) -> None:
+        super().__init__(path)
+        self.raw = _read_adc_file(path, named_by)
+        self.content_hash = _short_hash(self.raw)
+        self._parsed: CredentialSource | None = None
+
+    def parsed(self) -> CredentialSource:
+        if self._parsed is None:
+            self._parsed = _parse_adc_file(self.origin, self.raw)
+        return self._parsed
+
+    def identify(self, transport: Transport) -> str:
+        if _CACHE.get(self.static_identity, self) is not None:
+            return self.static_identity
+        return self.parsed().identify(transport)
+
+    def fetch(self, transport: Transport) -> Token:
+        return self.parsed().fetch(transport)
+
+    def describe(self) -> str:
+        return self.parsed().describe()
+
+
 def load_adc_file(path: str, origin: str) -> CredentialSource:
     """Build the credential source an ADC JSON file describes; CredentialError if broken."""
+    return _parse_adc_file(path, _read_adc_file(path, origin))
 
+
+def _read_adc_file(path: str, origin: str) -> bytes:
     try:
-        raw = read_local_file(path)
+        return read_local_file(path)
     except FileNotFoundError:
         raise CredentialError(
             f"{path} (named by {origin}) was not found; point {origin} at a credentials "
@@ -1400,6 +1468,9 @@ def load_adc_file(path: str, origin: str) -> CredentialSource:
         raise CredentialError(
             f"{path}: cannot read it ({exc.strerror}); point {origin} at a credentials JSON file"
         ) from None
+
+
+def _parse_adc_file(path: str, raw: bytes) -> CredentialSource:
     try:
         info = _json_loads(raw)
     except UnicodeDecodeError:
@@ -1418,6 +1489,7 @@ def load_adc_file(path: str, origin: str) -> CredentialSource:
     if kind in ADC_FILE_TYPES:
         source = ADC_FILE_TYPES[kind](info, path)
         source.content_hash = _short_hash(raw)
+        source.identity_kind = ADC_FILE  # the identity AdcFile looks for before parsing
         return source
     if kind in _UNSUPPORTED_TYPES:
         raise CredentialError(
@@ -1440,8 +1512,19 @@ METADATA_PING_TIMEOUT = 0.5
 METADATA_PING_TIMEOUT_ON_GCE = 3.0
 METADATA_DETECT_RETRIES = 3
 METADATA_MAX_DETECT_RETRIES = 10
-METADATA_ATTEMPTS_ON_GCE = 5  # for the data requests, as google-auth's retry_count
+# On Google hardware the data requests retry for as long as this budget allows (google-auth
+# waits about 18 s for a starting pod), set by ARTIFACTREGISTRY_GAUTH_METADATA_BUDGET.
+# Off Google hardware the lookup's budget holds.
+METADATA_BUDGET_ON_GCE = 30.0
+METADATA_MAX_BUDGET = 600.0
+METADATA_ATTEMPTS_ON_GCE = 20  # the budget ends them first
 DMI_PRODUCT_NAME = "/sys/class/dmi/id/product_name"
+# GCE_METADATA_MTLS_MODE=strict, or =default where these files exist, means https to the
+# metadata server with its own root and client certificate (google-auth 2.50+,
+# google/auth/compute_engine/_mtls.py; GCE docs "HTTPS metadata server endpoint").
+METADATA_MTLS_DIR = (
+    "C:/ProgramData/Google/ComputeEngine" if os.name == "nt" else "/run/google-mds-mtls"
+)
 BOOT_ID = "/proc/sys/kernel/random/boot_id"
 # A ping that waited out its timeout (a black-holed address, off Google hardware) is
 # remembered for this long, so warm calls skip it; a refusal costs nothing and is not.
@@ -1449,6 +1532,19 @@ METADATA_ABSENT_MEMORY = 10 * 60
 # Which service account and instance the metadata server speaks for, remembered per
 # machine and boot so that a warm call on Google Cloud needs no request at all.
 METADATA_IDENTITY_MEMORY = 5 * 60
+# Variables Google Cloud sets where the DMI product name may be unreadable (gVisor): there a
+# slow ping is never remembered as "absent". Cloud Run services and Cloud Functions
+# (K_SERVICE), Cloud Run jobs (CLOUD_RUN_JOB), Cloud Functions (FUNCTION_TARGET; the older
+# runtimes' FUNCTION_REGION), App Engine (GAE_SERVICE), Cloud Build steps (BUILDER_OUTPUT).
+# KUBERNETES_SERVICE_HOST is not one: every Kubernetes sets it.
+GOOGLE_CLOUD_VARIABLES = (
+    "K_SERVICE",
+    "CLOUD_RUN_JOB",
+    "FUNCTION_TARGET",
+    "FUNCTION_REGION",
+    "GAE_SERVICE",
+    "BUILDER_OUTPUT",
+)
 
 
 class MetadataServer(CredentialSource):
@@ -1460,7 +1556,7 @@ class MetadataServer(CredentialSource):
 
     kind = "metadata server"
 
-    def __init__(self) -> None:
+    def __init__(self, patient: bool = False) -> None:
         self.host = os.environ.get("GCE_METADATA_HOST") or os.environ.get(
             "GCE_METADATA_ROOT", "metadata.google.internal"
         )
@@ -1473,10 +1569,20 @@ class MetadataServer(CredentialSource):
                 raise CredentialError(
                     f"{name} is {value[:80]!r}, not a host or host:port; fix or unset it"
                 )
-        super().__init__(f"http://{self.host}")
+        self.mtls_mode = _metadata_mtls_mode()
+        self.mtls_files = _metadata_mtls_files()
+        self.scheme = "https" if self._use_mtls() else "http"
+        super().__init__(f"{self.scheme}://{self.host}")
         self.instance_id = ""
         self.product_name = _dmi_product_name()
         self.on_google_hardware = self.product_name.startswith("Google")
+        self.on_google_cloud = self.on_google_hardware or any(
+            os.environ.get(name) for name in GOOGLE_CLOUD_VARIABLES
+        )
+        # The last look before "no credentials": no remembered verdict, google-auth's timeout.
+        self.patient = patient
+        if self.on_google_hardware:
+            self.budget = _metadata_budget()
 
     @property
     def static_identity(self) -> str:
@@ -1485,15 +1591,16 @@ class MetadataServer(CredentialSource):
     def identify(self, transport: Transport) -> str:
         """Learn the service account and instance; NotApplicable when not on Google Cloud."""
         memory = _MetadataMemory(self)
-        remembered = memory.recall()
+        remembered = {} if self.patient else memory.recall()
         if remembered.get("verdict") == "present":
             self.account, self.instance_id = remembered["account"], remembered["instance_id"]
             return self.static_identity
-        if remembered.get("verdict") == "absent" and not self.on_google_hardware:
+        if remembered.get("verdict") == "absent" and not self.on_google_cloud:
             raise NotApplicable(
                 f"not on Google Cloud (http://{self.ping_host}/ did not answer "
                 f"{_age(remembered['at'])} ago; remembered for "
-                f"{METADATA_ABSENT_MEMORY // 60} min: delete {memory.path} to ask again)"
+                f"{METADATA_ABSENT_MEMORY // 60} min: delete {memory.path} to ask again)",
+                look_again=self.look_again,
             )
         self.detect(transport, memory)
         email = self._get(
@@ -1502,18 +1609,86 @@ class MetadataServer(CredentialSource):
         if email is None:
             raise NotApplicable(f"no service account is attached to this machine ({self.origin})")
         self.account = email
-        self.instance_id = self._get(transport, "instance/id", "its instance id") or ""
-        memory.remember_present(self.account, self.instance_id)
+        self.instance_id = self._instance_id(transport)
+        if self.instance_id:
+            memory.remember_present(self.account, self.instance_id)
+        else:
+            # Without it two VMs sharing a home directory (NFS) could share a cached token:
+            # this lookup's token stays in this process.
+            self.cacheable = False
         return self.static_identity
+
+    def look_again(self) -> MetadataServer:
+        return MetadataServer(patient=True)
+
+    def _use_mtls(self) -> bool:
+        """Whether to speak https with the client certificate; strict without it is an error."""
+        if self.mtls_mode == "none":
+            return False
+        missing = [path for path in self.mtls_files if not os.path.isfile(path)]
+        if missing and self.mtls_mode == "strict":
+            raise CredentialError(
+                f"GCE_METADATA_MTLS_MODE is strict, but {missing[0]} is missing: the metadata "
+                "server is never asked over plain http then; set GCE_METADATA_MTLS_MODE=default "
+                "or none, or run where the metadata server's certificates are installed"
+            )
+        return not missing
+
+    def _request(self, transport: Transport, url: str, **options: object) -> Response:
+        """GET ``url`` (under http://) from the metadata server, directly, over mTLS if set."""
+        if self.scheme == "http":
+            return transport.request("GET", url, headers=_METADATA_HEADERS, direct=True, **options)
+        secure = "https" + url[len("http") :]
+        try:
+            return transport.request(
+                "GET", secure, headers=_METADATA_HEADERS, direct=True, tls=self._tls(), **options
+            )
+        except CredentialError as exc:
+            if self.mtls_mode == "strict":
+                raise
+            # As google-auth does in its default mode; said aloud, never silently.
+            _logger().warning(
+                "artifactregistry-gauth: mutual TLS to the metadata server failed (%s); "
+                "using plain http, as GCE_METADATA_MTLS_MODE=default allows",
+                exc,
+            )
+        self.scheme = "http"
+        return transport.request("GET", url, headers=_METADATA_HEADERS, direct=True, **options)
+
+    def _tls(self) -> tuple:
+        """An SSL context trusting the metadata server's root only, with its client certificate."""
+        import ssl
+
+        root, client = self.mtls_files
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        for path, load in (
+            (root, context.load_verify_locations),
+            (client, context.load_cert_chain),
+        ):
+            try:
+                load(path)
+            except (OSError, ssl.SSLError) as exc:
+                raise CredentialError(
+                    f"{path}: cannot use it for mutual TLS to the metadata server "
+                    f"({getattr(exc, 'reason', None) or exc.strerror or exc}); fix it, or set "
+                    "GCE_METADATA_MTLS_MODE=none"
+                ) from None
+        return context, f"the metadata server's root certificate {root}"
+
+    def _instance_id(self, transport: Transport) -> str:
+        """The instance id, or "" when the server will not say (never a failure)."""
+        try:
+            return self._get(transport, "instance/id", "its instance id") or ""
+        except CredentialError as exc:
+            _debug("no instance id from the metadata server: %s", exc)
+            return ""
 
     def fetch(self, transport: Transport) -> Token:
         url = (
-            f"{self.origin}/computeMetadata/v1/instance/service-accounts/default/token"
+            f"http://{self.host}/computeMetadata/v1/instance/service-accounts/default/token"
             "?scopes=https%3A%2F%2Fwww.googleapis.com%2Fauth%2Fcloud-platform"
         )
-        response = transport.request(
-            "GET", url, headers=_METADATA_HEADERS, direct=True, attempts=self._attempts()
-        )
+        response = self._request(transport, url, attempts=self._attempts())
         if response.status == 404:
             raise NotApplicable(f"no service account is attached to this machine ({self.origin})")
         if response.status != 200:
@@ -1532,28 +1707,26 @@ class MetadataServer(CredentialSource):
         On Google hardware a failed ping is no verdict: the hardware decides, as in
         google-auth, and the requests that follow retry while the server starts.
         """
-        timeout = _metadata_timeout(self.on_google_hardware)
+        timeout = _metadata_timeout(self.on_google_hardware or self.patient)
         attempts = _metadata_detect_retries(self.on_google_hardware)
         started = _monotonic()
         try:
-            if attempts == 1 and not self.on_google_hardware:
+            # With mTLS a refused https port may still leave plain http (mode default).
+            if attempts == 1 and not self.on_google_hardware and self.scheme == "http":
                 self._knock(min(timeout, transport.remaining()))
-            response = transport.request(
-                "GET",
-                f"http://{self.ping_host}/",
-                headers=_METADATA_HEADERS,
-                direct=True,
-                timeout=timeout,
-                attempts=attempts,
+            response = self._request(
+                transport, f"http://{self.ping_host}/", timeout=timeout, attempts=attempts
             )
         except CredentialError as exc:
             if self.on_google_hardware:
                 _debug("metadata ping failed on Google hardware (%s); asking anyway", exc)
                 return
             # Only a wait is worth remembering: a refusal is free, and a starting pod refuses.
-            if memory is not None and _monotonic() - started >= timeout / 2:
+            waited = _monotonic() - started >= timeout / 2
+            if memory is not None and waited and not self.on_google_cloud:
                 memory.remember_absent()
-            raise NotApplicable(f"not on Google Cloud ({exc})") from None
+            again = None if self.patient else self.look_again
+            raise NotApplicable(f"not on Google Cloud ({exc})", look_again=again) from None
         if response.status == 200 and response.headers.get("metadata-flavor") == "Google":
             return
         if self.on_google_hardware:
@@ -1589,21 +1762,18 @@ class MetadataServer(CredentialSource):
 
     def _get(self, transport: Transport, path: str, what: str) -> str | None:
         """One line of text from the metadata server, or None if it has nothing there."""
-        url = f"{self.origin}/computeMetadata/v1/{path}"
+        url = f"http://{self.host}/computeMetadata/v1/{path}"
         try:
-            response = transport.request(
-                "GET", url, headers=_METADATA_HEADERS, direct=True, attempts=self._attempts()
-            )
+            response = self._request(transport, url, attempts=self._attempts())
         except CredentialError as exc:
             fix = "a new GKE pod's metadata server may need a few more seconds: try again"
             raise self.fail(str(exc), fix if self.on_google_hardware else "") from None
         if response.status == 404:
             return None
-        if response.status != 200 or response.headers.get("metadata-flavor") != "Google":
-            flavor = "" if response.status != 200 else " without Metadata-Flavor: Google"
-            raise self.fail(
-                f"the metadata server answered HTTP {response.status}{flavor} for {what}"
-            )
+        # Metadata-Flavor is checked on the ping only, as google-auth does: emulators and
+        # proxies drop it from data answers.
+        if response.status != 200:
+            raise self.fail(f"the metadata server answered HTTP {response.status} for {what}")
         text = response.body.decode("utf-8", "replace").strip()
         if not text or len(text) > 256 or not text.isprintable() or " " in text:
             raise self.fail(f"the metadata server answered {what} with something unexpected")
@@ -1633,14 +1803,49 @@ def _ip_and_port(authority: str) -> tuple[str, int]:
 def _metadata_timeout(on_google_hardware: bool) -> float:
     """The ping timeout: GCE_METADATA_TIMEOUT if set and sane, else by hardware."""
     default = METADATA_PING_TIMEOUT_ON_GCE if on_google_hardware else METADATA_PING_TIMEOUT
-    text = os.environ.get("GCE_METADATA_TIMEOUT", "").strip()
+    value = _seconds_setting("GCE_METADATA_TIMEOUT")
+    return default if value is None else min(value, LOOKUP_BUDGET)
+
+
+def _metadata_mtls_mode() -> str:
+    """GCE_METADATA_MTLS_MODE: none (google-auth's default since 2.50), default or strict."""
+    value = os.environ.get("GCE_METADATA_MTLS_MODE", "")
+    mode = value.strip().lower() or "none"
+    if mode not in ("none", "default", "strict"):
+        raise CredentialError(
+            f"GCE_METADATA_MTLS_MODE is {value[:40]!r}; set it to strict, default or none"
+        )
+    return mode
+
+
+def _metadata_mtls_files() -> tuple:
+    """The metadata server's root certificate and client certificate-and-key files."""
+    names = (
+        ("mds-mtls-root.crt", "mds-mtls-client.key")
+        if os.name == "nt"
+        else ("root.crt", "client.key")
+    )
+    return tuple(os.path.join(METADATA_MTLS_DIR, name) for name in names)
+
+
+def _metadata_budget() -> float:
+    """Seconds for metadata discovery on Google hardware: ARTIFACTREGISTRY_GAUTH_METADATA_BUDGET."""
+    value = _seconds_setting("ARTIFACTREGISTRY_GAUTH_METADATA_BUDGET")
+    return METADATA_BUDGET_ON_GCE if value is None else min(value, METADATA_MAX_BUDGET)
+
+
+def _seconds_setting(name: str) -> float | None:
+    """A positive, finite number of seconds from the variable ``name``; None if unset or not."""
+    text = os.environ.get(name, "").strip()
     try:
         value = float(text)
     except ValueError:
         value = 0.0
-    if text and not 0 < value < float("inf"):
-        _debug("ignoring GCE_METADATA_TIMEOUT=%r: not a positive number of seconds", text[:40])
-    return min(value, LOOKUP_BUDGET) if 0 < value < float("inf") else default
+    if 0 < value < float("inf"):
+        return value
+    if text:
+        _debug("ignoring %s=%r: not a positive number of seconds", name, text[:40])
+    return None
 
 
 def _metadata_detect_retries(on_google_hardware: bool) -> int:
@@ -1695,7 +1900,7 @@ class _MetadataMemory:
         if verdict == "absent":
             life = METADATA_ABSENT_MEMORY
         elif verdict == "present" and all(
-            isinstance(data.get(name), str) for name in ("account", "instance_id")
+            isinstance(data.get(name), str) and data[name] for name in ("account", "instance_id")
         ):
             life = METADATA_IDENTITY_MEMORY
         else:
@@ -2174,23 +2379,18 @@ class TokenCache:
         directory = cache_dir()
         if directory is None:
             return None
-        path = os.path.join(directory, _file_key(identity) + ".json")
+        path = os.path.join(directory, _file_key(identity) + TOKEN_FILE_SUFFIX)
         try:
-            data = _json_loads(read_local_file(path, 65536, private=True))
+            data = read_local_file(path, 65536, private=True)
         except FileNotFoundError:
             return None
-        except (OSError, ValueError) as exc:
-            _debug("ignoring cache file %s: %s", path, getattr(exc, "strerror", "") or exc)
+        except OSError as exc:
+            _debug("ignoring cache file %s: %s", path, exc.strerror or exc)
             return None
-        if not (
-            isinstance(data, dict)
-            and data.get("key") == _file_key(identity, full=True)
-            and _is_token_text(data.get("token"))
-            and isinstance(data.get("expiry"), (int, float))
-            and 0 < data["expiry"] < 1e11  # not NaN, not infinite, not absurd
-        ):
+        token = _parse_token_record(data, _file_key(identity, full=True))
+        if token is None:
+            _debug("ignoring cache file %s: not a token record for this identity", path)
             return None
-        token = Token(data["token"], float(data["expiry"]), str(data.get("source", "")))
         left = token.seconds_left()
         if left is None or left < MIN_TOKEN_LIFE:
             return None
@@ -2201,20 +2401,42 @@ class TokenCache:
         directory = cache_dir(create=True)
         if directory is None:
             return
-        record = {
-            "key": _file_key(identity, full=True),
-            "token": token.value,
-            "expiry": token.expiry,
-            "source": token.source,
-        }
-        path = os.path.join(directory, _file_key(identity) + ".json")
+        path = os.path.join(directory, _file_key(identity) + TOKEN_FILE_SUFFIX)
         try:
-            _write_private_file(path, _json_compact(record))
+            _write_private_file(path, _token_record(_file_key(identity, full=True), token))
         except OSError as exc:
             _debug("cannot write the token cache in %s: %s", directory, exc.strerror or exc)
 
 
 _CACHE = TokenCache()
+
+# A token record is five lines: this header, the identity's full key, the expiry (epoch
+# seconds), the token, the source's description. Plain lines need no JSON parser on the
+# warm path. Records of older versions (JSON, in *.json files) are never read: one fetch.
+TOKEN_FILE_SUFFIX = ".token"
+_TOKEN_RECORD_HEADER = "artifactregistry-gauth token 2"
+
+
+def _token_record(key: str, token: Token) -> bytes:
+    source = " ".join(token.source.split())  # one line, whatever a path holds
+    return f"{_TOKEN_RECORD_HEADER}\n{key}\n{token.expiry!r}\n{token.value}\n{source}\n".encode()
+
+
+def _parse_token_record(data: bytes, key: str) -> Token | None:
+    """The token a record holds for ``key``; None for anything else, however malformed."""
+    try:
+        lines = data.decode("utf-8").split("\n")
+    except UnicodeDecodeError:
+        return None
+    if len(lines) != 6 or lines[0] != _TOKEN_RECORD_HEADER or lines[1] != key or lines[5]:
+        return None
+    try:
+        expiry = float(lines[2])
+    except ValueError:
+        return None
+    if not 0 < expiry < 1e11 or not _is_token_text(lines[3]):  # not NaN, infinite or absurd
+        return None
+    return Token(lines[3], expiry, lines[4])
 
 
 _LAST_FAILURE: list = []  # [monotonic time of the last failed lookup]
@@ -3379,6 +3601,10 @@ class Transport:
             raise CredentialError(f"gave up after {self.budget:g} s: Google did not answer in time")
         return left
 
+    def own_budget(self, budget: float | None) -> _OwnBudget:
+        """Inside, requests have ``budget`` seconds; the time spent is not charged to the lookup."""
+        return _OwnBudget(self, budget)
+
     def request(
         self,
         method: str,
@@ -3389,10 +3615,12 @@ class Transport:
         direct: bool = False,
         timeout: float = REQUEST_TIMEOUT,
         attempts: int = MAX_ATTEMPTS,
+        tls: tuple | None = None,
     ) -> Response:
         """Send one request; retry transient failures with backoff inside the deadline.
 
-        ``direct`` bypasses any proxy (the metadata server must never be proxied).
+        ``direct`` bypasses any proxy (the metadata server must never be proxied); ``tls``
+        is an (SSL context, description of its trust) for https instead of the usual one.
         """
         _check_sendable(url, headers or {})
         last_error = None
@@ -3400,7 +3628,7 @@ class Transport:
         direct = direct or _is_loopback_host(_url_host(url))
         for attempt in range(1, attempts + 1):
             try:
-                response = self._send(method, url, body, headers or {}, direct, timeout)
+                response = self._send(method, url, body, headers or {}, direct, timeout, tls)
             except _TransientError as exc:
                 last_error = f"could not reach {_quoted_url(url)}: {exc}"
                 wait = 0.0
@@ -3413,14 +3641,15 @@ class Transport:
                 break
             import random
 
-            wait = max(wait, 0.5 * 2 ** (attempt - 1) * random.uniform(0.9, 1.1))  # noqa: S311
+            backoff = min(0.5 * 2 ** (attempt - 1), MAX_BACKOFF)
+            wait = max(wait, backoff * random.uniform(0.9, 1.1))  # noqa: S311
             if wait >= self.deadline - _monotonic():
                 break
             _debug("%s; retrying in %.1f s", last_error, wait)
             time.sleep(wait)
         raise CredentialError(last_error)
 
-    def _send(self, method, url, body, headers, direct, timeout) -> Response:
+    def _send(self, method, url, body, headers, direct, timeout, tls=None) -> Response:
         """One exchange, bounded as a whole: socket timeouts alone let a slow drip go on."""
         import threading
 
@@ -3429,7 +3658,7 @@ class Transport:
 
         def exchange() -> None:
             try:
-                outcome.append(self._exchange(method, url, body, headers, direct, timeout))
+                outcome.append(self._exchange(method, url, body, headers, direct, timeout, tls))
             except BaseException as exc:  # handed to the caller's thread below
                 outcome.append(exc)
 
@@ -3442,7 +3671,7 @@ class Transport:
             raise outcome[0]
         return outcome[0]
 
-    def _exchange(self, method, url, body, headers, direct, timeout) -> Response:
+    def _exchange(self, method, url, body, headers, direct, timeout, tls=None) -> Response:
         import http.client
         import urllib.error
         import urllib.request
@@ -3452,8 +3681,11 @@ class Transport:
             handlers.append(urllib.request.ProxyHandler({}))
         store = ""
         if url.startswith("https:"):
-            context, stores = _tls_context()
-            store = describe_trust(stores)
+            if tls:
+                context, store = tls
+            else:
+                context, stores = _tls_context()
+                store = describe_trust(stores)
             handlers.append(urllib.request.HTTPSHandler(context=context))
         opener = urllib.request.build_opener(*handlers)
         request = urllib.request.Request(url, data=body, headers=headers, method=method)
@@ -3474,6 +3706,29 @@ class Transport:
             raise _TransientError(_describe_os_error(reason)) from None
         except (OSError, http.client.HTTPException) as exc:
             raise _TransientError(_describe_os_error(exc)) from None
+
+
+class _OwnBudget:
+    """A stretch of a lookup with a budget of its own (None: the lookup's)."""
+
+    def __init__(self, transport: Transport, budget: float | None) -> None:
+        self.transport = transport
+        self.budget = budget
+        self.saved = (transport.budget, transport.deadline)
+        self.started = 0.0
+
+    def __enter__(self) -> None:
+        if self.budget is not None:
+            self.started = _monotonic()
+            self.saved = (self.transport.budget, self.transport.deadline)
+            self.transport.budget = self.budget
+            self.transport.deadline = self.started + self.budget
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.budget is not None:
+            budget, deadline = self.saved
+            self.transport.budget = budget
+            self.transport.deadline = deadline + (_monotonic() - self.started)
 
 
 def _is_certificate_error(reason: object) -> bool:
@@ -4368,7 +4623,7 @@ def _cache_report() -> dict:
     if usable is None:
         state = "absent" if not os.path.exists(directory) else "unusable (not a directory of ours)"
         return {"directory": directory, "state": state}
-    entries = [name for name in os.listdir(usable) if name.endswith(".json")]
+    entries = [name for name in os.listdir(usable) if name.endswith(TOKEN_FILE_SUFFIX)]
     return {"directory": directory, "state": "on", "entries": len(entries)}
 
 
