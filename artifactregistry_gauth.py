@@ -3583,7 +3583,7 @@ def _add_print_settings(commands) -> None:
 
 
 def _print_settings_command(args) -> int:
-    sys.stdout.write(print_settings(args.location, args.project, args.repository, args.tool))
+    _write_out(print_settings(args.location, args.project, args.repository, args.tool))
     return 0
 
 
@@ -3675,6 +3675,23 @@ def _first_word(argv: list) -> str | None:
         elif not arg.startswith("-"):
             return arg
     return None
+
+
+def _stdout_encodes(text: str) -> bool:
+    """Whether stdout can carry ``text``: a Windows console redirected to a file is cp1252,
+    and PYTHONIOENCODING=ascii or an old Python's C locale make it ASCII."""
+    try:
+        text.encode(getattr(sys.stdout, "encoding", None) or "utf-8")
+    except (UnicodeEncodeError, LookupError):
+        return False
+    return True
+
+
+def _write_out(text: str) -> None:
+    """Print ``text``; what stdout cannot encode is written as an escape, never a traceback."""
+    if not _stdout_encodes(text):
+        text = text.encode("ascii", "backslashreplace").decode("ascii")
+    sys.stdout.write(text)
 
 
 def _token_command(url: str | None) -> int:
@@ -3851,7 +3868,7 @@ def _doctor_command(as_json: bool) -> int:
 
         sys.stdout.write(json.dumps(report, indent=2) + "\n")
     else:
-        sys.stdout.write(_format_report(report))
+        _write_out(_format_report(report))
     return 0 if report["token"]["ok"] else 1
 
 
@@ -4290,9 +4307,13 @@ def _tool_verdict(tool: str, user: str | None) -> str:
     )
 
 
+_REPORT_MARKS = {"answered": "✔", "failed": "✘", "skipped": "-", "not consulted": " "}
+_ASCII_MARKS = {"answered": "+", "failed": "x", "skipped": "-", "not consulted": " "}
+
+
 def _format_report(report: dict) -> str:
     lines = [f"{PROG} {report['version']} on Python {report['python']}", "", "Credentials:"]
-    marks = {"answered": "✔", "failed": "✘", "skipped": "-", "not consulted": " "}
+    marks = _REPORT_MARKS if _stdout_encodes("".join(_REPORT_MARKS.values())) else _ASCII_MARKS
     for step in report["sources"]:
         mark = marks.get(step["status"], "?")
         lines.append(f"  {mark} {step['source']}: {step['status']}: {step['detail']}")
@@ -4332,7 +4353,7 @@ def _format_report(report: dict) -> str:
         lines.append(f"  `keyring` on PATH (pip/uv subprocess providers): {exe['path']}: {sees}")
     lines += ["", "Artifact Registry URLs in configuration:"]
     for entry in report["index_urls"] or []:
-        mark = "✔" if entry["ok"] else "!"
+        mark = marks["answered"] if entry["ok"] else "!"
         lines.append(f"  {mark} {entry['url']} ({entry['where']}): {entry['verdict']}")
     if not report["index_urls"]:
         lines.append(

@@ -815,3 +815,55 @@ def test_netrc_rewrite_keeps_every_byte_of_a_file_without_our_entries(data):
     # Only line ends are ever added (to end the file's last line, or a macdef).
     assert rest.replace(b"\n", b"") == data.replace(b"\n", b"")
     assert 0 <= len(rest) - len(data) <= 2
+
+
+# --- every command under a stdout that cannot encode what we print ------------------------------
+
+ASCII_STDOUTS = [
+    {"PYTHONIOENCODING": "ascii"},
+    {"PYTHONIOENCODING": "cp1252"},  # Windows with the output redirected
+    {"LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"},
+]
+EVERY_COMMAND = [
+    ["doctor"],
+    ["doctor", "--json"],
+    ["token"],
+    ["get", INDEX, "oauth2accesstoken"],
+    ["print-settings", "--location", "us", "--project", "proj", "--repository", "repo"],
+    ["netrc", HOST],
+    ["credential-helper", "get"],
+    ["--help"],
+    ["doctor", "--help"],
+]
+
+
+@pytest.mark.parametrize("stdout_env", ASCII_STDOUTS, ids=["ascii", "cp1252", "C-locale"])
+@pytest.mark.parametrize("argv", EVERY_COMMAND, ids=" ".join)
+def test_every_command_answers_on_an_ascii_stdout_without_a_traceback(tmp_path, argv, stdout_env):
+    cache = tmp_path / "caché-✔"  # a path doctor prints, that neither encoding can hold
+    env = {**os.environ, "ARTIFACTREGISTRY_GAUTH_CACHE_DIR": str(cache), **stdout_env}
+    env["GOOGLE_OAUTH_ACCESS_TOKEN"] = "ya29.ascii-stdout"
+    result = subprocess.run(
+        [sys.executable, "-m", "artifactregistry_gauth", *argv],
+        input=json.dumps({"uri": INDEX}).encode(),
+        capture_output=True,
+        env=env,
+        cwd=ROOT,
+        timeout=60,
+    )
+    assert b"Traceback" not in result.stderr, result.stderr.decode("utf-8", "replace")
+    assert result.returncode == 0, result.stderr.decode("utf-8", "replace")
+    result.stdout.decode("ascii" if "ascii" in stdout_env.values() else "cp1252")
+
+
+def test_doctor_marks_fall_back_to_ascii_when_stdout_cannot_encode_them(monkeypatch, capsys):
+    import io
+
+    monkeypatch.setenv("GOOGLE_OAUTH_ACCESS_TOKEN", "ya29.ascii-marks")
+    raw = io.BytesIO()
+    monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(raw, encoding="ascii"))
+    assert gauth.main(["doctor"]) == 0
+    sys.stdout.flush()
+    text = raw.getvalue().decode("ascii")
+    assert "  + GOOGLE_OAUTH_ACCESS_TOKEN: answered: " in text
+    assert "\\u2714" not in text  # a mark is a mark, not an escape
