@@ -2838,7 +2838,7 @@ def _logger():
     logger = logging.getLogger(_LOGGER_NAME)
     if _debug_env() and not any(getattr(h, "_gauth", False) for h in logger.handlers):
         handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("artifactregistry-gauth: %(message)s"))
+        handler.setFormatter(logging.Formatter("%(message)s"))  # each message names us
         handler._gauth = True
         logger.addHandler(handler)
         logger.setLevel(logging.DEBUG)
@@ -2848,7 +2848,7 @@ def _logger():
 
 def _debug(msg: str, *args: object) -> None:
     if _debug_enabled():
-        _logger().debug(msg, *args)
+        _logger().debug("artifactregistry-gauth: " + msg, *args)
 
 
 # --- local files: bounded reads, private writes -------------------------------------------
@@ -3548,30 +3548,92 @@ def _parser(command: str | None = None):
     return parser
 
 
+# What each command's exit status means, for its --help.
+EXIT_STATUS = {
+    "token": ("the token is printed", "no credentials", "a usage error, or --url is not ours"),
+    "get": ("answered", "not ours to answer, or no credentials", "a usage error"),
+    "doctor": ("a token", "no token", "a usage error"),
+    "print-settings": ("printed", "", "a usage error"),
+    "netrc": ("written", "no credentials, or the file cannot be written", "a bad host or usage"),
+    "credential-helper": (
+        "answered (an empty {} for a URI that is not ours)",
+        "no credentials",
+        "a bad request or usage",
+    ),
+}
+
+
+def _exit_status(command: str) -> str:
+    """The epilog of a command's --help: what each exit code means."""
+    meanings = EXIT_STATUS[command]
+    return "exit status:\n" + "".join(
+        f"  {code}  {meaning}\n" for code, meaning in enumerate(meanings) if meaning
+    )
+
+
+def _add_command(commands, name: str, summary: str, description: str = "", **kwargs):
+    """A subcommand's parser: --help says what it does and what its exits mean, and it takes
+    -v after its name as well as before."""
+    import argparse
+
+    parser = commands.add_parser(
+        name,
+        help=summary,
+        description=description or summary[:1].upper() + summary[1:] + ".",
+        epilog=_exit_status(name),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        **kwargs,
+    )
+    if kwargs.get("add_help", True):
+        # SUPPRESS: without -v here, the -v given before the command word stands.
+        parser.add_argument(
+            "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging"
+        )
+    return parser
+
+
 def _add_token(commands) -> None:
-    token = commands.add_parser("token", help="print an access token and nothing else")
+    token = _add_command(
+        commands,
+        "token",
+        "print an access token and nothing else",
+        "Print a live access token for Artifact Registry (from the cache while it has 15 "
+        "minutes left), for tools that take a password: "
+        'UV_INDEX_PRIVATE_PASSWORD="$(artifactregistry-gauth token)".',
+    )
     token.add_argument("--url", help="the repository URL the token is for (checked, optional)")
-    token.set_defaults(run=lambda args: _token_command(args.url))
+    token.add_argument(
+        "--json", action="store_true", help='print {"token": ..., "expiry": RFC 3339 UTC or null}'
+    )
+    token.set_defaults(run=lambda args: _token_command(args.url, args.json))
 
 
 def _add_get(commands) -> None:
     # Listed for --help only: main() hands `get` to keyring's own command line.
-    commands.add_parser(
+    _add_command(
+        commands,
         "get",
-        help="keyring-compatible: get [--mode password|creds] [--output plain|json] SERVICE [USER]",
+        "keyring-compatible: get [--mode password|creds] [--output plain|json] SERVICE [USER]",
         add_help=False,
     )
 
 
 def _add_doctor(commands) -> None:
-    doctor = commands.add_parser("doctor", help="say where this machine stands, and what to fix")
+    doctor = _add_command(
+        commands,
+        "doctor",
+        "say where this machine stands, and what to fix",
+        "Say which credentials answer, what the token cache, keyring and the `keyring` on PATH "
+        "see, and what each Artifact Registry URL in pip, uv, twine, poetry, pdm and hatch "
+        "configuration will do; print the fix for each problem.",
+    )
     doctor.add_argument("--json", action="store_true", help="machine-readable output")
     doctor.set_defaults(run=lambda args: _doctor_command(args.json))
 
 
 def _add_print_settings(commands) -> None:
-    settings = commands.add_parser(
-        "print-settings", help="print pip, twine, uv, poetry and tox settings for a repository"
+    settings = _add_command(
+        commands, "print-settings", "print pip, twine, uv, poetry and tox settings for a repository"
     )
     settings.add_argument("--location", required=True, help="e.g. us, europe-west1")
     settings.add_argument("--project", required=True, help="Google Cloud project id")
@@ -3588,9 +3650,7 @@ def _print_settings_command(args) -> int:
 
 
 def _add_netrc(commands) -> None:
-    netrc = commands.add_parser(
-        "netrc", help="netrc entries with a token, for tools without keyring"
-    )
+    netrc = _add_command(commands, "netrc", "netrc entries with a token, for tools without keyring")
     netrc.add_argument("hosts", nargs="*", metavar="HOST", help="default: the configured hosts")
     netrc.add_argument("--output", metavar="FILE", help="replace our entries in FILE (0600)")
     netrc.set_defaults(run=_netrc_command)
@@ -3599,7 +3659,13 @@ def _add_netrc(commands) -> None:
 def _add_credential_helper(commands) -> None:
     import argparse
 
-    helper = commands.add_parser("credential-helper", help="Bazel's credential helper: get")
+    helper = _add_command(
+        commands,
+        "credential-helper",
+        "Bazel's credential helper: get",
+        "Bazel's credential-helper protocol: `credential-helper get` reads "
+        '{"uri": "https://..."} on stdin and prints the Authorization header for it.',
+    )
     helper.add_argument("operation", nargs=argparse.REMAINDER, help="get (a JSON request on stdin)")
     helper.set_defaults(run=lambda args: _credential_helper_command(args.operation))
 
@@ -3621,7 +3687,15 @@ def _keyring_parser(prog: str):
     """keyring's own command line (keyring/cli.py), of which we serve `get`."""
     import argparse
 
-    parser = argparse.ArgumentParser(prog=prog)
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        usage=f"{prog} get [--mode password|creds] [--output plain|json] SERVICE [USER]\n"
+        f"       {prog} --list-backends",
+        description="keyring's `get`: print the token (--mode password, USER oauth2accesstoken)\n"
+        "or the username and the token (--mode creds) for an Artifact Registry SERVICE.",
+        epilog=_exit_status("get"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("-p", "--keyring-path", dest="keyring_path")
     parser.add_argument("-b", "--keyring-backend", dest="keyring_backend")
     parser.add_argument("--list-backends", action="store_true")
@@ -3646,7 +3720,7 @@ def main(argv: list | None = None) -> int:
         return _keyring_main(argv, PROG)
     word = _command_word(argv)
     if word == "token" and len(argv) == 1:  # the hot path: nothing for argparse to do
-        return _token_command(None)
+        return _token_command(None, False)
     args = _parser(word).parse_args(argv)
     if args.verbose:
         os.environ["ARTIFACTREGISTRY_GAUTH_DEBUG"] = "1"
@@ -3694,7 +3768,7 @@ def _write_out(text: str) -> None:
     sys.stdout.write(text)
 
 
-def _token_command(url: str | None) -> int:
+def _token_command(url: str | None, as_json: bool) -> int:
     if url is not None and not is_registry_service(url):
         sys.stderr.write(
             f"{PROG}: {url} is not an Artifact Registry URL (https://*.pkg.dev/...); "
@@ -3702,12 +3776,20 @@ def _token_command(url: str | None) -> int:
         )
         return 2
     try:
-        token = get_token()
+        token = lookup()
     except CredentialError as exc:
         sys.stderr.write(f"{PROG}: {exc}\n")
         return 1
-    sys.stdout.write(token + "\n")
+    if as_json:
+        expiry = None if token.expiry is None else _rfc3339(token.expiry)
+        sys.stdout.write(_json_text({"token": token.value, "expiry": expiry}) + "\n")
+    else:
+        sys.stdout.write(token.value + "\n")
     return 0
+
+
+def _rfc3339(when: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(when))
 
 
 def _keyring_main(argv: list, prog: str) -> int:
@@ -3742,13 +3824,12 @@ def _plain_keyring_get(argv: list) -> tuple | None:
     """(mode, output, service, username) of a plain keyring `get SERVICE [USER]`.
 
     The forms pip and uv send (``--mode``/``--output``, spelled with a space or ``=``,
-    before or after the words), read without argparse: it costs more than the answer.
+    before, between or after the words), read without argparse: it costs more than the answer.
     None for anything else, which keyring's own parser then reads.
     """
     options = {"--mode": "password", "--output": "plain"}
     choices = {"--mode": ("password", "creds"), "--output": ("plain", "json")}
     words: list = []
-    words_ended = False  # argparse takes the words in one run; split runs go to it
     arguments = iter(argv)
     for arg in arguments:
         name, equals, value = arg.partition("=")
@@ -3758,8 +3839,7 @@ def _plain_keyring_get(argv: list) -> tuple | None:
             if value not in choices[name]:
                 return None
             options[name] = value
-            words_ended = bool(words)
-        elif arg.startswith("-") or words_ended:
+        elif arg.startswith("-"):
             return None
         else:
             words.append(arg)
@@ -3772,7 +3852,8 @@ def _plain_keyring_get(argv: list) -> tuple | None:
 def _parse_keyring_command(argv: list, prog: str) -> tuple | int:
     """keyring's command line read by argparse: the question, or an exit code."""
     parser = _keyring_parser(prog)
-    args = parser.parse_args(argv)
+    # Intermixed: `get --mode creds SERVICE` as well as `--mode creds get SERVICE`.
+    args = parser.parse_intermixed_args(argv)
     if args.verbose:
         os.environ["ARTIFACTREGISTRY_GAUTH_DEBUG"] = "1"
     if args.list_backends:
@@ -4610,8 +4691,14 @@ MAX_HELPER_REQUEST = 64 * 1024
 
 def _credential_helper_command(argv: list) -> int:
     """Bazel's credential-helper protocol: `get`, a JSON request on stdin, headers on stdout."""
+    if not argv:
+        sys.stderr.write(
+            f"{PROG} credential-helper: needs an operation: `get`, with a JSON request on "
+            'stdin ({"uri": "https://..."}), as Bazel runs it\n'
+        )
+        return 2
     if list(argv) != ["get"]:
-        shown = " ".join(argv)[:80] or "nothing"
+        shown = " ".join(argv)[:80]
         sys.stderr.write(
             f"{PROG} credential-helper: unknown command {shown!r}: Bazel's protocol has `get`\n"
         )
@@ -4656,7 +4743,7 @@ def _helper_response(token: Token, now: float) -> dict:
     response: dict = {"headers": {"Authorization": [f"Basic {basic}"]}}
     if token.expiry is not None:
         refresh = max(token.expiry - MIN_TOKEN_LIFE, now)
-        response["expires"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(refresh))
+        response["expires"] = _rfc3339(refresh)
     return response
 
 

@@ -705,7 +705,7 @@ def test_credential_helper_refuses_a_bad_request_in_one_line(capsys, held_token,
     assert err.count("\n") == 1
 
 
-@pytest.mark.parametrize("argv", [[], ["store"], ["erase"], ["get", "extra"]])
+@pytest.mark.parametrize("argv", [["store"], ["erase"], ["get", "extra"]])
 def test_credential_helper_refuses_other_commands(capsys, held_token, argv):
     code, out, err = cli(capsys, "credential-helper", *argv, stdin=b'{"uri": "x"}')
     assert (code, out) == (2, "")
@@ -867,3 +867,104 @@ def test_doctor_marks_fall_back_to_ascii_when_stdout_cannot_encode_them(monkeypa
     text = raw.getvalue().decode("ascii")
     assert "  + GOOGLE_OAUTH_ACCESS_TOKEN: answered: " in text
     assert "\\u2714" not in text  # a mark is a mark, not an escape
+
+
+# --- the command line: options where the usage puts them ----------------------------------------
+
+CREDS = {"username": "oauth2accesstoken", "password": TOKEN}
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["get", "--mode", "creds", "--output", "json", INDEX],
+        ["get", "--mode=creds", INDEX, "--output=json"],
+        ["--mode", "creds", "get", "--output", "json", INDEX],
+        ["get", INDEX, "--mode", "creds", "--output", "json"],
+    ],
+    ids=" ".join,
+)
+def test_get_takes_its_options_before_or_after_the_command_word(capsys, held_token, argv):
+    code, out, err = cli(capsys, *argv)
+    assert (code, err) == (0, "")
+    assert json.loads(out) == CREDS
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["token", "-v"],
+        ["-v", "token"],
+        ["token", "--verbose", "--url", INDEX],
+        ["doctor", "-v", "--json"],
+        ["print-settings", "-v", "--location", "us", "--project", "p", "--repository", "r"],
+        ["netrc", "-v", HOST],
+        ["-v", "get", "--mode", "creds", "--output", "json", INDEX],
+        ["get", "-v", INDEX, "oauth2accesstoken"],
+    ],
+    ids=" ".join,
+)
+def test_verbose_is_taken_before_or_after_the_command_word(held_token, argv):
+    result = run_cli(*argv)
+    assert result.returncode == 0, result.stderr
+    assert "unrecognized arguments" not in result.stderr
+
+
+def test_token_verbose_tells_the_story_on_stderr(held_token):
+    result = run_cli("token", "-v")
+    assert (result.returncode, result.stdout) == (0, TOKEN + "\n")
+    assert "artifactregistry-gauth: " in result.stderr
+
+
+def test_a_debug_line_carries_the_program_name_once(tmp_path):
+    code = (
+        "import artifactregistry_gauth as m\n"
+        f"print(m.GooglePyPIAuth().get_password({INDEX!r}, 'oauth2accesstoken'))\n"
+    )
+    env = {**os.environ, "ARTIFACTREGISTRY_GAUTH_DEBUG": "1"}
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT, timeout=60
+    )
+    assert result.stdout == "None\n"
+    assert "no Google credentials found" in result.stderr
+    assert "artifactregistry-gauth: artifactregistry-gauth:" not in result.stderr
+    lines = result.stderr.splitlines()
+    assert lines and all(line.startswith("artifactregistry-gauth: ") for line in lines)
+
+
+def test_credential_helper_without_an_operation_says_bazel_sends_get(capsys, held_token):
+    code, out, err = cli(capsys, "credential-helper")
+    assert (code, out) == (2, "")
+    assert "nothing" not in err
+    assert "needs an operation" in err and "`get`" in err
+    assert err.count("\n") == 1
+
+
+@pytest.mark.parametrize("command", sorted(gauth.SUBCOMMANDS))
+def test_every_subcommand_help_describes_it_and_its_exit_codes(command):
+    result = run_cli(command, "--help")
+    assert result.returncode == 0, result.stderr
+    usage, _, rest = result.stdout.partition("\n\n")
+    assert usage.startswith("usage: artifactregistry-gauth ") and f" {command}" in usage
+    description = rest.split("\n\n", 1)[0]
+    assert description and not description.startswith(("positional", "options"))
+    assert "exit status:" in result.stdout
+    assert "  0 " in result.stdout
+
+
+def test_token_json_prints_the_token_and_its_expiry(capsys, sa_env, fake_google):
+    code, out, err = cli(capsys, "token", "--json")
+    assert (code, err) == (0, "")
+    answer = json.loads(out)
+    assert sorted(answer) == ["expiry", "token"]
+    assert fake_google.is_live(answer["token"])
+    import datetime
+
+    expiry = datetime.datetime.strptime(answer["expiry"], "%Y-%m-%dT%H:%M:%SZ")
+    left = expiry.replace(tzinfo=datetime.timezone.utc).timestamp() - time_now()
+    assert 3000 < left <= 3600
+
+
+def test_token_json_gives_a_null_expiry_when_it_is_unknown(capsys, held_token):
+    code, out, err = cli(capsys, "token", "--json")
+    assert (code, json.loads(out), err) == (0, {"token": TOKEN, "expiry": None}, "")
