@@ -3632,16 +3632,50 @@ def _add_doctor(commands) -> None:
 
 
 def _add_print_settings(commands) -> None:
+    tools = "\n".join(f"  {name:<15} {what}" for name, (what, _) in SETTINGS.items())
     settings = _add_command(
-        commands, "print-settings", "print pip, twine, uv, poetry and tox settings for a repository"
+        commands,
+        "print-settings",
+        "print pip, uv, twine, poetry, pdm, hatch, tox, pipenv and pipx settings",
+        "Print the settings each tool needs for one Artifact Registry repository, offline:\n"
+        "a whole file or command list per tool, to paste as it is. --tool picks one:\n" + tools,
     )
-    settings.add_argument("--location", required=True, help="e.g. us, europe-west1")
-    settings.add_argument("--project", required=True, help="Google Cloud project id")
-    settings.add_argument("--repository", required=True, help="Artifact Registry repository")
     settings.add_argument(
-        "--tool", choices=("pip", "twine", "uv", "poetry", "tox", "all"), default="all"
+        "--location", required=True, type=_settings_name("location"), help="e.g. us, europe-west1"
+    )
+    settings.add_argument(
+        "--project", required=True, type=_settings_name("project"), help="Google Cloud project id"
+    )
+    settings.add_argument(
+        "--repository",
+        required=True,
+        type=_settings_name("repository"),
+        help="Artifact Registry repository id",
+    )
+    settings.add_argument(
+        "--tool",
+        choices=SETTINGS_TOOLS,
+        default="all",
+        metavar="TOOL",
+        help="one of " + ", ".join(SETTINGS_TOOLS) + " (default: all, one after another)",
     )
     settings.set_defaults(run=_print_settings_command)
+
+
+def _settings_name(what: str):
+    """An argparse type that takes only an Artifact Registry name of this kind."""
+    import argparse
+    import re
+
+    def checked(value: str) -> str:
+        if not re.fullmatch(_SETTINGS_NAMES[what], value):
+            raise argparse.ArgumentTypeError(
+                f"not an Artifact Registry {what} id (lower-case letters, digits, hyphens)"
+            )
+        return value
+
+    checked.__name__ = what
+    return checked
 
 
 def _print_settings_command(args) -> int:
@@ -3874,69 +3908,230 @@ def _parse_keyring_command(argv: list, prog: str) -> tuple | int:
 # --- print-settings -----------------------------------------------------------------------
 
 
-def print_settings(location: str, project: str, repository: str, tool: str = "all") -> str:
-    """Configuration snippets for one repository, offline (no API call)."""
-    host = f"{location}-python.pkg.dev"
-    upload = f"https://{host}/{project}/{repository}/"
-    index = f"{upload}simple/"
-    user_index = f"https://{USERNAME}@{host}/{project}/{repository}/simple/"
-    name = repository.upper().replace("-", "_").replace(".", "_")
-    snippets = {
-        "pip": f"""\
-# pip: pip.conf (`pip config edit`), with keyring and artifactregistry-gauth installed
-# beside pip (--keyring-provider import, pip's default when keyring is importable).
+# Each tool's settings for one repository, as a file or a command list to paste whole:
+# `print-settings` prints them and docs/tools.md shows them (a test keeps the two equal, and
+# runs each through its tool). Placeholders: {index}, {user_index} (with the username),
+# {upload}, {repository}, {user}; {{ }} are literal braces.
+_ONLY_INDEX = """\
+# Make {repository} the only index, a virtual repository with PyPI as its upstream: with an
+# extra index beside PyPI, a package on PyPI with a private package's name and a higher
+# version wins (dependency confusion).
+"""
+_KEYRING_ON_PATH = """\
+# It runs the `keyring` on PATH: keyring 25.2.1+ with artifactregistry-gauth injected
+# (pipx install keyring; pipx inject keyring /path/to/artifactregistry-gauth, a clone,
+# until it is on PyPI), or a link named keyring to the artifactregistry-gauth command.
+"""
+SETTINGS = {
+    "pip": (
+        "pip.conf, keyring imported by pip",
+        """\
+# pip.conf (pip config edit --user, or PIP_CONFIG_FILE): pip imports keyring, with
+# artifactregistry-gauth installed beside pip.
+"""
+        + _ONLY_INDEX
+        + """\
 [global]
-extra-index-url = {index}
-
-# For pip's subprocess provider (keyring installed with pipx), the URL must carry the
-# username, and pip needs --keyring-provider subprocess:
-[global]
-keyring-provider = subprocess
-extra-index-url = {user_index}
+index-url = {index}
+keyring-provider = import
 """,
-        "twine": f"""\
-# twine: ~/.pypirc; keyring supplies the username and the password.
+    ),
+    "pip-subprocess": (
+        "pip.conf, keyring run by pip",
+        """\
+# pip.conf (pip config edit --user, or PIP_CONFIG_FILE) for pip's subprocess provider.
+"""
+        + _KEYRING_ON_PATH
+        + """\
+# The username in the URL lets pip before 26.2 ask keyring too.
+"""
+        + _ONLY_INDEX
+        + """\
+[global]
+index-url = {user_index}
+keyring-provider = subprocess
+""",
+    ),
+    "uv": (
+        "uv.toml",
+        """\
+# uv.toml (~/.config/uv/uv.toml, or beside pyproject.toml). uv asks keyring with
+# authenticate = "always" (or a username) and keyring-provider = "subprocess".
+"""
+        + _KEYRING_ON_PATH
+        + _ONLY_INDEX
+        + """\
+# In a project, pin the private packages instead: see print-settings --tool uv-pyproject.
+# Publish: uv publish --index {repository} --username {user}
+keyring-provider = "subprocess"
+
+[[index]]
+name = "{repository}"
+url = "{index}"
+publish-url = "{upload}"
+default = true
+authenticate = "always"
+""",
+    ),
+    "uv-pyproject": (
+        "pyproject.toml for uv",
+        """\
+# pyproject.toml, added to your project's. uv asks keyring with authenticate = "always".
+"""
+        + _KEYRING_ON_PATH
+        + """\
+# explicit = true: only the packages named in [tool.uv.sources] come from {repository},
+# and PyPI can never serve a package in their place (no dependency confusion).
+# Publish: uv publish --index {repository} --username {user}
+[tool.uv]
+keyring-provider = "subprocess"
+
+[[tool.uv.index]]
+name = "{repository}"
+url = "{index}"
+publish-url = "{upload}"
+explicit = true
+authenticate = "always"
+
+[tool.uv.sources]
+# one line for each private package:
+# mypackage = {{ index = "{repository}" }}
+""",
+    ),
+    "twine": (
+        "~/.pypirc",
+        """\
+# ~/.pypirc: twine upload -r {repository} dist/*. twine asks keyring for the password, with
+# artifactregistry-gauth installed beside twine (pipx inject twine
+# /path/to/artifactregistry-gauth, a clone, until it is on PyPI).
 [distutils]
 index-servers =
     {repository}
 
 [{repository}]
 repository = {upload}
-username = {USERNAME}
+username = {user}
 """,
-        "uv": f"""\
-# uv: pyproject.toml (or uv.toml without the tool.uv prefix)
-[[tool.uv.index]]
+    ),
+    "poetry": (
+        "poetry commands",
+        """\
+# poetry, in your project. artifactregistry-gauth goes into poetry's own environment:
+# poetry self add /path/to/artifactregistry-gauth (a clone, until it is on PyPI).
+# No http-basic setting: poetry asks keyring for the source's URL, and the backend
+# answers the username and the token (`poetry config http-basic.{repository} {user}`
+# without a password would make poetry prompt for one).
+# --priority=primary replaces PyPI: make {repository} a virtual repository with PyPI as its
+# upstream, or add it with --priority=explicit and name it in each private dependency.
+poetry source add --priority=primary {repository} {index}
+poetry config repositories.{repository} {upload}
+# Then: poetry install; poetry publish --repository {repository}
+""",
+    ),
+    "pdm": (
+        "pyproject.toml for pdm",
+        """\
+# pyproject.toml, added to your project's. pdm asks keyring, with keyring and
+# artifactregistry-gauth in pdm's own environment (pdm self add keyring
+# /path/to/artifactregistry-gauth, a clone, until it is on PyPI).
+# pdm keeps PyPI beside this source: to avoid dependency confusion, list your private
+# packages in include_packages = ["mypackage"], or name the source "pypi" to replace PyPI
+# (a virtual repository with PyPI as its upstream).
+# Publish: pdm publish -r {upload} -u {user}
+[[tool.pdm.source]]
 name = "{repository}"
 url = "{index}"
-publish-url = "{upload}"
-
-# uv asks keyring only when it knows the username, which must be {USERNAME}:
-export UV_KEYRING_PROVIDER=subprocess
-export UV_INDEX_{name}_USERNAME={USERNAME}
-# publishing: uv publish --index {repository} --username {USERNAME} --keyring-provider subprocess
-# without keyring: export UV_INDEX_{name}_PASSWORD="$(artifactregistry-gauth token)"
 """,
-        "poetry": f"""\
-# poetry: install the backend where poetry runs, then add the source.
-poetry self add artifactregistry-gauth
-poetry source add --priority=supplemental {repository} {index}
-poetry config repositories.{repository} {upload}
-poetry config http-basic.{repository} {USERNAME}   # username only; keyring gives the token
-poetry publish --repository {repository}
+    ),
+    "hatch": (
+        "hatch config.toml",
+        """\
+# hatch's config.toml (hatch config find): hatch publish -r {repository}. hatch asks
+# keyring for the password, with artifactregistry-gauth beside hatch (pipx inject hatch
+# /path/to/artifactregistry-gauth, a clone, until it is on PyPI).
+[publish.index.repos.{repository}]
+url = "{upload}"
+user = "{user}"
 """,
-        "tox": f"""\
-# tox: tox.ini; tox installs the backend into its own environment first.
-[tox]
-requires = artifactregistry-gauth
-
+    ),
+    "tox": (
+        "tox.ini",
+        """\
+# tox.ini: pip in each test environment uses its subprocess provider.
+"""
+        + _KEYRING_ON_PATH
+        + """\
+# Once artifactregistry-gauth is on PyPI, tox can provision it: requires = artifactregistry-gauth
+"""
+        + _ONLY_INDEX
+        + """\
 [testenv]
-setenv =
-    PIP_EXTRA_INDEX_URL = {index}
+set_env =
+    PIP_INDEX_URL = {user_index}
+    PIP_KEYRING_PROVIDER = subprocess
+pass_env = GOOGLE_APPLICATION_CREDENTIALS
 """,
+    ),
+    "pipenv": (
+        "Pipfile",
+        """\
+# Pipfile: pipenv runs its own pip, whose subprocess provider needs
+# export PIP_KEYRING_PROVIDER=subprocess
+"""
+        + _KEYRING_ON_PATH
+        + _ONLY_INDEX
+        + """\
+[[source]]
+name = "{repository}"
+url = "{index}"
+verify_ssl = true
+
+[packages]
+# mypackage = "*"
+""",
+    ),
+    "pipx": (
+        "pipx commands",
+        """\
+# pipx runs pip with its subprocess provider.
+"""
+        + _KEYRING_ON_PATH
+        + """\
+# {repository} must serve pip too (pipx installs it from the index): a virtual repository
+# with PyPI as its upstream. The username in the URL serves the older pip pipx runs first.
+export PIP_INDEX_URL={user_index}
+# Then: pipx install mypackage
+""",
+    ),
+}
+SETTINGS_TOOLS = (*SETTINGS, "all")
+# Artifact Registry's names: a location, a project id (optionally domain-scoped) and a
+# repository id; anything else would be pasted into a configuration file as it is.
+_SETTINGS_NAMES = {
+    "location": r"[a-z][a-z0-9-]{0,62}",
+    "project": r"([a-z][a-z0-9.-]{0,62}:)?[a-z]([a-z0-9-]{0,61}[a-z0-9])?",
+    "repository": r"[a-z]([a-z0-9-]{0,61}[a-z0-9])?",
+}
+
+
+def print_settings(location: str, project: str, repository: str, tool: str = "all") -> str:
+    """Configuration for one repository, offline (no API call): one tool's, or every tool's."""
+    host = f"{location}-python.pkg.dev"
+    upload = f"https://{host}/{project}/{repository}/"
+    values = {
+        "index": f"{upload}simple/",
+        "user_index": f"https://{USERNAME}@{host}/{project}/{repository}/simple/",
+        "upload": upload,
+        "repository": repository,
+        "user": USERNAME,
     }
-    chosen = snippets if tool == "all" else {tool: snippets[tool]}
-    return "\n".join(chosen.values())
+    if tool != "all":
+        return SETTINGS[tool][1].format(**values)
+    # One file after another, each under a line that says which it is.
+    return "\n".join(
+        f"# ===== {name}: {what} =====\n" + text.format(**values)
+        for name, (what, text) in SETTINGS.items()
+    )
 
 
 # --- doctor -------------------------------------------------------------------------------
