@@ -3618,7 +3618,11 @@ def _parser(command: str | None = None):
 EXIT_STATUS = {
     "token": ("the token is printed", "no credentials", "a usage error, or --url is not ours"),
     "get": ("answered", "not ours to answer, or no credentials", "a usage error"),
-    "doctor": ("a token", "no token", "a usage error"),
+    "doctor": (
+        "a token, and nothing found that will make a configured tool fail",
+        "no token, or a setting that will make a tool fail (its fix is printed)",
+        "a usage error",
+    ),
     "print-settings": ("printed", "", "a usage error"),
     "netrc": ("written", "no credentials, or the file cannot be written", "a bad host or usage"),
     "credential-helper": (
@@ -4211,7 +4215,7 @@ def _doctor_command(as_json: bool) -> int:
         sys.stdout.write(json.dumps(report, indent=2) + "\n")
     else:
         _write_out(_format_report(report))
-    return 0 if report["token"]["ok"] else 1
+    return 0 if report["token"]["ok"] and not report["problems"] else 1
 
 
 def diagnose() -> dict:
@@ -4248,7 +4252,17 @@ def diagnose() -> dict:
         "index_urls": _index_url_report(),
     }
     report["warnings"] = _warnings(report)
+    report["problems"] = _problems(report)
     return report
+
+
+def _problems(report: dict) -> list:
+    """What will make a configured tool fail, each with its fix: doctor then exits 1."""
+    return [
+        f"{entry['url']} ({entry['where']}): {entry['verdict']}"
+        for entry in report["index_urls"]
+        if entry.get("fails")
+    ]
 
 
 def _cache_report() -> dict:
@@ -4381,6 +4395,15 @@ def _warnings(report: dict) -> list:
             f"of {pip}, whose subprocess provider skips it: install it elsewhere on PATH "
             "(pipx install keyring && pipx inject keyring artifactregistry-gauth)"
         )
+    for entry in report["index_urls"]:
+        if entry.get("extra_index"):
+            found.append(
+                f"{entry['url']} ({entry['where']}) is an extra index beside PyPI: a package on "
+                "PyPI with a private package's name and a higher version wins (dependency "
+                "confusion); make the repository a virtual repository with PyPI as its upstream "
+                "and use it as the index-url, or with uv pin private packages to an index with "
+                "explicit = true and [tool.uv.sources]"
+            )
     if _pip_setting("no-input", "") and _pip_setting("keyring-provider", "auto") == "auto":
         found.append(
             "pip's no-input (PIP_NO_INPUT or pip.conf) with the default keyring provider "
@@ -4515,16 +4538,27 @@ def _configured_urls():
     """(URL, where, tool, settings of its section, key) for every URL in the configuration."""
     for name, tool, user_variable in _URL_VARIABLES:
         value = os.environ.get(name, "")[:MAX_CONFIG_BYTES]
-        settings = {"username": os.environ.get(user_variable, "")} if user_variable else {}
+        settings = {}
+        if user_variable:
+            settings = {"username": os.environ.get(user_variable, ""), "variable": user_variable}
         for url in _urls_in(value):
             yield url, f"${name}", tool, settings, name.lower()
     for path, tool in _config_files():
         text = _read_config(path)
         if text is None:
             continue
-        for section in _config_sections(text):
+        sections = _config_sections(text)
+        # uv's keyring-provider sits at the top of uv.toml, or in [tool.uv] of pyproject.toml.
+        provider = [
+            section["settings"]["keyring-provider"]
+            for section in sections
+            if section["name"] in ("", "tool.uv") and "keyring-provider" in section["settings"]
+        ]
+        for section in sections:
             section_tool = _section_tool(tool, section["name"])
             settings = dict(section["settings"], section=section["name"])
+            if provider:
+                settings["uv keyring-provider"] = provider[-1]
             for key, url in section["urls"]:
                 yield url, path, section_tool, settings, key
 
@@ -4580,7 +4614,16 @@ def _config_files() -> list:
 def _judge_url(parts, url: str, where: str, tool: str, settings: dict, key: str) -> dict:
     """What the tool reading this Artifact Registry URL will do with it."""
     ok, verdict = _url_verdict(parts, url, tool, settings, key)
-    return {"url": _masked(parts), "where": where, "tool": tool, "ok": ok, "verdict": verdict}
+    return {
+        "url": _masked(parts),
+        "where": where,
+        "tool": tool,
+        "ok": ok,
+        "verdict": verdict,
+        # The tool will send this username and fail: doctor exits 1.
+        "fails": not ok and _USERNAME_FIX in verdict,
+        "extra_index": key.replace("_", "-").endswith("extra-index-url"),
+    }
 
 
 def _url_verdict(parts, url: str, tool: str, settings: dict, key: str) -> tuple:
@@ -4594,8 +4637,12 @@ def _url_verdict(parts, url: str, tool: str, settings: dict, key: str) -> tuple:
             "artifactregistry-gauth never answers for this URL: use https:// and a plain host "
             "(no backslash, percent sign, space or password in it)"
         )
-    if user not in (None, USERNAME) or configured_user not in ("", USERNAME):
-        return False, _wrong_username(user or configured_user)
+    if user not in (None, USERNAME):
+        hostport = parts.netloc.rpartition("@")[2]
+        fixed = _masked(parts._replace(netloc=f"{USERNAME}@{hostport}"))
+        return False, _wrong_username(user, f"write {fixed} instead")
+    if configured_user not in ("", USERNAME):
+        return False, _wrong_username(configured_user, _username_setting_fix(settings))
     if tool == "twine" and "password" in settings:
         return False, "a password is stored beside it: keyring is never asked"
     if tool == "uv":
@@ -4603,9 +4650,17 @@ def _url_verdict(parts, url: str, tool: str, settings: dict, key: str) -> tuple:
     return True, _tool_verdict(tool, user or configured_user)
 
 
-def _wrong_username(user: str) -> str:
+def _wrong_username(user: str, fix: str) -> str:
     named = "__token__ (PyPI's)" if user == "__token__" else "not " + USERNAME
-    return f"the username is {named}: {_USERNAME_FIX}"
+    return f"the username is {named}: {_USERNAME_FIX}; {fix}"
+
+
+def _username_setting_fix(settings: dict) -> str:
+    """Where to write the right username: the variable, or the file's own key."""
+    if settings.get("variable"):
+        return f"set {settings['variable']}={USERNAME}"
+    key = "username" if settings.get("username") else "user"
+    return f"set {key} to {USERNAME}"
 
 
 def _judge_uv_index(user: str | None, settings: dict, key: str) -> tuple:
@@ -4617,19 +4672,28 @@ def _judge_uv_index(user: str | None, settings: dict, key: str) -> tuple:
     variable += "_USERNAME"
     env_user = os.environ.get(variable, "") if name else ""
     if env_user not in ("", USERNAME):
-        return False, f"${variable}: {_wrong_username(env_user)}"
+        return False, f"${variable}: {_wrong_username(env_user, f'set {variable}={USERNAME}')}"
+    provider = _uv_provider_advice(settings)
     if user == USERNAME or env_user == USERNAME:
-        return True, "uv asks keyring with UV_KEYRING_PROVIDER=subprocess (it knows the username)"
+        return True, f"uv asks keyring (it knows the username){provider}"
     if settings.get("authenticate") == "always":
         return True, (
             'uv asks keyring without a username (authenticate = "always"): needs '
-            "keyring >= 25.2.1 or the keyring link, and UV_KEYRING_PROVIDER=subprocess"
+            f"keyring >= 25.2.1 or the keyring link{provider}"
         )
     hint = f"set {variable}={USERNAME}, or " if name else ""
     return False, (
         f'uv will not ask keyring: {hint}add authenticate = "always" to the index, or put '
-        f"{USERNAME}@ in the URL; and set UV_KEYRING_PROVIDER=subprocess"
+        f"{USERNAME}@ in the URL{provider}"
     )
+
+
+def _uv_provider_advice(settings: dict) -> str:
+    """The keyring-provider advice uv needs, or nothing when it is already set."""
+    provider = os.environ.get("UV_KEYRING_PROVIDER") or settings.get("uv keyring-provider")
+    if (provider or "").strip().lower() == "subprocess":
+        return ""
+    return '; and set UV_KEYRING_PROVIDER=subprocess (or keyring-provider = "subprocess")'
 
 
 def _tool_verdict(tool: str, user: str | None) -> str:
@@ -4643,10 +4707,21 @@ def _tool_verdict(tool: str, user: str | None) -> str:
         return "found in pyproject.toml"
     if user == USERNAME:
         return "pip asks keyring (import or subprocess provider)"
+    version = _distribution_version("pip")
+    if version and _version_tuple(version) >= (26, 2):
+        return f"pip {version} asks keyring (import provider, or subprocess with keyring 25.2.1+)"
+    which = f"pip {version} here" if version else "pip before 26.2"
     return (
-        "pip asks keyring with --keyring-provider import (or auto); for subprocess mode "
-        f"before pip 26.2 put {USERNAME}@ in the URL"
+        "pip asks keyring with --keyring-provider import (or auto); for its subprocess "
+        f"provider, {which} needs {USERNAME}@ in the URL"
     )
+
+
+def _version_tuple(version: str) -> tuple:
+    """(26, 2) from "26.2.1" or "26.2rc1": the numbers a comparison needs."""
+    import re
+
+    return tuple(int(part) for part in re.findall(r"\d+", version)[:2])
 
 
 _REPORT_MARKS = {"answered": "✔", "failed": "✘", "skipped": "-", "not consulted": " "}
@@ -4659,7 +4734,7 @@ def _format_report(report: dict) -> str:
     for step in report["sources"]:
         mark = marks.get(step["status"], "?")
         lines.append(f"  {mark} {step['source']}: {step['status']}: {step['detail']}")
-        if step.get("how"):
+        if step.get("how") and step["source"] != "GOOGLE_OAUTH_ACCESS_TOKEN":  # given, not fetched
             lines[-1] += f" ({'from the cache' if step['how'] == 'cache' else 'fetched now'})"
     token = report["token"]
     if token["ok"]:
@@ -4675,7 +4750,7 @@ def _format_report(report: dict) -> str:
         + (f" in {cache['directory']}" if cache.get("directory") else ""),
     ]
     if "entries" in cache:
-        lines[-1] += f" ({cache['entries']} tokens)"
+        lines[-1] += f" ({cache['entries']} token{'' if cache['entries'] == 1 else 's'})"
     ring = report["keyring"]
     lines += ["", "keyring:"]
     if not ring["importable"]:
@@ -4704,6 +4779,8 @@ def _format_report(report: dict) -> str:
         )
     if report["warnings"]:
         lines += ["", "Warnings:"] + [f"  ! {warning}" for warning in report["warnings"]]
+    if report["problems"]:
+        lines += ["", "Will fail:"] + [f"  {marks['failed']} {p}" for p in report["problems"]]
     return "\n".join(lines) + "\n"
 
 

@@ -289,6 +289,34 @@ def test_doctor_says_the_username_must_be_oauth2accesstoken(
         assert "__token__ (PyPI's)" in entry["verdict"]
 
 
+FIXES = {  # what doctor tells each case to write instead of __token__
+    "pip.conf URL": f"write https://oauth2accesstoken@{HOST}/p/r/simple/ instead",
+    ".pypirc": "set username to oauth2accesstoken",
+    "hatch": "set user to oauth2accesstoken",
+    "pdm": "set username to oauth2accesstoken",
+    "uv publish": "set UV_PUBLISH_USERNAME=oauth2accesstoken",
+    "twine env": "set TWINE_USERNAME=oauth2accesstoken",
+    "uv index env": "set UV_INDEX_GAR_USERNAME=oauth2accesstoken",
+}
+
+
+@pytest.mark.parametrize(
+    ("case", "relative", "text", "env"), USERNAME_CASES, ids=[c[0] for c in USERNAME_CASES]
+)
+def test_doctor_exits_1_and_names_the_replacement_for_a_token_username(
+    monkeypatch, capsys, case, relative, text, env
+):
+    if relative:
+        write_file(relative, text.format(user="__token__"))
+    for name, value in env.items():
+        monkeypatch.setenv(name, value.format(user="__token__"))
+    monkeypatch.setenv("GOOGLE_OAUTH_ACCESS_TOKEN", "ya29.doctor-fix")
+    code, out, _ = cli(capsys, "doctor")
+    assert code == 1
+    problems = out.split("\nWill fail:\n", 1)[1]
+    assert FIXES[case] in problems
+
+
 UV_INDEX_CASES = [
     ("no username, no authenticate", f'[[index]]\nname = "gar"\nurl = "{INDEX}"\n', {}, False),
     (
@@ -957,3 +985,72 @@ def test_token_json_prints_the_token_and_its_expiry(capsys, sa_env, fake_google)
 def test_token_json_gives_a_null_expiry_when_it_is_unknown(capsys, held_token):
     code, out, err = cli(capsys, "token", "--json")
     assert (code, json.loads(out), err) == (0, {"token": TOKEN, "expiry": None}, "")
+
+
+# --- doctor: advice that fits what is there -----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "where",
+    [("uv.toml", 'keyring-provider = "subprocess"\n\n'), ("env", "")],
+    ids=["uv.toml", "UV_KEYRING_PROVIDER"],
+)
+def test_doctor_never_advises_the_uv_keyring_provider_already_set(monkeypatch, where):
+    kind, head = where
+    if kind == "env":
+        monkeypatch.setenv("UV_KEYRING_PROVIDER", "subprocess")
+    write_file(
+        ".config/uv/uv.toml",
+        head + f'[[index]]\nname = "gar"\nurl = "{INDEX}"\nauthenticate = "always"\n',
+    )
+    (entry,) = gauth._index_url_report()
+    assert entry["ok"] and "UV_KEYRING_PROVIDER" not in entry["verdict"], entry
+
+
+def test_doctor_advises_the_uv_keyring_provider_when_it_is_not_set():
+    write_file(".config/uv/uv.toml", f'[[index]]\nname = "gar"\nurl = "{INDEX}"\n')
+    (entry,) = gauth._index_url_report()
+    assert "set UV_KEYRING_PROVIDER=subprocess" in entry["verdict"]
+
+
+def test_doctor_names_the_pip_it_is_talking_to(monkeypatch):
+    from importlib import metadata
+
+    monkeypatch.setenv("PIP_INDEX_URL", INDEX)
+    (entry,) = gauth._index_url_report()
+    version = metadata.version("pip")
+    assert f"pip {version}" in entry["verdict"]
+    assert "before pip 26.2" not in entry["verdict"]
+
+
+@pytest.mark.parametrize(
+    ("variable", "pip_conf"),
+    [("PIP_EXTRA_INDEX_URL", None), (None, f"[global]\nextra-index-url = {INDEX}\n")],
+    ids=["variable", "pip.conf"],
+)
+def test_doctor_warns_that_an_extra_index_invites_dependency_confusion(
+    monkeypatch, variable, pip_conf
+):
+    if variable:
+        monkeypatch.setenv(variable, INDEX)
+    else:
+        write_pip_conf(pip_conf)
+    (warning,) = warnings_about("dependency confusion")
+    assert "virtual repository" in warning and "explicit = true" in warning
+
+
+def test_doctor_gives_no_dependency_confusion_warning_for_an_index_url(monkeypatch):
+    monkeypatch.setenv("PIP_INDEX_URL", INDEX)
+    assert warnings_about("dependency confusion") == []
+
+
+def test_doctor_counts_one_cached_token_in_the_singular(capsys, sa_env, fake_google):
+    assert cli(capsys, "token")[0] == 0
+    _, out, _ = cli(capsys, "doctor")
+    assert "(1 token)" in out and "(1 tokens)" not in out
+
+
+def test_doctor_says_a_token_in_the_environment_was_given_not_fetched(capsys, held_token):
+    _, out, _ = cli(capsys, "doctor")
+    (line,) = [line for line in out.splitlines() if "GOOGLE_OAUTH_ACCESS_TOKEN: answered" in line]
+    assert "fetched now" not in line and "from the cache" not in line
