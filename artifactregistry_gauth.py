@@ -3098,7 +3098,7 @@ def _logger():
     logger = logging.getLogger(_LOGGER_NAME)
     if _debug_env() and not any(getattr(h, "_gauth", False) for h in logger.handlers):
         handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("artifactregistry-gauth: %(message)s"))
+        handler.setFormatter(logging.Formatter("%(message)s"))  # each message names us
         handler._gauth = True
         logger.addHandler(handler)
         logger.setLevel(logging.DEBUG)
@@ -3108,7 +3108,7 @@ def _logger():
 
 def _debug(msg: str, *args: object) -> None:
     if _debug_enabled():
-        _logger().debug(msg, *args)
+        _logger().debug("artifactregistry-gauth: " + msg, *args)
 
 
 # --- local files: bounded reads, private writes -------------------------------------------
@@ -4270,49 +4270,147 @@ def _parser(command: str | None = None):
     return parser
 
 
+# What each command's exit status means, for its --help.
+EXIT_STATUS = {
+    "token": ("the token is printed", "no credentials", "a usage error, or --url is not ours"),
+    "get": ("answered", "not ours to answer, or no credentials", "a usage error"),
+    "doctor": (
+        "a token, and nothing found that will make a configured tool fail",
+        "no token, or a setting that will make a tool fail (its fix is printed)",
+        "a usage error",
+    ),
+    "print-settings": ("printed", "", "a usage error"),
+    "netrc": ("written", "no credentials, or the file cannot be written", "a bad host or usage"),
+    "credential-helper": (
+        "answered (an empty {} for a URI that is not ours)",
+        "no credentials",
+        "a bad request or usage",
+    ),
+}
+
+
+def _exit_status(command: str) -> str:
+    """The epilog of a command's --help: what each exit code means."""
+    meanings = EXIT_STATUS[command]
+    return "exit status:\n" + "".join(
+        f"  {code}  {meaning}\n" for code, meaning in enumerate(meanings) if meaning
+    )
+
+
+def _add_command(commands, name: str, summary: str, description: str = "", **kwargs):
+    """A subcommand's parser: --help says what it does and what its exits mean, and it takes
+    -v after its name as well as before."""
+    import argparse
+
+    parser = commands.add_parser(
+        name,
+        help=summary,
+        description=description or summary[:1].upper() + summary[1:] + ".",
+        epilog=_exit_status(name),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        **kwargs,
+    )
+    if kwargs.get("add_help", True):
+        # SUPPRESS: without -v here, the -v given before the command word stands.
+        parser.add_argument(
+            "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging"
+        )
+    return parser
+
+
 def _add_token(commands) -> None:
-    token = commands.add_parser("token", help="print an access token and nothing else")
+    token = _add_command(
+        commands,
+        "token",
+        "print an access token and nothing else",
+        "Print a live access token for Artifact Registry (from the cache while it has 15 "
+        "minutes left), for tools that take a password: "
+        'UV_INDEX_PRIVATE_PASSWORD="$(artifactregistry-gauth token)".',
+    )
     token.add_argument("--url", help="the repository URL the token is for (checked, optional)")
-    token.set_defaults(run=lambda args: _token_command(args.url))
+    token.add_argument(
+        "--json", action="store_true", help='print {"token": ..., "expiry": RFC 3339 UTC or null}'
+    )
+    token.set_defaults(run=lambda args: _token_command(args.url, args.json))
 
 
 def _add_get(commands) -> None:
     # Listed for --help only: main() hands `get` to keyring's own command line.
-    commands.add_parser(
+    _add_command(
+        commands,
         "get",
-        help="keyring-compatible: get [--mode password|creds] [--output plain|json] SERVICE [USER]",
+        "keyring-compatible: get [--mode password|creds] [--output plain|json] SERVICE [USER]",
         add_help=False,
     )
 
 
 def _add_doctor(commands) -> None:
-    doctor = commands.add_parser("doctor", help="say where this machine stands, and what to fix")
+    doctor = _add_command(
+        commands,
+        "doctor",
+        "say where this machine stands, and what to fix",
+        "Say which credentials answer, what the token cache, keyring and the `keyring` on PATH "
+        "see, and what each Artifact Registry URL in pip, uv, twine, poetry, pdm and hatch "
+        "configuration will do; print the fix for each problem.",
+    )
     doctor.add_argument("--json", action="store_true", help="machine-readable output")
     doctor.set_defaults(run=lambda args: _doctor_command(args.json))
 
 
 def _add_print_settings(commands) -> None:
-    settings = commands.add_parser(
-        "print-settings", help="print pip, twine, uv, poetry and tox settings for a repository"
+    tools = "\n".join(f"  {name:<15} {what}" for name, (what, _) in SETTINGS.items())
+    settings = _add_command(
+        commands,
+        "print-settings",
+        "print pip, uv, twine, poetry, pdm, hatch, tox, pipenv and pipx settings",
+        "Print the settings each tool needs for one Artifact Registry repository, offline:\n"
+        "a whole file or command list per tool, to paste as it is. --tool picks one:\n" + tools,
     )
-    settings.add_argument("--location", required=True, help="e.g. us, europe-west1")
-    settings.add_argument("--project", required=True, help="Google Cloud project id")
-    settings.add_argument("--repository", required=True, help="Artifact Registry repository")
     settings.add_argument(
-        "--tool", choices=("pip", "twine", "uv", "poetry", "tox", "all"), default="all"
+        "--location", required=True, type=_settings_name("location"), help="e.g. us, europe-west1"
+    )
+    settings.add_argument(
+        "--project", required=True, type=_settings_name("project"), help="Google Cloud project id"
+    )
+    settings.add_argument(
+        "--repository",
+        required=True,
+        type=_settings_name("repository"),
+        help="Artifact Registry repository id",
+    )
+    settings.add_argument(
+        "--tool",
+        choices=SETTINGS_TOOLS,
+        default="all",
+        metavar="TOOL",
+        help="one of " + ", ".join(SETTINGS_TOOLS) + " (default: all, one after another)",
     )
     settings.set_defaults(run=_print_settings_command)
 
 
+def _settings_name(what: str):
+    """An argparse type that takes only an Artifact Registry name of this kind."""
+    import argparse
+    import re
+
+    def checked(value: str) -> str:
+        if not re.fullmatch(_SETTINGS_NAMES[what], value):
+            raise argparse.ArgumentTypeError(
+                f"not an Artifact Registry {what} id (lower-case letters, digits, hyphens)"
+            )
+        return value
+
+    checked.__name__ = what
+    return checked
+
+
 def _print_settings_command(args) -> int:
-    sys.stdout.write(print_settings(args.location, args.project, args.repository, args.tool))
+    _write_out(print_settings(args.location, args.project, args.repository, args.tool))
     return 0
 
 
 def _add_netrc(commands) -> None:
-    netrc = commands.add_parser(
-        "netrc", help="netrc entries with a token, for tools without keyring"
-    )
+    netrc = _add_command(commands, "netrc", "netrc entries with a token, for tools without keyring")
     netrc.add_argument("hosts", nargs="*", metavar="HOST", help="default: the configured hosts")
     netrc.add_argument("--output", metavar="FILE", help="replace our entries in FILE (0600)")
     netrc.set_defaults(run=_netrc_command)
@@ -4321,7 +4419,13 @@ def _add_netrc(commands) -> None:
 def _add_credential_helper(commands) -> None:
     import argparse
 
-    helper = commands.add_parser("credential-helper", help="Bazel's credential helper: get")
+    helper = _add_command(
+        commands,
+        "credential-helper",
+        "Bazel's credential helper: get",
+        "Bazel's credential-helper protocol: `credential-helper get` reads "
+        '{"uri": "https://..."} on stdin and prints the Authorization header for it.',
+    )
     helper.add_argument("operation", nargs=argparse.REMAINDER, help="get (a JSON request on stdin)")
     helper.set_defaults(run=lambda args: _credential_helper_command(args.operation))
 
@@ -4343,7 +4447,15 @@ def _keyring_parser(prog: str):
     """keyring's own command line (keyring/cli.py), of which we serve `get`."""
     import argparse
 
-    parser = argparse.ArgumentParser(prog=prog)
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        usage=f"{prog} get [--mode password|creds] [--output plain|json] SERVICE [USER]\n"
+        f"       {prog} --list-backends",
+        description="keyring's `get`: print the token (--mode password, USER oauth2accesstoken)\n"
+        "or the username and the token (--mode creds) for an Artifact Registry SERVICE.",
+        epilog=_exit_status("get"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("-p", "--keyring-path", dest="keyring_path")
     parser.add_argument("-b", "--keyring-backend", dest="keyring_backend")
     parser.add_argument("--list-backends", action="store_true")
@@ -4368,7 +4480,7 @@ def main(argv: list | None = None) -> int:
         return _keyring_main(argv, PROG)
     word = _command_word(argv)
     if word == "token" and len(argv) == 1:  # the hot path: nothing for argparse to do
-        return _token_command(None)
+        return _token_command(None, False)
     args = _parser(word).parse_args(argv)
     if args.verbose:
         os.environ["ARTIFACTREGISTRY_GAUTH_DEBUG"] = "1"
@@ -4399,7 +4511,24 @@ def _first_word(argv: list) -> str | None:
     return None
 
 
-def _token_command(url: str | None) -> int:
+def _stdout_encodes(text: str) -> bool:
+    """Whether stdout can carry ``text``: a Windows console redirected to a file is cp1252,
+    and PYTHONIOENCODING=ascii or an old Python's C locale make it ASCII."""
+    try:
+        text.encode(getattr(sys.stdout, "encoding", None) or "utf-8")
+    except (UnicodeEncodeError, LookupError):
+        return False
+    return True
+
+
+def _write_out(text: str) -> None:
+    """Print ``text``; what stdout cannot encode is written as an escape, never a traceback."""
+    if not _stdout_encodes(text):
+        text = text.encode("ascii", "backslashreplace").decode("ascii")
+    sys.stdout.write(text)
+
+
+def _token_command(url: str | None, as_json: bool) -> int:
     if url is not None and not is_registry_service(url):
         sys.stderr.write(
             f"{PROG}: {_quoted_url(url)} is not an Artifact Registry URL (https://*.pkg.dev/...); "
@@ -4407,12 +4536,20 @@ def _token_command(url: str | None) -> int:
         )
         return 2
     try:
-        token = get_token()
+        token = lookup()
     except CredentialError as exc:
         sys.stderr.write(f"{PROG}: {exc}\n")
         return 1
-    sys.stdout.write(token + "\n")
+    if as_json:
+        expiry = None if token.expiry is None else _rfc3339(token.expiry)
+        sys.stdout.write(_json_text({"token": token.value, "expiry": expiry}) + "\n")
+    else:
+        sys.stdout.write(token.value + "\n")
     return 0
+
+
+def _rfc3339(when: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(when))
 
 
 def _keyring_main(argv: list, prog: str) -> int:
@@ -4447,13 +4584,12 @@ def _plain_keyring_get(argv: list) -> tuple | None:
     """(mode, output, service, username) of a plain keyring `get SERVICE [USER]`.
 
     The forms pip and uv send (``--mode``/``--output``, spelled with a space or ``=``,
-    before or after the words), read without argparse: it costs more than the answer.
+    before, between or after the words), read without argparse: it costs more than the answer.
     None for anything else, which keyring's own parser then reads.
     """
     options = {"--mode": "password", "--output": "plain"}
     choices = {"--mode": ("password", "creds"), "--output": ("plain", "json")}
     words: list = []
-    words_ended = False  # argparse takes the words in one run; split runs go to it
     arguments = iter(argv)
     for arg in arguments:
         name, equals, value = arg.partition("=")
@@ -4463,8 +4599,7 @@ def _plain_keyring_get(argv: list) -> tuple | None:
             if value not in choices[name]:
                 return None
             options[name] = value
-            words_ended = bool(words)
-        elif arg.startswith("-") or words_ended:
+        elif arg.startswith("-"):
             return None
         else:
             words.append(arg)
@@ -4477,7 +4612,8 @@ def _plain_keyring_get(argv: list) -> tuple | None:
 def _parse_keyring_command(argv: list, prog: str) -> tuple | int:
     """keyring's command line read by argparse: the question, or an exit code."""
     parser = _keyring_parser(prog)
-    args = parser.parse_args(argv)
+    # Intermixed: `get --mode creds SERVICE` as well as `--mode creds get SERVICE`.
+    args = parser.parse_intermixed_args(argv)
     if args.verbose:
         os.environ["ARTIFACTREGISTRY_GAUTH_DEBUG"] = "1"
     if args.list_backends:
@@ -4498,69 +4634,230 @@ def _parse_keyring_command(argv: list, prog: str) -> tuple | int:
 # --- print-settings -----------------------------------------------------------------------
 
 
-def print_settings(location: str, project: str, repository: str, tool: str = "all") -> str:
-    """Configuration snippets for one repository, offline (no API call)."""
-    host = f"{location}-python.pkg.dev"
-    upload = f"https://{host}/{project}/{repository}/"
-    index = f"{upload}simple/"
-    user_index = f"https://{USERNAME}@{host}/{project}/{repository}/simple/"
-    name = repository.upper().replace("-", "_").replace(".", "_")
-    snippets = {
-        "pip": f"""\
-# pip: pip.conf (`pip config edit`), with keyring and artifactregistry-gauth installed
-# beside pip (--keyring-provider import, pip's default when keyring is importable).
+# Each tool's settings for one repository, as a file or a command list to paste whole:
+# `print-settings` prints them and docs/tools.md shows them (a test keeps the two equal, and
+# runs each through its tool). Placeholders: {index}, {user_index} (with the username),
+# {upload}, {repository}, {user}; {{ }} are literal braces.
+_ONLY_INDEX = """\
+# Make {repository} the only index, a virtual repository with PyPI as its upstream: with an
+# extra index beside PyPI, a package on PyPI with a private package's name and a higher
+# version wins (dependency confusion).
+"""
+_KEYRING_ON_PATH = """\
+# It runs the `keyring` on PATH: keyring 25.2.1+ with artifactregistry-gauth injected
+# (pipx install keyring; pipx inject keyring /path/to/artifactregistry-gauth, a clone,
+# until it is on PyPI), or a link named keyring to the artifactregistry-gauth command.
+"""
+SETTINGS = {
+    "pip": (
+        "pip.conf, keyring imported by pip",
+        """\
+# pip.conf (pip config edit --user, or PIP_CONFIG_FILE): pip imports keyring, with
+# artifactregistry-gauth installed beside pip.
+"""
+        + _ONLY_INDEX
+        + """\
 [global]
-extra-index-url = {index}
-
-# For pip's subprocess provider (keyring installed with pipx), the URL must carry the
-# username, and pip needs --keyring-provider subprocess:
-[global]
-keyring-provider = subprocess
-extra-index-url = {user_index}
+index-url = {index}
+keyring-provider = import
 """,
-        "twine": f"""\
-# twine: ~/.pypirc; keyring supplies the username and the password.
+    ),
+    "pip-subprocess": (
+        "pip.conf, keyring run by pip",
+        """\
+# pip.conf (pip config edit --user, or PIP_CONFIG_FILE) for pip's subprocess provider.
+"""
+        + _KEYRING_ON_PATH
+        + """\
+# The username in the URL lets pip before 26.2 ask keyring too.
+"""
+        + _ONLY_INDEX
+        + """\
+[global]
+index-url = {user_index}
+keyring-provider = subprocess
+""",
+    ),
+    "uv": (
+        "uv.toml",
+        """\
+# uv.toml (~/.config/uv/uv.toml, or beside pyproject.toml). uv asks keyring with
+# authenticate = "always" (or a username) and keyring-provider = "subprocess".
+"""
+        + _KEYRING_ON_PATH
+        + _ONLY_INDEX
+        + """\
+# In a project, pin the private packages instead: see print-settings --tool uv-pyproject.
+# Publish: uv publish --index {repository} --username {user}
+keyring-provider = "subprocess"
+
+[[index]]
+name = "{repository}"
+url = "{index}"
+publish-url = "{upload}"
+default = true
+authenticate = "always"
+""",
+    ),
+    "uv-pyproject": (
+        "pyproject.toml for uv",
+        """\
+# pyproject.toml, added to your project's. uv asks keyring with authenticate = "always".
+"""
+        + _KEYRING_ON_PATH
+        + """\
+# explicit = true: only the packages named in [tool.uv.sources] come from {repository},
+# and PyPI can never serve a package in their place (no dependency confusion).
+# Publish: uv publish --index {repository} --username {user}
+[tool.uv]
+keyring-provider = "subprocess"
+
+[[tool.uv.index]]
+name = "{repository}"
+url = "{index}"
+publish-url = "{upload}"
+explicit = true
+authenticate = "always"
+
+[tool.uv.sources]
+# one line for each private package:
+# mypackage = {{ index = "{repository}" }}
+""",
+    ),
+    "twine": (
+        "~/.pypirc",
+        """\
+# ~/.pypirc: twine upload -r {repository} dist/*. twine asks keyring for the password, with
+# artifactregistry-gauth installed beside twine (pipx inject twine
+# /path/to/artifactregistry-gauth, a clone, until it is on PyPI).
 [distutils]
 index-servers =
     {repository}
 
 [{repository}]
 repository = {upload}
-username = {USERNAME}
+username = {user}
 """,
-        "uv": f"""\
-# uv: pyproject.toml (or uv.toml without the tool.uv prefix)
-[[tool.uv.index]]
+    ),
+    "poetry": (
+        "poetry commands",
+        """\
+# poetry, in your project. artifactregistry-gauth goes into poetry's own environment:
+# poetry self add /path/to/artifactregistry-gauth (a clone, until it is on PyPI).
+# No http-basic setting: poetry asks keyring for the source's URL, and the backend
+# answers the username and the token (`poetry config http-basic.{repository} {user}`
+# without a password would make poetry prompt for one).
+# --priority=primary replaces PyPI: make {repository} a virtual repository with PyPI as its
+# upstream, or add it with --priority=explicit and name it in each private dependency.
+poetry source add --priority=primary {repository} {index}
+poetry config repositories.{repository} {upload}
+# Then: poetry install; poetry publish --repository {repository}
+""",
+    ),
+    "pdm": (
+        "pyproject.toml for pdm",
+        """\
+# pyproject.toml, added to your project's. pdm asks keyring, with keyring and
+# artifactregistry-gauth in pdm's own environment (pdm self add keyring
+# /path/to/artifactregistry-gauth, a clone, until it is on PyPI).
+# pdm keeps PyPI beside this source: to avoid dependency confusion, list your private
+# packages in include_packages = ["mypackage"], or name the source "pypi" to replace PyPI
+# (a virtual repository with PyPI as its upstream).
+# Publish: pdm publish -r {upload} -u {user}
+[[tool.pdm.source]]
 name = "{repository}"
 url = "{index}"
-publish-url = "{upload}"
-
-# uv asks keyring only when it knows the username, which must be {USERNAME}:
-export UV_KEYRING_PROVIDER=subprocess
-export UV_INDEX_{name}_USERNAME={USERNAME}
-# publishing: uv publish --index {repository} --username {USERNAME} --keyring-provider subprocess
-# without keyring: export UV_INDEX_{name}_PASSWORD="$(artifactregistry-gauth token)"
 """,
-        "poetry": f"""\
-# poetry: install the backend where poetry runs, then add the source.
-poetry self add artifactregistry-gauth
-poetry source add --priority=supplemental {repository} {index}
-poetry config repositories.{repository} {upload}
-poetry config http-basic.{repository} {USERNAME}   # username only; keyring gives the token
-poetry publish --repository {repository}
+    ),
+    "hatch": (
+        "hatch config.toml",
+        """\
+# hatch's config.toml (hatch config find): hatch publish -r {repository}. hatch asks
+# keyring for the password, with artifactregistry-gauth beside hatch (pipx inject hatch
+# /path/to/artifactregistry-gauth, a clone, until it is on PyPI).
+[publish.index.repos.{repository}]
+url = "{upload}"
+user = "{user}"
 """,
-        "tox": f"""\
-# tox: tox.ini; tox installs the backend into its own environment first.
-[tox]
-requires = artifactregistry-gauth
-
+    ),
+    "tox": (
+        "tox.ini",
+        """\
+# tox.ini: pip in each test environment uses its subprocess provider.
+"""
+        + _KEYRING_ON_PATH
+        + """\
+# Once artifactregistry-gauth is on PyPI, tox can provision it: requires = artifactregistry-gauth
+"""
+        + _ONLY_INDEX
+        + """\
 [testenv]
-setenv =
-    PIP_EXTRA_INDEX_URL = {index}
+set_env =
+    PIP_INDEX_URL = {user_index}
+    PIP_KEYRING_PROVIDER = subprocess
+pass_env = GOOGLE_APPLICATION_CREDENTIALS
 """,
+    ),
+    "pipenv": (
+        "Pipfile",
+        """\
+# Pipfile: pipenv runs its own pip, whose subprocess provider needs
+# export PIP_KEYRING_PROVIDER=subprocess
+"""
+        + _KEYRING_ON_PATH
+        + _ONLY_INDEX
+        + """\
+[[source]]
+name = "{repository}"
+url = "{index}"
+verify_ssl = true
+
+[packages]
+# mypackage = "*"
+""",
+    ),
+    "pipx": (
+        "pipx commands",
+        """\
+# pipx runs pip with its subprocess provider.
+"""
+        + _KEYRING_ON_PATH
+        + """\
+# {repository} must serve pip too (pipx installs it from the index): a virtual repository
+# with PyPI as its upstream. The username in the URL serves the older pip pipx runs first.
+export PIP_INDEX_URL={user_index}
+# Then: pipx install mypackage
+""",
+    ),
+}
+SETTINGS_TOOLS = (*SETTINGS, "all")
+# Artifact Registry's names: a location, a project id (optionally domain-scoped) and a
+# repository id; anything else would be pasted into a configuration file as it is.
+_SETTINGS_NAMES = {
+    "location": r"[a-z][a-z0-9-]{0,62}",
+    "project": r"([a-z][a-z0-9.-]{0,62}:)?[a-z]([a-z0-9-]{0,61}[a-z0-9])?",
+    "repository": r"[a-z]([a-z0-9-]{0,61}[a-z0-9])?",
+}
+
+
+def print_settings(location: str, project: str, repository: str, tool: str = "all") -> str:
+    """Configuration for one repository, offline (no API call): one tool's, or every tool's."""
+    host = f"{location}-python.pkg.dev"
+    upload = f"https://{host}/{project}/{repository}/"
+    values = {
+        "index": f"{upload}simple/",
+        "user_index": f"https://{USERNAME}@{host}/{project}/{repository}/simple/",
+        "upload": upload,
+        "repository": repository,
+        "user": USERNAME,
     }
-    chosen = snippets if tool == "all" else {tool: snippets[tool]}
-    return "\n".join(chosen.values())
+    if tool != "all":
+        return SETTINGS[tool][1].format(**values)
+    # One file after another, each under a line that says which it is.
+    return "\n".join(
+        f"# ===== {name}: {what} =====\n" + text.format(**values)
+        for name, (what, text) in SETTINGS.items()
+    )
 
 
 # --- doctor -------------------------------------------------------------------------------
@@ -4573,8 +4870,8 @@ def _doctor_command(as_json: bool) -> int:
 
         sys.stdout.write(json.dumps(report, indent=2) + "\n")
     else:
-        sys.stdout.write(_format_report(report))
-    return 0 if report["token"]["ok"] else 1
+        _write_out(_format_report(report))
+    return 0 if report["token"]["ok"] and not report["problems"] else 1
 
 
 def diagnose() -> dict:
@@ -4612,7 +4909,17 @@ def diagnose() -> dict:
         "index_urls": _index_url_report(),
     }
     report["warnings"] = _warnings(report)
+    report["problems"] = _problems(report)
     return report
+
+
+def _problems(report: dict) -> list:
+    """What will make a configured tool fail, each with its fix: doctor then exits 1."""
+    return [
+        f"{entry['url']} ({entry['where']}): {entry['verdict']}"
+        for entry in report["index_urls"]
+        if entry.get("fails")
+    ]
 
 
 def _cache_report() -> dict:
@@ -4745,6 +5052,15 @@ def _warnings(report: dict) -> list:
             f"of {pip}, whose subprocess provider skips it: install it elsewhere on PATH "
             "(pipx install keyring && pipx inject keyring artifactregistry-gauth)"
         )
+    for entry in report["index_urls"]:
+        if entry.get("extra_index"):
+            found.append(
+                f"{entry['url']} ({entry['where']}) is an extra index beside PyPI: a package on "
+                "PyPI with a private package's name and a higher version wins (dependency "
+                "confusion); make the repository a virtual repository with PyPI as its upstream "
+                "and use it as the index-url, or with uv pin private packages to an index with "
+                "explicit = true and [tool.uv.sources]"
+            )
     if _pip_setting("no-input", "") and _pip_setting("keyring-provider", "auto") == "auto":
         found.append(
             "pip's no-input (PIP_NO_INPUT or pip.conf) with the default keyring provider "
@@ -4858,16 +5174,27 @@ def _configured_urls():
     """(URL, where, tool, settings of its section, key) for every URL in the configuration."""
     for name, tool, user_variable in _URL_VARIABLES:
         value = os.environ.get(name, "")[:MAX_CONFIG_BYTES]
-        settings = {"username": os.environ.get(user_variable, "")} if user_variable else {}
+        settings = {}
+        if user_variable:
+            settings = {"username": os.environ.get(user_variable, ""), "variable": user_variable}
         for url in _urls_in(value):
             yield url, f"${name}", tool, settings, name.lower()
     for path, tool in _config_files():
         text = _read_config(path)
         if text is None:
             continue
-        for section in _config_sections(text):
+        sections = _config_sections(text)
+        # uv's keyring-provider sits at the top of uv.toml, or in [tool.uv] of pyproject.toml.
+        provider = [
+            section["settings"]["keyring-provider"]
+            for section in sections
+            if section["name"] in ("", "tool.uv") and "keyring-provider" in section["settings"]
+        ]
+        for section in sections:
             section_tool = _section_tool(tool, section["name"])
             settings = dict(section["settings"], section=section["name"])
+            if provider:
+                settings["uv keyring-provider"] = provider[-1]
             for key, url in section["urls"]:
                 yield url, path, section_tool, settings, key
 
@@ -4924,6 +5251,9 @@ def _judge_url(parts, url: str, where: str, tool: str, settings: dict, key: str)
         "tool": tool,
         "ok": ok,
         "verdict": verdict,
+        # The tool will send this username and fail: doctor exits 1.
+        "fails": not ok and _USERNAME_FIX in verdict,
+        "extra_index": key.replace("_", "-").endswith("extra-index-url"),
     }
 
 
@@ -4938,8 +5268,12 @@ def _url_verdict(parts, url: str, tool: str, settings: dict, key: str) -> tuple:
             "artifactregistry-gauth never answers for this URL: use https:// and a plain host "
             "(no backslash, percent sign, space or password in it)"
         )
-    if user not in (None, USERNAME) or configured_user not in ("", USERNAME):
-        return False, _wrong_username(user or configured_user)
+    if user not in (None, USERNAME):
+        hostport = parts.netloc.rpartition("@")[2]
+        fixed = _quoted_url(parts._replace(netloc=f"{USERNAME}@{hostport}").geturl())
+        return False, _wrong_username(user, f"write {fixed} instead")
+    if configured_user not in ("", USERNAME):
+        return False, _wrong_username(configured_user, _username_setting_fix(settings))
     if tool == "twine" and "password" in settings:
         return False, "a password is stored beside it: keyring is never asked"
     if tool == "uv":
@@ -4947,9 +5281,17 @@ def _url_verdict(parts, url: str, tool: str, settings: dict, key: str) -> tuple:
     return True, _tool_verdict(tool, user or configured_user)
 
 
-def _wrong_username(user: str) -> str:
+def _wrong_username(user: str, fix: str) -> str:
     named = "__token__ (PyPI's)" if user == "__token__" else "not " + USERNAME
-    return f"the username is {named}: {_USERNAME_FIX}"
+    return f"the username is {named}: {_USERNAME_FIX}; {fix}"
+
+
+def _username_setting_fix(settings: dict) -> str:
+    """Where to write the right username: the variable, or the file's own key."""
+    if settings.get("variable"):
+        return f"set {settings['variable']}={USERNAME}"
+    key = "username" if settings.get("username") else "user"
+    return f"set {key} to {USERNAME}"
 
 
 def _judge_uv_index(user: str | None, settings: dict, key: str) -> tuple:
@@ -4961,19 +5303,28 @@ def _judge_uv_index(user: str | None, settings: dict, key: str) -> tuple:
     variable += "_USERNAME"
     env_user = os.environ.get(variable, "") if name else ""
     if env_user not in ("", USERNAME):
-        return False, f"${variable}: {_wrong_username(env_user)}"
+        return False, f"${variable}: {_wrong_username(env_user, f'set {variable}={USERNAME}')}"
+    provider = _uv_provider_advice(settings)
     if user == USERNAME or env_user == USERNAME:
-        return True, "uv asks keyring with UV_KEYRING_PROVIDER=subprocess (it knows the username)"
+        return True, f"uv asks keyring (it knows the username){provider}"
     if settings.get("authenticate") == "always":
         return True, (
             'uv asks keyring without a username (authenticate = "always"): needs '
-            "keyring >= 25.2.1 or the keyring link, and UV_KEYRING_PROVIDER=subprocess"
+            f"keyring >= 25.2.1 or the keyring link{provider}"
         )
     hint = f"set {variable}={USERNAME}, or " if name else ""
     return False, (
         f'uv will not ask keyring: {hint}add authenticate = "always" to the index, or put '
-        f"{USERNAME}@ in the URL; and set UV_KEYRING_PROVIDER=subprocess"
+        f"{USERNAME}@ in the URL{provider}"
     )
+
+
+def _uv_provider_advice(settings: dict) -> str:
+    """The keyring-provider advice uv needs, or nothing when it is already set."""
+    provider = os.environ.get("UV_KEYRING_PROVIDER") or settings.get("uv keyring-provider")
+    if (provider or "").strip().lower() == "subprocess":
+        return ""
+    return '; and set UV_KEYRING_PROVIDER=subprocess (or keyring-provider = "subprocess")'
 
 
 def _tool_verdict(tool: str, user: str | None) -> str:
@@ -4987,19 +5338,34 @@ def _tool_verdict(tool: str, user: str | None) -> str:
         return "found in pyproject.toml"
     if user == USERNAME:
         return "pip asks keyring (import or subprocess provider)"
+    version = _distribution_version("pip")
+    if version and _version_tuple(version) >= (26, 2):
+        return f"pip {version} asks keyring (import provider, or subprocess with keyring 25.2.1+)"
+    which = f"pip {version} here" if version else "pip before 26.2"
     return (
-        "pip asks keyring with --keyring-provider import (or auto); for subprocess mode "
-        f"before pip 26.2 put {USERNAME}@ in the URL"
+        "pip asks keyring with --keyring-provider import (or auto); for its subprocess "
+        f"provider, {which} needs {USERNAME}@ in the URL"
     )
+
+
+def _version_tuple(version: str) -> tuple:
+    """(26, 2) from "26.2.1" or "26.2rc1": the numbers a comparison needs."""
+    import re
+
+    return tuple(int(part) for part in re.findall(r"\d+", version)[:2])
+
+
+_REPORT_MARKS = {"answered": "✔", "failed": "✘", "skipped": "-", "not consulted": " "}
+_ASCII_MARKS = {"answered": "+", "failed": "x", "skipped": "-", "not consulted": " "}
 
 
 def _format_report(report: dict) -> str:
     lines = [f"{PROG} {report['version']} on Python {report['python']}", "", "Credentials:"]
-    marks = {"answered": "✔", "failed": "✘", "skipped": "-", "not consulted": " "}
+    marks = _REPORT_MARKS if _stdout_encodes("".join(_REPORT_MARKS.values())) else _ASCII_MARKS
     for step in report["sources"]:
         mark = marks.get(step["status"], "?")
         lines.append(f"  {mark} {step['source']}: {step['status']}: {step['detail']}")
-        if step.get("how"):
+        if step.get("how") and step["source"] != "GOOGLE_OAUTH_ACCESS_TOKEN":  # given, not fetched
             lines[-1] += f" ({'from the cache' if step['how'] == 'cache' else 'fetched now'})"
     token = report["token"]
     if token["ok"]:
@@ -5015,7 +5381,7 @@ def _format_report(report: dict) -> str:
         + (f" in {cache['directory']}" if cache.get("directory") else ""),
     ]
     if "entries" in cache:
-        lines[-1] += f" ({cache['entries']} tokens)"
+        lines[-1] += f" ({cache['entries']} token{'' if cache['entries'] == 1 else 's'})"
     lines += _format_tls(report["tls"], marks["answered"])
     ring = report["keyring"]
     lines += ["", "keyring:"]
@@ -5036,7 +5402,7 @@ def _format_report(report: dict) -> str:
         lines.append(f"  `keyring` on PATH (pip/uv subprocess providers): {exe['path']}: {sees}")
     lines += ["", "Artifact Registry URLs in configuration:"]
     for entry in report["index_urls"] or []:
-        mark = "✔" if entry["ok"] else "!"
+        mark = marks["answered"] if entry["ok"] else "!"
         lines.append(f"  {mark} {entry['url']} ({entry['where']}): {entry['verdict']}")
     if not report["index_urls"]:
         lines.append(
@@ -5045,6 +5411,8 @@ def _format_report(report: dict) -> str:
         )
     if report["warnings"]:
         lines += ["", "Warnings:"] + [f"  ! {warning}" for warning in report["warnings"]]
+    if report["problems"]:
+        lines += ["", "Will fail:"] + [f"  {marks['failed']} {p}" for p in report["problems"]]
     return "\n".join(lines) + "\n"
 
 
@@ -5467,8 +5835,14 @@ MAX_HELPER_REQUEST = 64 * 1024
 
 def _credential_helper_command(argv: list) -> int:
     """Bazel's credential-helper protocol: `get`, a JSON request on stdin, headers on stdout."""
+    if not argv:
+        sys.stderr.write(
+            f"{PROG} credential-helper: needs an operation: `get`, with a JSON request on "
+            'stdin ({"uri": "https://..."}), as Bazel runs it\n'
+        )
+        return 2
     if list(argv) != ["get"]:
-        shown = " ".join(argv)[:80] or "nothing"
+        shown = " ".join(argv)[:80]
         sys.stderr.write(
             f"{PROG} credential-helper: unknown command {shown!r}: Bazel's protocol has `get`\n"
         )
@@ -5513,7 +5887,7 @@ def _helper_response(token: Token, now: float) -> dict:
     response: dict = {"headers": {"Authorization": [f"Basic {basic}"]}}
     if token.expiry is not None:
         refresh = max(token.expiry - MIN_TOKEN_LIFE, now)
-        response["expires"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(refresh))
+        response["expires"] = _rfc3339(refresh)
     return response
 
 
