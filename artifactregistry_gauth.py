@@ -4025,8 +4025,13 @@ def _has_default_roots(context) -> bool:
     """True if OpenSSL's default paths hold certificates."""
     import ssl
 
-    if context.get_ca_certs():
-        return True
+    try:
+        if context.get_ca_certs():
+            return True
+    except NotImplementedError:  # truststore's context counts nothing: look at the files
+        cafile = ssl.get_default_verify_paths().cafile
+        if cafile and os.path.isfile(cafile) and os.path.getsize(cafile):
+            return True
     # A CA directory is read lazily, one file per lookup: nothing is counted until then.
     capath = ssl.get_default_verify_paths().capath
     if not capath:
