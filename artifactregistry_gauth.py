@@ -1792,14 +1792,6 @@ def _dmi_product_name() -> str:
     return _system_text(DMI_PRODUCT_NAME, 256)
 
 
-def _ip_and_port(authority: str) -> tuple[str, int]:
-    """("host", port) of "IP[:port]", "[IPv6][:port]" or "localhost[:port]", else ("", 0)."""
-    host, port = _host_and_port(authority) or ("", 0)
-    if (host == "localhost" or _ip_literal(host) is not None) and port > 0:
-        return host.strip("[]"), port
-    return "", 0
-
-
 def _metadata_timeout(on_google_hardware: bool) -> float:
     """The ping timeout: GCE_METADATA_TIMEOUT if set and sane, else by hardware."""
     default = METADATA_PING_TIMEOUT_ON_GCE if on_google_hardware else METADATA_PING_TIMEOUT
@@ -3511,6 +3503,14 @@ def _host_and_port(authority: str) -> tuple[str, int] | None:
     if match is None or int(match.group(2) or 80) > 65535:
         return None
     return match.group(1), int(match.group(2) or 80)
+
+
+def _ip_and_port(authority: str) -> tuple[str, int]:
+    """("host", port) of "IP[:port]", "[IPv6][:port]" or "localhost[:port]", else ("", 0)."""
+    host, port = _host_and_port(authority) or ("", 0)
+    if (host == "localhost" or _ip_literal(host) is not None) and port > 0:
+        return host.strip("[]"), port
+    return "", 0
 
 
 def _url_host(url: str) -> str:
