@@ -176,9 +176,13 @@ def test_any_bytes_as_an_adc_file_load_or_say_what_is_wrong(tmp_path_factory, ra
     path = tmp_path_factory.mktemp("adc") / "creds.json"
     path.write_bytes(raw)
     try:
-        gauth.load_adc_file(str(path), "GOOGLE_APPLICATION_CREDENTIALS")
-    except gauth.CredentialError:
-        pass
+        source = gauth.load_adc_file(str(path), "GOOGLE_APPLICATION_CREDENTIALS")
+    except gauth.CredentialError as exc:
+        assert str(path) in str(exc)
+        assert "\n" not in str(exc)
+    else:
+        assert isinstance(source, gauth.CredentialSource)
+        assert source.static_identity
 
 
 token_bodies = (

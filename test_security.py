@@ -1385,7 +1385,7 @@ def test_a_cache_directory_others_can_write_is_repaired_or_refused(
     if outcome == REFUSED:
         assert not os.path.isdir(target) or os.listdir(target) == []
         return
-    assert [name for name in os.listdir(target) if name.endswith(".json")]
+    assert [name for name in os.listdir(target) if name.endswith(".token")]
     assert os.stat(target).st_mode & 0o7777 == (0o700 if outcome == REPAIRED else mode)
 
 
@@ -1436,7 +1436,7 @@ def test_a_planted_lock_file_is_replaced_never_followed_or_waited_on(
 ):
     gauth.get_token()  # creates the cache directory and the lock file
     (lock,) = isolated_env.cache_dir.glob("*.lock")
-    for entry in isolated_env.cache_dir.glob("*.json"):
+    for entry in isolated_env.cache_dir.glob("*.token"):
         entry.unlink()  # so the next lookup is cold and takes the lock
     lock.unlink()
     victim = tmp_path / "victim"
@@ -1455,7 +1455,7 @@ def test_a_fifo_planted_as_a_cache_entry_is_ignored_without_blocking(
     isolated_env, sa_env, fake_google
 ):
     gauth.get_token()
-    (entry,) = isolated_env.cache_dir.glob("*.json")
+    (entry,) = isolated_env.cache_dir.glob("*.token")
     entry.unlink()
     os.mkfifo(entry)
     gauth._forget_tokens()
