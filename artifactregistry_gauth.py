@@ -2295,7 +2295,12 @@ def gcloud_installation_properties(executable: str) -> str | None:
 
 
 def _read_gcloud_properties(path: str) -> dict:
-    """The decisive properties in one of gcloud's INI files ({} if it does not exist)."""
+    """The decisive properties in one of gcloud's INI files ({} if it does not exist).
+
+    gcloud reads every section with configparser's ``%`` interpolation and fails on any
+    value it cannot interpolate; so do we, in bounded work, naming the file and the
+    property and never a value (a ``[proxy] password`` is no business of ours).
+    """
     import configparser
 
     try:
@@ -2306,21 +2311,88 @@ def _read_gcloud_properties(path: str) -> dict:
         raise CredentialError(
             f"{path}: cannot read this gcloud configuration file ({exc.strerror}); fix or remove it"
         ) from None
-    parser = configparser.ConfigParser()  # as gcloud parses it, with its interpolation
+    parser = configparser.ConfigParser(interpolation=None)  # parsed as gcloud parses it
     try:
         parser.read_string(text, path)
-        found = {}
-        for section in parser.sections():
-            for name, value in parser.items(section):
-                key = f"{section}/{name}"
-                if section == _GCLOUD_IDENTITY_SECTION or key in _GCLOUD_CORE_PROPERTIES:
-                    found[key] = value
     except configparser.Error as exc:
-        problem = " ".join(str(exc).split())[:200]
         raise CredentialError(
-            f"{path}: gcloud cannot parse this configuration file ({problem}); fix it"
+            f"{path}: gcloud cannot parse this configuration file ({_ini_problem(exc)}); fix it"
         ) from None
+    found: dict = {}
+    budget = [MAX_INTERPOLATION_STEPS]
+    for section in parser.sections():
+        values = dict(parser.items(section, raw=True))
+        for name, value in values.items():
+            key = f"{section}/{name}"
+            try:
+                expanded = _interpolate(values, value, 1, budget)
+            except ValueError as exc:
+                raise CredentialError(
+                    f"{path}: gcloud cannot read property {key}: {exc}; fix it "
+                    "(a literal % is written %%)"
+                ) from None
+            if section == _GCLOUD_IDENTITY_SECTION or key in _GCLOUD_CORE_PROPERTIES:
+                found[key] = expanded
     return found
+
+
+# configparser's own bound on nested %(name)s references; ours on the work they cause
+# (gcloud would spend minutes on a few hundred bytes of references six to a line).
+MAX_INTERPOLATION_DEPTH = 10
+MAX_INTERPOLATION_STEPS = 100_000
+
+
+def _interpolate(values: dict, value: str, depth: int, budget: list) -> str:
+    """``value`` with configparser's BasicInterpolation applied; ValueError without the value.
+
+    ``budget`` holds the steps left for the whole file, so the work is bounded.
+    """
+    import re
+
+    if depth > MAX_INTERPOLATION_DEPTH:
+        raise ValueError(f"its %(name)s references nest more than {MAX_INTERPOLATION_DEPTH} deep")
+    parts, pos = [], 0
+    while pos < len(value):
+        budget[0] -= 1
+        if budget[0] < 0:
+            raise ValueError(
+                f"its %(name)s references expand to over {MAX_INTERPOLATION_STEPS} steps"
+            )
+        percent = value.find("%", pos)
+        if percent < 0:
+            parts.append(value[pos:])
+            break
+        parts.append(value[pos:percent])
+        after = value[percent + 1 : percent + 2]
+        if after == "%":
+            parts.append("%")
+            pos = percent + 2
+            continue
+        reference = re.compile(r"%\(([^)]+)\)s").match(value, percent) if after == "(" else None
+        if reference is None:
+            raise ValueError("it has a % that is neither %% nor a %(name)s reference")
+        name = reference.group(1).lower()  # configparser's optionxform
+        if name not in values:
+            raise ValueError(f"it refers to %({name})s, which is not set in its section")
+        pos = reference.end()
+        target = values[name]
+        parts.append(_interpolate(values, target, depth + 1, budget) if "%" in target else target)
+    return "".join(parts)
+
+
+def _ini_problem(exc: Exception) -> str:
+    """What configparser found wrong, by line number: its own message quotes the line."""
+    import configparser
+
+    if isinstance(exc, configparser.MissingSectionHeaderError):
+        return f"line {exc.lineno} comes before any [section]"
+    if isinstance(exc, configparser.ParsingError):
+        return f"line {exc.errors[0][0]} is not `name = value`" if exc.errors else "not INI"
+    if isinstance(exc, configparser.DuplicateOptionError):
+        return f"{exc.section}/{exc.option} is set again on line {exc.lineno}"
+    if isinstance(exc, configparser.DuplicateSectionError):
+        return f"section [{exc.section}] appears again on line {exc.lineno}"
+    return type(exc).__name__
 
 
 # --- token cache: memory, then private files, one fetch across processes -------------------

@@ -520,3 +520,46 @@ def test_deeply_nested_json_is_a_clear_error(tmp_path):
     path.write_text("[" * 100000 + "]" * 100000)
     with pytest.raises(gauth.CredentialError, match="is not a valid JSON file"):
         gauth.load_adc_file(str(path), "GOOGLE_APPLICATION_CREDENTIALS")
+
+
+ini_names = st.sampled_from(["account", "a", "b", "universe_domain"])
+ini_values = st.text(st.sampled_from("ab%()sA"), max_size=12)
+ini_files = st.dictionaries(
+    st.sampled_from(["core", "auth", "proxy", "DEFAULT"]),
+    st.dictionaries(ini_names, ini_values, max_size=4),
+    max_size=3,
+)
+
+
+def configparser_reading(text):
+    """What configparser (so gcloud) makes of the file: its decisive values, or None if it fails."""
+    import configparser
+
+    parser = configparser.ConfigParser()
+    try:
+        parser.read_string(text)
+        every = {f"{s}/{n}": v for s in parser.sections() for n, v in parser.items(s)}
+    except configparser.Error:
+        return None
+    return {k: v for k, v in every.items() if k.startswith(("auth/", "core/account", "core/uni"))}
+
+
+@FUZZ
+@given(sections=ini_files)
+def test_gcloud_properties_read_as_configparser_reads_them_or_fail_alike(
+    tmp_path_factory, sections
+):
+    text = "".join(
+        f"[{name}]\n" + "".join(f"{key} = {value}\n" for key, value in options.items())
+        for name, options in sections.items()
+    )
+    path = tmp_path_factory.mktemp("ini") / "config_default"
+    path.write_text(text)
+    expected = configparser_reading(text)
+    try:
+        found = gauth._read_gcloud_properties(str(path))
+    except gauth.CredentialError as exc:
+        assert expected is None, str(exc)
+        assert "\n" not in str(exc)
+        return
+    assert found == expected

@@ -246,7 +246,11 @@ def _fifo(path):
         ("active_config", "directory", "active_config: cannot read.*not a regular file"),
         ("configurations/config_default", b"\xff[core]", "config_default: cannot read.*UTF-8"),
         ("configurations/config_default", b"account = x\n", "config_default: gcloud cannot parse"),
-        ("configurations/config_default", b"[core]\naccount = a%b\n", "gcloud cannot parse"),
+        (
+            "configurations/config_default",
+            b"[core]\naccount = a%b\n",
+            "cannot read property core/account",
+        ),
         ("configurations/config_default", b"[auth]\na = 1\na = 2\n", "gcloud cannot parse"),
         ("configurations/config_default", "fifo", "config_default: cannot read.*regular file"),
     ],
@@ -266,6 +270,65 @@ def test_broken_gcloud_configuration_files_get_a_clear_error(name, content, mess
         gauth.get_token()
     assert "\n" not in str(caught.value)
     assert fake_gcloud.calls == []
+
+
+# Each reference recurses, six to a line, ten lines deep: about 10 million substitutions for
+# configparser (and so for gcloud, which interpolates every section) from 470 bytes.
+NESTED = "[other]\nv0 = %%\n" + "".join(
+    f"v{n} = " + f"%(v{n - 1})s" * 6 + "\n" for n in range(1, 10)
+)
+PROXY_PASSWORD = "Proxy-Pa55word"
+
+CONFIG_VALUES = [
+    # (name, INI text, the one line's words (None: it reads), words it must never show)
+    (
+        "a % gcloud cannot read",
+        f"[proxy]\npassword = {PROXY_PASSWORD}%x\n",
+        "proxy/password",
+        "Pa55",
+    ),
+    ("a %% for a literal %", f"[proxy]\npassword = {PROXY_PASSWORD}%%\n", None, "Pa55"),
+    ("a reference to no option", "[proxy]\npassword = %(nothing)s\n", "proxy/password", None),
+    ("references in a loop", "[other]\na = %(b)s\nb = %(a)s\n", "other/a", None),
+    ("nested references", NESTED, "other/v", None),
+    ("a line that is not a setting", f"[other]\nx = a\n{PROXY_PASSWORD}\n", "line 3", "Pa55"),
+    ("an option twice", f"[proxy]\npassword = {PROXY_PASSWORD}\npassword = 2\n", "line 3", "Pa55"),
+    ("a line before any section", f"password = {PROXY_PASSWORD}\n", "line 1", "Pa55"),
+]
+
+
+@pytest.mark.parametrize(
+    ("text", "words", "unsaid"),
+    [row[1:] for row in CONFIG_VALUES],
+    ids=[row[0] for row in CONFIG_VALUES],
+)
+def test_gcloud_configuration_fails_where_gcloud_fails_and_never_quotes_a_value(
+    text, words, unsaid, fake_gcloud
+):
+    write_configuration("default", text + f"[core]\naccount = {DEPLOYER}\n")
+    if words is None:
+        assert gauth.GcloudSettings.read(str(fake_gcloud.path)).get("core/account") == DEPLOYER
+        return
+    with pytest.raises(gauth.CredentialError) as caught:
+        gauth.GcloudSettings.read(str(fake_gcloud.path))
+    message = str(caught.value)
+    assert "\n" not in message
+    assert message.startswith(str(config_dir() / "configurations" / "config_default"))
+    assert words in message
+    assert unsaid is None or unsaid not in message
+
+
+@pytest.mark.parametrize(
+    ("text", "account"),
+    [
+        ("[core]\nuser = deployer\naccount = %(user)s@proj.iam.gserviceaccount.com\n", DEPLOYER),
+        ("[DEFAULT]\nuser = deployer\n[core]\naccount = %(user)s@x.com\n", "deployer@x.com"),
+        ("[core]\naccount = 100%% %(Name)s\nname = sure\n", "100% sure"),
+    ],
+)
+def test_interpolation_in_a_decisive_property_reads_as_configparser_reads_it(text, account):
+    write_configuration("default", text)
+    assert gauth.GcloudSettings.read(None).get("core/account") == account
 
 
 def test_a_broken_gcloud_configuration_without_gcloud_installed_is_skipped():
@@ -871,3 +934,16 @@ def test_real_gcloud_federation_override_gets_each_jobs_subject_its_own_token(
         as_new_process()
     assert tokens[0] != tokens[1]
     assert all(real_gcloud.principal(token) == WORKLOAD for token in tokens)
+
+
+@pytest.mark.gcloud
+def test_real_gcloud_fails_on_a_percent_in_any_section_as_we_do(real_gcloud):
+    # gcloud interpolates every section when it loads its properties, so a bare % in
+    # [proxy] password stops every gcloud command; we fail too, without quoting it.
+    write_configuration("default", f"[core]\naccount = {SA}\n[proxy]\npassword = Pa55%x\n")
+    done = real_gcloud.run("config", "get", "core/account", check=False)
+    assert done.returncode != 0
+    with pytest.raises(gauth.CredentialError) as caught:
+        gauth.get_token()
+    assert "proxy/password" in str(caught.value)
+    assert "Pa55" not in str(caught.value)
