@@ -1,8 +1,9 @@
 """The test world: an isolated environment, two guards, and fixtures over the fakes.
 
-Every test runs with a throwaway HOME, no ambient credentials, metadata at a refused
-loopback port and a socket guard that refuses anything but loopback (`isolated_env`), on
-a machine that is not Google's (`off_google_hardware`); every error and log line is
+Every test runs with a throwaway HOME, no ambient credentials, no PIP_* settings or
+system-wide pip files of this machine, metadata at a refused loopback port and a socket
+guard that refuses anything but loopback (`isolated_env`), on a machine that is not
+Google's (`off_google_hardware`); every error and log line is
 scanned for the secrets the fakes handed out (`secrets_never_leak`). The fakes
 themselves live in the ``fakes`` package; the fixtures here start them, point the
 environment at them, and stop them:

@@ -83,6 +83,11 @@ def pip_places(monkeypatch, tmp_path, home_dir, request):
     return places
 
 
+def users_pip_file() -> Path:
+    """The user's own pip file on this OS (pip.conf under ~/.config, or %APPDATA%'s pip.ini)."""
+    return Path(gauth.pip_config_files()[-2])  # before the environment's own file
+
+
 def _write(path: Path, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
@@ -168,8 +173,8 @@ def test_pip_config_file_set_to_devnull_reads_no_file(monkeypatch, pip_places):
         "bare",
     ],
 )
-def test_pip_files_are_parsed_as_pip_parses_them(home_dir, text, value):
-    _write(home_dir / ".config" / "pip" / "pip.conf", text)
+def test_pip_files_are_parsed_as_pip_parses_them(text, value):
+    _write(users_pip_file(), text)
     assert gauth.pip_option("cert")[0] == value
 
 
@@ -186,9 +191,9 @@ def test_doctor_reads_pips_windows_files(pip_places, place):
     assert gauth._pip_setting("keyring-provider", "auto") == "subprocess"
 
 
-def test_doctor_takes_pips_last_file_not_its_first(home_dir, tmp_path):
-    _write(home_dir / ".config" / "pip" / "pip.conf", "[global]\nkeyring-provider = import\n")
-    _write(tmp_path / "venv" / "pip.conf", "[global]\nkeyring-provider = subprocess\n")
+def test_doctor_takes_pips_last_file_not_its_first():
+    _write(users_pip_file(), "[global]\nkeyring-provider = import\n")
+    _write(Path(gauth.pip_config_files()[-1]), "[global]\nkeyring-provider = subprocess\n")
     assert gauth._pip_setting("keyring-provider", "auto") == "subprocess"  # the venv's wins
 
 
@@ -284,7 +289,7 @@ def trust_by_variable(name):
 
 def trust_by_pip_conf(monkeypatch, google, tmp_path):
     _write(
-        Path(os.environ["XDG_CONFIG_HOME"]) / "pip" / "pip.conf",
+        users_pip_file(),
         f"[global]\ncert = {google.ca_file}\n",
     )
 
@@ -422,7 +427,7 @@ def test_doctor_lists_each_store_and_where_it_came_from(monkeypatch, tmp_path, p
     monkeypatch.setenv("CURL_CA_BUNDLE", str(missing))
     report = gauth.diagnose()
     assert report["token"]["ok"]
-    pip_conf = Path(os.environ["XDG_CONFIG_HOME"]) / "pip" / "pip.conf"
+    pip_conf = users_pip_file()
     assert {
         "store": "pip's cert",
         "path": str(private_google.ca_file),
