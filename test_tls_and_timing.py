@@ -25,7 +25,7 @@ SUBJECT = "eyJhbGciOiJSUzI1NiJ9.waiting-helper.sig"
 def forget_tokens(isolated_env):
     """Forget the tokens in memory and on disk, so that the next lookup fetches one."""
     _forget_tokens()
-    for path in isolated_env.cache_dir.glob("*.json"):
+    for path in isolated_env.cache_dir.glob("*.token"):
         path.unlink()
 
 
