@@ -1571,6 +1571,7 @@ class MetadataServer(CredentialSource):
                 )
         self.mtls_mode = _metadata_mtls_mode()
         self.mtls_files = _metadata_mtls_files()
+        self._mtls_context: tuple | None = None  # built on the first https request
         self.scheme = "https" if self._use_mtls() else "http"
         super().__init__(f"{self.scheme}://{self.host}")
         self.instance_id = ""
@@ -1657,6 +1658,11 @@ class MetadataServer(CredentialSource):
 
     def _tls(self) -> tuple:
         """An SSL context trusting the metadata server's root only, with its client certificate."""
+        if self._mtls_context is None:
+            self._mtls_context = self._load_mtls_context()
+        return self._mtls_context
+
+    def _load_mtls_context(self) -> tuple:
         import ssl
 
         root, client = self.mtls_files
