@@ -444,7 +444,10 @@ def test_bad_service_account_key_gets_a_clear_error(
     monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(path))
     with pytest.raises(gauth.CredentialError, match=message) as caught:
         gauth.get_token()
-    assert "gcloud iam service-accounts keys create" in str(caught.value) or "https" in message
+    # Every row names the file, and its fix: a new key, or an https URL.
+    assert str(path) in str(caught.value)
+    fix = "https URL" if "https" in message else "gcloud iam service-accounts keys create"
+    assert fix in str(caught.value)
     assert "MII" not in str(caught.value)
 
 
@@ -735,7 +738,7 @@ def test_get_without_credentials_exits_1_with_one_line_like_keyring():
 
 @pytest.fixture
 def keyring_link(bin_dir):
-    """A `keyring` on PATH that is a link to our command, as the README suggests."""
+    """A `keyring` on PATH that is a link to our command, as docs/reference.md suggests."""
     script = Path(sys.executable).with_name("artifactregistry-gauth")
     link = bin_dir / "keyring"
     link.symlink_to(script)

@@ -1,5 +1,6 @@
 """Real clients end to end against a fake Artifact Registry: pip, uv, twine, poetry, tox,
-pdm, hatch, pipenv, pip-tools, pipx, keyring, and the README's CI and container recipes.
+pdm, hatch, pipenv, pip-tools, pipx, keyring, and the CI and container recipes of
+docs/ci-and-containers.md.
 
 Every tool runs as a subprocess from its own virtualenv (built once per session with uv)
 and reaches `https://us-python.pkg.dev/...` through a loopback CONNECT proxy that knows
@@ -689,9 +690,8 @@ def poetry_env(client_env):
     }
 
 
-def test_poetry_installs_from_an_artifact_registry_source(
-    toolbox, registry, fake_google, client_env, tmp_path
-):
+def poetry_project(tmp_path, source, url):
+    """A project that needs gauth-demo-app from its one poetry source, `source` at `url`."""
     project = tmp_path / "consumer"
     project.mkdir()
     (project / "pyproject.toml").write_text(
@@ -703,12 +703,19 @@ def test_poetry_installs_from_an_artifact_registry_source(
             package-mode = false
 
             [[tool.poetry.source]]
-            name = "gar"
-            url = "{INDEX}"
+            name = "{source}"
+            url = "{url}"
             priority = "primary"
             """
         )
     )
+    return project
+
+
+def test_poetry_installs_from_an_artifact_registry_source(
+    toolbox, registry, fake_google, client_env, tmp_path
+):
+    project = poetry_project(tmp_path, "gar", INDEX)
     result = run(
         [toolbox.exe("poetry", "poetry"), "install", "-vvv"], poetry_env(client_env), cwd=project
     )
@@ -751,6 +758,24 @@ def test_poetry_publishes_to_artifact_registry(
     check(result)
     assert_uploaded(registry, wheel)
     assert token_fetches(fake_google) == 1
+
+
+def test_poetry_sends_no_token_for_a_source_named_like_a_registry_host(
+    toolbox, registry, fake_google, client_env, tmp_path
+):
+    # poetry asks keyring for poetry-repository-NAME with the http-basic username, then sends
+    # the answer to NAME's URL: here a foreign host that asks for credentials.
+    project = poetry_project(tmp_path, AR_HOST, PROXY_INDEX)
+    config = tmp_path / "poetry-config"
+    config.mkdir()
+    (config / "auth.toml").write_text(f'[http-basic."{AR_HOST}"]\nusername = "oauth2accesstoken"\n')
+    env = {**poetry_env(client_env), "POETRY_CONFIG_DIR": str(config)}
+    result = run([toolbox.exe("poetry", "poetry"), "lock", "-vvv"], env, cwd=project)
+    assert result.returncode != 0  # the source wants credentials, and none are ours to give
+    asked = registry.requests_to(PROXY_HOST)
+    assert asked, "poetry never reached the source"
+    assert [r for r in asked if r.carried_google_token] == []
+    assert token_fetches(fake_google) == 0
 
 
 # --- tox ----------------------------------------------------------------------------------------
@@ -915,6 +940,41 @@ def test_pdm_publishes_to_artifact_registry(
     assert token_fetches(fake_google) == 1
 
 
+# A cloned project names its source like a registry host; pdm asks keyring for
+# pdm-pypi-mirror.pkg.dev after the URL and the host, and sends the answer to the source's URL.
+HOSTILE_PDM_PROJECT = f"""{CONSUMER_PROJECT}
+[tool.pdm]
+distribution = false
+
+[[tool.pdm.source]]
+name = "mirror.pkg.dev"
+url = "{PROXY_INDEX}"
+"""
+
+
+@pytest.mark.parametrize("keyring", ["module", "command"])
+def test_pdm_sends_no_token_for_a_source_named_like_a_registry_host(
+    toolbox, registry, fake_google, client_env, keyring_link, tmp_path, keyring
+):
+    project = tmp_path / "consumer"
+    project.mkdir()
+    (project / "pyproject.toml").write_text(HOSTILE_PDM_PROJECT)
+    if keyring == "module":  # keyring and we in pdm's own environment
+        pdm, env, log = toolbox.exe("pdm", "pdm"), pdm_env(client_env), None
+    else:  # no keyring module: unearth runs the `keyring` on PATH, a link to our command
+        shim, log = recording_keyring(keyring_link / "keyring", tmp_path / "shim")
+        pdm, env = toolbox.exe("pdm_bare", "pdm"), on_path(pdm_env(client_env), shim)
+    result = run([pdm, "lock"], env, cwd=project)
+    assert result.returncode != 0  # the source wants credentials, and none are ours to give
+    if log is not None:
+        calls = [json.loads(line) for line in log.read_text().splitlines()]
+        assert ["--mode=creds", "get", "pdm-pypi-mirror.pkg.dev", ""] in calls
+    asked = registry.requests_to(PROXY_HOST)
+    assert asked, "pdm never reached the source"
+    assert [r for r in asked if r.carried_google_token] == []
+    assert token_fetches(fake_google) == 0
+
+
 # --- hatch --------------------------------------------------------------------------------------
 
 
@@ -1063,9 +1123,9 @@ def test_pipx_installs_an_app_from_artifact_registry(
     assert token_fetches(fake_google) == 1
 
 
-# --- In CI and containers: the README's recipes, run by the same commands ---------------------
+# --- docs/ci-and-containers.md: its recipes, run by the same commands -------------------------
 
-# Each recipe below stands in the README as it is here, with the README's placeholders;
+# Each recipe below stands in docs/ci-and-containers.md as it is here, with its placeholders;
 # the tests put the fakes' values in and run the lines a Dockerfile RUN or a CI step runs.
 PIP_FROM_AR = """\
 pip install --keyring-provider import \\
@@ -1110,7 +1170,7 @@ RECIPES = {
     "docker-metadata": DOCKER_METADATA,
     "gitlab": GITLAB_SCRIPT,
 }
-FAKE_VALUES = {  # README placeholder -> what the fakes know
+FAKE_VALUES = {  # the docs' placeholder -> what the fakes know
     "https://us-python.pkg.dev/PROJECT/REPO/simple/": INDEX,
     WORKLOAD_PROVIDER: WORKLOAD_PROVIDER.replace("PROJECT_NUMBER", "123456")
     .replace("POOL", "pool")
@@ -1128,7 +1188,7 @@ GITHUB_REQUEST_TOKEN = "gha-request-token-0123456789"  # ACTIONS_ID_TOKEN_REQUES
 
 def shell_of(recipe, files=None):
     """The shell command of a recipe (a RUN line without RUN and its --mount options), with
-    the fakes' values for the README's placeholders and `files` for the mounted paths."""
+    the fakes' values for the docs' placeholders and `files` for the mounted paths."""
     lines = recipe.splitlines(keepends=True)
     if lines[0].startswith("RUN "):
         lines[0] = lines[0][len("RUN ") :]
@@ -1142,7 +1202,7 @@ def shell_of(recipe, files=None):
 
 def run_recipe(toolbox, env, recipe, target, files=None):
     """Run a recipe's shell lines where pip, keyring and the backend are installed; pip
-    installs into target (PIP_TARGET, so that the command stays the README's)."""
+    installs into target (PIP_TARGET, so that the command stays the docs')."""
     env = {**on_path(env, toolbox.bin("keyring25"), shell_tools(env)), "PIP_TARGET": str(target)}
     return run(["/bin/sh", "-e", "-c", shell_of(recipe, files)], env)
 
@@ -1189,13 +1249,13 @@ def files_holding(folder, secrets_):
     return found
 
 
-def test_recipes_stand_in_the_readme_line_by_line():
-    readme = (ROOT / "README.md").read_text()
+def test_recipes_stand_in_the_docs_line_by_line():
+    docs = (ROOT / "docs" / "ci-and-containers.md").read_text()
     missing = [
         (name, line.strip())
         for name, recipe in RECIPES.items()
         for line in recipe.splitlines()
-        if line.strip() not in readme
+        if line.strip() not in docs
     ]
     assert missing == []
 
