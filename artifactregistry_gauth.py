@@ -259,7 +259,10 @@ def lookup(report: list | None = None) -> Token:
     transport = Transport()
     skipped: dict = {}  # label -> NotApplicable
     for label, step in DISCOVERY:
-        token = _try_step(label, step, transport, report, skipped)
+        try:
+            token = _try_step(label, step, transport, report, skipped)
+        except CredentialError as exc:
+            raise _with_what_was_tried(exc, label, skipped) from None
         if token is not None:
             return token
     # A last, patient look where "absent" was remembered or hurried: it may be stale.
@@ -272,6 +275,15 @@ def lookup(report: list | None = None) -> Token:
         f"no Google credentials found ({'; '.join(map(str, skipped.values()))}); {LOGIN_HINT}, "
         "or set GOOGLE_APPLICATION_CREDENTIALS to a service account key file"
     )
+
+
+def _with_what_was_tried(exc: CredentialError, label: str, skipped: dict) -> CredentialError:
+    """gcloud without an account is the last of no credentials at all: say what was absent
+    before it too, and keep gcloud's own words and fix (a login is what fits)."""
+    if label != "gcloud" or not skipped or _GCLOUD_NO_ACCOUNT not in str(exc):
+        return exc
+    tried = "; ".join(map(str, skipped.values()))
+    return CredentialError(f"no Google credentials found ({tried}); {exc}")
 
 
 def _try_step(
@@ -2100,6 +2112,8 @@ def _gcloud_error(stderr: bytes) -> str:
     return text[:300]
 
 
+# What gcloud says when it has no account to ask for (no login, or none selected).
+_GCLOUD_NO_ACCOUNT = "do not currently have an active account"
 # What gcloud (requests, urllib3, httplib2) says when the network, not the login, failed.
 _GCLOUD_NETWORK_WORDS = (
     "timed out",
@@ -2120,7 +2134,7 @@ _GCLOUD_NETWORK_WORDS = (
 def _gcloud_fix(stderr: bytes, account: str = "") -> str:
     """What to do about gcloud's failure, for the kind of account it failed for."""
     text = stderr.decode("utf-8", "replace").lower()
-    if "do not currently have an active account" in text:
+    if _GCLOUD_NO_ACCOUNT in text:
         return "run `gcloud auth login` (or `gcloud config set account ACCOUNT`)"
     if "reauthentication" in text or "reauth" in text:
         return "gcloud needs you to sign in again: run `gcloud auth login`"
