@@ -785,21 +785,6 @@ def test_url_candidates_never_overlap(text):
     assert sum(len(url) for url in gauth._urls_in(text)) <= len(text)
 
 
-@PROPERTY
-@given(data=st.binary(max_size=300) | st.text(max_size=300).map(str.encode))
-def test_netrc_rewrite_keeps_every_byte_of_a_file_without_our_entries(data):
-    entry = ENTRY.encode()
-    if HOST.encode() in data.lower():
-        return
-    out = gauth._netrc_with_entries(data, [HOST], entry, "netrc")
-    at = out.find(entry)
-    assert at >= 0
-    rest = out[:at] + out[at + len(entry) :]
-    # Only line ends are ever added (to end the file's last line, or a macdef).
-    assert rest.replace(b"\n", b"") == data.replace(b"\n", b"")
-    assert 0 <= len(rest) - len(data) <= 2
-
-
 # --- every command under a stdout that cannot encode what we print ------------------------------
 
 ASCII_STDOUTS = [
