@@ -259,10 +259,7 @@ def lookup(report: list | None = None) -> Token:
     transport = Transport()
     skipped: dict = {}  # label -> NotApplicable
     for label, step in DISCOVERY:
-        try:
-            token = _try_step(label, step, transport, report, skipped)
-        except CredentialError as exc:
-            raise _with_what_was_tried(exc, label, skipped) from None
+        token = _try_step(label, step, transport, report, skipped)
         if token is not None:
             return token
     # A last, patient look where "absent" was remembered or hurried: it may be stale.
@@ -275,15 +272,6 @@ def lookup(report: list | None = None) -> Token:
         f"no Google credentials found ({'; '.join(map(str, skipped.values()))}); {LOGIN_HINT}, "
         "or set GOOGLE_APPLICATION_CREDENTIALS to a service account key file"
     )
-
-
-def _with_what_was_tried(exc: CredentialError, label: str, skipped: dict) -> CredentialError:
-    """gcloud without an account is the last of no credentials at all: say what was absent
-    before it too, and keep gcloud's own words and fix (a login is what fits)."""
-    if label != "gcloud" or not skipped or _GCLOUD_NO_ACCOUNT not in str(exc):
-        return exc
-    tried = "; ".join(map(str, skipped.values()))
-    return CredentialError(f"no Google credentials found ({tried}); {exc}")
 
 
 def _try_step(
@@ -301,7 +289,7 @@ def _try_step(
         return None
     except CredentialError as exc:
         _note(report, label, "failed", str(exc))
-        raise
+        raise _with_what_was_tried(exc, label, skipped) from None
     _note(report, label, "answered", source, token=token, how=how)
     return token
 
@@ -2114,6 +2102,17 @@ def _gcloud_error(stderr: bytes) -> str:
 
 # What gcloud says when it has no account to ask for (no login, or none selected).
 _GCLOUD_NO_ACCOUNT = "do not currently have an active account"
+
+
+def _with_what_was_tried(exc: CredentialError, label: str, skipped: dict) -> CredentialError:
+    """gcloud without an account is the last of no credentials at all: say what was absent
+    before it too, and keep gcloud's own words and fix (a login is what fits)."""
+    if label != "gcloud" or not skipped or _GCLOUD_NO_ACCOUNT not in str(exc):
+        return exc
+    tried = "; ".join(map(str, skipped.values()))
+    return CredentialError(f"no Google credentials found ({tried}); {exc}")
+
+
 # What gcloud (requests, urllib3, httplib2) says when the network, not the login, failed.
 _GCLOUD_NETWORK_WORDS = (
     "timed out",
