@@ -4038,8 +4038,11 @@ def _has_default_roots(context) -> bool:
     """True if OpenSSL's default paths hold certificates."""
     import ssl
 
-    if context.get_ca_certs():
-        return True
+    try:
+        if context.get_ca_certs():
+            return True
+    except NotImplementedError:  # truststore's context (pip 24.2+ vendors it) cannot list them
+        pass
     # A CA directory is read lazily, one file per lookup: nothing is counted until then.
     capath = ssl.get_default_verify_paths().capath
     if not capath:
