@@ -289,7 +289,7 @@ def _try_step(
         return None
     except CredentialError as exc:
         _note(report, label, "failed", str(exc))
-        raise
+        raise _with_what_was_tried(exc, label, skipped) from None
     _note(report, label, "answered", source, token=token, how=how)
     return token
 
@@ -2098,6 +2098,19 @@ def _gcloud_error(stderr: bytes) -> str:
     return text[:300]
 
 
+# What gcloud says when it has no account to ask for (no login, or none selected).
+_GCLOUD_NO_ACCOUNT = "do not currently have an active account"
+
+
+def _with_what_was_tried(exc: CredentialError, label: str, skipped: dict) -> CredentialError:
+    """gcloud without an account is the last of no credentials at all: say what was absent
+    before it too, and keep gcloud's own words and fix (a login is what fits)."""
+    if label != "gcloud" or not skipped or _GCLOUD_NO_ACCOUNT not in str(exc):
+        return exc
+    tried = "; ".join(map(str, skipped.values()))
+    return CredentialError(f"no Google credentials found ({tried}); {exc}")
+
+
 # What gcloud (requests, urllib3, httplib2) says when the network, not the login, failed.
 _GCLOUD_NETWORK_WORDS = (
     "timed out",
@@ -2118,7 +2131,7 @@ _GCLOUD_NETWORK_WORDS = (
 def _gcloud_fix(stderr: bytes, account: str = "") -> str:
     """What to do about gcloud's failure, for the kind of account it failed for."""
     text = stderr.decode("utf-8", "replace").lower()
-    if "do not currently have an active account" in text:
+    if _GCLOUD_NO_ACCOUNT in text:
         return "run `gcloud auth login` (or `gcloud config set account ACCOUNT`)"
     if "reauthentication" in text or "reauth" in text:
         return "gcloud needs you to sign in again: run `gcloud auth login`"
@@ -4998,11 +5011,26 @@ def diagnose() -> dict:
 
 def _problems(report: dict) -> list:
     """What will make a configured tool fail, each with its fix: doctor then exits 1."""
-    return [
+    found = [
         f"{entry['url']} ({entry['where']}): {entry['verdict']}"
         for entry in report["index_urls"]
         if entry.get("fails")
     ]
+    for what, where in (("keyring", "in"), ("keyring_executable", "behind `keyring` at")):
+        place = report[what].get("python" if what == "keyring" else "path")
+        for rival in report[what].get("rivals", []):
+            when = {
+                "before": "before artifactregistry-gauth",
+                "after": "after artifactregistry-gauth (for any host ours does not answer)",
+                "either": "before or after artifactregistry-gauth, in an order that changes "
+                "from one process to the next (the same priority)",
+            }[rival["asked"]]
+            found.append(
+                f"{rival['backend']} ({where} {place}) also answers for *.pkg.dev and keyring "
+                f"asks it {when}: when it finds no credentials it raises, and keyring gives "
+                "up; remove it: " + rival["fix"]
+            )
+    return found
 
 
 def _cache_report() -> dict:
@@ -5026,16 +5054,62 @@ def _keyring_report() -> dict:
     try:
         backends = [str(b) for b in keyring.backend.get_all_keyring()]
         chosen = keyring.get_keyring()
+        # The chainer asks its backends in this order; a backend chosen alone is asked alone.
+        asked = [str(b) for b in getattr(chosen, "backends", [chosen])]
     except Exception as exc:  # keyringrc.cfg can make keyring raise anything at all
         return {"importable": True, "lists_backend": False, "error": f"keyring fails: {exc}"}
-    listed = any(b.startswith("artifactregistry_gauth.GooglePyPIAuth") for b in backends)
+    listed = any(b.startswith(_OUR_BACKEND + " ") for b in backends)
     return {
         "importable": True,
         "version": getattr(keyring, "__version__", "") or _distribution_version("keyring"),
         "lists_backend": listed,
         "chosen": str(chosen),
         "python": sys.executable,
+        "rivals": _rivals(asked, sys.executable),
     }
+
+
+_OUR_BACKEND = "artifactregistry_gauth.GooglePyPIAuth"
+OFFICIAL_PLUGIN = "keyrings.google-artifactregistry-auth"
+
+
+def _rivals(listed: list, python: str) -> list:
+    """Other backends that answer for *.pkg.dev, each with when keyring asks it (before
+    ours, after, or either) and how to remove it.
+
+    ``listed`` holds keyring's "module.Class (priority: N)" lines. keyring asks the highest
+    priority first; backends of equal priority come out of a set of classes (keyring.backend,
+    KeyringBackend._classes), so their order changes from one process to the next. The
+    official plugin raises when it finds no credentials, and keyring's chainer does not
+    catch it: asked before ours, it fails the lookup; after, it fails every other host's.
+    """
+    import re
+
+    found = {}
+    for line in listed:
+        match = re.fullmatch(r"(\S+) \(priority: (-?[0-9.]+(?:e-?[0-9]+)?)\)", line.strip())
+        if match and not match.group(1).endswith("ChainerBackend"):
+            found[match.group(1)] = float(match.group(2))
+    ours = found.get(_OUR_BACKEND, float("-inf"))  # not listed: never asked
+    return [
+        {
+            "backend": name,
+            "asked": "before" if priority > ours else "after" if priority < ours else "either",
+            "fix": _rival_fix(name, python),
+        }
+        for name, priority in found.items()
+        if name != _OUR_BACKEND
+        and (name.startswith("keyrings.gauth.") or "artifactregistry" in name.lower())
+    ]
+
+
+def _rival_fix(backend: str, python: str) -> str:
+    """The command that removes a rival backend from the environment of ``python``."""
+    if not backend.startswith("keyrings.gauth."):
+        return f"uninstall the package that provides {backend} from {python}'s environment"
+    if f"{os.sep}pipx{os.sep}" in python:
+        return f"pipx uninject keyring {OFFICIAL_PLUGIN}"
+    return f"{python} -m pip uninstall {OFFICIAL_PLUGIN}"
 
 
 def _distribution_version(name: str) -> str:
@@ -5064,6 +5138,9 @@ def _keyring_executable_report() -> dict:
     except (OSError, subprocess.TimeoutExpired) as exc:
         return {"path": executable, "sees_backend": False, "detail": f"cannot run it ({exc})"}
     sees = b"GooglePyPIAuth" in done.stdout
+    real = os.path.realpath(executable)
+    python = os.path.join(os.path.dirname(real), "python.exe" if os.name == "nt" else "python")
+    listed = done.stdout.decode("utf-8", "replace").splitlines()
     # pip's subprocess provider skips a keyring in its own environment's scripts folder.
     here = os.path.dirname(os.path.abspath(executable)) == os.path.dirname(sys.executable)
     return {
@@ -5072,6 +5149,7 @@ def _keyring_executable_report() -> dict:
         "in_this_environment": here,
         "version": _keyring_version_beside(executable),
         "in_scripts_of_pip": _pip_sharing_scripts_with(executable),
+        "rivals": _rivals(listed, python),
     }
 
 

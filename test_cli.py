@@ -1005,3 +1005,40 @@ def test_doctor_says_a_token_in_the_environment_was_given_not_fetched(capsys, he
     _, out, _ = cli(capsys, "doctor")
     (line,) = [line for line in out.splitlines() if "GOOGLE_OAUTH_ACCESS_TOKEN: answered" in line]
     assert "fetched now" not in line and "from the cache" not in line
+
+
+# --- doctor: the official plugin beside us ------------------------------------------------------
+
+OFFICIAL = "keyrings.gauth.GooglePythonAuth (priority: 9)"
+OURS = "artifactregistry_gauth.GooglePyPIAuth (priority: 9)"
+CHAINER = "keyring.backends.chainer.ChainerBackend (priority: 10)"
+
+
+@pytest.mark.parametrize(
+    ("listed", "asked"),
+    [
+        ([CHAINER, OFFICIAL, OURS], "either"),  # equal priorities: a set's order, per process
+        ([OURS, OFFICIAL], "either"),
+        ([OURS.replace("9", "8"), OFFICIAL], "before"),
+        ([OFFICIAL.replace("9", "8"), OURS], "after"),
+        ([OFFICIAL], "before"),  # chosen alone (keyringrc.cfg): ours is never asked
+    ],
+)
+def test_doctor_says_whether_keyring_asks_the_official_plugin_before_us(listed, asked):
+    python = "/venv/bin/python"
+    (rival,) = gauth._rivals(listed, python)
+    assert rival == {
+        "backend": "keyrings.gauth.GooglePythonAuth",
+        "asked": asked,
+        "fix": f"{python} -m pip uninstall keyrings.google-artifactregistry-auth",
+    }
+
+
+def test_doctor_sees_no_rival_among_other_backends():
+    listed = [OURS, "keyring.backends.SecretService.Keyring (priority: 5)", CHAINER]
+    assert gauth._rivals(listed, "/venv/bin/python") == []
+
+
+def test_doctor_tells_a_pipx_keyring_to_uninject_the_official_plugin():
+    (rival,) = gauth._rivals([OFFICIAL, OURS], "/home/u/.local/pipx/venvs/keyring/bin/python")
+    assert rival["fix"] == "pipx uninject keyring keyrings.google-artifactregistry-auth"

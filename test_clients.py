@@ -60,6 +60,7 @@ PIPENV = "pipenv==2026.10.3"
 PIP_TOOLS = "pip-tools==7.6.2"
 PIPX = "pipx==1.18.4"
 OURS = "artifactregistry-gauth"  # replaced by the wheel built from this checkout
+OFFICIAL_PLUGIN = "keyrings.google-artifactregistry-auth==1.1.2"
 VENVS = {
     "keyring25": [PIP, KEYRING_25, OURS],  # pip's import provider; the `keyring` put on PATH
     "keyring24": [KEYRING_24, OURS],
@@ -78,6 +79,8 @@ VENVS = {
     "pipx": [PIPX],
     "vendored": [PIP, KEYRING_25],  # keyring only; our single file comes through keyringrc.cfg
     "no_keyring": ["--no-deps", OURS],  # our command alone, linked as `keyring`
+    # A team moving over, with the official plugin still installed: one test removes it.
+    "official": [PIP, KEYRING_25, OURS, OFFICIAL_PLUGIN],
 }
 # Clients get no system directory that holds a real gcloud: our fallback must not find one.
 SYSTEM_PATH = [
@@ -1811,3 +1814,40 @@ def test_printed_pipx_commands_install_an_app(toolbox, registry, fake_google, cl
     app = check(run([tmp_path / "pipx-bin" / "gauth-demo"], env))
     assert app.stdout == "gauth-demo-lib\n"
     assert token_fetches(fake_google) == 1
+
+
+# --- the official plugin installed beside us ----------------------------------------------------
+
+
+def test_doctor_names_the_official_plugin_and_its_printed_fix_makes_keyring_and_pip_work(
+    toolbox, registry, fake_google, client_env, tmp_path
+):
+    token = check(run([toolbox.exe("keyring25", "artifactregistry-gauth"), "token"], client_env))
+    env = {k: v for k, v in client_env.items() if k != "GOOGLE_APPLICATION_CREDENTIALS"}
+    env["GOOGLE_OAUTH_ACCESS_TOKEN"] = token.stdout.strip()  # only we read it
+    scripts = toolbox.bin("official")  # this test's alone: it uninstalls the plugin
+    doctor = run([scripts / "artifactregistry-gauth", "doctor"], env)
+    assert doctor.returncode == 1, doctor.stdout + doctor.stderr
+    assert "keyrings.gauth.GooglePythonAuth" in doctor.stdout
+    fix = f"{scripts / 'python'} -m pip uninstall keyrings.google-artifactregistry-auth"
+    assert fix in doctor.stdout
+    # Both at priority 9: keyring keeps backends in a set, so which one it asks first
+    # changes from one process to the next, and doctor says so.
+    assert "in an order that changes from one process to the next" in doctor.stdout
+
+    keyring_get = [scripts / "keyring", "get", INDEX, "oauth2accesstoken"]
+    pip = [scripts / "python", "-m", "pip", "install", "--no-input", "--keyring-provider"]
+    pip += ["import", "--index-url", INDEX, "--target"]
+    for attempt in range(4):  # when it fails, it fails as doctor says
+        before = run(keyring_get, env)
+        assert before.returncode == 0 or "Failed to find credentials" in before.stderr
+        installed = run([*pip, tmp_path / f"before-{attempt}", "gauth-demo-app"], env)
+        assert installed.returncode == 0 or "Failed to find credentials" in installed.stderr
+
+    check(run([*fix.split(), "--yes"], env))  # the fix, as printed
+    after = run([scripts / "artifactregistry-gauth", "doctor"], env)
+    assert after.returncode == 0, after.stdout
+    assert "keyrings.gauth" not in after.stdout
+    assert check(run(keyring_get, env)).stdout == token.stdout
+    check(run([*pip, tmp_path / "after", "gauth-demo-app"], env))
+    assert_private_install(registry, tmp_path / "after")

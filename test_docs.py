@@ -129,3 +129,37 @@ def test_every_docs_section_a_file_cites_exists():
         (source, target) for source, target in cited if broken_target(ROOT / "README.md", target)
     )
     assert broken == []
+
+
+# --- print-settings in the docs: what the command prints, byte for byte --------------------------
+
+# A block that stands for print-settings' output follows this comment in the Markdown.
+PRINTED_BLOCK = re.compile(
+    r"^<!-- print-settings --tool ([\w-]+) -->\n```\w*\n(.*?)^```", re.M | re.S
+)
+
+
+def printed_blocks(path: Path) -> list:
+    return PRINTED_BLOCK.findall(path.read_text(encoding="utf-8"))
+
+
+@pytest.mark.parametrize("document", ["README.md", "docs/tools.md", "docs/reference.md"])
+def test_every_print_settings_block_in_the_docs_is_what_it_prints(document):
+    import artifactregistry_gauth as gauth
+
+    blocks = printed_blocks(ROOT / document)
+    assert blocks, f"{document} shows no print-settings block"
+    for tool, text in blocks:
+        assert text == gauth.print_settings("us", "PROJECT", "REPO", tool), tool
+
+
+def test_the_tools_page_shows_every_tool_print_settings_prints():
+    import artifactregistry_gauth as gauth
+
+    shown = {tool for tool, _ in printed_blocks(ROOT / "docs" / "tools.md")}
+    assert shown == set(gauth.SETTINGS)
+
+
+def test_the_front_page_shows_the_pip_and_uv_files():
+    shown = {tool for tool, _ in printed_blocks(ROOT / "README.md")}
+    assert {"pip", "uv"} <= shown

@@ -947,3 +947,16 @@ def test_real_gcloud_fails_on_a_percent_in_any_section_as_we_do(real_gcloud):
         gauth.get_token()
     assert "proxy/password" in str(caught.value)
     assert "Pa55" not in str(caught.value)
+
+
+def test_gcloud_with_no_account_keeps_its_message_and_what_was_tried_before_it(fake_gcloud):
+    fake_gcloud.configure(account=None)
+    with pytest.raises(gauth.CredentialError) as caught:
+        gauth.get_token()
+    message = str(caught.value)
+    assert "do not currently have an active account" in message  # gcloud's own words
+    assert "GOOGLE_APPLICATION_CREDENTIALS" in message  # what was tried before gcloud
+    assert "not on Google Cloud" in message
+    assert message.startswith("no Google credentials found (")
+    assert message.endswith("run `gcloud auth login` (or `gcloud config set account ACCOUNT`)")
+    assert "\n" not in message
