@@ -302,7 +302,7 @@ def _note(report: list | None, label: str, status: str, detail: object, **extra:
 
 def _cached_or_fetched(source: CredentialSource, transport: Transport) -> tuple[Token, str]:
     """The source's token and where it came from: memory, disk or a fetch."""
-    identity = source.identify(transport)
+    identity, learned = source.learn(transport)
     token = _CACHE.get(identity, source)
     if token is not None:
         _debug("using a cached token from %s", source)
@@ -313,7 +313,7 @@ def _cached_or_fetched(source: CredentialSource, transport: Transport) -> tuple[
             _debug("using a token another process just fetched from %s", source.describe())
             return token, "cache"
         started = _monotonic()
-        token = source.fetch(transport)
+        token = source.fetch_learned(transport, learned)
         if not _is_token_text(token.value):
             # Printed into netrc files, headers and `keyring get` output, a space or newline
             # would smuggle in extra entries or lines.
@@ -436,6 +436,15 @@ class CredentialSource:
     def identify(self, transport: Transport) -> str:
         """The cache identity; a source whose principal shows only at run time looks here."""
         return self.static_identity
+
+    def learn(self, transport: Transport) -> tuple[str, object]:
+        """The cache identity, and what finding it learned that a fetch needs again (a
+        subject token, AWS keys): handed to ``fetch_learned``, never kept on the source."""
+        return self.identify(transport), None
+
+    def fetch_learned(self, transport: Transport, learned: object) -> Token:
+        """``fetch``, given what ``learn`` found in this lookup."""
+        return self.fetch(transport)
 
     def describe(self) -> str:
         who = f" {self.account}" if self.account else ""
@@ -772,19 +781,31 @@ class ExternalAccount(CredentialSource):
         return None
 
     def identify(self, transport: Transport) -> str:
+        return self.learn(transport)[0]
+
+    def learn(self, transport: Transport) -> tuple[str, object]:
         # The file says where the subject token comes from, not whose it is: on a shared CI
         # runner the same file serves one job's token, then another's. So the subject is
         # part of the identity (hashed; it is never stored).
-        self._subject = self.subject_token(transport)
-        subject = _short_hash(self.subject_fingerprint(self._subject))
-        return f"{self.static_identity}:{subject}"
+        subject_token = self.subject_token(transport)
+        subject = _short_hash(self.subject_fingerprint(subject_token))
+        return f"{self.static_identity}:{subject}", subject_token
+
+    def subject_of(self, learned: object) -> str:
+        """The subject token, from what ``learn`` found."""
+        return str(learned)
 
     def subject_fingerprint(self, subject_token: str) -> str:
         """What decides the principal: a JWT's claims (not its times), else the whole token."""
         return _stable_jwt_claims(subject_token) or subject_token
 
     def fetch(self, transport: Transport) -> Token:
-        subject_token = self.__dict__.pop("_subject", None) or self.subject_token(transport)
+        return self.fetch_learned(transport, None)
+
+    def fetch_learned(self, transport: Transport, learned: object) -> Token:
+        if learned is None:  # identified without looking (a cached token that just expired)
+            learned = self.learn(transport)[1]
+        subject_token = self.subject_of(learned)
         # With impersonation the STS token only has to be good enough to call IAM.
         fields = {
             "grant_type": TOKEN_EXCHANGE_GRANT,
@@ -1176,22 +1197,25 @@ class AwsFederation(ExternalAccount):
             if url and urlsplit(url).scheme not in ("http", "https"):
                 raise self.fail(f"credential_source.{name} is not an http URL", _FEDERATION_FIX)
 
-    def identify(self, transport: Transport) -> str:
+    def learn(self, transport: Transport) -> tuple[str, object]:
         # The signed request carries a timestamp, so it differs every time; the AWS
         # credentials that sign it decide the principal (hashed, never stored).
-        self._aws = self._region_and_credentials(transport)
-        return f"{self.static_identity}:{_short_hash(_json_compact(self._aws))}"
+        aws = self._region_and_credentials(transport)
+        return f"{self.static_identity}:{_short_hash(_json_compact(aws))}", aws
 
     def _region_and_credentials(self, transport: Transport) -> tuple:
         metadata = _AwsMetadata(self, transport)
         return (metadata.region(), *metadata.credentials())
 
     def subject_token(self, transport: Transport) -> str:
+        return self.subject_of(self._region_and_credentials(transport))
+
+    def subject_of(self, learned: object) -> str:
+        """The signed GetCallerIdentity request, signed now with the learned keys."""
         import json
         from urllib.parse import quote
 
-        aws = self.__dict__.pop("_aws", None) or self._region_and_credentials(transport)
-        region, key_id, secret, session_token = aws
+        region, key_id, secret, session_token = learned
         url = self.verification_url.replace("{region}", region)
         try:
             headers = aws_sigv4_headers("POST", url, region, key_id, secret, session_token, _now())
@@ -1582,13 +1606,19 @@ class AdcFile(CredentialSource):
             self._parsed = _parse_adc_file(self.origin, self.raw)
         return self._parsed
 
-    def identify(self, transport: Transport) -> str:
+    def learn(self, transport: Transport) -> tuple[str, object]:
         if _CACHE.get(self.static_identity, self) is not None:
-            return self.static_identity
-        return self.parsed().identify(transport)
+            return self.static_identity, None
+        return self.parsed().learn(transport)
+
+    def identify(self, transport: Transport) -> str:
+        return self.learn(transport)[0]
 
     def fetch(self, transport: Transport) -> Token:
         return self.parsed().fetch(transport)
+
+    def fetch_learned(self, transport: Transport, learned: object) -> Token:
+        return self.parsed().fetch_learned(transport, learned)
 
     def describe(self) -> str:
         return self.parsed().describe()

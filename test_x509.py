@@ -359,3 +359,15 @@ def test_doctor_shows_the_x509_source(workload, mtls_google, monkeypatch):
     result = run_cli("doctor")
     assert result.returncode == 0, result.stderr
     assert f"workload identity federation (certificate) from {path}" in result.stdout
+
+
+# --- what a lookup learns is handed on, not kept on the source ---------------------------------
+
+
+def test_learning_the_identity_leaves_the_source_as_it_was(workload):
+    source = gauth.AdcFile(str(workload.write()), "test")
+    before = dict(vars(source.parsed()))
+    identity, learned = source.learn(gauth.Transport())
+    assert vars(source.parsed()) == before
+    assert learned == expected_subject(workload)
+    assert identity == source.identify(gauth.Transport())
