@@ -302,7 +302,7 @@ def _note(report: list | None, label: str, status: str, detail: object, **extra:
 
 def _cached_or_fetched(source: CredentialSource, transport: Transport) -> tuple[Token, str]:
     """The source's token and where it came from: memory, disk or a fetch."""
-    identity = source.identify(transport)
+    identity, learned = source.learn(transport)
     token = _CACHE.get(identity, source)
     if token is not None:
         _debug("using a cached token from %s", source)
@@ -313,7 +313,7 @@ def _cached_or_fetched(source: CredentialSource, transport: Transport) -> tuple[
             _debug("using a token another process just fetched from %s", source.describe())
             return token, "cache"
         started = _monotonic()
-        token = source.fetch(transport)
+        token = source.fetch_learned(transport, learned)
         if not _is_token_text(token.value):
             # Printed into netrc files, headers and `keyring get` output, a space or newline
             # would smuggle in extra entries or lines.
@@ -436,6 +436,15 @@ class CredentialSource:
     def identify(self, transport: Transport) -> str:
         """The cache identity; a source whose principal shows only at run time looks here."""
         return self.static_identity
+
+    def learn(self, transport: Transport) -> tuple[str, object]:
+        """The cache identity, and what finding it learned that a fetch needs again (a
+        subject token, AWS keys): handed to ``fetch_learned``, never kept on the source."""
+        return self.identify(transport), None
+
+    def fetch_learned(self, transport: Transport, learned: object) -> Token:
+        """``fetch``, given what ``learn`` found in this lookup."""
+        return self.fetch(transport)
 
     def describe(self) -> str:
         who = f" {self.account}" if self.account else ""
@@ -701,13 +710,8 @@ class ExternalAccount(CredentialSource):
                 f"{origin}: credential_source must have exactly one of 'file', 'url', "
                 f"'executable' or AWS's 'environment_id'; {_FEDERATION_FIX}"
             )
-        if given == ["certificate"]:
-            raise CredentialError(
-                f"{origin}: X.509 certificate workload identity federation "
-                "(credential_source.certificate) is not supported by artifactregistry-gauth; "
-                "use a file, url, executable or aws credential source, or a service account key"
-            )
-        return FileFederation(info, origin) if given == ["file"] else UrlFederation(info, origin)
+        classes = {"file": FileFederation, "url": UrlFederation, "certificate": X509Federation}
+        return classes[given[0]](info, origin)
 
     def __init__(self, info: dict, origin: str) -> None:
         import re
@@ -772,20 +776,36 @@ class ExternalAccount(CredentialSource):
         """The token from the other identity provider."""
         raise NotImplementedError
 
+    def client_tls(self) -> tuple | None:
+        """(SSL context, its trust) for STS and IAM when they need a client certificate."""
+        return None
+
     def identify(self, transport: Transport) -> str:
+        return self.learn(transport)[0]
+
+    def learn(self, transport: Transport) -> tuple[str, object]:
         # The file says where the subject token comes from, not whose it is: on a shared CI
         # runner the same file serves one job's token, then another's. So the subject is
         # part of the identity (hashed; it is never stored).
-        self._subject = self.subject_token(transport)
-        subject = _short_hash(self.subject_fingerprint(self._subject))
-        return f"{self.static_identity}:{subject}"
+        subject_token = self.subject_token(transport)
+        subject = _short_hash(self.subject_fingerprint(subject_token))
+        return f"{self.static_identity}:{subject}", subject_token
+
+    def subject_of(self, learned: object) -> str:
+        """The subject token, from what ``learn`` found."""
+        return str(learned)
 
     def subject_fingerprint(self, subject_token: str) -> str:
         """What decides the principal: a JWT's claims (not its times), else the whole token."""
         return _stable_jwt_claims(subject_token) or subject_token
 
     def fetch(self, transport: Transport) -> Token:
-        subject_token = self.__dict__.pop("_subject", None) or self.subject_token(transport)
+        return self.fetch_learned(transport, None)
+
+    def fetch_learned(self, transport: Transport, learned: object) -> Token:
+        if learned is None:  # identified without looking (a cached token that just expired)
+            learned = self.learn(transport)[1]
+        subject_token = self.subject_of(learned)
         # With impersonation the STS token only has to be good enough to call IAM.
         fields = {
             "grant_type": TOKEN_EXCHANGE_GRANT,
@@ -808,7 +828,8 @@ class ExternalAccount(CredentialSource):
         try:
             if self.client_id:
                 headers["Authorization"] = _basic_auth(self.client_id, self.client_secret)
-            data = _post_form(transport, self.token_url, fields, "Google's STS", headers)
+            tls = self.client_tls()
+            data = _post_form(transport, self.token_url, fields, "Google's STS", headers, tls)
             token = _token_from_oauth(data, "Google's STS", self.describe())
         except CredentialError as exc:
             raise self.failed(exc) from None
@@ -823,6 +844,7 @@ class ExternalAccount(CredentialSource):
                 self.lifetime,
                 self.quota_project,
                 self.describe(),
+                tls,
             )
         except CredentialError as exc:
             fix = f"grant the federated identity roles/iam.workloadIdentityUser on {self.account}"
@@ -1175,22 +1197,25 @@ class AwsFederation(ExternalAccount):
             if url and urlsplit(url).scheme not in ("http", "https"):
                 raise self.fail(f"credential_source.{name} is not an http URL", _FEDERATION_FIX)
 
-    def identify(self, transport: Transport) -> str:
+    def learn(self, transport: Transport) -> tuple[str, object]:
         # The signed request carries a timestamp, so it differs every time; the AWS
         # credentials that sign it decide the principal (hashed, never stored).
-        self._aws = self._region_and_credentials(transport)
-        return f"{self.static_identity}:{_short_hash(_json_compact(self._aws))}"
+        aws = self._region_and_credentials(transport)
+        return f"{self.static_identity}:{_short_hash(_json_compact(aws))}", aws
 
     def _region_and_credentials(self, transport: Transport) -> tuple:
         metadata = _AwsMetadata(self, transport)
         return (metadata.region(), *metadata.credentials())
 
     def subject_token(self, transport: Transport) -> str:
+        return self.subject_of(self._region_and_credentials(transport))
+
+    def subject_of(self, learned: object) -> str:
+        """The signed GetCallerIdentity request, signed now with the learned keys."""
         import json
         from urllib.parse import quote
 
-        aws = self.__dict__.pop("_aws", None) or self._region_and_credentials(transport)
-        region, key_id, secret, session_token = aws
+        region, key_id, secret, session_token = learned
         url = self.verification_url.replace("{region}", region)
         try:
             headers = aws_sigv4_headers("POST", url, region, key_id, secret, session_token, _now())
@@ -1292,6 +1317,148 @@ class _AwsMetadata:
                 "check the instance's IAM role, or set the AWS_* variables",
             )
         return response
+
+
+class X509Federation(ExternalAccount):
+    """Federation by X.509 certificate: the chain is the subject, mutual TLS proves the key.
+
+    As google-auth's identity_pool (``_X509Supplier``, ``_mtls_helper``) does it.
+    """
+
+    source_name = "certificate"
+
+    def __init__(self, info: dict, origin: str) -> None:
+        super().__init__(info, origin)
+        where = "credential_source.certificate"
+        certificate = self.credential_source["certificate"]
+        if not isinstance(certificate, dict):
+            raise self.fail(f"{where} is not a JSON object", _FEDERATION_FIX)
+        for name in ("certificate_config_location", "trust_chain_path"):
+            if not isinstance(certificate.get(name) or "", str):
+                raise self.fail(f"{where}.{name} is not a path", _FEDERATION_FIX)
+        self.config_location = certificate.get("certificate_config_location") or ""
+        self.chain_path = certificate.get("trust_chain_path") or ""
+        use_default = certificate.get("use_default_certificate_config")
+        if use_default not in (None, True, False):
+            raise self.fail(f"{where}.use_default_certificate_config is not true or false")
+        if bool(self.config_location) == bool(use_default):
+            raise self.fail(
+                f"{where} needs exactly one of use_default_certificate_config: true and "
+                "certificate_config_location",
+                _FEDERATION_FIX,
+            )
+
+    def _config(self) -> tuple[str, str]:
+        """The certificate config file and what named it, in google-auth's order."""
+        if self.config_location:
+            named = "credential_source.certificate.certificate_config_location"
+            return os.path.expanduser(self.config_location), named
+        for name in ("GOOGLE_API_CERTIFICATE_CONFIG", _CONTEXT_AWARE_CONFIG):
+            if os.environ.get(name):
+                return os.path.expanduser(os.environ[name]), name
+        # google-auth's X.509 federation stops here: GKE's credential bundle serves only its
+        # mTLS channels (_mtls_helper._get_workload_cert_and_key), never this source.
+        return os.path.join(gcloud_config_dir(), "certificate_config.json"), "gcloud's default"
+
+    def _cert_and_key(self) -> tuple[str, str]:
+        """The workload certificate and key paths of the certificate config."""
+        path, named = self._config()
+        try:
+            config = _json_loads(read_local_file(path))
+        except FileNotFoundError:
+            raise self.fail(
+                f"the certificate config {path} ({named}) was not found",
+                "create it with `gcloud iam workload-identity-pools create-cred-config "
+                "--credential-cert-path=... --credential-cert-private-key-path=...`, or set "
+                "GOOGLE_API_CERTIFICATE_CONFIG",
+            ) from None
+        except (OSError, ValueError) as exc:
+            problem = getattr(exc, "strerror", None) or "not JSON"
+            raise self.fail(f"cannot read the certificate config {path} ({problem})") from None
+        workload = config.get("cert_configs") if isinstance(config, dict) else None
+        workload = workload.get("workload") if isinstance(workload, dict) else None
+        paths = [workload.get(n) if isinstance(workload, dict) else None for n in _CERT_FIELDS]
+        if not all(isinstance(value, str) and value for value in paths):
+            raise CredentialError(
+                f"{path}: field cert_configs.workload.cert_path or key_path is missing; "
+                "it must name the workload's certificate and key files"
+            )
+        return paths[0], paths[1]
+
+    def subject_token(self, transport: Transport) -> str:
+        import json
+
+        cert_path = self._cert_and_key()[0]
+        leaf = self._certificates(cert_path, "the workload certificate")[0]
+        chain = [leaf]
+        if self.chain_path:
+            trust_chain = self._certificates(self.chain_path, "the trust chain")
+            if trust_chain[0] != leaf:  # the leaf may open the chain, counted once
+                chain.append(trust_chain[0])
+            if leaf in trust_chain[1:]:
+                raise self.fail(
+                    f"the trust chain {self.chain_path} holds the workload certificate after "
+                    "another one",
+                    "put it first in credential_source.certificate.trust_chain_path, or leave "
+                    "it out",
+                )
+            chain += trust_chain[1:]
+        return json.dumps(chain)  # google-auth's spacing: the same subject token to the byte
+
+    def _certificates(self, path: str, what: str) -> list:
+        """The PEM file's certificates as standard base64 DER, in file order."""
+        try:
+            certificates = _pem_certificates(read_local_text(path))
+        except OSError as exc:
+            raise self.fail(f"cannot read {what} {path} ({exc.strerror})") from None
+        except ValueError:
+            certificates = []
+        if not certificates:
+            raise self.fail(f"{what} {path} holds no PEM certificate", "check the file")
+        return certificates
+
+    def client_tls(self) -> tuple:
+        cert_path, key_path = self._cert_and_key()
+        context, stores = _new_tls_context()  # what every other request trusts, own context
+        try:
+            context.load_cert_chain(cert_path, key_path, password=_no_password)
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+            reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or exc
+            raise CredentialError(
+                f"cannot use {cert_path} and {key_path} as a TLS client certificate ({reason}); "
+                "check cert_configs.workload in the certificate config"
+            ) from None
+        return context, describe_trust(stores)
+
+
+_CONTEXT_AWARE_CONFIG = "CLOUDSDK_CONTEXT_AWARE_CERTIFICATE_CONFIG_FILE_PATH"
+_CERT_FIELDS = ("cert_path", "key_path")
+
+
+def _no_password() -> bytes:
+    """An encrypted key fails instead of prompting on the terminal (pip may hold it)."""
+    return b""
+
+
+def _pem_certificates(text: str) -> list:
+    """Each CERTIFICATE block of PEM text as standard padded base64 of its DER bytes.
+
+    ValueError if a block is not base64 of a DER SEQUENCE.
+    """
+    import base64
+    import binascii
+    import re
+
+    found = []
+    for body in re.findall(r"-----BEGIN CERTIFICATE-----(.*?)-----END CERTIFICATE", text, re.S):
+        try:
+            der = base64.b64decode("".join(body.split()), validate=True)
+        except binascii.Error:
+            raise ValueError("not base64") from None
+        if der[:1] != b"\x30":
+            raise ValueError("not DER")
+        found.append(base64.b64encode(der).decode("ascii"))
+    return found
 
 
 class ExternalAccountUser(CredentialSource):
@@ -1439,13 +1606,19 @@ class AdcFile(CredentialSource):
             self._parsed = _parse_adc_file(self.origin, self.raw)
         return self._parsed
 
-    def identify(self, transport: Transport) -> str:
+    def learn(self, transport: Transport) -> tuple[str, object]:
         if _CACHE.get(self.static_identity, self) is not None:
-            return self.static_identity
-        return self.parsed().identify(transport)
+            return self.static_identity, None
+        return self.parsed().learn(transport)
+
+    def identify(self, transport: Transport) -> str:
+        return self.learn(transport)[0]
 
     def fetch(self, transport: Transport) -> Token:
         return self.parsed().fetch(transport)
+
+    def fetch_learned(self, transport: Transport, learned: object) -> Token:
+        return self.parsed().fetch_learned(transport, learned)
 
     def describe(self) -> str:
         return self.parsed().describe()
@@ -2689,9 +2862,17 @@ def _unlock(fd: int) -> None:
 
 
 def _post_form(
-    transport: Transport, url: str, fields: dict, what: str, headers: dict | None = None
+    transport: Transport,
+    url: str,
+    fields: dict,
+    what: str,
+    headers: dict | None = None,
+    tls: tuple | None = None,
 ) -> dict:
-    """POST a form to an OAuth token endpoint and return its JSON answer."""
+    """POST a form to an OAuth token endpoint and return its JSON answer.
+
+    ``tls``: an (SSL context, its trust) of its own, for a client certificate.
+    """
     from urllib.parse import urlencode
 
     _check_endpoint(url, what)
@@ -2701,7 +2882,7 @@ def _post_form(
         name: _sendable(value, f"the {name} to send to {what}") for name, value in fields.items()
     }
     response = transport.request(
-        "POST", url, body=urlencode(form).encode("ascii"), headers=all_headers
+        "POST", url, body=urlencode(form).encode("ascii"), headers=all_headers, tls=tls
     )
     sent = [value for name, value in fields.items() if name in _SECRET_FIELDS]
     for name, value in all_headers.items():
@@ -2875,6 +3056,7 @@ def _generate_access_token(
     lifetime: int,
     quota_project: str,
     source: str,
+    tls: tuple | None = None,
 ) -> Token:
     """Trade a token for a service account's at IAM (docs/protocols.md#impersonation)."""
     import json
@@ -2886,7 +3068,7 @@ def _generate_access_token(
         headers["x-goog-user-project"] = quota_project
     _debug("asking IAM for a token of %s", _target_principal(url))
     response = transport.request(
-        "POST", url, body=json.dumps(body).encode("utf-8"), headers=headers
+        "POST", url, body=json.dumps(body).encode("utf-8"), headers=headers, tls=tls
     )
     data = _token_response_json(response, url, "IAM generateAccessToken", [bearer])
     value, expire_time = data.get("accessToken"), data.get("expireTime")

@@ -890,9 +890,9 @@ MALFORMED = [
     ),
     ("no source at all", external({}), "exactly one of 'file', 'url'"),
     (
-        "x509 certificate",
-        external({"certificate": {"use_default_certificate_config": True}}),
-        r"X\.509 certificate .* is not supported by artifactregistry-gauth",
+        "x509 certificate without a config",
+        external({"certificate": {}}),
+        "credential_source.certificate needs exactly one of use_default_certificate_config",
     ),
     (
         "unknown format",

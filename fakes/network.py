@@ -623,3 +623,11 @@ def server_context(ca, hosts):
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ca.issue_cert(*hosts).configure_cert(context)
     return context
+
+
+def mutual_tls_server_context(ca, hosts):
+    """``server_context`` that also refuses any client without a certificate issued by `ca`."""
+    context = server_context(ca, hosts)
+    context.verify_mode = ssl.CERT_REQUIRED
+    ca.configure_trust(context)
+    return context
