@@ -106,10 +106,10 @@ class Token:
         self.expiry = expiry
         self.source = source
 
-    def seconds_left(self, now: float | None = None) -> float | None:
+    def seconds_left(self) -> float | None:
         if self.expiry is None:
             return None
-        return self.expiry - (_now() if now is None else now)
+        return self.expiry - _now()
 
     def __repr__(self) -> str:  # never the token itself
         return f"<Token from {self.source or '?'} expiring at {self.expiry}>"
@@ -184,12 +184,12 @@ def get_token() -> str:
 
 def _token_or_none() -> str | None:
     """The token for the keyring backend: on failure one warning line, then None."""
-    if _LAST_FAILURE and _monotonic() - _LAST_FAILURE[0][0] < FAILURE_MEMORY:
+    if _LAST_FAILURE and _monotonic() - _LAST_FAILURE[0] < FAILURE_MEMORY:
         return None
     try:
         return get_token()
     except CredentialError as exc:
-        _LAST_FAILURE[:] = [(_monotonic(), str(exc))]
+        _LAST_FAILURE[:] = [_monotonic()]
         _logger().warning("artifactregistry-gauth: %s", exc)
         return None
 
@@ -254,13 +254,13 @@ def service_host(service: str) -> str | None:
 # --- lookup: the first source that applies, its token cached by identity ----------------
 
 
-def lookup(transport: Transport | None = None, report: list | None = None) -> Token:
+def lookup(report: list | None = None) -> Token:
     """Find credentials in the documented order and return a live token.
 
     Raises CredentialError with one line saying what was tried and what to do. With
     ``report``, appends what each source said (for ``doctor``).
     """
-    transport = transport or Transport()
+    transport = Transport()
     skipped = []
     for label, step in DISCOVERY:
         try:
@@ -344,13 +344,13 @@ def _explicit_adc_file() -> CredentialSource:
         raise NotApplicable("GOOGLE_APPLICATION_CREDENTIALS is not set")
     # Naming gcloud's own ADC file means "use gcloud's ADC": when it is missing, discovery
     # goes on as google-auth's does (docs/protocols.md#discovery); other missing files fail.
-    if not os.path.exists(path) and _same_path(path, well_known_adc_file()):
+    if not os.path.exists(path) and _same_path(path, gcloud_adc_path()):
         raise NotApplicable(f"GOOGLE_APPLICATION_CREDENTIALS names gcloud's absent {path}")
     return load_adc_file(path, "GOOGLE_APPLICATION_CREDENTIALS")
 
 
-def _well_known_adc_file() -> CredentialSource:
-    path = well_known_adc_file()
+def _gcloud_adc_file() -> CredentialSource:
+    path = gcloud_adc_path()
     if not os.path.isfile(path):
         raise NotApplicable(f"no {path}")
     return load_adc_file(path, "gcloud's application default credentials")
@@ -387,7 +387,7 @@ def _gcloud() -> CredentialSource:
 DISCOVERY = (
     ("GOOGLE_OAUTH_ACCESS_TOKEN", _explicit_token),
     ("GOOGLE_APPLICATION_CREDENTIALS", _explicit_adc_file),
-    ("gcloud ADC file", _well_known_adc_file),
+    ("gcloud ADC file", _gcloud_adc_file),
     ("metadata server", _metadata_server),
     ("gcloud", _gcloud),
 )
@@ -413,12 +413,13 @@ class CredentialSource:
         self.origin = origin  # the file or variable it was found in
 
     @property
-    def identity(self) -> str:
+    def static_identity(self) -> str:
+        """The cache identity as far as it is known without asking anyone."""
         return f"{self.kind}:{self.origin}:{self.content_hash}"
 
     def identify(self, transport: Transport) -> str:
         """The cache identity; a source whose principal shows only at run time looks here."""
-        return self.identity
+        return self.static_identity
 
     def describe(self) -> str:
         who = f" {self.account}" if self.account else ""
@@ -428,9 +429,27 @@ class CredentialSource:
         raise NotImplementedError
 
     def fail(self, problem: str, fix: str = "") -> CredentialError:
+        """One line: who failed, what went wrong, and what to do."""
         if fix:
             problem = (problem[:-1] if problem.endswith(".") else problem) + f"; {fix}"
-        return CredentialError(f"{self.origin}: {problem}")
+        return CredentialError(f"{self.blame()}: {problem}")
+
+    def blame(self) -> str:
+        """How error lines name this source: the file or variable it came from."""
+        return self.origin
+
+    def failed(self, exc: CredentialError, fix: str = "") -> CredentialError:
+        """``fail`` for a request that failed; a token endpoint's refusal gets a fix.
+
+        The fix is ``fix`` if given, else the source's own ``refusal_fix``.
+        """
+        if isinstance(exc, TokenEndpointError):
+            return self.fail(str(exc), fix or self.refusal_fix(exc))
+        return self.fail(str(exc))
+
+    def refusal_fix(self, exc: TokenEndpointError) -> str:
+        """What to do when the token endpoint refuses this source (its OAuth error)."""
+        return ""
 
 
 class ExplicitToken(CredentialSource):
@@ -474,7 +493,7 @@ class ServiceAccountKey(CredentialSource):
     def sign(self, claims: dict) -> str:
         try:
             return make_jwt(self.key, claims, self.key_id)
-        except (KeyFormatError, ValueError) as exc:
+        except ValueError as exc:  # KeyFormatError included
             raise self.fail(f"signing with private_key failed ({exc})", _KEY_FIX) from None
 
     def fetch(self, transport: Transport) -> Token:
@@ -496,11 +515,13 @@ class ServiceAccountKey(CredentialSource):
         try:
             data = _post_form(transport, self.token_uri, fields, "the token endpoint")
         except TokenEndpointError as exc:
-            fix = _KEY_FIX if exc.error in ("invalid_grant", "invalid_client") else ""
-            if "clock" in str(exc).lower() or "jwt" in str(exc).lower():
-                fix = "check that this machine's clock is right, or " + _KEY_FIX
-            raise self.fail(str(exc), fix) from None
+            raise self.failed(exc) from None
         return _token_from_oauth(data, "the token endpoint", self.describe())
+
+    def refusal_fix(self, exc: TokenEndpointError) -> str:
+        if "clock" in str(exc).lower() or "jwt" in str(exc).lower():
+            return "check that this machine's clock is right, or " + _KEY_FIX
+        return _KEY_FIX if exc.error in ("invalid_grant", "invalid_client") else ""
 
 
 _KEY_FIX = (
@@ -541,11 +562,18 @@ class AuthorizedUser(CredentialSource):
             if exc.subtype in ("invalid_rapt", "rapt_required"):
                 problem = "Google wants you to sign in again (reauthentication)"
                 raise self.fail(problem, LOGIN_HINT) from None
-            if exc.error in ("invalid_grant", "invalid_client", "unauthorized_client"):
-                fix = "the login has expired or was revoked; " + LOGIN_HINT
-                raise self.fail(str(exc), fix) from None
-            raise self.fail(str(exc)) from None
+            raise self.failed(exc) from None
         return _token_from_oauth(data, "Google's token endpoint", self.describe())
+
+    def refusal_fix(self, exc: TokenEndpointError) -> str:
+        return _expired_login_fix(exc, LOGIN_HINT)
+
+
+def _expired_login_fix(exc: TokenEndpointError, login: str) -> str:
+    """For a refresh token the endpoint no longer accepts: log in again."""
+    if exc.error in ("invalid_grant", "invalid_client", "unauthorized_client"):
+        return "the login has expired or was revoked; " + login
+    return ""
 
 
 def _require_fields(info: dict, names: tuple, origin: str, fix: str) -> None:
@@ -730,7 +758,8 @@ class ExternalAccount(CredentialSource):
         # runner the same file serves one job's token, then another's. So the subject is
         # part of the identity (hashed; it is never stored).
         self._subject = self.subject_token(transport)
-        return f"{self.identity}:{_short_hash(self.subject_fingerprint(self._subject).encode())}"
+        subject = _short_hash(self.subject_fingerprint(self._subject).encode())
+        return f"{self.static_identity}:{subject}"
 
     def subject_fingerprint(self, subject_token: str) -> str:
         """What decides the principal: a JWT's claims (not its times), else the whole token."""
@@ -760,11 +789,8 @@ class ExternalAccount(CredentialSource):
         try:
             data = _post_form(transport, self.token_url, fields, "Google's STS", headers)
             token = _token_from_oauth(data, "Google's STS", self.describe())
-        except TokenEndpointError as exc:
-            fix = "check the audience, and that the pool's provider accepts this subject token"
-            raise self.fail(str(exc), fix if exc.error else "") from None
         except CredentialError as exc:
-            raise self.fail(str(exc)) from None
+            raise self.failed(exc) from None
         if not self.impersonation_url:
             return token
         try:
@@ -777,13 +803,14 @@ class ExternalAccount(CredentialSource):
                 self.quota_project,
                 self.describe(),
             )
-        except TokenEndpointError as exc:
-            raise self.fail(
-                str(exc),
-                f"grant the federated identity roles/iam.workloadIdentityUser on {self.account}",
-            ) from None
         except CredentialError as exc:
-            raise self.fail(str(exc)) from None
+            fix = f"grant the federated identity roles/iam.workloadIdentityUser on {self.account}"
+            raise self.failed(exc, fix) from None
+
+    def refusal_fix(self, exc: TokenEndpointError) -> str:
+        if not exc.error:
+            return ""
+        return "check the audience, and that the pool's provider accepts this subject token"
 
     def _token_format(self) -> tuple[str, str]:
         """(format type, JSON field name) of a file or url subject token."""
@@ -1131,7 +1158,7 @@ class AwsFederation(ExternalAccount):
         # The signed request carries a timestamp, so it differs every time; the AWS
         # credentials that sign it decide the principal (hashed, never stored).
         self._aws = self._region_and_credentials(transport)
-        return f"{self.identity}:{_short_hash(_json_compact(self._aws))}"
+        return f"{self.static_identity}:{_short_hash(_json_compact(self._aws))}"
 
     def _region_and_credentials(self, transport: Transport) -> tuple:
         metadata = _AwsMetadata(self, transport)
@@ -1256,7 +1283,6 @@ class ExternalAccountUser(CredentialSource):
         self.client_auth = _basic_auth(info["client_id"], info["client_secret"])
         self.refresh_token = info["refresh_token"]
         self.universe = _optional_str(info, "universe_domain", origin) or DEFAULT_UNIVERSE
-        self.quota_project = _optional_str(info, "quota_project_id", origin)
 
     def fetch(self, transport: Transport) -> Token:
         fields = {"grant_type": "refresh_token", "refresh_token": self.refresh_token}
@@ -1264,13 +1290,11 @@ class ExternalAccountUser(CredentialSource):
         try:
             data = _post_form(transport, self.token_url, fields, "Google's STS", headers)
             return _token_from_oauth(data, "Google's STS", self.describe())
-        except TokenEndpointError as exc:
-            fix = ""
-            if exc.error in ("invalid_grant", "invalid_client", "unauthorized_client"):
-                fix = "the login has expired or was revoked; " + _WORKFORCE_LOGIN_FIX
-            raise self.fail(str(exc), fix) from None
         except CredentialError as exc:
-            raise self.fail(str(exc)) from None
+            raise self.failed(exc) from None
+
+    def refusal_fix(self, exc: TokenEndpointError) -> str:
+        return _expired_login_fix(exc, _WORKFORCE_LOGIN_FIX)
 
 
 _IMPERSONATION_SOURCES = {
@@ -1342,13 +1366,9 @@ class ImpersonatedServiceAccount(CredentialSource):
                 self.quota_project,
                 self.describe(),
             )
-        except TokenEndpointError as exc:
-            raise self.fail(
-                str(exc),
-                f"grant the source account roles/iam.serviceAccountTokenCreator on {self.account}",
-            ) from None
         except CredentialError as exc:
-            raise self.fail(str(exc)) from None
+            fix = f"grant the source account roles/iam.serviceAccountTokenCreator on {self.account}"
+            raise self.failed(exc, fix) from None
 
 
 # --- reading an ADC file: its type decides the source --------------------------------------
@@ -1366,7 +1386,7 @@ _UNSUPPORTED_TYPES = {
 }
 
 
-def well_known_adc_file() -> str:
+def gcloud_adc_path() -> str:
     return os.path.join(gcloud_config_dir(), "application_default_credentials.json")
 
 
@@ -1463,7 +1483,7 @@ class MetadataServer(CredentialSource):
         self.on_google_hardware = self.product_name.startswith("Google")
 
     @property
-    def identity(self) -> str:
+    def static_identity(self) -> str:
         return f"metadata server:{self.origin}:{self.account}:{self.instance_id}"
 
     def identify(self, transport: Transport) -> str:
@@ -1472,7 +1492,7 @@ class MetadataServer(CredentialSource):
         remembered = memory.recall()
         if remembered.get("verdict") == "present":
             self.account, self.instance_id = remembered["account"], remembered["instance_id"]
-            return self.identity
+            return self.static_identity
         if remembered.get("verdict") == "absent" and not self.on_google_hardware:
             raise NotApplicable(
                 f"not on Google Cloud (http://{self.ping_host}/ did not answer "
@@ -1488,7 +1508,7 @@ class MetadataServer(CredentialSource):
         self.account = email
         self.instance_id = self._get(transport, "instance/id", "its instance id") or ""
         memory.remember_present(self.account, self.instance_id)
-        return self.identity
+        return self.static_identity
 
     def fetch(self, transport: Transport) -> Token:
         url = (
@@ -1510,7 +1530,7 @@ class MetadataServer(CredentialSource):
             raise self.fail("the metadata server answered a token request with something not JSON")
         return _token_from_oauth(data, "the metadata server", self.describe())
 
-    def detect(self, transport: Transport, memory: _MetadataMemory | None = None) -> None:
+    def detect(self, transport: Transport, memory: _MetadataMemory | None) -> None:
         """Raise NotApplicable unless a Google metadata server answers the ping.
 
         On Google hardware a failed ping is no verdict: the hardware decides, as in
@@ -1678,19 +1698,9 @@ class _MetadataMemory:
         if self.path is None:
             return {}
         try:
-            flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
-            fd = os.open(self.path, flags)
-        except OSError:
-            return {}
-        try:
-            if not _private_file(fd):
-                return {}
-            with os.fdopen(fd, "rb", closefd=False) as f:
-                data = _json_loads(f.read(4096))
+            data = _json_loads(read_local_file(self.path, 4096, private=True))
         except (OSError, ValueError):
             return {}
-        finally:
-            os.close(fd)
         return data if self._fresh(data) else {}
 
     def _fresh(self, data: object) -> bool:
@@ -1780,14 +1790,14 @@ class GcloudCli(CredentialSource):
 
     kind = "gcloud"
 
-    def __init__(self, executable: str, settings: GcloudSettings | None = None) -> None:
+    def __init__(self, executable: str, settings: GcloudSettings) -> None:
         super().__init__(executable)
-        self.settings = settings or GcloudSettings.read(executable)
+        self.settings = settings
         self.configuration = self.settings.configuration
         self.account = self.settings.get("core/account")
 
     @property
-    def identity(self) -> str:
+    def static_identity(self) -> str:
         settings = self.settings
         return f"gcloud:{settings.config_dir}:{settings.configuration}:{settings.fingerprint()}"
 
@@ -1795,10 +1805,8 @@ class GcloudCli(CredentialSource):
         who = self.settings.principal(self.account)
         return f"gcloud ({who}, configuration {self.configuration})"
 
-    def fail(self, problem: str, fix: str = "") -> CredentialError:
-        # Named by whose token was asked for, not by the executable's path.
-        message = str(super().fail(problem, fix))[len(self.origin) :]
-        return CredentialError(self.describe() + message)
+    def blame(self) -> str:
+        return self.describe()  # whose token was asked for, not the executable's path
 
     def fetch(self, transport: Transport) -> Token:
         import subprocess
@@ -1981,7 +1989,7 @@ class GcloudSettings:
     def impersonated(self) -> str:
         """The service account gcloud impersonates, or "" (the last of a delegation chain)."""
         chain = [part.strip() for part in self.get("auth/impersonate_service_account").split(",")]
-        return chain[-1] if chain else ""
+        return chain[-1]
 
     def principal(self, account: str) -> str:
         """Who gcloud answers for, in words: the account, a file or a token, and impersonation."""
@@ -2118,7 +2126,7 @@ class TokenCache:
     def __init__(self) -> None:
         self._entries: dict = {}  # identity -> (token, hand out until)
 
-    def get(self, identity: str, source: CredentialSource | None = None) -> Token | None:
+    def get(self, identity: str, source: CredentialSource) -> Token | None:
         token, until = self._entries.get(identity, (None, 0.0))
         if token is not None and _now() < until:
             return token
@@ -2129,7 +2137,7 @@ class TokenCache:
                 return token
         return None
 
-    def put(self, identity: str, token: Token, source: CredentialSource | None = None) -> None:
+    def put(self, identity: str, token: Token, source: CredentialSource) -> None:
         if token.expiry is None:
             self._entries[identity] = (token, _now() + UNKNOWN_EXPIRY_LIFE)
             return
@@ -2154,22 +2162,12 @@ class TokenCache:
             return None
         path = os.path.join(directory, _file_key(identity) + ".json")
         try:
-            fd = os.open(
-                path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
-            )
-        except OSError:
+            data = _json_loads(read_local_file(path, 65536, private=True))
+        except FileNotFoundError:
             return None
-        try:
-            if not _private_file(fd):
-                _debug("ignoring cache file %s: not ours or readable by others", path)
-                return None
-            with os.fdopen(fd, "rb", closefd=False) as f:
-                data = _json_loads(f.read(65536))
-        except (OSError, ValueError):
-            _debug("ignoring unreadable cache file %s", path)
+        except (OSError, ValueError) as exc:
+            _debug("ignoring cache file %s: %s", path, getattr(exc, "strerror", "") or exc)
             return None
-        finally:
-            os.close(fd)
         if not (
             isinstance(data, dict)
             and data.get("key") == _file_key(identity, full=True)
@@ -2205,7 +2203,7 @@ class TokenCache:
 _CACHE = TokenCache()
 
 
-_LAST_FAILURE: list = []  # [(monotonic time, message)]
+_LAST_FAILURE: list = []  # [monotonic time of the last failed lookup]
 
 
 def _forget_tokens() -> None:
@@ -2277,14 +2275,6 @@ def _file_key(identity: str, full: bool = False) -> str:
     return digest if full else digest[:32]
 
 
-def _private_file(fd: int) -> bool:
-    """True if the open file is ours and nobody else can read or write it."""
-    if not hasattr(os, "getuid"):
-        return True
-    info = os.fstat(fd)
-    return info.st_uid == os.getuid() and not info.st_mode & 0o077
-
-
 class _FileLock:
     """An exclusive lock on a file, given up on at a deadline (then we go on unlocked)."""
 
@@ -2334,7 +2324,8 @@ def _open_lock_file(path: str) -> int:
         if not os.path.islink(path):
             raise
     else:
-        if stat.S_ISREG(os.fstat(fd).st_mode) and _private_file(fd):
+        info = os.fstat(fd)
+        if stat.S_ISREG(info.st_mode) and not _not_ours(info, private=True):
             return fd
         os.close(fd)
     _debug("replacing lock file %s: a link, not a file, or not ours alone", path)
@@ -2464,7 +2455,7 @@ def _redact(text: str, secrets: list) -> str:
     return "".join(kept)[:MAX_QUOTED]
 
 
-def _token_response_json(response: Response, url: str, what: str, sent: list = ()) -> dict:
+def _token_response_json(response: Response, url: str, what: str, sent: list) -> dict:
     try:
         data = response.json()
     except ValueError:
@@ -2756,7 +2747,6 @@ def aws_sigv4_headers(
     import hashlib
     import hmac
     import posixpath
-    import time
     from urllib.parse import parse_qs, quote, urlsplit
 
     parts = urlsplit(url)
@@ -2854,26 +2844,31 @@ def _debug(msg: str, *args: object) -> None:
 # --- local files: bounded reads, private writes -------------------------------------------
 
 
-def read_local_file(path: str, limit: int = MAX_LOCAL_FILE_BYTES, owned: bool = False) -> bytes:
+def read_local_file(
+    path: str, limit: int = MAX_LOCAL_FILE_BYTES, owned: bool = False, private: bool = False
+) -> bytes:
     """The bytes of a regular file, opened without blocking and read up to ``limit``.
 
     Raises OSError whose ``strerror`` says why: missing, unreadable, not a regular file
     (a FIFO would block forever, ``/dev/zero`` never ends) or larger than ``limit``.
-    With ``owned``, also when the file is not ours or others may write it.
+    ``owned``: also unless the file is ours and nobody else can write it, so nobody else
+    could have planted what it says (an executable's output file). ``private``: a file we
+    wrote ourselves (cache, verdicts): owned, nobody else can read it either, and a
+    symbolic link is not followed. Both are checked on what was opened: no race.
     """
     import stat
 
     flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
+    if private:
+        flags |= getattr(os, "O_NOFOLLOW", 0)
     fd = os.open(path, flags)
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise OSError(0, "not a regular file", path)
-        if owned and hasattr(os, "getuid"):  # checked on what was opened: no race
-            if info.st_uid != os.getuid():
-                raise OSError(0, "owned by another user", path)
-            if info.st_mode & 0o022:
-                raise OSError(0, "writable by other users", path)
+        reason = (owned or private) and _not_ours(info, private)
+        if reason:
+            raise OSError(0, reason, path)
         chunks = []
         size = 0
         while size <= limit:
@@ -2887,6 +2882,17 @@ def read_local_file(path: str, limit: int = MAX_LOCAL_FILE_BYTES, owned: bool = 
     if size > limit:
         raise OSError(0, f"larger than {limit // 1024} KiB", path)
     return b"".join(chunks)
+
+
+def _not_ours(info: os.stat_result, private: bool) -> str:
+    """Why a file is not ours alone ("" if it is): owner, then who else may write (or read)."""
+    if not hasattr(os, "getuid"):
+        return ""  # Windows: the user's profile directories carry the protection
+    if info.st_uid != os.getuid():
+        return "owned by another user"
+    if info.st_mode & (0o077 if private else 0o022):
+        return "open to other users" if private else "writable by other users"
+    return ""
 
 
 def read_local_text(path: str, limit: int = MAX_LOCAL_FILE_BYTES, owned: bool = False) -> str:
@@ -3138,8 +3144,8 @@ def _check_endpoint(url: str, what: str) -> None:
 class Transport:
     """Sends the HTTP requests of one lookup, all within one deadline."""
 
-    def __init__(self, budget: float | None = None) -> None:
-        self.budget = LOOKUP_BUDGET if budget is None else budget
+    def __init__(self) -> None:
+        self.budget = LOOKUP_BUDGET
         self.deadline = _monotonic() + self.budget
 
     def remaining(self) -> float:
@@ -3294,8 +3300,6 @@ def _retry_after(response: Response, limit: float) -> float:
     text = str(response.headers.get("retry-after", "")).strip()
     if not (text.isascii() and text.isdigit()):
         return 0.0
-    if len(text) > 9:  # more than 31 years: certainly beyond any budget
-        return max(limit, 0.0)
     return max(min(float(text), limit), 0.0)
 
 
@@ -3449,19 +3453,13 @@ def _macos_roots() -> str:
 
 
 def _fresh_private_text(path: str, life: float) -> str:
-    """The text of a regular file of ours younger than ``life`` seconds, else ""."""
-    import stat
-
-    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    """The text of a private file of ours younger than ``life`` seconds, else ""."""
     try:
-        fd = os.open(path, flags)
+        if _now() - os.stat(path, follow_symlinks=False).st_mtime > life:
+            return ""
+        return read_local_file(path, MAX_MACOS_ROOTS_BYTES, private=True).decode("ascii", "replace")
     except OSError:
         return ""
-    with os.fdopen(fd, "rb") as f:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode) or not _private_file(fd) or _now() - info.st_mtime > life:
-            return ""
-        return f.read(MAX_MACOS_ROOTS_BYTES).decode("ascii", "replace")
 
 
 def _export_macos_roots() -> str:

@@ -397,7 +397,7 @@ def test_an_executable_slower_than_the_lookup_budget_but_within_its_timeout_succ
 def test_a_missing_gcloud_adc_file_named_by_the_variable_falls_through(
     monkeypatch, isolated_env, fake_gcloud
 ):
-    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", gauth.well_known_adc_file())
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", gauth.gcloud_adc_path())
     assert gauth.get_token() in fake_gcloud.issued
 
 
