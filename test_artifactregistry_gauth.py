@@ -13,14 +13,10 @@ from pathlib import Path
 import pytest
 
 import artifactregistry_gauth as gauth
-from test_cli import run_cli  # one way to run the command line, with stdin when needed
+from fakes.testing import run_cli
 
 INDEX = "https://us-python.pkg.dev/proj/repo/simple/"
 ROOT = Path(__file__).resolve().parent
-
-
-def token_requests(fake):
-    return [r for r in fake.requests if r.path.startswith("/token")]
 
 
 # --- which keyring questions we answer ----------------------------------------------------
@@ -166,7 +162,7 @@ def test_explicit_access_token_wins_over_everything(monkeypatch, sa_file, fake_g
     monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(sa_file()))
     monkeypatch.setenv("GOOGLE_OAUTH_ACCESS_TOKEN", "ya29.handed-over\n")
     assert gauth.get_token() == "ya29.handed-over"
-    assert token_requests(fake_google) == []
+    assert fake_google.token_requests == []
 
 
 @pytest.mark.parametrize("pem", ["pkcs8", "pkcs1"])
@@ -176,7 +172,7 @@ def test_service_account_key_gets_a_token_with_a_verified_jwt(
     monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(sa_file(pem=pem)))
     token = gauth.get_token()
     assert fake_google.is_live(token)
-    (request,) = token_requests(fake_google)
+    (request,) = fake_google.token_requests
     assert request.form["grant_type"] == "urn:ietf:params:oauth:grant-type:jwt-bearer"
     assert set(request.form) == {"grant_type", "assertion"}
 
@@ -184,7 +180,7 @@ def test_service_account_key_gets_a_token_with_a_verified_jwt(
 def test_service_account_jwt_has_kid_and_the_documented_claims(monkeypatch, sa_file, fake_google):
     monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(sa_file(kid="abc123")))
     gauth.get_token()
-    header, claims = jwt_parts(token_requests(fake_google)[0].form["assertion"])
+    header, claims = jwt_parts(fake_google.token_requests[0].form["assertion"])
     assert header == {"typ": "JWT", "alg": "RS256", "kid": "abc123"}
     assert claims["iss"] == "sa@proj.iam.gserviceaccount.com"
     assert claims["aud"] == "https://oauth2.googleapis.com/token"
@@ -195,7 +191,7 @@ def test_service_account_jwt_has_kid_and_the_documented_claims(monkeypatch, sa_f
 def test_service_account_without_key_id_sends_no_kid(monkeypatch, sa_file, fake_google):
     monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(sa_file(kid=None)))
     assert fake_google.is_live(gauth.get_token())
-    header, _ = jwt_parts(token_requests(fake_google)[0].form["assertion"])
+    header, _ = jwt_parts(fake_google.token_requests[0].form["assertion"])
     assert "kid" not in header
 
 
@@ -212,7 +208,7 @@ def test_service_account_outside_googleapis_signs_its_own_jwt(monkeypatch, sa_fi
     assert header["alg"] == "RS256"
     assert claims["sub"] == claims["iss"] == "sa@proj.iam.gserviceaccount.com"
     assert "aud" not in claims
-    assert token_requests(fake_google) == []
+    assert fake_google.token_requests == []
 
 
 def test_authorized_user_refreshes_at_googles_token_endpoint(monkeypatch, user_file, google_https):
@@ -221,7 +217,7 @@ def test_authorized_user_refreshes_at_googles_token_endpoint(monkeypatch, user_f
     token = gauth.get_token()
     assert google_https.fake.is_live(token)
     assert google_https.connects == ["oauth2.googleapis.com:443"]
-    (request,) = token_requests(google_https.fake)
+    (request,) = google_https.fake.token_requests
     assert request.form == {
         "grant_type": "refresh_token",
         "client_id": "123.apps.googleusercontent.com",
@@ -235,7 +231,7 @@ def test_authorized_user_sends_rapt_token_when_the_file_has_one(
 ):
     monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(user_file(rapt_token="rapt-1")))
     gauth.get_token()
-    assert token_requests(google_https.fake)[0].form["rapt"] == "rapt-1"
+    assert google_https.fake.token_requests[0].form["rapt"] == "rapt-1"
 
 
 def test_well_known_adc_file_is_used_when_the_variable_is_unset(user_file, google_https):
@@ -448,7 +444,10 @@ def test_bad_service_account_key_gets_a_clear_error(
     monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(path))
     with pytest.raises(gauth.CredentialError, match=message) as caught:
         gauth.get_token()
-    assert "gcloud iam service-accounts keys create" in str(caught.value) or "https" in message
+    # Every row names the file, and its fix: a new key, or an https URL.
+    assert str(path) in str(caught.value)
+    fix = "https URL" if "https" in message else "gcloud iam service-accounts keys create"
+    assert fix in str(caught.value)
     assert "MII" not in str(caught.value)
 
 
@@ -501,7 +500,7 @@ def test_server_errors_are_retried(monkeypatch, sa_file, fake_google):
     monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(sa_file()))
     fake_google.script((500, {"error": "internal_failure"}), (503, "busy"))
     assert fake_google.is_live(gauth.get_token())
-    assert len(token_requests(fake_google)) == 3
+    assert len(fake_google.token_requests) == 3
 
 
 def test_client_errors_are_not_retried(monkeypatch, sa_file, fake_google):
@@ -509,7 +508,7 @@ def test_client_errors_are_not_retried(monkeypatch, sa_file, fake_google):
     fake_google.script((400, {"error": "invalid_request"}))
     with pytest.raises(gauth.CredentialError, match="HTTP 400, invalid_request"):
         gauth.get_token()
-    assert len(token_requests(fake_google)) == 1
+    assert len(fake_google.token_requests) == 1
 
 
 @pytest.mark.parametrize(
@@ -565,7 +564,7 @@ def test_a_faulty_token_endpoint_is_given_up_on_within_the_budget(
 def test_429_with_retry_after_is_retried_after_the_wait(sa_env, fake_google):
     fake_google.script((429, {"error": "rate_limited"}, {"Retry-After": "1"}))
     assert fake_google.is_live(gauth.get_token())
-    assert len(token_requests(fake_google)) == 2
+    assert len(fake_google.token_requests) == 2
 
 
 def test_a_hanging_metadata_server_costs_only_the_ping_timeout(fake_metadata, fake_gcloud):
@@ -617,7 +616,7 @@ def test_tls_is_verified_and_ssl_cert_file_is_honoured(monkeypatch, user_file, g
     monkeypatch.delenv("SSL_CERT_FILE")
     with pytest.raises(gauth.CredentialError, match="TLS certificate of oauth2.googleapis.com"):
         gauth.get_token()
-    assert token_requests(google_https.fake) == []
+    assert google_https.fake.token_requests == []
     monkeypatch.setenv("SSL_CERT_FILE", str(google_https.ca_file))
     assert google_https.fake.is_live(gauth.get_token())
 
@@ -899,40 +898,83 @@ def test_verbose_logging_tells_the_story_without_secrets(sa_env, fake_google):
 # --- print-settings ------------------------------------------------------------------------
 
 
-def test_print_settings_gives_every_tool_its_snippet():
-    result = run_cli(
-        "print-settings",
-        "--location",
-        "europe-west1",
-        "--project",
-        "acme",
-        "--repository",
-        "wheels",
-    )
-    assert result.returncode == 0
-    out = result.stdout
-    assert "extra-index-url = https://europe-west1-python.pkg.dev/acme/wheels/simple/" in out
-    assert "https://oauth2accesstoken@europe-west1-python.pkg.dev/acme/wheels/simple/" in out
-    assert "repository = https://europe-west1-python.pkg.dev/acme/wheels/" in out
-    assert "UV_INDEX_WHEELS_USERNAME=oauth2accesstoken" in out
-    assert "poetry source add --priority=supplemental wheels" in out
-    assert "requires = artifactregistry-gauth" in out
+def print_settings(*args):
+    base = ["--location", "europe-west1", "--project", "acme", "--repository", "wheels"]
+    return run_cli("print-settings", *base, *args)
 
 
-def test_print_settings_for_one_tool():
-    result = run_cli(
-        "print-settings",
-        "--location",
-        "us",
-        "--project",
-        "p",
-        "--repository",
-        "r",
-        "--tool",
-        "twine",
+def test_print_settings_gives_every_tool_its_own_file():
+    result = print_settings()
+    assert result.returncode == 0, result.stderr
+    headers = [line for line in result.stdout.splitlines() if line.startswith("# =====")]
+    assert [h.split()[2].rstrip(":") for h in headers] == list(gauth.SETTINGS)
+    assert "index-url = https://europe-west1-python.pkg.dev/acme/wheels/simple/" in result.stdout
+    assert "https://oauth2accesstoken@europe-west1-python.pkg.dev/acme/wheels/simple/" in (
+        result.stdout
     )
-    assert "[distutils]" in result.stdout
-    assert "pip.conf" not in result.stdout
+    assert "repository = https://europe-west1-python.pkg.dev/acme/wheels/" in result.stdout
+
+
+@pytest.mark.parametrize("tool", list(gauth.SETTINGS))
+def test_print_settings_for_one_tool_is_one_file_its_tool_can_read(tool):
+    import configparser
+
+    result = print_settings("--tool", tool)
+    assert result.returncode == 0, result.stderr
+    text = result.stdout
+    assert "=====" not in text
+    if tool in ("pip", "pip-subprocess", "twine", "tox"):
+        parser = configparser.ConfigParser(interpolation=None)
+        parser.read_string(text)  # a second [global] would raise DuplicateSectionError
+    elif tool in ("uv", "uv-pyproject", "pdm", "hatch", "pipenv"):
+        tomllib = pytest.importorskip("tomllib")
+        tomllib.loads(text)
+    else:  # command lists: every line a comment or a command the shell can parse
+        import shlex
+
+        assert all(shlex.split(line, comments=True) is not None for line in text.splitlines())
+
+
+def test_print_settings_never_prints_an_extra_index_beside_pypi():
+    text = print_settings().stdout
+    assert "extra-index-url" not in text and "EXTRA_INDEX" not in text
+    assert "dependency confusion" in text
+    assert "virtual repository with PyPI as its upstream" in text
+    assert "explicit = true" in text
+
+
+def test_print_settings_for_poetry_sets_no_username_without_a_password():
+    commands = [
+        line for line in print_settings("--tool", "poetry").stdout.splitlines() if line[:1] != "#"
+    ]
+    assert commands and not any("http-basic" in line for line in commands)
+
+
+def test_print_settings_help_lists_every_tool():
+    text = run_cli("print-settings", "--help").stdout
+    for tool in gauth.SETTINGS:
+        assert f"  {tool} " in text
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("--repository", "repo\n[global]"),
+        ("--repository", "Repo"),
+        ("--repository", "r/../x"),
+        ("--project", "acme wheels"),
+        ("--project", "acme@evil.example"),
+        ("--location", "us.evil.example/x"),
+        ("--location", ""),
+        ("--repository", "r" * 70),
+    ],
+)
+def test_print_settings_refuses_a_name_artifact_registry_would_not_have(option, value):
+    args = {"--location": "us", "--project": "acme", "--repository": "wheels", option: value}
+    result = run_cli("print-settings", *[part for pair in args.items() for part in pair])
+    assert (result.returncode, result.stdout) == (2, "")
+    assert f"not an Artifact Registry {option[2:]} id" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 # --- the real keyring CLI ------------------------------------------------------------------------
@@ -964,7 +1006,7 @@ def test_keyring_get_for_another_host_prints_nothing(monkeypatch, sa_file, fake_
     monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(sa_file()))
     result = keyring_cli("get", "https://example.com/", "oauth2accesstoken")
     assert (result.returncode, result.stdout) == (1, "")
-    assert token_requests(fake_google) == []
+    assert fake_google.token_requests == []
 
 
 @pytest.mark.clients

@@ -19,10 +19,6 @@ INDEX = "https://us-python.pkg.dev/proj/repo/simple/"
 ROOT = Path(__file__).resolve().parent
 
 
-def token_requests(fake):
-    return [r for r in fake.requests if r.path.startswith("/token")]
-
-
 def keyring_cli(*args):
     return subprocess.run(
         [sys.executable, "-m", "keyring", *args], capture_output=True, text=True, timeout=60
@@ -41,7 +37,7 @@ def test_ten_calls_make_one_token_request(monkeypatch, sa_file, fake_google, bac
     monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(sa_file()))
     tokens = {backend.get_password(INDEX, "oauth2accesstoken") for _ in range(10)}
     assert len(tokens) == 1
-    assert len(token_requests(fake_google)) == 1
+    assert len(fake_google.token_requests) == 1
 
 
 def test_a_token_with_less_than_fifteen_minutes_left_is_not_handed_out_again(
@@ -52,7 +48,7 @@ def test_a_token_with_less_than_fifteen_minutes_left_is_not_handed_out_again(
     first = gauth.get_token()
     second = gauth.get_token()
     assert first != second
-    assert len(token_requests(fake_google)) == 2
+    assert len(fake_google.token_requests) == 2
 
 
 def test_switching_the_adc_file_never_returns_the_old_identitys_token(
@@ -89,14 +85,14 @@ def as_new_process():
 
 def cache_files():
     directory = Path(os.environ["ARTIFACTREGISTRY_GAUTH_CACHE_DIR"])
-    return sorted(directory.glob("*.json")) if directory.is_dir() else []
+    return sorted(directory.glob("*.token")) if directory.is_dir() else []
 
 
 def test_a_new_process_reuses_the_cached_token(sa_env, fake_google):
     first = gauth.get_token()
     as_new_process()
     assert gauth.get_token() == first
-    assert len(token_requests(fake_google)) == 1
+    assert len(fake_google.token_requests) == 1
 
 
 def test_cache_files_are_private_and_their_names_reveal_nothing(sa_env, fake_google):
@@ -106,13 +102,13 @@ def test_cache_files_are_private_and_their_names_reveal_nothing(sa_env, fake_goo
     assert path.parent.stat().st_mode & 0o777 == 0o700
     for secretish in (token, "sa@proj", "sa-", "proj", str(sa_env)):
         assert secretish not in path.name
-    assert all(p.name.endswith((".json", ".lock")) for p in path.parent.iterdir())
+    assert all(p.name.endswith((".token", ".lock")) for p in path.parent.iterdir())
 
 
 def test_the_cache_goes_to_the_xdg_cache_dir_by_default(monkeypatch, sa_env, fake_google):
     monkeypatch.delenv("ARTIFACTREGISTRY_GAUTH_CACHE_DIR")
     gauth.get_token()
-    assert list((Path(os.environ["XDG_CACHE_HOME"]) / "artifactregistry-gauth").glob("*.json"))
+    assert list((Path(os.environ["XDG_CACHE_HOME"]) / "artifactregistry-gauth").glob("*.token"))
 
 
 def test_no_cache_writes_nothing_and_fetches_each_process(monkeypatch, sa_env, fake_google):
@@ -121,7 +117,7 @@ def test_no_cache_writes_nothing_and_fetches_each_process(monkeypatch, sa_env, f
     as_new_process()
     gauth.get_token()
     assert cache_files() == []
-    assert len(token_requests(fake_google)) == 2
+    assert len(fake_google.token_requests) == 2
 
 
 def test_a_cached_token_with_ten_minutes_left_is_refreshed(sa_env, fake_google):
@@ -129,7 +125,7 @@ def test_a_cached_token_with_ten_minutes_left_is_refreshed(sa_env, fake_google):
     first = gauth.get_token()
     as_new_process()
     assert gauth.get_token() != first
-    assert len(token_requests(fake_google)) == 2
+    assert len(fake_google.token_requests) == 2
 
 
 def test_an_edited_adc_file_is_a_new_identity(sa_env, fake_google, rsa_key):
@@ -174,6 +170,17 @@ def test_handed_over_tokens_are_never_written_to_disk(monkeypatch):
     assert cache_files() == []
 
 
+def edit_record(path, line, value):
+    """Change one line of a token record (1: key, 2: expiry, 3: token, 4: source)."""
+    lines = path.read_text().split("\n")
+    lines[line] = value
+    path.write_text("\n".join(lines))
+
+
+def record_token(path):
+    return path.read_text().split("\n")[3]
+
+
 def corrupt(path, how):
     if how == "garbage":
         path.write_bytes(b"\x00\xffnot json")
@@ -182,13 +189,14 @@ def corrupt(path, how):
     elif how == "wrong shape":
         path.write_text('["token", 1]')
     elif how == "another identity":
-        data = json.loads(path.read_text())
-        data["key"] = "0" * 64
-        path.write_text(json.dumps(data))
+        edit_record(path, 1, "0" * 64)
     elif how == "expired":
-        data = json.loads(path.read_text())
-        data["expiry"] = 1.0
-        path.write_text(json.dumps(data))
+        edit_record(path, 2, "1.0")
+    elif how in BAD_FIELDS:
+        edit_record(path, *BAD_FIELDS[how])
+    elif how == "an old JSON record":
+        token = record_token(path)
+        path.write_text(json.dumps({"key": "0" * 64, "token": token, "expiry": 1e10}))
     elif how == "readable by others":
         path.chmod(0o644)
     elif how == "foreign owner":
@@ -202,12 +210,24 @@ def corrupt(path, how):
         path.symlink_to(target)
 
 
+BAD_FIELDS = {
+    "expiry nan": (2, "nan"),
+    "expiry infinite": (2, "inf"),
+    "expiry absurd": (2, "1e300"),
+    "expiry not a number": (2, "soon"),
+    "token with a space": (3, "ya29.a b"),
+    "token empty": (3, ""),
+    "an extra line": (4, "source\nextra"),
+}
+
 CORRUPTIONS = [
     "garbage",
     "truncated",
     "wrong shape",
     "another identity",
     "expired",
+    *BAD_FIELDS,
+    "an old JSON record",
     "readable by others",
     "foreign owner",
     "a directory",
@@ -225,7 +245,7 @@ def test_a_bad_cache_file_is_ignored_and_still_yields_a_token(sa_env, fake_googl
     as_new_process()
     token = gauth.get_token()
     assert fake_google.is_live(token)
-    assert len(token_requests(fake_google)) == 2
+    assert len(fake_google.token_requests) == 2
     if how != "a directory":  # the file was replaced by a good one
         as_new_process()
         assert gauth.get_token() == token
@@ -255,7 +275,7 @@ def test_ten_keyring_processes_make_one_token_request(sa_env, fake_google):
         assert result.returncode == 0, result.stderr
         tokens.add(result.stdout.strip())
     assert len(tokens) == 1
-    assert len(token_requests(fake_google)) == 1
+    assert len(fake_google.token_requests) == 1
 
 
 @pytest.mark.clients
@@ -269,7 +289,7 @@ def test_eight_concurrent_cold_processes_make_one_token_request(sa_env, fake_goo
     outputs = [p.communicate(timeout=60) for p in processes]
     assert all(p.returncode == 0 for p in processes), outputs
     assert len({out.strip() for out, _ in outputs}) == 1
-    assert len(token_requests(fake_google)) == 1
+    assert len(fake_google.token_requests) == 1
 
 
 @pytest.mark.clients
@@ -290,11 +310,45 @@ def test_sixteen_processes_through_a_cold_and_then_an_expiring_cache(sa_env, fak
     assert len(first) == 1 and all(fake_google.is_live(t) for t in first)
     # The cached token now has less than 15 minutes left (the fake still calls it live).
     (path,) = cache_files()
-    entry = json.loads(path.read_text())
-    entry["expiry"] = time.time() + gauth.MIN_TOKEN_LIFE - 60
-    path.write_text(json.dumps(entry))
+    edit_record(path, 2, repr(time.time() + gauth.MIN_TOKEN_LIFE - 60))
     assert path.stat().st_mode & 0o777 == 0o600  # still a trusted entry, only a stale one
     second = hammer()
     assert len(second) == 1 and second != first
-    assert len(token_requests(fake_google)) == 2
-    assert json.loads(path.read_text())["token"] in second
+    assert len(fake_google.token_requests) == 2
+    assert record_token(path) in second
+
+
+# --- the warm path parses only what it needs -----------------------------------------------------
+
+WARM_PROBE = """
+import sys, artifactregistry_gauth as m
+code = m.main(["token"])
+print(sorted(n for n in ("json", "re", "base64", "ssl", "urllib.request") if n in sys.modules))
+print(code)
+"""
+
+
+def test_a_warm_token_call_imports_no_json_re_or_base64(sa_env, fake_google):
+    token = gauth.get_token()  # primes the disk cache
+    result = subprocess.run(
+        [sys.executable, "-S", "-c", WARM_PROBE],  # -S: only what the call itself imports
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(gauth.__file__).parent,
+    )
+    assert result.stdout.splitlines() == [token, "[]", "0"], result.stderr
+    assert len(fake_google.token_requests) == 1
+
+
+def test_an_edited_credentials_file_is_a_new_identity_before_any_parsing(sa_env, fake_google):
+    first = gauth.get_token()
+    sa_env.write_text(sa_env.read_text() + "\n")  # the same key, other bytes: asked again
+    as_new_process()
+    assert gauth.get_token() != first
+    assert len(fake_google.token_requests) == 2
+
+
+def test_doctor_counts_the_cached_tokens(sa_env, fake_google):
+    gauth.get_token()
+    assert gauth.diagnose()["cache"]["entries"] == 1

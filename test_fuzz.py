@@ -3,6 +3,7 @@
 import base64
 import json
 import os
+import re
 import textwrap
 from pathlib import Path
 
@@ -175,9 +176,13 @@ def test_any_bytes_as_an_adc_file_load_or_say_what_is_wrong(tmp_path_factory, ra
     path = tmp_path_factory.mktemp("adc") / "creds.json"
     path.write_bytes(raw)
     try:
-        gauth.load_adc_file(str(path), "GOOGLE_APPLICATION_CREDENTIALS")
-    except gauth.CredentialError:
-        pass
+        source = gauth.load_adc_file(str(path), "GOOGLE_APPLICATION_CREDENTIALS")
+    except gauth.CredentialError as exc:
+        assert str(path) in str(exc)
+        assert "\n" not in str(exc)
+    else:
+        assert isinstance(source, gauth.CredentialSource)
+        assert source.static_identity
 
 
 token_bodies = (
@@ -251,6 +256,45 @@ def test_a_secret_echoed_in_any_encoding_is_never_quoted(secret, before, after, 
     folded = " ".join(secret.split())
     for form in {folded, *secret_encodings(folded)}:
         assert form.lower() not in said.lower() or len(form) < 4
+
+
+BASE64_RUN = re.compile(r"[A-Za-z0-9+/=]+|[A-Za-z0-9_=-]+")
+HEX_RUN = re.compile(r"[0-9A-Fa-f]+")
+
+
+def decodings(text):
+    """Every byte string that some run of base64, base64url or hex in ``text`` decodes to."""
+    for run in BASE64_RUN.findall(text):
+        for start in range(4):
+            chunk = run[start:].replace("=", "")
+            chunk = chunk[: len(chunk) // 4 * 4]
+            yield base64.b64decode(chunk.replace("-", "+").replace("_", "/"))
+    for run in HEX_RUN.findall(text):
+        for start in range(2):
+            chunk = run[start:]
+            yield bytes.fromhex(chunk[: len(chunk) // 2 * 2])
+
+
+@FUZZ
+@given(
+    secret=st.text(min_size=8, max_size=40).filter(lambda s: "*" not in s),
+    prefix=st.binary(max_size=5),
+    suffix=st.binary(max_size=5),
+    before=st.text(" :=", max_size=20),
+    encoding=st.sampled_from(["base64", "base64url", "base64url-unpadded", "hex", "HEX"]),
+)
+def test_a_secret_echoed_as_base64_or_hex_is_never_quoted(secret, prefix, suffix, before, encoding):
+    data = prefix + secret.encode() + suffix
+    echoed = {
+        "base64": lambda: base64.b64encode(data).decode(),
+        "base64url": lambda: base64.urlsafe_b64encode(data).decode(),
+        "base64url-unpadded": lambda: base64.urlsafe_b64encode(data).decode().rstrip("="),
+        "hex": data.hex,
+        "HEX": lambda: data.hex().upper(),
+    }[encoding]()
+    said = gauth._redact(before + echoed, [secret])
+    middle = secret.encode()[2:-2]  # an edge of at most 2 bytes may share a group with others
+    assert not any(middle in decoded for decoded in decodings(said))
 
 
 @FUZZ
@@ -391,6 +435,61 @@ def test_we_answer_only_when_every_http_stack_agrees_on_the_registry_host(servic
     hosts = _readers_hosts(service)
     assert set(hosts.values()) == {host}, hosts
     assert host.endswith(".pkg.dev")
+
+
+# Artifact Registry's host names, written here from Google's published grammar rather than
+# taken from the module: LOCATION-FORMAT.pkg.dev, LOCATION a multi-region or a region named
+# continent-direction-number, FORMAT a repository format (pypi: the Python alpha's host).
+CONTINENTS = ["us", "europe", "asia", "australia", "northamerica", "southamerica", "me", "africa"]
+DIRECTIONS = ["north", "south", "east", "west", "central"]
+DIRECTIONS += ["northeast", "northwest", "southeast", "southwest"]
+FORMATS = ["apt", "docker", "generic", "go", "kfp", "maven", "npm", "python", "pypi", "ruby", "yum"]
+REGISTRY_HOST = re.compile(
+    rf"(?:us|europe|asia|(?:{'|'.join(CONTINENTS)})-(?:{'|'.join(DIRECTIONS)})[1-9][0-9]?)"
+    rf"-(?:{'|'.join(FORMATS)})\.pkg\.dev\.?(?::[0-9]*)?",
+    re.IGNORECASE | re.ASCII,
+)
+locations = st.sampled_from(["us", "europe", "asia"]) | st.builds(
+    "{}-{}{}".format,
+    st.sampled_from(CONTINENTS),
+    st.sampled_from(DIRECTIONS),
+    st.integers(1, 99),
+)
+registry_hosts = st.builds(
+    "{}-{}.pkg.dev{}".format,
+    locations,
+    st.sampled_from(FORMATS),
+    st.sampled_from(["", ":443", ":8443", "."]),
+)
+# Pieces of host names and of what tools and attackers put around them.
+AROUND_NAMES = ["1", "12", "0", "-", ".", "pkg", "dev", ".pkg.dev", "@", ":", "443", "/", "?"]
+AROUND_NAMES += ["#", "pdm-pypi-", "poetry-repository-", "x", "\\", "%"]
+NAME_PIECES = st.sampled_from([*CONTINENTS, *DIRECTIONS, *FORMATS, *AROUND_NAMES])
+bare_names = st.lists(NAME_PIECES, min_size=1, max_size=10).map("".join) | st.text(max_size=40)
+
+
+@FUZZ
+@given(name=bare_names | registry_hosts)
+def test_a_bare_name_is_answered_only_if_it_is_a_registry_host(name):
+    assume("://" not in name)
+    assert gauth.answers_for(name, None) is bool(REGISTRY_HOST.fullmatch(name)), name
+
+
+@FUZZ
+@given(host=registry_hosts)
+def test_every_registry_host_the_grammar_makes_is_answered(host):
+    assert gauth.answers_for(host, None)
+    assert gauth.answers_for(f"https://{host}/proj/repo/simple/", "oauth2accesstoken")
+
+
+@FUZZ
+@given(
+    prefix=st.sampled_from(["pdm-pypi-", "pdm-repository-", "poetry-repository-"]),
+    label=bare_names | registry_hosts,
+    username=st.sampled_from([None, "", "oauth2accesstoken"]),
+)
+def test_no_name_a_tool_builds_from_any_label_is_answered(prefix, label, username):
+    assert not gauth.answers_for(prefix + label, username)
 
 
 @pytest.mark.parametrize(

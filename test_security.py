@@ -22,15 +22,10 @@ import pytest
 import artifactregistry_gauth as gauth
 from fakes import register_secret
 from fakes.network import Listener, reply
+from fakes.testing import one_line
 from test_federation import ID_TOKEN_TYPE, STS_URL, SUBJECT, WORKLOAD, Executable, external
 
 KIB = 1024
-
-
-def one_line(exc_info):
-    message = str(exc_info.value)
-    assert "\n" not in message, message
-    return message
 
 
 @pytest.fixture
@@ -136,6 +131,165 @@ def test_the_backend_gives_a_backslash_url_no_token(sa_env, fake_google):
     assert backend.get_password("https://evil.example\\@us-python.pkg.dev/p/r/", None) is None
     assert backend.get_credential("https://evil.example\\.pkg.dev/", None) is None
     assert fake_google.requests == []  # decided before any I/O
+
+
+# --- names that tools build from a label someone chose ----------------------------------------
+#
+# pdm asks keyring for `pdm-pypi-NAME` (a source) and `pdm-repository-NAME` (a publish target),
+# poetry for `poetry-repository-NAME`, after the URL and the host; both then send the answer to
+# the URL configured under NAME, wherever it points (pdm/_types.py populate_keyring_auth,
+# poetry/utils/password_manager.py get_http_auth). hatch, twine and uv ask with the URL and
+# its host only. A cloned project's pyproject.toml chooses NAME, so no such name is answered.
+
+TOOL_BUILT_NAMES = {
+    "pdm source": "pdm-pypi-{}",
+    "pdm repository": "pdm-repository-{}",
+    "poetry repository": "poetry-repository-{}",
+}
+HOST_LOOKING_LABELS = [
+    "us-python.pkg.dev",
+    "mirror.pkg.dev",
+    "x.pkg.dev",
+    "europe-west1-python.pkg.dev",
+    "x@us-python.pkg.dev",
+    "evil.example@us-python.pkg.dev",
+    "us-python.pkg.dev:443",
+    "us-python.pkg.dev/proj/repo/simple/",
+    "us-python.pkg.dev.",
+    ".us-python.pkg.dev",
+    "-us-python.pkg.dev",
+    "https://us-python.pkg.dev/",
+    "://us-python.pkg.dev",
+    "//us-python.pkg.dev",
+    "@us-python.pkg.dev",
+    "pypi.corp.example",
+]
+
+
+@pytest.mark.parametrize("label", HOST_LOOKING_LABELS)
+@pytest.mark.parametrize("tool", TOOL_BUILT_NAMES)
+def test_a_name_a_tool_builds_from_a_label_gets_no_answer(monkeypatch, tool, label):
+    monkeypatch.setenv("ARTIFACTREGISTRY_GAUTH_HOSTS", "*.corp.example,pypi.corp.example")
+    name = TOOL_BUILT_NAMES[tool].format(label)
+    for username in (None, "", "oauth2accesstoken"):
+        assert not gauth.answers_for(name, username), name
+
+
+def test_the_backend_gives_pdms_name_for_a_host_looking_source_no_token(sa_env, fake_google):
+    backend = gauth.GooglePyPIAuth()
+    assert backend.get_credential("pdm-pypi-mirror.pkg.dev", "") is None
+    assert backend.get_password("pdm-pypi-mirror.pkg.dev", "__token__") is None
+    assert backend.get_password("poetry-repository-us-python.pkg.dev", "oauth2accesstoken") is None
+    assert backend.get_credential("evil.example@us-python.pkg.dev", None) is None
+    assert fake_google.requests == []  # decided before any I/O
+
+
+def test_our_keyring_get_answers_pdms_name_for_a_host_looking_source_as_keyring_does(
+    monkeypatch,
+):
+    monkeypatch.setenv("GOOGLE_OAUTH_ACCESS_TOKEN", "ya29.not-for-pdm-sources")
+    command = [sys.executable, "-m", "artifactregistry_gauth", "--mode=creds"]
+    result = subprocess.run(
+        [*command, "get", "pdm-pypi-mirror.pkg.dev", ""],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    # keyring's own `get` exits 1, silently, when no backend has a credential.
+    assert (result.returncode, result.stdout, result.stderr) == (1, "", "")
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "mirror.pkg.dev",
+        "pkg.dev",
+        "python.pkg.dev",
+        "us.pkg.dev",
+        "x.us-python.pkg.dev",
+        "us-python.pkg.dev.evil.example",
+        # a location that is not one: no number, a zero, a leading zero, an unknown continent
+        "us-central-python.pkg.dev",
+        "us-central0-python.pkg.dev",
+        "us-central01-python.pkg.dev",
+        "us-central100-python.pkg.dev",
+        "mars-central1-python.pkg.dev",
+        "us-up1-python.pkg.dev",
+        "eu-python.pkg.dev",
+        "global-python.pkg.dev",
+        "us-central1-a-python.pkg.dev",
+        "us1-python.pkg.dev",
+        # a format that is not one
+        "us-pip.pkg.dev",
+        "us-python1.pkg.dev",
+        "us--python.pkg.dev",
+        "-python.pkg.dev",
+        # more than the host: userinfo, a path, a query, a fragment, a bad port
+        "oauth2accesstoken@us-python.pkg.dev",
+        "evil.example@us-python.pkg.dev",
+        "@us-python.pkg.dev",
+        "us-python.pkg.dev/proj/repo/simple/",
+        "us-python.pkg.dev/",
+        "us-python.pkg.dev?x",
+        "us-python.pkg.dev#x",
+        "us-python.pkg.dev:x",
+        "us-python.pkg.dev:443:443",
+        "[::1]",
+        "pdm-pypi-mirror.pkg.dev",
+    ],
+)
+def test_a_bare_name_that_is_not_exactly_a_registry_host_gets_no_answer(name):
+    assert not gauth.answers_for(name, None)
+    assert not gauth.answers_for(name, "oauth2accesstoken")
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "us-python.pkg.dev",  # the multi-regions
+        "europe-docker.pkg.dev",
+        "asia-npm.pkg.dev",
+        "us-central1-python.pkg.dev",  # regions: continent, direction, number
+        "us-east5-go.pkg.dev",
+        "europe-west12-maven.pkg.dev",
+        "europe-southwest1-python.pkg.dev",
+        "northamerica-northeast1-python.pkg.dev",
+        "southamerica-east1-yum.pkg.dev",
+        "me-central2-python.pkg.dev",
+        "africa-south1-apt.pkg.dev",
+        "australia-southeast1-kfp.pkg.dev",
+        "asia-northeast3-generic.pkg.dev",
+        "us-pypi.pkg.dev",  # the Python format's host in Artifact Registry's alpha
+        "us-python.pkg.dev:443",  # uv adds an explicit port
+        "us-python.pkg.dev:",  # the netloc of https://us-python.pkg.dev:/
+        "US-PYTHON.PKG.DEV",
+        "us-python.pkg.dev.",
+    ],
+)
+def test_a_bare_registry_host_is_answered(name):
+    assert gauth.answers_for(name, None)
+    assert gauth.answers_for(name, "oauth2accesstoken")
+
+
+@pytest.mark.parametrize(
+    ("service", "answers"),
+    [
+        ("https://mirror.pkg.dev/simple/", True),  # a URL's host is where the request goes
+        ("https://x.pkg.dev/", True),
+        ("https://oauth2accesstoken@us-python.pkg.dev/p/r/", True),
+        ("https://pypi.corp.example/simple/", True),
+        ("https://x.corp.example/simple/", True),
+        ("pypi.corp.example", True),  # an entry, exactly
+        ("pypi.corp.example:8443", True),
+        ("x.corp.example", False),  # a wildcard is for URLs: pdm-pypi-x.corp.example matches it
+        ("pdm-pypi-x.corp.example", False),
+        ("u@pypi.corp.example", False),
+        ("pypi.corp.example/simple/", False),
+    ],
+)
+def test_urls_name_where_the_token_goes_bare_names_must_be_exact(monkeypatch, service, answers):
+    monkeypatch.setenv("ARTIFACTREGISTRY_GAUTH_HOSTS", "*.corp.example, pypi.corp.example")
+    assert gauth.answers_for(service, None) is answers
 
 
 # --- where credentials may be sent in plain http ------------------------------------------
@@ -668,6 +822,10 @@ def every_form(secret):
     for ascii_only in (True, False):
         escaped = json.dumps(secret, ensure_ascii=ascii_only)[1:-1]
         forms |= {escaped, escaped.replace("/", "\\/")}
+    data = secret.encode()
+    for encoded in (base64.b64encode(data).decode(), base64.urlsafe_b64encode(data).decode()):
+        forms |= {encoded, encoded.rstrip("=")}
+    forms |= {data.hex(), data.hex().upper()}
     return forms
 
 
@@ -707,6 +865,19 @@ def echo_quoted_values(record):
     return " ".join(quote(value, safe="") for value in secret_fields(record).values())
 
 
+def echo_base64(record):
+    return " ".join(base64.b64encode(v.encode()).decode() for v in secret_fields(record).values())
+
+
+def echo_base64url_unpadded(record):
+    values = secret_fields(record).values()
+    return " ".join(base64.urlsafe_b64encode(v.encode()).decode().rstrip("=") for v in values)
+
+
+def echo_hex(record):
+    return " ".join(value.encode().hex() for value in secret_fields(record).values())
+
+
 def echo_authorization(record):
     return json.dumps({"authorization": record.headers["authorization"]})
 
@@ -723,6 +894,9 @@ FORM_ECHOES = [
     echo_json,
     echo_json_unicode,
     echo_quoted_values,
+    echo_base64,
+    echo_base64url_unpadded,
+    echo_hex,
 ]
 
 
@@ -795,6 +969,269 @@ def test_a_long_server_message_is_cut_short(monkeypatch, sa_env, fake_google):
     with pytest.raises(gauth.CredentialError) as exc:
         gauth.get_token()
     assert one_line(exc).count("blah") <= gauth.MAX_QUOTED // 5
+
+
+# --- text that cannot be sent: one line, never a UnicodeEncodeError ---------------------------
+
+INDEX = "https://us-python.pkg.dev/proj/repo/simple/"
+LONE_SURROGATE = "abc\ud800def"  # what a JSON "\ud800" escape without its pair decodes to
+
+
+def surrogate_subject_file(tmp_path, fake_idp):
+    token_file = tmp_path / "subject.json"
+    token_file.write_text(json.dumps({"id_token": LONE_SURROGATE}))  # written as \ud800
+    return {"file": str(token_file)}
+
+
+def surrogate_subject_url(tmp_path, fake_idp):
+    fake_idp.token, fake_idp.json_field = LONE_SURROGATE, "id_token"
+    return {"url": fake_idp.url}
+
+
+@pytest.fixture(params=[surrogate_subject_file, surrogate_subject_url])
+def unsendable_subject(request, tmp_path, monkeypatch):
+    source = request.param(tmp_path, request.getfixturevalue("fake_idp"))
+    source["format"] = {"type": "json", "subject_token_field_name": "id_token"}
+    creds = tmp_path / "creds.json"
+    creds.write_text(json.dumps(external(source, token_url="http://127.0.0.1:9/token")))
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(creds))
+    return creds
+
+
+UNSENDABLE = "subject_token to send to Google's STS holds a lone surrogate"
+
+
+def test_a_subject_token_that_cannot_be_sent_is_one_line_from_get_password(
+    unsendable_subject, caplog
+):
+    with caplog.at_level("WARNING", logger="artifactregistry_gauth"):
+        assert gauth.GooglePyPIAuth().get_password(INDEX, "oauth2accesstoken") is None
+    [line] = caplog.messages
+    assert line.startswith(f"artifactregistry-gauth: {unsendable_subject}: ")
+    assert UNSENDABLE in line
+
+
+@pytest.mark.parametrize("command", [["token"], ["get", INDEX, "oauth2accesstoken"]])
+def test_a_subject_token_that_cannot_be_sent_is_one_line_from_the_cli(unsendable_subject, command):
+    done = subprocess.run(
+        [sys.executable, "-m", "artifactregistry_gauth", *command],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    assert done.stdout == ""
+    [line] = done.stderr.splitlines()
+    assert UNSENDABLE in line and str(unsendable_subject) in line
+
+
+UNSENDABLE_FILES = [
+    # (name, credential_source, extra fields of the file, words of the one line)
+    (
+        "header value beyond Latin-1",
+        {"url": "http://127.0.0.1:9/idp", "headers": {"Metadata": "\u20ac"}},
+        {},
+        "the 'Metadata' header for http://127.0.0.1:9/idp holds characters",
+    ),
+    (
+        "header value with a lone surrogate",
+        {"url": "http://127.0.0.1:9/idp", "headers": {"Metadata": "\ud800"}},
+        {},
+        "the 'Metadata' header",
+    ),
+    (
+        "header value with a line break",
+        {"url": "http://127.0.0.1:9/idp", "headers": {"Metadata": "a\r\nX-Injected: 1"}},
+        {},
+        "the 'Metadata' header",
+    ),
+    (
+        "header name with a space",
+        {"url": "http://127.0.0.1:9/idp", "headers": {"Meta data": "True"}},
+        {},
+        "the 'Meta data' header",
+    ),
+    (
+        "non-ASCII subject token URL",
+        {"url": "http://127.0.0.1:9/t\u00f6ken"},
+        {},
+        "the URL http://127.0.0.1:9/t\u00f6ken holds characters that cannot be sent",
+    ),
+    (
+        "non-ASCII token_url",
+        {"file": "SUBJECT_FILE"},
+        {"token_url": "http://127.0.0.1:9/t\u00f6ken"},
+        "the URL http://127.0.0.1:9/t\u00f6ken holds characters that cannot be sent",
+    ),
+    (
+        "audience with a lone surrogate",
+        {"file": "SUBJECT_FILE"},
+        {"audience": WORKLOAD + "\ud800"},
+        "the audience to send to Google's STS holds a lone surrogate",
+    ),
+    (
+        "client secret with a lone surrogate",
+        {"file": "SUBJECT_FILE"},
+        {"client_id": "c", "client_secret": "\ud800"},
+        "the client_id or client_secret holds a lone surrogate",
+    ),
+    (
+        "AWS secret with a lone surrogate",
+        {
+            "environment_id": "aws1",
+            "regional_cred_verification_url": "https://sts.{region}.amazonaws.com?"
+            "Action=GetCallerIdentity&Version=2011-06-15",
+        },
+        {"subject_token_type": "urn:ietf:params:aws:token-type:aws4_request"},
+        "the AWS secret access key holds a lone surrogate",
+    ),
+    (
+        "executable audience with a NUL",
+        {"executable": {"command": "/bin/true"}},
+        {"audience": WORKLOAD + "\x00"},
+        "cannot run the executable '/bin/true' (its command line or environment holds",
+    ),
+    (
+        "executable command with a lone surrogate",
+        {"executable": {"command": "/bin/true \ud800"}},
+        {},
+        "cannot run the executable '/bin/true' (its command line or environment holds",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("source", "extra", "words"),
+    [row[1:] for row in UNSENDABLE_FILES],
+    ids=[row[0] for row in UNSENDABLE_FILES],
+)
+def test_text_that_cannot_be_sent_is_one_clear_line(monkeypatch, tmp_path, source, extra, words):
+    subject = tmp_path / "subject"
+    subject.write_text(SUBJECT)
+    if source.get("file") == "SUBJECT_FILE":
+        source = {"file": str(subject)}
+    monkeypatch.setenv("GOOGLE_EXTERNAL_ACCOUNT_ALLOW_EXECUTABLES", "1")
+    if "environment_id" in source:
+        # The environment cannot hold a lone surrogate; AWS metadata's JSON can.
+        aws = ("us-east-1", "AKIAEXAMPLE", "\ud800", "")
+        monkeypatch.setattr(gauth.AwsFederation, "_region_and_credentials", lambda *_: aws)
+    info = external(source, **{"token_url": "http://127.0.0.1:9/token", **extra})
+    creds = tmp_path / "creds.json"
+    creds.write_text(json.dumps(info))
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(creds))
+    with pytest.raises(gauth.CredentialError) as exc:
+        gauth.get_token()
+    message = one_line(exc)
+    assert message.startswith(f"{creds}: ")
+    assert words in message
+
+
+# --- a password in a URL we quote is shown as *** ---------------------------------------------
+
+URL_PASSWORD = "Url-Pa55word-Never-Shown"
+AWS_VERIFY = "https://sts.{region}.amazonaws.com?Action=GetCallerIdentity&Version=2011-06-15"
+
+
+def with_password(path, scheme="http"):
+    return f"{scheme}://robot:{URL_PASSWORD}@127.0.0.1:9/{path}"
+
+
+PASSWORD_URLS = [
+    # (name, credential_source, extra fields of the file)
+    ("subject token URL", {"url": with_password("idp?resource=x")}, {}),
+    ("subject token URL without a port", {"url": f"http://robot:{URL_PASSWORD}@127.0.0.1/"}, {}),
+    ("token_url", {"file": "SUBJECT_FILE"}, {"token_url": with_password("token")}),
+    ("token_url not https", {"file": "SUBJECT_FILE"}, {"token_url": with_password("t", "ftp")}),
+    (
+        "AWS region_url",
+        {"environment_id": "aws1", "region_url": with_password("zone")},
+        {"subject_token_type": "urn:ietf:params:aws:token-type:aws4_request"},
+    ),
+    (
+        "AWS session URL",
+        {
+            "environment_id": "aws1",
+            "url": "http://127.0.0.1:9/creds",
+            "imdsv2_session_token_url": with_password("api/token"),
+        },
+        {"subject_token_type": "urn:ietf:params:aws:token-type:aws4_request"},
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("source", "extra"), [row[1:] for row in PASSWORD_URLS], ids=[row[0] for row in PASSWORD_URLS]
+)
+def test_a_password_in_a_url_is_masked_in_errors_and_logs(
+    monkeypatch, tmp_path, caplog, source, extra
+):
+    register_secret(URL_PASSWORD)  # the autouse guard scans every error and log line for it
+    subject = tmp_path / "subject"
+    subject.write_text(SUBJECT)
+    if source.get("file") == "SUBJECT_FILE":
+        source = {"file": str(subject)}
+    if "environment_id" in source:
+        source["regional_cred_verification_url"] = AWS_VERIFY
+        for name in ("AWS_REGION", "AWS_DEFAULT_REGION", "AWS_ACCESS_KEY_ID"):
+            monkeypatch.delenv(name, raising=False)
+        if "region_url" not in source:
+            monkeypatch.setenv("AWS_REGION", "us-east-1")
+    info = external(source, **{"token_url": "http://127.0.0.1:9/token", **extra})
+    creds = tmp_path / "creds.json"
+    creds.write_text(json.dumps(info))
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(creds))
+    with caplog.at_level("DEBUG", logger="artifactregistry_gauth"):
+        with pytest.raises(gauth.CredentialError) as exc:
+            gauth.get_token()
+    message = one_line(exc)
+    assert "robot:***@127.0.0.1" in message
+    assert URL_PASSWORD not in message + caplog.text
+
+
+def test_a_url_with_a_password_is_refused_before_any_connection(monkeypatch, tmp_path):
+    connected = []
+    monkeypatch.setattr(gauth.Transport, "_exchange", lambda *args: connected.append(args))
+    creds = tmp_path / "creds.json"
+    creds.write_text(json.dumps(external({"url": with_password("idp")})))
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(creds))
+    with pytest.raises(gauth.CredentialError, match=r"robot:\*\*\*@.* has a user name or password"):
+        gauth.get_token()
+    assert connected == []  # not even a DNS lookup of "robot:PASSWORD@127.0.0.1"
+
+
+def test_the_cli_masks_a_password_in_a_url_it_refuses():
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "artifactregistry_gauth",
+            "token",
+            "--url",
+            with_password("x", "https"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert "robot:***@127.0.0.1" in done.stderr
+    assert URL_PASSWORD not in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("https://a.example/p?token=secret#frag", "https://a.example/p"),
+        ("http://u:p@h:1/x", "http://u:***@h:1/x"),
+        ("http://u@h/x", "http://u@h/x"),
+        ("http://u:p:q@x@h/", "http://u:***@h/"),
+        ("http://" + "t" * 50 + "@h/", "http://***@h/"),
+        ("u:p@h/x", "u:***@h/x"),
+        ("http://[::1/x", "http://[::1/x"),  # urlsplit would raise; quoting never does
+    ],
+)
+def test_a_quoted_url_never_shows_a_password_query_or_fragment(url, shown):
+    assert gauth._quoted_url(url) == shown
 
 
 # --- row 12: what a command prints is capped as HTTP bodies are ---------------------------------
@@ -948,7 +1385,7 @@ def test_a_cache_directory_others_can_write_is_repaired_or_refused(
     if outcome == REFUSED:
         assert not os.path.isdir(target) or os.listdir(target) == []
         return
-    assert [name for name in os.listdir(target) if name.endswith(".json")]
+    assert [name for name in os.listdir(target) if name.endswith(".token")]
     assert os.stat(target).st_mode & 0o7777 == (0o700 if outcome == REPAIRED else mode)
 
 
@@ -999,7 +1436,7 @@ def test_a_planted_lock_file_is_replaced_never_followed_or_waited_on(
 ):
     gauth.get_token()  # creates the cache directory and the lock file
     (lock,) = isolated_env.cache_dir.glob("*.lock")
-    for entry in isolated_env.cache_dir.glob("*.json"):
+    for entry in isolated_env.cache_dir.glob("*.token"):
         entry.unlink()  # so the next lookup is cold and takes the lock
     lock.unlink()
     victim = tmp_path / "victim"
@@ -1018,7 +1455,7 @@ def test_a_fifo_planted_as_a_cache_entry_is_ignored_without_blocking(
     isolated_env, sa_env, fake_google
 ):
     gauth.get_token()
-    (entry,) = isolated_env.cache_dir.glob("*.json")
+    (entry,) = isolated_env.cache_dir.glob("*.token")
     entry.unlink()
     os.mkfifo(entry)
     gauth._forget_tokens()

@@ -7,6 +7,7 @@
 - ``fakes.metadata``: the GCE metadata server (also as a starting pod's), AWS IMDS.
 - ``fakes.gcloud``: the fake ``gcloud`` executable in its SDK layout, and the real one isolated.
 - ``fakes.registry``: Artifact Registry repositories, open mirrors, uploads and wheels.
+- ``fakes.trust``: a truststore module and macOS's ``security``, for the TLS trust stores.
 
 Every secret a fake hands out is registered here, so that the suite's guard
 (conftest.py's ``secrets_never_leak``) can look for it in errors and logs.
