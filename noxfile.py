@@ -15,6 +15,7 @@ import subprocess
 
 import nox
 
+PYPROJECT = nox.project.load_toml("pyproject.toml")
 SUPPORTED = ("3.9", "3.10", "3.11", "3.12", "3.13")  # as setup.cfg's classifiers say
 
 nox.options.sessions = ["tests"]
@@ -74,7 +75,7 @@ def tests(session: nox.Session) -> None:
     if session.python not in AVAILABLE:
         session.skip(f"Python {session.python} is not installed (looked on PATH and in pyenv)")
     # uv's environments have no pip, and the client tests download wheels with it.
-    session.install("pip", "-e", ".[test]")
+    session.install("pip", "-e", ".", *nox.project.dependency_groups(PYPROJECT, "test"))
     session.run("python", "-m", "pytest", *session.posargs)
 
 
