@@ -22,6 +22,7 @@ from fakes.google import (
     TOKEN_EXCHANGE,
     aws_signature_checker,
 )
+from fakes.programs import write_program
 
 INDEX = "https://us-python.pkg.dev/proj/repo/simple/"
 STS_URL = "https://sts.googleapis.com/v1/token"
@@ -107,9 +108,7 @@ class Executable:
     """A subject-token command in bin_dir, configured per test, that records each run."""
 
     def __init__(self, bin_dir, token=SUBJECT):
-        self.path = bin_dir / "subject-token-helper"
-        self.path.write_text(f"#!{sys.executable}\n{_EXECUTABLE}")
-        self.path.chmod(0o755)
+        self.path = write_program(bin_dir / "subject-token-helper", _EXECUTABLE)
         self.token = token
         self.configure()
 

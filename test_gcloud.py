@@ -10,14 +10,13 @@ from __future__ import annotations
 import json
 import os
 import stat
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 import artifactregistry_gauth as gauth
-from fakes import register_secret
+from fakes import FIFO, posix_case, register_secret
 
 DEPLOYER = "deployer@proj.iam.gserviceaccount.com"
 BUILDER = "builder@proj.iam.gserviceaccount.com"
@@ -242,13 +241,20 @@ def _fifo(path):
     ("name", "content", "message"),
     [
         ("active_config", b"\xff\xfe", "active_config: cannot read gcloud's active configuration"),
-        ("active_config", "fifo", "active_config: cannot read.*not a regular file"),
+        posix_case(
+            "active_config", "fifo", "active_config: cannot read.*not a regular file", reason=FIFO
+        ),
         ("active_config", "directory", "active_config: cannot read.*not a regular file"),
         ("configurations/config_default", b"\xff[core]", "config_default: cannot read.*UTF-8"),
         ("configurations/config_default", b"account = x\n", "config_default: gcloud cannot parse"),
         ("configurations/config_default", b"[core]\naccount = a%b\n", "gcloud cannot parse"),
         ("configurations/config_default", b"[auth]\na = 1\na = 2\n", "gcloud cannot parse"),
-        ("configurations/config_default", "fifo", "config_default: cannot read.*regular file"),
+        posix_case(
+            "configurations/config_default",
+            "fifo",
+            "config_default: cannot read.*regular file",
+            reason=FIFO,
+        ),
     ],
 )
 def test_broken_gcloud_configuration_files_get_a_clear_error(name, content, message, fake_gcloud):
@@ -268,9 +274,12 @@ def test_broken_gcloud_configuration_files_get_a_clear_error(name, content, mess
     assert fake_gcloud.calls == []
 
 
-def test_a_broken_gcloud_configuration_without_gcloud_installed_is_skipped():
+@pytest.mark.parametrize(
+    "make", [posix_case(os.mkfifo, reason=FIFO, id="fifo"), pytest.param(os.mkdir, id="directory")]
+)
+def test_a_broken_gcloud_configuration_without_gcloud_installed_is_skipped(make):
     config_dir().mkdir(parents=True)
-    os.mkfifo(config_dir() / "active_config")
+    make(config_dir() / "active_config")
     with pytest.raises(gauth.NotApplicable, match="gcloud is not on PATH.*active_config"):
         gauth._gcloud()
 
@@ -607,10 +616,6 @@ def test_gcloud_errors_name_the_identity_that_failed(monkeypatch, fake_gcloud):
     assert str(caught.value).startswith(
         f"gcloud (me@example.com impersonating {DEPLOYER}, configuration default): ERROR:"
     )
-
-
-if sys.platform == "win32":  # pragma: no cover - the fakes are POSIX scripts
-    pytestmark = pytest.mark.skip("the fake gcloud is a POSIX script")
 
 
 # --- the real Cloud SDK ----------------------------------------------------------------------

@@ -12,6 +12,8 @@ import trustme
 
 import artifactregistry_gauth as gauth
 from conftest import _forget_tokens
+from fakes import MODE_BITS, SYMLINK, posix_case
+from fakes.programs import write_program
 
 WORKLOAD = (
     "//iam.googleapis.com/projects/123456/locations/global/"
@@ -259,9 +261,7 @@ class FakeSecurity:
 
     def __init__(self, bin_dir, ca_file):
         self.bin_dir = bin_dir
-        path = bin_dir / "security"
-        path.write_text(f"#!{sys.executable}\n{_FAKE_SECURITY}")
-        path.chmod(0o755)
+        write_program(bin_dir / "security", _FAKE_SECURITY)
         (bin_dir / "security.pem").write_text(ca_file.read_text())
 
     @property
@@ -312,7 +312,13 @@ def test_stale_keychain_roots_are_exported_again(monkeypatch, user_env, on_macos
     assert len(on_macos.calls) == 2
 
 
-@pytest.mark.parametrize("planted", ["writable-by-others", "symlink"])
+@pytest.mark.parametrize(
+    "planted",
+    [
+        posix_case("writable-by-others", reason=MODE_BITS),
+        posix_case("symlink", reason=SYMLINK),
+    ],
+)
 def test_a_planted_keychain_roots_file_is_not_trusted(
     user_env, on_macos, isolated_env, other_ca_file, planted
 ):
@@ -368,9 +374,7 @@ def test_an_executable_slower_than_the_lookup_budget_but_within_its_timeout_succ
     monkeypatch, tmp_path, bin_dir, google_federation
 ):
     monkeypatch.setattr(gauth, "LOOKUP_BUDGET", 1.0)
-    helper = bin_dir / "sso-helper"
-    helper.write_text(f"#!{sys.executable}\n{_WAITING_HELPER}")
-    helper.chmod(0o755)
+    helper = write_program(bin_dir / "sso-helper", _WAITING_HELPER)
     google_federation.sts.add_provider(WORKLOAD, ID_TOKEN_TYPE, SUBJECT)
     info = {
         "type": "external_account",
