@@ -4,6 +4,22 @@ Answers ``oauth2accesstoken`` and a short-lived Google access token for ``*.pkg.
 hosts. Credentials are found the way Google's Application Default Credentials are, then
 through the gcloud CLI. Standard library only; ``keyring`` is imported only when the
 backend class is built, so this file can be vendored on its own.
+
+One lookup, in the order this file is written:
+
+1. ``GooglePyPIAuth.get_password`` (keyring) or ``get_token``;
+2. the host policy, ``answers_for``: no answer and no I/O unless the service is a
+   registry host that every HTTP stack agrees on;
+3. ``lookup`` walks ``DISCOVERY``, the ADC order: a handed-over token, the
+   ``GOOGLE_APPLICATION_CREDENTIALS`` file, gcloud's ADC file, the metadata server, gcloud;
+4. the first step that applies gives a ``CredentialSource``, whose ``identify`` names the
+   principal its token would be for;
+5. ``TokenCache`` answers for that identity from memory or a private file; otherwise,
+   under a lock, the source's ``fetch`` asks Google (OAuth, RS256, STS, SigV4 below);
+6. through ``Transport``: HTTP with timeouts, retries, no redirects, and the TLS trust
+   of ``_tls_context``; then the low-level helpers (files, subprocesses, hashing).
+
+The command line (``main``) comes last, behind a banner; nothing above it uses it.
 """
 
 from __future__ import annotations
@@ -14,6 +30,10 @@ import time  # built in: loaded with the interpreter, free to import
 
 __version__ = "0.1.0"
 __all__ = ["CredentialError", "GooglePyPIAuth", "Token", "get_token", "lookup", "main"]  # noqa: F822 - built on first access
+
+
+# --- constants and errors ---------------------------------------------------------------
+
 
 USERNAME = "oauth2accesstoken"
 SCOPE = "https://www.googleapis.com/auth/cloud-platform"
@@ -32,26 +52,15 @@ LOOKUP_BUDGET = 10.0
 REQUEST_TIMEOUT = 5.0
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 MAX_ATTEMPTS = 3
-# Off Google Cloud the metadata address is usually a black hole: wait briefly, once.
-# When the hardware says Google, wait and retry as google-auth does (GCE_METADATA_TIMEOUT,
-# GCE_METADATA_DETECT_RETRIES): a new GKE pod's metadata server refuses for a few seconds.
-METADATA_PING_TIMEOUT = 0.5
-METADATA_PING_TIMEOUT_ON_GCE = 3.0
-METADATA_DETECT_RETRIES = 3
-METADATA_MAX_DETECT_RETRIES = 10
-METADATA_ATTEMPTS_ON_GCE = 5  # for the data requests, as google-auth's retry_count
-DMI_PRODUCT_NAME = "/sys/class/dmi/id/product_name"
-BOOT_ID = "/proc/sys/kernel/random/boot_id"
-# A ping that waited out its timeout (a black-holed address, off Google hardware) is
-# remembered for this long, so warm calls skip it; a refusal costs nothing and is not.
-METADATA_ABSENT_MEMORY = 10 * 60
-# Which service account and instance the metadata server speaks for, remembered per
-# machine and boot so that a warm call on Google Cloud needs no request at all.
-METADATA_IDENTITY_MEMORY = 5 * 60
+
+
 # After a failed lookup, later calls in the same process fail fast and quietly
 # (pip asks once for the URL and once for the host).
 FAILURE_MEMORY = 30.0
 MAX_RESPONSE_BYTES = 1 << 20
+
+
+MAX_LOCAL_FILE_BYTES = 1 << 20
 
 
 class CredentialError(Exception):
@@ -60,6 +69,31 @@ class CredentialError(Exception):
 
 class NotApplicable(Exception):  # noqa: N818 - a verdict, not an error
     """This credential source does not apply here; discovery moves on to the next."""
+
+
+class TokenEndpointError(CredentialError):
+    """The token endpoint said no; ``error`` and ``subtype`` are its OAuth error codes."""
+
+    def __init__(self, message: str, error: str = "", subtype: str = "") -> None:
+        super().__init__(message)
+        self.error = error
+        self.subtype = subtype
+
+
+class KeyFormatError(ValueError):
+    """A private key that cannot be used; the message never contains key material."""
+
+
+class _StaleResponseError(CredentialError):
+    """An executable's answer that is well formed but unusable: run the executable again."""
+
+
+class _TransientError(Exception):
+    """A connection-level failure worth another try."""
+
+
+class _OutputTooLargeError(Exception):
+    """A command printed more than we keep; it was killed."""
 
 
 class Token:
@@ -72,10 +106,10 @@ class Token:
         self.expiry = expiry
         self.source = source
 
-    def seconds_left(self, now: float | None = None) -> float | None:
+    def seconds_left(self) -> float | None:
         if self.expiry is None:
             return None
-        return self.expiry - (_now() if now is None else now)
+        return self.expiry - _now()
 
     def __repr__(self) -> str:  # never the token itself
         return f"<Token from {self.source or '?'} expiring at {self.expiry}>"
@@ -89,854 +123,284 @@ def _monotonic() -> float:
     return time.monotonic()
 
 
-# --- logging: imported only when something is to be said ------------------------------
-
-
-_LOGGER_NAME = "artifactregistry_gauth"
-
-
-def _debug_env() -> bool:
-    return os.environ.get("ARTIFACTREGISTRY_GAUTH_DEBUG", "") not in ("", "0")
-
-
-def _debug_enabled() -> bool:
-    if _debug_env():
-        return True
-    if "logging" not in sys.modules:  # nobody configured logging, so nobody wants our debug
-        return False
-    import logging
-
-    return logging.getLogger(_LOGGER_NAME).isEnabledFor(logging.DEBUG)
-
-
-def _logger():
-    import logging
-
-    logger = logging.getLogger(_LOGGER_NAME)
-    if _debug_env() and not any(getattr(h, "_gauth", False) for h in logger.handlers):
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("artifactregistry-gauth: %(message)s"))
-        handler._gauth = True
-        logger.addHandler(handler)
-        logger.setLevel(logging.DEBUG)
-        logger.propagate = False
-    return logger
-
-
-def _debug(msg: str, *args: object) -> None:
-    if _debug_enabled():
-        _logger().debug(msg, *args)
-
-
-# --- HTTP: timeouts, retries, proxies, no redirects ------------------------------------
-
-
-class Response:
-    """Status, headers (lower-case names) and body of one HTTP exchange."""
-
-    __slots__ = ("status", "headers", "body")
-
-    def __init__(self, status: int, headers: dict, body: bytes) -> None:
-        self.status = status
-        self.headers = headers
-        self.body = body
-
-    def json(self) -> object:
-        return _json_loads(self.body)
-
-
-def _json_loads(data: bytes | str) -> object:
-    """Parse JSON; any malformed input (bad UTF-8, too deep, not JSON) is a ValueError."""
-    import json
-
-    try:
-        return json.loads(data.decode("utf-8") if isinstance(data, bytes) else data)
-    except RecursionError:
-        raise ValueError("JSON nested too deeply") from None
-
-
-# --- local files: credentials, gcloud's settings, subject tokens ------------------------
-
-MAX_LOCAL_FILE_BYTES = 1 << 20
-
-
-def read_local_file(path: str, limit: int = MAX_LOCAL_FILE_BYTES, owned: bool = False) -> bytes:
-    """The bytes of a regular file, opened without blocking and read up to ``limit``.
-
-    Raises OSError whose ``strerror`` says why: missing, unreadable, not a regular file
-    (a FIFO would block forever, ``/dev/zero`` never ends) or larger than ``limit``.
-    With ``owned``, also when the file is not ours or others may write it.
-    """
-    import stat
-
-    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
-    fd = os.open(path, flags)
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise OSError(0, "not a regular file", path)
-        if owned and hasattr(os, "getuid"):  # checked on what was opened: no race
-            if info.st_uid != os.getuid():
-                raise OSError(0, "owned by another user", path)
-            if info.st_mode & 0o022:
-                raise OSError(0, "writable by other users", path)
-        chunks = []
-        size = 0
-        while size <= limit:
-            chunk = os.read(fd, limit + 1 - size)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            size += len(chunk)
-    finally:
-        os.close(fd)
-    if size > limit:
-        raise OSError(0, f"larger than {limit // 1024} KiB", path)
-    return b"".join(chunks)
-
-
-def read_local_text(path: str, limit: int = MAX_LOCAL_FILE_BYTES, owned: bool = False) -> str:
-    """A regular file's UTF-8 text (BOM allowed); OSError as read_local_file, or if not UTF-8."""
-    data = read_local_file(path, limit, owned)
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        raise OSError(0, "not UTF-8 text", path) from None
-
-
-def _is_loopback_host(host: str) -> bool:
-    """True for ``localhost`` and IP literals in 127.0.0.0/8 or ``::1``, never for a name."""
-    import ipaddress
-
-    host = host.lower()
-    if host == "localhost":
-        return True
-    try:
-        address = ipaddress.ip_address(host[1:-1] if host.startswith("[") else host)
-    except ValueError:
-        return False  # a name such as 127.evil.example resolves wherever its owner likes
-    # ::ffff:127.0.0.1 reaches 127.0.0.1; Python 3.13 says so itself, older ones do not.
-    return (getattr(address, "ipv4_mapped", None) or address).is_loopback
-
-
-def _url_host(url: str) -> str:
-    from urllib.parse import urlsplit
-
-    return urlsplit(url).hostname or ""
-
-
-def _without_query(url: str) -> str:
-    return url.split("?", 1)[0]
-
-
-class Transport:
-    """Sends the HTTP requests of one lookup, all within one deadline."""
-
-    def __init__(self, budget: float | None = None) -> None:
-        self.budget = LOOKUP_BUDGET if budget is None else budget
-        self.deadline = _monotonic() + self.budget
-
-    def remaining(self) -> float:
-        left = self.deadline - _monotonic()
-        if left <= 0:
-            raise CredentialError(f"gave up after {self.budget:g} s: Google did not answer in time")
-        return left
-
-    def request(
-        self,
-        method: str,
-        url: str,
-        *,
-        body: bytes | None = None,
-        headers: dict | None = None,
-        direct: bool = False,
-        timeout: float = REQUEST_TIMEOUT,
-        attempts: int = MAX_ATTEMPTS,
-    ) -> Response:
-        """Send one request; retry transient failures with backoff inside the deadline.
-
-        ``direct`` bypasses any proxy (the metadata server must never be proxied).
-        """
-        last_error = None
-        # A proxy would carry a loopback request (and its plain-http secrets) off the machine.
-        direct = direct or _is_loopback_host(_url_host(url))
-        for attempt in range(1, attempts + 1):
-            try:
-                response = self._send(method, url, body, headers or {}, direct, timeout)
-            except _TransientError as exc:
-                last_error = f"could not reach {_without_query(url)}: {exc}"
-                wait = 0.0
-            else:
-                if not _worth_retrying(response) or attempt == attempts:
-                    return response
-                last_error = f"{_without_query(url)} answered HTTP {response.status}"
-                wait = _retry_after(response, self.deadline - _monotonic())
-            if attempt == attempts:
-                break
-            import random
-
-            wait = max(wait, 0.5 * 2 ** (attempt - 1) * random.uniform(0.9, 1.1))  # noqa: S311
-            if wait >= self.deadline - _monotonic():
-                break
-            _debug("%s; retrying in %.1f s", last_error, wait)
-            time.sleep(wait)
-        raise CredentialError(last_error)
-
-    def _send(self, method, url, body, headers, direct, timeout) -> Response:
-        """One exchange, bounded as a whole: socket timeouts alone let a slow drip go on."""
-        import threading
-
-        timeout = min(timeout, self.remaining())
-        outcome: list = []
-
-        def exchange() -> None:
-            try:
-                outcome.append(self._exchange(method, url, body, headers, direct, timeout))
-            except BaseException as exc:  # handed to the caller's thread below
-                outcome.append(exc)
-
-        worker = threading.Thread(target=exchange, name="artifactregistry-gauth", daemon=True)
-        worker.start()
-        worker.join(timeout)
-        if not outcome:  # abandoned: the daemon thread ends with its socket's timeout
-            raise _TransientError("timed out")
-        if isinstance(outcome[0], BaseException):
-            raise outcome[0]
-        return outcome[0]
-
-    def _exchange(self, method, url, body, headers, direct, timeout) -> Response:
-        import http.client
-        import urllib.error
-        import urllib.request
-
-        handlers = [_no_redirect_handler()]
-        if direct:
-            handlers.append(urllib.request.ProxyHandler({}))
-        store = ""
-        if url.startswith("https:"):
-            context, store = _tls_context()
-            handlers.append(urllib.request.HTTPSHandler(context=context))
-        opener = urllib.request.build_opener(*handlers)
-        request = urllib.request.Request(url, data=body, headers=headers, method=method)
-        try:
-            with opener.open(request, timeout=timeout) as reply:
-                return Response(reply.status, _lower(reply.headers), _read(reply))
-        except urllib.error.HTTPError as reply:
-            with reply:
-                return Response(reply.code, _lower(reply.headers), _read(reply))
-        except urllib.error.URLError as exc:
-            reason = exc.reason
-            if _is_certificate_error(reason):
-                raise CredentialError(
-                    f"the TLS certificate of {_url_host(url)} is not trusted ({reason}; "
-                    f"verified against {store}); behind a TLS-inspecting proxy, point "
-                    "SSL_CERT_FILE or REQUESTS_CA_BUNDLE at its CA bundle"
-                ) from None
-            raise _TransientError(_describe_os_error(reason)) from None
-        except (OSError, http.client.HTTPException) as exc:
-            raise _TransientError(_describe_os_error(exc)) from None
-
-
-class _TransientError(Exception):
-    """A connection-level failure worth another try."""
-
-
-def _is_certificate_error(reason: object) -> bool:
-    import ssl
-
-    return isinstance(reason, ssl.SSLCertVerificationError)
-
-
-def _describe_os_error(exc: object) -> str:
-    if isinstance(exc, TimeoutError) or type(exc).__name__ == "timeout":
-        return "timed out"
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    return str(exc) or type(exc).__name__
-
-
-def _lower(headers) -> dict:
-    return {k.lower(): v for k, v in headers.items()}
-
-
-def _read(reply) -> bytes:
-    return reply.read(MAX_RESPONSE_BYTES)
-
-
-# OAuth error codes that mean "try again", whatever the HTTP status (PROTOCOLS.md B.0).
-_RETRY_OAUTH_ERRORS = frozenset({"internal_failure", "server_error", "temporarily_unavailable"})
-
-
-def _worth_retrying(response: Response) -> bool:
-    if response.status in RETRY_STATUSES:
-        return True
-    if response.status < 400:
-        return False
-    try:
-        data = response.json()
-    except ValueError:
-        return False
-    return isinstance(data, dict) and any(
-        data.get(field) in _RETRY_OAUTH_ERRORS
-        for field in ("error", "error_description")
-        if isinstance(data.get(field), str)
-    )
-
-
-def _retry_after(response: Response, limit: float) -> float:
-    """The wait a Retry-After header asks for, at most ``limit``; 0 when absent or unusable.
-
-    Only delta-seconds count (``nan``, ``-5`` or ``1.5`` would otherwise reach time.sleep);
-    an HTTP-date is ignored rather than trusted to a clock we do not share.
-    """
-    text = str(response.headers.get("retry-after", "")).strip()
-    if not (text.isascii() and text.isdigit()):
-        return 0.0
-    if len(text) > 9:  # more than 31 years: certainly beyond any budget
-        return max(limit, 0.0)
-    return max(min(float(text), limit), 0.0)
-
-
-def _no_redirect_handler():
-    import urllib.request
-
-    class NoRedirect(urllib.request.HTTPRedirectHandler):
-        """Token endpoints never redirect; following one could send credentials elsewhere."""
-
-        def redirect_request(self, req, fp, code, msg, headers, newurl):
-            return None
-
-    return NoRedirect()
-
-
-def _check_endpoint(url: str, what: str) -> None:
-    """Refuse to send credentials anywhere but https, or http on this machine."""
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(url)
-    if parts.scheme == "https" and parts.hostname:
-        return
-    if parts.scheme == "http" and parts.hostname and _is_loopback_host(parts.hostname):
-        return
-    raise CredentialError(
-        f"refusing to send credentials to {what} {_without_query(url)!r}: it must be an https URL"
-    )
-
-
-# --- TLS: which certificates to trust (PROTOCOLS.md L) ----------------------------------
-
-# Who names a CA bundle, in the order they win: OpenSSL's own variable, then requests'.
-_CA_BUNDLE_VARIABLES = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
-# Roots exported from the macOS keychains are exported again after this long.
-MACOS_ROOTS_LIFE = 24 * 3600
-MACOS_KEYCHAINS = (
-    "/System/Library/Keychains/SystemRootCertificates.keychain",
-    "/Library/Keychains/System.keychain",  # CAs an administrator added, corporate ones
-)
-MAX_MACOS_ROOTS_BYTES = 8 << 20
-_TLS_CONTEXTS: dict = {}
-
-
-def _tls_context():
-    """The SSL context for https and a description of its trust store, built once per setting."""
-    key = tuple(os.environ.get(name, "") for name in (*_CA_BUNDLE_VARIABLES, "SSL_CERT_DIR"))
-    found = _TLS_CONTEXTS.get(key)
-    if found is None:
-        found = _TLS_CONTEXTS[key] = _new_tls_context()
-        _debug("verifying TLS certificates against %s", found[1])
-    return found
-
-
-def _new_tls_context():
-    import ssl
-
-    name = next((n for n in _CA_BUNDLE_VARIABLES if os.environ.get(n)), "")
-    if name == "SSL_CERT_FILE" or (not name and os.environ.get("SSL_CERT_DIR")):
-        # OpenSSL reads both variables itself when it loads its default paths.
-        name = name or "SSL_CERT_DIR"
-        return ssl.create_default_context(), f"{name}={os.environ[name]}"
-    if name:
-        return _ca_bundle_context(name, os.environ[name]), f"{name}={os.environ[name]}"
-    context = ssl.create_default_context()
-    if _has_default_roots(context):
-        return context, "OpenSSL's default CA paths"
-    # No roots: python.org's macOS Python before "Install Certificates.command" runs.
-    for fallback in (_truststore_context, _certifi_context, _macos_keychain_context):
-        found = fallback()
-        if found:
-            return found
-    return context, "OpenSSL's default CA paths, which hold no certificates"
-
-
-def _ca_bundle_context(name: str, path: str):
-    """A context that trusts only the bundle (a file or a directory), as requests does."""
-    import ssl
-
-    try:
-        if os.path.isdir(path):
-            return ssl.create_default_context(capath=path)
-        return ssl.create_default_context(cafile=path)
-    except OSError as exc:  # ssl.SSLError is an OSError too
-        problem = exc.strerror or getattr(exc, "reason", None) or exc
-        raise CredentialError(
-            f"{name}={path}: cannot load CA certificates from it ({problem}); "
-            f"point {name} at a PEM bundle or unset it"
-        ) from None
-
-
-def _has_default_roots(context) -> bool:
-    """True if OpenSSL's default paths hold certificates."""
-    import ssl
-
-    if context.cert_store_stats()["x509"]:
-        return True
-    # A CA directory is read lazily, one file per lookup: nothing is counted until then.
-    capath = ssl.get_default_verify_paths().capath
-    if not capath:
-        return False
-    try:
-        with os.scandir(capath) as entries:
-            return any(True for _ in entries)
-    except OSError:
-        return False
-
-
-def _truststore_context():
-    """The OS trust store through truststore, or pip's vendored copy of it."""
-    import importlib
-    import ssl
-
-    for name in ("truststore", "pip._vendor.truststore"):
-        try:
-            truststore = importlib.import_module(name)
-        except ImportError:  # absent, or Python older than truststore supports
-            continue
-        return truststore.SSLContext(ssl.PROTOCOL_TLS_CLIENT), f"the OS trust store via {name}"
-    return None
-
-
-def _certifi_context():
-    import ssl
-
-    try:
-        import certifi
-    except ImportError:
-        return None
-    path = certifi.where()
-    return ssl.create_default_context(cafile=path), f"certifi's CA bundle {path}"
-
-
-def _macos_keychain_context():
-    """The macOS system roots and admin-added CAs, as the keychains hold them."""
-    import ssl
-
-    if sys.platform != "darwin":
-        return None
-    pem = _macos_roots()
-    if not pem:
-        return None
-    try:
-        context = ssl.create_default_context(cadata=pem)
-    except ssl.SSLError as exc:
-        _debug("cannot use the certificates exported from the macOS keychains: %s", exc)
-        return None
-    return context, "the macOS system keychains (security find-certificate)"
-
-
-def _macos_roots() -> str:
-    """PEM certificates from the system keychains, kept in the cache for MACOS_ROOTS_LIFE."""
-    directory = cache_dir(create=True)
-    path = os.path.join(directory, "macos-roots.pem") if directory else ""
-    pem = _fresh_private_text(path, MACOS_ROOTS_LIFE) if path else ""
-    if pem:
-        return pem
-    pem = _export_macos_roots()
-    if pem and path:
-        try:
-            _write_private_file(path, pem.encode("ascii"))
-        except OSError as exc:
-            _debug("cannot keep the macOS roots in %s: %s", path, exc.strerror or exc)
-    return pem
-
-
-def _fresh_private_text(path: str, life: float) -> str:
-    """The text of a regular file of ours younger than ``life`` seconds, else ""."""
-    import stat
-
-    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
-    try:
-        fd = os.open(path, flags)
-    except OSError:
-        return ""
-    with os.fdopen(fd, "rb") as f:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode) or not _private_file(fd) or _now() - info.st_mtime > life:
-            return ""
-        return f.read(MAX_MACOS_ROOTS_BYTES).decode("ascii", "replace")
-
-
-def _export_macos_roots() -> str:
-    import subprocess
-
-    security = _find_executable("security")  # on PATH, never the working directory
-    if not security:
-        return ""
-    argv = [security, "find-certificate", "-a", "-p", *MACOS_KEYCHAINS]
-    try:
-        done = _run_capped(argv, None, 10.0, MAX_MACOS_ROOTS_BYTES)
-    except (OSError, subprocess.TimeoutExpired, _OutputTooLargeError) as exc:
-        _debug("cannot export the macOS roots with security: %s", exc)
-        return ""
-    # A missing keychain makes security fail, yet it still prints the other one.
-    pem = done.stdout.decode("ascii", "replace")
-    return pem if "-----BEGIN CERTIFICATE-----" in pem else ""
-
-
-# --- OAuth token endpoints -------------------------------------------------------------
-
-
-class TokenEndpointError(CredentialError):
-    """The token endpoint said no; ``error`` and ``subtype`` are its OAuth error codes."""
-
-    def __init__(self, message: str, error: str = "", subtype: str = "") -> None:
-        super().__init__(message)
-        self.error = error
-        self.subtype = subtype
-
-
-def _post_form(
-    transport: Transport, url: str, fields: dict, what: str, headers: dict | None = None
-) -> dict:
-    """POST a form to an OAuth token endpoint and return its JSON answer."""
-    from urllib.parse import urlencode
-
-    _check_endpoint(url, what)
-    all_headers = {"Content-Type": "application/x-www-form-urlencoded"}
-    all_headers.update(headers or {})
-    response = transport.request(
-        "POST", url, body=urlencode(fields).encode("ascii"), headers=all_headers
-    )
-    sent = [value for name, value in fields.items() if name in _SECRET_FIELDS]
-    for name, value in all_headers.items():
-        if name.lower() == "authorization":
-            sent += _authorization_secrets(value)
-    return _token_response_json(response, url, what, sent)
-
-
-# Form fields that carry credentials: a server that echoes them must not make us print them.
-_SECRET_FIELDS = frozenset({"assertion", "refresh_token", "client_secret", "subject_token", "rapt"})
-# At most this much of a server's error text is quoted in ours.
-MAX_QUOTED = 300
-
-
-def _authorization_secrets(value: str) -> list:
-    """The credential of an Authorization header, and for Basic the ``id:secret`` and secret."""
-    import base64
-    import binascii
-
-    scheme, _, credential = value.strip().partition(" ")
-    secrets = [credential]
-    if scheme.lower() == "basic":
-        try:
-            pair = base64.b64decode(credential, validate=True).decode("utf-8")
-        except (binascii.Error, ValueError):
-            return secrets
-        secrets += [pair, pair.partition(":")[2]]
-    return secrets
-
-
-def _secret_forms(secret: str) -> set:
-    """Every way a secret we sent may come back: raw, URL-encoded, JSON-escaped."""
-    import json
-    from urllib.parse import quote, quote_plus
-
-    forms = {secret, quote(secret), quote(secret, safe=""), quote_plus(secret)}
-    for ascii_only in (True, False):
-        escaped = json.dumps(secret, ensure_ascii=ascii_only)[1:-1]
-        forms |= {escaped, escaped.replace("/", "\\/")}
-    folded = {" ".join(form.split()) for form in forms}  # as the text they are found in
-    return {form for form in forms | folded if len(form) >= 4}
-
-
-def _redact(text: str, secrets: list) -> str:
-    """Server text made safe for one line of ours: folded, our secrets masked, at most 300 chars.
-
-    Servers echo what they were sent in any encoding, so each secret is masked in every
-    form we could have sent it (%-escapes in either case).
-    """
-    import re
-
-    text = " ".join(text.split())
-    forms = set()
-    for secret in secrets:
-        if isinstance(secret, str) and len(secret) >= 4:
-            forms |= _secret_forms(secret)
-    if not forms:
-        return text[:MAX_QUOTED]
-    pattern = re.compile(
-        "|".join(re.escape(form) for form in sorted(forms, key=len, reverse=True)), re.IGNORECASE
-    )
-    longest = max(len(form) for form in forms)
-    kept, size, pos = [], 0, 0
-    while size < MAX_QUOTED and pos < len(text):  # only as far as what is quoted: bounded work
-        room = MAX_QUOTED - size
-        found = pattern.search(text, pos, pos + room + longest)
-        if found is None or found.start() >= pos + room:
-            kept.append(text[pos : pos + room])
-            break
-        kept += [text[pos : found.start()], "***"]
-        size += found.start() - pos + 3
-        pos = found.end()
-    return "".join(kept)[:MAX_QUOTED]
-
-
-def _token_response_json(response: Response, url: str, what: str, sent: list = ()) -> dict:
-    try:
-        data = response.json()
-    except ValueError:
-        data = None
-    if response.status == 200 and isinstance(data, dict):
-        return data
-    if response.status == 200:
-        raise CredentialError(f"{what} at {_without_query(url)} answered with something not JSON")
-    error, subtype, description = "", "", ""
-    if isinstance(data, dict):
-        if isinstance(data.get("error"), dict):  # Google API style (C.3)
-            description = str(data["error"].get("message", ""))
-            error = str(data["error"].get("status", ""))
-        else:
-            error = str(data.get("error", ""))
-            subtype = str(data.get("error_subtype", ""))
-            description = str(data.get("error_description", ""))
-    detail = _redact(": ".join(part for part in (error, description) if part), list(sent))
-    raise TokenEndpointError(
-        f"{what} at {_without_query(url)} refused (HTTP {response.status}"
-        + (f", {detail})" if detail else ")"),
-        error,
-        subtype,
-    )
-
-
-def _token_from_oauth(data: dict, what: str, source: str) -> Token:
-    value = data.get("access_token")
-    if not isinstance(value, str) or not value:
-        raise CredentialError(f"{what} answered without an access_token")
-    return Token(value, _expiry_from(data.get("expires_in")), source)
-
-
-def _expiry_from(expires_in: object) -> float | None:
-    try:
-        seconds = int(expires_in)  # Google sometimes sends it as a string
-    except (TypeError, ValueError, OverflowError):
-        return None
-    if not 0 < seconds < 366 * 86400:
-        return None
-    return _now() + seconds
-
-
-def _parse_rfc3339(text: str) -> float:
-    """Seconds since the epoch for ``2024-05-01T12:00:00Z`` (fractional seconds allowed)."""
-    import calendar
-
-    main_part, _, _ = text.rstrip("Z").partition(".")
-    return float(calendar.timegm(time.strptime(main_part, "%Y-%m-%dT%H:%M:%S")))
-
-
-# --- RS256 signing in pure Python --------------------------------------------------------
-
-
-_RSA_OID = bytes.fromhex("2a864886f70d010101")  # rsaEncryption, 1.2.840.113549.1.1.1
-_SHA256_DIGEST_INFO = bytes.fromhex("3031300d060960864801650304020105000420")
-
-
-class KeyFormatError(ValueError):
-    """A private key that cannot be used; the message never contains key material."""
-
-
-def _der_item(data: bytes, pos: int) -> tuple[int, int, int]:
-    """Return (tag, start of content, end of content) of the DER item at ``pos``."""
-    if pos + 2 > len(data):
-        raise KeyFormatError("truncated DER")
-    tag, length = data[pos], data[pos + 1]
-    pos += 2
-    if length & 0x80:
-        count = length & 0x7F
-        if not 1 <= count <= 4 or pos + count > len(data):
-            raise KeyFormatError("bad DER length")
-        length = int.from_bytes(data[pos : pos + count], "big")
-        pos += count
-    if pos + length > len(data):
-        raise KeyFormatError("truncated DER")
-    return tag, pos, pos + length
-
-
-def _der_sequence(data: bytes, item: tuple[int, int, int]) -> list[tuple[int, int, int]]:
-    """The items inside the SEQUENCE ``item``."""
-    tag, pos, end = item
-    if tag != 0x30:
-        raise KeyFormatError("expected a DER SEQUENCE")
-    items = []
-    while pos < end:
-        child = _der_item(data, pos)
-        if child[2] > end:
-            raise KeyFormatError("truncated DER")
-        items.append(child)
-        pos = child[2]
-    return items
-
-
-class RsaPrivateKey:
-    """An RSA private key read from PKCS#8 or PKCS#1 PEM, able to sign RS256."""
-
-    __slots__ = ("n", "e", "d", "p", "q", "dp", "dq", "qinv", "size", "primes_checked")
-
-    # Google issues 2048-bit keys; a larger bound would let a crafted key burn seconds of
-    # CPU per signature (the cost grows 8x per doubling).
-    MIN_BITS, MAX_BITS = 2048, 4096
-
-    @classmethod
-    def from_pem(cls, pem: str) -> RsaPrivateKey:
-        import base64
-        import binascii
-
-        if not isinstance(pem, str):
-            raise KeyFormatError("it is not a string")
-        label, der = "", b""
-        for kind in ("PRIVATE KEY", "RSA PRIVATE KEY", "ENCRYPTED PRIVATE KEY"):
-            begin, end = f"-----BEGIN {kind}-----", f"-----END {kind}-----"
-            if begin in pem:
-                if end not in pem:
-                    raise KeyFormatError(f"no {end} line")
-                body = pem.split(begin, 1)[1].split(end, 1)[0]
-                label = kind
-                try:
-                    der = base64.b64decode("".join(body.split()), validate=True)
-                except (binascii.Error, ValueError):
-                    raise KeyFormatError("the PEM body is not base64") from None
-                break
-        if not label:
-            raise KeyFormatError("no -----BEGIN PRIVATE KEY----- line")
-        if label == "ENCRYPTED PRIVATE KEY":
-            raise KeyFormatError("it is encrypted; Google key files hold an unencrypted key")
-        if label == "PRIVATE KEY":
-            der = cls._unwrap_pkcs8(der)
-        return cls._from_pkcs1(der)
-
-    @staticmethod
-    def _unwrap_pkcs8(der: bytes) -> bytes:
-        items = _der_sequence(der, _der_item(der, 0))
-        if len(items) < 3 or items[1][0] != 0x30 or items[2][0] != 0x04:
-            raise KeyFormatError("not a PKCS#8 PrivateKeyInfo")
-        algorithm = _der_sequence(der, items[1])
-        if not algorithm or der[algorithm[0][1] : algorithm[0][2]] != _RSA_OID:
-            raise KeyFormatError("not an RSA key")
-        return der[items[2][1] : items[2][2]]
-
-    @classmethod
-    def _from_pkcs1(cls, der: bytes) -> RsaPrivateKey:
-        items = _der_sequence(der, _der_item(der, 0))
-        if len(items) < 9 or any(tag != 0x02 for tag, _, _ in items[:9]):
-            raise KeyFormatError("not a PKCS#1 RSAPrivateKey")
-        numbers = [int.from_bytes(der[start:end], "big") for _, start, end in items[1:9]]
-        key = cls()
-        key.n, key.e, key.d, key.p, key.q, key.dp, key.dq, key.qinv = numbers
-        bits = key.n.bit_length()
-        if not cls.MIN_BITS <= bits <= cls.MAX_BITS:  # before any arithmetic on the numbers
-            raise KeyFormatError(
-                f"it is a {bits}-bit key; only {cls.MIN_BITS} to {cls.MAX_BITS} bits are accepted"
+# --- the keyring backend and get_token: what callers see --------------------------------
+
+
+def _build_backend_class() -> type:
+    from keyring.backend import KeyringBackend
+    from keyring.credentials import SimpleCredential
+
+    class GooglePyPIAuth(KeyringBackend):
+        """Google access tokens for Artifact Registry (*.pkg.dev) Python repositories."""
+
+        # Above the OS keyrings (about 5) so we answer first; below keyring's chainer (10)
+        # so other hosts still reach them.
+        priority = 9
+
+        def get_password(self, service: str, username: str | None) -> str | None:
+            if not answers_for(service, username):
+                return None
+            return _token_or_none()
+
+        def get_credential(self, service: str, username: str | None):
+            if not answers_for(service, username):
+                return None
+            token = _token_or_none()
+            return None if token is None else SimpleCredential(USERNAME, token)
+
+        def set_password(self, service: str, username: str, password: str) -> None:
+            # NotImplementedError (not PasswordSetError) lets keyring's chainer move on.
+            raise NotImplementedError(
+                "artifactregistry-gauth stores nothing: its credentials come from Google"
             )
-        if not key._consistent():
-            raise KeyFormatError("its numbers do not form a consistent RSA key")
-        key.size = (bits + 7) // 8
-        key.primes_checked = False
-        return key
 
-    def _consistent(self) -> bool:
-        """Cheap checks (no modular exponentiation) that the eight numbers belong together."""
-        import math
+        def delete_password(self, service: str, username: str) -> None:
+            raise NotImplementedError(
+                "artifactregistry-gauth stores nothing: its credentials come from Google"
+            )
 
-        n, e, p, q = self.n, self.e, self.p, self.q
-        half = n.bit_length() // 2
-        if not (
-            3 <= e < 1 << 256  # FIPS 186 bounds e; a huge e would make each check slow
-            and e % 2 == 1
-            and half - 8 <= min(p, q).bit_length() <= max(p, q).bit_length() <= half + 8
-            and p * q == n  # two primes of about half the size each
-            and 0 < self.d < n
-            and 0 < self.dp < p
-            and 0 < self.dq < q
-            and 0 < self.qinv < p
-        ):
-            return False
-        lam = (p - 1) * (q - 1) // math.gcd(p - 1, q - 1)
-        return (
-            e * self.d % lam == 1  # d may be reduced mod lcm(p-1, q-1) or mod phi
-            and e * self.dp % (p - 1) == 1
-            and e * self.dq % (q - 1) == 1
-            and self.qinv * q % p == 1
-        )
-
-    def _check_primes(self) -> None:
-        """Fermat's test on p and q, before the first signature: composite factors are a forgery."""
-        if not (pow(2, self.p - 1, self.p) == 1 and pow(2, self.q - 1, self.q) == 1):
-            raise KeyFormatError("its factors p and q are not prime")
-        self.primes_checked = True
-
-    def sign_rs256(self, message: bytes) -> bytes:
-        """RSASSA-PKCS1-v1_5 with SHA-256 (RFC 8017 8.2.1), blinded, CRT, fault-checked."""
-        import hashlib
-        import secrets
-
-        if not self.primes_checked:  # here, not at load: a cached token needs no signature
-            self._check_primes()
-        digest_info = _SHA256_DIGEST_INFO + hashlib.sha256(message).digest()
-        padding = b"\xff" * (self.size - len(digest_info) - 3)
-        m = int.from_bytes(b"\x00\x01" + padding + b"\x00" + digest_info, "big")
-        # Blinding keeps the private-key operation's timing independent of the message.
-        r = secrets.randbelow(self.n - 2) + 2
-        blinded = (m * pow(r, self.e, self.n)) % self.n
-        m1 = pow(blinded, self.dp, self.p)
-        m2 = pow(blinded, self.dq, self.q)
-        s = (m2 + ((self.qinv * (m1 - m2)) % self.p) * self.q) * pow(r, -1, self.n) % self.n
-        if pow(s, self.e, self.n) != m:  # a faulty CRT result would leak the key
-            raise KeyFormatError("signature self-check failed")
-        return s.to_bytes(self.size, "big")
+    GooglePyPIAuth.__module__ = "artifactregistry_gauth"
+    GooglePyPIAuth.__qualname__ = "GooglePyPIAuth"
+    return GooglePyPIAuth
 
 
-def _b64url(data: bytes) -> str:
-    import base64
-
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
-def _json_text(value: object) -> str:
-    return _json_compact(value).decode("utf-8")
-
-
-def _json_compact(value: object) -> bytes:
-    import json
-
-    return json.dumps(value, separators=(",", ":")).encode("utf-8")
+def __getattr__(name: str) -> object:
+    # PEP 562: `GooglePyPIAuth` is built (and keyring imported) on first access, which is
+    # how keyring's entry point and keyringrc.cfg both load it.
+    if name == "GooglePyPIAuth":
+        module = sys.modules.get("artifactregistry_gauth") or sys.modules[__name__]
+        cls = module.__dict__.get("_backend_class")
+        if cls is None:
+            cls = _build_backend_class()
+            module._backend_class = cls
+        return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def make_jwt(key: RsaPrivateKey, claims: dict, key_id: str | None = None) -> str:
-    """A compact RS256 JWT (RFC 7519) of ``claims``."""
-    header = {"typ": "JWT", "alg": "RS256"}
-    if key_id:
-        header["kid"] = key_id
-    signing_input = f"{_b64url(_json_compact(header))}.{_b64url(_json_compact(claims))}"
-    signature = key.sign_rs256(signing_input.encode("ascii"))
-    return f"{signing_input}.{_b64url(signature)}"
+def get_token() -> str:
+    """A live access token, or CredentialError."""
+    return lookup().value
 
 
-# --- credential sources ----------------------------------------------------------------
+def _token_or_none() -> str | None:
+    """The token for the keyring backend: on failure one warning line, then None."""
+    if _LAST_FAILURE and _monotonic() - _LAST_FAILURE[0] < FAILURE_MEMORY:
+        return None
+    try:
+        return get_token()
+    except CredentialError as exc:
+        _LAST_FAILURE[:] = [_monotonic()]
+        _logger().warning("artifactregistry-gauth: %s", exc)
+        return None
+
+
+# --- which services we answer for (the host policy) -------------------------------------
+
+
+def answers_for(service: str, username: str | None) -> bool:
+    """Whether the backend answers this keyring question (decided without any I/O)."""
+    return username in (None, "", USERNAME) and is_registry_service(service)
+
+
+def is_registry_service(service: str) -> bool:
+    """True for Artifact Registry hosts and those in ARTIFACTREGISTRY_GAUTH_HOSTS."""
+    host = service_host(service)
+    if host is None:
+        return False
+    if host.endswith(".pkg.dev"):
+        return True
+    for entry in os.environ.get("ARTIFACTREGISTRY_GAUTH_HOSTS", "").split(","):
+        pattern = entry.strip().lower().rstrip(".")
+        if pattern.startswith("*.") and host.endswith(pattern[1:]):
+            return True
+        if pattern and host == pattern:
+            return True
+    return False
+
+
+def service_host(service: str) -> str | None:
+    """The host a keyring service names (a URL or a bare ``host[:port]``), if unambiguous.
+
+    None unless every HTTP stack would connect to the same host: urllib.parse ends the
+    authority only at ``/?#``, while urllib3 (requests, so twine and poetry) and WHATWG
+    parsers (uv) also end it at a backslash, decode ``%``, drop tabs and map Unicode dots.
+    So a service with whitespace or control characters, an authority with a backslash,
+    ``%``, a password or non-ASCII, or a host that is not plain letters, digits, ``-``
+    and ``.`` gets no answer; neither does plain http.
+    """
+    if not isinstance(service, str) or not service.isprintable() or " " in service:
+        return None
+    scheme, sep, rest = service.partition("://")
+    if not sep:
+        rest = service
+    elif scheme.lower() != "https":
+        return None
+    end = min((i for i in map(rest.find, "/?#") if i >= 0), default=len(rest))
+    authority = rest[:end]
+    if not authority.isascii() or "\\" in authority or "%" in authority:
+        return None
+    userinfo, at, hostport = authority.rpartition("@")
+    if at and (":" in userinfo or "@" in userinfo):
+        return None  # a password or a second @: readers disagree on where the host starts
+    host, colon, port = hostport.partition(":")
+    if colon and port and not port.isdigit():
+        return None
+    host = host.lower()
+    if host.endswith("."):
+        host = host[:-1]
+    return host if _is_host_name(host) else None
+
+
+# --- lookup: the first source that applies, its token cached by identity ----------------
+
+
+def lookup(report: list | None = None) -> Token:
+    """Find credentials in the documented order and return a live token.
+
+    Raises CredentialError with one line saying what was tried and what to do. With
+    ``report``, appends what each source said (for ``doctor``).
+    """
+    transport = Transport()
+    skipped = []
+    for label, step in DISCOVERY:
+        try:
+            source = step()
+            token, how = _cached_or_fetched(source, transport)
+        except NotApplicable as exc:
+            _debug("skipped: %s", exc)
+            skipped.append(str(exc))
+            _note(report, label, "skipped", str(exc))
+            continue
+        except CredentialError as exc:
+            _note(report, label, "failed", str(exc))
+            raise
+        _note(report, label, "answered", source.describe(), token=token, how=how)
+        return token
+    raise CredentialError(
+        "no Google credentials found (" + "; ".join(skipped) + "); " + LOGIN_HINT + ", or set "
+        "GOOGLE_APPLICATION_CREDENTIALS to a service account key file"
+    )
+
+
+def _note(report: list | None, label: str, status: str, detail: str, **extra: object) -> None:
+    if report is not None:
+        report.append(dict(source=label, status=status, detail=detail, **extra))
+
+
+def _cached_or_fetched(source: CredentialSource, transport: Transport) -> tuple[Token, str]:
+    """The source's token and where it came from: memory, disk or a fetch."""
+    identity = source.identify(transport)
+    token = _CACHE.get(identity, source)
+    if token is not None:
+        _debug("using a cached token from %s", source.describe())
+        return token, "cache"
+    with _CACHE.lock(identity, transport) if source.cacheable else _NO_LOCK:
+        token = _CACHE.get(identity, source)  # another process may have just fetched it
+        if token is not None:
+            _debug("using a token another process just fetched from %s", source.describe())
+            return token, "cache"
+        started = _monotonic()
+        token = source.fetch(transport)
+        if not _is_token_text(token.value):
+            # Printed into netrc files, headers and `keyring get` output, a space or newline
+            # would smuggle in extra entries or lines.
+            raise source.fail(
+                "the token it gave is not one word of printable ASCII",
+                "check what issues the token",
+            )
+        _debug("got a token from %s in %.0f ms", source.describe(), 1000 * (_monotonic() - started))
+        _CACHE.put(identity, token, source)
+    return token, "fetched"
+
+
+def _is_token_text(value: object) -> bool:
+    """True for a non-empty string of printable ASCII without spaces, as access tokens are."""
+    return (
+        isinstance(value, str)
+        and value.isascii()
+        and value.isprintable()
+        and " " not in value
+        and bool(value)
+    )
+
+
+# --- discovery: the ADC order, then gcloud ----------------------------------------------
+
+
+#
+# Each step returns a source or raises NotApplicable with the reason it was skipped.
+# A CredentialError from a step ends the search: a broken credential that was asked for
+# must never silently become another identity.
+def _explicit_token() -> CredentialSource:
+    value = os.environ.get("GOOGLE_OAUTH_ACCESS_TOKEN", "").strip()
+    if not value:
+        raise NotApplicable("GOOGLE_OAUTH_ACCESS_TOKEN is not set")
+    return ExplicitToken(value)
+
+
+def _explicit_adc_file() -> CredentialSource:
+    path = os.environ.get("GOOGLE_APPLICATION_CREDENTIALS", "")
+    if not path:
+        raise NotApplicable("GOOGLE_APPLICATION_CREDENTIALS is not set")
+    # Naming gcloud's own ADC file means "use gcloud's ADC": when it is missing, discovery
+    # goes on as google-auth's does (PROTOCOLS.md A.1). Any other missing file is an error.
+    if not os.path.exists(path) and _same_path(path, well_known_adc_file()):
+        raise NotApplicable(f"GOOGLE_APPLICATION_CREDENTIALS names gcloud's absent {path}")
+    return load_adc_file(path, "GOOGLE_APPLICATION_CREDENTIALS")
+
+
+def _well_known_adc_file() -> CredentialSource:
+    path = well_known_adc_file()
+    if not os.path.isfile(path):
+        raise NotApplicable(f"no {path}")
+    return load_adc_file(path, "gcloud's application default credentials")
+
+
+def _metadata_server() -> CredentialSource:
+    if os.environ.get("NO_GCE_CHECK", "").lower() in ("true", "1", "yes"):
+        raise NotApplicable("metadata server not checked (NO_GCE_CHECK)")
+    return MetadataServer()  # its identity is learnt from the server, in the lookup's budget
+
+
+def _gcloud() -> CredentialSource:
+    executable = _find_executable("gcloud.cmd" if os.name == "nt" else "gcloud")
+    try:
+        settings = GcloudSettings.read(executable)
+    except CredentialError as exc:
+        if executable:
+            raise
+        raise NotApplicable(f"gcloud is not on PATH (and {exc})") from None
+    if not settings.impersonated():
+        # gcloud would print these tokens unchanged, so it need not run (its order: the
+        # variable, then the file). Impersonation trades them for another token: gcloud runs.
+        token = os.environ.get("CLOUDSDK_AUTH_ACCESS_TOKEN", "").strip()
+        if token:
+            return ExplicitToken(token, "$CLOUDSDK_AUTH_ACCESS_TOKEN")
+        token_file = settings.get("auth/access_token_file")
+        if token_file:
+            return GcloudAccessTokenFile(token_file, settings.named_by("auth/access_token_file"))
+    if not executable:
+        raise NotApplicable("gcloud is not on PATH")
+    return GcloudCli(executable, settings)
+
+
+DISCOVERY = (
+    ("GOOGLE_OAUTH_ACCESS_TOKEN", _explicit_token),
+    ("GOOGLE_APPLICATION_CREDENTIALS", _explicit_adc_file),
+    ("gcloud ADC file", _well_known_adc_file),
+    ("metadata server", _metadata_server),
+    ("gcloud", _gcloud),
+)
+
+
+# --- credential sources: one class each, the same small interface ------------------------
+
+
 #
 # Each source is built cheaply (no network), names a stable ``identity`` for the token
 # cache, describes itself for humans, and ``fetch``es a Token. ``fetch`` raises
 # NotApplicable when the source turns out to be absent (no metadata server), and
 # CredentialError when it is there but fails.
-
-
 class CredentialSource:
     """One place a token can come from."""
 
@@ -985,6 +449,9 @@ class ExplicitToken(CredentialSource):
         return Token(self.value, None, self.describe())
 
 
+# --- Application Default Credentials files: service account and authorized user ----------
+
+
 class ServiceAccountKey(CredentialSource):
     """A service-account key file: an RS256-signed JWT exchanged at its ``token_uri``."""
 
@@ -1007,7 +474,7 @@ class ServiceAccountKey(CredentialSource):
     def sign(self, claims: dict) -> str:
         try:
             return make_jwt(self.key, claims, self.key_id)
-        except (KeyFormatError, ValueError) as exc:
+        except ValueError as exc:  # KeyFormatError included
             raise self.fail(f"signing with private_key failed ({exc})", _KEY_FIX) from None
 
     def fetch(self, transport: Transport) -> Token:
@@ -1088,714 +555,13 @@ def _require_fields(info: dict, names: tuple, origin: str, fix: str) -> None:
             raise CredentialError(f"{origin}: field {name!r} is {state}; {fix}")
 
 
-class MetadataServer(CredentialSource):
-    """The GCE / GKE / Cloud Run / Cloud Build metadata server.
-
-    Its identity is the host, the service account and the instance it speaks for: VMs
-    that share a home directory (NFS) must not share a cached token.
-    """
-
-    kind = "metadata server"
-
-    def __init__(self) -> None:
-        self.host = os.environ.get("GCE_METADATA_HOST") or os.environ.get(
-            "GCE_METADATA_ROOT", "metadata.google.internal"
-        )
-        self.ping_host = os.environ.get("GCE_METADATA_IP") or "169.254.169.254"
-        host_name = (
-            "GCE_METADATA_HOST" if os.environ.get("GCE_METADATA_HOST") else "GCE_METADATA_ROOT"
-        )
-        for name, value in ((host_name, self.host), ("GCE_METADATA_IP", self.ping_host)):
-            if not _is_host_and_port(value):
-                raise CredentialError(
-                    f"{name} is {value[:80]!r}, not a host or host:port; fix or unset it"
-                )
-        super().__init__(f"http://{self.host}")
-        self.instance_id = ""
-        self.product_name = _dmi_product_name()
-        self.on_google_hardware = self.product_name.startswith("Google")
-
-    @property
-    def identity(self) -> str:
-        return f"metadata server:{self.origin}:{self.account}:{self.instance_id}"
-
-    def identify(self, transport: Transport) -> str:
-        """Learn the service account and instance; NotApplicable when not on Google Cloud."""
-        memory = _MetadataMemory(self)
-        remembered = memory.recall()
-        if remembered.get("verdict") == "present":
-            self.account, self.instance_id = remembered["account"], remembered["instance_id"]
-            return self.identity
-        if remembered.get("verdict") == "absent" and not self.on_google_hardware:
-            raise NotApplicable(
-                f"not on Google Cloud (http://{self.ping_host}/ did not answer "
-                f"{_age(remembered['at'])} ago; remembered for "
-                f"{METADATA_ABSENT_MEMORY // 60} min: delete {memory.path} to ask again)"
-            )
-        self.detect(transport, memory)
-        email = self._get(
-            transport, "instance/service-accounts/default/email", "its service account"
-        )
-        if email is None:
-            raise NotApplicable(f"no service account is attached to this machine ({self.origin})")
-        self.account = email
-        self.instance_id = self._get(transport, "instance/id", "its instance id") or ""
-        memory.remember_present(self.account, self.instance_id)
-        return self.identity
-
-    def fetch(self, transport: Transport) -> Token:
-        url = (
-            f"{self.origin}/computeMetadata/v1/instance/service-accounts/default/token"
-            "?scopes=https%3A%2F%2Fwww.googleapis.com%2Fauth%2Fcloud-platform"
-        )
-        response = transport.request(
-            "GET", url, headers=_METADATA_HEADERS, direct=True, attempts=self._attempts()
-        )
-        if response.status == 404:
-            raise NotApplicable(f"no service account is attached to this machine ({self.origin})")
-        if response.status != 200:
-            raise self.fail(f"the metadata server answered HTTP {response.status} for a token")
-        try:
-            data = response.json()
-        except ValueError:
-            data = None
-        if not isinstance(data, dict):
-            raise self.fail("the metadata server answered a token request with something not JSON")
-        return _token_from_oauth(data, "the metadata server", self.describe())
-
-    def detect(self, transport: Transport, memory: _MetadataMemory | None = None) -> None:
-        """Raise NotApplicable unless a Google metadata server answers the ping.
-
-        On Google hardware a failed ping is no verdict: the hardware decides, as in
-        google-auth, and the requests that follow retry while the server starts.
-        """
-        timeout = _metadata_timeout(self.on_google_hardware)
-        attempts = _metadata_detect_retries(self.on_google_hardware)
-        started = _monotonic()
-        try:
-            if attempts == 1 and not self.on_google_hardware:
-                self._knock(min(timeout, transport.remaining()))
-            response = transport.request(
-                "GET",
-                f"http://{self.ping_host}/",
-                headers=_METADATA_HEADERS,
-                direct=True,
-                timeout=timeout,
-                attempts=attempts,
-            )
-        except CredentialError as exc:
-            if self.on_google_hardware:
-                _debug("metadata ping failed on Google hardware (%s); asking anyway", exc)
-                return
-            # Only a wait is worth remembering: a refusal is free, and a starting pod refuses.
-            if memory is not None and _monotonic() - started >= timeout / 2:
-                memory.remember_absent()
-            raise NotApplicable(f"not on Google Cloud ({exc})") from None
-        if response.status == 200 and response.headers.get("metadata-flavor") == "Google":
-            return
-        if self.on_google_hardware:
-            _debug(
-                "metadata ping answered HTTP %s on Google hardware; asking anyway", response.status
-            )
-            return
-        raise NotApplicable(
-            f"not on Google Cloud (http://{self.ping_host}/ is not a Google metadata server)"
-        )
-
-    def _knock(self, timeout: float) -> None:
-        """Connect to the ping address before loading urllib, which costs tens of ms.
-
-        Off Google Cloud the address refuses, is unreachable or never accepts: each is
-        known from the connection alone (CredentialError). Only an IP literal or
-        localhost is knocked at: resolving other names has no timeout.
-        """
-        import socket
-
-        host, port = _ip_and_port(self.ping_host)
-        if not host:
-            return
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        try:
-            with socket.socket(family, socket.SOCK_STREAM) as sock:
-                sock.settimeout(timeout)
-                sock.connect((host, port))  # not create_connection: its lookup loads idna
-        except OSError as exc:
-            raise CredentialError(
-                f"could not reach http://{self.ping_host}/: {_describe_os_error(exc)}"
-            ) from None
-
-    def _get(self, transport: Transport, path: str, what: str) -> str | None:
-        """One line of text from the metadata server, or None if it has nothing there."""
-        url = f"{self.origin}/computeMetadata/v1/{path}"
-        try:
-            response = transport.request(
-                "GET", url, headers=_METADATA_HEADERS, direct=True, attempts=self._attempts()
-            )
-        except CredentialError as exc:
-            fix = "a new GKE pod's metadata server may need a few more seconds: try again"
-            raise self.fail(str(exc), fix if self.on_google_hardware else "") from None
-        if response.status == 404:
-            return None
-        if response.status != 200 or response.headers.get("metadata-flavor") != "Google":
-            flavor = "" if response.status != 200 else " without Metadata-Flavor: Google"
-            raise self.fail(
-                f"the metadata server answered HTTP {response.status}{flavor} for {what}"
-            )
-        text = response.body.decode("utf-8", "replace").strip()
-        if not text or len(text) > 256 or not text.isprintable() or " " in text:
-            raise self.fail(f"the metadata server answered {what} with something unexpected")
-        return text
-
-    def _attempts(self) -> int:
-        return METADATA_ATTEMPTS_ON_GCE if self.on_google_hardware else MAX_ATTEMPTS
-
-
-_METADATA_HEADERS = {"Metadata-Flavor": "Google"}
-
-
-def _dmi_product_name() -> str:
-    # Only the hardware says so: GCE_METADATA_HOST is set as often for local emulators,
-    # which answer at once, as on Google Cloud.
-    return _system_text(DMI_PRODUCT_NAME, 256)
-
-
-def _system_text(path: str, limit: int) -> str:
-    """The first ``limit`` characters of a kernel-provided file, stripped; "" if unreadable."""
-    try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            return f.read(limit).strip()
-    except OSError:
-        return ""
-
-
-def _is_host_and_port(authority: str) -> bool:
-    import re
-
-    match = re.fullmatch(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)(?::([0-9]{1,5}))?", authority)
-    return match is not None and int(match.group(2) or 80) < 65536
-
-
-def _ip_and_port(authority: str) -> tuple[str, int]:
-    """("host", port) of "IP[:port]", "[IPv6][:port]" or "localhost[:port]", else ("", 0)."""
-    if authority.startswith("["):
-        host, _, rest = authority[1:].partition("]")
-        port = rest[1:] if rest.startswith(":") else rest or "80"
-    else:
-        host, _, port = authority.partition(":")
-        port = port or "80"
-    literal = host.replace(".", "").isdigit() or ":" in host  # _is_host_and_port checked it
-    if not (literal or host == "localhost") or not port.isdigit() or not 0 < int(port) < 65536:
-        return "", 0
-    return host, int(port)
-
-
-def _metadata_timeout(on_google_hardware: bool) -> float:
-    """The ping timeout: GCE_METADATA_TIMEOUT if set and sane, else by hardware."""
-    default = METADATA_PING_TIMEOUT_ON_GCE if on_google_hardware else METADATA_PING_TIMEOUT
-    text = os.environ.get("GCE_METADATA_TIMEOUT", "").strip()
-    try:
-        value = float(text)
-    except ValueError:
-        value = 0.0
-    if text and not 0 < value < float("inf"):
-        _debug("ignoring GCE_METADATA_TIMEOUT=%r: not a positive number of seconds", text[:40])
-    return min(value, LOOKUP_BUDGET) if 0 < value < float("inf") else default
-
-
-def _metadata_detect_retries(on_google_hardware: bool) -> int:
-    """Ping attempts: GCE_METADATA_DETECT_RETRIES if set and sane, else by hardware."""
-    default = METADATA_DETECT_RETRIES if on_google_hardware else 1
-    text = os.environ.get("GCE_METADATA_DETECT_RETRIES", "").strip()
-    if not text:
-        return default
-    if not (text.isdigit() and int(text) >= 1):
-        _debug("ignoring GCE_METADATA_DETECT_RETRIES=%r: not a whole number >= 1", text[:40])
-        return default
-    return min(int(text), METADATA_MAX_DETECT_RETRIES)
-
-
-class _MetadataMemory:
-    """What the metadata address said last on this machine and boot, in the cache directory.
-
-    Keyed by metadata host and ping address, host name, DMI product name and boot id, so
-    another machine (a shared home directory), a reboot or new settings ask afresh.
-    """
-
-    def __init__(self, server: MetadataServer) -> None:
-        machine = "\0".join(
-            (
-                "metadata",
-                server.host,
-                server.ping_host,
-                _hostname(),
-                server.product_name,
-                _boot_id(),
-            )
-        )
-        self.key = _file_key(machine, full=True)
-        self.path = self._path(cache_dir())
-
-    def recall(self) -> dict:
-        """The remembered verdict while it is fresh, else {}."""
-        if self.path is None:
-            return {}
-        try:
-            flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
-            fd = os.open(self.path, flags)
-        except OSError:
-            return {}
-        try:
-            if not _private_file(fd):
-                return {}
-            with os.fdopen(fd, "rb", closefd=False) as f:
-                data = _json_loads(f.read(4096))
-        except (OSError, ValueError):
-            return {}
-        finally:
-            os.close(fd)
-        return data if self._fresh(data) else {}
-
-    def _fresh(self, data: object) -> bool:
-        if not (isinstance(data, dict) and data.get("key") == self.key):
-            return False
-        at, verdict = data.get("at"), data.get("verdict")
-        if not isinstance(at, (int, float)) or isinstance(at, bool):
-            return False
-        if verdict == "absent":
-            life = METADATA_ABSENT_MEMORY
-        elif verdict == "present" and all(
-            isinstance(data.get(name), str) for name in ("account", "instance_id")
-        ):
-            life = METADATA_IDENTITY_MEMORY
-        else:
-            return False
-        return at - 60 <= _now() < at + life  # a clock set back also forgets
-
-    def remember_absent(self) -> None:
-        self._write({"verdict": "absent"})
-
-    def remember_present(self, account: str, instance_id: str) -> None:
-        self._write({"verdict": "present", "account": account, "instance_id": instance_id})
-
-    def _path(self, directory: str | None) -> str | None:
-        return None if directory is None else os.path.join(directory, self.key[:32] + ".metadata")
-
-    def _write(self, record: dict) -> None:
-        self.path = self._path(cache_dir(create=True))
-        if self.path is None:
-            return
-        try:
-            _write_private_file(self.path, _json_compact({"key": self.key, "at": _now(), **record}))
-        except OSError as exc:
-            _debug("cannot remember the metadata verdict in %s: %s", self.path, exc.strerror or exc)
-
-
-def _hostname() -> str:
-    uname = getattr(os, "uname", None)
-    return uname().nodename if uname else os.environ.get("COMPUTERNAME", "")
-
-
-def _boot_id() -> str:
-    return _system_text(BOOT_ID, 64)
-
-
-def _age(at: float) -> str:
-    seconds = max(0, int(_now() - at))
-    return f"{seconds // 60} min" if seconds >= 60 else f"{seconds} s"
-
-
-class GcloudAccessTokenFile(CredentialSource):
-    """A token file named by gcloud's ``auth/access_token_file``, as gcloud itself honours."""
-
-    kind = "access token file"
-    cacheable = False
-
-    def __init__(self, path: str, named_by: str = "$CLOUDSDK_AUTH_ACCESS_TOKEN_FILE") -> None:
-        super().__init__(path)
-        try:
-            value = read_local_text(path, MAX_TOKEN_FILE_BYTES).strip()
-        except OSError as exc:
-            raise self.fail(
-                f"cannot read it ({exc.strerror})", f"fix or unset {named_by}"
-            ) from None
-        if not value or any(c.isspace() for c in value):
-            raise self.fail("it does not hold one access token", "write the token alone into it")
-        self.value = value
-        # Rewritten in place, the file is a new identity at once; only a hash is kept.
-        self.content_hash = _short_hash(value.encode("utf-8"))
-
-    def fetch(self, transport: Transport) -> Token:
-        return Token(self.value, None, self.describe())
-
-
-MAX_TOKEN_FILE_BYTES = 64 * 1024
-# gcloud gets its own bound, not what the lookup budget has left: it takes about 1 s,
-# retries a failing token endpoint for 4-7 s, and impersonation is a second request.
-GCLOUD_TIMEOUT = 30.0
-
-
-class GcloudCli(CredentialSource):
-    """``gcloud config config-helper``: gcloud's active account, refreshed by gcloud."""
-
-    kind = "gcloud"
-
-    def __init__(self, executable: str, settings: GcloudSettings | None = None) -> None:
-        super().__init__(executable)
-        self.settings = settings or GcloudSettings.read(executable)
-        self.configuration = self.settings.configuration
-        self.account = self.settings.get("core/account")
-
-    @property
-    def identity(self) -> str:
-        settings = self.settings
-        return f"gcloud:{settings.config_dir}:{settings.configuration}:{settings.fingerprint()}"
-
-    def describe(self) -> str:
-        who = self.settings.principal(self.account)
-        return f"gcloud ({who}, configuration {self.configuration})"
-
-    def fail(self, problem: str, fix: str = "") -> CredentialError:
-        # Named by whose token was asked for, not by the executable's path.
-        message = str(super().fail(problem, fix))[len(self.origin) :]
-        return CredentialError(self.describe() + message)
-
-    def fetch(self, transport: Transport) -> Token:
-        import subprocess
-
-        command = [self.origin, "config", "config-helper", "--format=json", "--min-expiry=15m"]
-        env = dict(os.environ, CLOUDSDK_CORE_DISABLE_PROMPTS="1")
-        _debug("running %s", " ".join(command[1:]))
-        try:
-            done = _run_capped(command, env, GCLOUD_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            raise self.fail(
-                f"gcloud did not answer within {GCLOUD_TIMEOUT:.0f} s",
-                "it may be waiting for an unreachable or slow token endpoint: check the "
-                "network and any proxy (HTTPS_PROXY), then try `gcloud auth print-access-token`",
-            ) from None
-        except OSError as exc:
-            raise self.fail(f"cannot run gcloud ({exc.strerror or exc})") from None
-        except _OutputTooLargeError as exc:
-            raise self.fail(
-                f"gcloud {exc}, which is not `config-helper`'s JSON answer",
-                "update the Google Cloud SDK",
-            ) from None
-        returncode, stdout, stderr = done.returncode, done.stdout, done.stderr
-        if returncode != 0:
-            raise self.fail(_gcloud_error(stderr), _gcloud_fix(stderr, self.account))
-        try:
-            value, expiry, account = parse_config_helper(stdout)
-        except ValueError:
-            raise self.fail(
-                "`gcloud config config-helper` printed something that is not its JSON answer",
-                "update the Google Cloud SDK",
-            ) from None
-        if not value:
-            raise self.fail("gcloud has no access token for the active account", LOGIN_HINT)
-        self.account = account or self.account
-        return Token(value, expiry, self.describe())
-
-
-def _kill(process, group: bool) -> None:
-    """Kill the process and what it started (gcloud.cmd runs Python as a child on Windows)."""
-    import signal
-    import subprocess
-
-    try:
-        if group:
-            os.killpg(process.pid, signal.SIGKILL)
-        elif os.name == "nt":
-            system = os.environ.get("SystemRoot", "C:\\Windows")  # not PATH: planted copies
-            subprocess.run(
-                [
-                    os.path.join(system, "System32", "taskkill.exe"),
-                    "/F",
-                    "/T",
-                    "/PID",
-                    str(process.pid),
-                ],
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                timeout=10,
-            )
-        else:
-            process.kill()
-    except (OSError, subprocess.SubprocessError):
-        process.kill()  # the tree could not be ended: at least the process itself
-
-
-def parse_config_helper(stdout: bytes) -> tuple[str, float | None, str]:
-    """(access token or "", expiry or None, account or "") from config-helper's JSON.
-
-    ValueError if the output is not that JSON at all.
-    """
-    data = _json_loads(stdout)
-    credential = _dig(data, "credential")
-    if not isinstance(credential, dict):
-        raise ValueError("no credential object")
-    value = credential.get("access_token")
-    expiry_text = credential.get("token_expiry")
-    expiry = None
-    if isinstance(expiry_text, str):
-        try:
-            expiry = _parse_rfc3339(expiry_text)
-        except (ValueError, OverflowError):
-            expiry = None
-    account = _dig(data, "configuration", "properties", "core", "account")
-    return (
-        value if isinstance(value, str) else "",
-        expiry,
-        account if isinstance(account, str) else "",
-    )
-
-
-def _dig(data: object, *keys: str) -> object:
-    for key in keys:
-        if not isinstance(data, dict):
-            return None
-        data = data.get(key)
-    return data
-
-
-def _gcloud_error(stderr: bytes) -> str:
-    lines = [ln.strip() for ln in stderr.decode("utf-8", "replace").splitlines() if ln.strip()]
-    errors = [ln for ln in lines if ln.startswith("ERROR:")]
-    text = (errors or lines or ["gcloud failed and said nothing"])[0]
-    return text[:300]
-
-
-# What gcloud (requests, urllib3, httplib2) says when the network, not the login, failed.
-_GCLOUD_NETWORK_WORDS = (
-    "timed out",
-    "readtimeout",
-    "connecttimeout",
-    "unable to find the server",
-    "failed to establish a new connection",
-    "connection refused",
-    "connection reset",
-    "connection aborted",
-    "max retries exceeded",
-    "proxyerror",
-    "unable to connect to proxy",
-    "name resolution",
-)
-
-
-def _gcloud_fix(stderr: bytes, account: str = "") -> str:
-    """What to do about gcloud's failure, for the kind of account it failed for."""
-    text = stderr.decode("utf-8", "replace").lower()
-    if "do not currently have an active account" in text:
-        return "run `gcloud auth login` (or `gcloud config set account ACCOUNT`)"
-    if "reauthentication" in text or "reauth" in text:
-        return "gcloud needs you to sign in again: run `gcloud auth login`"
-    if any(word in text for word in _GCLOUD_NETWORK_WORDS):
-        return (
-            "gcloud could not reach Google's token endpoint: check the network and any proxy "
-            "(HTTPS_PROXY)"
-        )
-    if "impersonat" in text or "generateaccesstoken" in text or "getaccesstoken" in text:
-        return (
-            "check that the account may impersonate the service account "
-            "(roles/iam.serviceAccountTokenCreator), or unset auth/impersonate_service_account"
-        )
-    if account.endswith(".gserviceaccount.com") or "activate-service-account" in text:
-        who = account if account.endswith(".gserviceaccount.com") else "the service account"
-        return f"run `gcloud auth activate-service-account --key-file=KEY.json` for {who}"
-    return "run `gcloud auth login` (or `gcloud auth application-default login`)"
-
-
-def gcloud_config_dir() -> str:
-    """gcloud's configuration directory, as Google's libraries find it."""
-    configured = os.environ.get("CLOUDSDK_CONFIG")
-    if configured:
-        return configured
-    if os.name != "nt":
-        return os.path.join(os.path.expanduser("~"), ".config", "gcloud")
-    appdata = os.environ.get("APPDATA")
-    if appdata:
-        return os.path.join(appdata, "gcloud")
-    return os.path.join(os.environ.get("SystemDrive", "C:") + "\\", "gcloud")
-
-
-# The properties that decide whose token gcloud returns (PROTOCOLS.md J), as
-# "section/name": every auth property, the account and the universe.
-_GCLOUD_IDENTITY_PROPERTIES = ("core/account", "core/universe_domain")
-_GCLOUD_IDENTITY_SECTION = "auth"
-# Properties that name a file whose content gcloud uses: rewritten in place (as
-# google-github-actions/auth does), the file is a new identity.
-_GCLOUD_FILE_PROPERTIES = ("auth/access_token_file", "auth/credential_file_override")
-_GCLOUD_CONFIG_NAME = "^[a-z][-a-z0-9]*$"  # gcloud's own check, with Python's `$`
-
-
-class GcloudSettings:
-    """The gcloud properties that decide whose token gcloud returns, read as gcloud reads them.
-
-    Each property comes from ``CLOUDSDK_<SECTION>_<NAME>`` (set but empty counts as set),
-    else the active configuration's file, else the installation's ``properties`` file.
-    """
-
-    def __init__(self, config_dir: str, configuration: str, values: dict, where: dict) -> None:
-        self.config_dir = config_dir
-        self.configuration = configuration
-        self.values = values  # "section/name" -> value
-        self.where = where  # "section/name" -> the variable or file it came from
-
-    @classmethod
-    def read(cls, executable: str | None) -> GcloudSettings:
-        config_dir = gcloud_config_dir()
-        configuration, config_file = gcloud_active_configuration(config_dir)
-        values: dict = {}
-        where: dict = {}
-        files = [gcloud_installation_properties(executable) if executable else None, config_file]
-        for path in files:
-            if path:
-                for name, value in _read_gcloud_properties(path).items():
-                    values[name], where[name] = value, path
-        for variable, value in os.environ.items():
-            name = _gcloud_property_of(variable)
-            if name:
-                values[name], where[name] = value, f"${variable}"
-        return cls(config_dir, configuration, values, where)
-
-    def get(self, name: str) -> str:
-        return self.values.get(name) or ""
-
-    def named_by(self, name: str) -> str:
-        """Where a property was set, for a fix: ``$CLOUDSDK_...`` or ``name in FILE``."""
-        where = self.where.get(name, "")
-        return where if where.startswith("$") else f"{name} in {where}"
-
-    def impersonated(self) -> str:
-        """The service account gcloud impersonates, or "" (the last of a delegation chain)."""
-        chain = [part.strip() for part in self.get("auth/impersonate_service_account").split(",")]
-        return chain[-1] if chain else ""
-
-    def principal(self, account: str) -> str:
-        """Who gcloud answers for, in words: the account, a file or a token, and impersonation."""
-        if self.get("auth/access_token"):  # the variable, not a property: never in a file
-            who = "the token in $CLOUDSDK_AUTH_ACCESS_TOKEN"
-        elif self.get("auth/access_token_file"):
-            who = f"the token in {self.get('auth/access_token_file')}"
-        elif self.get("auth/credential_file_override"):
-            who = f"credentials from {self.get('auth/credential_file_override')}"
-        else:
-            who = account or "the active account"
-        target = self.impersonated()
-        return f"{who} impersonating {target}" if target else who
-
-    def fingerprint(self) -> str:
-        """A hash of everything that decides gcloud's answer; values and tokens stay out of it."""
-        decisive = {
-            name: value
-            for name, value in self.values.items()
-            if name in _GCLOUD_IDENTITY_PROPERTIES or name.startswith("auth/")
-        }
-        for name in _GCLOUD_FILE_PROPERTIES:
-            if self.get(name):
-                decisive[name + "#content"] = _file_fingerprint(self.get(name))
-        return _short_hash(_json_compact(sorted(decisive.items())))
-
-
-def _gcloud_property_of(variable: str) -> str:
-    """ "auth/access_token_file" for ``CLOUDSDK_AUTH_ACCESS_TOKEN_FILE``, "" if not decisive."""
-    if variable.startswith("CLOUDSDK_AUTH_"):
-        return "auth/" + variable[len("CLOUDSDK_AUTH_") :].lower()
-    if variable in ("CLOUDSDK_CORE_ACCOUNT", "CLOUDSDK_CORE_UNIVERSE_DOMAIN"):
-        return "core/" + variable[len("CLOUDSDK_CORE_") :].lower()
-    return ""
-
-
-def _file_fingerprint(path: str) -> str:
-    try:
-        return _short_hash(read_local_file(path))
-    except OSError as exc:
-        return f"unreadable ({exc.strerror})"  # gcloud fails too; a fix is a new identity
-
-
-def gcloud_active_configuration(config_dir: str) -> tuple[str, str | None]:
-    """The active configuration's name and file, exactly as gcloud finds them (PROTOCOLS.md J).
-
-    The file is None where gcloud reads none: for ``NONE``, and for a name gcloud rejects.
-    """
-    import re
-
-    name = os.environ.get("CLOUDSDK_ACTIVE_CONFIG_NAME", "")
-    if not name:
-        path = os.path.join(config_dir, "active_config")
-        try:
-            data = read_local_file(path, MAX_TOKEN_FILE_BYTES)
-            name = data.decode("utf-8")
-        except FileNotFoundError:
-            name = ""
-        except (OSError, UnicodeDecodeError) as exc:
-            reason = getattr(exc, "strerror", None) or "not UTF-8 text"
-            raise CredentialError(
-                f"{path}: cannot read gcloud's active configuration ({reason}); "
-                "run `gcloud config configurations activate default`"
-            ) from None
-        # Read as text (newlines translated) and taken literally: "work\n" is a
-        # configuration of its own, without a file.
-        name = name.replace("\r\n", "\n").replace("\r", "\n")
-        if name and not re.match(_GCLOUD_CONFIG_NAME, name):
-            # gcloud deletes a name it rejects and starts "default" afresh, emptying its file.
-            return "default", None
-    name = name or "default"
-    if name == "NONE":  # gcloud's name for "no configuration at all"
-        return name, None
-    return name, os.path.join(config_dir, "configurations", f"config_{name}")
-
-
-def gcloud_installation_properties(executable: str) -> str | None:
-    """``<sdk root>/properties`` of the SDK that ``executable`` belongs to, if it has a root.
-
-    gcloud's root is the nearest directory above its code holding ``.install``; links
-    such as ``/usr/bin/gcloud`` are followed to find it.
-    """
-    directory = os.path.dirname(os.path.realpath(executable))
-    for _ in range(4):
-        if os.path.isdir(os.path.join(directory, ".install")):
-            return os.path.join(directory, "properties")
-        parent = os.path.dirname(directory)
-        if parent == directory:
-            break
-        directory = parent
-    return None
-
-
-def _read_gcloud_properties(path: str) -> dict:
-    """The decisive properties in one of gcloud's INI files ({} if it does not exist)."""
-    import configparser
-
-    try:
-        text = read_local_text(path)
-    except FileNotFoundError:
-        return {}
-    except OSError as exc:
-        raise CredentialError(
-            f"{path}: cannot read this gcloud configuration file ({exc.strerror}); fix or remove it"
-        ) from None
-    parser = configparser.ConfigParser()  # as gcloud parses it, with its interpolation
-    try:
-        parser.read_string(text, path)
-        found = {}
-        for section in parser.sections():
-            for name, value in parser.items(section):
-                key = f"{section}/{name}"
-                if section == _GCLOUD_IDENTITY_SECTION or key in _GCLOUD_IDENTITY_PROPERTIES:
-                    found[key] = value
-    except configparser.Error as exc:
-        problem = " ".join(str(exc).split())[:200]
-        raise CredentialError(
-            f"{path}: gcloud cannot parse this configuration file ({problem}); fix it"
-        ) from None
-    return found
+# --- workload and workforce identity federation (external_account) ------------------------
 
 
 # Workload and workforce identity federation and service-account impersonation
 # (PROTOCOLS.md B.3-B.5): a token from another identity provider is exchanged at Google's
 # Security Token Service (STS), and the result may be traded at IAM for a service
 # account's token. Each way of getting the outside token is one small subclass.
-
 IAM_SCOPE = "https://www.googleapis.com/auth/iam"
 TOKEN_EXCHANGE_GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"
 ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
@@ -1835,13 +601,6 @@ def _target_principal(url: str) -> str:
     return url[start + 1 : end]
 
 
-def _basic_auth(client_id: str, client_secret: str) -> str:
-    import base64
-
-    pair = f"{client_id}:{client_secret or ''}".encode()
-    return "Basic " + base64.b64encode(pair).decode("ascii")
-
-
 # Claims that change with every token issued to the same subject.
 _VOLATILE_CLAIMS = frozenset({"iat", "exp", "nbf", "jti", "auth_time"})
 
@@ -1864,53 +623,6 @@ def _stable_jwt_claims(token: str) -> str:
         return ""
     stable = {k: v for k, v in claims.items() if k not in _VOLATILE_CLAIMS}
     return json.dumps(stable, sort_keys=True, separators=(",", ":"))
-
-
-def _is_local_address(host: str) -> bool:
-    """Loopback or link-local: metadata services that a proxy must never see."""
-    import ipaddress
-
-    if _is_loopback_host(host):
-        return True
-    try:
-        address = ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        return False
-    return address.is_loopback or address.is_link_local
-
-
-def _generate_access_token(
-    transport: Transport,
-    url: str,
-    bearer: str,
-    delegates: list | None,
-    lifetime: int,
-    quota_project: str,
-    source: str,
-) -> Token:
-    """Trade a token for a service account's at IAM's generateAccessToken (PROTOCOLS.md B.4)."""
-    import json
-
-    _check_endpoint(url, "IAM credentials")
-    body = {"delegates": delegates, "scope": [SCOPE], "lifetime": f"{lifetime}s"}
-    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {bearer}"}
-    if quota_project:
-        headers["x-goog-user-project"] = quota_project
-    _debug("asking IAM for a token of %s", _target_principal(url))
-    response = transport.request(
-        "POST", url, body=json.dumps(body).encode("utf-8"), headers=headers
-    )
-    data = _token_response_json(response, url, "IAM generateAccessToken", [bearer])
-    value, expire_time = data.get("accessToken"), data.get("expireTime")
-    if not isinstance(value, str) or not value:
-        raise CredentialError("IAM generateAccessToken answered without an accessToken")
-    try:
-        expiry = _parse_rfc3339(expire_time)
-    except (AttributeError, ValueError):
-        raise CredentialError(
-            "IAM generateAccessToken answered without a valid expireTime"
-        ) from None
-    return Token(value, expiry, source)
 
 
 class ExternalAccount(CredentialSource):
@@ -2178,10 +890,6 @@ class UrlFederation(ExternalAccount):
         return self._parse_subject_token(content, where)
 
 
-class _StaleResponseError(CredentialError):
-    """An executable's answer that is well formed but unusable: run the executable again."""
-
-
 class ExecutableFederation(ExternalAccount):
     """Federation with a subject token printed by a command (PROTOCOLS.md B.3, executable)."""
 
@@ -2377,74 +1085,6 @@ def _last_line(data: bytes) -> str:
     return lines[-1][:300] if lines else ""
 
 
-class _OutputTooLargeError(Exception):
-    """A command printed more than we keep; it was killed."""
-
-
-def _run_capped(argv: list, env: dict | None, timeout: float, limit: int = MAX_RESPONSE_BYTES):
-    """Run a command as subprocess.run(capture_output=True) would, stdin closed, output capped.
-
-    Returns a CompletedProcess (stdout, stderr as bytes). Raises OSError if the command
-    cannot start, subprocess.TimeoutExpired if it still runs (or its pipes are still open)
-    at ``timeout``, and _OutputTooLargeError ("printed more than 1 MiB on stdout") once
-    it prints more than ``limit`` bytes on stdout or stderr; the command is then killed
-    and reaped.
-    """
-    import subprocess
-    import threading
-
-    deadline = _monotonic() + timeout
-    pipe = subprocess.PIPE
-    group = os.name != "nt"  # its own process group, so a kill also ends what it started
-    process = subprocess.Popen(
-        argv, stdin=subprocess.DEVNULL, stdout=pipe, stderr=pipe, env=env, start_new_session=group
-    )
-    outputs: dict = {"stdout": bytearray(), "stderr": bytearray()}
-    too_large: list = []
-    ended = threading.Semaphore(0)
-
-    def drain(name: str) -> None:
-        stream, kept = getattr(process, name), outputs[name]
-        try:
-            with stream:
-                while len(kept) <= limit:
-                    chunk = stream.read1(65536)
-                    if not chunk:
-                        return
-                    kept += chunk
-                too_large.append(name)
-                _kill(process, group)  # before ``ended``: the caller's thread waits for it
-        finally:
-            ended.release()
-
-    for name in outputs:
-        threading.Thread(
-            target=drain, args=(name,), name="artifactregistry-gauth", daemon=True
-        ).start()
-    finished = 0
-    while finished < len(outputs) and not too_large:
-        if not ended.acquire(timeout=max(deadline - _monotonic(), 0.0)):
-            break
-        finished += 1
-    try:
-        if too_large:
-            size = f"{limit >> 20} MiB" if limit & 0xFFFFF == 0 else f"{limit} bytes"
-            raise _OutputTooLargeError(f"printed more than {size} on {too_large[0]}")
-        if finished < len(outputs):  # a pipe still open: it, or a child holding it, runs on
-            raise subprocess.TimeoutExpired(argv, timeout)
-        returncode = process.wait(max(deadline - _monotonic(), 0.0))
-    except (_OutputTooLargeError, subprocess.TimeoutExpired):
-        _kill(process, group)
-        process.wait()
-        # The pipes close once every process holding them is gone: wait for that, briefly.
-        for _ in range(len(outputs) - finished):
-            ended.acquire(timeout=2.0)
-        raise
-    return subprocess.CompletedProcess(
-        argv, returncode, bytes(outputs["stdout"]), bytes(outputs["stderr"])
-    )
-
-
 class AwsFederation(ExternalAccount):
     """Federation from AWS: a SigV4-signed GetCallerIdentity request is the subject token."""
 
@@ -2603,75 +1243,6 @@ class _AwsMetadata:
         return response
 
 
-def aws_sigv4_headers(
-    method: str,
-    url: str,
-    region: str,
-    access_key_id: str,
-    secret_access_key: str,
-    session_token: str,
-    now: float,
-) -> dict:
-    """Headers of an AWS Signature Version 4 signed request with an empty body, in order."""
-    import hashlib
-    import hmac
-    import posixpath
-    import time
-    from urllib.parse import parse_qs, quote, urlsplit
-
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    service = host.split(".")[0]
-    if service.endswith("-fips"):
-        service = service[: -len("-fips")]
-    stamp = time.gmtime(now)
-    amz_date = time.strftime("%Y%m%dT%H%M%SZ", stamp)
-    date = amz_date[:8]
-    path = posixpath.normpath(parts.path) if parts.path else "/"
-    query = parse_qs(parts.query)
-    canonical_query = "&".join(
-        f"{quote(key, safe='-_.~')}={value}"
-        for key in sorted(query, key=lambda k: quote(k, safe="-_.~"))
-        for value in sorted(quote(v, safe="-_.~") for v in query[key])
-    )
-    signed = {"host": host, "x-amz-date": amz_date}
-    if session_token:
-        signed["x-amz-security-token"] = session_token
-    names = sorted(signed)
-    canonical_request = "\n".join(
-        [
-            method,
-            path,
-            canonical_query,
-            "".join(f"{name}:{signed[name]}\n" for name in names),
-            ";".join(names),
-            hashlib.sha256(b"").hexdigest(),
-        ]
-    )
-    scope = f"{date}/{region}/{service}/aws4_request"
-    string_to_sign = "\n".join(
-        [
-            "AWS4-HMAC-SHA256",
-            amz_date,
-            scope,
-            hashlib.sha256(canonical_request.encode("utf-8")).hexdigest(),
-        ]
-    )
-    key = ("AWS4" + secret_access_key).encode("utf-8")
-    for part in (date, region, service, "aws4_request"):
-        key = hmac.new(key, part.encode("utf-8"), hashlib.sha256).digest()
-    signature = hmac.new(key, string_to_sign.encode("utf-8"), hashlib.sha256).hexdigest()
-    headers = {
-        "Authorization": f"AWS4-HMAC-SHA256 Credential={access_key_id}/{scope}, "
-        f"SignedHeaders={';'.join(names)}, Signature={signature}",
-        "host": host,
-        "x-amz-date": amz_date,
-    }
-    if session_token:
-        headers["x-amz-security-token"] = session_token
-    return headers
-
-
 class ExternalAccountUser(CredentialSource):
     """A workforce identity user's refresh token (``external_account_authorized_user``)."""
 
@@ -2685,7 +1256,6 @@ class ExternalAccountUser(CredentialSource):
         self.client_auth = _basic_auth(info["client_id"], info["client_secret"])
         self.refresh_token = info["refresh_token"]
         self.universe = _optional_str(info, "universe_domain", origin) or DEFAULT_UNIVERSE
-        self.quota_project = _optional_str(info, "quota_project_id", origin)
 
     def fetch(self, transport: Transport) -> Token:
         fields = {"grant_type": "refresh_token", "refresh_token": self.refresh_token}
@@ -2780,7 +1350,8 @@ class ImpersonatedServiceAccount(CredentialSource):
             raise self.fail(str(exc)) from None
 
 
-# --- Application Default Credentials files ----------------------------------------------
+# --- reading an ADC file: its type decides the source --------------------------------------
+
 
 ADC_FILE_TYPES = {
     "service_account": ServiceAccountKey,
@@ -2842,118 +1413,687 @@ def load_adc_file(path: str, origin: str) -> CredentialSource:
     )
 
 
-def _short_hash(data: bytes) -> str:
-    return _sha256(data).hexdigest()[:16]
+# --- the metadata server (GCE, GKE, Cloud Run, Cloud Build) ---------------------------------
 
 
-def _sha256(data: bytes):
-    """SHA-256 from Python's own implementation when it has one: on the warm path, loading
-    OpenSSL for hashlib costs more (about 3 ms) than everything else a cached token needs."""
-    try:
-        from _sha2 import sha256  # Python 3.12+
-    except ImportError:
-        try:
-            from _sha256 import sha256  # Python 3.9 to 3.11
-        except ImportError:  # built without them (some FIPS builds)
-            from hashlib import sha256
-    return sha256(data)
+# Off Google Cloud the metadata address is usually a black hole: wait briefly, once.
+# When the hardware says Google, wait and retry as google-auth does (GCE_METADATA_TIMEOUT,
+# GCE_METADATA_DETECT_RETRIES): a new GKE pod's metadata server refuses for a few seconds.
+METADATA_PING_TIMEOUT = 0.5
+METADATA_PING_TIMEOUT_ON_GCE = 3.0
+METADATA_DETECT_RETRIES = 3
+METADATA_MAX_DETECT_RETRIES = 10
+METADATA_ATTEMPTS_ON_GCE = 5  # for the data requests, as google-auth's retry_count
+DMI_PRODUCT_NAME = "/sys/class/dmi/id/product_name"
+BOOT_ID = "/proc/sys/kernel/random/boot_id"
+# A ping that waited out its timeout (a black-holed address, off Google hardware) is
+# remembered for this long, so warm calls skip it; a refusal costs nothing and is not.
+METADATA_ABSENT_MEMORY = 10 * 60
+# Which service account and instance the metadata server speaks for, remembered per
+# machine and boot so that a warm call on Google Cloud needs no request at all.
+METADATA_IDENTITY_MEMORY = 5 * 60
 
 
-# --- discovery: the ADC order, then gcloud ----------------------------------------------
-#
-# Each step returns a source or raises NotApplicable with the reason it was skipped.
-# A CredentialError from a step ends the search: a broken credential that was asked for
-# must never silently become another identity.
+class MetadataServer(CredentialSource):
+    """The GCE / GKE / Cloud Run / Cloud Build metadata server.
 
-
-def _explicit_token() -> CredentialSource:
-    value = os.environ.get("GOOGLE_OAUTH_ACCESS_TOKEN", "").strip()
-    if not value:
-        raise NotApplicable("GOOGLE_OAUTH_ACCESS_TOKEN is not set")
-    return ExplicitToken(value)
-
-
-def _explicit_adc_file() -> CredentialSource:
-    path = os.environ.get("GOOGLE_APPLICATION_CREDENTIALS", "")
-    if not path:
-        raise NotApplicable("GOOGLE_APPLICATION_CREDENTIALS is not set")
-    # Naming gcloud's own ADC file means "use gcloud's ADC": when it is missing, discovery
-    # goes on as google-auth's does (PROTOCOLS.md A.1). Any other missing file is an error.
-    if not os.path.exists(path) and _same_path(path, well_known_adc_file()):
-        raise NotApplicable(f"GOOGLE_APPLICATION_CREDENTIALS names gcloud's absent {path}")
-    return load_adc_file(path, "GOOGLE_APPLICATION_CREDENTIALS")
-
-
-def _same_path(one: str, other: str) -> bool:
-    return os.path.normcase(os.path.abspath(one)) == os.path.normcase(os.path.abspath(other))
-
-
-def _well_known_adc_file() -> CredentialSource:
-    path = well_known_adc_file()
-    if not os.path.isfile(path):
-        raise NotApplicable(f"no {path}")
-    return load_adc_file(path, "gcloud's application default credentials")
-
-
-def _metadata_server() -> CredentialSource:
-    if os.environ.get("NO_GCE_CHECK", "").lower() in ("true", "1", "yes"):
-        raise NotApplicable("metadata server not checked (NO_GCE_CHECK)")
-    return MetadataServer()  # its identity is learnt from the server, in the lookup's budget
-
-
-def _gcloud() -> CredentialSource:
-    executable = _find_executable("gcloud.cmd" if os.name == "nt" else "gcloud")
-    try:
-        settings = GcloudSettings.read(executable)
-    except CredentialError as exc:
-        if executable:
-            raise
-        raise NotApplicable(f"gcloud is not on PATH (and {exc})") from None
-    if not settings.impersonated():
-        # gcloud would print these tokens unchanged, so it need not run (its order: the
-        # variable, then the file). Impersonation trades them for another token: gcloud runs.
-        token = os.environ.get("CLOUDSDK_AUTH_ACCESS_TOKEN", "").strip()
-        if token:
-            return ExplicitToken(token, "$CLOUDSDK_AUTH_ACCESS_TOKEN")
-        token_file = settings.get("auth/access_token_file")
-        if token_file:
-            return GcloudAccessTokenFile(token_file, settings.named_by("auth/access_token_file"))
-    if not executable:
-        raise NotApplicable("gcloud is not on PATH")
-    return GcloudCli(executable, settings)
-
-
-def _find_executable(name: str) -> str | None:
-    """The program ``name`` in a PATH directory, like shutil.which but safe on Windows.
-
-    Windows' search (and shutil.which there) tries the working directory first, so a
-    checkout holding ``gcloud.cmd`` would run its code: only absolute PATH entries count.
+    Its identity is the host, the service account and the instance it speaks for: VMs
+    that share a home directory (NFS) must not share a cached token.
     """
-    names = [name]
-    if os.name == "nt":
-        extensions = [e for e in os.environ.get("PATHEXT", ".COM;.EXE;.BAT;.CMD").split(";") if e]
-        if not any(name.lower().endswith(e.lower()) for e in extensions):
-            names = [name + e for e in extensions]
-    for directory in os.environ.get("PATH", os.defpath).split(os.pathsep):
-        if not directory or not os.path.isabs(directory):
-            continue
-        for candidate in names:
-            path = os.path.join(directory, candidate)
-            if os.path.isfile(path) and os.access(path, os.X_OK):
-                return path
-    return None
+
+    kind = "metadata server"
+
+    def __init__(self) -> None:
+        self.host = os.environ.get("GCE_METADATA_HOST") or os.environ.get(
+            "GCE_METADATA_ROOT", "metadata.google.internal"
+        )
+        self.ping_host = os.environ.get("GCE_METADATA_IP") or "169.254.169.254"
+        host_name = (
+            "GCE_METADATA_HOST" if os.environ.get("GCE_METADATA_HOST") else "GCE_METADATA_ROOT"
+        )
+        for name, value in ((host_name, self.host), ("GCE_METADATA_IP", self.ping_host)):
+            if not _is_host_and_port(value):
+                raise CredentialError(
+                    f"{name} is {value[:80]!r}, not a host or host:port; fix or unset it"
+                )
+        super().__init__(f"http://{self.host}")
+        self.instance_id = ""
+        self.product_name = _dmi_product_name()
+        self.on_google_hardware = self.product_name.startswith("Google")
+
+    @property
+    def identity(self) -> str:
+        return f"metadata server:{self.origin}:{self.account}:{self.instance_id}"
+
+    def identify(self, transport: Transport) -> str:
+        """Learn the service account and instance; NotApplicable when not on Google Cloud."""
+        memory = _MetadataMemory(self)
+        remembered = memory.recall()
+        if remembered.get("verdict") == "present":
+            self.account, self.instance_id = remembered["account"], remembered["instance_id"]
+            return self.identity
+        if remembered.get("verdict") == "absent" and not self.on_google_hardware:
+            raise NotApplicable(
+                f"not on Google Cloud (http://{self.ping_host}/ did not answer "
+                f"{_age(remembered['at'])} ago; remembered for "
+                f"{METADATA_ABSENT_MEMORY // 60} min: delete {memory.path} to ask again)"
+            )
+        self.detect(transport, memory)
+        email = self._get(
+            transport, "instance/service-accounts/default/email", "its service account"
+        )
+        if email is None:
+            raise NotApplicable(f"no service account is attached to this machine ({self.origin})")
+        self.account = email
+        self.instance_id = self._get(transport, "instance/id", "its instance id") or ""
+        memory.remember_present(self.account, self.instance_id)
+        return self.identity
+
+    def fetch(self, transport: Transport) -> Token:
+        url = (
+            f"{self.origin}/computeMetadata/v1/instance/service-accounts/default/token"
+            "?scopes=https%3A%2F%2Fwww.googleapis.com%2Fauth%2Fcloud-platform"
+        )
+        response = transport.request(
+            "GET", url, headers=_METADATA_HEADERS, direct=True, attempts=self._attempts()
+        )
+        if response.status == 404:
+            raise NotApplicable(f"no service account is attached to this machine ({self.origin})")
+        if response.status != 200:
+            raise self.fail(f"the metadata server answered HTTP {response.status} for a token")
+        try:
+            data = response.json()
+        except ValueError:
+            data = None
+        if not isinstance(data, dict):
+            raise self.fail("the metadata server answered a token request with something not JSON")
+        return _token_from_oauth(data, "the metadata server", self.describe())
+
+    def detect(self, transport: Transport, memory: _MetadataMemory | None) -> None:
+        """Raise NotApplicable unless a Google metadata server answers the ping.
+
+        On Google hardware a failed ping is no verdict: the hardware decides, as in
+        google-auth, and the requests that follow retry while the server starts.
+        """
+        timeout = _metadata_timeout(self.on_google_hardware)
+        attempts = _metadata_detect_retries(self.on_google_hardware)
+        started = _monotonic()
+        try:
+            if attempts == 1 and not self.on_google_hardware:
+                self._knock(min(timeout, transport.remaining()))
+            response = transport.request(
+                "GET",
+                f"http://{self.ping_host}/",
+                headers=_METADATA_HEADERS,
+                direct=True,
+                timeout=timeout,
+                attempts=attempts,
+            )
+        except CredentialError as exc:
+            if self.on_google_hardware:
+                _debug("metadata ping failed on Google hardware (%s); asking anyway", exc)
+                return
+            # Only a wait is worth remembering: a refusal is free, and a starting pod refuses.
+            if memory is not None and _monotonic() - started >= timeout / 2:
+                memory.remember_absent()
+            raise NotApplicable(f"not on Google Cloud ({exc})") from None
+        if response.status == 200 and response.headers.get("metadata-flavor") == "Google":
+            return
+        if self.on_google_hardware:
+            _debug(
+                "metadata ping answered HTTP %s on Google hardware; asking anyway", response.status
+            )
+            return
+        raise NotApplicable(
+            f"not on Google Cloud (http://{self.ping_host}/ is not a Google metadata server)"
+        )
+
+    def _knock(self, timeout: float) -> None:
+        """Connect to the ping address before loading urllib, which costs tens of ms.
+
+        Off Google Cloud the address refuses, is unreachable or never accepts: each is
+        known from the connection alone (CredentialError). Only an IP literal or
+        localhost is knocked at: resolving other names has no timeout.
+        """
+        import socket
+
+        host, port = _ip_and_port(self.ping_host)
+        if not host:
+            return
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        try:
+            with socket.socket(family, socket.SOCK_STREAM) as sock:
+                sock.settimeout(timeout)
+                sock.connect((host, port))  # not create_connection: its lookup loads idna
+        except OSError as exc:
+            raise CredentialError(
+                f"could not reach http://{self.ping_host}/: {_describe_os_error(exc)}"
+            ) from None
+
+    def _get(self, transport: Transport, path: str, what: str) -> str | None:
+        """One line of text from the metadata server, or None if it has nothing there."""
+        url = f"{self.origin}/computeMetadata/v1/{path}"
+        try:
+            response = transport.request(
+                "GET", url, headers=_METADATA_HEADERS, direct=True, attempts=self._attempts()
+            )
+        except CredentialError as exc:
+            fix = "a new GKE pod's metadata server may need a few more seconds: try again"
+            raise self.fail(str(exc), fix if self.on_google_hardware else "") from None
+        if response.status == 404:
+            return None
+        if response.status != 200 or response.headers.get("metadata-flavor") != "Google":
+            flavor = "" if response.status != 200 else " without Metadata-Flavor: Google"
+            raise self.fail(
+                f"the metadata server answered HTTP {response.status}{flavor} for {what}"
+            )
+        text = response.body.decode("utf-8", "replace").strip()
+        if not text or len(text) > 256 or not text.isprintable() or " " in text:
+            raise self.fail(f"the metadata server answered {what} with something unexpected")
+        return text
+
+    def _attempts(self) -> int:
+        return METADATA_ATTEMPTS_ON_GCE if self.on_google_hardware else MAX_ATTEMPTS
 
 
-DISCOVERY = (
-    ("GOOGLE_OAUTH_ACCESS_TOKEN", _explicit_token),
-    ("GOOGLE_APPLICATION_CREDENTIALS", _explicit_adc_file),
-    ("gcloud ADC file", _well_known_adc_file),
-    ("metadata server", _metadata_server),
-    ("gcloud", _gcloud),
+_METADATA_HEADERS = {"Metadata-Flavor": "Google"}
+
+
+def _dmi_product_name() -> str:
+    # Only the hardware says so: GCE_METADATA_HOST is set as often for local emulators,
+    # which answer at once, as on Google Cloud.
+    return _system_text(DMI_PRODUCT_NAME, 256)
+
+
+def _is_host_and_port(authority: str) -> bool:
+    import re
+
+    match = re.fullmatch(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)(?::([0-9]{1,5}))?", authority)
+    return match is not None and int(match.group(2) or 80) < 65536
+
+
+def _ip_and_port(authority: str) -> tuple[str, int]:
+    """("host", port) of "IP[:port]", "[IPv6][:port]" or "localhost[:port]", else ("", 0)."""
+    if authority.startswith("["):
+        host, _, rest = authority[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else rest or "80"
+    else:
+        host, _, port = authority.partition(":")
+        port = port or "80"
+    literal = host.replace(".", "").isdigit() or ":" in host  # _is_host_and_port checked it
+    if not (literal or host == "localhost") or not port.isdigit() or not 0 < int(port) < 65536:
+        return "", 0
+    return host, int(port)
+
+
+def _metadata_timeout(on_google_hardware: bool) -> float:
+    """The ping timeout: GCE_METADATA_TIMEOUT if set and sane, else by hardware."""
+    default = METADATA_PING_TIMEOUT_ON_GCE if on_google_hardware else METADATA_PING_TIMEOUT
+    text = os.environ.get("GCE_METADATA_TIMEOUT", "").strip()
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if text and not 0 < value < float("inf"):
+        _debug("ignoring GCE_METADATA_TIMEOUT=%r: not a positive number of seconds", text[:40])
+    return min(value, LOOKUP_BUDGET) if 0 < value < float("inf") else default
+
+
+def _metadata_detect_retries(on_google_hardware: bool) -> int:
+    """Ping attempts: GCE_METADATA_DETECT_RETRIES if set and sane, else by hardware."""
+    default = METADATA_DETECT_RETRIES if on_google_hardware else 1
+    text = os.environ.get("GCE_METADATA_DETECT_RETRIES", "").strip()
+    if not text:
+        return default
+    if not (text.isdigit() and int(text) >= 1):
+        _debug("ignoring GCE_METADATA_DETECT_RETRIES=%r: not a whole number >= 1", text[:40])
+        return default
+    return min(int(text), METADATA_MAX_DETECT_RETRIES)
+
+
+class _MetadataMemory:
+    """What the metadata address said last on this machine and boot, in the cache directory.
+
+    Keyed by metadata host and ping address, host name, DMI product name and boot id, so
+    another machine (a shared home directory), a reboot or new settings ask afresh.
+    """
+
+    def __init__(self, server: MetadataServer) -> None:
+        machine = "\0".join(
+            (
+                "metadata",
+                server.host,
+                server.ping_host,
+                _hostname(),
+                server.product_name,
+                _boot_id(),
+            )
+        )
+        self.key = _file_key(machine, full=True)
+        self.path = self._path(cache_dir())
+
+    def recall(self) -> dict:
+        """The remembered verdict while it is fresh, else {}."""
+        if self.path is None:
+            return {}
+        try:
+            data = _json_loads(read_local_file(self.path, 4096, private=True))
+        except (OSError, ValueError):
+            return {}
+        return data if self._fresh(data) else {}
+
+    def _fresh(self, data: object) -> bool:
+        if not (isinstance(data, dict) and data.get("key") == self.key):
+            return False
+        at, verdict = data.get("at"), data.get("verdict")
+        if not isinstance(at, (int, float)) or isinstance(at, bool):
+            return False
+        if verdict == "absent":
+            life = METADATA_ABSENT_MEMORY
+        elif verdict == "present" and all(
+            isinstance(data.get(name), str) for name in ("account", "instance_id")
+        ):
+            life = METADATA_IDENTITY_MEMORY
+        else:
+            return False
+        return at - 60 <= _now() < at + life  # a clock set back also forgets
+
+    def remember_absent(self) -> None:
+        self._write({"verdict": "absent"})
+
+    def remember_present(self, account: str, instance_id: str) -> None:
+        self._write({"verdict": "present", "account": account, "instance_id": instance_id})
+
+    def _path(self, directory: str | None) -> str | None:
+        return None if directory is None else os.path.join(directory, self.key[:32] + ".metadata")
+
+    def _write(self, record: dict) -> None:
+        self.path = self._path(cache_dir(create=True))
+        if self.path is None:
+            return
+        try:
+            _write_private_file(self.path, _json_compact({"key": self.key, "at": _now(), **record}))
+        except OSError as exc:
+            _debug("cannot remember the metadata verdict in %s: %s", self.path, exc.strerror or exc)
+
+
+def _hostname() -> str:
+    uname = getattr(os, "uname", None)
+    return uname().nodename if uname else os.environ.get("COMPUTERNAME", "")
+
+
+def _boot_id() -> str:
+    return _system_text(BOOT_ID, 64)
+
+
+def _age(at: float) -> str:
+    seconds = max(0, int(_now() - at))
+    return f"{seconds // 60} min" if seconds >= 60 else f"{seconds} s"
+
+
+# --- the gcloud CLI: its access token file, its config-helper, its settings ----------------
+
+
+class GcloudAccessTokenFile(CredentialSource):
+    """A token file named by gcloud's ``auth/access_token_file``, as gcloud itself honours."""
+
+    kind = "access token file"
+    cacheable = False
+
+    def __init__(self, path: str, named_by: str = "$CLOUDSDK_AUTH_ACCESS_TOKEN_FILE") -> None:
+        super().__init__(path)
+        try:
+            value = read_local_text(path, MAX_TOKEN_FILE_BYTES).strip()
+        except OSError as exc:
+            raise self.fail(
+                f"cannot read it ({exc.strerror})", f"fix or unset {named_by}"
+            ) from None
+        if not value or any(c.isspace() for c in value):
+            raise self.fail("it does not hold one access token", "write the token alone into it")
+        self.value = value
+        # Rewritten in place, the file is a new identity at once; only a hash is kept.
+        self.content_hash = _short_hash(value.encode("utf-8"))
+
+    def fetch(self, transport: Transport) -> Token:
+        return Token(self.value, None, self.describe())
+
+
+MAX_TOKEN_FILE_BYTES = 64 * 1024
+# gcloud gets its own bound, not what the lookup budget has left: it takes about 1 s,
+# retries a failing token endpoint for 4-7 s, and impersonation is a second request.
+GCLOUD_TIMEOUT = 30.0
+
+
+class GcloudCli(CredentialSource):
+    """``gcloud config config-helper``: gcloud's active account, refreshed by gcloud."""
+
+    kind = "gcloud"
+
+    def __init__(self, executable: str, settings: GcloudSettings) -> None:
+        super().__init__(executable)
+        self.settings = settings or GcloudSettings.read(executable)
+        self.configuration = self.settings.configuration
+        self.account = self.settings.get("core/account")
+
+    @property
+    def identity(self) -> str:
+        settings = self.settings
+        return f"gcloud:{settings.config_dir}:{settings.configuration}:{settings.fingerprint()}"
+
+    def describe(self) -> str:
+        who = self.settings.principal(self.account)
+        return f"gcloud ({who}, configuration {self.configuration})"
+
+    def fail(self, problem: str, fix: str = "") -> CredentialError:
+        # Named by whose token was asked for, not by the executable's path.
+        message = str(super().fail(problem, fix))[len(self.origin) :]
+        return CredentialError(self.describe() + message)
+
+    def fetch(self, transport: Transport) -> Token:
+        import subprocess
+
+        command = [self.origin, "config", "config-helper", "--format=json", "--min-expiry=15m"]
+        env = dict(os.environ, CLOUDSDK_CORE_DISABLE_PROMPTS="1")
+        _debug("running %s", " ".join(command[1:]))
+        try:
+            done = _run_capped(command, env, GCLOUD_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            raise self.fail(
+                f"gcloud did not answer within {GCLOUD_TIMEOUT:.0f} s",
+                "it may be waiting for an unreachable or slow token endpoint: check the "
+                "network and any proxy (HTTPS_PROXY), then try `gcloud auth print-access-token`",
+            ) from None
+        except OSError as exc:
+            raise self.fail(f"cannot run gcloud ({exc.strerror or exc})") from None
+        except _OutputTooLargeError as exc:
+            raise self.fail(
+                f"gcloud {exc}, which is not `config-helper`'s JSON answer",
+                "update the Google Cloud SDK",
+            ) from None
+        returncode, stdout, stderr = done.returncode, done.stdout, done.stderr
+        if returncode != 0:
+            raise self.fail(_gcloud_error(stderr), _gcloud_fix(stderr, self.account))
+        try:
+            value, expiry, account = parse_config_helper(stdout)
+        except ValueError:
+            raise self.fail(
+                "`gcloud config config-helper` printed something that is not its JSON answer",
+                "update the Google Cloud SDK",
+            ) from None
+        if not value:
+            raise self.fail("gcloud has no access token for the active account", LOGIN_HINT)
+        self.account = account or self.account
+        return Token(value, expiry, self.describe())
+
+
+def parse_config_helper(stdout: bytes) -> tuple[str, float | None, str]:
+    """(access token or "", expiry or None, account or "") from config-helper's JSON.
+
+    ValueError if the output is not that JSON at all.
+    """
+    data = _json_loads(stdout)
+    credential = _dig(data, "credential")
+    if not isinstance(credential, dict):
+        raise ValueError("no credential object")
+    value = credential.get("access_token")
+    expiry_text = credential.get("token_expiry")
+    expiry = None
+    if isinstance(expiry_text, str):
+        try:
+            expiry = _parse_rfc3339(expiry_text)
+        except (ValueError, OverflowError):
+            expiry = None
+    account = _dig(data, "configuration", "properties", "core", "account")
+    return (
+        value if isinstance(value, str) else "",
+        expiry,
+        account if isinstance(account, str) else "",
+    )
+
+
+def _dig(data: object, *keys: str) -> object:
+    for key in keys:
+        if not isinstance(data, dict):
+            return None
+        data = data.get(key)
+    return data
+
+
+def _gcloud_error(stderr: bytes) -> str:
+    lines = [ln.strip() for ln in stderr.decode("utf-8", "replace").splitlines() if ln.strip()]
+    errors = [ln for ln in lines if ln.startswith("ERROR:")]
+    text = (errors or lines or ["gcloud failed and said nothing"])[0]
+    return text[:300]
+
+
+# What gcloud (requests, urllib3, httplib2) says when the network, not the login, failed.
+_GCLOUD_NETWORK_WORDS = (
+    "timed out",
+    "readtimeout",
+    "connecttimeout",
+    "unable to find the server",
+    "failed to establish a new connection",
+    "connection refused",
+    "connection reset",
+    "connection aborted",
+    "max retries exceeded",
+    "proxyerror",
+    "unable to connect to proxy",
+    "name resolution",
 )
 
 
-# --- token cache -------------------------------------------------------------------------
+def _gcloud_fix(stderr: bytes, account: str = "") -> str:
+    """What to do about gcloud's failure, for the kind of account it failed for."""
+    text = stderr.decode("utf-8", "replace").lower()
+    if "do not currently have an active account" in text:
+        return "run `gcloud auth login` (or `gcloud config set account ACCOUNT`)"
+    if "reauthentication" in text or "reauth" in text:
+        return "gcloud needs you to sign in again: run `gcloud auth login`"
+    if any(word in text for word in _GCLOUD_NETWORK_WORDS):
+        return (
+            "gcloud could not reach Google's token endpoint: check the network and any proxy "
+            "(HTTPS_PROXY)"
+        )
+    if "impersonat" in text or "generateaccesstoken" in text or "getaccesstoken" in text:
+        return (
+            "check that the account may impersonate the service account "
+            "(roles/iam.serviceAccountTokenCreator), or unset auth/impersonate_service_account"
+        )
+    if account.endswith(".gserviceaccount.com") or "activate-service-account" in text:
+        who = account if account.endswith(".gserviceaccount.com") else "the service account"
+        return f"run `gcloud auth activate-service-account --key-file=KEY.json` for {who}"
+    return "run `gcloud auth login` (or `gcloud auth application-default login`)"
+
+
+def gcloud_config_dir() -> str:
+    """gcloud's configuration directory, as Google's libraries find it."""
+    configured = os.environ.get("CLOUDSDK_CONFIG")
+    if configured:
+        return configured
+    if os.name != "nt":
+        return os.path.join(os.path.expanduser("~"), ".config", "gcloud")
+    appdata = os.environ.get("APPDATA")
+    if appdata:
+        return os.path.join(appdata, "gcloud")
+    return os.path.join(os.environ.get("SystemDrive", "C:") + "\\", "gcloud")
+
+
+# The properties that decide whose token gcloud returns (PROTOCOLS.md J), as
+# "section/name": every auth property, the account and the universe.
+_GCLOUD_IDENTITY_PROPERTIES = ("core/account", "core/universe_domain")
+_GCLOUD_IDENTITY_SECTION = "auth"
+# Properties that name a file whose content gcloud uses: rewritten in place (as
+# google-github-actions/auth does), the file is a new identity.
+_GCLOUD_FILE_PROPERTIES = ("auth/access_token_file", "auth/credential_file_override")
+_GCLOUD_CONFIG_NAME = "^[a-z][-a-z0-9]*$"  # gcloud's own check, with Python's `$`
+
+
+class GcloudSettings:
+    """The gcloud properties that decide whose token gcloud returns, read as gcloud reads them.
+
+    Each property comes from ``CLOUDSDK_<SECTION>_<NAME>`` (set but empty counts as set),
+    else the active configuration's file, else the installation's ``properties`` file.
+    """
+
+    def __init__(self, config_dir: str, configuration: str, values: dict, where: dict) -> None:
+        self.config_dir = config_dir
+        self.configuration = configuration
+        self.values = values  # "section/name" -> value
+        self.where = where  # "section/name" -> the variable or file it came from
+
+    @classmethod
+    def read(cls, executable: str | None) -> GcloudSettings:
+        config_dir = gcloud_config_dir()
+        configuration, config_file = gcloud_active_configuration(config_dir)
+        values: dict = {}
+        where: dict = {}
+        files = [gcloud_installation_properties(executable) if executable else None, config_file]
+        for path in files:
+            if path:
+                for name, value in _read_gcloud_properties(path).items():
+                    values[name], where[name] = value, path
+        for variable, value in os.environ.items():
+            name = _gcloud_property_of(variable)
+            if name:
+                values[name], where[name] = value, f"${variable}"
+        return cls(config_dir, configuration, values, where)
+
+    def get(self, name: str) -> str:
+        return self.values.get(name) or ""
+
+    def named_by(self, name: str) -> str:
+        """Where a property was set, for a fix: ``$CLOUDSDK_...`` or ``name in FILE``."""
+        where = self.where.get(name, "")
+        return where if where.startswith("$") else f"{name} in {where}"
+
+    def impersonated(self) -> str:
+        """The service account gcloud impersonates, or "" (the last of a delegation chain)."""
+        chain = [part.strip() for part in self.get("auth/impersonate_service_account").split(",")]
+        return chain[-1]
+
+    def principal(self, account: str) -> str:
+        """Who gcloud answers for, in words: the account, a file or a token, and impersonation."""
+        if self.get("auth/access_token"):  # the variable, not a property: never in a file
+            who = "the token in $CLOUDSDK_AUTH_ACCESS_TOKEN"
+        elif self.get("auth/access_token_file"):
+            who = f"the token in {self.get('auth/access_token_file')}"
+        elif self.get("auth/credential_file_override"):
+            who = f"credentials from {self.get('auth/credential_file_override')}"
+        else:
+            who = account or "the active account"
+        target = self.impersonated()
+        return f"{who} impersonating {target}" if target else who
+
+    def fingerprint(self) -> str:
+        """A hash of everything that decides gcloud's answer; values and tokens stay out of it."""
+        decisive = {
+            name: value
+            for name, value in self.values.items()
+            if name in _GCLOUD_IDENTITY_PROPERTIES or name.startswith("auth/")
+        }
+        for name in _GCLOUD_FILE_PROPERTIES:
+            if self.get(name):
+                decisive[name + "#content"] = _file_fingerprint(self.get(name))
+        return _short_hash(_json_compact(sorted(decisive.items())))
+
+
+def _gcloud_property_of(variable: str) -> str:
+    """ "auth/access_token_file" for ``CLOUDSDK_AUTH_ACCESS_TOKEN_FILE``, "" if not decisive."""
+    if variable.startswith("CLOUDSDK_AUTH_"):
+        return "auth/" + variable[len("CLOUDSDK_AUTH_") :].lower()
+    if variable in ("CLOUDSDK_CORE_ACCOUNT", "CLOUDSDK_CORE_UNIVERSE_DOMAIN"):
+        return "core/" + variable[len("CLOUDSDK_CORE_") :].lower()
+    return ""
+
+
+def _file_fingerprint(path: str) -> str:
+    try:
+        return _short_hash(read_local_file(path))
+    except OSError as exc:
+        return f"unreadable ({exc.strerror})"  # gcloud fails too; a fix is a new identity
+
+
+def gcloud_active_configuration(config_dir: str) -> tuple[str, str | None]:
+    """The active configuration's name and file, exactly as gcloud finds them (PROTOCOLS.md J).
+
+    The file is None where gcloud reads none: for ``NONE``, and for a name gcloud rejects.
+    """
+    import re
+
+    name = os.environ.get("CLOUDSDK_ACTIVE_CONFIG_NAME", "")
+    if not name:
+        path = os.path.join(config_dir, "active_config")
+        try:
+            data = read_local_file(path, MAX_TOKEN_FILE_BYTES)
+            name = data.decode("utf-8")
+        except FileNotFoundError:
+            name = ""
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = getattr(exc, "strerror", None) or "not UTF-8 text"
+            raise CredentialError(
+                f"{path}: cannot read gcloud's active configuration ({reason}); "
+                "run `gcloud config configurations activate default`"
+            ) from None
+        # Read as text (newlines translated) and taken literally: "work\n" is a
+        # configuration of its own, without a file.
+        name = name.replace("\r\n", "\n").replace("\r", "\n")
+        if name and not re.match(_GCLOUD_CONFIG_NAME, name):
+            # gcloud deletes a name it rejects and starts "default" afresh, emptying its file.
+            return "default", None
+    name = name or "default"
+    if name == "NONE":  # gcloud's name for "no configuration at all"
+        return name, None
+    return name, os.path.join(config_dir, "configurations", f"config_{name}")
+
+
+def gcloud_installation_properties(executable: str) -> str | None:
+    """``<sdk root>/properties`` of the SDK that ``executable`` belongs to, if it has a root.
+
+    gcloud's root is the nearest directory above its code holding ``.install``; links
+    such as ``/usr/bin/gcloud`` are followed to find it.
+    """
+    directory = os.path.dirname(os.path.realpath(executable))
+    for _ in range(4):
+        if os.path.isdir(os.path.join(directory, ".install")):
+            return os.path.join(directory, "properties")
+        parent = os.path.dirname(directory)
+        if parent == directory:
+            break
+        directory = parent
+    return None
+
+
+def _read_gcloud_properties(path: str) -> dict:
+    """The decisive properties in one of gcloud's INI files ({} if it does not exist)."""
+    import configparser
+
+    try:
+        text = read_local_text(path)
+    except FileNotFoundError:
+        return {}
+    except OSError as exc:
+        raise CredentialError(
+            f"{path}: cannot read this gcloud configuration file ({exc.strerror}); fix or remove it"
+        ) from None
+    parser = configparser.ConfigParser()  # as gcloud parses it, with its interpolation
+    try:
+        parser.read_string(text, path)
+        found = {}
+        for section in parser.sections():
+            for name, value in parser.items(section):
+                key = f"{section}/{name}"
+                if section == _GCLOUD_IDENTITY_SECTION or key in _GCLOUD_IDENTITY_PROPERTIES:
+                    found[key] = value
+    except configparser.Error as exc:
+        problem = " ".join(str(exc).split())[:200]
+        raise CredentialError(
+            f"{path}: gcloud cannot parse this configuration file ({problem}); fix it"
+        ) from None
+    return found
+
+
+# --- token cache: memory, then private files, one fetch across processes -------------------
 
 
 class TokenCache:
@@ -2967,7 +2107,7 @@ class TokenCache:
     def __init__(self) -> None:
         self._entries: dict = {}  # identity -> (token, hand out until)
 
-    def get(self, identity: str, source: CredentialSource | None = None) -> Token | None:
+    def get(self, identity: str, source: CredentialSource) -> Token | None:
         token, until = self._entries.get(identity, (None, 0.0))
         if token is not None and _now() < until:
             return token
@@ -2978,7 +2118,7 @@ class TokenCache:
                 return token
         return None
 
-    def put(self, identity: str, token: Token, source: CredentialSource | None = None) -> None:
+    def put(self, identity: str, token: Token, source: CredentialSource) -> None:
         if token.expiry is None:
             self._entries[identity] = (token, _now() + UNKNOWN_EXPIRY_LIFE)
             return
@@ -3003,22 +2143,12 @@ class TokenCache:
             return None
         path = os.path.join(directory, _file_key(identity) + ".json")
         try:
-            fd = os.open(
-                path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
-            )
-        except OSError:
+            data = _json_loads(read_local_file(path, 65536, private=True))
+        except FileNotFoundError:
             return None
-        try:
-            if not _private_file(fd):
-                _debug("ignoring cache file %s: not ours or readable by others", path)
-                return None
-            with os.fdopen(fd, "rb", closefd=False) as f:
-                data = _json_loads(f.read(65536))
-        except (OSError, ValueError):
-            _debug("ignoring unreadable cache file %s", path)
+        except (OSError, ValueError) as exc:
+            _debug("ignoring cache file %s: %s", path, getattr(exc, "strerror", "") or exc)
             return None
-        finally:
-            os.close(fd)
         if not (
             isinstance(data, dict)
             and data.get("key") == _file_key(identity, full=True)
@@ -3049,6 +2179,18 @@ class TokenCache:
             _write_private_file(path, _json_compact(record))
         except OSError as exc:
             _debug("cannot write the token cache in %s: %s", directory, exc.strerror or exc)
+
+
+_CACHE = TokenCache()
+
+
+_LAST_FAILURE: list = []  # [monotonic time of the last failed lookup]
+
+
+def _forget_tokens() -> None:
+    """Forget the tokens and failures this process remembers (the disk cache stays)."""
+    _CACHE.clear()
+    _LAST_FAILURE.clear()
 
 
 def cache_dir(create: bool = False) -> str | None:
@@ -3114,32 +2256,6 @@ def _file_key(identity: str, full: bool = False) -> str:
     return digest if full else digest[:32]
 
 
-def _private_file(fd: int) -> bool:
-    """True if the open file is ours and nobody else can read or write it."""
-    if not hasattr(os, "getuid"):
-        return True
-    info = os.fstat(fd)
-    return info.st_uid == os.getuid() and not info.st_mode & 0o077
-
-
-def _write_private_file(path: str, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically, mode 0600, replacing whatever was there."""
-    import secrets
-
-    temporary = f"{path}.{secrets.token_hex(4)}.tmp"
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(temporary, path)
-    except OSError:
-        try:
-            os.unlink(temporary)
-        except OSError:
-            pass
-        raise
-
-
 class _FileLock:
     """An exclusive lock on a file, given up on at a deadline (then we go on unlocked)."""
 
@@ -3171,6 +2287,9 @@ class _FileLock:
             self.fd = None
 
 
+_NO_LOCK = _FileLock(None, 0.0)
+
+
 def _open_lock_file(path: str) -> int:
     """Our own lock file, never through a link: anything else found there is replaced.
 
@@ -3186,7 +2305,8 @@ def _open_lock_file(path: str) -> int:
         if not os.path.islink(path):
             raise
     else:
-        if stat.S_ISREG(os.fstat(fd).st_mode) and _private_file(fd):
+        info = os.fstat(fd)
+        if stat.S_ISREG(info.st_mode) and not _not_ours(info, private=True):
             return fd
         os.close(fd)
     _debug("replacing lock file %s: a link, not a file, or not ours alone", path)
@@ -3227,140 +2347,716 @@ def _unlock(fd: int) -> None:
         pass
 
 
-_CACHE = TokenCache()
-_LAST_FAILURE: list = []  # [(monotonic time, message)]
+# --- OAuth token endpoints: requests, answers, errors without secrets ----------------------
 
 
-def _forget_tokens() -> None:
-    """Forget the tokens and failures this process remembers (the disk cache stays)."""
-    _CACHE.clear()
-    _LAST_FAILURE.clear()
+def _post_form(
+    transport: Transport, url: str, fields: dict, what: str, headers: dict | None = None
+) -> dict:
+    """POST a form to an OAuth token endpoint and return its JSON answer."""
+    from urllib.parse import urlencode
+
+    _check_endpoint(url, what)
+    all_headers = {"Content-Type": "application/x-www-form-urlencoded"}
+    all_headers.update(headers or {})
+    response = transport.request(
+        "POST", url, body=urlencode(fields).encode("ascii"), headers=all_headers
+    )
+    sent = [value for name, value in fields.items() if name in _SECRET_FIELDS]
+    for name, value in all_headers.items():
+        if name.lower() == "authorization":
+            sent += _authorization_secrets(value)
+    return _token_response_json(response, url, what, sent)
 
 
-def lookup(transport: Transport | None = None, report: list | None = None) -> Token:
-    """Find credentials in the documented order and return a live token.
+# Form fields that carry credentials: a server that echoes them must not make us print them.
+_SECRET_FIELDS = frozenset({"assertion", "refresh_token", "client_secret", "subject_token", "rapt"})
+# At most this much of a server's error text is quoted in ours.
+MAX_QUOTED = 300
 
-    Raises CredentialError with one line saying what was tried and what to do. With
-    ``report``, appends what each source said (for ``doctor``).
-    """
-    transport = transport or Transport()
-    skipped = []
-    for label, step in DISCOVERY:
+
+def _authorization_secrets(value: str) -> list:
+    """The credential of an Authorization header, and for Basic the ``id:secret`` and secret."""
+    import base64
+    import binascii
+
+    scheme, _, credential = value.strip().partition(" ")
+    secrets = [credential]
+    if scheme.lower() == "basic":
         try:
-            source = step()
-            token, how = _cached_or_fetched(source, transport)
-        except NotApplicable as exc:
-            _debug("skipped: %s", exc)
-            skipped.append(str(exc))
-            _note(report, label, "skipped", str(exc))
-            continue
-        except CredentialError as exc:
-            _note(report, label, "failed", str(exc))
-            raise
-        _note(report, label, "answered", source.describe(), token=token, how=how)
-        return token
-    raise CredentialError(
-        "no Google credentials found (" + "; ".join(skipped) + "); " + LOGIN_HINT + ", or set "
-        "GOOGLE_APPLICATION_CREDENTIALS to a service account key file"
-    )
+            pair = base64.b64decode(credential, validate=True).decode("utf-8")
+        except (binascii.Error, ValueError):
+            return secrets
+        secrets += [pair, pair.partition(":")[2]]
+    return secrets
 
 
-def _note(report: list | None, label: str, status: str, detail: str, **extra: object) -> None:
-    if report is not None:
-        report.append(dict(source=label, status=status, detail=detail, **extra))
+def _secret_forms(secret: str) -> set:
+    """Every way a secret we sent may come back: raw, URL-encoded, JSON-escaped."""
+    import json
+    from urllib.parse import quote, quote_plus
+
+    forms = {secret, quote(secret), quote(secret, safe=""), quote_plus(secret)}
+    for ascii_only in (True, False):
+        escaped = json.dumps(secret, ensure_ascii=ascii_only)[1:-1]
+        forms |= {escaped, escaped.replace("/", "\\/")}
+    folded = {" ".join(form.split()) for form in forms}  # as the text they are found in
+    return {form for form in forms | folded if len(form) >= 4}
 
 
-def _cached_or_fetched(source: CredentialSource, transport: Transport) -> tuple[Token, str]:
-    """The source's token and where it came from: memory, disk or a fetch."""
-    identity = source.identify(transport)
-    token = _CACHE.get(identity, source)
-    if token is not None:
-        _debug("using a cached token from %s", source.describe())
-        return token, "cache"
-    with _CACHE.lock(identity, transport) if source.cacheable else _NO_LOCK:
-        token = _CACHE.get(identity, source)  # another process may have just fetched it
-        if token is not None:
-            _debug("using a token another process just fetched from %s", source.describe())
-            return token, "cache"
-        started = _monotonic()
-        token = source.fetch(transport)
-        if not _is_token_text(token.value):
-            # Printed into netrc files, headers and `keyring get` output, a space or newline
-            # would smuggle in extra entries or lines.
-            raise source.fail(
-                "the token it gave is not one word of printable ASCII",
-                "check what issues the token",
-            )
-        _debug("got a token from %s in %.0f ms", source.describe(), 1000 * (_monotonic() - started))
-        _CACHE.put(identity, token, source)
-    return token, "fetched"
+def _redact(text: str, secrets: list) -> str:
+    """Server text made safe for one line of ours: folded, our secrets masked, at most 300 chars.
 
-
-_NO_LOCK = _FileLock(None, 0.0)
-
-
-def _is_token_text(value: object) -> bool:
-    """True for a non-empty string of printable ASCII without spaces, as access tokens are."""
-    return (
-        isinstance(value, str)
-        and value.isascii()
-        and value.isprintable()
-        and " " not in value
-        and bool(value)
-    )
-
-
-def get_token() -> str:
-    """A live access token, or CredentialError."""
-    return lookup().value
-
-
-def _token_or_none() -> str | None:
-    """The token for the keyring backend: on failure one warning line, then None."""
-    if _LAST_FAILURE and _monotonic() - _LAST_FAILURE[0][0] < FAILURE_MEMORY:
-        return None
-    try:
-        return get_token()
-    except CredentialError as exc:
-        _LAST_FAILURE[:] = [(_monotonic(), str(exc))]
-        _logger().warning("artifactregistry-gauth: %s", exc)
-        return None
-
-
-# --- which services we answer for -------------------------------------------------------
-
-
-def service_host(service: str) -> str | None:
-    """The host a keyring service names (a URL or a bare ``host[:port]``), if unambiguous.
-
-    None unless every HTTP stack would connect to the same host: urllib.parse ends the
-    authority only at ``/?#``, while urllib3 (requests, so twine and poetry) and WHATWG
-    parsers (uv) also end it at a backslash, decode ``%``, drop tabs and map Unicode dots.
-    So a service with whitespace or control characters, an authority with a backslash,
-    ``%``, a password or non-ASCII, or a host that is not plain letters, digits, ``-``
-    and ``.`` gets no answer; neither does plain http.
+    Servers echo what they were sent in any encoding, so each secret is masked in every
+    form we could have sent it (%-escapes in either case).
     """
-    if not isinstance(service, str) or not service.isprintable() or " " in service:
+    import re
+
+    text = " ".join(text.split())
+    forms = set()
+    for secret in secrets:
+        if isinstance(secret, str) and len(secret) >= 4:
+            forms |= _secret_forms(secret)
+    if not forms:
+        return text[:MAX_QUOTED]
+    pattern = re.compile(
+        "|".join(re.escape(form) for form in sorted(forms, key=len, reverse=True)), re.IGNORECASE
+    )
+    longest = max(len(form) for form in forms)
+    kept, size, pos = [], 0, 0
+    while size < MAX_QUOTED and pos < len(text):  # only as far as what is quoted: bounded work
+        room = MAX_QUOTED - size
+        found = pattern.search(text, pos, pos + room + longest)
+        if found is None or found.start() >= pos + room:
+            kept.append(text[pos : pos + room])
+            break
+        kept += [text[pos : found.start()], "***"]
+        size += found.start() - pos + 3
+        pos = found.end()
+    return "".join(kept)[:MAX_QUOTED]
+
+
+def _token_response_json(response: Response, url: str, what: str, sent: list) -> dict:
+    try:
+        data = response.json()
+    except ValueError:
+        data = None
+    if response.status == 200 and isinstance(data, dict):
+        return data
+    if response.status == 200:
+        raise CredentialError(f"{what} at {_without_query(url)} answered with something not JSON")
+    error, subtype, description = "", "", ""
+    if isinstance(data, dict):
+        if isinstance(data.get("error"), dict):  # Google API style (C.3)
+            description = str(data["error"].get("message", ""))
+            error = str(data["error"].get("status", ""))
+        else:
+            error = str(data.get("error", ""))
+            subtype = str(data.get("error_subtype", ""))
+            description = str(data.get("error_description", ""))
+    detail = _redact(": ".join(part for part in (error, description) if part), list(sent))
+    raise TokenEndpointError(
+        f"{what} at {_without_query(url)} refused (HTTP {response.status}"
+        + (f", {detail})" if detail else ")"),
+        error,
+        subtype,
+    )
+
+
+def _token_from_oauth(data: dict, what: str, source: str) -> Token:
+    value = data.get("access_token")
+    if not isinstance(value, str) or not value:
+        raise CredentialError(f"{what} answered without an access_token")
+    return Token(value, _expiry_from(data.get("expires_in")), source)
+
+
+def _expiry_from(expires_in: object) -> float | None:
+    try:
+        seconds = int(expires_in)  # Google sometimes sends it as a string
+    except (TypeError, ValueError, OverflowError):
         return None
-    scheme, sep, rest = service.partition("://")
-    if not sep:
-        rest = service
-    elif scheme.lower() != "https":
+    if not 0 < seconds < 366 * 86400:
         return None
-    end = min((i for i in map(rest.find, "/?#") if i >= 0), default=len(rest))
-    authority = rest[:end]
-    if not authority.isascii() or "\\" in authority or "%" in authority:
-        return None
-    userinfo, at, hostport = authority.rpartition("@")
-    if at and (":" in userinfo or "@" in userinfo):
-        return None  # a password or a second @: readers disagree on where the host starts
-    host, colon, port = hostport.partition(":")
-    if colon and port and not port.isdigit():
-        return None
-    host = host.lower()
-    if host.endswith("."):
-        host = host[:-1]
-    return host if _is_host_name(host) else None
+    return _now() + seconds
+
+
+def _parse_rfc3339(text: str) -> float:
+    """Seconds since the epoch for ``2024-05-01T12:00:00Z`` (fractional seconds allowed)."""
+    import calendar
+
+    main_part, _, _ = text.rstrip("Z").partition(".")
+    return float(calendar.timegm(time.strptime(main_part, "%Y-%m-%dT%H:%M:%S")))
+
+
+def _basic_auth(client_id: str, client_secret: str) -> str:
+    import base64
+
+    pair = f"{client_id}:{client_secret or ''}".encode()
+    return "Basic " + base64.b64encode(pair).decode("ascii")
+
+
+def _generate_access_token(
+    transport: Transport,
+    url: str,
+    bearer: str,
+    delegates: list | None,
+    lifetime: int,
+    quota_project: str,
+    source: str,
+) -> Token:
+    """Trade a token for a service account's at IAM's generateAccessToken (PROTOCOLS.md B.4)."""
+    import json
+
+    _check_endpoint(url, "IAM credentials")
+    body = {"delegates": delegates, "scope": [SCOPE], "lifetime": f"{lifetime}s"}
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {bearer}"}
+    if quota_project:
+        headers["x-goog-user-project"] = quota_project
+    _debug("asking IAM for a token of %s", _target_principal(url))
+    response = transport.request(
+        "POST", url, body=json.dumps(body).encode("utf-8"), headers=headers
+    )
+    data = _token_response_json(response, url, "IAM generateAccessToken", [bearer])
+    value, expire_time = data.get("accessToken"), data.get("expireTime")
+    if not isinstance(value, str) or not value:
+        raise CredentialError("IAM generateAccessToken answered without an accessToken")
+    try:
+        expiry = _parse_rfc3339(expire_time)
+    except (AttributeError, ValueError):
+        raise CredentialError(
+            "IAM generateAccessToken answered without a valid expireTime"
+        ) from None
+    return Token(value, expiry, source)
+
+
+# --- RS256 signing in pure Python ---------------------------------------------------------
+
+
+_RSA_OID = bytes.fromhex("2a864886f70d010101")  # rsaEncryption, 1.2.840.113549.1.1.1
+_SHA256_DIGEST_INFO = bytes.fromhex("3031300d060960864801650304020105000420")
+
+
+def _der_item(data: bytes, pos: int) -> tuple[int, int, int]:
+    """Return (tag, start of content, end of content) of the DER item at ``pos``."""
+    if pos + 2 > len(data):
+        raise KeyFormatError("truncated DER")
+    tag, length = data[pos], data[pos + 1]
+    pos += 2
+    if length & 0x80:
+        count = length & 0x7F
+        if not 1 <= count <= 4 or pos + count > len(data):
+            raise KeyFormatError("bad DER length")
+        length = int.from_bytes(data[pos : pos + count], "big")
+        pos += count
+    if pos + length > len(data):
+        raise KeyFormatError("truncated DER")
+    return tag, pos, pos + length
+
+
+def _der_sequence(data: bytes, item: tuple[int, int, int]) -> list[tuple[int, int, int]]:
+    """The items inside the SEQUENCE ``item``."""
+    tag, pos, end = item
+    if tag != 0x30:
+        raise KeyFormatError("expected a DER SEQUENCE")
+    items = []
+    while pos < end:
+        child = _der_item(data, pos)
+        if child[2] > end:
+            raise KeyFormatError("truncated DER")
+        items.append(child)
+        pos = child[2]
+    return items
+
+
+class RsaPrivateKey:
+    """An RSA private key read from PKCS#8 or PKCS#1 PEM, able to sign RS256."""
+
+    __slots__ = ("n", "e", "d", "p", "q", "dp", "dq", "qinv", "size", "primes_checked")
+
+    # Google issues 2048-bit keys; a larger bound would let a crafted key burn seconds of
+    # CPU per signature (the cost grows 8x per doubling).
+    MIN_BITS, MAX_BITS = 2048, 4096
+
+    @classmethod
+    def from_pem(cls, pem: str) -> RsaPrivateKey:
+        import base64
+        import binascii
+
+        if not isinstance(pem, str):
+            raise KeyFormatError("it is not a string")
+        label, der = "", b""
+        for kind in ("PRIVATE KEY", "RSA PRIVATE KEY", "ENCRYPTED PRIVATE KEY"):
+            begin, end = f"-----BEGIN {kind}-----", f"-----END {kind}-----"
+            if begin in pem:
+                if end not in pem:
+                    raise KeyFormatError(f"no {end} line")
+                body = pem.split(begin, 1)[1].split(end, 1)[0]
+                label = kind
+                try:
+                    der = base64.b64decode("".join(body.split()), validate=True)
+                except (binascii.Error, ValueError):
+                    raise KeyFormatError("the PEM body is not base64") from None
+                break
+        if not label:
+            raise KeyFormatError("no -----BEGIN PRIVATE KEY----- line")
+        if label == "ENCRYPTED PRIVATE KEY":
+            raise KeyFormatError("it is encrypted; Google key files hold an unencrypted key")
+        if label == "PRIVATE KEY":
+            der = cls._unwrap_pkcs8(der)
+        return cls._from_pkcs1(der)
+
+    @staticmethod
+    def _unwrap_pkcs8(der: bytes) -> bytes:
+        items = _der_sequence(der, _der_item(der, 0))
+        if len(items) < 3 or items[1][0] != 0x30 or items[2][0] != 0x04:
+            raise KeyFormatError("not a PKCS#8 PrivateKeyInfo")
+        algorithm = _der_sequence(der, items[1])
+        if not algorithm or der[algorithm[0][1] : algorithm[0][2]] != _RSA_OID:
+            raise KeyFormatError("not an RSA key")
+        return der[items[2][1] : items[2][2]]
+
+    @classmethod
+    def _from_pkcs1(cls, der: bytes) -> RsaPrivateKey:
+        items = _der_sequence(der, _der_item(der, 0))
+        if len(items) < 9 or any(tag != 0x02 for tag, _, _ in items[:9]):
+            raise KeyFormatError("not a PKCS#1 RSAPrivateKey")
+        numbers = [int.from_bytes(der[start:end], "big") for _, start, end in items[1:9]]
+        key = cls()
+        key.n, key.e, key.d, key.p, key.q, key.dp, key.dq, key.qinv = numbers
+        bits = key.n.bit_length()
+        if not cls.MIN_BITS <= bits <= cls.MAX_BITS:  # before any arithmetic on the numbers
+            raise KeyFormatError(
+                f"it is a {bits}-bit key; only {cls.MIN_BITS} to {cls.MAX_BITS} bits are accepted"
+            )
+        if not key._consistent():
+            raise KeyFormatError("its numbers do not form a consistent RSA key")
+        key.size = (bits + 7) // 8
+        key.primes_checked = False
+        return key
+
+    def _consistent(self) -> bool:
+        """Cheap checks (no modular exponentiation) that the eight numbers belong together."""
+        import math
+
+        n, e, p, q = self.n, self.e, self.p, self.q
+        half = n.bit_length() // 2
+        if not (
+            3 <= e < 1 << 256  # FIPS 186 bounds e; a huge e would make each check slow
+            and e % 2 == 1
+            and half - 8 <= min(p, q).bit_length() <= max(p, q).bit_length() <= half + 8
+            and p * q == n  # two primes of about half the size each
+            and 0 < self.d < n
+            and 0 < self.dp < p
+            and 0 < self.dq < q
+            and 0 < self.qinv < p
+        ):
+            return False
+        lam = (p - 1) * (q - 1) // math.gcd(p - 1, q - 1)
+        return (
+            e * self.d % lam == 1  # d may be reduced mod lcm(p-1, q-1) or mod phi
+            and e * self.dp % (p - 1) == 1
+            and e * self.dq % (q - 1) == 1
+            and self.qinv * q % p == 1
+        )
+
+    def _check_primes(self) -> None:
+        """Fermat's test on p and q, before the first signature: composite factors are a forgery."""
+        if not (pow(2, self.p - 1, self.p) == 1 and pow(2, self.q - 1, self.q) == 1):
+            raise KeyFormatError("its factors p and q are not prime")
+        self.primes_checked = True
+
+    def sign_rs256(self, message: bytes) -> bytes:
+        """RSASSA-PKCS1-v1_5 with SHA-256 (RFC 8017 8.2.1), blinded, CRT, fault-checked."""
+        import hashlib
+        import secrets
+
+        if not self.primes_checked:  # here, not at load: a cached token needs no signature
+            self._check_primes()
+        digest_info = _SHA256_DIGEST_INFO + hashlib.sha256(message).digest()
+        padding = b"\xff" * (self.size - len(digest_info) - 3)
+        m = int.from_bytes(b"\x00\x01" + padding + b"\x00" + digest_info, "big")
+        # Blinding keeps the private-key operation's timing independent of the message.
+        r = secrets.randbelow(self.n - 2) + 2
+        blinded = (m * pow(r, self.e, self.n)) % self.n
+        m1 = pow(blinded, self.dp, self.p)
+        m2 = pow(blinded, self.dq, self.q)
+        s = (m2 + ((self.qinv * (m1 - m2)) % self.p) * self.q) * pow(r, -1, self.n) % self.n
+        if pow(s, self.e, self.n) != m:  # a faulty CRT result would leak the key
+            raise KeyFormatError("signature self-check failed")
+        return s.to_bytes(self.size, "big")
+
+
+def _b64url(data: bytes) -> str:
+    import base64
+
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _json_text(value: object) -> str:
+    return _json_compact(value).decode("utf-8")
+
+
+def _json_compact(value: object) -> bytes:
+    import json
+
+    return json.dumps(value, separators=(",", ":")).encode("utf-8")
+
+
+def make_jwt(key: RsaPrivateKey, claims: dict, key_id: str | None = None) -> str:
+    """A compact RS256 JWT (RFC 7519) of ``claims``."""
+    header = {"typ": "JWT", "alg": "RS256"}
+    if key_id:
+        header["kid"] = key_id
+    signing_input = f"{_b64url(_json_compact(header))}.{_b64url(_json_compact(claims))}"
+    signature = key.sign_rs256(signing_input.encode("ascii"))
+    return f"{signing_input}.{_b64url(signature)}"
+
+
+# --- AWS Signature Version 4 (for federation from AWS) ------------------------------------
+
+
+def aws_sigv4_headers(
+    method: str,
+    url: str,
+    region: str,
+    access_key_id: str,
+    secret_access_key: str,
+    session_token: str,
+    now: float,
+) -> dict:
+    """Headers of an AWS Signature Version 4 signed request with an empty body, in order."""
+    import hashlib
+    import hmac
+    import posixpath
+    from urllib.parse import parse_qs, quote, urlsplit
+
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    service = host.split(".")[0]
+    if service.endswith("-fips"):
+        service = service[: -len("-fips")]
+    stamp = time.gmtime(now)
+    amz_date = time.strftime("%Y%m%dT%H%M%SZ", stamp)
+    date = amz_date[:8]
+    path = posixpath.normpath(parts.path) if parts.path else "/"
+    query = parse_qs(parts.query)
+    canonical_query = "&".join(
+        f"{quote(key, safe='-_.~')}={value}"
+        for key in sorted(query, key=lambda k: quote(k, safe="-_.~"))
+        for value in sorted(quote(v, safe="-_.~") for v in query[key])
+    )
+    signed = {"host": host, "x-amz-date": amz_date}
+    if session_token:
+        signed["x-amz-security-token"] = session_token
+    names = sorted(signed)
+    canonical_request = "\n".join(
+        [
+            method,
+            path,
+            canonical_query,
+            "".join(f"{name}:{signed[name]}\n" for name in names),
+            ";".join(names),
+            hashlib.sha256(b"").hexdigest(),
+        ]
+    )
+    scope = f"{date}/{region}/{service}/aws4_request"
+    string_to_sign = "\n".join(
+        [
+            "AWS4-HMAC-SHA256",
+            amz_date,
+            scope,
+            hashlib.sha256(canonical_request.encode("utf-8")).hexdigest(),
+        ]
+    )
+    key = ("AWS4" + secret_access_key).encode("utf-8")
+    for part in (date, region, service, "aws4_request"):
+        key = hmac.new(key, part.encode("utf-8"), hashlib.sha256).digest()
+    signature = hmac.new(key, string_to_sign.encode("utf-8"), hashlib.sha256).hexdigest()
+    headers = {
+        "Authorization": f"AWS4-HMAC-SHA256 Credential={access_key_id}/{scope}, "
+        f"SignedHeaders={';'.join(names)}, Signature={signature}",
+        "host": host,
+        "x-amz-date": amz_date,
+    }
+    if session_token:
+        headers["x-amz-security-token"] = session_token
+    return headers
+
+
+# --- logging: imported only when something is to be said ----------------------------------
+
+
+_LOGGER_NAME = "artifactregistry_gauth"
+
+
+def _debug_env() -> bool:
+    return os.environ.get("ARTIFACTREGISTRY_GAUTH_DEBUG", "") not in ("", "0")
+
+
+def _debug_enabled() -> bool:
+    if _debug_env():
+        return True
+    if "logging" not in sys.modules:  # nobody configured logging, so nobody wants our debug
+        return False
+    import logging
+
+    return logging.getLogger(_LOGGER_NAME).isEnabledFor(logging.DEBUG)
+
+
+def _logger():
+    import logging
+
+    logger = logging.getLogger(_LOGGER_NAME)
+    if _debug_env() and not any(getattr(h, "_gauth", False) for h in logger.handlers):
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("artifactregistry-gauth: %(message)s"))
+        handler._gauth = True
+        logger.addHandler(handler)
+        logger.setLevel(logging.DEBUG)
+        logger.propagate = False
+    return logger
+
+
+def _debug(msg: str, *args: object) -> None:
+    if _debug_enabled():
+        _logger().debug(msg, *args)
+
+
+# --- local files: bounded reads, private writes -------------------------------------------
+
+
+def read_local_file(
+    path: str, limit: int = MAX_LOCAL_FILE_BYTES, owned: bool = False, private: bool = False
+) -> bytes:
+    """The bytes of a regular file, opened without blocking and read up to ``limit``.
+
+    Raises OSError whose ``strerror`` says why: missing, unreadable, not a regular file
+    (a FIFO would block forever, ``/dev/zero`` never ends) or larger than ``limit``.
+    ``owned``: also unless the file is ours and nobody else can write it, so nobody else
+    could have planted what it says (an executable's output file). ``private``: a file we
+    wrote ourselves (cache, verdicts): owned, nobody else can read it either, and a
+    symbolic link is not followed. Both are checked on what was opened: no race.
+    """
+    import stat
+
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
+    if private:
+        flags |= getattr(os, "O_NOFOLLOW", 0)
+    fd = os.open(path, flags)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise OSError(0, "not a regular file", path)
+        reason = (owned or private) and _not_ours(info, private)
+        if reason:
+            raise OSError(0, reason, path)
+        chunks = []
+        size = 0
+        while size <= limit:
+            chunk = os.read(fd, limit + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    finally:
+        os.close(fd)
+    if size > limit:
+        raise OSError(0, f"larger than {limit // 1024} KiB", path)
+    return b"".join(chunks)
+
+
+def _not_ours(info: os.stat_result, private: bool) -> str:
+    """Why a file is not ours alone ("" if it is): owner, then who else may write (or read)."""
+    if not hasattr(os, "getuid"):
+        return ""  # Windows: the user's profile directories carry the protection
+    if info.st_uid != os.getuid():
+        return "owned by another user"
+    if info.st_mode & (0o077 if private else 0o022):
+        return "open to other users" if private else "writable by other users"
+    return ""
+
+
+def read_local_text(path: str, limit: int = MAX_LOCAL_FILE_BYTES, owned: bool = False) -> str:
+    """A regular file's UTF-8 text (BOM allowed); OSError as read_local_file, or if not UTF-8."""
+    data = read_local_file(path, limit, owned)
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise OSError(0, "not UTF-8 text", path) from None
+
+
+def _system_text(path: str, limit: int) -> str:
+    """The first ``limit`` characters of a kernel-provided file, stripped; "" if unreadable."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.read(limit).strip()
+    except OSError:
+        return ""
+
+
+def _write_private_file(path: str, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically, mode 0600, replacing whatever was there."""
+    import secrets
+
+    temporary = f"{path}.{secrets.token_hex(4)}.tmp"
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(temporary, path)
+    except OSError:
+        try:
+            os.unlink(temporary)
+        except OSError:
+            pass
+        raise
+
+
+def _same_path(one: str, other: str) -> bool:
+    return os.path.normcase(os.path.abspath(one)) == os.path.normcase(os.path.abspath(other))
+
+
+# --- subprocesses: found on PATH only, output capped, killed as a group --------------------
+
+
+def _find_executable(name: str) -> str | None:
+    """The program ``name`` in a PATH directory, like shutil.which but safe on Windows.
+
+    Windows' search (and shutil.which there) tries the working directory first, so a
+    checkout holding ``gcloud.cmd`` would run its code: only absolute PATH entries count.
+    """
+    names = [name]
+    if os.name == "nt":
+        extensions = [e for e in os.environ.get("PATHEXT", ".COM;.EXE;.BAT;.CMD").split(";") if e]
+        if not any(name.lower().endswith(e.lower()) for e in extensions):
+            names = [name + e for e in extensions]
+    for directory in os.environ.get("PATH", os.defpath).split(os.pathsep):
+        if not directory or not os.path.isabs(directory):
+            continue
+        for candidate in names:
+            path = os.path.join(directory, candidate)
+            if os.path.isfile(path) and os.access(path, os.X_OK):
+                return path
+    return None
+
+
+def _run_capped(argv: list, env: dict | None, timeout: float, limit: int = MAX_RESPONSE_BYTES):
+    """Run a command as subprocess.run(capture_output=True) would, stdin closed, output capped.
+
+    Returns a CompletedProcess (stdout, stderr as bytes). Raises OSError if the command
+    cannot start, subprocess.TimeoutExpired if it still runs (or its pipes are still open)
+    at ``timeout``, and _OutputTooLargeError ("printed more than 1 MiB on stdout") once
+    it prints more than ``limit`` bytes on stdout or stderr; the command is then killed
+    and reaped.
+    """
+    import subprocess
+    import threading
+
+    deadline = _monotonic() + timeout
+    pipe = subprocess.PIPE
+    group = os.name != "nt"  # its own process group, so a kill also ends what it started
+    process = subprocess.Popen(
+        argv, stdin=subprocess.DEVNULL, stdout=pipe, stderr=pipe, env=env, start_new_session=group
+    )
+    outputs: dict = {"stdout": bytearray(), "stderr": bytearray()}
+    too_large: list = []
+    ended = threading.Semaphore(0)
+
+    def drain(name: str) -> None:
+        stream, kept = getattr(process, name), outputs[name]
+        try:
+            with stream:
+                while len(kept) <= limit:
+                    chunk = stream.read1(65536)
+                    if not chunk:
+                        return
+                    kept += chunk
+                too_large.append(name)
+                _kill(process, group)  # before ``ended``: the caller's thread waits for it
+        finally:
+            ended.release()
+
+    for name in outputs:
+        threading.Thread(
+            target=drain, args=(name,), name="artifactregistry-gauth", daemon=True
+        ).start()
+    finished = 0
+    while finished < len(outputs) and not too_large:
+        if not ended.acquire(timeout=max(deadline - _monotonic(), 0.0)):
+            break
+        finished += 1
+    try:
+        if too_large:
+            size = f"{limit >> 20} MiB" if limit & 0xFFFFF == 0 else f"{limit} bytes"
+            raise _OutputTooLargeError(f"printed more than {size} on {too_large[0]}")
+        if finished < len(outputs):  # a pipe still open: it, or a child holding it, runs on
+            raise subprocess.TimeoutExpired(argv, timeout)
+        returncode = process.wait(max(deadline - _monotonic(), 0.0))
+    except (_OutputTooLargeError, subprocess.TimeoutExpired):
+        _kill(process, group)
+        process.wait()
+        # The pipes close once every process holding them is gone: wait for that, briefly.
+        for _ in range(len(outputs) - finished):
+            ended.acquire(timeout=2.0)
+        raise
+    return subprocess.CompletedProcess(
+        argv, returncode, bytes(outputs["stdout"]), bytes(outputs["stderr"])
+    )
+
+
+def _kill(process, group: bool) -> None:
+    """Kill the process and what it started (gcloud.cmd runs Python as a child on Windows)."""
+    import signal
+    import subprocess
+
+    try:
+        if group:
+            os.killpg(process.pid, signal.SIGKILL)
+        elif os.name == "nt":
+            system = os.environ.get("SystemRoot", "C:\\Windows")  # not PATH: planted copies
+            subprocess.run(
+                [
+                    os.path.join(system, "System32", "taskkill.exe"),
+                    "/F",
+                    "/T",
+                    "/PID",
+                    str(process.pid),
+                ],
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                timeout=10,
+            )
+        else:
+            process.kill()
+    except (OSError, subprocess.SubprocessError):
+        process.kill()  # the tree could not be ended: at least the process itself
+
+
+# --- HTTP: timeouts, retries, proxies, no redirects ---------------------------------------
+
+
+class Response:
+    """Status, headers (lower-case names) and body of one HTTP exchange."""
+
+    __slots__ = ("status", "headers", "body")
+
+    def __init__(self, status: int, headers: dict, body: bytes) -> None:
+        self.status = status
+        self.headers = headers
+        self.body = body
+
+    def json(self) -> object:
+        return _json_loads(self.body)
+
+
+def _json_loads(data: bytes | str) -> object:
+    """Parse JSON; any malformed input (bad UTF-8, too deep, not JSON) is a ValueError."""
+    import json
+
+    try:
+        return json.loads(data.decode("utf-8") if isinstance(data, bytes) else data)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
 
 
 _LABEL_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-")
@@ -3374,82 +3070,424 @@ def _is_host_name(host: str) -> bool:
     )
 
 
-def is_registry_service(service: str) -> bool:
-    """True for Artifact Registry hosts and those in ARTIFACTREGISTRY_GAUTH_HOSTS."""
-    host = service_host(service)
-    if host is None:
-        return False
-    if host.endswith(".pkg.dev"):
+def _is_loopback_host(host: str) -> bool:
+    """True for ``localhost`` and IP literals in 127.0.0.0/8 or ``::1``, never for a name."""
+    import ipaddress
+
+    host = host.lower()
+    if host == "localhost":
         return True
-    for entry in os.environ.get("ARTIFACTREGISTRY_GAUTH_HOSTS", "").split(","):
-        pattern = entry.strip().lower().rstrip(".")
-        if pattern.startswith("*.") and host.endswith(pattern[1:]):
-            return True
-        if pattern and host == pattern:
-            return True
-    return False
+    try:
+        address = ipaddress.ip_address(host[1:-1] if host.startswith("[") else host)
+    except ValueError:
+        return False  # a name such as 127.evil.example resolves wherever its owner likes
+    # ::ffff:127.0.0.1 reaches 127.0.0.1; Python 3.13 says so itself, older ones do not.
+    return (getattr(address, "ipv4_mapped", None) or address).is_loopback
 
 
-def answers_for(service: str, username: str | None) -> bool:
-    """Whether the backend answers this keyring question (decided without any I/O)."""
-    return username in (None, "", USERNAME) and is_registry_service(service)
+def _is_local_address(host: str) -> bool:
+    """Loopback or link-local: metadata services that a proxy must never see."""
+    import ipaddress
+
+    if _is_loopback_host(host):
+        return True
+    try:
+        address = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return address.is_loopback or address.is_link_local
 
 
-# --- keyring backend, built only when keyring asks for it -------------------------------
+def _url_host(url: str) -> str:
+    from urllib.parse import urlsplit
+
+    return urlsplit(url).hostname or ""
 
 
-def _build_backend_class() -> type:
-    from keyring.backend import KeyringBackend
-    from keyring.credentials import SimpleCredential
-
-    class GooglePyPIAuth(KeyringBackend):
-        """Google access tokens for Artifact Registry (*.pkg.dev) Python repositories."""
-
-        # Above the OS keyrings (about 5) so we answer first; below keyring's chainer (10)
-        # so other hosts still reach them.
-        priority = 9
-
-        def get_password(self, service: str, username: str | None) -> str | None:
-            if not answers_for(service, username):
-                return None
-            return _token_or_none()
-
-        def get_credential(self, service: str, username: str | None):
-            if not answers_for(service, username):
-                return None
-            token = _token_or_none()
-            return None if token is None else SimpleCredential(USERNAME, token)
-
-        def set_password(self, service: str, username: str, password: str) -> None:
-            # NotImplementedError (not PasswordSetError) lets keyring's chainer move on.
-            raise NotImplementedError(
-                "artifactregistry-gauth stores nothing: its credentials come from Google"
-            )
-
-        def delete_password(self, service: str, username: str) -> None:
-            raise NotImplementedError(
-                "artifactregistry-gauth stores nothing: its credentials come from Google"
-            )
-
-    GooglePyPIAuth.__module__ = "artifactregistry_gauth"
-    GooglePyPIAuth.__qualname__ = "GooglePyPIAuth"
-    return GooglePyPIAuth
+def _without_query(url: str) -> str:
+    return url.split("?", 1)[0]
 
 
-def __getattr__(name: str) -> object:
-    # PEP 562: `GooglePyPIAuth` is built (and keyring imported) on first access, which is
-    # how keyring's entry point and keyringrc.cfg both load it.
-    if name == "GooglePyPIAuth":
-        module = sys.modules.get("artifactregistry_gauth") or sys.modules[__name__]
-        cls = module.__dict__.get("_backend_class")
-        if cls is None:
-            cls = _build_backend_class()
-            module._backend_class = cls
-        return cls
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+def _check_endpoint(url: str, what: str) -> None:
+    """Refuse to send credentials anywhere but https, or http on this machine."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.scheme == "https" and parts.hostname:
+        return
+    if parts.scheme == "http" and parts.hostname and _is_loopback_host(parts.hostname):
+        return
+    raise CredentialError(
+        f"refusing to send credentials to {what} {_without_query(url)!r}: it must be an https URL"
+    )
 
 
-# --- command line -------------------------------------------------------------------------
+class Transport:
+    """Sends the HTTP requests of one lookup, all within one deadline."""
+
+    def __init__(self) -> None:
+        self.budget = LOOKUP_BUDGET
+        self.deadline = _monotonic() + self.budget
+
+    def remaining(self) -> float:
+        left = self.deadline - _monotonic()
+        if left <= 0:
+            raise CredentialError(f"gave up after {self.budget:g} s: Google did not answer in time")
+        return left
+
+    def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        body: bytes | None = None,
+        headers: dict | None = None,
+        direct: bool = False,
+        timeout: float = REQUEST_TIMEOUT,
+        attempts: int = MAX_ATTEMPTS,
+    ) -> Response:
+        """Send one request; retry transient failures with backoff inside the deadline.
+
+        ``direct`` bypasses any proxy (the metadata server must never be proxied).
+        """
+        last_error = None
+        # A proxy would carry a loopback request (and its plain-http secrets) off the machine.
+        direct = direct or _is_loopback_host(_url_host(url))
+        for attempt in range(1, attempts + 1):
+            try:
+                response = self._send(method, url, body, headers or {}, direct, timeout)
+            except _TransientError as exc:
+                last_error = f"could not reach {_without_query(url)}: {exc}"
+                wait = 0.0
+            else:
+                if not _worth_retrying(response) or attempt == attempts:
+                    return response
+                last_error = f"{_without_query(url)} answered HTTP {response.status}"
+                wait = _retry_after(response, self.deadline - _monotonic())
+            if attempt == attempts:
+                break
+            import random
+
+            wait = max(wait, 0.5 * 2 ** (attempt - 1) * random.uniform(0.9, 1.1))  # noqa: S311
+            if wait >= self.deadline - _monotonic():
+                break
+            _debug("%s; retrying in %.1f s", last_error, wait)
+            time.sleep(wait)
+        raise CredentialError(last_error)
+
+    def _send(self, method, url, body, headers, direct, timeout) -> Response:
+        """One exchange, bounded as a whole: socket timeouts alone let a slow drip go on."""
+        import threading
+
+        timeout = min(timeout, self.remaining())
+        outcome: list = []
+
+        def exchange() -> None:
+            try:
+                outcome.append(self._exchange(method, url, body, headers, direct, timeout))
+            except BaseException as exc:  # handed to the caller's thread below
+                outcome.append(exc)
+
+        worker = threading.Thread(target=exchange, name="artifactregistry-gauth", daemon=True)
+        worker.start()
+        worker.join(timeout)
+        if not outcome:  # abandoned: the daemon thread ends with its socket's timeout
+            raise _TransientError("timed out")
+        if isinstance(outcome[0], BaseException):
+            raise outcome[0]
+        return outcome[0]
+
+    def _exchange(self, method, url, body, headers, direct, timeout) -> Response:
+        import http.client
+        import urllib.error
+        import urllib.request
+
+        handlers = [_no_redirect_handler()]
+        if direct:
+            handlers.append(urllib.request.ProxyHandler({}))
+        store = ""
+        if url.startswith("https:"):
+            context, store = _tls_context()
+            handlers.append(urllib.request.HTTPSHandler(context=context))
+        opener = urllib.request.build_opener(*handlers)
+        request = urllib.request.Request(url, data=body, headers=headers, method=method)
+        try:
+            with opener.open(request, timeout=timeout) as reply:
+                return Response(reply.status, _lower(reply.headers), _read(reply))
+        except urllib.error.HTTPError as reply:
+            with reply:
+                return Response(reply.code, _lower(reply.headers), _read(reply))
+        except urllib.error.URLError as exc:
+            reason = exc.reason
+            if _is_certificate_error(reason):
+                raise CredentialError(
+                    f"the TLS certificate of {_url_host(url)} is not trusted ({reason}; "
+                    f"verified against {store}); behind a TLS-inspecting proxy, point "
+                    "SSL_CERT_FILE or REQUESTS_CA_BUNDLE at its CA bundle"
+                ) from None
+            raise _TransientError(_describe_os_error(reason)) from None
+        except (OSError, http.client.HTTPException) as exc:
+            raise _TransientError(_describe_os_error(exc)) from None
+
+
+def _is_certificate_error(reason: object) -> bool:
+    import ssl
+
+    return isinstance(reason, ssl.SSLCertVerificationError)
+
+
+def _describe_os_error(exc: object) -> str:
+    if isinstance(exc, TimeoutError) or type(exc).__name__ == "timeout":
+        return "timed out"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__
+
+
+def _lower(headers) -> dict:
+    return {k.lower(): v for k, v in headers.items()}
+
+
+def _read(reply) -> bytes:
+    return reply.read(MAX_RESPONSE_BYTES)
+
+
+# OAuth error codes that mean "try again", whatever the HTTP status (PROTOCOLS.md B.0).
+_RETRY_OAUTH_ERRORS = frozenset({"internal_failure", "server_error", "temporarily_unavailable"})
+
+
+def _worth_retrying(response: Response) -> bool:
+    if response.status in RETRY_STATUSES:
+        return True
+    if response.status < 400:
+        return False
+    try:
+        data = response.json()
+    except ValueError:
+        return False
+    return isinstance(data, dict) and any(
+        data.get(field) in _RETRY_OAUTH_ERRORS
+        for field in ("error", "error_description")
+        if isinstance(data.get(field), str)
+    )
+
+
+def _retry_after(response: Response, limit: float) -> float:
+    """The wait a Retry-After header asks for, at most ``limit``; 0 when absent or unusable.
+
+    Only delta-seconds count (``nan``, ``-5`` or ``1.5`` would otherwise reach time.sleep);
+    an HTTP-date is ignored rather than trusted to a clock we do not share.
+    """
+    text = str(response.headers.get("retry-after", "")).strip()
+    if not (text.isascii() and text.isdigit()):
+        return 0.0
+    return max(min(float(text), limit), 0.0)
+
+
+def _no_redirect_handler():
+    import urllib.request
+
+    class NoRedirect(urllib.request.HTTPRedirectHandler):
+        """Token endpoints never redirect; following one could send credentials elsewhere."""
+
+        def redirect_request(self, req, fp, code, msg, headers, newurl):
+            return None
+
+    return NoRedirect()
+
+
+# --- TLS: which certificates to trust -----------------------------------------------------
+
+
+# Who names a CA bundle, in the order they win: OpenSSL's own variable, then requests'.
+_CA_BUNDLE_VARIABLES = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
+# Roots exported from the macOS keychains are exported again after this long.
+MACOS_ROOTS_LIFE = 24 * 3600
+MACOS_KEYCHAINS = (
+    "/System/Library/Keychains/SystemRootCertificates.keychain",
+    "/Library/Keychains/System.keychain",  # CAs an administrator added, corporate ones
+)
+MAX_MACOS_ROOTS_BYTES = 8 << 20
+_TLS_CONTEXTS: dict = {}
+
+
+def _tls_context():
+    """The SSL context for https and a description of its trust store, built once per setting."""
+    key = tuple(os.environ.get(name, "") for name in (*_CA_BUNDLE_VARIABLES, "SSL_CERT_DIR"))
+    found = _TLS_CONTEXTS.get(key)
+    if found is None:
+        found = _TLS_CONTEXTS[key] = _new_tls_context()
+        _debug("verifying TLS certificates against %s", found[1])
+    return found
+
+
+def _new_tls_context():
+    import ssl
+
+    name = next((n for n in _CA_BUNDLE_VARIABLES if os.environ.get(n)), "")
+    if name == "SSL_CERT_FILE" or (not name and os.environ.get("SSL_CERT_DIR")):
+        # OpenSSL reads both variables itself when it loads its default paths.
+        name = name or "SSL_CERT_DIR"
+        return ssl.create_default_context(), f"{name}={os.environ[name]}"
+    if name:
+        return _ca_bundle_context(name, os.environ[name]), f"{name}={os.environ[name]}"
+    context = ssl.create_default_context()
+    if _has_default_roots(context):
+        return context, "OpenSSL's default CA paths"
+    # No roots: python.org's macOS Python before "Install Certificates.command" runs.
+    for fallback in (_truststore_context, _certifi_context, _macos_keychain_context):
+        found = fallback()
+        if found:
+            return found
+    return context, "OpenSSL's default CA paths, which hold no certificates"
+
+
+def _ca_bundle_context(name: str, path: str):
+    """A context that trusts only the bundle (a file or a directory), as requests does."""
+    import ssl
+
+    try:
+        if os.path.isdir(path):
+            return ssl.create_default_context(capath=path)
+        return ssl.create_default_context(cafile=path)
+    except OSError as exc:  # ssl.SSLError is an OSError too
+        problem = exc.strerror or getattr(exc, "reason", None) or exc
+        raise CredentialError(
+            f"{name}={path}: cannot load CA certificates from it ({problem}); "
+            f"point {name} at a PEM bundle or unset it"
+        ) from None
+
+
+def _has_default_roots(context) -> bool:
+    """True if OpenSSL's default paths hold certificates."""
+    import ssl
+
+    if context.cert_store_stats()["x509"]:
+        return True
+    # A CA directory is read lazily, one file per lookup: nothing is counted until then.
+    capath = ssl.get_default_verify_paths().capath
+    if not capath:
+        return False
+    try:
+        with os.scandir(capath) as entries:
+            return any(True for _ in entries)
+    except OSError:
+        return False
+
+
+def _truststore_context():
+    """The OS trust store through truststore, or pip's vendored copy of it."""
+    import importlib
+    import ssl
+
+    for name in ("truststore", "pip._vendor.truststore"):
+        try:
+            truststore = importlib.import_module(name)
+        except ImportError:  # absent, or Python older than truststore supports
+            continue
+        return truststore.SSLContext(ssl.PROTOCOL_TLS_CLIENT), f"the OS trust store via {name}"
+    return None
+
+
+def _certifi_context():
+    import ssl
+
+    try:
+        import certifi
+    except ImportError:
+        return None
+    path = certifi.where()
+    return ssl.create_default_context(cafile=path), f"certifi's CA bundle {path}"
+
+
+def _macos_keychain_context():
+    """The macOS system roots and admin-added CAs, as the keychains hold them."""
+    import ssl
+
+    if sys.platform != "darwin":
+        return None
+    pem = _macos_roots()
+    if not pem:
+        return None
+    try:
+        context = ssl.create_default_context(cadata=pem)
+    except ssl.SSLError as exc:
+        _debug("cannot use the certificates exported from the macOS keychains: %s", exc)
+        return None
+    return context, "the macOS system keychains (security find-certificate)"
+
+
+def _macos_roots() -> str:
+    """PEM certificates from the system keychains, kept in the cache for MACOS_ROOTS_LIFE."""
+    directory = cache_dir(create=True)
+    path = os.path.join(directory, "macos-roots.pem") if directory else ""
+    pem = _fresh_private_text(path, MACOS_ROOTS_LIFE) if path else ""
+    if pem:
+        return pem
+    pem = _export_macos_roots()
+    if pem and path:
+        try:
+            _write_private_file(path, pem.encode("ascii"))
+        except OSError as exc:
+            _debug("cannot keep the macOS roots in %s: %s", path, exc.strerror or exc)
+    return pem
+
+
+def _fresh_private_text(path: str, life: float) -> str:
+    """The text of a private file of ours younger than ``life`` seconds, else ""."""
+    try:
+        if _now() - os.stat(path, follow_symlinks=False).st_mtime > life:
+            return ""
+        return read_local_file(path, MAX_MACOS_ROOTS_BYTES, private=True).decode("ascii", "replace")
+    except OSError:
+        return ""
+
+
+def _export_macos_roots() -> str:
+    import subprocess
+
+    security = _find_executable("security")  # on PATH, never the working directory
+    if not security:
+        return ""
+    argv = [security, "find-certificate", "-a", "-p", *MACOS_KEYCHAINS]
+    try:
+        done = _run_capped(argv, None, 10.0, MAX_MACOS_ROOTS_BYTES)
+    except (OSError, subprocess.TimeoutExpired, _OutputTooLargeError) as exc:
+        _debug("cannot export the macOS roots with security: %s", exc)
+        return ""
+    # A missing keychain makes security fail, yet it still prints the other one.
+    pem = done.stdout.decode("ascii", "replace")
+    return pem if "-----BEGIN CERTIFICATE-----" in pem else ""
+
+
+# --- hashing ------------------------------------------------------------------------------
+
+
+def _short_hash(data: bytes) -> str:
+    return _sha256(data).hexdigest()[:16]
+
+
+def _sha256(data: bytes):
+    """SHA-256 from Python's own implementation when it has one: on the warm path, loading
+    OpenSSL for hashlib costs more (about 3 ms) than everything else a cached token needs."""
+    try:
+        from _sha2 import sha256  # Python 3.12+
+    except ImportError:
+        try:
+            from _sha256 import sha256  # Python 3.9 to 3.11
+        except ImportError:  # built without them (some FIPS builds)
+            from hashlib import sha256
+    return sha256(data)
+
+
+# ==========================================================================================
+
+
+# The command line. Everything above serves a lookup and never uses a name below this line.
+
+
+# ==========================================================================================
+
 
 PROG = "artifactregistry-gauth"
 
@@ -3714,7 +3752,7 @@ def _parse_keyring_command(argv: list, prog: str) -> tuple | int:
     return args.mode, args.output, args.service, args.username
 
 
-# --- print-settings ---------------------------------------------------------------------------
+# --- print-settings -----------------------------------------------------------------------
 
 
 def print_settings(location: str, project: str, repository: str, tool: str = "all") -> str:
@@ -3782,7 +3820,7 @@ setenv =
     return "\n".join(chosen.values())
 
 
-# --- doctor -----------------------------------------------------------------------------------
+# --- doctor -------------------------------------------------------------------------------
 
 
 def _doctor_command(as_json: bool) -> int:
@@ -4285,7 +4323,8 @@ def _format_report(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-# --- netrc ------------------------------------------------------------------------------------
+# --- netrc --------------------------------------------------------------------------------
+
 
 # A netrc file larger than this is refused rather than rewritten.
 MAX_NETRC_BYTES = 1 << 20
@@ -4520,7 +4559,8 @@ def _whole_lines(data: bytes, start: int, end: int) -> tuple:
     return line_start, line_end
 
 
-# --- Bazel credential helper ------------------------------------------------------------------
+# --- Bazel credential helper --------------------------------------------------------------
+
 
 # Bazel sends {"uri": ...}; anything longer is not a request.
 MAX_HELPER_REQUEST = 64 * 1024

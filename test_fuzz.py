@@ -197,7 +197,7 @@ token_bodies = (
 def test_any_token_endpoint_answer_is_a_token_or_a_credential_error(status, body):
     response = gauth.Response(status, {}, body)
     try:
-        data = gauth._token_response_json(response, "https://oauth2.googleapis.com/token", "it")
+        data = gauth._token_response_json(response, "https://oauth2.googleapis.com/token", "it", [])
         token = gauth._token_from_oauth(data, "it", "fuzz")
     except gauth.CredentialError as exc:
         assert "\n" not in str(exc)
@@ -412,7 +412,7 @@ def test_the_readers_really_disagree_on_the_known_attacks(service):
 )
 def test_absurd_expires_in_means_unknown_expiry(expires_in):
     body = f'{{"access_token": "t", "expires_in": {expires_in}}}'.encode()
-    data = gauth._token_response_json(gauth.Response(200, {}, body), "https://x/token", "it")
+    data = gauth._token_response_json(gauth.Response(200, {}, body), "https://x/token", "it", [])
     assert gauth._token_from_oauth(data, "it", "fuzz").expiry is None
 
 
