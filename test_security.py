@@ -338,6 +338,22 @@ def test_read_local_file_reads_only_bounded_regular_files(tmp_path, make, outcom
     assert outcome in exc.value.strerror
 
 
+def test_a_directory_that_windows_refuses_to_open_is_not_a_regular_file(monkeypatch, tmp_path):
+    # Windows' open() of a directory fails with EACCES (the rows above run it for real there).
+    opened = os.open
+
+    def open_as_windows(path, flags, *args):
+        if os.path.isdir(path):
+            raise PermissionError(13, "Permission denied", path)
+        return opened(path, flags, *args)
+
+    monkeypatch.setattr(os, "open", open_as_windows)
+    (tmp_path / "creds.json").mkdir()
+    with pytest.raises(OSError) as exc:
+        gauth.read_local_file(str(tmp_path / "creds.json"))
+    assert exc.value.strerror == "not a regular file"
+
+
 @pytest.mark.parametrize(
     ("data", "outcome"),
     [
@@ -820,7 +836,7 @@ def python(code):
 
 RUNS = [
     # (name, code, returncode and stdout, or the exception and words)
-    ("quiet", "print('hi')", (0, b"hi\n")),
+    ("quiet", "import sys; sys.stdout.buffer.write(b'hi\\n')", (0, b"hi\n")),  # no \r on Windows
     ("fails", "import sys; sys.stderr.write('no'); sys.exit(3)", (3, b"")),
     ("exactly the limit", f"import sys; sys.stdout.write('x' * {LIMIT})", (0, b"x" * LIMIT)),
     (
@@ -857,6 +873,27 @@ def test_run_capped_keeps_at_most_the_limit_and_kills_the_rest(code, outcome):
     timeout = 1.0 if outcome[0] is subprocess.TimeoutExpired else 30
     with pytest.raises(outcome[0], match=outcome[1]):
         gauth._run_capped(argv, None, timeout, LIMIT)
+
+
+def test_a_timeout_is_bounded_even_when_the_command_cannot_be_killed(monkeypatch, tmp_path):
+    # taskkill can fail (access denied, a broken SystemRoot) and a kill can be ignored: the
+    # lookup must still end within its timeout and the kill grace, never wait for the command.
+    monkeypatch.setenv("SystemRoot", str(tmp_path / "no-windows"))  # no taskkill.exe there
+    monkeypatch.setattr(os, "killpg", lambda pid, sig: None, raising=False)
+    monkeypatch.setattr(subprocess.Popen, "kill", lambda self: None)
+    stop = tmp_path / "stop"
+    argv = python(
+        "import os, time\nend = time.monotonic() + 60\n"
+        f"while time.monotonic() < end and not os.path.exists({str(stop)!r}): time.sleep(0.05)"
+    )
+    started = time.monotonic()
+    try:
+        with pytest.raises(subprocess.TimeoutExpired):
+            gauth._run_capped(argv, None, 0.5, LIMIT)
+        # Not a speed check: the command runs on for 60 s unless told to stop.
+        assert time.monotonic() - started < 0.5 + gauth.KILL_GRACE + 30
+    finally:
+        stop.touch()
 
 
 def test_run_capped_says_when_a_command_cannot_start(tmp_path):
