@@ -142,11 +142,21 @@ import json, os, stat, sys, time
 here = os.path.dirname(os.path.abspath(__file__))
 with open(os.path.join(here, "exe.config.json")) as f:
     cfg = json.load(f)
-null, zero = os.stat(os.devnull), os.fstat(0)
+def stdin_is_devnull():
+    zero = os.fstat(0)
+    if os.name != "nt":
+        return stat.S_ISCHR(zero.st_mode) and zero.st_rdev == os.stat(os.devnull).st_rdev
+    # Windows: NUL is a character device that is not a console (no st_rdev to compare).
+    import ctypes, msvcrt
+    handle, mode = msvcrt.get_osfhandle(0), ctypes.c_uint32()
+    kernel32 = ctypes.windll.kernel32
+    is_char = kernel32.GetFileType(handle) == 2  # FILE_TYPE_CHAR
+    return is_char and not kernel32.GetConsoleMode(handle, ctypes.byref(mode))
+
 record = {
     "argv": sys.argv[1:],
     "env": {k: v for k, v in os.environ.items() if k.startswith("GOOGLE_EXTERNAL_ACCOUNT_")},
-    "stdin_devnull": stat.S_ISCHR(zero.st_mode) and zero.st_rdev == null.st_rdev,
+    "stdin_devnull": stdin_is_devnull(),
 }
 with open(os.path.join(here, "exe.calls.jsonl"), "a") as f:
     f.write(json.dumps(record) + "\n")

@@ -55,8 +55,15 @@ def append(name, record):
 
 
 def stdin_isatty():
+    """A terminal on stdin (Windows: a console; isatty is also true there for NUL)."""
     try:
-        return os.isatty(0)
+        if os.name != "nt":
+            return os.isatty(0)
+        import ctypes
+        import msvcrt
+
+        handle, mode = msvcrt.get_osfhandle(0), ctypes.c_uint32()
+        return bool(ctypes.windll.kernel32.GetConsoleMode(handle, ctypes.byref(mode)))
     except OSError:
         return False
 
