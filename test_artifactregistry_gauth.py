@@ -16,14 +16,10 @@ import pytest
 
 import artifactregistry_gauth as gauth
 from fakes import WINDOWS
-from test_cli import run_cli  # one way to run the command line, with stdin when needed
+from fakes.testing import run_cli
 
 INDEX = "https://us-python.pkg.dev/proj/repo/simple/"
 ROOT = Path(__file__).resolve().parent
-
-
-def token_requests(fake):
-    return [r for r in fake.requests if r.path.startswith("/token")]
 
 
 # --- which keyring questions we answer ----------------------------------------------------
@@ -169,7 +165,7 @@ def test_explicit_access_token_wins_over_everything(monkeypatch, sa_file, fake_g
     monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(sa_file()))
     monkeypatch.setenv("GOOGLE_OAUTH_ACCESS_TOKEN", "ya29.handed-over\n")
     assert gauth.get_token() == "ya29.handed-over"
-    assert token_requests(fake_google) == []
+    assert fake_google.token_requests == []
 
 
 @pytest.mark.parametrize("pem", ["pkcs8", "pkcs1"])
@@ -179,7 +175,7 @@ def test_service_account_key_gets_a_token_with_a_verified_jwt(
     monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(sa_file(pem=pem)))
     token = gauth.get_token()
     assert fake_google.is_live(token)
-    (request,) = token_requests(fake_google)
+    (request,) = fake_google.token_requests
     assert request.form["grant_type"] == "urn:ietf:params:oauth:grant-type:jwt-bearer"
     assert set(request.form) == {"grant_type", "assertion"}
 
@@ -187,7 +183,7 @@ def test_service_account_key_gets_a_token_with_a_verified_jwt(
 def test_service_account_jwt_has_kid_and_the_documented_claims(monkeypatch, sa_file, fake_google):
     monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(sa_file(kid="abc123")))
     gauth.get_token()
-    header, claims = jwt_parts(token_requests(fake_google)[0].form["assertion"])
+    header, claims = jwt_parts(fake_google.token_requests[0].form["assertion"])
     assert header == {"typ": "JWT", "alg": "RS256", "kid": "abc123"}
     assert claims["iss"] == "sa@proj.iam.gserviceaccount.com"
     assert claims["aud"] == "https://oauth2.googleapis.com/token"
@@ -198,7 +194,7 @@ def test_service_account_jwt_has_kid_and_the_documented_claims(monkeypatch, sa_f
 def test_service_account_without_key_id_sends_no_kid(monkeypatch, sa_file, fake_google):
     monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(sa_file(kid=None)))
     assert fake_google.is_live(gauth.get_token())
-    header, _ = jwt_parts(token_requests(fake_google)[0].form["assertion"])
+    header, _ = jwt_parts(fake_google.token_requests[0].form["assertion"])
     assert "kid" not in header
 
 
@@ -215,7 +211,7 @@ def test_service_account_outside_googleapis_signs_its_own_jwt(monkeypatch, sa_fi
     assert header["alg"] == "RS256"
     assert claims["sub"] == claims["iss"] == "sa@proj.iam.gserviceaccount.com"
     assert "aud" not in claims
-    assert token_requests(fake_google) == []
+    assert fake_google.token_requests == []
 
 
 def test_authorized_user_refreshes_at_googles_token_endpoint(monkeypatch, user_file, google_https):
@@ -224,7 +220,7 @@ def test_authorized_user_refreshes_at_googles_token_endpoint(monkeypatch, user_f
     token = gauth.get_token()
     assert google_https.fake.is_live(token)
     assert google_https.connects == ["oauth2.googleapis.com:443"]
-    (request,) = token_requests(google_https.fake)
+    (request,) = google_https.fake.token_requests
     assert request.form == {
         "grant_type": "refresh_token",
         "client_id": "123.apps.googleusercontent.com",
@@ -238,7 +234,7 @@ def test_authorized_user_sends_rapt_token_when_the_file_has_one(
 ):
     monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(user_file(rapt_token="rapt-1")))
     gauth.get_token()
-    assert token_requests(google_https.fake)[0].form["rapt"] == "rapt-1"
+    assert google_https.fake.token_requests[0].form["rapt"] == "rapt-1"
 
 
 def test_well_known_adc_file_is_used_when_the_variable_is_unset(user_file, google_https):
@@ -504,7 +500,7 @@ def test_server_errors_are_retried(monkeypatch, sa_file, fake_google):
     monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(sa_file()))
     fake_google.script((500, {"error": "internal_failure"}), (503, "busy"))
     assert fake_google.is_live(gauth.get_token())
-    assert len(token_requests(fake_google)) == 3
+    assert len(fake_google.token_requests) == 3
 
 
 def test_client_errors_are_not_retried(monkeypatch, sa_file, fake_google):
@@ -512,7 +508,7 @@ def test_client_errors_are_not_retried(monkeypatch, sa_file, fake_google):
     fake_google.script((400, {"error": "invalid_request"}))
     with pytest.raises(gauth.CredentialError, match="HTTP 400, invalid_request"):
         gauth.get_token()
-    assert len(token_requests(fake_google)) == 1
+    assert len(fake_google.token_requests) == 1
 
 
 @pytest.mark.parametrize(
@@ -568,7 +564,7 @@ def test_a_faulty_token_endpoint_is_given_up_on_within_the_budget(
 def test_429_with_retry_after_is_retried_after_the_wait(sa_env, fake_google):
     fake_google.script((429, {"error": "rate_limited"}, {"Retry-After": "1"}))
     assert fake_google.is_live(gauth.get_token())
-    assert len(token_requests(fake_google)) == 2
+    assert len(fake_google.token_requests) == 2
 
 
 def test_a_hanging_metadata_server_costs_only_the_ping_timeout(fake_metadata, fake_gcloud):
@@ -620,7 +616,7 @@ def test_tls_is_verified_and_ssl_cert_file_is_honoured(monkeypatch, user_file, g
     monkeypatch.delenv("SSL_CERT_FILE")
     with pytest.raises(gauth.CredentialError, match="TLS certificate of oauth2.googleapis.com"):
         gauth.get_token()
-    assert token_requests(google_https.fake) == []
+    assert google_https.fake.token_requests == []
     monkeypatch.setenv("SSL_CERT_FILE", str(google_https.ca_file))
     assert google_https.fake.is_live(gauth.get_token())
 
@@ -975,7 +971,7 @@ def test_keyring_get_for_another_host_prints_nothing(monkeypatch, sa_file, fake_
     monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(sa_file()))
     result = keyring_cli("get", "https://example.com/", "oauth2accesstoken")
     assert (result.returncode, result.stdout) == (1, "")
-    assert token_requests(fake_google) == []
+    assert fake_google.token_requests == []
 
 
 @pytest.mark.clients

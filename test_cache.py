@@ -20,10 +20,6 @@ INDEX = "https://us-python.pkg.dev/proj/repo/simple/"
 ROOT = Path(__file__).resolve().parent
 
 
-def token_requests(fake):
-    return [r for r in fake.requests if r.path.startswith("/token")]
-
-
 def keyring_cli(*args):
     return subprocess.run(
         [sys.executable, "-m", "keyring", *args], capture_output=True, text=True, timeout=60
@@ -42,7 +38,7 @@ def test_ten_calls_make_one_token_request(monkeypatch, sa_file, fake_google, bac
     monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(sa_file()))
     tokens = {backend.get_password(INDEX, "oauth2accesstoken") for _ in range(10)}
     assert len(tokens) == 1
-    assert len(token_requests(fake_google)) == 1
+    assert len(fake_google.token_requests) == 1
 
 
 def test_a_token_with_less_than_fifteen_minutes_left_is_not_handed_out_again(
@@ -53,7 +49,7 @@ def test_a_token_with_less_than_fifteen_minutes_left_is_not_handed_out_again(
     first = gauth.get_token()
     second = gauth.get_token()
     assert first != second
-    assert len(token_requests(fake_google)) == 2
+    assert len(fake_google.token_requests) == 2
 
 
 def test_switching_the_adc_file_never_returns_the_old_identitys_token(
@@ -97,7 +93,7 @@ def test_a_new_process_reuses_the_cached_token(sa_env, fake_google):
     first = gauth.get_token()
     as_new_process()
     assert gauth.get_token() == first
-    assert len(token_requests(fake_google)) == 1
+    assert len(fake_google.token_requests) == 1
 
 
 @posix_only(MODE_BITS)
@@ -131,7 +127,7 @@ def test_no_cache_writes_nothing_and_fetches_each_process(monkeypatch, sa_env, f
     as_new_process()
     gauth.get_token()
     assert cache_files() == []
-    assert len(token_requests(fake_google)) == 2
+    assert len(fake_google.token_requests) == 2
 
 
 def test_a_cached_token_with_ten_minutes_left_is_refreshed(sa_env, fake_google):
@@ -139,7 +135,7 @@ def test_a_cached_token_with_ten_minutes_left_is_refreshed(sa_env, fake_google):
     first = gauth.get_token()
     as_new_process()
     assert gauth.get_token() != first
-    assert len(token_requests(fake_google)) == 2
+    assert len(fake_google.token_requests) == 2
 
 
 def test_an_edited_adc_file_is_a_new_identity(sa_env, fake_google, rsa_key):
@@ -235,7 +231,7 @@ def test_a_bad_cache_file_is_ignored_and_still_yields_a_token(sa_env, fake_googl
     as_new_process()
     token = gauth.get_token()
     assert fake_google.is_live(token)
-    assert len(token_requests(fake_google)) == 2
+    assert len(fake_google.token_requests) == 2
     if how != "a directory":  # the file was replaced by a good one
         as_new_process()
         assert gauth.get_token() == token
@@ -265,7 +261,7 @@ def test_ten_keyring_processes_make_one_token_request(sa_env, fake_google):
         assert result.returncode == 0, result.stderr
         tokens.add(result.stdout.strip())
     assert len(tokens) == 1
-    assert len(token_requests(fake_google)) == 1
+    assert len(fake_google.token_requests) == 1
 
 
 @pytest.mark.clients
@@ -279,7 +275,7 @@ def test_eight_concurrent_cold_processes_make_one_token_request(sa_env, fake_goo
     outputs = [p.communicate(timeout=60) for p in processes]
     assert all(p.returncode == 0 for p in processes), outputs
     assert len({out.strip() for out, _ in outputs}) == 1
-    assert len(token_requests(fake_google)) == 1
+    assert len(fake_google.token_requests) == 1
 
 
 @pytest.mark.clients
@@ -306,5 +302,5 @@ def test_sixteen_processes_through_a_cold_and_then_an_expiring_cache(sa_env, fak
     assert path.stat().st_mode & 0o777 == 0o600  # still a trusted entry, only a stale one
     second = hammer()
     assert len(second) == 1 and second != first
-    assert len(token_requests(fake_google)) == 2
+    assert len(fake_google.token_requests) == 2
     assert json.loads(path.read_text())["token"] in second

@@ -22,22 +22,11 @@ from fakes import (
     register_secret,
 )
 from fakes.programs import write_shell_program
+from fakes.testing import run_cli
 
 ROOT = Path(__file__).resolve().parent
 HOST = "us-python.pkg.dev"
 INDEX = f"https://{HOST}/proj/repo/simple/"
-
-
-def run_cli(*args, stdin="", env=None, cwd=ROOT):
-    return subprocess.run(
-        [sys.executable, "-m", "artifactregistry_gauth", *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=cwd,
-        timeout=60,
-    )
 
 
 def write_pip_conf(text):

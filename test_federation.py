@@ -26,6 +26,7 @@ from fakes.google import (
     aws_signature_checker,
 )
 from fakes.programs import write_program
+from fakes.testing import one_line
 
 INDEX = "https://us-python.pkg.dev/proj/repo/simple/"
 STS_URL = "https://sts.googleapis.com/v1/token"
@@ -70,12 +71,6 @@ def external(credential_source, audience=WORKLOAD, token_type=JWT_TYPE, **extra)
     }
     info.update(extra)
     return {key: value for key, value in info.items() if value is not None}
-
-
-def one_line(exc):
-    message = str(exc.value)
-    assert "\n" not in message, message
-    return message
 
 
 # --- how the command is split into words ----------------------------------------------------

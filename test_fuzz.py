@@ -3,6 +3,7 @@
 import base64
 import json
 import os
+import re
 import textwrap
 from pathlib import Path
 
@@ -166,7 +167,7 @@ def test_any_adc_file_loads_or_says_what_is_wrong(tmp_path_factory, document):
         assert "\n" not in str(exc)
     else:
         assert isinstance(source, gauth.CredentialSource)
-        assert source.identity
+        assert source.static_identity
 
 
 @FUZZ
@@ -391,6 +392,61 @@ def test_we_answer_only_when_every_http_stack_agrees_on_the_registry_host(servic
     hosts = _readers_hosts(service)
     assert set(hosts.values()) == {host}, hosts
     assert host.endswith(".pkg.dev")
+
+
+# Artifact Registry's host names, written here from Google's published grammar rather than
+# taken from the module: LOCATION-FORMAT.pkg.dev, LOCATION a multi-region or a region named
+# continent-direction-number, FORMAT a repository format (pypi: the Python alpha's host).
+CONTINENTS = ["us", "europe", "asia", "australia", "northamerica", "southamerica", "me", "africa"]
+DIRECTIONS = ["north", "south", "east", "west", "central"]
+DIRECTIONS += ["northeast", "northwest", "southeast", "southwest"]
+FORMATS = ["apt", "docker", "generic", "go", "kfp", "maven", "npm", "python", "pypi", "ruby", "yum"]
+REGISTRY_HOST = re.compile(
+    rf"(?:us|europe|asia|(?:{'|'.join(CONTINENTS)})-(?:{'|'.join(DIRECTIONS)})[1-9][0-9]?)"
+    rf"-(?:{'|'.join(FORMATS)})\.pkg\.dev\.?(?::[0-9]*)?",
+    re.IGNORECASE | re.ASCII,
+)
+locations = st.sampled_from(["us", "europe", "asia"]) | st.builds(
+    "{}-{}{}".format,
+    st.sampled_from(CONTINENTS),
+    st.sampled_from(DIRECTIONS),
+    st.integers(1, 99),
+)
+registry_hosts = st.builds(
+    "{}-{}.pkg.dev{}".format,
+    locations,
+    st.sampled_from(FORMATS),
+    st.sampled_from(["", ":443", ":8443", "."]),
+)
+# Pieces of host names and of what tools and attackers put around them.
+AROUND_NAMES = ["1", "12", "0", "-", ".", "pkg", "dev", ".pkg.dev", "@", ":", "443", "/", "?"]
+AROUND_NAMES += ["#", "pdm-pypi-", "poetry-repository-", "x", "\\", "%"]
+NAME_PIECES = st.sampled_from([*CONTINENTS, *DIRECTIONS, *FORMATS, *AROUND_NAMES])
+bare_names = st.lists(NAME_PIECES, min_size=1, max_size=10).map("".join) | st.text(max_size=40)
+
+
+@FUZZ
+@given(name=bare_names | registry_hosts)
+def test_a_bare_name_is_answered_only_if_it_is_a_registry_host(name):
+    assume("://" not in name)
+    assert gauth.answers_for(name, None) is bool(REGISTRY_HOST.fullmatch(name)), name
+
+
+@FUZZ
+@given(host=registry_hosts)
+def test_every_registry_host_the_grammar_makes_is_answered(host):
+    assert gauth.answers_for(host, None)
+    assert gauth.answers_for(f"https://{host}/proj/repo/simple/", "oauth2accesstoken")
+
+
+@FUZZ
+@given(
+    prefix=st.sampled_from(["pdm-pypi-", "pdm-repository-", "poetry-repository-"]),
+    label=bare_names | registry_hosts,
+    username=st.sampled_from([None, "", "oauth2accesstoken"]),
+)
+def test_no_name_a_tool_builds_from_any_label_is_answered(prefix, label, username):
+    assert not gauth.answers_for(prefix + label, username)
 
 
 @pytest.mark.parametrize(

@@ -23,15 +23,10 @@ import artifactregistry_gauth as gauth
 from fakes import FIFO, MODE_BITS, OWNER, SYMLINK, WINDOWS, cases, posix_only, register_secret
 from fakes.network import Listener, reply
 from fakes.programs import write_program
+from fakes.testing import one_line
 from test_federation import ID_TOKEN_TYPE, STS_URL, SUBJECT, WORKLOAD, Executable, external
 
 KIB = 1024
-
-
-def one_line(exc_info):
-    message = str(exc_info.value)
-    assert "\n" not in message, message
-    return message
 
 
 @pytest.fixture
@@ -137,6 +132,165 @@ def test_the_backend_gives_a_backslash_url_no_token(sa_env, fake_google):
     assert backend.get_password("https://evil.example\\@us-python.pkg.dev/p/r/", None) is None
     assert backend.get_credential("https://evil.example\\.pkg.dev/", None) is None
     assert fake_google.requests == []  # decided before any I/O
+
+
+# --- names that tools build from a label someone chose ----------------------------------------
+#
+# pdm asks keyring for `pdm-pypi-NAME` (a source) and `pdm-repository-NAME` (a publish target),
+# poetry for `poetry-repository-NAME`, after the URL and the host; both then send the answer to
+# the URL configured under NAME, wherever it points (pdm/_types.py populate_keyring_auth,
+# poetry/utils/password_manager.py get_http_auth). hatch, twine and uv ask with the URL and
+# its host only. A cloned project's pyproject.toml chooses NAME, so no such name is answered.
+
+TOOL_BUILT_NAMES = {
+    "pdm source": "pdm-pypi-{}",
+    "pdm repository": "pdm-repository-{}",
+    "poetry repository": "poetry-repository-{}",
+}
+HOST_LOOKING_LABELS = [
+    "us-python.pkg.dev",
+    "mirror.pkg.dev",
+    "x.pkg.dev",
+    "europe-west1-python.pkg.dev",
+    "x@us-python.pkg.dev",
+    "evil.example@us-python.pkg.dev",
+    "us-python.pkg.dev:443",
+    "us-python.pkg.dev/proj/repo/simple/",
+    "us-python.pkg.dev.",
+    ".us-python.pkg.dev",
+    "-us-python.pkg.dev",
+    "https://us-python.pkg.dev/",
+    "://us-python.pkg.dev",
+    "//us-python.pkg.dev",
+    "@us-python.pkg.dev",
+    "pypi.corp.example",
+]
+
+
+@pytest.mark.parametrize("label", HOST_LOOKING_LABELS)
+@pytest.mark.parametrize("tool", TOOL_BUILT_NAMES)
+def test_a_name_a_tool_builds_from_a_label_gets_no_answer(monkeypatch, tool, label):
+    monkeypatch.setenv("ARTIFACTREGISTRY_GAUTH_HOSTS", "*.corp.example,pypi.corp.example")
+    name = TOOL_BUILT_NAMES[tool].format(label)
+    for username in (None, "", "oauth2accesstoken"):
+        assert not gauth.answers_for(name, username), name
+
+
+def test_the_backend_gives_pdms_name_for_a_host_looking_source_no_token(sa_env, fake_google):
+    backend = gauth.GooglePyPIAuth()
+    assert backend.get_credential("pdm-pypi-mirror.pkg.dev", "") is None
+    assert backend.get_password("pdm-pypi-mirror.pkg.dev", "__token__") is None
+    assert backend.get_password("poetry-repository-us-python.pkg.dev", "oauth2accesstoken") is None
+    assert backend.get_credential("evil.example@us-python.pkg.dev", None) is None
+    assert fake_google.requests == []  # decided before any I/O
+
+
+def test_our_keyring_get_answers_pdms_name_for_a_host_looking_source_as_keyring_does(
+    monkeypatch,
+):
+    monkeypatch.setenv("GOOGLE_OAUTH_ACCESS_TOKEN", "ya29.not-for-pdm-sources")
+    command = [sys.executable, "-m", "artifactregistry_gauth", "--mode=creds"]
+    result = subprocess.run(
+        [*command, "get", "pdm-pypi-mirror.pkg.dev", ""],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    # keyring's own `get` exits 1, silently, when no backend has a credential.
+    assert (result.returncode, result.stdout, result.stderr) == (1, "", "")
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "mirror.pkg.dev",
+        "pkg.dev",
+        "python.pkg.dev",
+        "us.pkg.dev",
+        "x.us-python.pkg.dev",
+        "us-python.pkg.dev.evil.example",
+        # a location that is not one: no number, a zero, a leading zero, an unknown continent
+        "us-central-python.pkg.dev",
+        "us-central0-python.pkg.dev",
+        "us-central01-python.pkg.dev",
+        "us-central100-python.pkg.dev",
+        "mars-central1-python.pkg.dev",
+        "us-up1-python.pkg.dev",
+        "eu-python.pkg.dev",
+        "global-python.pkg.dev",
+        "us-central1-a-python.pkg.dev",
+        "us1-python.pkg.dev",
+        # a format that is not one
+        "us-pip.pkg.dev",
+        "us-python1.pkg.dev",
+        "us--python.pkg.dev",
+        "-python.pkg.dev",
+        # more than the host: userinfo, a path, a query, a fragment, a bad port
+        "oauth2accesstoken@us-python.pkg.dev",
+        "evil.example@us-python.pkg.dev",
+        "@us-python.pkg.dev",
+        "us-python.pkg.dev/proj/repo/simple/",
+        "us-python.pkg.dev/",
+        "us-python.pkg.dev?x",
+        "us-python.pkg.dev#x",
+        "us-python.pkg.dev:x",
+        "us-python.pkg.dev:443:443",
+        "[::1]",
+        "pdm-pypi-mirror.pkg.dev",
+    ],
+)
+def test_a_bare_name_that_is_not_exactly_a_registry_host_gets_no_answer(name):
+    assert not gauth.answers_for(name, None)
+    assert not gauth.answers_for(name, "oauth2accesstoken")
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "us-python.pkg.dev",  # the multi-regions
+        "europe-docker.pkg.dev",
+        "asia-npm.pkg.dev",
+        "us-central1-python.pkg.dev",  # regions: continent, direction, number
+        "us-east5-go.pkg.dev",
+        "europe-west12-maven.pkg.dev",
+        "europe-southwest1-python.pkg.dev",
+        "northamerica-northeast1-python.pkg.dev",
+        "southamerica-east1-yum.pkg.dev",
+        "me-central2-python.pkg.dev",
+        "africa-south1-apt.pkg.dev",
+        "australia-southeast1-kfp.pkg.dev",
+        "asia-northeast3-generic.pkg.dev",
+        "us-pypi.pkg.dev",  # the Python format's host in Artifact Registry's alpha
+        "us-python.pkg.dev:443",  # uv adds an explicit port
+        "us-python.pkg.dev:",  # the netloc of https://us-python.pkg.dev:/
+        "US-PYTHON.PKG.DEV",
+        "us-python.pkg.dev.",
+    ],
+)
+def test_a_bare_registry_host_is_answered(name):
+    assert gauth.answers_for(name, None)
+    assert gauth.answers_for(name, "oauth2accesstoken")
+
+
+@pytest.mark.parametrize(
+    ("service", "answers"),
+    [
+        ("https://mirror.pkg.dev/simple/", True),  # a URL's host is where the request goes
+        ("https://x.pkg.dev/", True),
+        ("https://oauth2accesstoken@us-python.pkg.dev/p/r/", True),
+        ("https://pypi.corp.example/simple/", True),
+        ("https://x.corp.example/simple/", True),
+        ("pypi.corp.example", True),  # an entry, exactly
+        ("pypi.corp.example:8443", True),
+        ("x.corp.example", False),  # a wildcard is for URLs: pdm-pypi-x.corp.example matches it
+        ("pdm-pypi-x.corp.example", False),
+        ("u@pypi.corp.example", False),
+        ("pypi.corp.example/simple/", False),
+    ],
+)
+def test_urls_name_where_the_token_goes_bare_names_must_be_exact(monkeypatch, service, answers):
+    monkeypatch.setenv("ARTIFACTREGISTRY_GAUTH_HOSTS", "*.corp.example, pypi.corp.example")
+    assert gauth.answers_for(service, None) is answers
 
 
 # --- where credentials may be sent in plain http ------------------------------------------

@@ -14,6 +14,7 @@ import artifactregistry_gauth as gauth
 from conftest import _forget_tokens
 from fakes import MODE_BITS, SYMLINK, posix_case
 from fakes.programs import write_program
+from fakes.testing import one_line
 
 WORKLOAD = (
     "//iam.googleapis.com/projects/123456/locations/global/"
@@ -21,16 +22,6 @@ WORKLOAD = (
 )
 ID_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:id_token"
 SUBJECT = "eyJhbGciOiJSUzI1NiJ9.waiting-helper.sig"
-
-
-def one_line(caught):
-    message = str(caught.value)
-    assert "\n" not in message, message
-    return message
-
-
-def token_requests(fake):
-    return [r for r in fake.requests if r.method == "POST"]
 
 
 def forget_tokens(isolated_env):
@@ -98,7 +89,7 @@ def test_an_untrusted_certificate_error_names_the_bundle_used(monkeypatch, user_
     message = one_line(caught)
     assert "TLS certificate of oauth2.googleapis.com is not trusted" in message
     assert f"verified against REQUESTS_CA_BUNDLE={other_ca_file}" in message
-    assert token_requests(user_env.fake) == []
+    assert user_env.fake.token_requests == []
 
 
 @pytest.mark.parametrize(
@@ -125,7 +116,7 @@ def test_a_broken_ca_bundle_is_a_clear_error(monkeypatch, user_env, tmp_path, co
     assert f"CURL_CA_BUNDLE={path}" in message
     assert problem in message
     assert "unset it" in message
-    assert token_requests(user_env.fake) == []
+    assert user_env.fake.token_requests == []
 
 
 # --- no roots in OpenSSL's default paths: python.org's macOS Python -------------------------
@@ -207,7 +198,7 @@ def test_the_tls_context_is_built_once_per_process(user_env, no_default_roots, i
     gauth.get_token()
     forget_tokens(isolated_env)
     gauth.get_token()
-    assert len(token_requests(user_env.fake)) == 2
+    assert len(user_env.fake.token_requests) == 2
     assert len(sys.modules["truststore"].built) == 1
 
 
@@ -401,7 +392,7 @@ def test_an_executable_slower_than_the_lookup_budget_but_within_its_timeout_succ
 def test_a_missing_gcloud_adc_file_named_by_the_variable_falls_through(
     monkeypatch, isolated_env, fake_gcloud
 ):
-    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", gauth.well_known_adc_file())
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", gauth.gcloud_adc_path())
     assert gauth.get_token() in fake_gcloud.issued
 
 
@@ -429,7 +420,7 @@ def test_oauth_errors_that_say_try_again_are_retried(monkeypatch, sa_file, fake_
     monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(sa_file()))
     fake_google.script((400, reply))
     assert fake_google.is_live(gauth.get_token())
-    assert len(token_requests(fake_google)) == 2
+    assert len(fake_google.token_requests) == 2
 
 
 @pytest.mark.parametrize(
@@ -447,7 +438,7 @@ def test_other_oauth_errors_are_not_retried(monkeypatch, sa_file, fake_google, r
     fake_google.script((400, reply))
     with pytest.raises(gauth.CredentialError, match="HTTP 400"):
         gauth.get_token()
-    assert len(token_requests(fake_google)) == 1
+    assert len(fake_google.token_requests) == 1
 
 
 def test_an_oauth_error_that_says_try_again_is_given_up_on_after_three_tries(
@@ -457,4 +448,4 @@ def test_an_oauth_error_that_says_try_again_is_given_up_on_after_three_tries(
     fake_google.script(*[(400, {"error": "temporarily_unavailable"})] * 3)
     with pytest.raises(gauth.CredentialError, match="HTTP 400, temporarily_unavailable"):
         gauth.get_token()
-    assert len(token_requests(fake_google)) == 3
+    assert len(fake_google.token_requests) == 3
