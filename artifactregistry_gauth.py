@@ -334,7 +334,7 @@ def _explicit_adc_file() -> CredentialSource:
     if not path:
         raise NotApplicable("GOOGLE_APPLICATION_CREDENTIALS is not set")
     # Naming gcloud's own ADC file means "use gcloud's ADC": when it is missing, discovery
-    # goes on as google-auth's does (PROTOCOLS.md A.1). Any other missing file is an error.
+    # goes on as google-auth's does (docs/protocols.md#discovery); other missing files fail.
     if not os.path.exists(path) and _same_path(path, gcloud_adc_path()):
         raise NotApplicable(f"GOOGLE_APPLICATION_CREDENTIALS names gcloud's absent {path}")
     return load_adc_file(path, "GOOGLE_APPLICATION_CREDENTIALS")
@@ -578,8 +578,8 @@ def _require_fields(info: dict, names: tuple, origin: str, fix: str) -> None:
 
 
 # Workload and workforce identity federation and service-account impersonation
-# (PROTOCOLS.md B.3-B.5): a token from another identity provider is exchanged at Google's
-# Security Token Service (STS), and the result may be traded at IAM for a service
+# (docs/protocols.md#federation): a token from another identity provider is exchanged at
+# Google's Security Token Service (STS), and the result may be traded at IAM for a service
 # account's token. Each way of getting the outside token is one small subclass.
 IAM_SCOPE = "https://www.googleapis.com/auth/iam"
 TOKEN_EXCHANGE_GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"
@@ -931,7 +931,7 @@ def split_command(command: str, windows: bool | None = None) -> list:
 
 
 class ExecutableFederation(ExternalAccount):
-    """Federation with a subject token printed by a command (PROTOCOLS.md B.3, executable)."""
+    """Federation with a subject token printed by a command (docs/protocols.md#executable)."""
 
     source_name = "executable"
 
@@ -1937,7 +1937,7 @@ def gcloud_config_dir() -> str:
     return os.path.join(os.environ.get("SystemDrive", "C:") + "\\", "gcloud")
 
 
-# The properties that decide whose token gcloud returns (PROTOCOLS.md J), as
+# The properties that decide whose token gcloud returns (docs/protocols.md#gcloud), as
 # "section/name": every auth property, the account and the universe.
 _GCLOUD_IDENTITY_PROPERTIES = ("core/account", "core/universe_domain")
 _GCLOUD_IDENTITY_SECTION = "auth"
@@ -2033,7 +2033,7 @@ def _file_fingerprint(path: str) -> str:
 
 
 def gcloud_active_configuration(config_dir: str) -> tuple[str, str | None]:
-    """The active configuration's name and file, exactly as gcloud finds them (PROTOCOLS.md J).
+    """The active configuration's name and file, as gcloud finds them (docs/protocols.md#gcloud).
 
     The file is None where gcloud reads none: for ``NONE``, and for a name gcloud rejects.
     """
@@ -2522,7 +2522,7 @@ def _generate_access_token(
     quota_project: str,
     source: str,
 ) -> Token:
-    """Trade a token for a service account's at IAM's generateAccessToken (PROTOCOLS.md B.4)."""
+    """Trade a token for a service account's at IAM (docs/protocols.md#impersonation)."""
     import json
 
     _check_endpoint(url, "IAM credentials")
@@ -3382,7 +3382,7 @@ def _read(reply) -> bytes:
     return reply.read(MAX_RESPONSE_BYTES)
 
 
-# OAuth error codes that mean "try again", whatever the HTTP status (PROTOCOLS.md B.0).
+# OAuth errors that mean "try again", whatever the HTTP status (docs/protocols.md#token-endpoint).
 _RETRY_OAUTH_ERRORS = frozenset({"internal_failure", "server_error", "temporarily_unavailable"})
 
 

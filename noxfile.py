@@ -1,4 +1,4 @@
-"""The test suite on every supported Python this machine has: ``nox`` (see the README).
+"""The test suite on every supported Python this machine has: ``nox`` (see CONTRIBUTING.md).
 
 ``nox`` runs ``tests`` on each one found; ``nox -s tests-3.9 -- -m "not clients" -x`` one
 of them with pytest arguments. Interpreters are looked for on PATH, then in pyenv's

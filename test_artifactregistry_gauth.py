@@ -738,7 +738,7 @@ def test_get_without_credentials_exits_1_with_one_line_like_keyring():
 
 @pytest.fixture
 def keyring_link(bin_dir):
-    """A `keyring` on PATH that is a link to our command, as the README suggests.
+    """A `keyring` on PATH that is a link to our command, as docs/reference.md suggests.
 
     Windows: a copy of our artifactregistry-gauth.exe named keyring.exe (its launcher finds
     the Python it was installed for in itself, not beside it).

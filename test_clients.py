@@ -1,5 +1,6 @@
 """Real clients end to end against a fake Artifact Registry: pip, uv, twine, poetry, tox,
-pdm, hatch, pipenv, pip-tools, pipx, keyring, and the README's CI and container recipes.
+pdm, hatch, pipenv, pip-tools, pipx, keyring, and the CI and container recipes of
+docs/ci-and-containers.md.
 
 Every tool runs as a subprocess from its own virtualenv (built once per session with uv)
 and reaches `https://us-python.pkg.dev/...` through a loopback CONNECT proxy that knows
@@ -1053,9 +1054,9 @@ def test_pipx_installs_an_app_from_artifact_registry(
     assert token_fetches(fake_google) == 1
 
 
-# --- In CI and containers: the README's recipes, run by the same commands ---------------------
+# --- docs/ci-and-containers.md: its recipes, run by the same commands -------------------------
 
-# Each recipe below stands in the README as it is here, with the README's placeholders;
+# Each recipe below stands in docs/ci-and-containers.md as it is here, with its placeholders;
 # the tests put the fakes' values in and run the lines a Dockerfile RUN or a CI step runs.
 PIP_FROM_AR = """\
 pip install --keyring-provider import \\
@@ -1100,7 +1101,7 @@ RECIPES = {
     "docker-metadata": DOCKER_METADATA,
     "gitlab": GITLAB_SCRIPT,
 }
-FAKE_VALUES = {  # README placeholder -> what the fakes know
+FAKE_VALUES = {  # the docs' placeholder -> what the fakes know
     "https://us-python.pkg.dev/PROJECT/REPO/simple/": INDEX,
     WORKLOAD_PROVIDER: WORKLOAD_PROVIDER.replace("PROJECT_NUMBER", "123456")
     .replace("POOL", "pool")
@@ -1118,7 +1119,7 @@ GITHUB_REQUEST_TOKEN = "gha-request-token-0123456789"  # ACTIONS_ID_TOKEN_REQUES
 
 def shell_of(recipe, files=None):
     """The shell command of a recipe (a RUN line without RUN and its --mount options), with
-    the fakes' values for the README's placeholders and `files` for the mounted paths."""
+    the fakes' values for the docs' placeholders and `files` for the mounted paths."""
     lines = recipe.splitlines(keepends=True)
     if lines[0].startswith("RUN "):
         lines[0] = lines[0][len("RUN ") :]
@@ -1132,7 +1133,7 @@ def shell_of(recipe, files=None):
 
 def run_recipe(toolbox, env, recipe, target, files=None):
     """Run a recipe's shell lines where pip, keyring and the backend are installed; pip
-    installs into target (PIP_TARGET, so that the command stays the README's)."""
+    installs into target (PIP_TARGET, so that the command stays the docs')."""
     env = {**on_path(env, toolbox.bin("keyring25"), shell_tools(env)), "PIP_TARGET": str(target)}
     return run(["/bin/sh", "-e", "-c", shell_of(recipe, files)], env)
 
@@ -1179,13 +1180,13 @@ def files_holding(folder, secrets_):
     return found
 
 
-def test_recipes_stand_in_the_readme_line_by_line():
-    readme = (ROOT / "README.md").read_text()
+def test_recipes_stand_in_the_docs_line_by_line():
+    docs = (ROOT / "docs" / "ci-and-containers.md").read_text()
     missing = [
         (name, line.strip())
         for name, recipe in RECIPES.items()
         for line in recipe.splitlines()
-        if line.strip() not in readme
+        if line.strip() not in docs
     ]
     assert missing == []
 

@@ -600,7 +600,8 @@ def test_url_source_fetches_the_subject_token_with_the_configured_headers(
 # --- AWS ----------------------------------------------------------------------------------------
 
 
-# PROTOCOLS.md B.3: the signing test vectors of Google's own AWS tests, reproduced exactly.
+# The signing test vectors of google-auth's own AWS tests (its tests/test_aws.py), reproduced
+# exactly (docs/protocols.md#aws).
 SIGV4_TOKEN = (
     "AQoEXAMPLEH4aoAH0gNCAPyJxz4BlCFFxWNE1OPTgk5TthT+FvwqnKwRcOIfrRh3c/LTo6UDdyJwOOvEVPvLXCrrrUtdn"
     "niCEXAMPLE/IvU1dYUg2RVAJBanLiHb4IgRmpRV3zrkuWJOgQs8IZZaIv2BXIa2R4OlgkBN9bkUDNCJiBeb/AXlzBBko"

@@ -445,7 +445,8 @@ def real_gcloud_env(token_endpoint, iam):
         "CLOUDSDK_AUTH_TOKEN_HOST": token_endpoint.token_url,
         "CLOUDSDK_AUTH_TOKEN_INTROSPECTION_ENDPOINT": f"http://127.0.0.1:{token_endpoint.port}/introspect",
         "CLOUDSDK_API_ENDPOINT_OVERRIDES_IAMCREDENTIALS": f"http://127.0.0.1:{iam.port}/",
-        # Without this each refresh also asks for an ID token (PROTOCOLS.md J).
+        # Without this each refresh also asks for an ID token (gcloud's property
+        # auth/service_account_disable_id_token_refresh).
         "CLOUDSDK_AUTH_SERVICE_ACCOUNT_DISABLE_ID_TOKEN_REFRESH": "true",
     }
     for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):

@@ -72,7 +72,7 @@ export WORK RESULTS MARKERS winpy
 echo "windows: pytest under $("$winpy" -c 'import sys; print(sys.platform, sys.version.split()[0])') (Wine), ${#files[@]} files, $JOBS at a time"
 printf '%s\0' "${files[@]}" | xargs -0 -P "$JOBS" -I{} bash -c 'run_file "$@"' _ {} "$@" || true
 
-python3 - "$RESULTS" <<'EOF'
+python3 - "$RESULTS" "${files[@]}" <<'EOF'
 import glob
 import os
 import sys
@@ -93,9 +93,10 @@ for path in sorted(glob.glob(os.path.join(sys.argv[1], "*.xml"))):
             counts["xfailed" if skipped.get("type") == "pytest.xfail" else "skipped"] += 1
         else:
             counts["passed"] += 1
-if not glob.glob(os.path.join(sys.argv[1], "*.xml")):
-    failures.append("no test file produced a report: see " + sys.argv[1])
-    counts["failed"] += 1
+for file in sys.argv[2:]:  # a pytest that was killed (timeout 1500 s) leaves no report
+    if not os.path.exists(os.path.join(sys.argv[1], file[: -len(".py")] + ".xml")):
+        failures.append(f"{file}: no report (see {file[: -len('.py')]}.log)")
+        counts["failed"] += 1
 print("\n".join(f"windows: {line}" for line in failures))
 print(f"windows: logs in {sys.argv[1]}; {counts['xfailed']} xfailed (Wine gaps)")
 # The plain closing line, last.
