@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 import artifactregistry_gauth as gauth
-from fakes import FIFO, posix_case, register_secret
+from fakes import FIFO, WINDOWS, posix_case, register_secret
 
 DEPLOYER = "deployer@proj.iam.gserviceaccount.com"
 BUILDER = "builder@proj.iam.gserviceaccount.com"
@@ -504,12 +504,14 @@ def test_gcloud_gets_its_own_bound_not_what_the_lookup_budget_left(monkeypatch, 
 
 
 def test_a_timeout_also_ends_what_gcloud_started(monkeypatch, bin_dir, fake_gcloud):
-    # Windows' gcloud.cmd and some installs run Python as a child, not with exec.
-    child = bin_dir / "gcloud-child"
-    child.symlink_to(fake_gcloud.path.resolve())
-    fake_gcloud.path.unlink()
-    fake_gcloud.path.write_text(f'#!/bin/sh\n"{child}" "$@"\nexit $?\n')
-    fake_gcloud.path.chmod(0o755)
+    # Windows' gcloud.cmd and some installs run Python as a child, not with exec. The fake
+    # is such a gcloud.cmd on Windows; elsewhere a shell wrapper makes it one.
+    if not WINDOWS:
+        child = bin_dir / "gcloud-child"
+        child.symlink_to(fake_gcloud.path.resolve())
+        fake_gcloud.path.unlink()
+        fake_gcloud.path.write_text(f'#!/bin/sh\n"{child}" "$@"\nexit $?\n')
+        fake_gcloud.path.chmod(0o755)
     monkeypatch.setattr(gauth, "GCLOUD_TIMEOUT", 1.0)
     fake_gcloud.configure(mode="hang")
     with pytest.raises(gauth.CredentialError, match="did not answer"):
@@ -520,6 +522,17 @@ def test_a_timeout_also_ends_what_gcloud_started(monkeypatch, bin_dir, fake_gclo
 
 def _ends(pid):
     """True once the process is gone or a zombie: SIGKILL takes effect when it next runs."""
+    if WINDOWS:  # no /proc: wait on the process itself, if it is still there
+        import ctypes
+
+        kernel32 = ctypes.windll.kernel32
+        handle = kernel32.OpenProcess(0x00100000, False, pid)  # SYNCHRONIZE
+        if not handle:
+            return True  # no such process any more
+        try:
+            return kernel32.WaitForSingleObject(handle, 10_000) == 0  # WAIT_OBJECT_0
+        finally:
+            kernel32.CloseHandle(handle)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         try:
