@@ -3,7 +3,6 @@
 import json
 import os
 import ssl
-import stat
 import sys
 import time
 
@@ -12,7 +11,7 @@ import trustme
 
 import artifactregistry_gauth as gauth
 from conftest import _forget_tokens
-from fakes import MODE_BITS, SYMLINK, posix_case
+from fakes import MODE_BITS, SYMLINK, assert_private, posix_case
 from fakes.programs import write_program
 from fakes.testing import one_line
 
@@ -130,6 +129,10 @@ class NoDefaultRoots:
         self.tmp_path = tmp_path
         self.ca_file = str(ca_file)
         monkeypatch.setattr(ssl.SSLContext, "set_default_verify_paths", lambda context: None)
+        # Windows: load_default_certs reads the system ROOT and CA stores instead.
+        monkeypatch.setattr(
+            ssl.SSLContext, "_load_windows_store_certs", lambda *args: None, raising=False
+        )
         self.default_paths(capath=None)
         for name in ("truststore", "pip._vendor.truststore", "certifi"):
             monkeypatch.setitem(sys.modules, name, None)  # as if not installed
@@ -279,7 +282,7 @@ def test_on_macos_without_roots_the_keychain_roots_are_exported_and_cached(
     assert call.startswith("find-certificate -a -p ")
     assert call.split()[3:] == list(gauth.MACOS_KEYCHAINS)
     cached = macos_roots_file(isolated_env)
-    assert stat.S_IMODE(cached.stat().st_mode) == 0o600
+    assert_private(cached)
     assert [p.name for p in isolated_env.cache_dir.iterdir() if p.suffix == ".tmp"] == []
 
 
@@ -323,7 +326,7 @@ def test_a_planted_keychain_roots_file_is_not_trusted(
     assert user_env.fake.is_live(gauth.get_token())
     assert len(on_macos.calls) == 1
     assert not cached.is_symlink()
-    assert stat.S_IMODE(cached.stat().st_mode) == 0o600
+    assert_private(cached)
 
 
 def test_keychain_roots_are_used_though_one_keychain_is_missing(monkeypatch, user_env, on_macos):
