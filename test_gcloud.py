@@ -516,7 +516,8 @@ def test_a_timeout_also_ends_what_gcloud_started(monkeypatch, bin_dir, fake_gclo
         fake_gcloud.path.unlink()
         fake_gcloud.path.write_text(f'#!/bin/sh\n"{child}" "$@"\nexit $?\n')
         fake_gcloud.path.chmod(0o755)
-    monkeypatch.setattr(gauth, "GCLOUD_TIMEOUT", 1.0)
+    # The hang must begin before the timeout: under Wine cmd.exe and python.exe take seconds.
+    monkeypatch.setattr(gauth, "GCLOUD_TIMEOUT", 5.0 if WINDOWS else 1.0)
     fake_gcloud.configure(mode="hang")
     with pytest.raises(gauth.CredentialError, match="did not answer"):
         gauth.get_token()

@@ -11,7 +11,7 @@ import trustme
 
 import artifactregistry_gauth as gauth
 from conftest import _forget_tokens
-from fakes import MODE_BITS, SYMLINK, assert_private, posix_case
+from fakes import MODE_BITS, SYMLINK, WINDOWS, assert_private, posix_case
 from fakes.programs import write_program
 from fakes.testing import one_line
 
@@ -266,6 +266,10 @@ class FakeSecurity:
 
 @pytest.fixture
 def on_macos(monkeypatch, bin_dir, isolated_env, user_env, no_default_roots):
+    if WINDOWS:
+        # sys.platform "darwin" would also send the standard library down its macOS-only
+        # code there (urllib's proxy lookup imports _scproxy), which no Windows Python has.
+        pytest.skip("POSIX only: macOS is simulated through sys.platform on a POSIX host")
     monkeypatch.setattr(sys, "platform", "darwin")
     return FakeSecurity(bin_dir, user_env.ca_file)
 
