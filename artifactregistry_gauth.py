@@ -50,6 +50,7 @@ UNKNOWN_EXPIRY_LIFE = 5 * 60
 # The whole lookup gives up after this many seconds, whatever hangs.
 LOOKUP_BUDGET = 10.0
 REQUEST_TIMEOUT = 5.0
+MAX_BACKOFF = 4.0  # between retries: only the metadata server on Google hardware gets this far
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 MAX_ATTEMPTS = 3
 
@@ -68,7 +69,11 @@ class CredentialError(Exception):
 
 
 class NotApplicable(Exception):  # noqa: N818 - a verdict, not an error
-    """This credential source does not apply here; discovery moves on to the next."""
+    """This source does not apply here; ``look_again``, if any, is a step to try once more."""
+
+    def __init__(self, reason: str, look_again=None) -> None:
+        super().__init__(reason)
+        self.look_again = look_again
 
 
 class TokenEndpointError(CredentialError):
@@ -252,30 +257,47 @@ def lookup(report: list | None = None) -> Token:
     ``report``, appends what each source said (for ``doctor``).
     """
     transport = Transport()
-    skipped = []
+    skipped: dict = {}  # label -> NotApplicable
     for label, step in DISCOVERY:
-        try:
-            source = step()
-            token, how = _cached_or_fetched(source, transport)
-        except NotApplicable as exc:
-            _debug("skipped: %s", exc)
-            skipped.append(str(exc))
-            _note(report, label, "skipped", str(exc))
-            continue
-        except CredentialError as exc:
-            _note(report, label, "failed", str(exc))
-            raise
-        _note(report, label, "answered", source.describe(), token=token, how=how)
-        return token
+        token = _try_step(label, step, transport, report, skipped)
+        if token is not None:
+            return token
+    # A last, patient look where "absent" was remembered or hurried: it may be stale.
+    again = [(label, exc.look_again) for label, exc in skipped.items() if exc.look_again]
+    for label, step in again:
+        token = _try_step(label, step, transport, report, skipped)
+        if token is not None:
+            return token
     raise CredentialError(
-        "no Google credentials found (" + "; ".join(skipped) + "); " + LOGIN_HINT + ", or set "
-        "GOOGLE_APPLICATION_CREDENTIALS to a service account key file"
+        f"no Google credentials found ({'; '.join(map(str, skipped.values()))}); {LOGIN_HINT}, "
+        "or set GOOGLE_APPLICATION_CREDENTIALS to a service account key file"
     )
 
 
-def _note(report: list | None, label: str, status: str, detail: str, **extra: object) -> None:
+def _try_step(
+    label, step, transport: Transport, report: list | None, skipped: dict
+) -> Token | None:
+    """The token of one discovery step, or None when it does not apply (why goes to skipped)."""
+    try:
+        source = step()
+        with transport.own_budget(source.budget):
+            token, how = _cached_or_fetched(source, transport)
+    except NotApplicable as exc:
+        _debug("skipped: %s", exc)
+        skipped[label] = exc
+        _note(report, label, "skipped", str(exc))
+        return None
+    except CredentialError as exc:
+        _note(report, label, "failed", str(exc))
+        raise
+    _note(report, label, "answered", source, token=token, how=how)
+    return token
+
+
+def _note(report: list | None, label: str, status: str, detail: object, **extra: object) -> None:
     if report is not None:
-        report.append(dict(source=label, status=status, detail=detail, **extra))
+        report[:] = [step for step in report if step["source"] != label]  # a second look wins
+        report.append(dict(source=label, status=status, detail=str(detail), **extra))
 
 
 def _cached_or_fetched(source: CredentialSource, transport: Transport) -> tuple[Token, str]:
@@ -283,7 +305,7 @@ def _cached_or_fetched(source: CredentialSource, transport: Transport) -> tuple[
     identity = source.identify(transport)
     token = _CACHE.get(identity, source)
     if token is not None:
-        _debug("using a cached token from %s", source.describe())
+        _debug("using a cached token from %s", source)
         return token, "cache"
     with _CACHE.lock(identity, transport) if source.cacheable else _NO_LOCK:
         token = _CACHE.get(identity, source)  # another process may have just fetched it
@@ -337,14 +359,14 @@ def _explicit_adc_file() -> CredentialSource:
     # goes on as google-auth's does (docs/protocols.md#discovery); other missing files fail.
     if not os.path.exists(path) and _same_path(path, gcloud_adc_path()):
         raise NotApplicable(f"GOOGLE_APPLICATION_CREDENTIALS names gcloud's absent {path}")
-    return load_adc_file(path, "GOOGLE_APPLICATION_CREDENTIALS")
+    return AdcFile(path, "GOOGLE_APPLICATION_CREDENTIALS")
 
 
 def _gcloud_adc_file() -> CredentialSource:
     path = gcloud_adc_path()
     if not os.path.isfile(path):
         raise NotApplicable(f"no {path}")
-    return load_adc_file(path, "gcloud's application default credentials")
+    return AdcFile(path, "gcloud's application default credentials")
 
 
 def _metadata_server() -> CredentialSource:
@@ -398,15 +420,18 @@ class CredentialSource:
     kind = "credentials"
     account = ""
     cacheable = True  # False for tokens that are already at hand: nothing to save
+    budget: float | None = None  # seconds of its own, instead of the lookup's
     content_hash = ""  # of the file it was read from, so an edited file is a new identity
 
     def __init__(self, origin: str) -> None:
         self.origin = origin  # the file or variable it was found in
 
+    identity_kind = ""  # the kind its identity names, when not ``kind``
+
     @property
     def static_identity(self) -> str:
         """The cache identity as far as it is known without asking anyone."""
-        return f"{self.kind}:{self.origin}:{self.content_hash}"
+        return f"{self.identity_kind or self.kind}:{self.origin}:{self.content_hash}"
 
     def identify(self, transport: Transport) -> str:
         """The cache identity; a source whose principal shows only at run time looks here."""
@@ -415,6 +440,9 @@ class CredentialSource:
     def describe(self) -> str:
         who = f" {self.account}" if self.account else ""
         return f"{self.kind}{who} from {self.origin}"
+
+    def __str__(self) -> str:  # log lines describe a source only when they are written
+        return self.describe()
 
     def fetch(self, transport: Transport) -> Token:
         raise NotImplementedError
@@ -453,7 +481,7 @@ class ExplicitToken(CredentialSource):
         super().__init__(origin)
         self.value = value
         # A new value is a new identity at once; the hash keeps the value out of the key.
-        self.content_hash = _short_hash(value.encode("utf-8", "surrogateescape"))
+        self.content_hash = _short_hash(value)
 
     def fetch(self, transport: Transport) -> Token:
         return Token(self.value, None, self.describe())
@@ -505,7 +533,7 @@ class ServiceAccountKey(CredentialSource):
         fields = {"grant_type": JWT_BEARER_GRANT, "assertion": assertion}
         try:
             data = _post_form(transport, self.token_uri, fields, "the token endpoint")
-        except TokenEndpointError as exc:
+        except CredentialError as exc:
             raise self.failed(exc) from None
         return _token_from_oauth(data, "the token endpoint", self.describe())
 
@@ -749,7 +777,7 @@ class ExternalAccount(CredentialSource):
         # runner the same file serves one job's token, then another's. So the subject is
         # part of the identity (hashed; it is never stored).
         self._subject = self.subject_token(transport)
-        subject = _short_hash(self.subject_fingerprint(self._subject).encode())
+        subject = _short_hash(self.subject_fingerprint(self._subject))
         return f"{self.static_identity}:{subject}"
 
     def subject_fingerprint(self, subject_token: str) -> str:
@@ -768,16 +796,18 @@ class ExternalAccount(CredentialSource):
             "subject_token_type": self.subject_token_type,
         }
         headers = {}
-        if self.client_id:
-            headers["Authorization"] = _basic_auth(self.client_id, self.client_secret)
-        elif self.user_project:
+        if self.user_project and not self.client_id:
             import json
             from urllib.parse import quote
 
             # Encoded once here and again by the form: Google's STS expects exactly that.
             fields["options"] = quote(json.dumps({"userProject": self.user_project}))
-        _debug("exchanging the %s subject token at %s", self.source_name, self.token_url)
+        _debug(
+            "exchanging the %s subject token at %s", self.source_name, _quoted_url(self.token_url)
+        )
         try:
+            if self.client_id:
+                headers["Authorization"] = _basic_auth(self.client_id, self.client_secret)
             data = _post_form(transport, self.token_url, fields, "Google's STS", headers)
             token = _token_from_oauth(data, "Google's STS", self.describe())
         except CredentialError as exc:
@@ -891,7 +921,7 @@ class UrlFederation(ExternalAccount):
         self.format = self._token_format()
 
     def subject_token(self, transport: Transport) -> str:
-        where = f"the subject token URL {_without_query(self.url)}"
+        where = f"the subject token URL {_quoted_url(self.url)}"
         try:
             response = transport.request("GET", self.url, headers=self.headers, direct=self.direct)
         except CredentialError as exc:
@@ -1183,7 +1213,10 @@ class AwsFederation(ExternalAccount):
         aws = self.__dict__.pop("_aws", None) or self._region_and_credentials(transport)
         region, key_id, secret, session_token = aws
         url = self.verification_url.replace("{region}", region)
-        headers = aws_sigv4_headers("POST", url, region, key_id, secret, session_token, _now())
+        try:
+            headers = aws_sigv4_headers("POST", url, region, key_id, secret, session_token, _now())
+        except CredentialError as exc:
+            raise self.fail(str(exc), "check the AWS credentials") from None
         # Added after signing: STS checks it, AWS never sees it.
         headers["x-goog-cloud-target-resource"] = self.audience
         request = {
@@ -1276,7 +1309,7 @@ class _AwsMetadata:
         if response.status != 200:
             raise self.source.fail(
                 f"the AWS metadata server answered HTTP {response.status} for {what} "
-                f"({_without_query(url)})",
+                f"({_quoted_url(url)})",
                 "check the instance's IAM role, or set the AWS_* variables",
             )
         return response
@@ -1292,14 +1325,14 @@ class ExternalAccountUser(CredentialSource):
         names = ("refresh_token", "token_url", "client_id", "client_secret")
         _require_fields(info, names, origin, _WORKFORCE_LOGIN_FIX)
         self.token_url = info["token_url"]
-        self.client_auth = _basic_auth(info["client_id"], info["client_secret"])
+        self.client_id, self.client_secret = info["client_id"], info["client_secret"]
         self.refresh_token = info["refresh_token"]
         self.universe = _optional_str(info, "universe_domain", origin) or DEFAULT_UNIVERSE
 
     def fetch(self, transport: Transport) -> Token:
         fields = {"grant_type": "refresh_token", "refresh_token": self.refresh_token}
-        headers = {"Authorization": self.client_auth}
         try:
+            headers = {"Authorization": _basic_auth(self.client_id, self.client_secret)}
             data = _post_form(transport, self.token_url, fields, "Google's STS", headers)
             return _token_from_oauth(data, "Google's STS", self.describe())
         except CredentialError as exc:
@@ -1402,11 +1435,51 @@ def gcloud_adc_path() -> str:
     return os.path.join(gcloud_config_dir(), "application_default_credentials.json")
 
 
+ADC_FILE = "ADC file"
+
+
+class AdcFile(CredentialSource):
+    """An ADC file that discovery found, parsed only when the token cache cannot answer.
+
+    A warm call so needs no JSON, base64 or key parsing. Its identity, the file and its
+    content, is the identity of every source such a file alone decides; federation adds
+    its subject token to it, so a token cached under the bare file identity was fetched
+    by one of those and by nothing else.
+    """
+
+    kind = ADC_FILE
+
+    def __init__(self, path: str, named_by: str) -> None:
+        super().__init__(path)
+        self.raw = _read_adc_file(path, named_by)
+        self.content_hash = _short_hash(self.raw)
+        self._parsed: CredentialSource | None = None
+
+    def parsed(self) -> CredentialSource:
+        if self._parsed is None:
+            self._parsed = _parse_adc_file(self.origin, self.raw)
+        return self._parsed
+
+    def identify(self, transport: Transport) -> str:
+        if _CACHE.get(self.static_identity, self) is not None:
+            return self.static_identity
+        return self.parsed().identify(transport)
+
+    def fetch(self, transport: Transport) -> Token:
+        return self.parsed().fetch(transport)
+
+    def describe(self) -> str:
+        return self.parsed().describe()
+
+
 def load_adc_file(path: str, origin: str) -> CredentialSource:
     """Build the credential source an ADC JSON file describes; CredentialError if broken."""
+    return _parse_adc_file(path, _read_adc_file(path, origin))
 
+
+def _read_adc_file(path: str, origin: str) -> bytes:
     try:
-        raw = read_local_file(path)
+        return read_local_file(path)
     except FileNotFoundError:
         raise CredentialError(
             f"{path} (named by {origin}) was not found; point {origin} at a credentials "
@@ -1416,6 +1489,9 @@ def load_adc_file(path: str, origin: str) -> CredentialSource:
         raise CredentialError(
             f"{path}: cannot read it ({exc.strerror}); point {origin} at a credentials JSON file"
         ) from None
+
+
+def _parse_adc_file(path: str, raw: bytes) -> CredentialSource:
     try:
         info = _json_loads(raw)
     except UnicodeDecodeError:
@@ -1434,6 +1510,7 @@ def load_adc_file(path: str, origin: str) -> CredentialSource:
     if kind in ADC_FILE_TYPES:
         source = ADC_FILE_TYPES[kind](info, path)
         source.content_hash = _short_hash(raw)
+        source.identity_kind = ADC_FILE  # the identity AdcFile looks for before parsing
         return source
     if kind in _UNSUPPORTED_TYPES:
         raise CredentialError(
@@ -1456,8 +1533,19 @@ METADATA_PING_TIMEOUT = 0.5
 METADATA_PING_TIMEOUT_ON_GCE = 3.0
 METADATA_DETECT_RETRIES = 3
 METADATA_MAX_DETECT_RETRIES = 10
-METADATA_ATTEMPTS_ON_GCE = 5  # for the data requests, as google-auth's retry_count
+# On Google hardware the data requests retry for as long as this budget allows (google-auth
+# waits about 18 s for a starting pod), set by ARTIFACTREGISTRY_GAUTH_METADATA_BUDGET.
+# Off Google hardware the lookup's budget holds.
+METADATA_BUDGET_ON_GCE = 30.0
+METADATA_MAX_BUDGET = 600.0
+METADATA_ATTEMPTS_ON_GCE = 20  # the budget ends them first
 DMI_PRODUCT_NAME = "/sys/class/dmi/id/product_name"
+# GCE_METADATA_MTLS_MODE=strict, or =default where these files exist, means https to the
+# metadata server with its own root and client certificate (google-auth 2.50+,
+# google/auth/compute_engine/_mtls.py; GCE docs "HTTPS metadata server endpoint").
+METADATA_MTLS_DIR = (
+    "C:/ProgramData/Google/ComputeEngine" if os.name == "nt" else "/run/google-mds-mtls"
+)
 BOOT_ID = "/proc/sys/kernel/random/boot_id"
 # A ping that waited out its timeout (a black-holed address, off Google hardware) is
 # remembered for this long, so warm calls skip it; a refusal costs nothing and is not.
@@ -1465,6 +1553,19 @@ METADATA_ABSENT_MEMORY = 10 * 60
 # Which service account and instance the metadata server speaks for, remembered per
 # machine and boot so that a warm call on Google Cloud needs no request at all.
 METADATA_IDENTITY_MEMORY = 5 * 60
+# Variables Google Cloud sets where the DMI product name may be unreadable (gVisor): there a
+# slow ping is never remembered as "absent". Cloud Run services and Cloud Functions
+# (K_SERVICE), Cloud Run jobs (CLOUD_RUN_JOB), Cloud Functions (FUNCTION_TARGET; the older
+# runtimes' FUNCTION_REGION), App Engine (GAE_SERVICE), Cloud Build steps (BUILDER_OUTPUT).
+# KUBERNETES_SERVICE_HOST is not one: every Kubernetes sets it.
+GOOGLE_CLOUD_VARIABLES = (
+    "K_SERVICE",
+    "CLOUD_RUN_JOB",
+    "FUNCTION_TARGET",
+    "FUNCTION_REGION",
+    "GAE_SERVICE",
+    "BUILDER_OUTPUT",
+)
 
 
 class MetadataServer(CredentialSource):
@@ -1476,7 +1577,7 @@ class MetadataServer(CredentialSource):
 
     kind = "metadata server"
 
-    def __init__(self) -> None:
+    def __init__(self, patient: bool = False) -> None:
         self.host = os.environ.get("GCE_METADATA_HOST") or os.environ.get(
             "GCE_METADATA_ROOT", "metadata.google.internal"
         )
@@ -1489,10 +1590,20 @@ class MetadataServer(CredentialSource):
                 raise CredentialError(
                     f"{name} is {value[:80]!r}, not a host or host:port; fix or unset it"
                 )
-        super().__init__(f"http://{self.host}")
+        self.mtls_mode = _metadata_mtls_mode()
+        self.mtls_files = _metadata_mtls_files()
+        self.scheme = "https" if self._use_mtls() else "http"
+        super().__init__(f"{self.scheme}://{self.host}")
         self.instance_id = ""
         self.product_name = _dmi_product_name()
         self.on_google_hardware = self.product_name.startswith("Google")
+        self.on_google_cloud = self.on_google_hardware or any(
+            os.environ.get(name) for name in GOOGLE_CLOUD_VARIABLES
+        )
+        # The last look before "no credentials": no remembered verdict, google-auth's timeout.
+        self.patient = patient
+        if self.on_google_hardware:
+            self.budget = _metadata_budget()
 
     @property
     def static_identity(self) -> str:
@@ -1501,15 +1612,16 @@ class MetadataServer(CredentialSource):
     def identify(self, transport: Transport) -> str:
         """Learn the service account and instance; NotApplicable when not on Google Cloud."""
         memory = _MetadataMemory(self)
-        remembered = memory.recall()
+        remembered = {} if self.patient else memory.recall()
         if remembered.get("verdict") == "present":
             self.account, self.instance_id = remembered["account"], remembered["instance_id"]
             return self.static_identity
-        if remembered.get("verdict") == "absent" and not self.on_google_hardware:
+        if remembered.get("verdict") == "absent" and not self.on_google_cloud:
             raise NotApplicable(
                 f"not on Google Cloud (http://{self.ping_host}/ did not answer "
                 f"{_age(remembered['at'])} ago; remembered for "
-                f"{METADATA_ABSENT_MEMORY // 60} min: delete {memory.path} to ask again)"
+                f"{METADATA_ABSENT_MEMORY // 60} min: delete {memory.path} to ask again)",
+                look_again=self.look_again,
             )
         self.detect(transport, memory)
         email = self._get(
@@ -1518,18 +1630,86 @@ class MetadataServer(CredentialSource):
         if email is None:
             raise NotApplicable(f"no service account is attached to this machine ({self.origin})")
         self.account = email
-        self.instance_id = self._get(transport, "instance/id", "its instance id") or ""
-        memory.remember_present(self.account, self.instance_id)
+        self.instance_id = self._instance_id(transport)
+        if self.instance_id:
+            memory.remember_present(self.account, self.instance_id)
+        else:
+            # Without it two VMs sharing a home directory (NFS) could share a cached token:
+            # this lookup's token stays in this process.
+            self.cacheable = False
         return self.static_identity
+
+    def look_again(self) -> MetadataServer:
+        return MetadataServer(patient=True)
+
+    def _use_mtls(self) -> bool:
+        """Whether to speak https with the client certificate; strict without it is an error."""
+        if self.mtls_mode == "none":
+            return False
+        missing = [path for path in self.mtls_files if not os.path.isfile(path)]
+        if missing and self.mtls_mode == "strict":
+            raise CredentialError(
+                f"GCE_METADATA_MTLS_MODE is strict, but {missing[0]} is missing: the metadata "
+                "server is never asked over plain http then; set GCE_METADATA_MTLS_MODE=default "
+                "or none, or run where the metadata server's certificates are installed"
+            )
+        return not missing
+
+    def _request(self, transport: Transport, url: str, **options: object) -> Response:
+        """GET ``url`` (under http://) from the metadata server, directly, over mTLS if set."""
+        if self.scheme == "http":
+            return transport.request("GET", url, headers=_METADATA_HEADERS, direct=True, **options)
+        secure = "https" + url[len("http") :]
+        try:
+            return transport.request(
+                "GET", secure, headers=_METADATA_HEADERS, direct=True, tls=self._tls(), **options
+            )
+        except CredentialError as exc:
+            if self.mtls_mode == "strict":
+                raise
+            # As google-auth does in its default mode; said aloud, never silently.
+            _logger().warning(
+                "artifactregistry-gauth: mutual TLS to the metadata server failed (%s); "
+                "using plain http, as GCE_METADATA_MTLS_MODE=default allows",
+                exc,
+            )
+        self.scheme = "http"
+        return transport.request("GET", url, headers=_METADATA_HEADERS, direct=True, **options)
+
+    def _tls(self) -> tuple:
+        """An SSL context trusting the metadata server's root only, with its client certificate."""
+        import ssl
+
+        root, client = self.mtls_files
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        for path, load in (
+            (root, context.load_verify_locations),
+            (client, context.load_cert_chain),
+        ):
+            try:
+                load(path)
+            except (OSError, ssl.SSLError) as exc:
+                raise CredentialError(
+                    f"{path}: cannot use it for mutual TLS to the metadata server "
+                    f"({getattr(exc, 'reason', None) or exc.strerror or exc}); fix it, or set "
+                    "GCE_METADATA_MTLS_MODE=none"
+                ) from None
+        return context, f"the metadata server's root certificate {root}"
+
+    def _instance_id(self, transport: Transport) -> str:
+        """The instance id, or "" when the server will not say (never a failure)."""
+        try:
+            return self._get(transport, "instance/id", "its instance id") or ""
+        except CredentialError as exc:
+            _debug("no instance id from the metadata server: %s", exc)
+            return ""
 
     def fetch(self, transport: Transport) -> Token:
         url = (
-            f"{self.origin}/computeMetadata/v1/instance/service-accounts/default/token"
+            f"http://{self.host}/computeMetadata/v1/instance/service-accounts/default/token"
             "?scopes=https%3A%2F%2Fwww.googleapis.com%2Fauth%2Fcloud-platform"
         )
-        response = transport.request(
-            "GET", url, headers=_METADATA_HEADERS, direct=True, attempts=self._attempts()
-        )
+        response = self._request(transport, url, attempts=self._attempts())
         if response.status == 404:
             raise NotApplicable(f"no service account is attached to this machine ({self.origin})")
         if response.status != 200:
@@ -1548,28 +1728,26 @@ class MetadataServer(CredentialSource):
         On Google hardware a failed ping is no verdict: the hardware decides, as in
         google-auth, and the requests that follow retry while the server starts.
         """
-        timeout = _metadata_timeout(self.on_google_hardware)
+        timeout = _metadata_timeout(self.on_google_hardware or self.patient)
         attempts = _metadata_detect_retries(self.on_google_hardware)
         started = _monotonic()
         try:
-            if attempts == 1 and not self.on_google_hardware:
+            # With mTLS a refused https port may still leave plain http (mode default).
+            if attempts == 1 and not self.on_google_hardware and self.scheme == "http":
                 self._knock(min(timeout, transport.remaining()))
-            response = transport.request(
-                "GET",
-                f"http://{self.ping_host}/",
-                headers=_METADATA_HEADERS,
-                direct=True,
-                timeout=timeout,
-                attempts=attempts,
+            response = self._request(
+                transport, f"http://{self.ping_host}/", timeout=timeout, attempts=attempts
             )
         except CredentialError as exc:
             if self.on_google_hardware:
                 _debug("metadata ping failed on Google hardware (%s); asking anyway", exc)
                 return
             # Only a wait is worth remembering: a refusal is free, and a starting pod refuses.
-            if memory is not None and _monotonic() - started >= timeout / 2:
+            waited = _monotonic() - started >= timeout / 2
+            if memory is not None and waited and not self.on_google_cloud:
                 memory.remember_absent()
-            raise NotApplicable(f"not on Google Cloud ({exc})") from None
+            again = None if self.patient else self.look_again
+            raise NotApplicable(f"not on Google Cloud ({exc})", look_again=again) from None
         if response.status == 200 and response.headers.get("metadata-flavor") == "Google":
             return
         if self.on_google_hardware:
@@ -1605,21 +1783,18 @@ class MetadataServer(CredentialSource):
 
     def _get(self, transport: Transport, path: str, what: str) -> str | None:
         """One line of text from the metadata server, or None if it has nothing there."""
-        url = f"{self.origin}/computeMetadata/v1/{path}"
+        url = f"http://{self.host}/computeMetadata/v1/{path}"
         try:
-            response = transport.request(
-                "GET", url, headers=_METADATA_HEADERS, direct=True, attempts=self._attempts()
-            )
+            response = self._request(transport, url, attempts=self._attempts())
         except CredentialError as exc:
             fix = "a new GKE pod's metadata server may need a few more seconds: try again"
             raise self.fail(str(exc), fix if self.on_google_hardware else "") from None
         if response.status == 404:
             return None
-        if response.status != 200 or response.headers.get("metadata-flavor") != "Google":
-            flavor = "" if response.status != 200 else " without Metadata-Flavor: Google"
-            raise self.fail(
-                f"the metadata server answered HTTP {response.status}{flavor} for {what}"
-            )
+        # Metadata-Flavor is checked on the ping only, as google-auth does: emulators and
+        # proxies drop it from data answers.
+        if response.status != 200:
+            raise self.fail(f"the metadata server answered HTTP {response.status} for {what}")
         text = response.body.decode("utf-8", "replace").strip()
         if not text or len(text) > 256 or not text.isprintable() or " " in text:
             raise self.fail(f"the metadata server answered {what} with something unexpected")
@@ -1649,14 +1824,49 @@ def _ip_and_port(authority: str) -> tuple[str, int]:
 def _metadata_timeout(on_google_hardware: bool) -> float:
     """The ping timeout: GCE_METADATA_TIMEOUT if set and sane, else by hardware."""
     default = METADATA_PING_TIMEOUT_ON_GCE if on_google_hardware else METADATA_PING_TIMEOUT
-    text = os.environ.get("GCE_METADATA_TIMEOUT", "").strip()
+    value = _seconds_setting("GCE_METADATA_TIMEOUT")
+    return default if value is None else min(value, LOOKUP_BUDGET)
+
+
+def _metadata_mtls_mode() -> str:
+    """GCE_METADATA_MTLS_MODE: none (google-auth's default since 2.50), default or strict."""
+    value = os.environ.get("GCE_METADATA_MTLS_MODE", "")
+    mode = value.strip().lower() or "none"
+    if mode not in ("none", "default", "strict"):
+        raise CredentialError(
+            f"GCE_METADATA_MTLS_MODE is {value[:40]!r}; set it to strict, default or none"
+        )
+    return mode
+
+
+def _metadata_mtls_files() -> tuple:
+    """The metadata server's root certificate and client certificate-and-key files."""
+    names = (
+        ("mds-mtls-root.crt", "mds-mtls-client.key")
+        if os.name == "nt"
+        else ("root.crt", "client.key")
+    )
+    return tuple(os.path.join(METADATA_MTLS_DIR, name) for name in names)
+
+
+def _metadata_budget() -> float:
+    """Seconds for metadata discovery on Google hardware: ARTIFACTREGISTRY_GAUTH_METADATA_BUDGET."""
+    value = _seconds_setting("ARTIFACTREGISTRY_GAUTH_METADATA_BUDGET")
+    return METADATA_BUDGET_ON_GCE if value is None else min(value, METADATA_MAX_BUDGET)
+
+
+def _seconds_setting(name: str) -> float | None:
+    """A positive, finite number of seconds from the variable ``name``; None if unset or not."""
+    text = os.environ.get(name, "").strip()
     try:
         value = float(text)
     except ValueError:
         value = 0.0
-    if text and not 0 < value < float("inf"):
-        _debug("ignoring GCE_METADATA_TIMEOUT=%r: not a positive number of seconds", text[:40])
-    return min(value, LOOKUP_BUDGET) if 0 < value < float("inf") else default
+    if 0 < value < float("inf"):
+        return value
+    if text:
+        _debug("ignoring %s=%r: not a positive number of seconds", name, text[:40])
+    return None
 
 
 def _metadata_detect_retries(on_google_hardware: bool) -> int:
@@ -1711,7 +1921,7 @@ class _MetadataMemory:
         if verdict == "absent":
             life = METADATA_ABSENT_MEMORY
         elif verdict == "present" and all(
-            isinstance(data.get(name), str) for name in ("account", "instance_id")
+            isinstance(data.get(name), str) and data[name] for name in ("account", "instance_id")
         ):
             life = METADATA_IDENTITY_MEMORY
         else:
@@ -1772,7 +1982,7 @@ class GcloudAccessTokenFile(CredentialSource):
             raise self.fail("it does not hold one access token", "write the token alone into it")
         self.value = value
         # Rewritten in place, the file is a new identity at once; only a hash is kept.
-        self.content_hash = _short_hash(value.encode("utf-8"))
+        self.content_hash = _short_hash(value)
 
     def fetch(self, transport: Transport) -> Token:
         return Token(self.value, None, self.describe())
@@ -1800,6 +2010,25 @@ class GcloudCli(CredentialSource):
         settings = self.settings
         return f"gcloud:{settings.config_dir}:{settings.configuration}:{settings.fingerprint()}"
 
+    def identify(self, transport: Transport) -> str:
+        # gcloud runs a federation file's exchange itself, and the file says where the
+        # subject token comes from, not whose it is: keyed as ADC keys such a file.
+        federation = self._federation_override()
+        if federation is None:
+            return self.static_identity
+        return f"{self.static_identity}:{federation.identify(transport)}"
+
+    def _federation_override(self) -> ExternalAccount | None:
+        """The external_account file auth/credential_file_override names, if it names one."""
+        path = self.settings.get("auth/credential_file_override")
+        if not path:
+            return None
+        try:
+            source = load_adc_file(path, self.settings.named_by("auth/credential_file_override"))
+        except CredentialError:
+            return None  # gcloud reads it and says what is wrong; its content is keyed already
+        return source if isinstance(source, ExternalAccount) else None
+
     def describe(self) -> str:
         who = self.settings.principal(self.account)
         return f"gcloud ({who}, configuration {self.configuration})"
@@ -1814,7 +2043,7 @@ class GcloudCli(CredentialSource):
         env = dict(os.environ, CLOUDSDK_CORE_DISABLE_PROMPTS="1")
         _debug("running %s", " ".join(command[1:]))
         try:
-            done = _run_capped(command, env, GCLOUD_TIMEOUT)
+            done = _run_capped(command, env, GCLOUD_TIMEOUT, answered=_is_config_helper_answer)
         except subprocess.TimeoutExpired:
             raise self.fail(
                 f"gcloud did not answer within {GCLOUD_TIMEOUT:.0f} s",
@@ -1867,6 +2096,14 @@ def parse_config_helper(stdout: bytes) -> tuple[str, float | None, str]:
         expiry,
         account if isinstance(account, str) else "",
     )
+
+
+def _is_config_helper_answer(stdout: bytes) -> bool:
+    """Whether config-helper's output is a whole answer with a token: nothing more is to come."""
+    try:
+        return bool(parse_config_helper(stdout)[0])
+    except ValueError:
+        return False
 
 
 def _dig(data: object, *keys: str) -> object:
@@ -1940,6 +2177,9 @@ def gcloud_config_dir() -> str:
 # The properties that decide whose token gcloud returns (docs/protocols.md#gcloud), as
 # "section/name": every auth property, the account and the universe.
 _GCLOUD_IDENTITY_PROPERTIES = ("core/account", "core/universe_domain")
+# The CA bundle gcloud trusts: not an identity, read for TLS (the user's gcloud works with it).
+GCLOUD_CA_PROPERTY = "core/custom_ca_certs_file"
+_GCLOUD_CORE_PROPERTIES = (*_GCLOUD_IDENTITY_PROPERTIES, GCLOUD_CA_PROPERTY)
 _GCLOUD_IDENTITY_SECTION = "auth"
 # Properties that name a file whose content gcloud uses: rewritten in place (as
 # google-github-actions/auth does), the file is a new identity.
@@ -2020,8 +2260,9 @@ def _gcloud_property_of(variable: str) -> str:
     """ "auth/access_token_file" for ``CLOUDSDK_AUTH_ACCESS_TOKEN_FILE``, "" if not decisive."""
     if variable.startswith("CLOUDSDK_AUTH_"):
         return "auth/" + variable[len("CLOUDSDK_AUTH_") :].lower()
-    if variable in ("CLOUDSDK_CORE_ACCOUNT", "CLOUDSDK_CORE_UNIVERSE_DOMAIN"):
-        return "core/" + variable[len("CLOUDSDK_CORE_") :].lower()
+    if variable.startswith("CLOUDSDK_CORE_"):
+        name = "core/" + variable[len("CLOUDSDK_CORE_") :].lower()
+        return name if name in _GCLOUD_CORE_PROPERTIES else ""
     return ""
 
 
@@ -2101,7 +2342,7 @@ def _read_gcloud_properties(path: str) -> dict:
         for section in parser.sections():
             for name, value in parser.items(section):
                 key = f"{section}/{name}"
-                if section == _GCLOUD_IDENTITY_SECTION or key in _GCLOUD_IDENTITY_PROPERTIES:
+                if section == _GCLOUD_IDENTITY_SECTION or key in _GCLOUD_CORE_PROPERTIES:
                     found[key] = value
     except configparser.Error as exc:
         problem = " ".join(str(exc).split())[:200]
@@ -2159,23 +2400,18 @@ class TokenCache:
         directory = cache_dir()
         if directory is None:
             return None
-        path = os.path.join(directory, _file_key(identity) + ".json")
+        path = os.path.join(directory, _file_key(identity) + TOKEN_FILE_SUFFIX)
         try:
-            data = _json_loads(read_local_file(path, 65536, private=True))
+            data = read_local_file(path, 65536, private=True)
         except FileNotFoundError:
             return None
-        except (OSError, ValueError) as exc:
-            _debug("ignoring cache file %s: %s", path, getattr(exc, "strerror", "") or exc)
+        except OSError as exc:
+            _debug("ignoring cache file %s: %s", path, exc.strerror or exc)
             return None
-        if not (
-            isinstance(data, dict)
-            and data.get("key") == _file_key(identity, full=True)
-            and _is_token_text(data.get("token"))
-            and isinstance(data.get("expiry"), (int, float))
-            and 0 < data["expiry"] < 1e11  # not NaN, not infinite, not absurd
-        ):
+        token = _parse_token_record(data, _file_key(identity, full=True))
+        if token is None:
+            _debug("ignoring cache file %s: not a token record for this identity", path)
             return None
-        token = Token(data["token"], float(data["expiry"]), str(data.get("source", "")))
         left = token.seconds_left()
         if left is None or left < MIN_TOKEN_LIFE:
             return None
@@ -2186,20 +2422,42 @@ class TokenCache:
         directory = cache_dir(create=True)
         if directory is None:
             return
-        record = {
-            "key": _file_key(identity, full=True),
-            "token": token.value,
-            "expiry": token.expiry,
-            "source": token.source,
-        }
-        path = os.path.join(directory, _file_key(identity) + ".json")
+        path = os.path.join(directory, _file_key(identity) + TOKEN_FILE_SUFFIX)
         try:
-            _write_private_file(path, _json_compact(record))
+            _write_private_file(path, _token_record(_file_key(identity, full=True), token))
         except OSError as exc:
             _debug("cannot write the token cache in %s: %s", directory, exc.strerror or exc)
 
 
 _CACHE = TokenCache()
+
+# A token record is five lines: this header, the identity's full key, the expiry (epoch
+# seconds), the token, the source's description. Plain lines need no JSON parser on the
+# warm path. Records of older versions (JSON, in *.json files) are never read: one fetch.
+TOKEN_FILE_SUFFIX = ".token"
+_TOKEN_RECORD_HEADER = "artifactregistry-gauth token 2"
+
+
+def _token_record(key: str, token: Token) -> bytes:
+    source = " ".join(token.source.split())  # one line, whatever a path holds
+    return f"{_TOKEN_RECORD_HEADER}\n{key}\n{token.expiry!r}\n{token.value}\n{source}\n".encode()
+
+
+def _parse_token_record(data: bytes, key: str) -> Token | None:
+    """The token a record holds for ``key``; None for anything else, however malformed."""
+    try:
+        lines = data.decode("utf-8").split("\n")
+    except UnicodeDecodeError:
+        return None
+    if len(lines) != 6 or lines[0] != _TOKEN_RECORD_HEADER or lines[1] != key or lines[5]:
+        return None
+    try:
+        expiry = float(lines[2])
+    except ValueError:
+        return None
+    if not 0 < expiry < 1e11 or not _is_token_text(lines[3]):  # not NaN, infinite or absurd
+        return None
+    return Token(lines[3], expiry, lines[4])
 
 
 _LAST_FAILURE: list = []  # [monotonic time of the last failed lookup]
@@ -2270,7 +2528,7 @@ def _default_cache_dir() -> str:
 
 def _file_key(identity: str, full: bool = False) -> str:
     """A file name for an identity: its hash, so names reveal nothing about it."""
-    digest = _sha256(f"artifactregistry-gauth/1\0{identity}".encode()).hexdigest()
+    digest = _sha256(_hashable(f"artifactregistry-gauth/1\0{identity}")).hexdigest()
     return digest if full else digest[:32]
 
 
@@ -2291,7 +2549,7 @@ class _FileLock:
             return self
         while not _try_lock(self.fd):
             if _monotonic() >= self.deadline - 1.0:
-                _debug("token cache lock still held by another process; fetching anyway")
+                _debug("lock %s still held by another process; going on without it", self.path)
                 os.close(self.fd)
                 self.fd = None
                 break
@@ -2377,8 +2635,11 @@ def _post_form(
     _check_endpoint(url, what)
     all_headers = {"Content-Type": "application/x-www-form-urlencoded"}
     all_headers.update(headers or {})
+    form = {
+        name: _sendable(value, f"the {name} to send to {what}") for name, value in fields.items()
+    }
     response = transport.request(
-        "POST", url, body=urlencode(fields).encode("ascii"), headers=all_headers
+        "POST", url, body=urlencode(form).encode("ascii"), headers=all_headers
     )
     sent = [value for name, value in fields.items() if name in _SECRET_FIELDS]
     for name, value in all_headers.items():
@@ -2410,16 +2671,32 @@ def _authorization_secrets(value: str) -> list:
 
 
 def _secret_forms(secret: str) -> set:
-    """Every way a secret we sent may come back: raw, URL-encoded, JSON-escaped."""
+    """Every way a secret we sent may come back: raw, URL-encoded or JSON-escaped, as is
+    or as its bytes in base64, base64url or hex (alone or inside a longer encoded text)."""
     import json
     from urllib.parse import quote, quote_plus
 
-    forms = {secret, quote(secret), quote(secret, safe=""), quote_plus(secret)}
-    for ascii_only in (True, False):
-        escaped = json.dumps(secret, ensure_ascii=ascii_only)[1:-1]
-        forms |= {escaped, escaped.replace("/", "\\/")}
+    forms = set()
+    for text in {secret, *_binary_forms(secret.encode("utf-8", "surrogatepass"))}:
+        forms |= {text, quote(text), quote(text, safe=""), quote_plus(text)}
+        for ascii_only in (True, False):
+            escaped = json.dumps(text, ensure_ascii=ascii_only)[1:-1]
+            forms |= {escaped, escaped.replace("/", "\\/")}
     folded = {" ".join(form.split()) for form in forms}  # as the text they are found in
     return {form for form in forms | folded if len(form) >= 4}
+
+
+def _binary_forms(data: bytes) -> set:
+    """``data`` in hex, and in base64 and base64url: whole, and the characters that
+    depend on nothing but ``data`` wherever it starts in a longer encoded text."""
+    import base64
+
+    forms = {data.hex()}  # matched regardless of case
+    for skip in range(3):  # where data starts within base64's groups of three bytes
+        encoded = base64.b64encode(bytes(skip) + data).decode("ascii")
+        own = encoded[4 if skip else 0 : (skip + len(data)) // 3 * 4]
+        forms |= {own, encoded[4:] if skip else encoded, encoded.rstrip("=")}
+    return forms | {form.replace("+", "-").replace("/", "_") for form in forms}
 
 
 def _redact(text: str, secrets: list) -> str:
@@ -2462,7 +2739,7 @@ def _token_response_json(response: Response, url: str, what: str, sent: list) ->
     if response.status == 200 and isinstance(data, dict):
         return data
     if response.status == 200:
-        raise CredentialError(f"{what} at {_without_query(url)} answered with something not JSON")
+        raise CredentialError(f"{what} at {_quoted_url(url)} answered with something not JSON")
     error, subtype, description = "", "", ""
     if isinstance(data, dict):
         if isinstance(data.get("error"), dict):  # Google API style (C.3)
@@ -2474,7 +2751,7 @@ def _token_response_json(response: Response, url: str, what: str, sent: list) ->
             description = str(data.get("error_description", ""))
     detail = _redact(": ".join(part for part in (error, description) if part), list(sent))
     raise TokenEndpointError(
-        f"{what} at {_without_query(url)} refused (HTTP {response.status}"
+        f"{what} at {_quoted_url(url)} refused (HTTP {response.status}"
         + (f", {detail})" if detail else ")"),
         error,
         subtype,
@@ -2509,8 +2786,23 @@ def _parse_rfc3339(text: str) -> float:
 def _basic_auth(client_id: str, client_secret: str) -> str:
     import base64
 
-    pair = f"{client_id}:{client_secret or ''}".encode()
+    pair = _sendable(f"{client_id}:{client_secret or ''}", "the client_id or client_secret")
     return "Basic " + base64.b64encode(pair).decode("ascii")
+
+
+def _sendable(text: str, what: str) -> bytes:
+    """The UTF-8 we send for ``text``; CredentialError naming ``what`` if it cannot be sent.
+
+    JSON can spell half of a UTF-16 pair (``"\\ud800"``) and Python decodes it to a lone
+    surrogate, which no UTF-8 encoder accepts: refused here in one line, not a traceback.
+    """
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise CredentialError(
+            f"{what} holds a lone surrogate (half of a UTF-16 pair, as a JSON \\ud800 "
+            "escape decodes), which cannot be sent; fix the text where it comes from"
+        ) from None
 
 
 def _generate_access_token(
@@ -2783,10 +3075,10 @@ def aws_sigv4_headers(
             "AWS4-HMAC-SHA256",
             amz_date,
             scope,
-            hashlib.sha256(canonical_request.encode("utf-8")).hexdigest(),
+            hashlib.sha256(_sendable(canonical_request, "the AWS request")).hexdigest(),
         ]
     )
-    key = ("AWS4" + secret_access_key).encode("utf-8")
+    key = _sendable("AWS4" + secret_access_key, "the AWS secret access key")
     for part in (date, region, service, "aws4_request"):
         key = hmac.new(key, part.encode("utf-8"), hashlib.sha256).digest()
     signature = hmac.new(key, string_to_sign.encode("utf-8"), hashlib.sha256).hexdigest()
@@ -2827,7 +3119,7 @@ def _logger():
     logger = logging.getLogger(_LOGGER_NAME)
     if _debug_env() and not any(getattr(h, "_gauth", False) for h in logger.handlers):
         handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("artifactregistry-gauth: %(message)s"))
+        handler.setFormatter(logging.Formatter("%(message)s"))  # each message names us
         handler._gauth = True
         logger.addHandler(handler)
         logger.setLevel(logging.DEBUG)
@@ -2837,7 +3129,7 @@ def _logger():
 
 def _debug(msg: str, *args: object) -> None:
     if _debug_enabled():
-        _logger().debug(msg, *args)
+        _logger().debug("artifactregistry-gauth: " + msg, *args)
 
 
 # --- local files: bounded reads, private writes -------------------------------------------
@@ -2969,14 +3261,21 @@ def _find_executable(name: str) -> str | None:
 KILL_GRACE = 2.0
 
 
-def _run_capped(argv: list, env: dict | None, timeout: float, limit: int = MAX_RESPONSE_BYTES):
+def _run_capped(
+    argv: list,
+    env: dict | None,
+    timeout: float,
+    limit: int = MAX_RESPONSE_BYTES,
+    answered=None,
+):
     """Run a command as subprocess.run(capture_output=True) would, stdin closed, output capped.
 
     Returns a CompletedProcess (stdout, stderr as bytes). Raises OSError if the command
     cannot start, subprocess.TimeoutExpired if it still runs (or its pipes are still open)
     at ``timeout``, and _OutputTooLargeError ("printed more than 1 MiB on stdout") once
     it prints more than ``limit`` bytes on stdout or stderr; the command is then killed
-    and reaped.
+    and reaped. With ``answered`` (a test of stdout), the command's exit with an answer
+    that passes it ends the wait, though something it started still holds the pipes.
     """
     import subprocess
     import threading
@@ -2984,12 +3283,23 @@ def _run_capped(argv: list, env: dict | None, timeout: float, limit: int = MAX_R
     deadline = _monotonic() + timeout
     pipe = subprocess.PIPE
     group = os.name != "nt"  # its own process group, so a kill also ends what it started
-    process = subprocess.Popen(
-        argv, stdin=subprocess.DEVNULL, stdout=pipe, stderr=pipe, env=env, start_new_session=group
-    )
+    try:
+        process = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=pipe,
+            stderr=pipe,
+            env=env,
+            start_new_session=group,
+        )
+    except ValueError:  # a NUL, or a lone surrogate the file system encoding refuses
+        raise OSError(
+            0, "its command line or environment holds a NUL or a character that cannot be passed"
+        ) from None
     outputs: dict = {"stdout": bytearray(), "stderr": bytearray()}
     too_large: list = []
-    ended = threading.Semaphore(0)
+    closed: list = []  # the pipes that reached their end
+    progress = threading.Semaphore(0)  # released at each chunk, each pipe's end, the exit
 
     def drain(name: str) -> None:
         stream, kept = getattr(process, name), outputs[name]
@@ -3000,25 +3310,40 @@ def _run_capped(argv: list, env: dict | None, timeout: float, limit: int = MAX_R
                     if not chunk:
                         return
                     kept += chunk
+                    progress.release()
                 too_large.append(name)
-                _kill(process, group)  # before ``ended``: the caller's thread waits for it
+                _kill(process, group)  # before the release: the caller's thread waits for it
         finally:
-            ended.release()
+            closed.append(name)
+            progress.release()
 
-    for name in outputs:
+    def reap() -> None:
+        process.wait()
+        progress.release()
+
+    for target, args in [(drain, ("stdout",)), (drain, ("stderr",)), (reap, ())]:
         threading.Thread(
-            target=drain, args=(name,), name="artifactregistry-gauth", daemon=True
+            target=target, args=args, name="artifactregistry-gauth", daemon=True
         ).start()
-    finished = 0
-    while finished < len(outputs) and not too_large:
-        if not ended.acquire(timeout=max(deadline - _monotonic(), 0.0)):
+
+    def done() -> bool:
+        if too_large or len(closed) == len(outputs):
+            return True
+        # Exited with a whole answer: what comes later is from something it left running.
+        return (
+            answered is not None
+            and process.returncode is not None
+            and answered(bytes(outputs["stdout"]))
+        )
+
+    while not done():
+        if not progress.acquire(timeout=max(deadline - _monotonic(), 0.0)):
             break
-        finished += 1
     try:
         if too_large:
             size = f"{limit >> 20} MiB" if limit & 0xFFFFF == 0 else f"{limit} bytes"
             raise _OutputTooLargeError(f"printed more than {size} on {too_large[0]}")
-        if finished < len(outputs):  # a pipe still open: it, or a child holding it, runs on
+        if not done():  # a pipe still open: it, or a child holding it, runs on
             raise subprocess.TimeoutExpired(argv, timeout)
         returncode = process.wait(max(deadline - _monotonic(), 0.0))
     except (_OutputTooLargeError, subprocess.TimeoutExpired):
@@ -3031,9 +3356,12 @@ def _run_capped(argv: list, env: dict | None, timeout: float, limit: int = MAX_R
         except subprocess.TimeoutExpired:
             _debug("process %d did not end when killed: left running", process.pid)
         # The pipes close once every process holding them is gone: wait for that, briefly.
-        for _ in range(len(outputs) - finished):
-            ended.acquire(timeout=max(grace_end - _monotonic(), 0.0))
+        stop = grace_end
+        while len(closed) < len(outputs) and progress.acquire(timeout=max(stop - _monotonic(), 0)):
+            pass
         raise
+    if len(closed) < len(outputs) and group:
+        _kill(process, group)  # what it left holding the pipes; its threads end with them
     return subprocess.CompletedProcess(
         argv, returncode, bytes(outputs["stdout"]), bytes(outputs["stderr"])
     )
@@ -3234,8 +3562,22 @@ def _url_host(url: str) -> str:
     return urlsplit(url).hostname or ""
 
 
-def _without_query(url: str) -> str:
-    return url.split("?", 1)[0]
+def _quoted_url(url: str) -> str:
+    """A URL as our messages and logs quote it: no query or fragment (they carry tokens),
+    a userinfo password as ``***``; never an exception, whatever the text."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    end = min((i for i in map(rest.find, "/?#") if i >= 0), default=len(rest))
+    authority, path = rest[:end], rest[end:].split("?", 1)[0].split("#", 1)[0]
+    userinfo, at, hostport = authority.rpartition("@")
+    if at:
+        user, colon, _ = userinfo.partition(":")
+        if len(user) > 40:  # a long "user name" is likely a token itself
+            user = "***"
+        authority = f"{user}{':***' if colon else ''}@{hostport}"
+    shown = f"{scheme}{sep}{authority}{path}"
+    return shown if len(shown) <= 200 else shown[:200] + "..."
 
 
 def _check_endpoint(url: str, what: str) -> None:
@@ -3248,8 +3590,45 @@ def _check_endpoint(url: str, what: str) -> None:
     if parts.scheme == "http" and parts.hostname and _is_loopback_host(parts.hostname):
         return
     raise CredentialError(
-        f"refusing to send credentials to {what} {_without_query(url)!r}: it must be an https URL"
+        f"refusing to send credentials to {what} {_quoted_url(url)!r}: it must be an https URL"
     )
+
+
+_HEADER_NAME_CHARS = frozenset(
+    "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+)
+
+
+def _check_sendable(url: str, headers: dict) -> None:
+    """CredentialError unless http.client can send this URL and these headers as they are.
+
+    It sends the request line as ASCII and header values as Latin-1, and refuses line
+    breaks; text from a file would otherwise fail inside it as a traceback (or, for a
+    header, quote the value). Nothing of a header's value is quoted here.
+    """
+    from urllib.parse import urlsplit
+
+    if not (url.isascii() and url.isprintable()) or " " in url:
+        raise CredentialError(
+            f"the URL {_quoted_url(url)} holds characters that cannot be sent (non-ASCII, "
+            "spaces or control characters); percent-encode them"
+        )
+    if "@" in urlsplit(url).netloc:
+        # urllib would take "user:password@host" for the host name and look it up in DNS.
+        raise CredentialError(
+            f"the URL {_quoted_url(url)} has a user name or password, which is never sent; "
+            "remove it (credentials belong in headers)"
+        )
+    for name, value in headers.items():
+        if not (name and _HEADER_NAME_CHARS.issuperset(name) and _is_header_value(value)):
+            raise CredentialError(
+                f"the {name!r} header for {_quoted_url(url)} holds characters HTTP headers cannot "
+                "carry (a line break, a control character, text beyond Latin-1 or a lone surrogate)"
+            )
+
+
+def _is_header_value(value: str) -> bool:
+    return all(c == "\t" or " " <= c <= "~" or "\xa0" <= c <= "\xff" for c in value)
 
 
 class Transport:
@@ -3265,6 +3644,10 @@ class Transport:
             raise CredentialError(f"gave up after {self.budget:g} s: Google did not answer in time")
         return left
 
+    def own_budget(self, budget: float | None) -> _OwnBudget:
+        """Inside, requests have ``budget`` seconds; the time spent is not charged to the lookup."""
+        return _OwnBudget(self, budget)
+
     def request(
         self,
         method: str,
@@ -3275,37 +3658,41 @@ class Transport:
         direct: bool = False,
         timeout: float = REQUEST_TIMEOUT,
         attempts: int = MAX_ATTEMPTS,
+        tls: tuple | None = None,
     ) -> Response:
         """Send one request; retry transient failures with backoff inside the deadline.
 
-        ``direct`` bypasses any proxy (the metadata server must never be proxied).
+        ``direct`` bypasses any proxy (the metadata server must never be proxied); ``tls``
+        is an (SSL context, description of its trust) for https instead of the usual one.
         """
+        _check_sendable(url, headers or {})
         last_error = None
         # A proxy would carry a loopback request (and its plain-http secrets) off the machine.
         direct = direct or _is_loopback_host(_url_host(url))
         for attempt in range(1, attempts + 1):
             try:
-                response = self._send(method, url, body, headers or {}, direct, timeout)
+                response = self._send(method, url, body, headers or {}, direct, timeout, tls)
             except _TransientError as exc:
-                last_error = f"could not reach {_without_query(url)}: {exc}"
+                last_error = f"could not reach {_quoted_url(url)}: {exc}"
                 wait = 0.0
             else:
                 if not _worth_retrying(response) or attempt == attempts:
                     return response
-                last_error = f"{_without_query(url)} answered HTTP {response.status}"
+                last_error = f"{_quoted_url(url)} answered HTTP {response.status}"
                 wait = _retry_after(response, self.deadline - _monotonic())
             if attempt == attempts:
                 break
             import random
 
-            wait = max(wait, 0.5 * 2 ** (attempt - 1) * random.uniform(0.9, 1.1))  # noqa: S311
+            backoff = min(0.5 * 2 ** (attempt - 1), MAX_BACKOFF)
+            wait = max(wait, backoff * random.uniform(0.9, 1.1))  # noqa: S311
             if wait >= self.deadline - _monotonic():
                 break
             _debug("%s; retrying in %.1f s", last_error, wait)
             time.sleep(wait)
         raise CredentialError(last_error)
 
-    def _send(self, method, url, body, headers, direct, timeout) -> Response:
+    def _send(self, method, url, body, headers, direct, timeout, tls=None) -> Response:
         """One exchange, bounded as a whole: socket timeouts alone let a slow drip go on."""
         import threading
 
@@ -3314,7 +3701,7 @@ class Transport:
 
         def exchange() -> None:
             try:
-                outcome.append(self._exchange(method, url, body, headers, direct, timeout))
+                outcome.append(self._exchange(method, url, body, headers, direct, timeout, tls))
             except BaseException as exc:  # handed to the caller's thread below
                 outcome.append(exc)
 
@@ -3327,7 +3714,7 @@ class Transport:
             raise outcome[0]
         return outcome[0]
 
-    def _exchange(self, method, url, body, headers, direct, timeout) -> Response:
+    def _exchange(self, method, url, body, headers, direct, timeout, tls=None) -> Response:
         import http.client
         import urllib.error
         import urllib.request
@@ -3337,7 +3724,11 @@ class Transport:
             handlers.append(urllib.request.ProxyHandler({}))
         store = ""
         if url.startswith("https:"):
-            context, store = _tls_context()
+            if tls:
+                context, store = tls
+            else:
+                context, stores = _tls_context()
+                store = describe_trust(stores)
             handlers.append(urllib.request.HTTPSHandler(context=context))
         opener = urllib.request.build_opener(*handlers)
         request = urllib.request.Request(url, data=body, headers=headers, method=method)
@@ -3358,6 +3749,29 @@ class Transport:
             raise _TransientError(_describe_os_error(reason)) from None
         except (OSError, http.client.HTTPException) as exc:
             raise _TransientError(_describe_os_error(exc)) from None
+
+
+class _OwnBudget:
+    """A stretch of a lookup with a budget of its own (None: the lookup's)."""
+
+    def __init__(self, transport: Transport, budget: float | None) -> None:
+        self.transport = transport
+        self.budget = budget
+        self.saved = (transport.budget, transport.deadline)
+        self.started = 0.0
+
+    def __enter__(self) -> None:
+        if self.budget is not None:
+            self.started = _monotonic()
+            self.saved = (self.transport.budget, self.transport.deadline)
+            self.transport.budget = self.budget
+            self.transport.deadline = self.started + self.budget
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.budget is not None:
+            budget, deadline = self.saved
+            self.transport.budget = budget
+            self.transport.deadline = deadline + (_monotonic() - self.started)
 
 
 def _is_certificate_error(reason: object) -> bool:
@@ -3426,11 +3840,144 @@ def _no_redirect_handler():
     return NoRedirect()
 
 
+# --- pip's configuration: its files in pip's order, an option read as pip reads it --------
+
+# pip 26.3's system-wide folders besides the XDG ones (pip/_internal/utils/appdirs.py,
+# site_config_dirs): Unix adds /etc, macOS has Apple's shared folder (and Homebrew's).
+PIP_UNIX_SYSTEM_DIR = "/etc"
+PIP_UNIX_XDG_DIR = "/etc/xdg"
+PIP_MACOS_SYSTEM_DIR = "/Library/Application Support"
+# A framework Python installed by Homebrew: its prefix holds a share/pip of its own.
+_HOMEBREW_PYTHON = r"(.+)/opt/python[^/]*/Frameworks/Python\.framework/Versions/[^/]+"
+
+
+def pip_config_files() -> list:
+    """pip's configuration files in the order pip 26.3 loads them: a later file wins.
+
+    From pip/_internal/configuration.py: the system-wide files, the user's (the legacy one
+    first), the environment's (``sys.prefix``), then ``PIP_CONFIG_FILE``. The user's are
+    skipped when ``PIP_CONFIG_FILE`` names a file that exists, and all of them when it is
+    os.devnull.
+    """
+    named = os.environ.get("PIP_CONFIG_FILE")
+    if named == os.devnull:
+        return []
+    windows = sys.platform == "win32"
+    directories = _pip_system_dirs()
+    if not (named and os.path.exists(named)):
+        legacy = os.path.join(os.path.expanduser("~"), "pip" if windows else ".pip")
+        directories += [legacy, _pip_user_dir()]
+    directories.append(sys.prefix)
+    files = [os.path.join(d, "pip.ini" if windows else "pip.conf") for d in directories]
+    return [*files, named] if named else files
+
+
+def _pip_system_dirs() -> list:
+    """platformdirs' site config folders as pip asks for them, each with pip's own name."""
+    if sys.platform == "win32":
+        # CSIDL_COMMON_APPDATA (C:\ProgramData), which %ALLUSERSPROFILE% names.
+        common = os.environ.get("ALLUSERSPROFILE") or os.environ.get("PROGRAMDATA")
+        return [os.path.join(common or "C:\\ProgramData", "pip")]
+    if sys.platform == "darwin":
+        found = _xdg_dirs("XDG_DATA_DIRS")
+        if not found:
+            prefix = _homebrew_prefix()
+            found = [os.path.join(prefix, "share")] if prefix else []
+            found.append(PIP_MACOS_SYSTEM_DIR)
+        return [os.path.join(d, "pip") for d in found]
+    found = _xdg_dirs("XDG_CONFIG_DIRS") or [PIP_UNIX_XDG_DIR]
+    return [os.path.join(d, "pip") for d in found] + [PIP_UNIX_SYSTEM_DIR]
+
+
+def _pip_user_dir() -> str:
+    home = os.path.expanduser("~")
+    if sys.platform == "win32":  # CSIDL_APPDATA, the roaming profile
+        return os.path.join(
+            os.environ.get("APPDATA") or os.path.join(home, "AppData", "Roaming"), "pip"
+        )
+    if sys.platform == "darwin":
+        # pip takes Application Support only where that folder exists, else ~/.config/pip.
+        data = _xdg_dirs("XDG_DATA_HOME")
+        preferred = os.path.join(*data or [home, "Library", "Application Support"], "pip")
+        return preferred if os.path.isdir(preferred) else os.path.join(home, ".config", "pip")
+    return os.path.join(*_xdg_dirs("XDG_CONFIG_HOME") or [home, ".config"], "pip")
+
+
+def _xdg_dirs(variable: str) -> list:
+    """The absolute paths in an XDG variable; relative ones are ignored, as the spec says."""
+    parts = (part.strip() for part in os.environ.get(variable, "").split(os.pathsep))
+    return [part for part in parts if part.startswith("/")]
+
+
+def _homebrew_prefix() -> str:
+    import re
+
+    match = re.fullmatch(_HOMEBREW_PYTHON, sys.base_prefix)
+    return match.group(1) if match else ""
+
+
+def pip_option(name: str) -> tuple:
+    """(value, where it is set) of a ``pip install`` option; ("", "") when unset.
+
+    As pip's ConfigOptionParser reads it: ``PIP_<NAME>`` wins, then ``[install]``, then
+    ``[global]``, each from the last file that sets it; an empty value counts as unset.
+    """
+    variable = "PIP_" + name.upper().replace("-", "_")
+    if os.environ.get(variable):
+        return os.environ[variable], f"${variable}"
+    found: dict = {}
+    for path in pip_config_files():
+        for section, value in _pip_file_options(path, name).items():
+            found[section] = (value, f"{section}.{name} in {path}")
+    return found.get("install") or found.get("global") or ("", "")
+
+
+def _pip_file_options(path: str, name: str) -> dict:
+    """``{"global": value, "install": value}`` for one option in one of pip's files."""
+    import configparser
+
+    try:
+        text = read_local_text(path)
+    except FileNotFoundError:
+        return {}
+    except OSError as exc:
+        _debug("cannot read pip's configuration file %s: %s", path, exc.strerror)
+        return {}
+    parser = configparser.RawConfigParser()  # as pip reads it: no interpolation
+    parser.optionxform = _pip_option_name
+    try:
+        parser.read_string(text, path)
+    except configparser.Error as exc:
+        _debug("pip cannot parse its configuration file %s: %s", path, " ".join(str(exc).split()))
+        return {}
+    sections = ("global", "install")
+    return {
+        s: parser.get(s, name)
+        for s in sections
+        if parser.has_section(s) and parser.get(s, name, fallback="")
+    }
+
+
+def _pip_option_name(name: str) -> str:
+    """pip's spelling of an option in its files: lower case, dashes, no leading ``--``."""
+    name = name.lower().replace("_", "-")
+    return name[2:] if name.startswith("--") else name
+
+
 # --- TLS: which certificates to trust -----------------------------------------------------
 
-
-# Who names a CA bundle, in the order they win: OpenSSL's own variable, then requests'.
-_CA_BUNDLE_VARIABLES = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
+# Variables that name a CA bundle or directory, each read by some tool: OpenSSL (Python's
+# ssl, uv, curl) reads the first two, requests (twine, google-auth) the third, curl the last.
+_CA_VARIABLES = ("SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
+# A long-lived process that changes one of these gets a new context.
+_TLS_ENVIRONMENT = (
+    *_CA_VARIABLES,
+    "PIP_CERT",
+    "PIP_CONFIG_FILE",
+    "CLOUDSDK_CONFIG",
+    "CLOUDSDK_ACTIVE_CONFIG_NAME",
+    "CLOUDSDK_CORE_CUSTOM_CA_CERTS_FILE",
+)
 # Roots exported from the macOS keychains are exported again after this long.
 MACOS_ROOTS_LIFE = 24 * 3600
 MACOS_KEYCHAINS = (
@@ -3442,57 +3989,86 @@ _TLS_CONTEXTS: dict = {}
 
 
 def _tls_context():
-    """The SSL context for https and a description of its trust store, built once per setting."""
-    key = tuple(os.environ.get(name, "") for name in (*_CA_BUNDLE_VARIABLES, "SSL_CERT_DIR"))
+    """The SSL context for https and the stores it trusts, built once per process and setting.
+
+    Built on the first network call only: a token from the cache never needs it.
+    """
+    key = tuple(os.environ.get(name, "") for name in _TLS_ENVIRONMENT)
     found = _TLS_CONTEXTS.get(key)
     if found is None:
         found = _TLS_CONTEXTS[key] = _new_tls_context()
-        _debug("verifying TLS certificates against %s", found[1])
+        _debug("verifying TLS certificates against %s", describe_trust(found[1]))
     return found
 
 
 def _new_tls_context():
+    """A context trusting the union of what the user's tools trust, as pip 26.3 does.
+
+    The OS store (through truststore where importable), OpenSSL's defaults, every bundle or
+    directory named for any tool, certifi, and without truststore on macOS the keychains.
+    A named store that cannot be loaded is reported, never fatal: the others may suffice.
+    Returns the context and the stores, each a dict: store, path, from, and any problem.
+    """
     import ssl
 
-    name = next((n for n in _CA_BUNDLE_VARIABLES if os.environ.get(n)), "")
-    if name == "SSL_CERT_FILE" or (not name and os.environ.get("SSL_CERT_DIR")):
-        # OpenSSL reads both variables itself when it loads its default paths.
-        name = name or "SSL_CERT_DIR"
-        return ssl.create_default_context(), f"{name}={os.environ[name]}"
-    if name:
-        return _ca_bundle_context(name, os.environ[name]), f"{name}={os.environ[name]}"
+    context, stores = _os_trust_context()
+    # Machines often name the system bundle in several variables: each file is loaded once.
+    default = ssl.get_default_verify_paths().cafile  # SSL_CERT_FILE, if it names a file
+    usable = not any("problem" in store for store in stores)
+    loaded = {os.path.realpath(default)} if default and usable else set()
+    for name, path, origin in _named_ca_stores():
+        stores.append(_add_ca_store(context, name, path, origin, loaded))
+    for name in ("certifi", "pip._vendor.certifi"):  # pip trusts its own copy of certifi
+        certifi = _optional_module(name)
+        if certifi is not None:
+            where = certifi.where()
+            stores.append(_add_ca_store(context, "certifi's CA bundle", where, name, loaded))
+            break
+    if sys.platform == "darwin" and not stores[0]["from"].endswith("truststore"):
+        # truststore asks the keychains itself; without it, their export is the OS store.
+        stores.append(_add_macos_keychains(context))
+    return context, stores
+
+
+def _os_trust_context():
+    """A context on the OS store: truststore's where importable (its platforms, Python 3.10+)."""
+    import ssl
+
+    for name in ("truststore", "pip._vendor.truststore"):
+        truststore = _optional_module(name)
+        if truststore is not None:
+            context = truststore.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            context.load_default_certs()  # OpenSSL's defaults join the OS store
+            os_store = {"store": f"the OS trust store via {name}", "from": name}
+            return context, [os_store, _default_store(context)]
     context = ssl.create_default_context()
-    if _has_default_roots(context):
-        return context, "OpenSSL's default CA paths"
-    # No roots: python.org's macOS Python before "Install Certificates.command" runs.
-    for fallback in (_truststore_context, _certifi_context, _macos_keychain_context):
-        found = fallback()
-        if found:
-            return found
-    return context, "OpenSSL's default CA paths, which hold no certificates"
+    return context, [_default_store(context)]
 
 
-def _ca_bundle_context(name: str, path: str):
-    """A context that trusts only the bundle (a file or a directory), as requests does."""
+def _default_store(context) -> dict:
+    """What ssl's load_default_certs gave: Windows' system stores, else OpenSSL's paths."""
     import ssl
 
-    try:
-        if os.path.isdir(path):
-            return ssl.create_default_context(capath=path)
-        return ssl.create_default_context(cafile=path)
-    except OSError as exc:  # ssl.SSLError is an OSError too
-        problem = exc.strerror or getattr(exc, "reason", None) or exc
-        raise CredentialError(
-            f"{name}={path}: cannot load CA certificates from it ({problem}); "
-            f"point {name} at a PEM bundle or unset it"
-        ) from None
+    if sys.platform == "win32":
+        stores = "the Windows system certificate stores (ROOT and CA)"
+        return {"store": stores, "from": "ssl.SSLContext.load_default_certs"}
+    paths = ssl.get_default_verify_paths()
+    where = " and ".join(p for p in (paths.cafile, paths.capath) if p)
+    store = {
+        "store": "OpenSSL's default CA paths",
+        "path": where,
+        "from": "ssl.get_default_verify_paths",
+    }
+    if not _has_default_roots(context):
+        store["problem"] = "they hold no certificates"
+    return store
 
 
 def _has_default_roots(context) -> bool:
     """True if OpenSSL's default paths hold certificates."""
     import ssl
 
-    if context.cert_store_stats()["x509"]:
+    if context.get_ca_certs():
         return True
     # A CA directory is read lazily, one file per lookup: nothing is counted until then.
     capath = ssl.get_default_verify_paths().capath
@@ -3505,46 +4081,120 @@ def _has_default_roots(context) -> bool:
         return False
 
 
-def _truststore_context():
-    """The OS trust store through truststore, or pip's vendored copy of it."""
+def _named_ca_stores() -> list:
+    """(name, path, where it is set) for each CA bundle or directory named for a tool."""
+    named = [(n, os.environ[n], f"${n}") for n in _CA_VARIABLES if os.environ.get(n)]
+    cert, where = pip_option("cert")
+    if cert:
+        named.append(("pip's cert", os.path.expanduser(cert), where))
+    try:
+        settings = GcloudSettings.read(_find_executable("gcloud"))
+    except CredentialError as exc:  # gcloud's own files are broken: gcloud fails too
+        _debug("not reading gcloud's %s: %s", GCLOUD_CA_PROPERTY, exc)
+    else:
+        path = settings.get(GCLOUD_CA_PROPERTY)
+        if path:
+            named.append(
+                (f"gcloud's {GCLOUD_CA_PROPERTY}", path, settings.named_by(GCLOUD_CA_PROPERTY))
+            )
+    return named
+
+
+def _add_ca_store(context, name: str, path: str, origin: str, loaded: set) -> dict:
+    """Load a bundle (a file) or a CA directory into ``context`` unless ``loaded`` has it.
+
+    A problem is reported back in the store, never raised.
+    """
+    import stat
+
+    store = {"store": name, "path": path, "from": origin}
+    real = os.path.realpath(path)
+    if real in loaded:
+        return store
+    try:
+        mode = os.stat(path).st_mode
+        if stat.S_ISDIR(mode) and _os_verifies(context):
+            _load_ca_directory_at_once(context, path)
+        elif stat.S_ISDIR(mode):
+            context.load_verify_locations(capath=path)
+        elif stat.S_ISREG(mode):  # never a FIFO or a device: loading it could block
+            context.load_verify_locations(cafile=path)
+        else:
+            raise OSError(0, "not a regular file")
+    except OSError as exc:  # ssl.SSLError is an OSError too
+        problem = exc.strerror or getattr(exc, "reason", None) or exc
+        store["problem"] = f"cannot load CA certificates from it ({problem})"
+        _debug("%s %s (%s): %s", name, path, origin, store["problem"])
+    else:
+        loaded.add(real)
+    return store
+
+
+def _os_verifies(context) -> bool:
+    """Whether truststore has macOS or Windows verify: they see only loaded certificates.
+
+    OpenSSL reads a CA directory lazily, during a handshake; the OS would never see it.
+    """
+    import ssl
+
+    return type(context) is not ssl.SSLContext and sys.platform in ("darwin", "win32")
+
+
+def _load_ca_directory_at_once(context, path: str) -> None:
+    """Every certificate file of a CA directory (hashed names or not); OSError if none."""
+    count = 0
+    with os.scandir(path) as entries:
+        for entry in entries:
+            try:
+                if entry.is_file():  # a hash link counts as the file it names
+                    context.load_verify_locations(cafile=entry.path)
+                    count += 1
+            except OSError:  # ssl.SSLError too: not every file in such a folder is a CA
+                continue
+    if not count:
+        raise OSError(0, "no certificate file in it")
+
+
+def _optional_module(name: str):
+    """An optional module (truststore, certifi), or None where it is absent or unsupported."""
     import importlib
-    import ssl
-
-    for name in ("truststore", "pip._vendor.truststore"):
-        try:
-            truststore = importlib.import_module(name)
-        except ImportError:  # absent, or Python older than truststore supports
-            continue
-        return truststore.SSLContext(ssl.PROTOCOL_TLS_CLIENT), f"the OS trust store via {name}"
-    return None
-
-
-def _certifi_context():
-    import ssl
 
     try:
-        import certifi
-    except ImportError:
+        return importlib.import_module(name)
+    except ImportError:  # absent, or a Python older than it supports
         return None
-    path = certifi.where()
-    return ssl.create_default_context(cafile=path), f"certifi's CA bundle {path}"
 
 
-def _macos_keychain_context():
+def describe_trust(stores: list) -> str:
+    """The stores in one line, for errors and the debug log: the loaded, then the failed."""
+
+    def label(store: dict) -> str:
+        path = store.get("path")
+        if not path:
+            return store["store"]
+        named = store["from"] == f"${store['store']}"  # SSL_CERT_FILE=/its/path
+        return f"{store['store']}={path}" if named else f"{store['store']} {path}"
+
+    used = ", ".join(label(s) for s in stores if "problem" not in s)
+    failed = "; ".join(f"{label(s)}: {s['problem']}" for s in stores if "problem" in s)
+    return f"{used or 'nothing'}" + (f"; not used: {failed}" if failed else "")
+
+
+def _add_macos_keychains(context) -> dict:
     """The macOS system roots and admin-added CAs, as the keychains hold them."""
     import ssl
 
-    if sys.platform != "darwin":
-        return None
+    store = {"store": "the macOS system keychains", "from": "security find-certificate"}
     pem = _macos_roots()
     if not pem:
-        return None
+        store["problem"] = "no certificates exported"
+        return store
     try:
-        context = ssl.create_default_context(cadata=pem)
+        context.load_verify_locations(cadata=pem)
     except ssl.SSLError as exc:
-        _debug("cannot use the certificates exported from the macOS keychains: %s", exc)
-        return None
-    return context, "the macOS system keychains (security find-certificate)"
+        store["problem"] = f"cannot use the exported certificates ({exc.reason or exc})"
+        _debug("%s", store["problem"])
+    return store
 
 
 def _macos_roots() -> str:
@@ -3593,8 +4243,14 @@ def _export_macos_roots() -> str:
 # --- hashing ------------------------------------------------------------------------------
 
 
-def _short_hash(data: bytes) -> str:
-    return _sha256(data).hexdigest()[:16]
+def _short_hash(data: bytes | str) -> str:
+    return _sha256(_hashable(data)).hexdigest()[:16]
+
+
+def _hashable(data: bytes | str) -> bytes:
+    """Text as bytes to hash: a lone surrogate (a JSON escape, a non-UTF-8 file name)
+    hashes too, so that a source can say what is wrong instead of raising here."""
+    return data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data
 
 
 def _sha256(data: bytes):
@@ -3657,49 +4313,147 @@ def _parser(command: str | None = None):
     return parser
 
 
+# What each command's exit status means, for its --help.
+EXIT_STATUS = {
+    "token": ("the token is printed", "no credentials", "a usage error, or --url is not ours"),
+    "get": ("answered", "not ours to answer, or no credentials", "a usage error"),
+    "doctor": (
+        "a token, and nothing found that will make a configured tool fail",
+        "no token, or a setting that will make a tool fail (its fix is printed)",
+        "a usage error",
+    ),
+    "print-settings": ("printed", "", "a usage error"),
+    "netrc": ("written", "no credentials, or the file cannot be written", "a bad host or usage"),
+    "credential-helper": (
+        "answered (an empty {} for a URI that is not ours)",
+        "no credentials",
+        "a bad request or usage",
+    ),
+}
+
+
+def _exit_status(command: str) -> str:
+    """The epilog of a command's --help: what each exit code means."""
+    meanings = EXIT_STATUS[command]
+    return "exit status:\n" + "".join(
+        f"  {code}  {meaning}\n" for code, meaning in enumerate(meanings) if meaning
+    )
+
+
+def _add_command(commands, name: str, summary: str, description: str = "", **kwargs):
+    """A subcommand's parser: --help says what it does and what its exits mean, and it takes
+    -v after its name as well as before."""
+    import argparse
+
+    parser = commands.add_parser(
+        name,
+        help=summary,
+        description=description or summary[:1].upper() + summary[1:] + ".",
+        epilog=_exit_status(name),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        **kwargs,
+    )
+    if kwargs.get("add_help", True):
+        # SUPPRESS: without -v here, the -v given before the command word stands.
+        parser.add_argument(
+            "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging"
+        )
+    return parser
+
+
 def _add_token(commands) -> None:
-    token = commands.add_parser("token", help="print an access token and nothing else")
+    token = _add_command(
+        commands,
+        "token",
+        "print an access token and nothing else",
+        "Print a live access token for Artifact Registry (from the cache while it has 15 "
+        "minutes left), for tools that take a password: "
+        'UV_INDEX_PRIVATE_PASSWORD="$(artifactregistry-gauth token)".',
+    )
     token.add_argument("--url", help="the repository URL the token is for (checked, optional)")
-    token.set_defaults(run=lambda args: _token_command(args.url))
+    token.add_argument(
+        "--json", action="store_true", help='print {"token": ..., "expiry": RFC 3339 UTC or null}'
+    )
+    token.set_defaults(run=lambda args: _token_command(args.url, args.json))
 
 
 def _add_get(commands) -> None:
     # Listed for --help only: main() hands `get` to keyring's own command line.
-    commands.add_parser(
+    _add_command(
+        commands,
         "get",
-        help="keyring-compatible: get [--mode password|creds] [--output plain|json] SERVICE [USER]",
+        "keyring-compatible: get [--mode password|creds] [--output plain|json] SERVICE [USER]",
         add_help=False,
     )
 
 
 def _add_doctor(commands) -> None:
-    doctor = commands.add_parser("doctor", help="say where this machine stands, and what to fix")
+    doctor = _add_command(
+        commands,
+        "doctor",
+        "say where this machine stands, and what to fix",
+        "Say which credentials answer, what the token cache, keyring and the `keyring` on PATH "
+        "see, and what each Artifact Registry URL in pip, uv, twine, poetry, pdm and hatch "
+        "configuration will do; print the fix for each problem.",
+    )
     doctor.add_argument("--json", action="store_true", help="machine-readable output")
     doctor.set_defaults(run=lambda args: _doctor_command(args.json))
 
 
 def _add_print_settings(commands) -> None:
-    settings = commands.add_parser(
-        "print-settings", help="print pip, twine, uv, poetry and tox settings for a repository"
+    tools = "\n".join(f"  {name:<15} {what}" for name, (what, _) in SETTINGS.items())
+    settings = _add_command(
+        commands,
+        "print-settings",
+        "print pip, uv, twine, poetry, pdm, hatch, tox, pipenv and pipx settings",
+        "Print the settings each tool needs for one Artifact Registry repository, offline:\n"
+        "a whole file or command list per tool, to paste as it is. --tool picks one:\n" + tools,
     )
-    settings.add_argument("--location", required=True, help="e.g. us, europe-west1")
-    settings.add_argument("--project", required=True, help="Google Cloud project id")
-    settings.add_argument("--repository", required=True, help="Artifact Registry repository")
     settings.add_argument(
-        "--tool", choices=("pip", "twine", "uv", "poetry", "tox", "all"), default="all"
+        "--location", required=True, type=_settings_name("location"), help="e.g. us, europe-west1"
+    )
+    settings.add_argument(
+        "--project", required=True, type=_settings_name("project"), help="Google Cloud project id"
+    )
+    settings.add_argument(
+        "--repository",
+        required=True,
+        type=_settings_name("repository"),
+        help="Artifact Registry repository id",
+    )
+    settings.add_argument(
+        "--tool",
+        choices=SETTINGS_TOOLS,
+        default="all",
+        metavar="TOOL",
+        help="one of " + ", ".join(SETTINGS_TOOLS) + " (default: all, one after another)",
     )
     settings.set_defaults(run=_print_settings_command)
 
 
+def _settings_name(what: str):
+    """An argparse type that takes only an Artifact Registry name of this kind."""
+    import argparse
+    import re
+
+    def checked(value: str) -> str:
+        if not re.fullmatch(_SETTINGS_NAMES[what], value):
+            raise argparse.ArgumentTypeError(
+                f"not an Artifact Registry {what} id (lower-case letters, digits, hyphens)"
+            )
+        return value
+
+    checked.__name__ = what
+    return checked
+
+
 def _print_settings_command(args) -> int:
-    sys.stdout.write(print_settings(args.location, args.project, args.repository, args.tool))
+    _write_out(print_settings(args.location, args.project, args.repository, args.tool))
     return 0
 
 
 def _add_netrc(commands) -> None:
-    netrc = commands.add_parser(
-        "netrc", help="netrc entries with a token, for tools without keyring"
-    )
+    netrc = _add_command(commands, "netrc", "netrc entries with a token, for tools without keyring")
     netrc.add_argument("hosts", nargs="*", metavar="HOST", help="default: the configured hosts")
     netrc.add_argument("--output", metavar="FILE", help="replace our entries in FILE (0600)")
     netrc.set_defaults(run=_netrc_command)
@@ -3708,7 +4462,13 @@ def _add_netrc(commands) -> None:
 def _add_credential_helper(commands) -> None:
     import argparse
 
-    helper = commands.add_parser("credential-helper", help="Bazel's credential helper: get")
+    helper = _add_command(
+        commands,
+        "credential-helper",
+        "Bazel's credential helper: get",
+        "Bazel's credential-helper protocol: `credential-helper get` reads "
+        '{"uri": "https://..."} on stdin and prints the Authorization header for it.',
+    )
     helper.add_argument("operation", nargs=argparse.REMAINDER, help="get (a JSON request on stdin)")
     helper.set_defaults(run=lambda args: _credential_helper_command(args.operation))
 
@@ -3730,7 +4490,15 @@ def _keyring_parser(prog: str):
     """keyring's own command line (keyring/cli.py), of which we serve `get`."""
     import argparse
 
-    parser = argparse.ArgumentParser(prog=prog)
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        usage=f"{prog} get [--mode password|creds] [--output plain|json] SERVICE [USER]\n"
+        f"       {prog} --list-backends",
+        description="keyring's `get`: print the token (--mode password, USER oauth2accesstoken)\n"
+        "or the username and the token (--mode creds) for an Artifact Registry SERVICE.",
+        epilog=_exit_status("get"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("-p", "--keyring-path", dest="keyring_path")
     parser.add_argument("-b", "--keyring-backend", dest="keyring_backend")
     parser.add_argument("--list-backends", action="store_true")
@@ -3755,7 +4523,7 @@ def main(argv: list | None = None) -> int:
         return _keyring_main(argv, PROG)
     word = _command_word(argv)
     if word == "token" and len(argv) == 1:  # the hot path: nothing for argparse to do
-        return _token_command(None)
+        return _token_command(None, False)
     args = _parser(word).parse_args(argv)
     if args.verbose:
         os.environ["ARTIFACTREGISTRY_GAUTH_DEBUG"] = "1"
@@ -3786,20 +4554,45 @@ def _first_word(argv: list) -> str | None:
     return None
 
 
-def _token_command(url: str | None) -> int:
+def _stdout_encodes(text: str) -> bool:
+    """Whether stdout can carry ``text``: a Windows console redirected to a file is cp1252,
+    and PYTHONIOENCODING=ascii or an old Python's C locale make it ASCII."""
+    try:
+        text.encode(getattr(sys.stdout, "encoding", None) or "utf-8")
+    except (UnicodeEncodeError, LookupError):
+        return False
+    return True
+
+
+def _write_out(text: str) -> None:
+    """Print ``text``; what stdout cannot encode is written as an escape, never a traceback."""
+    if not _stdout_encodes(text):
+        text = text.encode("ascii", "backslashreplace").decode("ascii")
+    sys.stdout.write(text)
+
+
+def _token_command(url: str | None, as_json: bool) -> int:
     if url is not None and not is_registry_service(url):
         sys.stderr.write(
-            f"{PROG}: {url} is not an Artifact Registry URL (https://*.pkg.dev/...); "
+            f"{PROG}: {_quoted_url(url)} is not an Artifact Registry URL (https://*.pkg.dev/...); "
             "add its host to ARTIFACTREGISTRY_GAUTH_HOSTS if it fronts one\n"
         )
         return 2
     try:
-        token = get_token()
+        token = lookup()
     except CredentialError as exc:
         sys.stderr.write(f"{PROG}: {exc}\n")
         return 1
-    sys.stdout.write(token + "\n")
+    if as_json:
+        expiry = None if token.expiry is None else _rfc3339(token.expiry)
+        sys.stdout.write(_json_text({"token": token.value, "expiry": expiry}) + "\n")
+    else:
+        sys.stdout.write(token.value + "\n")
     return 0
+
+
+def _rfc3339(when: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(when))
 
 
 def _keyring_main(argv: list, prog: str) -> int:
@@ -3834,13 +4627,12 @@ def _plain_keyring_get(argv: list) -> tuple | None:
     """(mode, output, service, username) of a plain keyring `get SERVICE [USER]`.
 
     The forms pip and uv send (``--mode``/``--output``, spelled with a space or ``=``,
-    before or after the words), read without argparse: it costs more than the answer.
+    before, between or after the words), read without argparse: it costs more than the answer.
     None for anything else, which keyring's own parser then reads.
     """
     options = {"--mode": "password", "--output": "plain"}
     choices = {"--mode": ("password", "creds"), "--output": ("plain", "json")}
     words: list = []
-    words_ended = False  # argparse takes the words in one run; split runs go to it
     arguments = iter(argv)
     for arg in arguments:
         name, equals, value = arg.partition("=")
@@ -3850,8 +4642,7 @@ def _plain_keyring_get(argv: list) -> tuple | None:
             if value not in choices[name]:
                 return None
             options[name] = value
-            words_ended = bool(words)
-        elif arg.startswith("-") or words_ended:
+        elif arg.startswith("-"):
             return None
         else:
             words.append(arg)
@@ -3864,7 +4655,8 @@ def _plain_keyring_get(argv: list) -> tuple | None:
 def _parse_keyring_command(argv: list, prog: str) -> tuple | int:
     """keyring's command line read by argparse: the question, or an exit code."""
     parser = _keyring_parser(prog)
-    args = parser.parse_args(argv)
+    # Intermixed: `get --mode creds SERVICE` as well as `--mode creds get SERVICE`.
+    args = parser.parse_intermixed_args(argv)
     if args.verbose:
         os.environ["ARTIFACTREGISTRY_GAUTH_DEBUG"] = "1"
     if args.list_backends:
@@ -3885,69 +4677,230 @@ def _parse_keyring_command(argv: list, prog: str) -> tuple | int:
 # --- print-settings -----------------------------------------------------------------------
 
 
-def print_settings(location: str, project: str, repository: str, tool: str = "all") -> str:
-    """Configuration snippets for one repository, offline (no API call)."""
-    host = f"{location}-python.pkg.dev"
-    upload = f"https://{host}/{project}/{repository}/"
-    index = f"{upload}simple/"
-    user_index = f"https://{USERNAME}@{host}/{project}/{repository}/simple/"
-    name = repository.upper().replace("-", "_").replace(".", "_")
-    snippets = {
-        "pip": f"""\
-# pip: pip.conf (`pip config edit`), with keyring and artifactregistry-gauth installed
-# beside pip (--keyring-provider import, pip's default when keyring is importable).
+# Each tool's settings for one repository, as a file or a command list to paste whole:
+# `print-settings` prints them and docs/tools.md shows them (a test keeps the two equal, and
+# runs each through its tool). Placeholders: {index}, {user_index} (with the username),
+# {upload}, {repository}, {user}; {{ }} are literal braces.
+_ONLY_INDEX = """\
+# Make {repository} the only index, a virtual repository with PyPI as its upstream: with an
+# extra index beside PyPI, a package on PyPI with a private package's name and a higher
+# version wins (dependency confusion).
+"""
+_KEYRING_ON_PATH = """\
+# It runs the `keyring` on PATH: keyring 25.2.1+ with artifactregistry-gauth injected
+# (pipx install keyring; pipx inject keyring /path/to/artifactregistry-gauth, a clone,
+# until it is on PyPI), or a link named keyring to the artifactregistry-gauth command.
+"""
+SETTINGS = {
+    "pip": (
+        "pip.conf, keyring imported by pip",
+        """\
+# pip.conf (pip config edit --user, or PIP_CONFIG_FILE): pip imports keyring, with
+# artifactregistry-gauth installed beside pip.
+"""
+        + _ONLY_INDEX
+        + """\
 [global]
-extra-index-url = {index}
-
-# For pip's subprocess provider (keyring installed with pipx), the URL must carry the
-# username, and pip needs --keyring-provider subprocess:
-[global]
-keyring-provider = subprocess
-extra-index-url = {user_index}
+index-url = {index}
+keyring-provider = import
 """,
-        "twine": f"""\
-# twine: ~/.pypirc; keyring supplies the username and the password.
+    ),
+    "pip-subprocess": (
+        "pip.conf, keyring run by pip",
+        """\
+# pip.conf (pip config edit --user, or PIP_CONFIG_FILE) for pip's subprocess provider.
+"""
+        + _KEYRING_ON_PATH
+        + """\
+# The username in the URL lets pip before 26.2 ask keyring too.
+"""
+        + _ONLY_INDEX
+        + """\
+[global]
+index-url = {user_index}
+keyring-provider = subprocess
+""",
+    ),
+    "uv": (
+        "uv.toml",
+        """\
+# uv.toml (~/.config/uv/uv.toml, or beside pyproject.toml). uv asks keyring with
+# authenticate = "always" (or a username) and keyring-provider = "subprocess".
+"""
+        + _KEYRING_ON_PATH
+        + _ONLY_INDEX
+        + """\
+# In a project, pin the private packages instead: see print-settings --tool uv-pyproject.
+# Publish: uv publish --index {repository} --username {user}
+keyring-provider = "subprocess"
+
+[[index]]
+name = "{repository}"
+url = "{index}"
+publish-url = "{upload}"
+default = true
+authenticate = "always"
+""",
+    ),
+    "uv-pyproject": (
+        "pyproject.toml for uv",
+        """\
+# pyproject.toml, added to your project's. uv asks keyring with authenticate = "always".
+"""
+        + _KEYRING_ON_PATH
+        + """\
+# explicit = true: only the packages named in [tool.uv.sources] come from {repository},
+# and PyPI can never serve a package in their place (no dependency confusion).
+# Publish: uv publish --index {repository} --username {user}
+[tool.uv]
+keyring-provider = "subprocess"
+
+[[tool.uv.index]]
+name = "{repository}"
+url = "{index}"
+publish-url = "{upload}"
+explicit = true
+authenticate = "always"
+
+[tool.uv.sources]
+# one line for each private package:
+# mypackage = {{ index = "{repository}" }}
+""",
+    ),
+    "twine": (
+        "~/.pypirc",
+        """\
+# ~/.pypirc: twine upload -r {repository} dist/*. twine asks keyring for the password, with
+# artifactregistry-gauth installed beside twine (pipx inject twine
+# /path/to/artifactregistry-gauth, a clone, until it is on PyPI).
 [distutils]
 index-servers =
     {repository}
 
 [{repository}]
 repository = {upload}
-username = {USERNAME}
+username = {user}
 """,
-        "uv": f"""\
-# uv: pyproject.toml (or uv.toml without the tool.uv prefix)
-[[tool.uv.index]]
+    ),
+    "poetry": (
+        "poetry commands",
+        """\
+# poetry, in your project. artifactregistry-gauth goes into poetry's own environment:
+# poetry self add /path/to/artifactregistry-gauth (a clone, until it is on PyPI).
+# No http-basic setting: poetry asks keyring for the source's URL, and the backend
+# answers the username and the token (`poetry config http-basic.{repository} {user}`
+# without a password would make poetry prompt for one).
+# --priority=primary replaces PyPI: make {repository} a virtual repository with PyPI as its
+# upstream, or add it with --priority=explicit and name it in each private dependency.
+poetry source add --priority=primary {repository} {index}
+poetry config repositories.{repository} {upload}
+# Then: poetry install; poetry publish --repository {repository}
+""",
+    ),
+    "pdm": (
+        "pyproject.toml for pdm",
+        """\
+# pyproject.toml, added to your project's. pdm asks keyring, with keyring and
+# artifactregistry-gauth in pdm's own environment (pdm self add keyring
+# /path/to/artifactregistry-gauth, a clone, until it is on PyPI).
+# pdm keeps PyPI beside this source: to avoid dependency confusion, list your private
+# packages in include_packages = ["mypackage"], or name the source "pypi" to replace PyPI
+# (a virtual repository with PyPI as its upstream).
+# Publish: pdm publish -r {upload} -u {user}
+[[tool.pdm.source]]
 name = "{repository}"
 url = "{index}"
-publish-url = "{upload}"
-
-# uv asks keyring only when it knows the username, which must be {USERNAME}:
-export UV_KEYRING_PROVIDER=subprocess
-export UV_INDEX_{name}_USERNAME={USERNAME}
-# publishing: uv publish --index {repository} --username {USERNAME} --keyring-provider subprocess
-# without keyring: export UV_INDEX_{name}_PASSWORD="$(artifactregistry-gauth token)"
 """,
-        "poetry": f"""\
-# poetry: install the backend where poetry runs, then add the source.
-poetry self add artifactregistry-gauth
-poetry source add --priority=supplemental {repository} {index}
-poetry config repositories.{repository} {upload}
-poetry config http-basic.{repository} {USERNAME}   # username only; keyring gives the token
-poetry publish --repository {repository}
+    ),
+    "hatch": (
+        "hatch config.toml",
+        """\
+# hatch's config.toml (hatch config find): hatch publish -r {repository}. hatch asks
+# keyring for the password, with artifactregistry-gauth beside hatch (pipx inject hatch
+# /path/to/artifactregistry-gauth, a clone, until it is on PyPI).
+[publish.index.repos.{repository}]
+url = "{upload}"
+user = "{user}"
 """,
-        "tox": f"""\
-# tox: tox.ini; tox installs the backend into its own environment first.
-[tox]
-requires = artifactregistry-gauth
-
+    ),
+    "tox": (
+        "tox.ini",
+        """\
+# tox.ini: pip in each test environment uses its subprocess provider.
+"""
+        + _KEYRING_ON_PATH
+        + """\
+# Once artifactregistry-gauth is on PyPI, tox can provision it: requires = artifactregistry-gauth
+"""
+        + _ONLY_INDEX
+        + """\
 [testenv]
-setenv =
-    PIP_EXTRA_INDEX_URL = {index}
+set_env =
+    PIP_INDEX_URL = {user_index}
+    PIP_KEYRING_PROVIDER = subprocess
+pass_env = GOOGLE_APPLICATION_CREDENTIALS
 """,
+    ),
+    "pipenv": (
+        "Pipfile",
+        """\
+# Pipfile: pipenv runs its own pip, whose subprocess provider needs
+# export PIP_KEYRING_PROVIDER=subprocess
+"""
+        + _KEYRING_ON_PATH
+        + _ONLY_INDEX
+        + """\
+[[source]]
+name = "{repository}"
+url = "{index}"
+verify_ssl = true
+
+[packages]
+# mypackage = "*"
+""",
+    ),
+    "pipx": (
+        "pipx commands",
+        """\
+# pipx runs pip with its subprocess provider.
+"""
+        + _KEYRING_ON_PATH
+        + """\
+# {repository} must serve pip too (pipx installs it from the index): a virtual repository
+# with PyPI as its upstream. The username in the URL serves the older pip pipx runs first.
+export PIP_INDEX_URL={user_index}
+# Then: pipx install mypackage
+""",
+    ),
+}
+SETTINGS_TOOLS = (*SETTINGS, "all")
+# Artifact Registry's names: a location, a project id (optionally domain-scoped) and a
+# repository id; anything else would be pasted into a configuration file as it is.
+_SETTINGS_NAMES = {
+    "location": r"[a-z][a-z0-9-]{0,62}",
+    "project": r"([a-z][a-z0-9.-]{0,62}:)?[a-z]([a-z0-9-]{0,61}[a-z0-9])?",
+    "repository": r"[a-z]([a-z0-9-]{0,61}[a-z0-9])?",
+}
+
+
+def print_settings(location: str, project: str, repository: str, tool: str = "all") -> str:
+    """Configuration for one repository, offline (no API call): one tool's, or every tool's."""
+    host = f"{location}-python.pkg.dev"
+    upload = f"https://{host}/{project}/{repository}/"
+    values = {
+        "index": f"{upload}simple/",
+        "user_index": f"https://{USERNAME}@{host}/{project}/{repository}/simple/",
+        "upload": upload,
+        "repository": repository,
+        "user": USERNAME,
     }
-    chosen = snippets if tool == "all" else {tool: snippets[tool]}
-    return "\n".join(chosen.values())
+    if tool != "all":
+        return SETTINGS[tool][1].format(**values)
+    # One file after another, each under a line that says which it is.
+    return "\n".join(
+        f"# ===== {name}: {what} =====\n" + text.format(**values)
+        for name, (what, text) in SETTINGS.items()
+    )
 
 
 # --- doctor -------------------------------------------------------------------------------
@@ -3960,8 +4913,8 @@ def _doctor_command(as_json: bool) -> int:
 
         sys.stdout.write(json.dumps(report, indent=2) + "\n")
     else:
-        sys.stdout.write(_format_report(report))
-    return 0 if report["token"]["ok"] else 1
+        _write_out(_format_report(report))
+    return 0 if report["token"]["ok"] and not report["problems"] else 1
 
 
 def diagnose() -> dict:
@@ -3993,12 +4946,23 @@ def diagnose() -> dict:
         "sources": steps,
         "token": token_info,
         "cache": _cache_report(),
+        "tls": [dict(store) for store in _tls_context()[1]],
         "keyring": _keyring_report(),
         "keyring_executable": _keyring_executable_report(),
         "index_urls": _index_url_report(),
     }
     report["warnings"] = _warnings(report)
+    report["problems"] = _problems(report)
     return report
+
+
+def _problems(report: dict) -> list:
+    """What will make a configured tool fail, each with its fix: doctor then exits 1."""
+    return [
+        f"{entry['url']} ({entry['where']}): {entry['verdict']}"
+        for entry in report["index_urls"]
+        if entry.get("fails")
+    ]
 
 
 def _cache_report() -> dict:
@@ -4009,7 +4973,7 @@ def _cache_report() -> dict:
     if usable is None:
         state = "absent" if not os.path.exists(directory) else "unusable (not a directory of ours)"
         return {"directory": directory, "state": state}
-    entries = [name for name in os.listdir(usable) if name.endswith(".json")]
+    entries = [name for name in os.listdir(usable) if name.endswith(TOKEN_FILE_SUFFIX)]
     return {"directory": directory, "state": "on", "entries": len(entries)}
 
 
@@ -4131,6 +5095,15 @@ def _warnings(report: dict) -> list:
             f"of {pip}, whose subprocess provider skips it: install it elsewhere on PATH "
             "(pipx install keyring && pipx inject keyring artifactregistry-gauth)"
         )
+    for entry in report["index_urls"]:
+        if entry.get("extra_index"):
+            found.append(
+                f"{entry['url']} ({entry['where']}) is an extra index beside PyPI: a package on "
+                "PyPI with a private package's name and a higher version wins (dependency "
+                "confusion); make the repository a virtual repository with PyPI as its upstream "
+                "and use it as the index-url, or with uv pin private packages to an index with "
+                "explicit = true and [tool.uv.sources]"
+            )
     if _pip_setting("no-input", "") and _pip_setting("keyring-provider", "auto") == "auto":
         found.append(
             "pip's no-input (PIP_NO_INPUT or pip.conf) with the default keyring provider "
@@ -4144,22 +5117,13 @@ _TRUE = ("1", "y", "yes", "t", "true", "on")
 
 
 def _pip_setting(name: str, default: str) -> str:
-    """A pip option from PIP_* or pip's configuration files, as pip would read it (roughly)."""
-    value = os.environ.get("PIP_" + name.upper().replace("-", "_"))
-    if value is None:
-        for path, tool in _config_files():
-            text = _read_config(path) if tool == "pip" else None
-            for section in _config_sections(text or ""):
-                if section["name"] in ("global", "install"):
-                    settings = section["settings"]
-                    value = settings.get(name, settings.get(name.replace("-", "_"), value))
-            if value is not None:
-                break
-    if not (value or "").strip():
+    """A pip option from PIP_* or pip's configuration files, as pip reads it."""
+    value = pip_option(name)[0].strip()
+    if not value:
         return default
     if name == "no-input":
-        return "yes" if value.strip().lower() in _TRUE else ""
-    return value.strip().lower()
+        return "yes" if value.lower() in _TRUE else ""
+    return value.lower()
 
 
 # A configuration file is read up to this size: a pyproject.toml may come from an untrusted
@@ -4212,18 +5176,6 @@ def _registry_url_parts(url: str):
     return None
 
 
-def _masked(parts) -> str:
-    """The URL without query or fragment, any userinfo password shown as ***."""
-    userinfo, at, hostport = parts.netloc.rpartition("@")
-    if at:
-        user, colon, _ = userinfo.partition(":")
-        if len(user) > 40:  # a long "username" is likely a token itself
-            user = "***"
-        userinfo = user + (":***" if colon else "") + "@"
-    shown = f"{parts.scheme}://{userinfo}{hostport}{parts.path}"
-    return shown if len(shown) <= 200 else shown[:200] + "..."
-
-
 def _read_config(path: str) -> str | None:
     """A configuration file's text (regular, at most MAX_CONFIG_BYTES); None for anything else."""
     try:
@@ -4265,16 +5217,27 @@ def _configured_urls():
     """(URL, where, tool, settings of its section, key) for every URL in the configuration."""
     for name, tool, user_variable in _URL_VARIABLES:
         value = os.environ.get(name, "")[:MAX_CONFIG_BYTES]
-        settings = {"username": os.environ.get(user_variable, "")} if user_variable else {}
+        settings = {}
+        if user_variable:
+            settings = {"username": os.environ.get(user_variable, ""), "variable": user_variable}
         for url in _urls_in(value):
             yield url, f"${name}", tool, settings, name.lower()
     for path, tool in _config_files():
         text = _read_config(path)
         if text is None:
             continue
-        for section in _config_sections(text):
+        sections = _config_sections(text)
+        # uv's keyring-provider sits at the top of uv.toml, or in [tool.uv] of pyproject.toml.
+        provider = [
+            section["settings"]["keyring-provider"]
+            for section in sections
+            if section["name"] in ("", "tool.uv") and "keyring-provider" in section["settings"]
+        ]
+        for section in sections:
             section_tool = _section_tool(tool, section["name"])
             settings = dict(section["settings"], section=section["name"])
+            if provider:
+                settings["uv keyring-provider"] = provider[-1]
             for key, url in section["urls"]:
                 yield url, path, section_tool, settings, key
 
@@ -4307,12 +5270,8 @@ def _index_url_report() -> list:
 def _config_files() -> list:
     home = os.path.expanduser("~")
     config = os.environ.get("XDG_CONFIG_HOME") or os.path.join(home, ".config")
-    candidates = [
-        (os.environ.get("PIP_CONFIG_FILE", ""), "pip"),
-        (os.path.join(config, "pip", "pip.conf"), "pip"),
-        (os.path.join(home, ".pip", "pip.conf"), "pip"),
-        (os.path.join(sys.prefix, "pip.conf"), "pip"),
-        ("/etc/pip.conf", "pip"),
+    candidates = [(path, "pip") for path in pip_config_files()]
+    candidates += [
         (os.path.join(config, "uv", "uv.toml"), "uv"),
         ("uv.toml", "uv"),
         ("pyproject.toml", "pyproject"),
@@ -4322,7 +5281,6 @@ def _config_files() -> list:
     ]
     if os.name == "nt":
         appdata = os.environ.get("APPDATA", "")
-        candidates.append((os.path.join(appdata, "pip", "pip.ini"), "pip"))
         candidates.append((os.path.join(appdata, "uv", "uv.toml"), "uv"))
     return [(path, tool) for path, tool in candidates if path and os.path.isfile(path)]
 
@@ -4330,7 +5288,16 @@ def _config_files() -> list:
 def _judge_url(parts, url: str, where: str, tool: str, settings: dict, key: str) -> dict:
     """What the tool reading this Artifact Registry URL will do with it."""
     ok, verdict = _url_verdict(parts, url, tool, settings, key)
-    return {"url": _masked(parts), "where": where, "tool": tool, "ok": ok, "verdict": verdict}
+    return {
+        "url": _quoted_url(parts.geturl()),
+        "where": where,
+        "tool": tool,
+        "ok": ok,
+        "verdict": verdict,
+        # The tool will send this username and fail: doctor exits 1.
+        "fails": not ok and _USERNAME_FIX in verdict,
+        "extra_index": key.replace("_", "-").endswith("extra-index-url"),
+    }
 
 
 def _url_verdict(parts, url: str, tool: str, settings: dict, key: str) -> tuple:
@@ -4344,8 +5311,12 @@ def _url_verdict(parts, url: str, tool: str, settings: dict, key: str) -> tuple:
             "artifactregistry-gauth never answers for this URL: use https:// and a plain host "
             "(no backslash, percent sign, space or password in it)"
         )
-    if user not in (None, USERNAME) or configured_user not in ("", USERNAME):
-        return False, _wrong_username(user or configured_user)
+    if user not in (None, USERNAME):
+        hostport = parts.netloc.rpartition("@")[2]
+        fixed = _quoted_url(parts._replace(netloc=f"{USERNAME}@{hostport}").geturl())
+        return False, _wrong_username(user, f"write {fixed} instead")
+    if configured_user not in ("", USERNAME):
+        return False, _wrong_username(configured_user, _username_setting_fix(settings))
     if tool == "twine" and "password" in settings:
         return False, "a password is stored beside it: keyring is never asked"
     if tool == "uv":
@@ -4353,9 +5324,17 @@ def _url_verdict(parts, url: str, tool: str, settings: dict, key: str) -> tuple:
     return True, _tool_verdict(tool, user or configured_user)
 
 
-def _wrong_username(user: str) -> str:
+def _wrong_username(user: str, fix: str) -> str:
     named = "__token__ (PyPI's)" if user == "__token__" else "not " + USERNAME
-    return f"the username is {named}: {_USERNAME_FIX}"
+    return f"the username is {named}: {_USERNAME_FIX}; {fix}"
+
+
+def _username_setting_fix(settings: dict) -> str:
+    """Where to write the right username: the variable, or the file's own key."""
+    if settings.get("variable"):
+        return f"set {settings['variable']}={USERNAME}"
+    key = "username" if settings.get("username") else "user"
+    return f"set {key} to {USERNAME}"
 
 
 def _judge_uv_index(user: str | None, settings: dict, key: str) -> tuple:
@@ -4367,19 +5346,28 @@ def _judge_uv_index(user: str | None, settings: dict, key: str) -> tuple:
     variable += "_USERNAME"
     env_user = os.environ.get(variable, "") if name else ""
     if env_user not in ("", USERNAME):
-        return False, f"${variable}: {_wrong_username(env_user)}"
+        return False, f"${variable}: {_wrong_username(env_user, f'set {variable}={USERNAME}')}"
+    provider = _uv_provider_advice(settings)
     if user == USERNAME or env_user == USERNAME:
-        return True, "uv asks keyring with UV_KEYRING_PROVIDER=subprocess (it knows the username)"
+        return True, f"uv asks keyring (it knows the username){provider}"
     if settings.get("authenticate") == "always":
         return True, (
             'uv asks keyring without a username (authenticate = "always"): needs '
-            "keyring >= 25.2.1 or the keyring link, and UV_KEYRING_PROVIDER=subprocess"
+            f"keyring >= 25.2.1 or the keyring link{provider}"
         )
     hint = f"set {variable}={USERNAME}, or " if name else ""
     return False, (
         f'uv will not ask keyring: {hint}add authenticate = "always" to the index, or put '
-        f"{USERNAME}@ in the URL; and set UV_KEYRING_PROVIDER=subprocess"
+        f"{USERNAME}@ in the URL{provider}"
     )
+
+
+def _uv_provider_advice(settings: dict) -> str:
+    """The keyring-provider advice uv needs, or nothing when it is already set."""
+    provider = os.environ.get("UV_KEYRING_PROVIDER") or settings.get("uv keyring-provider")
+    if (provider or "").strip().lower() == "subprocess":
+        return ""
+    return '; and set UV_KEYRING_PROVIDER=subprocess (or keyring-provider = "subprocess")'
 
 
 def _tool_verdict(tool: str, user: str | None) -> str:
@@ -4393,19 +5381,34 @@ def _tool_verdict(tool: str, user: str | None) -> str:
         return "found in pyproject.toml"
     if user == USERNAME:
         return "pip asks keyring (import or subprocess provider)"
+    version = _distribution_version("pip")
+    if version and _version_tuple(version) >= (26, 2):
+        return f"pip {version} asks keyring (import provider, or subprocess with keyring 25.2.1+)"
+    which = f"pip {version} here" if version else "pip before 26.2"
     return (
-        "pip asks keyring with --keyring-provider import (or auto); for subprocess mode "
-        f"before pip 26.2 put {USERNAME}@ in the URL"
+        "pip asks keyring with --keyring-provider import (or auto); for its subprocess "
+        f"provider, {which} needs {USERNAME}@ in the URL"
     )
+
+
+def _version_tuple(version: str) -> tuple:
+    """(26, 2) from "26.2.1" or "26.2rc1": the numbers a comparison needs."""
+    import re
+
+    return tuple(int(part) for part in re.findall(r"\d+", version)[:2])
+
+
+_REPORT_MARKS = {"answered": "✔", "failed": "✘", "skipped": "-", "not consulted": " "}
+_ASCII_MARKS = {"answered": "+", "failed": "x", "skipped": "-", "not consulted": " "}
 
 
 def _format_report(report: dict) -> str:
     lines = [f"{PROG} {report['version']} on Python {report['python']}", "", "Credentials:"]
-    marks = {"answered": "✔", "failed": "✘", "skipped": "-", "not consulted": " "}
+    marks = _REPORT_MARKS if _stdout_encodes("".join(_REPORT_MARKS.values())) else _ASCII_MARKS
     for step in report["sources"]:
         mark = marks.get(step["status"], "?")
         lines.append(f"  {mark} {step['source']}: {step['status']}: {step['detail']}")
-        if step.get("how"):
+        if step.get("how") and step["source"] != "GOOGLE_OAUTH_ACCESS_TOKEN":  # given, not fetched
             lines[-1] += f" ({'from the cache' if step['how'] == 'cache' else 'fetched now'})"
     token = report["token"]
     if token["ok"]:
@@ -4421,7 +5424,8 @@ def _format_report(report: dict) -> str:
         + (f" in {cache['directory']}" if cache.get("directory") else ""),
     ]
     if "entries" in cache:
-        lines[-1] += f" ({cache['entries']} tokens)"
+        lines[-1] += f" ({cache['entries']} token{'' if cache['entries'] == 1 else 's'})"
+    lines += _format_tls(report["tls"], marks["answered"])
     ring = report["keyring"]
     lines += ["", "keyring:"]
     if not ring["importable"]:
@@ -4441,7 +5445,7 @@ def _format_report(report: dict) -> str:
         lines.append(f"  `keyring` on PATH (pip/uv subprocess providers): {exe['path']}: {sees}")
     lines += ["", "Artifact Registry URLs in configuration:"]
     for entry in report["index_urls"] or []:
-        mark = "✔" if entry["ok"] else "!"
+        mark = marks["answered"] if entry["ok"] else "!"
         lines.append(f"  {mark} {entry['url']} ({entry['where']}): {entry['verdict']}")
     if not report["index_urls"]:
         lines.append(
@@ -4450,7 +5454,21 @@ def _format_report(report: dict) -> str:
         )
     if report["warnings"]:
         lines += ["", "Warnings:"] + [f"  ! {warning}" for warning in report["warnings"]]
+    if report["problems"]:
+        lines += ["", "Will fail:"] + [f"  {marks['failed']} {p}" for p in report["problems"]]
     return "\n".join(lines) + "\n"
+
+
+def _format_tls(stores: list, mark: str) -> list:
+    """doctor's lines for the TLS stores: each one, where it came from, and why it is unused."""
+    lines = ["", "TLS trusts the union of:"]
+    for store in stores:
+        path = f" {store['path']}" if store.get("path") else ""
+        problem = f": NOT USED: {store['problem']}" if "problem" in store else ""
+        lines.append(
+            f"  {'!' if problem else mark} {store['store']}{path} ({store['from']}){problem}"
+        )
+    return lines
 
 
 # --- netrc --------------------------------------------------------------------------------
@@ -4458,9 +5476,12 @@ def _format_report(report: dict) -> str:
 
 # A netrc file larger than this is refused rather than rewritten.
 MAX_NETRC_BYTES = 1 << 20
+# curl reads a netrc line into 4096 bytes and skips a longer line whole.
+MAX_NETRC_LINE = 4000
+# How long a netrc run waits for another one writing the same file.
+NETRC_LOCK_WAIT = 10.0
 # Google tokens are base64url-like text; whatever would split or quote a netrc token is refused.
 _NETRC_SAFE = r"[A-Za-z0-9_.~+/=-]+"
-_NETRC_TOKEN = rb'"(?:[^"\\]|\\.)*"?|\S+'
 
 
 class _CommandError(Exception):
@@ -4541,145 +5562,305 @@ def _check_netrc_token(token: str) -> None:
 
     if not re.fullmatch(_NETRC_SAFE, token):
         raise _CommandError("the access token holds characters a netrc file cannot carry")
+    if len(token) > MAX_NETRC_LINE - 200:
+        raise _CommandError("the access token is too long for a netrc line that curl reads")
 
 
 def _write_netrc(path: str, hosts: list, entries: bytes) -> None:
-    """Replace our entries for ``hosts`` in ``path`` (0600, atomically); keep every other byte."""
-    old = _read_own_netrc(path)
-    data = _netrc_with_entries(old, hosts, entries, path)
+    """Put our entries for ``hosts`` first in ``path`` (0600, atomically); keep every other byte.
+
+    Other users must not be able to change the file or swap it (they could plant lines that
+    hand our token to their host), and concurrent runs must not lose each other's entries.
+    """
+    _check_netrc_directory(path)
+    with _netrc_lock(path) as lock:
+        if lock.path is not None and lock.fd is None:
+            raise _CommandError(
+                f"{path}: cannot take the lock {lock.path} within {NETRC_LOCK_WAIT:.0f} s "
+                "(another netrc run?): run the command again"
+            )
+        data = _netrc_with_entries(_read_own_netrc(path), hosts, entries, path)
+        try:
+            _write_private_file(path, data)
+        except OSError as exc:
+            raise _CommandError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def _check_netrc_directory(path: str) -> None:
+    """Refuse a directory where other users could replace the file (unless it is sticky)."""
+    import stat
+
+    if not hasattr(os, "getuid"):  # Windows: ACLs, not mode bits, guard the directory
+        return
+    directory = os.path.dirname(os.path.abspath(path))
     try:
-        _write_private_file(path, data)
-    except OSError as exc:
-        raise _CommandError(f"cannot write {path}: {exc.strerror or exc}") from None
+        info = os.stat(directory)
+    except OSError:
+        return  # the write says why
+    if info.st_mode & 0o022 and not info.st_mode & stat.S_ISVTX:
+        raise _CommandError(
+            f"{directory}: other users can write this directory and it has no sticky bit, "
+            "so they could replace the file: write the netrc elsewhere"
+        )
+
+
+def _netrc_lock(path: str) -> _FileLock:
+    """One writer at a time for each netrc file, whatever name it is given by."""
+    directory = cache_dir(create=True) or os.path.dirname(os.path.abspath(path))
+    key = _file_key("netrc\0" + os.path.realpath(path))
+    deadline = _monotonic() + NETRC_LOCK_WAIT + 1.0  # _FileLock gives up a second early
+    return _FileLock(os.path.join(directory, f"netrc-{key}.lock"), deadline)
 
 
 def _read_own_netrc(path: str) -> bytes:
-    """The netrc at ``path`` (empty if absent); refused if a link, not a file, or not ours."""
+    """The netrc at ``path`` (empty if absent): a regular file of ours that others cannot write."""
     import stat
 
     try:
-        before = os.lstat(path)
+        if stat.S_ISLNK(os.lstat(path).st_mode):
+            raise _CommandError(
+                f"{path} is a symbolic link: refusing to replace it; give the file it points to"
+            )
+        return read_local_file(path, MAX_NETRC_BYTES, owned=True)
     except FileNotFoundError:
         return b""
     except OSError as exc:
-        raise _CommandError(f"cannot read {path}: {exc.strerror or exc}") from None
-    if stat.S_ISLNK(before.st_mode):
-        raise _CommandError(
-            f"{path} is a symbolic link: refusing to replace it; give the file it points to"
-        )
-    if not stat.S_ISREG(before.st_mode):
-        raise _CommandError(f"{path} is not a regular file: give a netrc file's path")
-    if hasattr(os, "getuid") and before.st_uid != os.getuid():
-        raise _CommandError(f"{path} belongs to another user: refusing to rewrite it")
-    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
-    try:
-        fd = os.open(path, flags)
-        with os.fdopen(fd, "rb") as f:
-            now = os.fstat(f.fileno())
-            if (now.st_dev, now.st_ino) != (before.st_dev, before.st_ino):
-                raise _CommandError(f"{path} changed while being read: run the command again")
-            data = f.read(MAX_NETRC_BYTES + 1)
-    except OSError as exc:
-        raise _CommandError(f"cannot read {path}: {exc.strerror or exc}") from None
-    if len(data) > MAX_NETRC_BYTES:
-        raise _CommandError(f"{path} is larger than 1 MiB: not a netrc file to rewrite")
-    return data
+        reason = exc.strerror or str(exc)
+        fix = "; remove their write access (chmod 600) first" if "writable" in reason else ""
+        raise _CommandError(f"{path}: {reason}: refusing to rewrite it{fix}") from None
 
 
 def _netrc_with_entries(data: bytes, hosts: list, entries: bytes, path: str) -> bytes:
-    """``data`` with our entries for ``hosts`` replaced by ``entries``, other bytes untouched."""
-    parsed, open_macro = _netrc_entries(data)
-    ours, default_at = [], None
-    for entry in parsed:
-        if entry["host"] is None:
-            default_at = entry["start"] if default_at is None else default_at
-            continue
-        host = entry["host"]
-        if host.lower().rstrip(".") not in hosts:
-            continue
-        if entry["login"] not in (None, USERNAME.encode()):
-            raise _CommandError(
-                f"{path} has an entry for {host} with another login: remove it, or write "
-                "to another file"
-            )
-        ours.append(_whole_lines(data, entry["start"], entry["end"]))
+    """``data`` with ``entries`` first and our old entries for ``hosts`` gone, other bytes kept.
+
+    First, because then no earlier entry can take ours in (a dangling `login`, an open
+    quote). And the rest must be read the same way by every reader, or it is refused.
+    """
+    ours = []
+    for entry in _portable_netrc_entries(data, hosts, path):
+        if entry["host"] in hosts:
+            if entry["login"] not in (None, USERNAME.encode()):
+                raise _CommandError(
+                    f"{path} has an entry for {entry['host']} with another login: remove it, "
+                    "or write to another file"
+                )
+            ours.append(_whole_lines(data, entry["start"], entry["end"]))
     for start, end in reversed(ours):
         data = data[:start] + data[end:]
-    if ours:
-        at = ours[0][0]
-    elif default_at is not None:  # `default` must stay the last entry (ftp, curl)
-        at = _whole_lines(data, default_at, default_at)[0]
-    else:
-        at = len(data)
-        if open_macro:
-            entries = b"\n" + entries  # an empty line ends a macdef body
-        if data and not data.endswith(b"\n"):
-            entries = b"\n" + entries
-    return data[:at] + entries + data[at:]
+    # Our lines end in LF even in a CR LF file: after a CR LF, uv reads a comment's words.
+    data = entries + data
+    _portable_netrc_entries(data, [], path)  # what we wrote is read the same way too
+    return data
 
 
-def _netrc_entries(data: bytes) -> tuple:
-    """Each `machine`/`default` entry's span, host and login; and whether a macdef is open."""
+# The words every reader knows as keywords. curl takes them in any case, Python and uv only
+# in lower case; Python and uv also know `user`, curl does not.
+_NETRC_KEYWORDS = (b"machine", b"default", b"login", b"password", b"account", b"macdef")
+_NETRC_FIELDS = (b"login", b"password", b"account")
+
+
+def _portable_netrc_entries(data: bytes, ours: list, path: str) -> list:
+    """Each entry's span, host and login, in a file that Python's netrc (3.9 and 3.10+),
+    curl and uv all read alike; anything they read differently is refused with its line.
+
+    Entries for ``ours`` (about to be replaced) may be incomplete or repeated.
+    """
     import re
 
-    token = re.compile(_NETRC_TOKEN)
+    def refuse(number: int, why: str) -> _CommandError:
+        return _CommandError(f"{path}: line {number}: {why}; the file is left as it was")
+
     entries: list = []
-    current = None  # the entry being read; a macdef ends it
-    pending = None  # the keyword whose value comes next
-    pos, open_macro = 0, False
-    while True:
-        match = token.search(data, pos)
-        if match is None:
-            return entries, open_macro
-        text, pos = match.group(), match.end()
-        if pending is None and text.startswith(b"#"):
-            newline = data.find(b"\n", pos)
-            pos = len(data) if newline < 0 else newline
+    state = {"entry": None, "expect": None, "line": 0, "comment": False, "default": 0}
+    state["seen"] = set()
+    macro = 0  # the line of the macdef whose body is being skipped
+    number = 0
+    resume = 0  # where the readers' tokenizers stand: past the last word's terminator or line
+    for number, start, text, line_end in _netrc_lines(data):
+        next_line = start + len(text) + len(line_end)
+        _check_netrc_line(number, text, refuse)
+        if macro:  # Python and curl end a macro at an empty line only, uv at blanks too
+            if not text:
+                macro = 0
+            elif not text.strip(b" \t"):
+                raise refuse(number, "a macdef line of only blanks ends the macro for uv only")
+            resume = next_line
             continue
-        if pending is not None:
-            keyword, pending = pending, None
-            if keyword == b"macdef":
-                pos, open_macro = _macro_end(data, pos)
-                continue
-            if keyword == b"machine" and current is not None:
-                current["host"] = _netrc_value(text).decode("ascii", "replace")
-            elif keyword in (b"login", b"user") and current is not None:
-                current["login"] = _netrc_value(text)
-        elif text in (b"machine", b"default"):
-            host = "" if text == b"machine" else None
-            current = {"start": match.start(), "end": pos, "host": host, "login": None}
-            entries.append(current)
-            pending = b"machine" if text == b"machine" else None
-        elif text == b"macdef":
-            current, pending = None, text
-        elif text in (b"login", b"user", b"password", b"account", b"port"):
-            pending = text
-        if current is not None:
-            current["end"] = pos
+        for match in re.finditer(rb"[^ \t]+", text):
+            word, at, end = match.group(), start + match.start(), start + match.end()
+            if b'"' in word or b"\\" in word:
+                raise refuse(
+                    number,
+                    "a quote or backslash, which Python 3.9 reads as it is and Python 3.10+, "
+                    "curl and uv as quoting",
+                )
+            if word.startswith(b"#") and state["expect"] is None:
+                entry_open = state["entry"] is not None
+                rest = text[match.end() :]
+                skipped = _netrc_comment(word, rest, data[resume:at], entry_open, number, refuse)
+                resume = next_line if skipped else end + 1
+                state["comment"] = entry_open
+                break
+            resume = end + 1
+            if state["expect"] is None:
+                _netrc_keyword(state, entries, ours, word, at, number, refuse)
+            elif _netrc_value(state, word, end, number, refuse) == b"macdef":
+                if state["line"] != number:
+                    raise refuse(
+                        number,
+                        "a macdef's name must be on its line (curl "
+                        "takes that line for the macro's first)",
+                    )
+                if match.end() != len(text) or line_end != b"\n":
+                    raise refuse(
+                        number,
+                        "a macdef's name must end its line, with LF only: "
+                        "readers disagree on where the macro starts",
+                    )
+                macro = number
+    if state["expect"] is not None:
+        raise refuse(number, f"`{str(state['expect'], 'ascii')}` has no value")
+    if macro:
+        raise refuse(macro, "a macdef without the empty line that ends it (Python rejects it)")
+    _finish_netrc_entry(state, ours, refuse)
+    return entries
 
 
-def _netrc_value(text: bytes) -> bytes:
-    """A netrc token without its quotes and backslash escapes."""
+def _netrc_lines(data: bytes) -> list:
+    """(number, start, text, line end) of each line; the end is LF, CR LF, or "" at the end."""
+    lines, start = [], 0
+    pieces = data.split(b"\n")
+    for number, piece in enumerate(pieces, 1):
+        if number == len(pieces):
+            if piece:
+                lines.append((number, start, piece, b""))
+            break
+        if piece.endswith(b"\r"):
+            lines.append((number, start, piece[:-1], b"\r\n"))
+        else:
+            lines.append((number, start, piece, b"\n"))
+        start += len(piece) + 1
+    return lines
+
+
+def _check_netrc_line(number: int, text: bytes, refuse) -> None:
     import re
 
-    if not text.startswith(b'"'):
-        return text
-    return re.sub(rb"\\(.)", rb"\1", text[1:-1] if text.endswith(b'"') else text[1:])
+    if re.search(rb"[^\t\x20-\x7e]", text):
+        raise refuse(
+            number,
+            "a control character, lone CR or non-ASCII byte, which readers split differently",
+        )
+    if len(text) > MAX_NETRC_LINE:
+        raise refuse(number, f"longer than {MAX_NETRC_LINE} bytes, which curl skips")
 
 
-def _macro_end(data: bytes, pos: int) -> tuple:
-    """Where a macdef body that starts after ``pos``'s line ends (an empty line), and if open."""
-    newline = data.find(b"\n", pos)
-    if newline < 0:
-        return len(data), True
-    blank = data.find(b"\n\n", newline)
-    if blank < 0:
-        return len(data), True
-    return blank + 2, False
+def _netrc_comment(word: bytes, rest: bytes, gap: bytes, entry_open: bool, number, refuse):
+    """Check a comment that every reader skips alike; True if they skip the rest of its line.
+
+    Python 3.10+ and uv skip the words after a `#` only when no line end came between the
+    last word read and the `#` (an empty line, or the LF of a CR LF, can); Python 3.9 skips
+    none after `#word`, and after a `#` that ends a line inside an entry, the next line.
+    """
+    words_after = rest.strip(b" \t")
+    if word == b"#" and not rest and entry_open:
+        raise refuse(
+            number,
+            "a # alone at a line end after an entry makes Python 3.9 "
+            "skip the next line; write `# ` and a word",
+        )
+    if word != b"#" and words_after:
+        raise refuse(
+            number,
+            "a comment that starts `#word` and goes on, which "
+            "Python reads as words; write `# ` and the text",
+        )
+    if words_after and b"\n" in gap:
+        raise refuse(
+            number,
+            "a comment whose words Python 3.10+ or uv read as keywords (it "
+            "follows an empty line, or a line ending in CR LF)",
+        )
+    return b"\n" not in gap
+
+
+def _netrc_value(state: dict, word: bytes, end: int, number: int, refuse) -> bytes:
+    """Take ``word`` as the value of the keyword before it; return that keyword."""
+    expected, state["expect"] = state["expect"], None
+    if word.startswith(b"#"):
+        raise refuse(
+            number, f"`{str(expected, 'ascii')}` has no value (curl reads `#` as a comment)"
+        )
+    if word.lower() in (*_NETRC_KEYWORDS, b"user"):
+        raise refuse(number, f"`{str(expected, 'ascii')}` has a keyword for its value")
+    entry = state["entry"]
+    if expected == b"machine":
+        entry["host"] = str(word, "ascii").lower().rstrip(".")
+    elif expected in _NETRC_FIELDS:
+        entry[str(expected, "ascii")] = word
+    if entry is not None:
+        entry["end"] = end
+    return expected
+
+
+def _netrc_keyword(state: dict, entries: list, ours: list, word: bytes, at, number, refuse):
+    """Take ``word`` where a keyword is due: it starts an entry or a macro, or names a field."""
+    if word in (b"machine", b"default", b"macdef"):
+        _finish_netrc_entry(state, ours, refuse)
+        state["entry"], state["comment"], state["expect"] = None, False, word
+        state["line"] = number
+        if word == b"macdef":
+            return
+        if state["default"]:
+            raise refuse(number, "an entry after `default`, where curl stops; put `default` last")
+        entry = {"start": at, "end": at + len(word), "line": number, "host": None}
+        entry.update(login=None, password=None, account=None)
+        entries.append(entry)
+        state["entry"] = entry
+        if word == b"default":
+            state["default"], state["expect"] = number, None
+    elif word in _NETRC_FIELDS:
+        if state["entry"] is None:
+            raise refuse(number, f"`{str(word, 'ascii')}` outside an entry")
+        if state["comment"]:
+            raise refuse(number, "a comment inside an entry, where Python 3.9 ends the entry")
+        if state["entry"][str(word, "ascii")] is not None:
+            raise refuse(
+                number,
+                f"`{str(word, 'ascii')}` twice in one entry: curl takes the first, Python the last",
+            )
+        state["expect"] = word
+    elif word.lower() in _NETRC_KEYWORDS:
+        raise refuse(number, f"`{str(word, 'ascii')}`: only lower-case keywords are read by all")
+    elif word == b"user":
+        raise refuse(number, "`user`, which curl does not know: write `login`")
+    else:
+        raise refuse(
+            number,
+            "a word where a keyword (machine, default, login, password, account, macdef) should be",
+        )
+
+
+def _finish_netrc_entry(state: dict, ours: list, refuse) -> None:
+    """Check the entry just ended: complete, and the only one for its machine."""
+    entry = state["entry"]
+    if entry is None or entry["host"] in ours:
+        return
+    if entry["password"] is None:
+        raise refuse(entry["line"], "an entry without a password (Python 3.9 rejects the file)")
+    if entry["login"] is None:
+        raise refuse(entry["line"], "an entry without a login (curl reads on past it)")
+    if entry["host"] is not None:
+        if entry["host"] in state["seen"]:
+            raise refuse(
+                entry["line"],
+                "a second entry for one machine: curl takes the first, Python the last",
+            )
+        state["seen"].add(entry["host"])
 
 
 def _whole_lines(data: bytes, start: int, end: int) -> tuple:
-    """Widen [start, end) to whole lines when nothing else shares them."""
+    """Widen [start, end) to whole lines (CR LF included) when nothing else shares them."""
     line_start = data.rfind(b"\n", 0, start) + 1
     line_end = data.find(b"\n", end)
     line_end = len(data) if line_end < 0 else line_end + 1
@@ -4697,8 +5878,14 @@ MAX_HELPER_REQUEST = 64 * 1024
 
 def _credential_helper_command(argv: list) -> int:
     """Bazel's credential-helper protocol: `get`, a JSON request on stdin, headers on stdout."""
+    if not argv:
+        sys.stderr.write(
+            f"{PROG} credential-helper: needs an operation: `get`, with a JSON request on "
+            'stdin ({"uri": "https://..."}), as Bazel runs it\n'
+        )
+        return 2
     if list(argv) != ["get"]:
-        shown = " ".join(argv)[:80] or "nothing"
+        shown = " ".join(argv)[:80]
         sys.stderr.write(
             f"{PROG} credential-helper: unknown command {shown!r}: Bazel's protocol has `get`\n"
         )
@@ -4743,7 +5930,7 @@ def _helper_response(token: Token, now: float) -> dict:
     response: dict = {"headers": {"Authorization": [f"Basic {basic}"]}}
     if token.expiry is not None:
         refresh = max(token.expiry - MIN_TOKEN_LIFE, now)
-        response["expires"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(refresh))
+        response["expires"] = _rfc3339(refresh)
     return response
 
 

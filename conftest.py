@@ -94,6 +94,7 @@ _REMOVED_PREFIXES = (
     "ARTIFACTREGISTRY_GAUTH_",
     "KEYRING_PROPERTY_",
     "AWS_",
+    "PIP_",  # pip's settings (PIP_CERT, PIP_CONFIG_FILE) are read for TLS and by doctor
 )
 _PROXY_VARS = frozenset({"http_proxy", "https_proxy", "all_proxy", "no_proxy"})
 
@@ -158,10 +159,26 @@ def isolated_env(tmp_path, monkeypatch):
     # urlopen() caches an opener, and with it the proxy settings of the first test that used it.
     monkeypatch.setattr(urllib.request, "_opener", None)
     _install_network_guard(monkeypatch)
+    _no_system_pip_files(monkeypatch, tmp_path / "system")
 
     _forget_tokens()
     yield env
     _forget_tokens()
+
+
+def _no_system_pip_files(monkeypatch, system):
+    """pip's system-wide files are the machine's: each test gets empty folders of its own."""
+    import artifactregistry_gauth as gauth
+
+    for name, folder in (
+        ("PIP_UNIX_SYSTEM_DIR", "etc"),
+        ("PIP_UNIX_XDG_DIR", "etc/xdg"),
+        ("PIP_MACOS_SYSTEM_DIR", "Library"),
+    ):
+        monkeypatch.setattr(gauth, name, str(system / folder))
+    for name in ("XDG_CONFIG_DIRS", "XDG_DATA_DIRS"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("ALLUSERSPROFILE", str(system / "ProgramData"))
 
 
 @pytest.fixture

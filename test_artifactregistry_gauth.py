@@ -447,7 +447,10 @@ def test_bad_service_account_key_gets_a_clear_error(
     monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(path))
     with pytest.raises(gauth.CredentialError, match=message) as caught:
         gauth.get_token()
-    assert "gcloud iam service-accounts keys create" in str(caught.value) or "https" in message
+    # Every row names the file, and its fix: a new key, or an https URL.
+    assert str(path) in str(caught.value)
+    fix = "https URL" if "https" in message else "gcloud iam service-accounts keys create"
+    assert fix in str(caught.value)
     assert "MII" not in str(caught.value)
 
 
@@ -906,40 +909,83 @@ def test_verbose_logging_tells_the_story_without_secrets(sa_env, fake_google):
 # --- print-settings ------------------------------------------------------------------------
 
 
-def test_print_settings_gives_every_tool_its_snippet():
-    result = run_cli(
-        "print-settings",
-        "--location",
-        "europe-west1",
-        "--project",
-        "acme",
-        "--repository",
-        "wheels",
-    )
-    assert result.returncode == 0
-    out = result.stdout
-    assert "extra-index-url = https://europe-west1-python.pkg.dev/acme/wheels/simple/" in out
-    assert "https://oauth2accesstoken@europe-west1-python.pkg.dev/acme/wheels/simple/" in out
-    assert "repository = https://europe-west1-python.pkg.dev/acme/wheels/" in out
-    assert "UV_INDEX_WHEELS_USERNAME=oauth2accesstoken" in out
-    assert "poetry source add --priority=supplemental wheels" in out
-    assert "requires = artifactregistry-gauth" in out
+def print_settings(*args):
+    base = ["--location", "europe-west1", "--project", "acme", "--repository", "wheels"]
+    return run_cli("print-settings", *base, *args)
 
 
-def test_print_settings_for_one_tool():
-    result = run_cli(
-        "print-settings",
-        "--location",
-        "us",
-        "--project",
-        "p",
-        "--repository",
-        "r",
-        "--tool",
-        "twine",
+def test_print_settings_gives_every_tool_its_own_file():
+    result = print_settings()
+    assert result.returncode == 0, result.stderr
+    headers = [line for line in result.stdout.splitlines() if line.startswith("# =====")]
+    assert [h.split()[2].rstrip(":") for h in headers] == list(gauth.SETTINGS)
+    assert "index-url = https://europe-west1-python.pkg.dev/acme/wheels/simple/" in result.stdout
+    assert "https://oauth2accesstoken@europe-west1-python.pkg.dev/acme/wheels/simple/" in (
+        result.stdout
     )
-    assert "[distutils]" in result.stdout
-    assert "pip.conf" not in result.stdout
+    assert "repository = https://europe-west1-python.pkg.dev/acme/wheels/" in result.stdout
+
+
+@pytest.mark.parametrize("tool", list(gauth.SETTINGS))
+def test_print_settings_for_one_tool_is_one_file_its_tool_can_read(tool):
+    import configparser
+
+    result = print_settings("--tool", tool)
+    assert result.returncode == 0, result.stderr
+    text = result.stdout
+    assert "=====" not in text
+    if tool in ("pip", "pip-subprocess", "twine", "tox"):
+        parser = configparser.ConfigParser(interpolation=None)
+        parser.read_string(text)  # a second [global] would raise DuplicateSectionError
+    elif tool in ("uv", "uv-pyproject", "pdm", "hatch", "pipenv"):
+        tomllib = pytest.importorskip("tomllib")
+        tomllib.loads(text)
+    else:  # command lists: every line a comment or a command the shell can parse
+        import shlex
+
+        assert all(shlex.split(line, comments=True) is not None for line in text.splitlines())
+
+
+def test_print_settings_never_prints_an_extra_index_beside_pypi():
+    text = print_settings().stdout
+    assert "extra-index-url" not in text and "EXTRA_INDEX" not in text
+    assert "dependency confusion" in text
+    assert "virtual repository with PyPI as its upstream" in text
+    assert "explicit = true" in text
+
+
+def test_print_settings_for_poetry_sets_no_username_without_a_password():
+    commands = [
+        line for line in print_settings("--tool", "poetry").stdout.splitlines() if line[:1] != "#"
+    ]
+    assert commands and not any("http-basic" in line for line in commands)
+
+
+def test_print_settings_help_lists_every_tool():
+    text = run_cli("print-settings", "--help").stdout
+    for tool in gauth.SETTINGS:
+        assert f"  {tool} " in text
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("--repository", "repo\n[global]"),
+        ("--repository", "Repo"),
+        ("--repository", "r/../x"),
+        ("--project", "acme wheels"),
+        ("--project", "acme@evil.example"),
+        ("--location", "us.evil.example/x"),
+        ("--location", ""),
+        ("--repository", "r" * 70),
+    ],
+)
+def test_print_settings_refuses_a_name_artifact_registry_would_not_have(option, value):
+    args = {"--location": "us", "--project": "acme", "--repository": "wheels", option: value}
+    result = run_cli("print-settings", *[part for pair in args.items() for part in pair])
+    assert (result.returncode, result.stdout) == (2, "")
+    assert f"not an Artifact Registry {option[2:]} id" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 # --- the real keyring CLI ------------------------------------------------------------------------

@@ -86,7 +86,7 @@ def as_new_process():
 
 def cache_files():
     directory = Path(os.environ["ARTIFACTREGISTRY_GAUTH_CACHE_DIR"])
-    return sorted(directory.glob("*.json")) if directory.is_dir() else []
+    return sorted(directory.glob("*.token")) if directory.is_dir() else []
 
 
 def test_a_new_process_reuses_the_cached_token(sa_env, fake_google):
@@ -109,7 +109,7 @@ def test_cache_file_names_reveal_nothing(sa_env, fake_google):
     (path,) = cache_files()
     for secretish in (token, "sa@proj", "sa-", "proj", str(sa_env)):
         assert secretish not in path.name
-    assert all(p.name.endswith((".json", ".lock")) for p in path.parent.iterdir())
+    assert all(p.name.endswith((".token", ".lock")) for p in path.parent.iterdir())
 
 
 def test_the_cache_goes_to_the_users_cache_dir_by_default(
@@ -118,7 +118,7 @@ def test_the_cache_goes_to_the_users_cache_dir_by_default(
     # $XDG_CACHE_HOME, ~/Library/Caches on macOS, %LOCALAPPDATA% on Windows.
     monkeypatch.delenv("ARTIFACTREGISTRY_GAUTH_CACHE_DIR")
     gauth.get_token()
-    assert list(isolated_env.default_cache_dir.glob("*.json"))
+    assert list(isolated_env.default_cache_dir.glob("*.token"))
 
 
 def test_no_cache_writes_nothing_and_fetches_each_process(monkeypatch, sa_env, fake_google):
@@ -180,6 +180,17 @@ def test_handed_over_tokens_are_never_written_to_disk(monkeypatch):
     assert cache_files() == []
 
 
+def edit_record(path, line, value):
+    """Change one line of a token record (1: key, 2: expiry, 3: token, 4: source)."""
+    lines = path.read_text().split("\n")
+    lines[line] = value
+    path.write_text("\n".join(lines))
+
+
+def record_token(path):
+    return path.read_text().split("\n")[3]
+
+
 def corrupt(path, how):
     if how == "garbage":
         path.write_bytes(b"\x00\xffnot json")
@@ -188,13 +199,14 @@ def corrupt(path, how):
     elif how == "wrong shape":
         path.write_text('["token", 1]')
     elif how == "another identity":
-        data = json.loads(path.read_text())
-        data["key"] = "0" * 64
-        path.write_text(json.dumps(data))
+        edit_record(path, 1, "0" * 64)
     elif how == "expired":
-        data = json.loads(path.read_text())
-        data["expiry"] = 1.0
-        path.write_text(json.dumps(data))
+        edit_record(path, 2, "1.0")
+    elif how in BAD_FIELDS:
+        edit_record(path, *BAD_FIELDS[how])
+    elif how == "an old JSON record":
+        token = record_token(path)
+        path.write_text(json.dumps({"key": "0" * 64, "token": token, "expiry": 1e10}))
     elif how == "readable by others":
         path.chmod(0o644)
     elif how == "foreign owner":
@@ -208,12 +220,24 @@ def corrupt(path, how):
         path.symlink_to(target)
 
 
+BAD_FIELDS = {
+    "expiry nan": (2, "nan"),
+    "expiry infinite": (2, "inf"),
+    "expiry absurd": (2, "1e300"),
+    "expiry not a number": (2, "soon"),
+    "token with a space": (3, "ya29.a b"),
+    "token empty": (3, ""),
+    "an extra line": (4, "source\nextra"),
+}
+
 CORRUPTIONS = [
     "garbage",
     "truncated",
     "wrong shape",
     "another identity",
     "expired",
+    *BAD_FIELDS,
+    "an old JSON record",
     posix_case("readable by others", reason=MODE_BITS),
     posix_case("foreign owner", reason=OWNER),
     "a directory",
@@ -296,11 +320,45 @@ def test_sixteen_processes_through_a_cold_and_then_an_expiring_cache(sa_env, fak
     assert len(first) == 1 and all(fake_google.is_live(t) for t in first)
     # The cached token now has less than 15 minutes left (the fake still calls it live).
     (path,) = cache_files()
-    entry = json.loads(path.read_text())
-    entry["expiry"] = time.time() + gauth.MIN_TOKEN_LIFE - 60
-    path.write_text(json.dumps(entry))
+    edit_record(path, 2, repr(time.time() + gauth.MIN_TOKEN_LIFE - 60))
     assert path.stat().st_mode & 0o777 == 0o600  # still a trusted entry, only a stale one
     second = hammer()
     assert len(second) == 1 and second != first
     assert len(fake_google.token_requests) == 2
-    assert json.loads(path.read_text())["token"] in second
+    assert record_token(path) in second
+
+
+# --- the warm path parses only what it needs -----------------------------------------------------
+
+WARM_PROBE = """
+import sys, artifactregistry_gauth as m
+code = m.main(["token"])
+print(sorted(n for n in ("json", "re", "base64", "ssl", "urllib.request") if n in sys.modules))
+print(code)
+"""
+
+
+def test_a_warm_token_call_imports_no_json_re_or_base64(sa_env, fake_google):
+    token = gauth.get_token()  # primes the disk cache
+    result = subprocess.run(
+        [sys.executable, "-S", "-c", WARM_PROBE],  # -S: only what the call itself imports
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(gauth.__file__).parent,
+    )
+    assert result.stdout.splitlines() == [token, "[]", "0"], result.stderr
+    assert len(fake_google.token_requests) == 1
+
+
+def test_an_edited_credentials_file_is_a_new_identity_before_any_parsing(sa_env, fake_google):
+    first = gauth.get_token()
+    sa_env.write_text(sa_env.read_text() + "\n")  # the same key, other bytes: asked again
+    as_new_process()
+    assert gauth.get_token() != first
+    assert len(fake_google.token_requests) == 2
+
+
+def test_doctor_counts_the_cached_tokens(sa_env, fake_google):
+    gauth.get_token()
+    assert gauth.diagnose()["cache"]["entries"] == 1

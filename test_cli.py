@@ -315,6 +315,34 @@ def test_doctor_says_the_username_must_be_oauth2accesstoken(
         assert "__token__ (PyPI's)" in entry["verdict"]
 
 
+FIXES = {  # what doctor tells each case to write instead of __token__
+    "pip.conf URL": f"write https://oauth2accesstoken@{HOST}/p/r/simple/ instead",
+    ".pypirc": "set username to oauth2accesstoken",
+    "hatch": "set user to oauth2accesstoken",
+    "pdm": "set username to oauth2accesstoken",
+    "uv publish": "set UV_PUBLISH_USERNAME=oauth2accesstoken",
+    "twine env": "set TWINE_USERNAME=oauth2accesstoken",
+    "uv index env": "set UV_INDEX_GAR_USERNAME=oauth2accesstoken",
+}
+
+
+@pytest.mark.parametrize(
+    ("case", "relative", "text", "env"), USERNAME_CASES, ids=[c[0] for c in USERNAME_CASES]
+)
+def test_doctor_exits_1_and_names_the_replacement_for_a_token_username(
+    monkeypatch, capsys, case, relative, text, env
+):
+    if relative:
+        write_file(relative, text.format(user="__token__"))
+    for name, value in env.items():
+        monkeypatch.setenv(name, value.format(user="__token__"))
+    monkeypatch.setenv("GOOGLE_OAUTH_ACCESS_TOKEN", "ya29.doctor-fix")
+    code, out, _ = cli(capsys, "doctor")
+    assert code == 1
+    problems = out.split("\nWill fail:\n", 1)[1]
+    assert FIXES[case] in problems
+
+
 UV_INDEX_CASES = [
     ("no username, no authenticate", f'[[index]]\nname = "gar"\nurl = "{INDEX}"\n', {}, False),
     (
@@ -505,8 +533,7 @@ def test_netrc_output_creates_a_private_file(capsys, held_token, tmp_path):
 
 OTHERS_BEFORE = (
     "# my machines\n"
-    'machine example.com login me password "p w"\n'
-    'machine "quoted.example" login "a b" password "x\\"y"\n'
+    "machine example.com login me password pw1\n"
     "macdef init\n"
     f"machine {HOST} login not-an-entry password inside-a-macro\n"
     "\n"
@@ -523,55 +550,22 @@ OTHERS_AFTER = "machine other.example\n    login you\n    password secret2\n    
     ],
     ids=["one-line", "multi-line", "no-login"],
 )
-def test_netrc_output_replaces_only_our_entry(capsys, held_token, tmp_path, ours):
+def test_netrc_output_puts_our_entry_first_and_removes_the_old_one(
+    capsys, held_token, tmp_path, ours
+):
     target = tmp_path / "netrc"
     target.write_text(OTHERS_BEFORE + ours + OTHERS_AFTER)
     target.chmod(0o644)
     assert cli(capsys, "netrc", HOST, "--output", str(target))[0] == 0
-    assert target.read_text() == OTHERS_BEFORE + ENTRY + OTHERS_AFTER
+    assert target.read_text() == ENTRY + OTHERS_BEFORE + OTHERS_AFTER
     assert_private(target)
-
-
-@pytest.mark.parametrize(
-    ("before", "after"),
-    [
-        ("", ENTRY),
-        ("machine a.example login u password p", "machine a.example login u password p\n" + ENTRY),
-        ("macdef init\ncd /pub", "macdef init\ncd /pub\n\n" + ENTRY),
-        ("macdef init\ncd /pub\n", "macdef init\ncd /pub\n\n" + ENTRY),
-        ("machine a.example login u\ndefault login anonymous\n", None),
-        ('machine "unterminated', 'machine "unterminated\n' + ENTRY),
-        ("# only a comment\n", "# only a comment\n" + ENTRY),
-        ("\x00\xff junk \x01\n", "\x00\xff junk \x01\n" + ENTRY),
-    ],
-    ids=[
-        "empty",
-        "no-final-newline",
-        "open-macdef",
-        "macdef-without-empty-line",
-        "default-stays-last",
-        "unterminated-quote",
-        "comment",
-        "binary-junk",
-    ],
-)
-def test_netrc_output_adds_our_entry_to_any_file(capsys, held_token, tmp_path, before, after):
-    target = tmp_path / "netrc"
-    target.write_bytes(before.encode("latin-1"))
-    assert cli(capsys, "netrc", HOST, "--output", str(target))[0] == 0
-    if after is None:  # before `default`, which ftp and curl want last
-        after = "machine a.example login u\n" + ENTRY + "default login anonymous\n"
-    assert target.read_bytes() == after.encode("latin-1")
 
 
 def test_netrc_output_is_read_by_pythons_netrc_module(capsys, held_token, tmp_path):
     import netrc
 
     target = tmp_path / "netrc"
-    # Python's netrc module reads quoted tokens only from 3.11 on.
-    plain = "machine a.example login me password pw\n"
-    before = OTHERS_BEFORE if sys.version_info >= (3, 11) else plain
-    target.write_text(before + OTHERS_AFTER)
+    target.write_text(OTHERS_BEFORE + OTHERS_AFTER)
     cli(capsys, "netrc", HOST, "--output", str(target))
     parsed = netrc.netrc(str(target))
     login, account, password = parsed.authenticators(HOST)
@@ -613,7 +607,7 @@ def test_netrc_output_refuses_what_is_not_a_file(capsys, held_token, tmp_path, m
     target = make(tmp_path / "not-a-file")
     code, _, err = cli(capsys, "netrc", HOST, "--output", str(target))
     assert code == 1
-    assert "is not a regular file" in err
+    assert "not a regular file: refusing to rewrite it" in err
 
 
 def test_netrc_output_refuses_a_huge_file(capsys, held_token, tmp_path):
@@ -621,7 +615,7 @@ def test_netrc_output_refuses_a_huge_file(capsys, held_token, tmp_path):
     target.write_bytes(b"#" * (gauth.MAX_NETRC_BYTES + 1))
     code, _, err = cli(capsys, "netrc", HOST, "--output", str(target))
     assert code == 1
-    assert "larger than 1 MiB" in err
+    assert "larger than 1024 KiB: refusing to rewrite it" in err
 
 
 def test_netrc_output_into_a_missing_directory_says_so(capsys, held_token, tmp_path):
@@ -729,7 +723,7 @@ def test_credential_helper_refuses_a_bad_request_in_one_line(capsys, held_token,
     assert err.count("\n") == 1
 
 
-@pytest.mark.parametrize("argv", [[], ["store"], ["erase"], ["get", "extra"]])
+@pytest.mark.parametrize("argv", [["store"], ["erase"], ["get", "extra"]])
 def test_credential_helper_refuses_other_commands(capsys, held_token, argv):
     code, out, err = cli(capsys, "credential-helper", *argv, stdin=b'{"uri": "x"}')
     assert (code, out) == (2, "")
@@ -826,16 +820,223 @@ def test_url_candidates_never_overlap(text):
     assert sum(len(url) for url in gauth._urls_in(text)) <= len(text)
 
 
-@PROPERTY
-@given(data=st.binary(max_size=300) | st.text(max_size=300).map(str.encode))
-def test_netrc_rewrite_keeps_every_byte_of_a_file_without_our_entries(data):
-    entry = ENTRY.encode()
-    if HOST.encode() in data.lower():
-        return
-    out = gauth._netrc_with_entries(data, [HOST], entry, "netrc")
-    at = out.find(entry)
-    assert at >= 0
-    rest = out[:at] + out[at + len(entry) :]
-    # Only line ends are ever added (to end the file's last line, or a macdef).
-    assert rest.replace(b"\n", b"") == data.replace(b"\n", b"")
-    assert 0 <= len(rest) - len(data) <= 2
+# --- every command under a stdout that cannot encode what we print ------------------------------
+
+ASCII_STDOUTS = [
+    {"PYTHONIOENCODING": "ascii"},
+    {"PYTHONIOENCODING": "cp1252"},  # Windows with the output redirected
+    {"LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"},
+]
+EVERY_COMMAND = [
+    ["doctor"],
+    ["doctor", "--json"],
+    ["token"],
+    ["get", INDEX, "oauth2accesstoken"],
+    ["print-settings", "--location", "us", "--project", "proj", "--repository", "repo"],
+    ["netrc", HOST],
+    ["credential-helper", "get"],
+    ["--help"],
+    ["doctor", "--help"],
+]
+
+
+@pytest.mark.parametrize("stdout_env", ASCII_STDOUTS, ids=["ascii", "cp1252", "C-locale"])
+@pytest.mark.parametrize("argv", EVERY_COMMAND, ids=" ".join)
+def test_every_command_answers_on_an_ascii_stdout_without_a_traceback(tmp_path, argv, stdout_env):
+    cache = tmp_path / "caché-✔"  # a path doctor prints, that neither encoding can hold
+    env = {**os.environ, "ARTIFACTREGISTRY_GAUTH_CACHE_DIR": str(cache), **stdout_env}
+    env["GOOGLE_OAUTH_ACCESS_TOKEN"] = "ya29.ascii-stdout"
+    result = subprocess.run(
+        [sys.executable, "-m", "artifactregistry_gauth", *argv],
+        input=json.dumps({"uri": INDEX}).encode(),
+        capture_output=True,
+        env=env,
+        cwd=ROOT,
+        timeout=60,
+    )
+    assert b"Traceback" not in result.stderr, result.stderr.decode("utf-8", "replace")
+    assert result.returncode == 0, result.stderr.decode("utf-8", "replace")
+    result.stdout.decode("ascii" if "ascii" in stdout_env.values() else "cp1252")
+
+
+def test_doctor_marks_fall_back_to_ascii_when_stdout_cannot_encode_them(monkeypatch, capsys):
+    import io
+
+    monkeypatch.setenv("GOOGLE_OAUTH_ACCESS_TOKEN", "ya29.ascii-marks")
+    raw = io.BytesIO()
+    monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(raw, encoding="ascii"))
+    assert gauth.main(["doctor"]) == 0
+    sys.stdout.flush()
+    text = raw.getvalue().decode("ascii")
+    assert "  + GOOGLE_OAUTH_ACCESS_TOKEN: answered: " in text
+    assert "\\u2714" not in text  # a mark is a mark, not an escape
+
+
+# --- the command line: options where the usage puts them ----------------------------------------
+
+CREDS = {"username": "oauth2accesstoken", "password": TOKEN}
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["get", "--mode", "creds", "--output", "json", INDEX],
+        ["get", "--mode=creds", INDEX, "--output=json"],
+        ["--mode", "creds", "get", "--output", "json", INDEX],
+        ["get", INDEX, "--mode", "creds", "--output", "json"],
+    ],
+    ids=" ".join,
+)
+def test_get_takes_its_options_before_or_after_the_command_word(capsys, held_token, argv):
+    code, out, err = cli(capsys, *argv)
+    assert (code, err) == (0, "")
+    assert json.loads(out) == CREDS
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["token", "-v"],
+        ["-v", "token"],
+        ["token", "--verbose", "--url", INDEX],
+        ["doctor", "-v", "--json"],
+        ["print-settings", "-v", "--location", "us", "--project", "p", "--repository", "r"],
+        ["netrc", "-v", HOST],
+        ["-v", "get", "--mode", "creds", "--output", "json", INDEX],
+        ["get", "-v", INDEX, "oauth2accesstoken"],
+    ],
+    ids=" ".join,
+)
+def test_verbose_is_taken_before_or_after_the_command_word(held_token, argv):
+    result = run_cli(*argv)
+    assert result.returncode == 0, result.stderr
+    assert "unrecognized arguments" not in result.stderr
+
+
+def test_token_verbose_tells_the_story_on_stderr(held_token):
+    result = run_cli("token", "-v")
+    assert (result.returncode, result.stdout) == (0, TOKEN + "\n")
+    assert "artifactregistry-gauth: " in result.stderr
+
+
+def test_a_debug_line_carries_the_program_name_once(tmp_path):
+    code = (
+        "import artifactregistry_gauth as m\n"
+        f"print(m.GooglePyPIAuth().get_password({INDEX!r}, 'oauth2accesstoken'))\n"
+    )
+    env = {**os.environ, "ARTIFACTREGISTRY_GAUTH_DEBUG": "1"}
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT, timeout=60
+    )
+    assert result.stdout == "None\n"
+    assert "no Google credentials found" in result.stderr
+    assert "artifactregistry-gauth: artifactregistry-gauth:" not in result.stderr
+    lines = result.stderr.splitlines()
+    assert lines and all(line.startswith("artifactregistry-gauth: ") for line in lines)
+
+
+def test_credential_helper_without_an_operation_says_bazel_sends_get(capsys, held_token):
+    code, out, err = cli(capsys, "credential-helper")
+    assert (code, out) == (2, "")
+    assert "nothing" not in err
+    assert "needs an operation" in err and "`get`" in err
+    assert err.count("\n") == 1
+
+
+@pytest.mark.parametrize("command", sorted(gauth.SUBCOMMANDS))
+def test_every_subcommand_help_describes_it_and_its_exit_codes(command):
+    result = run_cli(command, "--help")
+    assert result.returncode == 0, result.stderr
+    usage, _, rest = result.stdout.partition("\n\n")
+    assert usage.startswith("usage: artifactregistry-gauth ") and f" {command}" in usage
+    description = rest.split("\n\n", 1)[0]
+    assert description and not description.startswith(("positional", "options"))
+    assert "exit status:" in result.stdout
+    assert "  0 " in result.stdout
+
+
+def test_token_json_prints_the_token_and_its_expiry(capsys, sa_env, fake_google):
+    code, out, err = cli(capsys, "token", "--json")
+    assert (code, err) == (0, "")
+    answer = json.loads(out)
+    assert sorted(answer) == ["expiry", "token"]
+    assert fake_google.is_live(answer["token"])
+    import datetime
+
+    expiry = datetime.datetime.strptime(answer["expiry"], "%Y-%m-%dT%H:%M:%SZ")
+    left = expiry.replace(tzinfo=datetime.timezone.utc).timestamp() - time_now()
+    assert 3000 < left <= 3600
+
+
+def test_token_json_gives_a_null_expiry_when_it_is_unknown(capsys, held_token):
+    code, out, err = cli(capsys, "token", "--json")
+    assert (code, json.loads(out), err) == (0, {"token": TOKEN, "expiry": None}, "")
+
+
+# --- doctor: advice that fits what is there -----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "where",
+    [("uv.toml", 'keyring-provider = "subprocess"\n\n'), ("env", "")],
+    ids=["uv.toml", "UV_KEYRING_PROVIDER"],
+)
+def test_doctor_never_advises_the_uv_keyring_provider_already_set(monkeypatch, where):
+    kind, head = where
+    if kind == "env":
+        monkeypatch.setenv("UV_KEYRING_PROVIDER", "subprocess")
+    write_file(
+        ".config/uv/uv.toml",
+        head + f'[[index]]\nname = "gar"\nurl = "{INDEX}"\nauthenticate = "always"\n',
+    )
+    (entry,) = gauth._index_url_report()
+    assert entry["ok"] and "UV_KEYRING_PROVIDER" not in entry["verdict"], entry
+
+
+def test_doctor_advises_the_uv_keyring_provider_when_it_is_not_set():
+    write_file(".config/uv/uv.toml", f'[[index]]\nname = "gar"\nurl = "{INDEX}"\n')
+    (entry,) = gauth._index_url_report()
+    assert "set UV_KEYRING_PROVIDER=subprocess" in entry["verdict"]
+
+
+def test_doctor_names_the_pip_it_is_talking_to(monkeypatch):
+    from importlib import metadata
+
+    monkeypatch.setenv("PIP_INDEX_URL", INDEX)
+    (entry,) = gauth._index_url_report()
+    version = metadata.version("pip")
+    assert f"pip {version}" in entry["verdict"]
+    assert "before pip 26.2" not in entry["verdict"]
+
+
+@pytest.mark.parametrize(
+    ("variable", "pip_conf"),
+    [("PIP_EXTRA_INDEX_URL", None), (None, f"[global]\nextra-index-url = {INDEX}\n")],
+    ids=["variable", "pip.conf"],
+)
+def test_doctor_warns_that_an_extra_index_invites_dependency_confusion(
+    monkeypatch, variable, pip_conf
+):
+    if variable:
+        monkeypatch.setenv(variable, INDEX)
+    else:
+        write_pip_conf(pip_conf)
+    (warning,) = warnings_about("dependency confusion")
+    assert "virtual repository" in warning and "explicit = true" in warning
+
+
+def test_doctor_gives_no_dependency_confusion_warning_for_an_index_url(monkeypatch):
+    monkeypatch.setenv("PIP_INDEX_URL", INDEX)
+    assert warnings_about("dependency confusion") == []
+
+
+def test_doctor_counts_one_cached_token_in_the_singular(capsys, sa_env, fake_google):
+    assert cli(capsys, "token")[0] == 0
+    _, out, _ = cli(capsys, "doctor")
+    assert "(1 token)" in out and "(1 tokens)" not in out
+
+
+def test_doctor_says_a_token_in_the_environment_was_given_not_fetched(capsys, held_token):
+    _, out, _ = cli(capsys, "doctor")
+    (line,) = [line for line in out.splitlines() if "GOOGLE_OAUTH_ACCESS_TOKEN: answered" in line]
+    assert "fetched now" not in line and "from the cache" not in line

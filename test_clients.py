@@ -687,9 +687,8 @@ def poetry_env(client_env):
     }
 
 
-def test_poetry_installs_from_an_artifact_registry_source(
-    toolbox, registry, fake_google, client_env, tmp_path
-):
+def poetry_project(tmp_path, source, url):
+    """A project that needs gauth-demo-app from its one poetry source, `source` at `url`."""
     project = tmp_path / "consumer"
     project.mkdir()
     (project / "pyproject.toml").write_text(
@@ -701,12 +700,19 @@ def test_poetry_installs_from_an_artifact_registry_source(
             package-mode = false
 
             [[tool.poetry.source]]
-            name = "gar"
-            url = "{INDEX}"
+            name = "{source}"
+            url = "{url}"
             priority = "primary"
             """
         )
     )
+    return project
+
+
+def test_poetry_installs_from_an_artifact_registry_source(
+    toolbox, registry, fake_google, client_env, tmp_path
+):
+    project = poetry_project(tmp_path, "gar", INDEX)
     result = run(
         [toolbox.exe("poetry", "poetry"), "install", "-vvv"], poetry_env(client_env), cwd=project
     )
@@ -749,6 +755,24 @@ def test_poetry_publishes_to_artifact_registry(
     check(result)
     assert_uploaded(registry, wheel)
     assert token_fetches(fake_google) == 1
+
+
+def test_poetry_sends_no_token_for_a_source_named_like_a_registry_host(
+    toolbox, registry, fake_google, client_env, tmp_path
+):
+    # poetry asks keyring for poetry-repository-NAME with the http-basic username, then sends
+    # the answer to NAME's URL: here a foreign host that asks for credentials.
+    project = poetry_project(tmp_path, AR_HOST, PROXY_INDEX)
+    config = tmp_path / "poetry-config"
+    config.mkdir()
+    (config / "auth.toml").write_text(f'[http-basic."{AR_HOST}"]\nusername = "oauth2accesstoken"\n')
+    env = {**poetry_env(client_env), "POETRY_CONFIG_DIR": str(config)}
+    result = run([toolbox.exe("poetry", "poetry"), "lock", "-vvv"], env, cwd=project)
+    assert result.returncode != 0  # the source wants credentials, and none are ours to give
+    asked = registry.requests_to(PROXY_HOST)
+    assert asked, "poetry never reached the source"
+    assert [r for r in asked if r.carried_google_token] == []
+    assert token_fetches(fake_google) == 0
 
 
 # --- tox ----------------------------------------------------------------------------------------
@@ -913,6 +937,41 @@ def test_pdm_publishes_to_artifact_registry(
     assert token_fetches(fake_google) == 1
 
 
+# A cloned project names its source like a registry host; pdm asks keyring for
+# pdm-pypi-mirror.pkg.dev after the URL and the host, and sends the answer to the source's URL.
+HOSTILE_PDM_PROJECT = f"""{CONSUMER_PROJECT}
+[tool.pdm]
+distribution = false
+
+[[tool.pdm.source]]
+name = "mirror.pkg.dev"
+url = "{PROXY_INDEX}"
+"""
+
+
+@pytest.mark.parametrize("keyring", ["module", "command"])
+def test_pdm_sends_no_token_for_a_source_named_like_a_registry_host(
+    toolbox, registry, fake_google, client_env, keyring_link, tmp_path, keyring
+):
+    project = tmp_path / "consumer"
+    project.mkdir()
+    (project / "pyproject.toml").write_text(HOSTILE_PDM_PROJECT)
+    if keyring == "module":  # keyring and we in pdm's own environment
+        pdm, env, log = toolbox.exe("pdm", "pdm"), pdm_env(client_env), None
+    else:  # no keyring module: unearth runs the `keyring` on PATH, a link to our command
+        shim, log = recording_keyring(keyring_link / "keyring", tmp_path / "shim")
+        pdm, env = toolbox.exe("pdm_bare", "pdm"), on_path(pdm_env(client_env), shim)
+    result = run([pdm, "lock"], env, cwd=project)
+    assert result.returncode != 0  # the source wants credentials, and none are ours to give
+    if log is not None:
+        calls = [json.loads(line) for line in log.read_text().splitlines()]
+        assert ["--mode=creds", "get", "pdm-pypi-mirror.pkg.dev", ""] in calls
+    asked = registry.requests_to(PROXY_HOST)
+    assert asked, "pdm never reached the source"
+    assert [r for r in asked if r.carried_google_token] == []
+    assert token_fetches(fake_google) == 0
+
+
 # --- hatch --------------------------------------------------------------------------------------
 
 
@@ -985,12 +1044,12 @@ gauth-demo-app = "*"
 """
 
 
-def test_pipenv_installs_from_an_artifact_registry_source(
-    toolbox, registry, fake_google, client_env, tmp_path
-):
+def pipenv_install(toolbox, client_env, tmp_path, pipfile):
+    """`pipenv install` of a Pipfile, with PIP_KEYRING_PROVIDER=subprocess and a keyring on
+    PATH; the project folder."""
     project = tmp_path / "consumer"
     project.mkdir()
-    (project / "Pipfile").write_text(PIPFILE)
+    (project / "Pipfile").write_text(pipfile)
     env = on_path(client_env, toolbox.bin("keyring25"))  # pipx install keyring; inject us
     env.update(
         PIP_KEYRING_PROVIDER="subprocess",
@@ -1000,6 +1059,13 @@ def test_pipenv_installs_from_an_artifact_registry_source(
         PIPENV_IGNORE_VIRTUALENVS="1",
     )
     check(run([toolbox.exe("pipenv", "pipenv"), "install"], env, cwd=project, timeout=300))
+    return project
+
+
+def test_pipenv_installs_from_an_artifact_registry_source(
+    toolbox, registry, fake_google, client_env, tmp_path
+):
+    project = pipenv_install(toolbox, client_env, tmp_path, PIPFILE)
     assert_project_venv_has_private_packages(registry, project)
     assert token_fetches(fake_google) == 1
 
@@ -1522,4 +1588,226 @@ def test_uv_installs_with_the_netrc_we_write(toolbox, registry, fake_google, cli
     result = uv_pip_install(toolbox, env, tmp_path / "t", "--index-url", INDEX, "gauth-demo-app")
     check(result)
     assert_private_install(registry, tmp_path / "t")
+    assert token_fetches(fake_google) == 1
+
+
+# --- print-settings: each file or command list, as printed, run by its tool -------------------
+
+
+def printed(tool, repository="repo"):
+    """What `artifactregistry-gauth print-settings --tool TOOL` prints for the fake registry."""
+    command = [sys.executable, "-m", "artifactregistry_gauth", "print-settings"]
+    where = ["--location", "us", "--project", "proj", "--repository", repository]
+    result = check(
+        subprocess.run(
+            [*command, *where, "--tool", tool], capture_output=True, text=True, cwd=ROOT, timeout=60
+        )
+    )
+    return result.stdout
+
+
+def printed_file(tool, path, repository="repo"):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(printed(tool, repository))
+    return path
+
+
+def printed_command(text, label):
+    """The command a printed `# Publish: ...` or `# Then: ...` comment names."""
+    import shlex
+
+    (line,) = [line for line in text.splitlines() if line.startswith(f"# {label}: ")]
+    return shlex.split(line.split(": ", 1)[1])
+
+
+@pytest.mark.parametrize(
+    ("tool", "venv", "keyring_on_path"),
+    [
+        ("pip", "keyring25", False),
+        ("pip-subprocess", "pip", True),
+        ("pip-subprocess", "pip_old", True),
+    ],
+    ids=["import", "subprocess", "subprocess-pip-26.1"],
+)
+def test_printed_pip_conf_installs_a_private_package(
+    toolbox, registry, fake_google, client_env, tmp_path, tool, venv, keyring_on_path
+):
+    env = {**client_env, "PIP_CONFIG_FILE": str(printed_file(tool, tmp_path / "pip.conf"))}
+    if keyring_on_path:
+        env = on_path(env, toolbox.bin("keyring25"))  # pipx install keyring; inject us
+    pip = [toolbox.python(venv), "-m", "pip", "install", "--no-input", "--target", tmp_path / "t"]
+    check(run([*pip, "gauth-demo-app"], env))
+    assert_private_install(registry, tmp_path / "t")
+    assert token_fetches(fake_google) == 1
+
+
+def test_printed_uv_toml_installs_a_private_package(
+    toolbox, registry, fake_google, client_env, tmp_path
+):
+    config = printed_file("uv", tmp_path / "uv.toml")
+    env = on_path(client_env, toolbox.bin("keyring25"))
+    result = uv_pip_install(toolbox, env, tmp_path / "t", "--config-file", config, "gauth-demo-app")
+    check(result)
+    assert_private_install(registry, tmp_path / "t")
+    assert token_fetches(fake_google) == 1
+
+
+def test_printed_uv_toml_publishes_with_the_printed_command(
+    toolbox, registry, fake_google, client_env, tmp_path
+):
+    project, wheel = upload_project(tmp_path)
+    text = printed_file("uv", project / "uv.toml", repository="uploads").read_text()
+    command = printed_command(text, "Publish")
+    assert command[:2] == ["uv", "publish"]
+    env = on_path(client_env, toolbox.bin("keyring25"))
+    check(run([toolbox.exe("uv", "uv"), *command[1:], wheel], env, cwd=project))
+    assert_uploaded(registry, wheel)
+
+
+def test_printed_uv_pyproject_locks_and_syncs_a_pinned_private_package(
+    toolbox, registry, fake_google, client_env, tmp_path
+):
+    project = tmp_path / "consumer"
+    project.mkdir()
+    pyproject = CONSUMER_PROJECT.replace('"gauth-demo-app"', '"gauth-demo-lib"')
+    pyproject += "\n" + printed("uv-pyproject") + 'gauth-demo-lib = { index = "repo" }\n'
+    (project / "pyproject.toml").write_text(pyproject)
+    env = on_path({**client_env, "UV_DEFAULT_INDEX": MIRROR_INDEX}, toolbox.bin("keyring25"))
+    uv = toolbox.exe("uv", "uv")
+    check(run([uv, "sync", "--python", toolbox.python("uv")], env, cwd=project))
+    (site_packages,) = project.glob(".venv/lib/python*/site-packages")
+    assert "gauth_demo_lib" in {p.name for p in site_packages.iterdir()}
+    served = [r for r in registry.requests_to(AR_HOST) if r.status == 200]
+    assert served and all(r.authenticated for r in served)
+    assert registry.requests_to(MIRROR_HOST) == []  # the pinned package is never asked of PyPI
+
+
+def test_printed_pypirc_uploads_with_twine(toolbox, registry, fake_google, client_env, dist):
+    printed_file("twine", Path(client_env["HOME"], ".pypirc"), repository="uploads")
+    check(twine_upload(toolbox, client_env, "-r", "uploads", dist))
+    assert_uploaded(registry, dist)
+    assert token_fetches(fake_google) == 1
+
+
+SHELL = shutil.which("sh") or "/bin/sh"  # an absolute path: the clients' PATH may lack it
+
+
+def run_printed_commands(text, env, cwd, skip=()):
+    """The printed command lines, run by the shell with stdin closed: a prompt would hang."""
+    lines = [line for line in text.splitlines() if not line.startswith(skip)]
+    return run([SHELL, "-ec", "\n".join(lines)], env, cwd=cwd, timeout=120)
+
+
+def test_printed_poetry_commands_never_prompt_and_install(
+    toolbox, registry, fake_google, client_env, tmp_path
+):
+    project = tmp_path / "consumer"
+    project.mkdir()
+    (project / "pyproject.toml").write_text(
+        CONSUMER_PROJECT + "\n[tool.poetry]\npackage-mode = false\n"
+    )
+    env = on_path(poetry_env(client_env), toolbox.bin("poetry"))
+    del env["POETRY_NO_INTERACTION"]  # the commands themselves must not prompt
+    text = printed("poetry")
+    check(run_printed_commands(text, env, project))
+    then = printed_command(text, "Then")
+    assert then[:2] == ["poetry", "install;"]
+    check(run([toolbox.exe("poetry", "poetry"), "install"], env, cwd=project))
+    assert_project_venv_has_private_packages(registry, project)
+    assert token_fetches(fake_google) == 1
+
+
+def test_printed_poetry_commands_publish(toolbox, registry, fake_google, client_env, tmp_path):
+    project, wheel = upload_project(tmp_path)
+    pyproject = project / "pyproject.toml"
+    pyproject.write_text(pyproject.read_text() + "\n[tool.poetry]\npackages = []\n")
+    env = on_path(poetry_env(client_env), toolbox.bin("poetry"))
+    del env["POETRY_NO_INTERACTION"]
+    text = printed("poetry", repository="uploads")
+    check(run_printed_commands(text, env, project))
+    publish = printed_command(text, "Then")[2:]
+    assert publish == ["poetry", "publish", "--repository", "uploads"]
+    check(run([toolbox.exe("poetry", "poetry"), *publish[1:]], env, cwd=project))
+    assert_uploaded(registry, wheel)
+
+
+def test_printed_pdm_source_installs(toolbox, registry, fake_google, client_env, tmp_path):
+    project = tmp_path / "consumer"
+    project.mkdir()
+    pyproject = CONSUMER_PROJECT + "\n[tool.pdm]\ndistribution = false\n\n" + printed("pdm")
+    (project / "pyproject.toml").write_text(pyproject)
+    check(run([toolbox.exe("pdm", "pdm"), "install"], pdm_env(client_env), cwd=project))
+    assert_project_venv_has_private_packages(registry, project)
+    assert token_fetches(fake_google) == 1
+
+
+def test_printed_pdm_publish_command_uploads(toolbox, registry, fake_google, client_env, tmp_path):
+    project, wheel = upload_project(tmp_path)
+    command = printed_command(printed("pdm", repository="uploads"), "Publish")
+    assert command[:2] == ["pdm", "publish"]
+    publish = [toolbox.exe("pdm", "pdm"), *command[1:], "--no-build"]
+    check(run(publish, pdm_env(client_env), cwd=project))
+    assert_uploaded(registry, wheel)
+
+
+def test_printed_hatch_config_publishes(
+    toolbox, registry, fake_google, client_env, loopback_resolver, tmp_path
+):
+    project, wheel = upload_project(tmp_path)
+    config = Path(client_env["XDG_CONFIG_HOME"], "hatch", "config.toml")
+    text = printed_file("hatch", config, repository="uploads").read_text()
+    env = {**client_env, "PYTHONPATH": str(loopback_resolver)}
+    env["HATCH_INDEX_CA_CERT"] = client_env["SSL_CERT_FILE"]  # the test CA
+    (line,) = [line for line in text.splitlines() if "hatch publish -r" in line]
+    assert "hatch publish -r uploads." in line
+    check(run([toolbox.exe("hatch", "hatch"), "publish", "-r", "uploads"], env, cwd=project))
+    assert_uploaded(registry, wheel)
+    assert token_fetches(fake_google) == 1
+
+
+def test_printed_tox_ini_installs_a_private_dependency(
+    toolbox, registry, fake_google, client_env, tmp_path
+):
+    project = tmp_path / "project"
+    printed_file("tox", project / "tox.ini")
+    env = on_path(client_env, toolbox.bin("keyring25"))  # the keyring the comment names
+    overrides = [
+        "testenv.skip_install=true",
+        "testenv.deps=gauth-demo-app",
+        # test only: the dead loopback metadata address and our cache directory
+        "testenv.pass_env+=GCE_METADATA_HOST,GCE_METADATA_IP,ARTIFACTREGISTRY_GAUTH_*",
+        'testenv.commands=python -c "import gauth_demo_app; print(gauth_demo_app.hello())"',
+    ]
+    tox = [toolbox.exe("tox", "tox"), "run", "-e", "py"]
+    for override in overrides:
+        tox += ["-x", override]
+    result = check(run(tox, env, cwd=project))
+    assert "gauth-demo-app\n" in result.stdout
+    assert set(registry.served_files(AR_HOST)) == PRIVATE_WHEELS
+    assert token_fetches(fake_google) == 1
+
+
+def test_printed_pipfile_installs_with_pipenv(toolbox, registry, fake_google, client_env, tmp_path):
+    text = printed("pipenv")
+    assert "export PIP_KEYRING_PROVIDER=subprocess" in text  # which pipenv_install sets
+    project = pipenv_install(toolbox, client_env, tmp_path, text + 'gauth-demo-app = "*"\n')
+    assert_project_venv_has_private_packages(registry, project)
+    assert token_fetches(fake_google) == 1
+
+
+def test_printed_pipx_commands_install_an_app(toolbox, registry, fake_google, client_env, tmp_path):
+    repository = registry.repository(AR_HOST, "proj/repo")
+    repository.add_file(toolbox.wheels["cli"])
+    (pip_wheel,) = toolbox.wheelhouse.glob("pip-*.whl")
+    repository.add_file(pip_wheel)  # the comment says: the repository serves pip too
+    env = on_path(client_env, toolbox.bin("keyring25"), toolbox.bin("pipx"))
+    env.update(PIPX_HOME=str(tmp_path / "pipx"), PIPX_BIN_DIR=str(tmp_path / "pipx-bin"))
+    env["PIPX_MAN_DIR"] = str(tmp_path / "pipx-man")
+    text = printed("pipx")
+    then = printed_command(text, "Then")
+    assert then == ["pipx", "install", "mypackage"]
+    script = text + "pipx install gauth-demo-cli\n"
+    check(run([SHELL, "-ec", script], env, timeout=300))
+    app = check(run([tmp_path / "pipx-bin" / "gauth-demo"], env))
+    assert app.stdout == "gauth-demo-lib\n"
     assert token_fetches(fake_google) == 1

@@ -2,17 +2,21 @@
 black hole, VMs sharing a home directory, and the warm command line."""
 
 import json
+import logging
 import os
 import socket
+import ssl
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 import artifactregistry_gauth as gauth
 from fakes import MODE_BITS, SYMLINK, posix_case, posix_only
+from fakes.network import server_context
 
 GOOGLE = "Google Compute Engine\n"
 ROOT = Path(__file__).resolve().parent
@@ -109,6 +113,7 @@ def test_only_a_200_with_metadata_flavor_counts_as_a_metadata_server(
         (True, {}, (3.0, 3)),
         (False, {"GCE_METADATA_TIMEOUT": "2"}, (2.0, 1)),
         (False, {"GCE_METADATA_DETECT_RETRIES": "2"}, (0.5, 2)),
+        (False, {"ARTIFACTREGISTRY_GAUTH_METADATA_BUDGET": "60"}, (0.5, 1)),
         (True, {"GCE_METADATA_TIMEOUT": "7", "GCE_METADATA_DETECT_RETRIES": "5"}, (7.0, 5)),
         (True, {"GCE_METADATA_TIMEOUT": "60", "GCE_METADATA_DETECT_RETRIES": "99"}, (10.0, 10)),
     ],
@@ -421,6 +426,288 @@ def test_doctor_names_the_metadata_servers_service_account(fake_metadata):
 def test_a_strange_service_account_answer_is_a_clear_error(fake_metadata, reply, message):
     fake_metadata.script((200, "computeMetadata/\n"), reply)
     with pytest.raises(gauth.CredentialError, match=message):
+        gauth.get_token()
+
+
+# --- a remembered "absent" never fails a lookup that a fresh look would pass ------------------
+
+
+@pytest.fixture
+def patient_ping(monkeypatch):
+    """The ping a lookup makes before it says "no credentials", shortened for tests."""
+    monkeypatch.setattr(gauth, "METADATA_PING_TIMEOUT_ON_GCE", 1.5)
+
+
+def test_a_slow_first_ping_does_not_hide_the_metadata_server(fake_metadata, patient_ping):
+    fake_metadata.ping_delay = 0.7  # a cold start, where the DMI product name is unreadable
+    assert fake_metadata.is_live(gauth.get_token())
+    fake_metadata.ping_delay = 0.0
+    as_new_process()
+    assert fake_metadata.is_live(gauth.get_token())
+
+
+def test_a_remembered_absence_is_checked_again_before_saying_no_credentials(
+    fake_metadata, patient_ping
+):
+    fake_metadata.black_hole = True
+    with pytest.raises(gauth.CredentialError, match="no Google credentials found"):
+        gauth.get_token()
+    assert metadata_files()  # remembered
+    fake_metadata.black_hole = False
+    as_new_process()
+    assert fake_metadata.is_live(gauth.get_token())
+
+
+def test_no_credentials_names_the_metadata_server_once(fake_metadata, patient_ping):
+    fake_metadata.black_hole = True
+    report = []
+    with pytest.raises(gauth.CredentialError) as failure:
+        gauth.lookup(report=report)
+    assert str(failure.value).count("not on Google Cloud") == 1
+    assert [step["source"] for step in report].count("metadata server") == 1
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        *("K_SERVICE", "CLOUD_RUN_JOB", "FUNCTION_TARGET", "FUNCTION_REGION", "GAE_SERVICE"),
+        "BUILDER_OUTPUT",
+    ],
+)
+def test_where_the_environment_says_google_cloud_absence_is_not_remembered(
+    monkeypatch, fake_metadata, fake_gcloud, name
+):
+    monkeypatch.setenv(name, "set-by-google")
+    fake_metadata.black_hole = True
+    assert gauth.get_token() in fake_gcloud.issued
+    assert metadata_files() == []
+    fake_metadata.black_hole = False
+    as_new_process()
+    assert fake_metadata.is_live(gauth.get_token())
+
+
+def test_kubernetes_alone_is_no_sign_of_google_cloud(
+    connects, monkeypatch, fake_metadata, fake_gcloud
+):
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.0.0.1")
+    fake_metadata.black_hole = True
+    gauth.get_token()
+    connections = connects.count
+    as_new_process()
+    assert gauth.get_token() in fake_gcloud.issued
+    assert connects.count == connections  # the warm call is probe-free
+
+
+# --- on Google hardware, metadata discovery has its own budget ---------------------------------
+
+
+class VirtualTime:
+    """The time module, but sleeping only moves a virtual clock forward (for long waits)."""
+
+    def __init__(self):
+        self.offset = 0.0
+
+    def __getattr__(self, name):
+        return getattr(time, name)
+
+    def sleep(self, seconds):
+        self.offset += seconds
+
+    def monotonic(self):
+        return time.monotonic() + self.offset
+
+    def time(self):
+        return time.time() + self.offset
+
+
+@pytest.fixture
+def virtual_time(monkeypatch):
+    """Let the lookup and the fake servers wait in virtual time."""
+    import fakes.network
+
+    clock = VirtualTime()
+    monkeypatch.setattr(gauth, "time", clock)
+    monkeypatch.setattr(fakes.network, "time", clock)
+    return clock
+
+
+@pytest.mark.parametrize("seconds", [12, 18])
+def test_a_pod_whose_metadata_server_refuses_for_long_still_gets_a_token(
+    off_google_hardware, fake_metadata, fake_gcloud, virtual_time, seconds
+):
+    off_google_hardware.write_text(GOOGLE)
+    fake_metadata.refuse_for(seconds)
+    assert fake_metadata.is_live(gauth.get_token())
+    assert seconds <= virtual_time.offset <= 30
+    assert fake_gcloud.calls == []
+
+
+def test_the_metadata_budget_is_set_by_a_variable(
+    monkeypatch, off_google_hardware, fake_metadata, virtual_time
+):
+    monkeypatch.setenv("ARTIFACTREGISTRY_GAUTH_METADATA_BUDGET", "45")
+    off_google_hardware.write_text(GOOGLE)
+    fake_metadata.refuse_for(38)
+    assert fake_metadata.is_live(gauth.get_token())
+
+
+@pytest.mark.parametrize("value", ["", "abc", "nan", "inf", "-5", "0"])
+def test_a_bad_metadata_budget_means_the_default(
+    monkeypatch, off_google_hardware, fake_metadata, virtual_time, value
+):
+    monkeypatch.setenv("ARTIFACTREGISTRY_GAUTH_METADATA_BUDGET", value)
+    off_google_hardware.write_text(GOOGLE)
+    fake_metadata.refuse_for(60)
+    with pytest.raises(gauth.CredentialError):
+        gauth.get_token()
+    assert 25 <= virtual_time.offset <= 31
+
+
+def test_off_google_hardware_the_lookup_budget_is_unchanged(
+    monkeypatch, fake_metadata, virtual_time
+):
+    monkeypatch.setenv("ARTIFACTREGISTRY_GAUTH_METADATA_BUDGET", "60")
+    fake_metadata.script(*[(503, "starting")] * 50)
+    with pytest.raises(gauth.CredentialError):
+        gauth.get_token()
+    assert virtual_time.offset <= gauth.LOOKUP_BUDGET
+
+
+# --- Metadata-Flavor where google-auth checks it, and an instance id that cannot be read -------
+
+
+def test_data_answers_without_metadata_flavor_are_taken(fake_metadata):
+    fake_metadata.data_flavor = False  # an emulator, or a proxy that drops the header
+    assert fake_metadata.is_live(gauth.get_token())
+
+
+def test_a_ping_without_metadata_flavor_is_no_metadata_server(fake_metadata, fake_gcloud):
+    fake_metadata.google_flavor = False
+    assert gauth.get_token() in fake_gcloud.issued
+
+
+INSTANCE_ID_FAILURES = [(403, "denied"), (404, "none"), (500, "oops"), (200, "two words")]
+
+
+@pytest.mark.parametrize("answer", INSTANCE_ID_FAILURES)
+def test_an_unreadable_instance_id_is_no_failure(fake_metadata, fake_gcloud, answer):
+    fake_metadata.instance_id_answer = answer
+    assert fake_metadata.is_live(gauth.get_token())
+    assert fake_gcloud.calls == []
+
+
+@pytest.mark.parametrize("answer", INSTANCE_ID_FAILURES)
+def test_without_an_instance_id_vms_sharing_a_home_never_share_a_token(
+    monkeypatch, fake_metadata, answer
+):
+    fake_metadata.instance_id_answer = answer
+    first = gauth.get_token()
+    monkeypatch.setattr(gauth, "_hostname", lambda: "another-vm")  # the same home over NFS
+    as_new_process()
+    assert gauth.get_token() != first
+
+
+# --- GCE_METADATA_MTLS_MODE: https with the metadata server's client certificate --------------
+
+
+@pytest.fixture
+def mds_certificates(tmp_path, monkeypatch, test_ca):
+    """The metadata server's root and client certificate files, where the module looks."""
+    directory = tmp_path / "google-mds-mtls"
+    directory.mkdir()
+    monkeypatch.setattr(gauth, "METADATA_MTLS_DIR", str(directory))
+    root, client = gauth._metadata_mtls_files()
+    test_ca.cert_pem.write_to_path(root)
+    test_ca.issue_cert("gce-client.example").private_key_and_cert_chain_pem.write_to_path(client)
+    return directory
+
+
+@pytest.fixture
+def mtls_metadata(fake_metadata, monkeypatch, test_ca):
+    """The fake metadata server also on https, demanding a client certificate of the test CA."""
+    context = server_context(test_ca, ["127.0.0.1"])
+    context.verify_mode = ssl.CERT_REQUIRED
+    test_ca.configure_trust(context)
+    server = fake_metadata.serve(context)
+    fake_metadata.plain_host = fake_metadata.host
+    fake_metadata.tls_host = f"127.0.0.1:{server.port}"
+    return fake_metadata
+
+
+def point_metadata_at(monkeypatch, host):
+    monkeypatch.setenv("GCE_METADATA_HOST", host)
+    monkeypatch.setenv("GCE_METADATA_IP", host)
+
+
+@pytest.mark.parametrize("mode", ["strict", "default", "DEFAULT"])
+def test_mtls_mode_speaks_https_with_the_client_certificate(
+    monkeypatch, mds_certificates, mtls_metadata, mode
+):
+    monkeypatch.setenv("GCE_METADATA_MTLS_MODE", mode)
+    point_metadata_at(monkeypatch, mtls_metadata.tls_host)
+    assert mtls_metadata.is_live(gauth.get_token())
+    assert {r.scheme for r in mtls_metadata.requests} == {"https"}
+
+
+@pytest.mark.parametrize("mode", ["none", "", "default"])
+def test_plain_http_without_mtls_or_without_its_certificates(monkeypatch, fake_metadata, mode):
+    monkeypatch.setenv("GCE_METADATA_MTLS_MODE", mode)
+    monkeypatch.setattr(gauth, "METADATA_MTLS_DIR", "/nonexistent/google-mds-mtls")
+    assert fake_metadata.is_live(gauth.get_token())
+    assert {r.scheme for r in fake_metadata.requests} == {"http"}
+
+
+def test_mode_none_ignores_the_certificates(monkeypatch, mds_certificates, fake_metadata):
+    monkeypatch.setenv("GCE_METADATA_MTLS_MODE", "none")
+    assert fake_metadata.is_live(gauth.get_token())
+
+
+def test_strict_without_the_certificates_is_one_clear_line(monkeypatch, fake_metadata):
+    monkeypatch.setenv("GCE_METADATA_MTLS_MODE", "strict")
+    monkeypatch.setattr(gauth, "METADATA_MTLS_DIR", "/nonexistent/google-mds-mtls")
+    with pytest.raises(gauth.CredentialError) as failure:
+        gauth.get_token()
+    message = str(failure.value)
+    assert "GCE_METADATA_MTLS_MODE is strict" in message
+    assert "/nonexistent/google-mds-mtls" in message
+    assert "\n" not in message
+    assert fake_metadata.requests == []  # never plain http
+
+
+def test_strict_never_falls_back_to_plain_http(monkeypatch, mds_certificates, mtls_metadata):
+    monkeypatch.setenv("GCE_METADATA_MTLS_MODE", "strict")
+    point_metadata_at(monkeypatch, mtls_metadata.plain_host)  # speaks http only
+    with pytest.raises(gauth.CredentialError):
+        gauth.get_token()
+    assert mtls_metadata.requests == []
+
+
+def test_default_falls_back_to_http_with_a_warning(
+    monkeypatch, caplog, mds_certificates, mtls_metadata
+):
+    monkeypatch.setenv("GCE_METADATA_MTLS_MODE", "default")
+    point_metadata_at(monkeypatch, mtls_metadata.plain_host)
+    with caplog.at_level(logging.WARNING, logger="artifactregistry_gauth"):
+        assert mtls_metadata.is_live(gauth.get_token())
+    assert any("mutual TLS" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("value", ["strictly", "on", "true", "1"])
+def test_an_unknown_mtls_mode_is_one_clear_line(monkeypatch, fake_metadata, value):
+    monkeypatch.setenv("GCE_METADATA_MTLS_MODE", value)
+    with pytest.raises(
+        gauth.CredentialError, match="GCE_METADATA_MTLS_MODE is .*strict, default or none"
+    ):
+        gauth.get_token()
+
+
+def test_an_unusable_client_certificate_is_one_clear_line(
+    monkeypatch, mds_certificates, mtls_metadata
+):
+    monkeypatch.setenv("GCE_METADATA_MTLS_MODE", "strict")
+    point_metadata_at(monkeypatch, mtls_metadata.tls_host)
+    (mds_certificates / "client.key").write_text("not a certificate\n")
+    with pytest.raises(gauth.CredentialError, match="client.key"):
         gauth.get_token()
 
 

@@ -176,9 +176,13 @@ def test_any_bytes_as_an_adc_file_load_or_say_what_is_wrong(tmp_path_factory, ra
     path = tmp_path_factory.mktemp("adc") / "creds.json"
     path.write_bytes(raw)
     try:
-        gauth.load_adc_file(str(path), "GOOGLE_APPLICATION_CREDENTIALS")
-    except gauth.CredentialError:
-        pass
+        source = gauth.load_adc_file(str(path), "GOOGLE_APPLICATION_CREDENTIALS")
+    except gauth.CredentialError as exc:
+        assert str(path) in str(exc)
+        assert "\n" not in str(exc)
+    else:
+        assert isinstance(source, gauth.CredentialSource)
+        assert source.static_identity
 
 
 token_bodies = (
@@ -252,6 +256,45 @@ def test_a_secret_echoed_in_any_encoding_is_never_quoted(secret, before, after, 
     folded = " ".join(secret.split())
     for form in {folded, *secret_encodings(folded)}:
         assert form.lower() not in said.lower() or len(form) < 4
+
+
+BASE64_RUN = re.compile(r"[A-Za-z0-9+/=]+|[A-Za-z0-9_=-]+")
+HEX_RUN = re.compile(r"[0-9A-Fa-f]+")
+
+
+def decodings(text):
+    """Every byte string that some run of base64, base64url or hex in ``text`` decodes to."""
+    for run in BASE64_RUN.findall(text):
+        for start in range(4):
+            chunk = run[start:].replace("=", "")
+            chunk = chunk[: len(chunk) // 4 * 4]
+            yield base64.b64decode(chunk.replace("-", "+").replace("_", "/"))
+    for run in HEX_RUN.findall(text):
+        for start in range(2):
+            chunk = run[start:]
+            yield bytes.fromhex(chunk[: len(chunk) // 2 * 2])
+
+
+@FUZZ
+@given(
+    secret=st.text(min_size=8, max_size=40).filter(lambda s: "*" not in s),
+    prefix=st.binary(max_size=5),
+    suffix=st.binary(max_size=5),
+    before=st.text(" :=", max_size=20),
+    encoding=st.sampled_from(["base64", "base64url", "base64url-unpadded", "hex", "HEX"]),
+)
+def test_a_secret_echoed_as_base64_or_hex_is_never_quoted(secret, prefix, suffix, before, encoding):
+    data = prefix + secret.encode() + suffix
+    echoed = {
+        "base64": lambda: base64.b64encode(data).decode(),
+        "base64url": lambda: base64.urlsafe_b64encode(data).decode(),
+        "base64url-unpadded": lambda: base64.urlsafe_b64encode(data).decode().rstrip("="),
+        "hex": data.hex,
+        "HEX": lambda: data.hex().upper(),
+    }[encoding]()
+    said = gauth._redact(before + echoed, [secret])
+    middle = secret.encode()[2:-2]  # an edge of at most 2 bytes may share a group with others
+    assert not any(middle in decoded for decoded in decodings(said))
 
 
 @FUZZ

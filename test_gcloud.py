@@ -288,6 +288,54 @@ def test_a_broken_gcloud_configuration_without_gcloud_installed_is_skipped(make)
         gauth._gcloud()
 
 
+def federation_file(tmp_path, token_file, token_url="https://sts.googleapis.com/v1/token"):
+    """An external_account file as gcloud's `create-cred-config` writes it."""
+    path = tmp_path / "federation.json"
+    info = {
+        "type": "external_account",
+        "audience": WORKLOAD,
+        "subject_token_type": "urn:ietf:params:oauth:token-type:jwt",
+        "token_url": token_url,
+        "credential_source": {"file": str(token_file)},
+    }
+    path.write_text(json.dumps(info))
+    return path
+
+
+WORKLOAD = (
+    "//iam.googleapis.com/projects/123456/locations/global/"
+    "workloadIdentityPools/pool/providers/provider"
+)
+
+
+def test_a_federation_override_is_keyed_by_its_subject_token(tmp_path, monkeypatch, fake_gcloud):
+    # A shared runner: the same creds file each job, pointing at a per-job token file.
+    token_file = tmp_path / "job-token"
+    token_file.write_text("job-1-subject-token")
+    override = federation_file(tmp_path, token_file)
+    monkeypatch.setenv("CLOUDSDK_AUTH_CREDENTIAL_FILE_OVERRIDE", str(override))
+    first = gauth.get_token()
+    as_new_process()
+    again = gauth.get_token()
+    as_new_process()
+    token_file.write_text("job-2-subject-token")
+    second = gauth.get_token()
+    assert again == first
+    assert second != first
+    assert len(fake_gcloud.calls) == 2
+
+
+def test_a_missing_subject_of_a_federation_override_is_one_line(tmp_path, monkeypatch, fake_gcloud):
+    override = federation_file(tmp_path, tmp_path / "gone")
+    monkeypatch.setenv("CLOUDSDK_AUTH_CREDENTIAL_FILE_OVERRIDE", str(override))
+    with pytest.raises(gauth.CredentialError) as caught:
+        gauth.get_token()
+    message = str(caught.value)
+    assert "\n" not in message
+    assert message.startswith(f"{override}: the subject token file {tmp_path / 'gone'}")
+    assert fake_gcloud.calls == []
+
+
 # --- tokens gcloud would only echo: the variable, then the file; keyed by their value --------
 
 
@@ -548,6 +596,17 @@ def _ends(pid):
             return True
         time.sleep(0.01)
     return False
+
+
+def test_gcloud_that_answers_and_exits_is_not_waited_for_past_its_exit(monkeypatch, fake_gcloud):
+    # A child it left running holds its stdout open: the pipe would close only when the
+    # child ends. gcloud's exit with a whole answer is the end of the answer.
+    fake_gcloud.configure(linger=120)
+    monkeypatch.setattr(gauth, "GCLOUD_TIMEOUT", 20.0)
+    token = gauth.lookup()
+    assert token.value in fake_gcloud.issued
+    [child] = fake_gcloud.lingering
+    assert _ends(child), "what it left holding the pipe was ended with it"
 
 
 def test_huge_gcloud_output_is_not_held_in_memory(fake_gcloud):
@@ -815,3 +874,23 @@ def test_real_gcloud_external_account_adc_file_is_used(real_gcloud, tmp_path):
     assert json.loads(adc.read_text())["type"] == "external_account"
     assert real_gcloud.principal(token.value) == audience
     assert token.source.endswith(f"from {adc}")
+
+
+@pytest.mark.gcloud
+def test_real_gcloud_federation_override_gets_each_jobs_subject_its_own_token(
+    real_gcloud, monkeypatch, tmp_path
+):
+    endpoint = real_gcloud.token_endpoint
+    token_file = tmp_path / "job-token"
+    override = federation_file(tmp_path, token_file, endpoint.token_url)
+    monkeypatch.setenv("CLOUDSDK_AUTH_CREDENTIAL_FILE_OVERRIDE", str(override))
+    tokens = []
+    for job in ("job-1", "job-2"):
+        subject = f"eyJhbGciOiJSUzI1NiJ9.{job}-subject.sig"
+        register_secret(subject)
+        token_file.write_text(subject)
+        endpoint.subject_tokens[WORKLOAD] = subject  # the previous job's is no longer valid
+        tokens.append(gauth.get_token())
+        as_new_process()
+    assert tokens[0] != tokens[1]
+    assert all(real_gcloud.principal(token) == WORKLOAD for token in tokens)

@@ -850,6 +850,10 @@ def every_form(secret):
     for ascii_only in (True, False):
         escaped = json.dumps(secret, ensure_ascii=ascii_only)[1:-1]
         forms |= {escaped, escaped.replace("/", "\\/")}
+    data = secret.encode()
+    for encoded in (base64.b64encode(data).decode(), base64.urlsafe_b64encode(data).decode()):
+        forms |= {encoded, encoded.rstrip("=")}
+    forms |= {data.hex(), data.hex().upper()}
     return forms
 
 
@@ -889,6 +893,19 @@ def echo_quoted_values(record):
     return " ".join(quote(value, safe="") for value in secret_fields(record).values())
 
 
+def echo_base64(record):
+    return " ".join(base64.b64encode(v.encode()).decode() for v in secret_fields(record).values())
+
+
+def echo_base64url_unpadded(record):
+    values = secret_fields(record).values()
+    return " ".join(base64.urlsafe_b64encode(v.encode()).decode().rstrip("=") for v in values)
+
+
+def echo_hex(record):
+    return " ".join(value.encode().hex() for value in secret_fields(record).values())
+
+
 def echo_authorization(record):
     return json.dumps({"authorization": record.headers["authorization"]})
 
@@ -905,6 +922,9 @@ FORM_ECHOES = [
     echo_json,
     echo_json_unicode,
     echo_quoted_values,
+    echo_base64,
+    echo_base64url_unpadded,
+    echo_hex,
 ]
 
 
@@ -977,6 +997,269 @@ def test_a_long_server_message_is_cut_short(monkeypatch, sa_env, fake_google):
     with pytest.raises(gauth.CredentialError) as exc:
         gauth.get_token()
     assert one_line(exc).count("blah") <= gauth.MAX_QUOTED // 5
+
+
+# --- text that cannot be sent: one line, never a UnicodeEncodeError ---------------------------
+
+INDEX = "https://us-python.pkg.dev/proj/repo/simple/"
+LONE_SURROGATE = "abc\ud800def"  # what a JSON "\ud800" escape without its pair decodes to
+
+
+def surrogate_subject_file(tmp_path, fake_idp):
+    token_file = tmp_path / "subject.json"
+    token_file.write_text(json.dumps({"id_token": LONE_SURROGATE}))  # written as \ud800
+    return {"file": str(token_file)}
+
+
+def surrogate_subject_url(tmp_path, fake_idp):
+    fake_idp.token, fake_idp.json_field = LONE_SURROGATE, "id_token"
+    return {"url": fake_idp.url}
+
+
+@pytest.fixture(params=[surrogate_subject_file, surrogate_subject_url])
+def unsendable_subject(request, tmp_path, monkeypatch):
+    source = request.param(tmp_path, request.getfixturevalue("fake_idp"))
+    source["format"] = {"type": "json", "subject_token_field_name": "id_token"}
+    creds = tmp_path / "creds.json"
+    creds.write_text(json.dumps(external(source, token_url="http://127.0.0.1:9/token")))
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(creds))
+    return creds
+
+
+UNSENDABLE = "subject_token to send to Google's STS holds a lone surrogate"
+
+
+def test_a_subject_token_that_cannot_be_sent_is_one_line_from_get_password(
+    unsendable_subject, caplog
+):
+    with caplog.at_level("WARNING", logger="artifactregistry_gauth"):
+        assert gauth.GooglePyPIAuth().get_password(INDEX, "oauth2accesstoken") is None
+    [line] = caplog.messages
+    assert line.startswith(f"artifactregistry-gauth: {unsendable_subject}: ")
+    assert UNSENDABLE in line
+
+
+@pytest.mark.parametrize("command", [["token"], ["get", INDEX, "oauth2accesstoken"]])
+def test_a_subject_token_that_cannot_be_sent_is_one_line_from_the_cli(unsendable_subject, command):
+    done = subprocess.run(
+        [sys.executable, "-m", "artifactregistry_gauth", *command],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    assert done.stdout == ""
+    [line] = done.stderr.splitlines()
+    assert UNSENDABLE in line and str(unsendable_subject) in line
+
+
+UNSENDABLE_FILES = [
+    # (name, credential_source, extra fields of the file, words of the one line)
+    (
+        "header value beyond Latin-1",
+        {"url": "http://127.0.0.1:9/idp", "headers": {"Metadata": "\u20ac"}},
+        {},
+        "the 'Metadata' header for http://127.0.0.1:9/idp holds characters",
+    ),
+    (
+        "header value with a lone surrogate",
+        {"url": "http://127.0.0.1:9/idp", "headers": {"Metadata": "\ud800"}},
+        {},
+        "the 'Metadata' header",
+    ),
+    (
+        "header value with a line break",
+        {"url": "http://127.0.0.1:9/idp", "headers": {"Metadata": "a\r\nX-Injected: 1"}},
+        {},
+        "the 'Metadata' header",
+    ),
+    (
+        "header name with a space",
+        {"url": "http://127.0.0.1:9/idp", "headers": {"Meta data": "True"}},
+        {},
+        "the 'Meta data' header",
+    ),
+    (
+        "non-ASCII subject token URL",
+        {"url": "http://127.0.0.1:9/t\u00f6ken"},
+        {},
+        "the URL http://127.0.0.1:9/t\u00f6ken holds characters that cannot be sent",
+    ),
+    (
+        "non-ASCII token_url",
+        {"file": "SUBJECT_FILE"},
+        {"token_url": "http://127.0.0.1:9/t\u00f6ken"},
+        "the URL http://127.0.0.1:9/t\u00f6ken holds characters that cannot be sent",
+    ),
+    (
+        "audience with a lone surrogate",
+        {"file": "SUBJECT_FILE"},
+        {"audience": WORKLOAD + "\ud800"},
+        "the audience to send to Google's STS holds a lone surrogate",
+    ),
+    (
+        "client secret with a lone surrogate",
+        {"file": "SUBJECT_FILE"},
+        {"client_id": "c", "client_secret": "\ud800"},
+        "the client_id or client_secret holds a lone surrogate",
+    ),
+    (
+        "AWS secret with a lone surrogate",
+        {
+            "environment_id": "aws1",
+            "regional_cred_verification_url": "https://sts.{region}.amazonaws.com?"
+            "Action=GetCallerIdentity&Version=2011-06-15",
+        },
+        {"subject_token_type": "urn:ietf:params:aws:token-type:aws4_request"},
+        "the AWS secret access key holds a lone surrogate",
+    ),
+    (
+        "executable audience with a NUL",
+        {"executable": {"command": "/bin/true"}},
+        {"audience": WORKLOAD + "\x00"},
+        "cannot run the executable '/bin/true' (its command line or environment holds",
+    ),
+    (
+        "executable command with a lone surrogate",
+        {"executable": {"command": "/bin/true \ud800"}},
+        {},
+        "cannot run the executable '/bin/true' (its command line or environment holds",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("source", "extra", "words"),
+    [row[1:] for row in UNSENDABLE_FILES],
+    ids=[row[0] for row in UNSENDABLE_FILES],
+)
+def test_text_that_cannot_be_sent_is_one_clear_line(monkeypatch, tmp_path, source, extra, words):
+    subject = tmp_path / "subject"
+    subject.write_text(SUBJECT)
+    if source.get("file") == "SUBJECT_FILE":
+        source = {"file": str(subject)}
+    monkeypatch.setenv("GOOGLE_EXTERNAL_ACCOUNT_ALLOW_EXECUTABLES", "1")
+    if "environment_id" in source:
+        # The environment cannot hold a lone surrogate; AWS metadata's JSON can.
+        aws = ("us-east-1", "AKIAEXAMPLE", "\ud800", "")
+        monkeypatch.setattr(gauth.AwsFederation, "_region_and_credentials", lambda *_: aws)
+    info = external(source, **{"token_url": "http://127.0.0.1:9/token", **extra})
+    creds = tmp_path / "creds.json"
+    creds.write_text(json.dumps(info))
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(creds))
+    with pytest.raises(gauth.CredentialError) as exc:
+        gauth.get_token()
+    message = one_line(exc)
+    assert message.startswith(f"{creds}: ")
+    assert words in message
+
+
+# --- a password in a URL we quote is shown as *** ---------------------------------------------
+
+URL_PASSWORD = "Url-Pa55word-Never-Shown"
+AWS_VERIFY = "https://sts.{region}.amazonaws.com?Action=GetCallerIdentity&Version=2011-06-15"
+
+
+def with_password(path, scheme="http"):
+    return f"{scheme}://robot:{URL_PASSWORD}@127.0.0.1:9/{path}"
+
+
+PASSWORD_URLS = [
+    # (name, credential_source, extra fields of the file)
+    ("subject token URL", {"url": with_password("idp?resource=x")}, {}),
+    ("subject token URL without a port", {"url": f"http://robot:{URL_PASSWORD}@127.0.0.1/"}, {}),
+    ("token_url", {"file": "SUBJECT_FILE"}, {"token_url": with_password("token")}),
+    ("token_url not https", {"file": "SUBJECT_FILE"}, {"token_url": with_password("t", "ftp")}),
+    (
+        "AWS region_url",
+        {"environment_id": "aws1", "region_url": with_password("zone")},
+        {"subject_token_type": "urn:ietf:params:aws:token-type:aws4_request"},
+    ),
+    (
+        "AWS session URL",
+        {
+            "environment_id": "aws1",
+            "url": "http://127.0.0.1:9/creds",
+            "imdsv2_session_token_url": with_password("api/token"),
+        },
+        {"subject_token_type": "urn:ietf:params:aws:token-type:aws4_request"},
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("source", "extra"), [row[1:] for row in PASSWORD_URLS], ids=[row[0] for row in PASSWORD_URLS]
+)
+def test_a_password_in_a_url_is_masked_in_errors_and_logs(
+    monkeypatch, tmp_path, caplog, source, extra
+):
+    register_secret(URL_PASSWORD)  # the autouse guard scans every error and log line for it
+    subject = tmp_path / "subject"
+    subject.write_text(SUBJECT)
+    if source.get("file") == "SUBJECT_FILE":
+        source = {"file": str(subject)}
+    if "environment_id" in source:
+        source["regional_cred_verification_url"] = AWS_VERIFY
+        for name in ("AWS_REGION", "AWS_DEFAULT_REGION", "AWS_ACCESS_KEY_ID"):
+            monkeypatch.delenv(name, raising=False)
+        if "region_url" not in source:
+            monkeypatch.setenv("AWS_REGION", "us-east-1")
+    info = external(source, **{"token_url": "http://127.0.0.1:9/token", **extra})
+    creds = tmp_path / "creds.json"
+    creds.write_text(json.dumps(info))
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(creds))
+    with caplog.at_level("DEBUG", logger="artifactregistry_gauth"):
+        with pytest.raises(gauth.CredentialError) as exc:
+            gauth.get_token()
+    message = one_line(exc)
+    assert "robot:***@127.0.0.1" in message
+    assert URL_PASSWORD not in message + caplog.text
+
+
+def test_a_url_with_a_password_is_refused_before_any_connection(monkeypatch, tmp_path):
+    connected = []
+    monkeypatch.setattr(gauth.Transport, "_exchange", lambda *args: connected.append(args))
+    creds = tmp_path / "creds.json"
+    creds.write_text(json.dumps(external({"url": with_password("idp")})))
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(creds))
+    with pytest.raises(gauth.CredentialError, match=r"robot:\*\*\*@.* has a user name or password"):
+        gauth.get_token()
+    assert connected == []  # not even a DNS lookup of "robot:PASSWORD@127.0.0.1"
+
+
+def test_the_cli_masks_a_password_in_a_url_it_refuses():
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "artifactregistry_gauth",
+            "token",
+            "--url",
+            with_password("x", "https"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert "robot:***@127.0.0.1" in done.stderr
+    assert URL_PASSWORD not in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("https://a.example/p?token=secret#frag", "https://a.example/p"),
+        ("http://u:p@h:1/x", "http://u:***@h:1/x"),
+        ("http://u@h/x", "http://u@h/x"),
+        ("http://u:p:q@x@h/", "http://u:***@h/"),
+        ("http://" + "t" * 50 + "@h/", "http://***@h/"),
+        ("u:p@h/x", "u:***@h/x"),
+        ("http://[::1/x", "http://[::1/x"),  # urlsplit would raise; quoting never does
+    ],
+)
+def test_a_quoted_url_never_shows_a_password_query_or_fragment(url, shown):
+    assert gauth._quoted_url(url) == shown
 
 
 # --- row 12: what a command prints is capped as HTTP bodies are ---------------------------------
@@ -1161,7 +1444,7 @@ def test_a_cache_directory_others_can_write_is_repaired_or_refused(
     if outcome == REFUSED:
         assert not os.path.isdir(target) or os.listdir(target) == []
         return
-    assert [name for name in os.listdir(target) if name.endswith(".json")]
+    assert [name for name in os.listdir(target) if name.endswith(".token")]
     assert os.stat(target).st_mode & 0o7777 == (0o700 if outcome == REPAIRED else mode)
 
 
@@ -1217,7 +1500,7 @@ def test_a_planted_lock_file_is_replaced_never_followed_or_waited_on(
 ):
     gauth.get_token()  # creates the cache directory and the lock file
     (lock,) = isolated_env.cache_dir.glob("*.lock")
-    for entry in isolated_env.cache_dir.glob("*.json"):
+    for entry in isolated_env.cache_dir.glob("*.token"):
         entry.unlink()  # so the next lookup is cold and takes the lock
     lock.unlink()
     victim = tmp_path / "victim"
@@ -1238,7 +1521,7 @@ def test_a_fifo_planted_as_a_cache_entry_is_ignored_without_blocking(
     isolated_env, sa_env, fake_google
 ):
     gauth.get_token()
-    (entry,) = isolated_env.cache_dir.glob("*.json")
+    (entry,) = isolated_env.cache_dir.glob("*.token")
     entry.unlink()
     os.mkfifo(entry)
     gauth._forget_tokens()

@@ -14,6 +14,7 @@ from conftest import _forget_tokens
 from fakes import MODE_BITS, SYMLINK, WINDOWS, assert_private, posix_case
 from fakes.programs import write_program
 from fakes.testing import one_line
+from fakes.trust import FakeSecurity, truststore_source
 
 WORKLOAD = (
     "//iam.googleapis.com/projects/123456/locations/global/"
@@ -55,39 +56,16 @@ def other_ca_file(tmp_path):
 # --- CA bundles named by the environment ---------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("variables", "store"),
-    [
-        ({"REQUESTS_CA_BUNDLE": "test"}, "REQUESTS_CA_BUNDLE"),
-        ({"CURL_CA_BUNDLE": "test"}, "CURL_CA_BUNDLE"),
-        ({"SSL_CERT_FILE": "test", "REQUESTS_CA_BUNDLE": "other"}, "SSL_CERT_FILE"),
-        ({"REQUESTS_CA_BUNDLE": "test", "CURL_CA_BUNDLE": "other"}, "REQUESTS_CA_BUNDLE"),
-    ],
-    ids=["requests", "curl", "ssl-cert-file-first", "requests-before-curl"],
-)
-def test_the_first_ca_bundle_variable_set_is_trusted(
-    monkeypatch, user_env, other_ca_file, variables, store
+def test_an_untrusted_certificate_error_names_the_bundles_used(
+    monkeypatch, user_env, other_ca_file
 ):
-    files = {"test": str(user_env.ca_file), "other": str(other_ca_file)}
-    for name, which in variables.items():
-        monkeypatch.setenv(name, files[which])
-    assert user_env.fake.is_live(gauth.get_token())
-    assert gauth._tls_context()[1] == f"{store}={user_env.ca_file}"
-
-
-def test_a_ca_bundle_replaces_the_default_roots_as_in_requests(monkeypatch, user_env):
-    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(user_env.ca_file))
-    context, _ = gauth._tls_context()
-    assert len(context.get_ca_certs()) == 1
-
-
-def test_an_untrusted_certificate_error_names_the_bundle_used(monkeypatch, user_env, other_ca_file):
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(other_ca_file))
     with pytest.raises(gauth.CredentialError) as caught:
         gauth.get_token()
     message = one_line(caught)
     assert "TLS certificate of oauth2.googleapis.com is not trusted" in message
-    assert f"verified against REQUESTS_CA_BUNDLE={other_ca_file}" in message
+    assert "verified against OpenSSL's default CA paths" in message
+    assert f"REQUESTS_CA_BUNDLE={other_ca_file}" in message
     assert user_env.fake.token_requests == []
 
 
@@ -99,23 +77,39 @@ def test_an_untrusted_certificate_error_names_the_bundle_used(monkeypatch, user_
         ("not a certificate\n", "cannot load CA certificates"),
         ("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n", "cannot load"),
         (b"\xff\xfe\x00garbage", "cannot load CA certificates"),
+        ("fifo", "not a regular file"),
     ],
-    ids=["missing", "empty", "not-pem", "bad-base64", "binary"],
+    ids=["missing", "empty", "not-pem", "bad-base64", "binary", "fifo"],
 )
-def test_a_broken_ca_bundle_is_a_clear_error(monkeypatch, user_env, tmp_path, content, problem):
+def test_a_broken_ca_bundle_is_named_and_the_other_stores_still_serve(
+    monkeypatch, user_env, tmp_path, content, problem
+):
     path = tmp_path / "corporate-ca.pem"
-    if isinstance(content, bytes):
+    if content == "fifo":
+        if not hasattr(os, "mkfifo"):
+            pytest.skip("no named pipes on this OS")
+        os.mkfifo(path)  # loading it would block forever
+    elif isinstance(content, bytes):
         path.write_bytes(content)
     elif content is not None:
         path.write_text(content)
     monkeypatch.setenv("CURL_CA_BUNDLE", str(path))
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(user_env.ca_file))
+    assert user_env.fake.is_live(gauth.get_token())
+    described = gauth.describe_trust(gauth._tls_context()[1])
+    assert f"not used: CURL_CA_BUNDLE={path}: cannot load CA certificates from it (" in described
+    assert problem in described
+
+
+def test_a_broken_ca_bundle_is_named_when_nothing_trusts_the_server(
+    monkeypatch, user_env, tmp_path
+):
+    missing = tmp_path / "missing.pem"
+    monkeypatch.setenv("PIP_CERT", str(missing))
     with pytest.raises(gauth.CredentialError) as caught:
         gauth.get_token()
     message = one_line(caught)
-    assert f"CURL_CA_BUNDLE={path}" in message
-    assert problem in message
-    assert "unset it" in message
-    assert user_env.fake.token_requests == []
+    assert f"not used: pip's cert {missing}: cannot load CA certificates from it (" in message
 
 
 # --- no roots in OpenSSL's default paths: python.org's macOS Python -------------------------
@@ -134,7 +128,7 @@ class NoDefaultRoots:
             ssl.SSLContext, "_load_windows_store_certs", lambda *args: None, raising=False
         )
         self.default_paths(capath=None)
-        for name in ("truststore", "pip._vendor.truststore", "certifi"):
+        for name in ("truststore", "pip._vendor.truststore", "certifi", "pip._vendor.certifi"):
             monkeypatch.setitem(sys.modules, name, None)  # as if not installed
 
     def default_paths(self, capath):
@@ -150,23 +144,10 @@ class NoDefaultRoots:
         self.monkeypatch.syspath_prepend(str(root))
 
     def truststore(self, ca_file=None):
-        self.importable("truststore", _fake_truststore(ca_file or self.ca_file))
+        self.importable("truststore", truststore_source(ca_file or self.ca_file))
 
     def certifi(self):
         self.importable("certifi", f"def where():\n    return {self.ca_file!r}\n")
-
-
-def _fake_truststore(ca_file):
-    return f"""
-import ssl
-built = []
-
-class SSLContext(ssl.SSLContext):
-    def __init__(self, protocol):
-        super().__init__()
-        built.append(protocol)
-        self.load_verify_locations(cafile={str(ca_file)!r})
-"""
 
 
 @pytest.fixture
@@ -182,7 +163,7 @@ def test_without_default_roots_the_os_store_is_used_through_truststore(user_env,
 
 def test_without_truststore_pips_vendored_copy_is_used(monkeypatch, user_env, no_default_roots):
     namespace = {}
-    exec(_fake_truststore(user_env.ca_file), namespace)  # noqa: S102 - our own fake module
+    exec(truststore_source(user_env.ca_file), namespace)  # noqa: S102 - our own fake module
     vendored = type(sys)("pip._vendor.truststore")
     vendored.__dict__.update(namespace)
     monkeypatch.setitem(sys.modules, "pip._vendor.truststore", vendored)
@@ -193,7 +174,12 @@ def test_without_truststore_pips_vendored_copy_is_used(monkeypatch, user_env, no
 def test_without_truststore_certifi_is_used(user_env, no_default_roots):
     no_default_roots.certifi()
     assert user_env.fake.is_live(gauth.get_token())
-    assert gauth._tls_context()[1] == f"certifi's CA bundle {user_env.ca_file}"
+    stores = gauth._tls_context()[1]
+    assert {
+        "store": "certifi's CA bundle",
+        "path": str(user_env.ca_file),
+        "from": "certifi",
+    } in stores
 
 
 def test_the_tls_context_is_built_once_per_process(user_env, no_default_roots, isolated_env):
@@ -212,17 +198,18 @@ def test_a_default_ca_directory_counts_as_roots_before_it_is_read(
     capath.mkdir()
     (capath / "0a1b2c3d.0").write_text("read only when a lookup needs it")
     no_default_roots.default_paths(capath=str(capath))
-    no_default_roots.truststore()
-    with pytest.raises(gauth.CredentialError, match="verified against OpenSSL's default CA paths"):
+    with pytest.raises(gauth.CredentialError) as caught:
         gauth.get_token()
-    assert "truststore" not in sys.modules  # not even imported
+    message = one_line(caught)
+    assert f"verified against OpenSSL's default CA paths {capath}" in message
+    assert "hold no certificates" not in message
 
 
 @pytest.mark.parametrize(
     ("available", "store"),
     [
-        ("truststore", "the OS trust store via truststore"),
-        ("nothing", "OpenSSL's default CA paths, which hold no certificates"),
+        ("truststore", "verified against the OS trust store via truststore"),
+        ("nothing", "not used: OpenSSL's default CA paths: they hold no certificates"),
     ],
 )
 def test_an_untrusted_certificate_error_names_the_store_used(
@@ -233,35 +220,11 @@ def test_an_untrusted_certificate_error_names_the_store_used(
     with pytest.raises(gauth.CredentialError) as caught:
         gauth.get_token()
     message = one_line(caught)
-    assert f"verified against {store})" in message
+    assert store in message
     assert "REQUESTS_CA_BUNDLE" in message  # the fix
 
 
 # --- macOS: the system keychains through `security` ----------------------------------------
-
-_FAKE_SECURITY = """
-import os, sys
-here = os.path.dirname(os.path.abspath(__file__))
-with open(os.path.join(here, "security.calls"), "a") as log:
-    log.write(" ".join(sys.argv[1:]) + "\\n")
-with open(os.path.join(here, "security.pem")) as pem:
-    sys.stdout.write(pem.read())
-sys.exit(int(os.environ.get("FAKE_SECURITY_EXIT", "0")))
-"""
-
-
-class FakeSecurity:
-    """macOS's `security` command on PATH, printing the test CA as the keychains' roots."""
-
-    def __init__(self, bin_dir, ca_file):
-        self.bin_dir = bin_dir
-        write_program(bin_dir / "security", _FAKE_SECURITY)
-        (bin_dir / "security.pem").write_text(ca_file.read_text())
-
-    @property
-    def calls(self):
-        log = self.bin_dir / "security.calls"
-        return log.read_text().splitlines() if log.exists() else []
 
 
 @pytest.fixture
@@ -338,8 +301,20 @@ def test_keychain_roots_are_used_though_one_keychain_is_missing(monkeypatch, use
     assert user_env.fake.is_live(gauth.get_token())
 
 
-def test_certifi_is_preferred_to_the_keychains(user_env, on_macos, no_default_roots):
-    no_default_roots.certifi()
+def test_on_macos_the_keychains_join_a_default_bundle_that_lacks_the_ca(
+    monkeypatch, user_env, on_macos, other_ca_file
+):
+    # Homebrew's, pyenv's or conda's Python: a bundle of its own, the corporate CA in the keychain.
+    def own_bundle(context):
+        context.load_verify_locations(cafile=str(other_ca_file))
+
+    monkeypatch.setattr(ssl.SSLContext, "set_default_verify_paths", own_bundle)
+    assert user_env.fake.is_live(gauth.get_token())
+    assert len(on_macos.calls) == 1
+
+
+def test_on_macos_truststore_asks_the_keychains_itself(user_env, on_macos, no_default_roots):
+    no_default_roots.truststore()
     assert user_env.fake.is_live(gauth.get_token())
     assert on_macos.calls == []
 
@@ -353,7 +328,7 @@ def test_keychains_without_certificates_leave_the_empty_default(
     bin_dir, user_env, on_macos, isolated_env, output
 ):
     (bin_dir / "security.pem").write_text(output)
-    with pytest.raises(gauth.CredentialError, match="which hold no certificates"):
+    with pytest.raises(gauth.CredentialError, match="they hold no certificates"):
         gauth.get_token()
     assert not macos_roots_file(isolated_env).exists()
 

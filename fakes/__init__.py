@@ -8,6 +8,7 @@
 - ``fakes.gcloud``: the fake ``gcloud`` executable in its SDK layout, and the real one isolated.
 - ``fakes.registry``: Artifact Registry repositories, open mirrors, uploads and wheels.
 - ``fakes.programs``: programs the tests write (``#!`` scripts, ``.cmd`` on Windows).
+- ``fakes.trust``: a truststore module and macOS's ``security``, for the TLS trust stores.
 
 `posix_only` marks what Windows has no equivalent of (FIFOs, owners, mode bits, symlink
 planting): skipped there, with the reason in the skip.

@@ -211,7 +211,13 @@ def config_helper(cfg, argv):
         },
         "sentinels": {"config_sentinel": os.path.join(config_dir, "config_sentinel")},
     }
-    print(json.dumps(output, indent=2))
+    print(json.dumps(output, indent=2), flush=True)
+    if cfg.get("linger"):  # a child left running that still holds gcloud's stdout and stderr
+        import subprocess
+
+        sleep = "import time; time.sleep(%d)" % cfg["linger"]
+        child = subprocess.Popen([sys.executable, "-c", sleep])
+        append("lingering.jsonl", {"pid": child.pid})
     return 0
 
 
@@ -268,6 +274,7 @@ class FakeGcloud:
             "exit",
             "stdout",
             "seconds",
+            "linger",
         }
     )
 
@@ -312,6 +319,11 @@ class FakeGcloud:
     def calls(self):
         """Every run so far: argv, env, stdin_isatty, stdin_data, pid."""
         return _read_json_lines(self._beside("calls.jsonl"))
+
+    @property
+    def lingering(self):
+        """The pids of children that answered runs left behind (``linger``)."""
+        return [entry["pid"] for entry in _read_json_lines(self._beside("lingering.jsonl"))]
 
     @property
     def issued(self):

@@ -2,7 +2,9 @@
 
 `FakeMetadata` insists on ``Metadata-Flavor: Google``; as a new GKE pod's server it resets
 every connection for a while (`refuse_for`), as a black-holed address it accepts and never
-answers (`black_hole`, or a bare `fakes.network.Listener`).
+answers (`black_hole`, or a bare `fakes.network.Listener`). As an emulator or a proxy it may
+drop the flavor header from its data answers (`data_flavor`), answer its ping late
+(`ping_delay`) or fail on ``instance/id`` (`instance_id_answer`).
 """
 
 from __future__ import annotations
@@ -29,6 +31,9 @@ class FakeMetadata(FakeService):
         self.instance_id = "1234567890123456789"
         self.no_service_account = False
         self.google_flavor = True
+        self.data_flavor = True  # False: Metadata-Flavor on the ping's answer only
+        self.ping_delay = 0.0  # seconds the ping's answer waits
+        self.instance_id_answer = None  # a scripted reply for instance/id, e.g. (500, "x")
         self.black_hole = False  # accept connections and never answer
 
     @property
@@ -39,7 +44,7 @@ class FakeMetadata(FakeService):
     @property
     def response_headers(self):
         """Metadata-Flavor: Google on every response, unless posing as some other server."""
-        return {"Metadata-Flavor": "Google"} if self.google_flavor else {}
+        return {"Metadata-Flavor": "Google"} if self.google_flavor and self.data_flavor else {}
 
     def respond(self, record):
         """Answer the handful of metadata paths credential code uses."""
@@ -52,10 +57,15 @@ class FakeMetadata(FakeService):
         if record.method != "GET":
             return reply(405, f"{record.method} is not allowed")
         if record.route == "/":
-            return reply(200, "computeMetadata/\n")
+            if self.ping_delay:
+                self.released.wait(self.ping_delay)
+            flavor = {"Metadata-Flavor": "Google"} if self.google_flavor else None
+            return reply(200, "computeMetadata/\n", flavor)
         if record.route == "/computeMetadata/v1/project/project-id":
             return reply(200, self.project_id)
         if record.route == "/computeMetadata/v1/instance/id":
+            if self.instance_id_answer is not None:
+                return self._scripted(self.instance_id_answer)
             return reply(200, self.instance_id)
         if record.route.startswith(_SERVICE_ACCOUNTS) and not self.no_service_account:
             return self._service_account(record)
