@@ -205,7 +205,7 @@ def test_the_configuration_variable_wins_over_active_config(name, monkeypatch):
 def test_a_trailing_newline_in_active_config_is_no_account_as_in_gcloud(fake_gcloud):
     fake_gcloud.configure(account=None)  # gcloud has no account beyond its properties
     write_configuration("work", "[core]\naccount = me@work.example\n")
-    (config_dir() / "active_config").write_text("work\n")
+    (config_dir() / "active_config").write_bytes(b"work\n")  # \n, not Windows' \r\n
     with pytest.raises(gauth.CredentialError, match="do not currently have an active account"):
         gauth.get_token()
 
@@ -443,7 +443,7 @@ def test_no_identity_holds_the_token_itself(variable, monkeypatch, tmp_path, fak
         (b"", "does not hold one access token"),
         (b"ya29.a ya29.b", "does not hold one access token"),
         (b"\xff\xfe", "cannot read it.*UTF-8"),
-        ("fifo", "cannot read it.*not a regular file"),
+        posix_case("fifo", "cannot read it.*not a regular file", reason=FIFO),
         (b"x" * 100_000, "cannot read it.*larger than"),
     ],
 )
@@ -520,9 +520,10 @@ def test_a_named_extension_is_searched_as_given_on_windows(tmp_path, monkeypatch
 
 
 def test_the_first_absolute_path_entry_wins(tmp_path, monkeypatch):
+    name = "gcloud.cmd" if WINDOWS else "gcloud"  # found through PATHEXT on Windows
     make_program(tmp_path / "a", "not-this")
-    wanted = make_program(tmp_path / "b", "gcloud")
-    make_program(tmp_path / "c", "gcloud")
+    wanted = make_program(tmp_path / "b", name)
+    make_program(tmp_path / "c", name)
     path = [str(tmp_path / "a"), "", str(tmp_path / "b"), str(tmp_path / "c")]
     monkeypatch.setenv("PATH", os.pathsep.join(path))
     assert gauth._find_executable("gcloud") == str(wanted)
