@@ -960,6 +960,28 @@ class UrlFederation(ExternalAccount):
         return self._parse_subject_token(content, where)
 
 
+def split_command(command: str, windows: bool | None = None) -> list:
+    """The words of credential_source.executable.command, run without a shell.
+
+    google-auth runs shlex.split(command) (google/auth/pluggable.py): quotes group words,
+    a backslash escapes the next character. On Windows (``windows``, default: this OS) the
+    backslash is the path separator, which those rules would drop (C:\\tools\\idp.exe
+    becomes C:toolsidp.exe), so there it is an ordinary character; the quotes work alike.
+    Raises ValueError for an unclosed quote.
+    """
+    import shlex
+
+    if windows is None:
+        windows = os.name == "nt"
+    if not windows:
+        return shlex.split(command)
+    lexer = shlex.shlex(command, posix=True)
+    lexer.whitespace_split = True
+    lexer.commenters = ""  # as shlex.split: a "#" is part of a word
+    lexer.escape = ""
+    return list(lexer)
+
+
 class ExecutableFederation(ExternalAccount):
     """Federation with a subject token printed by a command (docs/protocols.md#executable)."""
 
@@ -1020,11 +1042,10 @@ class ExecutableFederation(ExternalAccount):
         return token if "expiration_time" in response else ""
 
     def _run(self, transport: Transport) -> object:
-        import shlex
         import subprocess
 
         try:
-            argv = shlex.split(self.command)
+            argv = split_command(self.command)
         except ValueError as exc:
             argv, problem = [], f"cannot be split into words ({exc})"
         else:
@@ -3396,7 +3417,14 @@ def read_local_file(
     flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
     if private:
         flags |= getattr(os, "O_NOFOLLOW", 0)
-    fd = os.open(path, flags)
+    try:
+        fd = os.open(path, flags)
+    except PermissionError:
+        # Windows will not open a directory as a file (EACCES): say what it is, as fstat
+        # says it on POSIX, rather than "Permission denied".
+        if os.path.isdir(path):
+            raise OSError(0, "not a regular file", path) from None
+        raise
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
@@ -3494,6 +3522,10 @@ def _find_executable(name: str) -> str | None:
     return None
 
 
+# How long a timed-out command may take to end once killed (taskkill, the wait, its pipes).
+KILL_GRACE = 2.0
+
+
 def _run_capped(
     argv: list,
     env: dict | None,
@@ -3580,10 +3612,16 @@ def _run_capped(
             raise subprocess.TimeoutExpired(argv, timeout)
         returncode = process.wait(max(deadline - _monotonic(), 0.0))
     except (_OutputTooLargeError, subprocess.TimeoutExpired):
-        _kill(process, group)
-        process.wait()
+        # Every wait from here on shares KILL_GRACE: a kill that fails or is ignored must not
+        # hold the lookup (taskkill can be denied; the process is then left to itself).
+        grace_end = _monotonic() + KILL_GRACE
+        _kill(process, group, KILL_GRACE)
+        try:
+            process.wait(max(grace_end - _monotonic(), 0.0))
+        except subprocess.TimeoutExpired:
+            _debug("process %d did not end when killed: left running", process.pid)
         # The pipes close once every process holding them is gone: wait for that, briefly.
-        stop = _monotonic() + 2.0
+        stop = grace_end
         while len(closed) < len(outputs) and progress.acquire(timeout=max(stop - _monotonic(), 0)):
             pass
         raise
@@ -3594,32 +3632,37 @@ def _run_capped(
     )
 
 
-def _kill(process, group: bool) -> None:
-    """Kill the process and what it started (gcloud.cmd runs Python as a child on Windows)."""
+def _kill(process, group: bool, timeout: float = KILL_GRACE) -> None:
+    """Kill the process and what it started (gcloud.cmd runs Python as a child on Windows).
+
+    taskkill gets at most `timeout`; when it fails (exit status other than 0, or 128 for a
+    process already gone), at least the process itself is ended.
+    """
     import signal
     import subprocess
 
     try:
         if group:
             os.killpg(process.pid, signal.SIGKILL)
-        elif os.name == "nt":
+            return
+        if os.name == "nt":
             system = os.environ.get("SystemRoot", "C:\\Windows")  # not PATH: planted copies
-            subprocess.run(
-                [
-                    os.path.join(system, "System32", "taskkill.exe"),
-                    "/F",
-                    "/T",
-                    "/PID",
-                    str(process.pid),
-                ],
+            taskkill = os.path.join(system, "System32", "taskkill.exe")
+            done = subprocess.run(
+                [taskkill, "/F", "/T", "/PID", str(process.pid)],
                 stdin=subprocess.DEVNULL,
                 capture_output=True,
-                timeout=10,
+                timeout=timeout,
             )
-        else:
-            process.kill()
-    except (OSError, subprocess.SubprocessError):
+            if done.returncode in (0, 128):
+                return
+            _debug("taskkill /T of process %d failed (exit %d)", process.pid, done.returncode)
+    except (OSError, subprocess.SubprocessError) as exc:
+        _debug("cannot end the process tree of %d: %s", process.pid, exc)
+    try:
         process.kill()  # the tree could not be ended: at least the process itself
+    except OSError:
+        pass  # gone already, or not ours to end: the caller's waits are bounded
 
 
 # --- HTTP: timeouts, retries, proxies, no redirects ---------------------------------------

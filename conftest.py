@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import socket
+import sys
 import threading
 import urllib.request
 from dataclasses import dataclass
@@ -34,7 +35,7 @@ from urllib.parse import quote
 
 import pytest
 
-from fakes import SECRETS, register_secret
+from fakes import SECRETS, WINDOWS, register_secret
 from fakes.gcloud import (
     ORIGINAL_PATH,
     REAL_GCLOUD,
@@ -108,6 +109,16 @@ class IsolatedEnv:
     cache_dir: Path
     gcloud_config: Path
     dead_metadata_host: str
+    default_cache_dir: Path  # where the OS's conventions put our cache
+
+
+def _default_cache_dir(home):
+    """%LOCALAPPDATA%'s, macOS's Library/Caches, else $XDG_CACHE_HOME: all under `home` here."""
+    if WINDOWS:
+        return home / "AppData" / "Local" / "artifactregistry-gauth" / "Cache"
+    if sys.platform == "darwin":
+        return home / "Library" / "Caches" / "artifactregistry-gauth"
+    return home / ".cache" / "artifactregistry-gauth"
 
 
 @pytest.fixture(autouse=True)
@@ -131,8 +142,11 @@ def isolated_env(tmp_path, monkeypatch):
         cache_dir=tmp_path / "cache",
         gcloud_config=home / ".config" / "gcloud",
         dead_metadata_host=f"127.0.0.1:{refused_port()}",
+        default_cache_dir=_default_cache_dir(home),
     )
+    # expanduser() reads HOME on POSIX and USERPROFILE on Windows (Python >= 3.8).
     monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("USERPROFILE", str(home))
     monkeypatch.setenv("CLOUDSDK_CONFIG", str(env.gcloud_config))
     monkeypatch.setenv("XDG_CACHE_HOME", str(home / ".cache"))
     monkeypatch.setenv("XDG_CONFIG_HOME", str(home / ".config"))
@@ -348,9 +362,11 @@ def fake_metadata(isolated_env, monkeypatch):
 
 
 @pytest.fixture
-def fake_gcloud(bin_dir):
+def fake_gcloud(bin_dir, monkeypatch):
     """A fake gcloud on PATH; configure() it, then inspect calls and issued."""
     fake = FakeGcloud(bin_dir)
+    if fake.on_path != bin_dir:  # Windows: the SDK's bin directory, as its installer does
+        monkeypatch.setenv("PATH", os.pathsep.join([str(fake.on_path), os.environ["PATH"]]))
     yield fake
     fake.stop()
 

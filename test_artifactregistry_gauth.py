@@ -4,8 +4,10 @@ import base64
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
+import sysconfig
 import textwrap
 import time
 from pathlib import Path
@@ -13,6 +15,7 @@ from pathlib import Path
 import pytest
 
 import artifactregistry_gauth as gauth
+from fakes import WINDOWS
 from fakes.testing import run_cli
 
 INDEX = "https://us-python.pkg.dev/proj/repo/simple/"
@@ -738,10 +741,18 @@ def test_get_without_credentials_exits_1_with_one_line_like_keyring():
 
 @pytest.fixture
 def keyring_link(bin_dir):
-    """A `keyring` on PATH that is a link to our command, as docs/reference.md suggests."""
-    script = Path(sys.executable).with_name("artifactregistry-gauth")
+    """A `keyring` on PATH that is a link to our command, as docs/reference.md suggests.
+
+    Windows: a copy of our artifactregistry-gauth.exe named keyring.exe (its launcher finds
+    the Python it was installed for in itself, not beside it).
+    """
+    scripts = Path(sysconfig.get_path("scripts"))
+    if WINDOWS:
+        link = bin_dir / "keyring.exe"
+        shutil.copyfile(scripts / "artifactregistry-gauth.exe", link)
+        return link
     link = bin_dir / "keyring"
-    link.symlink_to(script)
+    link.symlink_to(scripts / "artifactregistry-gauth")
     return link
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 import artifactregistry_gauth as gauth
+from fakes import MODE_BITS, OWNER, SYMLINK, posix_case, posix_only
 
 INDEX = "https://us-python.pkg.dev/proj/repo/simple/"
 ROOT = Path(__file__).resolve().parent
@@ -95,20 +96,29 @@ def test_a_new_process_reuses_the_cached_token(sa_env, fake_google):
     assert len(fake_google.token_requests) == 1
 
 
-def test_cache_files_are_private_and_their_names_reveal_nothing(sa_env, fake_google):
-    token = gauth.get_token()
+@posix_only(MODE_BITS)
+def test_cache_files_are_private(sa_env, fake_google):
+    gauth.get_token()
     (path,) = cache_files()
     assert path.stat().st_mode & 0o777 == 0o600
     assert path.parent.stat().st_mode & 0o777 == 0o700
+
+
+def test_cache_file_names_reveal_nothing(sa_env, fake_google):
+    token = gauth.get_token()
+    (path,) = cache_files()
     for secretish in (token, "sa@proj", "sa-", "proj", str(sa_env)):
         assert secretish not in path.name
     assert all(p.name.endswith((".token", ".lock")) for p in path.parent.iterdir())
 
 
-def test_the_cache_goes_to_the_xdg_cache_dir_by_default(monkeypatch, sa_env, fake_google):
+def test_the_cache_goes_to_the_users_cache_dir_by_default(
+    monkeypatch, sa_env, fake_google, isolated_env
+):
+    # $XDG_CACHE_HOME, ~/Library/Caches on macOS, %LOCALAPPDATA% on Windows.
     monkeypatch.delenv("ARTIFACTREGISTRY_GAUTH_CACHE_DIR")
     gauth.get_token()
-    assert list((Path(os.environ["XDG_CACHE_HOME"]) / "artifactregistry-gauth").glob("*.token"))
+    assert list(isolated_env.default_cache_dir.glob("*.token"))
 
 
 def test_no_cache_writes_nothing_and_fetches_each_process(monkeypatch, sa_env, fake_google):
@@ -228,10 +238,10 @@ CORRUPTIONS = [
     "expired",
     *BAD_FIELDS,
     "an old JSON record",
-    "readable by others",
-    "foreign owner",
+    posix_case("readable by others", reason=MODE_BITS),
+    posix_case("foreign owner", reason=OWNER),
     "a directory",
-    "a symlink",
+    posix_case("a symlink", reason=SYMLINK),
 ]
 
 
@@ -251,7 +261,7 @@ def test_a_bad_cache_file_is_ignored_and_still_yields_a_token(sa_env, fake_googl
         assert gauth.get_token() == token
 
 
-@pytest.mark.parametrize("how", ["a file", "foreign owner"])
+@pytest.mark.parametrize("how", ["a file", posix_case("foreign owner", reason=OWNER)])
 def test_an_unusable_cache_directory_is_ignored(monkeypatch, tmp_path, sa_env, fake_google, how):
     directory = tmp_path / "cache-here"
     if how == "a file":

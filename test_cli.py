@@ -12,7 +12,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import artifactregistry_gauth as gauth
-from fakes import register_secret
+from fakes import (
+    FIFO,
+    SYMLINK,
+    WINDOWS,
+    assert_private,
+    posix_case,
+    posix_only,
+    register_secret,
+)
+from fakes.programs import write_shell_program
 from fakes.testing import run_cli
 
 ROOT = Path(__file__).resolve().parent
@@ -136,6 +145,7 @@ def test_doctor_reads_a_config_file_up_to_its_size_bound(monkeypatch, tmp_path):
     assert gauth._index_url_report() == []
 
 
+@posix_only(FIFO)
 def test_doctor_skips_a_fifo_named_like_a_config_file(monkeypatch, tmp_path):
     os.mkfifo(tmp_path / "pyproject.toml")
     monkeypatch.chdir(tmp_path)
@@ -156,19 +166,36 @@ def warnings_about(word):
 
 
 def fake_keyring_venv(root, version):
-    """A venv-like folder whose bin/keyring lists our backend, with keyring `version` in it."""
-    (root / "bin").mkdir(parents=True)
-    site = root / "lib" / "python3.11" / "site-packages"
-    (site / f"keyring-{version}.dist-info").mkdir(parents=True)
-    script = root / "bin" / "keyring"
-    script.write_text("#!/bin/sh\necho 'artifactregistry_gauth.GooglePyPIAuth (priority: 9)'\n")
-    script.chmod(0o755)
-    return script
+    """A venv-like folder whose keyring lists our backend, with keyring `version` in it.
+
+    POSIX: bin/keyring and lib/python3.11/site-packages; Windows: Scripts\\keyring.cmd
+    and Lib\\site-packages, as venv lays them out there.
+    """
+    scripts, site = ("Scripts", "Lib") if WINDOWS else ("bin", "lib/python3.11")
+    (root / scripts).mkdir(parents=True)
+    (root / site / "site-packages" / f"keyring-{version}.dist-info").mkdir(parents=True)
+    listed = "artifactregistry_gauth.GooglePyPIAuth (priority: 9)"
+    return write_shell_program(
+        root / scripts / "keyring", posix=f"echo '{listed}'\n", windows=f"echo {listed}\n"
+    )
+
+
+def put_keyring_on_path(bin_dir, monkeypatch, keyring):
+    """Make `keyring` the one on PATH; return the folder it is found in.
+
+    POSIX: linked from bin_dir, as pipx links it. Windows: its Scripts folder goes on PATH.
+    """
+    if not WINDOWS:
+        (bin_dir / "keyring").symlink_to(keyring)
+        return bin_dir
+    monkeypatch.setenv("PATH", os.pathsep.join([str(keyring.parent), os.environ["PATH"]]))
+    return keyring.parent
 
 
 @pytest.mark.parametrize(("version", "warned"), [("25.4.0", True), ("25.7.0", False)])
-def test_doctor_warns_of_keyring_25_4_0_on_path(bin_dir, tmp_path, version, warned):
-    (bin_dir / "keyring").symlink_to(fake_keyring_venv(tmp_path / "pipx-venv", version))
+def test_doctor_warns_of_keyring_25_4_0_on_path(bin_dir, tmp_path, monkeypatch, version, warned):
+    keyring = fake_keyring_venv(tmp_path / "pipx-venv", version)
+    put_keyring_on_path(bin_dir, monkeypatch, keyring)
     assert gauth._keyring_executable_report()["version"] == version
     assert bool(warnings_about("Anonymous credential has no username")) is warned
 
@@ -187,13 +214,12 @@ def test_doctor_warns_of_an_importable_keyring_25_4_0(tmp_path, version, warned)
 
 @pytest.mark.parametrize(("pip_beside_it", "warned"), [(True, True), (False, False)])
 def test_doctor_warns_of_a_keyring_in_pips_scripts_directory(
-    bin_dir, tmp_path, pip_beside_it, warned
+    bin_dir, tmp_path, monkeypatch, pip_beside_it, warned
 ):
-    fake_keyring_venv(tmp_path / "venv", "25.7.0")
-    (bin_dir / "keyring").symlink_to(tmp_path / "venv" / "bin" / "keyring")
+    keyring = fake_keyring_venv(tmp_path / "venv", "25.7.0")
+    folder = put_keyring_on_path(bin_dir, monkeypatch, keyring)
     if pip_beside_it:
-        (bin_dir / "pip").write_text("#!/bin/sh\n")
-        (bin_dir / "pip").chmod(0o755)
+        write_shell_program(folder / "pip", posix="", windows="")
     assert bool(warnings_about("whose subprocess provider skips it")) is warned
 
 
@@ -202,10 +228,10 @@ def test_doctor_minds_the_keyring_beside_its_own_pip_only_for_the_subprocess_pro
     bin_dir, tmp_path, monkeypatch, provider, warned
 ):
     # doctor's own environment holds pip, keyring and the backend: pip imports keyring.
-    fake_keyring_venv(tmp_path / "venv", "25.7.0")
-    (bin_dir / "keyring").symlink_to(tmp_path / "venv" / "bin" / "keyring")
-    (bin_dir / "pip").write_text("#!/bin/sh\n")
-    monkeypatch.setattr(sys, "executable", str(bin_dir / "python"))
+    keyring = fake_keyring_venv(tmp_path / "venv", "25.7.0")
+    folder = put_keyring_on_path(bin_dir, monkeypatch, keyring)
+    write_shell_program(folder / "pip", posix="", windows="")
+    monkeypatch.setattr(sys, "executable", str(folder / "python"))
     monkeypatch.setenv("PIP_KEYRING_PROVIDER", provider)
     assert bool(warnings_about("whose subprocess provider skips it")) is warned
 
@@ -501,7 +527,7 @@ def test_netrc_output_creates_a_private_file(capsys, held_token, tmp_path):
     assert (code, out) == (0, "")
     assert err == f"artifactregistry-gauth: wrote {HOST} to {target}\n"
     assert target.read_text() == ENTRY
-    assert target.stat().st_mode & 0o777 == 0o600
+    assert_private(target)
     assert [p.name for p in target.parent.iterdir()] == ["netrc"]  # no temporary file left
 
 
@@ -532,7 +558,7 @@ def test_netrc_output_puts_our_entry_first_and_removes_the_old_one(
     target.chmod(0o644)
     assert cli(capsys, "netrc", HOST, "--output", str(target))[0] == 0
     assert target.read_text() == ENTRY + OTHERS_BEFORE + OTHERS_AFTER
-    assert target.stat().st_mode & 0o777 == 0o600
+    assert_private(target)
 
 
 def test_netrc_output_is_read_by_pythons_netrc_module(capsys, held_token, tmp_path):
@@ -557,6 +583,7 @@ def test_netrc_output_refuses_an_entry_with_another_login(capsys, held_token, tm
     assert target.read_text() == before
 
 
+@posix_only(SYMLINK)
 def test_netrc_output_refuses_a_symlink(capsys, held_token, tmp_path):
     real = tmp_path / "real"
     real.write_text("machine a.example login u password p\n")
@@ -568,9 +595,17 @@ def test_netrc_output_refuses_a_symlink(capsys, held_token, tmp_path):
     assert link.is_symlink() and real.read_text() == "machine a.example login u password p\n"
 
 
-def test_netrc_output_refuses_what_is_not_a_file(capsys, held_token, tmp_path):
-    os.mkfifo(tmp_path / "fifo")
-    code, _, err = cli(capsys, "netrc", HOST, "--output", str(tmp_path / "fifo"))
+@pytest.mark.parametrize(
+    "make",
+    [
+        posix_case(lambda p: os.mkfifo(p) or p, reason=FIFO, id="a fifo"),
+        pytest.param(lambda p: p.mkdir() or p, id="a directory"),
+        pytest.param(lambda p: os.devnull, id="the null device"),
+    ],
+)
+def test_netrc_output_refuses_what_is_not_a_file(capsys, held_token, tmp_path, make):
+    target = make(tmp_path / "not-a-file")
+    code, _, err = cli(capsys, "netrc", HOST, "--output", str(target))
     assert code == 1
     assert "not a regular file: refusing to rewrite it" in err
 
@@ -705,11 +740,11 @@ def test_credential_helper_without_credentials_fails_in_one_line(capsys):
 
 def test_credential_helper_runs_as_bazel_runs_it(held_token, tmp_path):
     # Bazel runs the helper with `get` as its only argument: a wrapper script does that.
-    wrapper = tmp_path / "artifactregistry-gauth-helper"
-    wrapper.write_text(
-        f'#!/bin/sh\nexec "{sys.executable}" -m artifactregistry_gauth credential-helper "$@"\n'
+    wrapper = write_shell_program(
+        tmp_path / "artifactregistry-gauth-helper",
+        posix=f'exec "{sys.executable}" -m artifactregistry_gauth credential-helper "$@"\n',
+        windows=f'"{sys.executable}" -m artifactregistry_gauth credential-helper %*\n',
     )
-    wrapper.chmod(0o755)
     result = subprocess.run(
         [str(wrapper), "get"],
         input=json.dumps({"uri": INDEX}),

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 import artifactregistry_gauth as gauth
+from fakes import MODE_BITS, SYMLINK, posix_case, posix_only
 from fakes.network import server_context
 
 GOOGLE = "Google Compute Engine\n"
@@ -308,7 +309,7 @@ def _memory_key():
         (b"[" * 100_000, 0o600),
         (json.dumps({"key": "0" * 64, "at": 0, "verdict": "absent"}).encode(), 0o600),
         ("key-at-in-the-future", 0o600),
-        ("absent-readable-by-others", 0o644),
+        posix_case("absent-readable-by-others", 0o644, reason=MODE_BITS),
         ("present-with-a-number-for-account", 0o600),
         ("absent-at-is-a-string", 0o600),
         ("absent-at-is-nan", 0o600),
@@ -394,6 +395,7 @@ def test_the_service_account_is_asked_again_when_its_memory_expires(
     assert connects.count > connections
 
 
+@posix_only(SYMLINK)
 def test_a_verdict_file_that_is_a_symlink_is_ignored(tmp_path, fake_metadata):
     planted = tmp_path / "planted"
     planted.write_text(json.dumps({"key": _memory_key(), "at": gauth._now(), "verdict": "absent"}))

@@ -4,6 +4,7 @@ import base64
 import json
 import logging
 import re
+import shlex
 import subprocess
 import sys
 import time
@@ -11,6 +12,8 @@ import traceback
 from urllib.parse import unquote
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import artifactregistry_gauth as gauth
 from fakes.google import (
@@ -22,6 +25,7 @@ from fakes.google import (
     TOKEN_EXCHANGE,
     aws_signature_checker,
 )
+from fakes.programs import write_program
 from fakes.testing import one_line
 
 INDEX = "https://us-python.pkg.dev/proj/repo/simple/"
@@ -40,6 +44,9 @@ IAM_URL = (
     f"{TARGET}:generateAccessToken"
 )
 SUBJECT = "eyJhbGciOiJSUzI1NiJ9.subject-token.sig"
+FUZZ_SPLIT = settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 
 
 def use(monkeypatch, path):
@@ -66,6 +73,62 @@ def external(credential_source, audience=WORKLOAD, token_type=JWT_TYPE, **extra)
     return {key: value for key, value in info.items() if value is not None}
 
 
+# --- how the command is split into words ----------------------------------------------------
+#
+# google-auth (google/auth/pluggable.py) runs shlex.split(command) with no shell, on every OS.
+# On Windows that eats the path separators of C:\\tools\\idp.exe: there we split by the same
+# rules with the backslash taken literally, so the paths people write work, and commands
+# written for google-auth (backslashes doubled, or forward slashes) still do.
+
+COMMAND_SPLITS = [
+    # (id, os.name, command, argv)
+    ("posix words", "posix", "/opt/idp --flag 'two words'", ["/opt/idp", "--flag", "two words"]),
+    ("posix escape", "posix", r"/opt/my\ idp -x", ["/opt/my idp", "-x"]),
+    ("posix tabs", "posix", "idp\t-a\n-b", ["idp", "-a", "-b"]),
+    ("windows path", "nt", r"C:\tools\idp.exe --flag", [r"C:\tools\idp.exe", "--flag"]),
+    (
+        "windows quoted path",
+        "nt",
+        r'"C:\Program Files\IdP\idp.exe" --out C:\tmp\o.json',
+        [r"C:\Program Files\IdP\idp.exe", "--out", r"C:\tmp\o.json"],
+    ),
+    ("windows words", "nt", r"idp.cmd --flag 'two words'", ["idp.cmd", "--flag", "two words"]),
+    ("windows doubled", "nt", r"C:\\tools\\idp.exe", [r"C:\\tools\\idp.exe"]),
+    ("windows UNC", "nt", r"\\server\share\idp.exe", [r"\\server\share\idp.exe"]),
+]
+
+
+@pytest.mark.parametrize(
+    ("os_name", "command", "argv"),
+    [row[1:] for row in COMMAND_SPLITS],
+    ids=[row[0] for row in COMMAND_SPLITS],
+)
+def test_the_executable_command_is_split_into_words(os_name, command, argv):
+    assert gauth.split_command(command, windows=os_name == "nt") == argv
+
+
+@FUZZ_SPLIT
+@given(command=st.text(alphabet=st.sampled_from(list("ab/ \t\\'\"#")), max_size=30))
+def test_on_posix_the_command_is_split_as_google_auth_splits_it(command):
+    try:
+        expected = shlex.split(command)  # what google.auth.pluggable runs
+    except ValueError:
+        with pytest.raises(ValueError):
+            gauth.split_command(command, windows=False)
+        return
+    assert gauth.split_command(command, windows=False) == expected
+
+
+@pytest.mark.parametrize("command", ["", "   ", "idp 'unclosed", 'idp "unclosed'])
+def test_an_empty_or_unbalanced_command_is_one_clear_line(monkeypatch, tmp_path, command):
+    monkeypatch.setenv("GOOGLE_EXTERNAL_ACCOUNT_ALLOW_EXECUTABLES", "1")
+    use(monkeypatch, write(tmp_path, external({"executable": {"command": command}})))
+    with pytest.raises(
+        gauth.CredentialError, match="command (is missing|is empty|cannot be split)"
+    ):
+        gauth.get_token()
+
+
 # --- executables written by the tests ---------------------------------------------------------
 
 _EXECUTABLE = r"""
@@ -74,11 +137,21 @@ import json, os, stat, sys, time
 here = os.path.dirname(os.path.abspath(__file__))
 with open(os.path.join(here, "exe.config.json")) as f:
     cfg = json.load(f)
-null, zero = os.stat(os.devnull), os.fstat(0)
+def stdin_is_devnull():
+    zero = os.fstat(0)
+    if os.name != "nt":
+        return stat.S_ISCHR(zero.st_mode) and zero.st_rdev == os.stat(os.devnull).st_rdev
+    # Windows: NUL is a character device that is not a console (no st_rdev to compare).
+    import ctypes, msvcrt
+    handle, mode = msvcrt.get_osfhandle(0), ctypes.c_uint32()
+    kernel32 = ctypes.windll.kernel32
+    is_char = kernel32.GetFileType(handle) == 2  # FILE_TYPE_CHAR
+    return is_char and not kernel32.GetConsoleMode(handle, ctypes.byref(mode))
+
 record = {
     "argv": sys.argv[1:],
     "env": {k: v for k, v in os.environ.items() if k.startswith("GOOGLE_EXTERNAL_ACCOUNT_")},
-    "stdin_devnull": stat.S_ISCHR(zero.st_mode) and zero.st_rdev == null.st_rdev,
+    "stdin_devnull": stdin_is_devnull(),
 }
 with open(os.path.join(here, "exe.calls.jsonl"), "a") as f:
     f.write(json.dumps(record) + "\n")
@@ -102,9 +175,7 @@ class Executable:
     """A subject-token command in bin_dir, configured per test, that records each run."""
 
     def __init__(self, bin_dir, token=SUBJECT):
-        self.path = bin_dir / "subject-token-helper"
-        self.path.write_text(f"#!{sys.executable}\n{_EXECUTABLE}")
-        self.path.chmod(0o755)
+        self.path = write_program(bin_dir / "subject-token-helper", _EXECUTABLE)
         self.token = token
         self.configure()
 
@@ -119,9 +190,13 @@ class Executable:
             return []
         return [json.loads(line) for line in log.read_text().splitlines()]
 
+    # google-auth's shlex.split drops single backslashes: a Windows path for it is doubled.
+    doubled_backslashes = False
+
     def source(self, output_file=None, timeout_millis=5000):
+        path = str(self.path).replace("\\", "\\\\") if self.doubled_backslashes else self.path
         executable = {
-            "command": f"{self.path} --flag 'two words'",
+            "command": f"{path} --flag 'two words'",
             "timeout_millis": timeout_millis,
         }
         if output_file:
@@ -1361,6 +1436,7 @@ def test_token_requests_match_google_auth(scenarios, fed, fake_aws, fake_idp, mo
     google_auth = pytest.importorskip("google.auth")
     import google.auth.transport.requests
 
+    scenarios.executable.doubled_backslashes = True  # a command both can run, on Windows too
     path, issuer = scenarios.build(kind)
 
     credentials, _ = google_auth.load_credentials_from_file(str(path), scopes=[CLOUD_PLATFORM])

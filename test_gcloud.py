@@ -10,14 +10,13 @@ from __future__ import annotations
 import json
 import os
 import stat
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 import artifactregistry_gauth as gauth
-from fakes import register_secret
+from fakes import FIFO, WINDOWS, posix_case, register_secret
 
 DEPLOYER = "deployer@proj.iam.gserviceaccount.com"
 BUILDER = "builder@proj.iam.gserviceaccount.com"
@@ -206,7 +205,7 @@ def test_the_configuration_variable_wins_over_active_config(name, monkeypatch):
 def test_a_trailing_newline_in_active_config_is_no_account_as_in_gcloud(fake_gcloud):
     fake_gcloud.configure(account=None)  # gcloud has no account beyond its properties
     write_configuration("work", "[core]\naccount = me@work.example\n")
-    (config_dir() / "active_config").write_text("work\n")
+    (config_dir() / "active_config").write_bytes(b"work\n")  # \n, not Windows' \r\n
     with pytest.raises(gauth.CredentialError, match="do not currently have an active account"):
         gauth.get_token()
 
@@ -242,7 +241,9 @@ def _fifo(path):
     ("name", "content", "message"),
     [
         ("active_config", b"\xff\xfe", "active_config: cannot read gcloud's active configuration"),
-        ("active_config", "fifo", "active_config: cannot read.*not a regular file"),
+        posix_case(
+            "active_config", "fifo", "active_config: cannot read.*not a regular file", reason=FIFO
+        ),
         ("active_config", "directory", "active_config: cannot read.*not a regular file"),
         ("configurations/config_default", b"\xff[core]", "config_default: cannot read.*UTF-8"),
         ("configurations/config_default", b"account = x\n", "config_default: gcloud cannot parse"),
@@ -252,7 +253,12 @@ def _fifo(path):
             "cannot read property core/account",
         ),
         ("configurations/config_default", b"[auth]\na = 1\na = 2\n", "gcloud cannot parse"),
-        ("configurations/config_default", "fifo", "config_default: cannot read.*regular file"),
+        posix_case(
+            "configurations/config_default",
+            "fifo",
+            "config_default: cannot read.*regular file",
+            reason=FIFO,
+        ),
     ],
 )
 def test_broken_gcloud_configuration_files_get_a_clear_error(name, content, message, fake_gcloud):
@@ -331,9 +337,16 @@ def test_interpolation_in_a_decisive_property_reads_as_configparser_reads_it(tex
     assert gauth.GcloudSettings.read(None).get("core/account") == account
 
 
-def test_a_broken_gcloud_configuration_without_gcloud_installed_is_skipped():
+@pytest.mark.parametrize(
+    "make",
+    [
+        posix_case(getattr(os, "mkfifo", None), reason=FIFO, id="fifo"),  # None on Windows
+        pytest.param(os.mkdir, id="directory"),
+    ],
+)
+def test_a_broken_gcloud_configuration_without_gcloud_installed_is_skipped(make):
     config_dir().mkdir(parents=True)
-    os.mkfifo(config_dir() / "active_config")
+    make(config_dir() / "active_config")
     with pytest.raises(gauth.NotApplicable, match="gcloud is not on PATH.*active_config"):
         gauth._gcloud()
 
@@ -493,7 +506,7 @@ def test_no_identity_holds_the_token_itself(variable, monkeypatch, tmp_path, fak
         (b"", "does not hold one access token"),
         (b"ya29.a ya29.b", "does not hold one access token"),
         (b"\xff\xfe", "cannot read it.*UTF-8"),
-        ("fifo", "cannot read it.*not a regular file"),
+        posix_case("fifo", "cannot read it.*not a regular file", reason=FIFO),
         (b"x" * 100_000, "cannot read it.*larger than"),
     ],
 )
@@ -570,9 +583,10 @@ def test_a_named_extension_is_searched_as_given_on_windows(tmp_path, monkeypatch
 
 
 def test_the_first_absolute_path_entry_wins(tmp_path, monkeypatch):
+    name = "gcloud.cmd" if WINDOWS else "gcloud"  # found through PATHEXT on Windows
     make_program(tmp_path / "a", "not-this")
-    wanted = make_program(tmp_path / "b", "gcloud")
-    make_program(tmp_path / "c", "gcloud")
+    wanted = make_program(tmp_path / "b", name)
+    make_program(tmp_path / "c", name)
     path = [str(tmp_path / "a"), "", str(tmp_path / "b"), str(tmp_path / "c")]
     monkeypatch.setenv("PATH", os.pathsep.join(path))
     assert gauth._find_executable("gcloud") == str(wanted)
@@ -606,13 +620,16 @@ def test_gcloud_gets_its_own_bound_not_what_the_lookup_budget_left(monkeypatch, 
 
 
 def test_a_timeout_also_ends_what_gcloud_started(monkeypatch, bin_dir, fake_gcloud):
-    # Windows' gcloud.cmd and some installs run Python as a child, not with exec.
-    child = bin_dir / "gcloud-child"
-    child.symlink_to(fake_gcloud.path.resolve())
-    fake_gcloud.path.unlink()
-    fake_gcloud.path.write_text(f'#!/bin/sh\n"{child}" "$@"\nexit $?\n')
-    fake_gcloud.path.chmod(0o755)
-    monkeypatch.setattr(gauth, "GCLOUD_TIMEOUT", 1.0)
+    # Windows' gcloud.cmd and some installs run Python as a child, not with exec. The fake
+    # is such a gcloud.cmd on Windows; elsewhere a shell wrapper makes it one.
+    if not WINDOWS:
+        child = bin_dir / "gcloud-child"
+        child.symlink_to(fake_gcloud.path.resolve())
+        fake_gcloud.path.unlink()
+        fake_gcloud.path.write_text(f'#!/bin/sh\n"{child}" "$@"\nexit $?\n')
+        fake_gcloud.path.chmod(0o755)
+    # The hang must begin before the timeout: under Wine cmd.exe and python.exe take seconds.
+    monkeypatch.setattr(gauth, "GCLOUD_TIMEOUT", 5.0 if WINDOWS else 1.0)
     fake_gcloud.configure(mode="hang")
     with pytest.raises(gauth.CredentialError, match="did not answer"):
         gauth.get_token()
@@ -622,6 +639,17 @@ def test_a_timeout_also_ends_what_gcloud_started(monkeypatch, bin_dir, fake_gclo
 
 def _ends(pid):
     """True once the process is gone or a zombie: SIGKILL takes effect when it next runs."""
+    if WINDOWS:  # no /proc: wait on the process itself, if it is still there
+        import ctypes
+
+        kernel32 = ctypes.windll.kernel32
+        handle = kernel32.OpenProcess(0x00100000, False, pid)  # SYNCHRONIZE
+        if not handle:
+            return True  # no such process any more
+        try:
+            return kernel32.WaitForSingleObject(handle, 10_000) == 0  # WAIT_OBJECT_0
+        finally:
+            kernel32.CloseHandle(handle)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         try:
@@ -729,10 +757,6 @@ def test_gcloud_errors_name_the_identity_that_failed(monkeypatch, fake_gcloud):
     assert str(caught.value).startswith(
         f"gcloud (me@example.com impersonating {DEPLOYER}, configuration default): ERROR:"
     )
-
-
-if sys.platform == "win32":  # pragma: no cover - the fakes are POSIX scripts
-    pytestmark = pytest.mark.skip("the fake gcloud is a POSIX script")
 
 
 # --- the real Cloud SDK ----------------------------------------------------------------------

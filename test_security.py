@@ -20,8 +20,9 @@ from urllib.parse import quote, quote_plus, urlencode
 import pytest
 
 import artifactregistry_gauth as gauth
-from fakes import register_secret
+from fakes import FIFO, MODE_BITS, OWNER, SYMLINK, WINDOWS, cases, posix_only, register_secret
 from fakes.network import Listener, reply
+from fakes.programs import write_program
 from fakes.testing import one_line
 from test_federation import ID_TOKEN_TYPE, STS_URL, SUBJECT, WORKLOAD, Executable, external
 
@@ -467,7 +468,7 @@ LOCAL_FILES = [
     ("exactly the limit", lambda p: written(p, b"x" * 4 * KIB), b"x" * 4 * KIB),
     ("one byte too many", lambda p: written(p, b"x" * (4 * KIB + 1)), "larger than 4 KiB"),
     ("FIFO", make_fifo, "not a regular file"),
-    ("/dev/zero", lambda p: "/dev/zero", "not a regular file"),
+    ("a device", lambda p: "NUL" if WINDOWS else "/dev/zero", "not a regular file"),
     ("directory", lambda p: p.mkdir() or p, "not a regular file"),
     ("missing", lambda p: p, "No such file or directory"),
     ("dangling symlink", lambda p: p.symlink_to(p.with_name("gone")) or p, "No such file"),
@@ -475,7 +476,11 @@ LOCAL_FILES = [
 
 
 @pytest.mark.parametrize(
-    ("make", "outcome"), [c[1:] for c in LOCAL_FILES], ids=[c[0] for c in LOCAL_FILES]
+    ("make", "outcome"),
+    cases(
+        LOCAL_FILES,
+        {"symlink to a regular file": SYMLINK, "FIFO": FIFO, "dangling symlink": SYMLINK},
+    ),
 )
 def test_read_local_file_reads_only_bounded_regular_files(tmp_path, make, outcome):
     path = make(tmp_path / "input")
@@ -485,6 +490,22 @@ def test_read_local_file_reads_only_bounded_regular_files(tmp_path, make, outcom
     with pytest.raises(OSError) as exc:
         gauth.read_local_file(str(path), 4 * KIB)
     assert outcome in exc.value.strerror
+
+
+def test_a_directory_that_windows_refuses_to_open_is_not_a_regular_file(monkeypatch, tmp_path):
+    # Windows' open() of a directory fails with EACCES (the rows above run it for real there).
+    opened = os.open
+
+    def open_as_windows(path, flags, *args):
+        if os.path.isdir(path):
+            raise PermissionError(13, "Permission denied", path)
+        return opened(path, flags, *args)
+
+    monkeypatch.setattr(os, "open", open_as_windows)
+    (tmp_path / "creds.json").mkdir()
+    with pytest.raises(OSError) as exc:
+        gauth.read_local_file(str(tmp_path / "creds.json"))
+    assert exc.value.strerror == "not a regular file"
 
 
 @pytest.mark.parametrize(
@@ -512,7 +533,7 @@ DEEP_JSON = b"[" * 100_000 + b"]" * 100_000
 HOSTILE_FILES = [
     # (name, how to make it at a path, words the one-line error must hold)
     ("FIFO", make_fifo, "not a regular file"),
-    ("/dev/zero", lambda p: "/dev/zero", "not a regular file"),
+    ("a device", lambda p: "NUL" if WINDOWS else "/dev/zero", "not a regular file"),
     ("directory", lambda p: p.mkdir() or p, "not a regular file"),
     ("2 MiB", lambda p: written(p, b" " * (2 << 20) + b"{}"), "larger than 1024 KiB"),
     ("not UTF-8", lambda p: written(p, b'{"type": "caf\xe9"}'), "not UTF-8"),
@@ -521,9 +542,7 @@ HOSTILE_FILES = [
 ]
 
 
-@pytest.mark.parametrize(
-    ("make", "words"), [c[1:] for c in HOSTILE_FILES], ids=[c[0] for c in HOSTILE_FILES]
-)
+@pytest.mark.parametrize(("make", "words"), cases(HOSTILE_FILES, {"FIFO": FIFO}))
 def test_a_hostile_credentials_file_gets_one_clear_line(monkeypatch, tmp_path, make, words):
     path = str(make(tmp_path / "creds.json"))
     monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", path)
@@ -536,7 +555,7 @@ def test_a_hostile_credentials_file_gets_one_clear_line(monkeypatch, tmp_path, m
 
 SUBJECT_FILES = [
     ("FIFO", make_fifo, "not a regular file"),
-    ("/dev/zero", lambda p: "/dev/zero", "not a regular file"),
+    ("a device", lambda p: "NUL" if WINDOWS else "/dev/zero", "not a regular file"),
     ("directory", lambda p: p.mkdir() or p, "not a regular file"),
     ("2 MiB", lambda p: written(p, b"x" * (2 << 20)), "larger than 1024 KiB"),
     ("not UTF-8", lambda p: written(p, b"caf\xe9"), "not UTF-8"),
@@ -544,9 +563,7 @@ SUBJECT_FILES = [
 ]
 
 
-@pytest.mark.parametrize(
-    ("make", "words"), [c[1:] for c in SUBJECT_FILES], ids=[c[0] for c in SUBJECT_FILES]
-)
+@pytest.mark.parametrize(("make", "words"), cases(SUBJECT_FILES, {"FIFO": FIFO}))
 def test_a_hostile_subject_token_file_gets_one_clear_line(monkeypatch, tmp_path, make, words):
     token_file = str(make(tmp_path / "subject-token"))
     creds = tmp_path / "creds.json"
@@ -585,7 +602,7 @@ def use_executable(monkeypatch, tmp_path, google_federation, executable, output_
 
 OUTPUT_FILES = [
     ("FIFO", make_fifo),
-    ("/dev/zero", lambda p: "/dev/zero"),
+    ("a device", lambda p: "NUL" if WINDOWS else "/dev/zero"),
     ("directory", lambda p: p.mkdir() or p),
     ("2 MiB", lambda p: written(p, b" " * (2 << 20) + b"{}")),
     ("not UTF-8", lambda p: written(p, b'{"version": 1, "x": "caf\xe9"}')),
@@ -593,7 +610,7 @@ OUTPUT_FILES = [
 ]
 
 
-@pytest.mark.parametrize("make", [c[1] for c in OUTPUT_FILES], ids=[c[0] for c in OUTPUT_FILES])
+@pytest.mark.parametrize("make", cases(OUTPUT_FILES, {"FIFO": FIFO}))
 def test_a_hostile_output_file_is_ignored_and_the_executable_runs(
     monkeypatch, tmp_path, google_federation, executable, make
 ):
@@ -645,7 +662,17 @@ OUTPUT_FILE_OWNERS = [
 
 
 @pytest.mark.parametrize(
-    ("plant", "used"), [c[1:] for c in OUTPUT_FILE_OWNERS], ids=[c[0] for c in OUTPUT_FILE_OWNERS]
+    ("plant", "used"),
+    cases(
+        OUTPUT_FILE_OWNERS,
+        {
+            "symlink to ours": SYMLINK,
+            "ours, group-writable": MODE_BITS,
+            "ours, world-writable": MODE_BITS,
+            "another user's": OWNER,
+            "symlink to another user's": SYMLINK,
+        },
+    ),
 )
 def test_an_output_file_is_used_only_when_nobody_else_could_have_written_it(
     monkeypatch, tmp_path, google_federation, executable, plant, used
@@ -662,6 +689,7 @@ def test_an_output_file_is_used_only_when_nobody_else_could_have_written_it(
     ("mode", "owner", "words"),
     [(0o666, None, "writable by other users"), (0o600, ANOTHER_UID, "owned by another user")],
 )
+@posix_only(f"{MODE_BITS}; {OWNER}")
 def test_a_silent_executable_whose_output_file_is_not_ours_alone_is_an_error(
     monkeypatch, tmp_path, google_federation, executable, mode, owner, words
 ):
@@ -1245,7 +1273,7 @@ def python(code):
 
 RUNS = [
     # (name, code, returncode and stdout, or the exception and words)
-    ("quiet", "print('hi')", (0, b"hi\n")),
+    ("quiet", "import sys; sys.stdout.buffer.write(b'hi\\n')", (0, b"hi\n")),  # no \r on Windows
     ("fails", "import sys; sys.stderr.write('no'); sys.exit(3)", (3, b"")),
     ("exactly the limit", f"import sys; sys.stdout.write('x' * {LIMIT})", (0, b"x" * LIMIT)),
     (
@@ -1284,6 +1312,27 @@ def test_run_capped_keeps_at_most_the_limit_and_kills_the_rest(code, outcome):
         gauth._run_capped(argv, None, timeout, LIMIT)
 
 
+def test_a_timeout_is_bounded_even_when_the_command_cannot_be_killed(monkeypatch, tmp_path):
+    # taskkill can fail (access denied, a broken SystemRoot) and a kill can be ignored: the
+    # lookup must still end within its timeout and the kill grace, never wait for the command.
+    monkeypatch.setenv("SystemRoot", str(tmp_path / "no-windows"))  # no taskkill.exe there
+    monkeypatch.setattr(os, "killpg", lambda pid, sig: None, raising=False)
+    monkeypatch.setattr(subprocess.Popen, "kill", lambda self: None)
+    stop = tmp_path / "stop"
+    argv = python(
+        "import os, time\nend = time.monotonic() + 60\n"
+        f"while time.monotonic() < end and not os.path.exists({str(stop)!r}): time.sleep(0.05)"
+    )
+    started = time.monotonic()
+    try:
+        with pytest.raises(subprocess.TimeoutExpired):
+            gauth._run_capped(argv, None, 0.5, LIMIT)
+        # Not a speed check: the command runs on for 60 s unless told to stop.
+        assert time.monotonic() - started < 0.5 + gauth.KILL_GRACE + 30
+    finally:
+        stop.touch()
+
+
 def test_run_capped_says_when_a_command_cannot_start(tmp_path):
     with pytest.raises(OSError):
         gauth._run_capped([str(tmp_path / "missing")], None, 5, LIMIT)
@@ -1302,9 +1351,7 @@ LOUD_EXECUTABLES = [
 def test_an_executable_that_prints_too_much_is_killed_with_one_clear_line(
     monkeypatch, tmp_path, bin_dir, code, words
 ):
-    script = bin_dir / "loud-helper"
-    script.write_text(f"#!{sys.executable}\nimport sys\n{code}\n")
-    script.chmod(0o755)
+    script = write_program(bin_dir / "loud-helper", f"import sys\n{code}\n")
     monkeypatch.setenv("GOOGLE_EXTERNAL_ACCOUNT_ALLOW_EXECUTABLES", "1")
     source = {"executable": {"command": str(script), "timeout_millis": 30_000}}
     creds = tmp_path / "creds.json"
@@ -1371,8 +1418,20 @@ CACHE_DIRECTORIES = [
 
 @pytest.mark.parametrize(
     ("make", "outcome"),
-    [c[1:] for c in CACHE_DIRECTORIES],
-    ids=[c[0] for c in CACHE_DIRECTORIES],
+    cases(
+        CACHE_DIRECTORIES,
+        {
+            "ours, world-writable": MODE_BITS,
+            "ours, group-writable": MODE_BITS,
+            "ours, sticky and world-writable": MODE_BITS,
+            "another user's": OWNER,
+            "another user's, world-writable": OWNER,
+            "symlink to ours": SYMLINK,
+            "symlink to ours, world-writable": SYMLINK,
+            "symlink to another user's": SYMLINK,
+            "a dangling symlink": SYMLINK,
+        },
+    ),
 )
 def test_a_cache_directory_others_can_write_is_repaired_or_refused(
     monkeypatch, tmp_path, sa_env, fake_google, make, outcome
@@ -1420,7 +1479,12 @@ def plant_readable_lock(lock, victim):
 
 PLANTED_FDS: list = []
 
-LOCKS = [plant_symlink, plant_dangling_symlink, plant_fifo, plant_foreign_lock_and_hold_it]
+LOCKS = [
+    pytest.param(plant_symlink, marks=posix_only(SYMLINK)),
+    pytest.param(plant_dangling_symlink, marks=posix_only(SYMLINK)),
+    pytest.param(plant_fifo, marks=posix_only(FIFO)),
+    pytest.param(plant_foreign_lock_and_hold_it, marks=posix_only(OWNER)),
+]
 
 
 @pytest.fixture
@@ -1448,9 +1512,11 @@ def test_a_planted_lock_file_is_replaced_never_followed_or_waited_on(
     assert victim.read_bytes() == b"precious"
     assert not victim.with_name("created-through-the-link").exists()
     assert lock.is_file() and not lock.is_symlink()
-    assert lock.stat().st_uid == os.getuid() and lock.stat().st_mode & 0o077 == 0
+    if not WINDOWS:  # Windows: no owner uid, no mode bits
+        assert lock.stat().st_uid == os.getuid() and lock.stat().st_mode & 0o077 == 0
 
 
+@posix_only(FIFO)
 def test_a_fifo_planted_as_a_cache_entry_is_ignored_without_blocking(
     isolated_env, sa_env, fake_google
 ):

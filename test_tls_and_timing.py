@@ -3,7 +3,6 @@
 import json
 import os
 import ssl
-import stat
 import sys
 import time
 
@@ -12,6 +11,8 @@ import trustme
 
 import artifactregistry_gauth as gauth
 from conftest import _forget_tokens
+from fakes import MODE_BITS, SYMLINK, WINDOWS, assert_private, posix_case
+from fakes.programs import write_program
 from fakes.testing import one_line
 from fakes.trust import FakeSecurity, truststore_source
 
@@ -122,6 +123,10 @@ class NoDefaultRoots:
         self.tmp_path = tmp_path
         self.ca_file = str(ca_file)
         monkeypatch.setattr(ssl.SSLContext, "set_default_verify_paths", lambda context: None)
+        # Windows: load_default_certs reads the system ROOT and CA stores instead.
+        monkeypatch.setattr(
+            ssl.SSLContext, "_load_windows_store_certs", lambda *args: None, raising=False
+        )
         self.default_paths(capath=None)
         for name in ("truststore", "pip._vendor.truststore", "certifi", "pip._vendor.certifi"):
             monkeypatch.setitem(sys.modules, name, None)  # as if not installed
@@ -224,6 +229,10 @@ def test_an_untrusted_certificate_error_names_the_store_used(
 
 @pytest.fixture
 def on_macos(monkeypatch, bin_dir, isolated_env, user_env, no_default_roots):
+    if WINDOWS:
+        # sys.platform "darwin" would also send the standard library down its macOS-only
+        # code there (urllib's proxy lookup imports _scproxy), which no Windows Python has.
+        pytest.skip("POSIX only: macOS is simulated through sys.platform on a POSIX host")
     monkeypatch.setattr(sys, "platform", "darwin")
     return FakeSecurity(bin_dir, user_env.ca_file)
 
@@ -240,7 +249,7 @@ def test_on_macos_without_roots_the_keychain_roots_are_exported_and_cached(
     assert call.startswith("find-certificate -a -p ")
     assert call.split()[3:] == list(gauth.MACOS_KEYCHAINS)
     cached = macos_roots_file(isolated_env)
-    assert stat.S_IMODE(cached.stat().st_mode) == 0o600
+    assert_private(cached)
     assert [p.name for p in isolated_env.cache_dir.iterdir() if p.suffix == ".tmp"] == []
 
 
@@ -264,7 +273,13 @@ def test_stale_keychain_roots_are_exported_again(monkeypatch, user_env, on_macos
     assert len(on_macos.calls) == 2
 
 
-@pytest.mark.parametrize("planted", ["writable-by-others", "symlink"])
+@pytest.mark.parametrize(
+    "planted",
+    [
+        posix_case("writable-by-others", reason=MODE_BITS),
+        posix_case("symlink", reason=SYMLINK),
+    ],
+)
 def test_a_planted_keychain_roots_file_is_not_trusted(
     user_env, on_macos, isolated_env, other_ca_file, planted
 ):
@@ -278,7 +293,7 @@ def test_a_planted_keychain_roots_file_is_not_trusted(
     assert user_env.fake.is_live(gauth.get_token())
     assert len(on_macos.calls) == 1
     assert not cached.is_symlink()
-    assert stat.S_IMODE(cached.stat().st_mode) == 0o600
+    assert_private(cached)
 
 
 def test_keychain_roots_are_used_though_one_keychain_is_missing(monkeypatch, user_env, on_macos):
@@ -332,9 +347,7 @@ def test_an_executable_slower_than_the_lookup_budget_but_within_its_timeout_succ
     monkeypatch, tmp_path, bin_dir, google_federation
 ):
     monkeypatch.setattr(gauth, "LOOKUP_BUDGET", 1.0)
-    helper = bin_dir / "sso-helper"
-    helper.write_text(f"#!{sys.executable}\n{_WAITING_HELPER}")
-    helper.chmod(0o755)
+    helper = write_program(bin_dir / "sso-helper", _WAITING_HELPER)
     google_federation.sts.add_provider(WORKLOAD, ID_TOKEN_TYPE, SUBJECT)
     info = {
         "type": "external_account",

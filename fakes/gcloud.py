@@ -14,21 +14,21 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
+from fakes import WINDOWS
 from fakes.network import refused_port
+from fakes.programs import write_program
 
 _GCLOUD_SCRIPT = r'''"""Fake gcloud of fakes/gcloud.py, obeying gcloud.config.json beside it."""
 
 import configparser
-import fcntl
 import json
 import os
 import re
 import secrets
-import select
 import sys
+import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -55,23 +55,54 @@ def append(name, record):
 
 
 def stdin_isatty():
+    """A terminal on stdin (Windows: a console; isatty is also true there for NUL)."""
     try:
-        return os.isatty(0)
+        if os.name != "nt":
+            return os.isatty(0)
+        import ctypes
+        import msvcrt
+
+        handle, mode = msvcrt.get_osfhandle(0), ctypes.c_uint32()
+        return bool(ctypes.windll.kernel32.GetConsoleMode(handle, ctypes.byref(mode)))
     except OSError:
         return False
 
 
 def read_stdin():
-    data = b""
-    try:
-        while select.select([0], [], [], 0.2)[0]:
-            chunk = os.read(0, 65536)
-            if not chunk:
-                break
-            data += chunk
-    except OSError:
-        pass
-    return data.decode("utf-8", "replace")
+    """What the caller wrote to our stdin within 0.2 s (a thread: Windows cannot select a pipe)."""
+    chunks = []
+
+    def read():
+        try:
+            while True:
+                chunk = os.read(0, 65536)
+                if not chunk:
+                    return
+                chunks.append(chunk)
+        except OSError:
+            return
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(0.2)
+    return b"".join(chunks).decode("utf-8", "replace")
+
+
+def lock_exclusively(f):
+    """Block until this process alone holds the lock on open file `f`."""
+    if os.name == "nt":
+        import msvcrt
+
+        f.seek(0)
+        while True:
+            try:
+                msvcrt.locking(f.fileno(), msvcrt.LK_NBLCK, 1)
+                return
+            except OSError:
+                time.sleep(0.01)
+    import fcntl
+
+    fcntl.flock(f, fcntl.LOCK_EX)
 
 
 def wait(seconds):
@@ -82,7 +113,7 @@ def wait(seconds):
 
 def new_token():
     with open(beside("counter"), "a+") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
+        lock_exclusively(f)
         f.seek(0)
         n = int(f.read() or 0) + 1
         f.seek(0)
@@ -93,7 +124,11 @@ def new_token():
 
 def properties():
     """Every property as gcloud reads it: variables, the active configuration, the installation."""
-    config_dir = os.environ.get("CLOUDSDK_CONFIG") or os.path.expanduser("~/.config/gcloud")
+    config_dir = os.environ.get("CLOUDSDK_CONFIG") or (
+        os.path.join(os.environ["APPDATA"], "gcloud")
+        if os.name == "nt"
+        else os.path.expanduser("~/.config/gcloud")
+    )
     name = os.environ.get("CLOUDSDK_ACTIVE_CONFIG_NAME") or ""
     rejected = False
     if not name:
@@ -244,15 +279,22 @@ class FakeGcloud:
     )
 
     def __init__(self, bin_dir):
-        # Laid out as an installed SDK whose bin/gcloud is linked from PATH, as /usr/bin/gcloud is.
+        """Lay out the SDK beside `bin_dir`; `on_path` is the directory to put on PATH.
+
+        POSIX: the SDK's bin/gcloud is linked from `bin_dir`, as /usr/bin/gcloud is.
+        Windows: the installer puts the SDK's bin directory itself on PATH, with gcloud.cmd.
+        """
         self.sdk_root = bin_dir.parent / "google-cloud-sdk"
         (self.sdk_root / ".install").mkdir(parents=True)
         (self.sdk_root / "bin").mkdir()
-        script = self.sdk_root / "bin" / "gcloud"
-        script.write_text(f"#!{sys.executable}\n{_GCLOUD_SCRIPT}")
-        script.chmod(0o755)
-        self.path = bin_dir / "gcloud"
-        self.path.symlink_to(script)
+        script = write_program(self.sdk_root / "bin" / "gcloud", _GCLOUD_SCRIPT)
+        if WINDOWS:
+            self.path = script
+            self.on_path = script.parent
+        else:
+            self.path = bin_dir / "gcloud"
+            self.path.symlink_to(script)
+            self.on_path = bin_dir
         self.configure()
 
     @property
@@ -306,6 +348,14 @@ class FakeGcloud:
             if _runs_script(call["pid"], self.path):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(call["pid"], signal.SIGKILL)
+            elif WINDOWS:
+                # No /proc to check the PID against: a hung run sees "stop" within 50 ms and
+                # exits; one still alive then is ended (taskkill's 128: it is already gone).
+                subprocess.run(
+                    ["taskkill", "/F", "/T", "/PID", str(call["pid"])],
+                    capture_output=True,
+                    timeout=30,
+                )
 
     def _beside(self, name):
         return self.path.with_name(f"gcloud.{name}")

@@ -7,7 +7,7 @@ trust one CA (the OS store, as far as a test is concerned); `FakeSecurity` puts 
 
 from __future__ import annotations
 
-import sys
+from fakes.programs import write_program
 
 
 def truststore_source(ca_file) -> str:
@@ -40,9 +40,7 @@ class FakeSecurity:
 
     def __init__(self, bin_dir, ca_file):
         self.bin_dir = bin_dir
-        path = bin_dir / "security"
-        path.write_text(f"#!{sys.executable}\n{_FAKE_SECURITY}")
-        path.chmod(0o755)
+        write_program(bin_dir / "security", _FAKE_SECURITY)
         (bin_dir / "security.pem").write_text(ca_file.read_text())
 
     @property
