@@ -21,10 +21,10 @@ import pytest
 
 import artifactregistry_gauth as gauth
 from fakes import FIFO, MODE_BITS, OWNER, SYMLINK, WINDOWS, cases, posix_only, register_secret
+from fakes.federation import ID_TOKEN_TYPE, STS_URL, SUBJECT, WORKLOAD, Executable, external
 from fakes.network import Listener, reply
 from fakes.programs import write_program
 from fakes.testing import one_line
-from test_federation import ID_TOKEN_TYPE, STS_URL, SUBJECT, WORKLOAD, Executable, external
 
 KIB = 1024
 

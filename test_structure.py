@@ -48,3 +48,18 @@ def test_the_backend_discovery_order_and_lookup_come_in_the_first_400_lines():
     where = {name: node.lineno for node in tree.body for name in _top_level_names([node])}
     for name in ("_build_backend_class", "lookup", "DISCOVERY"):
         assert where[name] <= 400, f"{name} is at line {where[name]}"
+
+
+def test_no_test_module_imports_another():
+    """Shared test helpers live in conftest.py or the fakes package, never in a test module."""
+    root = MODULE.parent
+    imports = []
+    for path in sorted(root.glob("test_*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            imports += [(path.name, name) for name in names if name.startswith("test_")]
+    assert not imports

@@ -164,7 +164,7 @@ def test_x509_token_requests_match_google_auth(workload, mtls_google, monkeypatc
     import google.auth.transport.requests
     from google.auth import identity_pool
 
-    from test_federation import clear_requests, token_requests
+    from fakes.federation import clear_requests, token_requests
 
     mtls_google.sts.add_provider(WORKLOAD, MTLS_TYPE, expected_subject(workload))
     mtls_google.iam.add_service_account("deployer@proj.iam.gserviceaccount.com")
