@@ -63,3 +63,14 @@ def test_no_test_module_imports_another():
                 names = [node.module]
             imports += [(path.name, name) for name in names if name.startswith("test_")]
     assert not imports
+
+
+def test_every_test_module_is_in_pytests_testpaths():
+    """./run-tests runs pytest without paths: a module left out of testpaths never runs."""
+    import pytest
+
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    root = MODULE.parent
+    config = tomllib.loads((root / "pyproject.toml").read_text(encoding="utf-8"))
+    listed = set(config["tool"]["pytest"]["ini_options"]["testpaths"])
+    assert {path.name for path in root.glob("test_*.py")} <= listed
