@@ -151,6 +151,18 @@ def test_a_key_of_random_bounded_numbers_is_refused_or_signs_correctly(rsa_key, 
     public.verify(signature, b"message", padding.PKCS1v15(), hashes.SHA256())
 
 
+def loads_or_says_which_file(path):
+    """An ADC file gives a source with an identity, or one line that names the file."""
+    try:
+        source = gauth.load_adc_file(str(path), "GOOGLE_APPLICATION_CREDENTIALS")
+    except gauth.CredentialError as exc:
+        assert str(path) in str(exc)
+        assert "\n" not in str(exc)
+    else:
+        assert isinstance(source, gauth.CredentialSource)
+        assert source.static_identity
+
+
 @FUZZ
 @given(document=adc_documents | json_values)
 def test_any_adc_file_loads_or_says_what_is_wrong(tmp_path_factory, document):
@@ -160,14 +172,7 @@ def test_any_adc_file_loads_or_says_what_is_wrong(tmp_path_factory, document):
     assume(not any(secret in text for secret in SECRETS))
     path = tmp_path_factory.mktemp("adc") / "creds.json"
     path.write_text(text)
-    try:
-        source = gauth.load_adc_file(str(path), "GOOGLE_APPLICATION_CREDENTIALS")
-    except gauth.CredentialError as exc:
-        assert str(path) in str(exc)
-        assert "\n" not in str(exc)
-    else:
-        assert isinstance(source, gauth.CredentialSource)
-        assert source.static_identity
+    loads_or_says_which_file(path)
 
 
 @FUZZ
@@ -175,14 +180,7 @@ def test_any_adc_file_loads_or_says_what_is_wrong(tmp_path_factory, document):
 def test_any_bytes_as_an_adc_file_load_or_say_what_is_wrong(tmp_path_factory, raw):
     path = tmp_path_factory.mktemp("adc") / "creds.json"
     path.write_bytes(raw)
-    try:
-        source = gauth.load_adc_file(str(path), "GOOGLE_APPLICATION_CREDENTIALS")
-    except gauth.CredentialError as exc:
-        assert str(path) in str(exc)
-        assert "\n" not in str(exc)
-    else:
-        assert isinstance(source, gauth.CredentialSource)
-        assert source.static_identity
+    loads_or_says_which_file(path)
 
 
 token_bodies = (
