@@ -28,6 +28,8 @@ def real_pip_26_3():
     except ImportError:
         return None
     wheels = sorted(Path(embed.__file__).parent.glob("pip-26.3-*.whl"))
+    if sys.version_info < (3, 10):  # pip 26.3 requires Python 3.10
+        return None
     return [sys.executable, str(wheels[0] / "pip")] if wheels else None
 
 
@@ -210,7 +212,10 @@ def _files_pip_loads(output: str) -> list:
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="real pip reads the files of its own OS")
-@pytest.mark.skipif(real_pip_26_3() is None, reason="no pip 26.3 wheel (virtualenv) installed")
+@pytest.mark.skipif(
+    real_pip_26_3() is None,
+    reason="no pip 26.3 wheel (virtualenv) here, or a Python it does not support",
+)
 @pytest.mark.parametrize("named", ["unset", "missing", "existing"])
 def test_pip_config_files_match_real_pip_26_3(monkeypatch, tmp_path, named):
     monkeypatch.setattr(gauth, "PIP_UNIX_SYSTEM_DIR", "/etc")  # what real pip reads
@@ -455,7 +460,10 @@ def _real_pip_reaches(google, tmp_path) -> bool:
     return asked
 
 
-@pytest.mark.skipif(real_pip_26_3() is None, reason="no pip 26.3 wheel (virtualenv) installed")
+@pytest.mark.skipif(
+    real_pip_26_3() is None,
+    reason="no pip 26.3 wheel (virtualenv) here, or a Python it does not support",
+)
 @pytest.mark.parametrize("row", ["PIP_CERT", "pip.conf-cert", "none"])
 def test_we_trust_what_real_pip_26_3_trusts(monkeypatch, tmp_path, private_google, row):
     if row != "none":
