@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import socket
+import subprocess
 import sys
 import threading
 import urllib.request
@@ -399,6 +400,20 @@ def real_gcloud_sdk(tmp_path_factory):
 
 
 # --- TLS and the CONNECT proxy -----------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def keyring_only_venv(tmp_path_factory):
+    """A virtualenv with keyring and nothing of ours (a vendored copy; a keyring blind to us)."""
+    venv = tmp_path_factory.mktemp("keyring-only") / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    python = venv / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
+    subprocess.run(
+        [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "keyring"],
+        check=True,
+        timeout=300,
+    )
+    return python
 
 
 @pytest.fixture(scope="session")

@@ -1,10 +1,14 @@
-"""The command line beyond `token` and `get`: doctor's checks, `netrc`, `credential-helper`."""
+"""The command line: `token`, `get` and a link named keyring, `doctor`, `print-settings`,
+`netrc`, `credential-helper`."""
 
 import base64
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 import pytest
@@ -22,7 +26,7 @@ from fakes import (
     register_secret,
 )
 from fakes.programs import write_shell_program
-from fakes.testing import run_cli
+from fakes.testing import keyring_cli, run_cli, write
 
 ROOT = Path(__file__).resolve().parent
 HOST = "us-python.pkg.dev"
@@ -38,6 +42,241 @@ def write_pip_conf(text):
 
 def shown_urls(report):
     return [entry["url"] for entry in report]
+
+
+# --- the command line ---------------------------------------------------------------------------
+
+
+def test_cli_token_prints_only_the_token(monkeypatch, sa_file, fake_google):
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(sa_file()))
+    result = run_cli("token")
+    assert result.returncode == 0, result.stderr
+    assert fake_google.is_live(result.stdout.strip())
+    assert result.stdout.count("\n") == 1
+    assert result.stderr == ""
+
+
+def test_cli_token_without_credentials_says_why_and_exits_1():
+    result = run_cli("token")
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr.startswith("artifactregistry-gauth: no Google credentials found")
+    assert "Traceback" not in result.stderr
+
+
+def test_cli_version_and_help():
+    assert run_cli("--version").stdout.strip() == f"artifactregistry-gauth {gauth.__version__}"
+    assert "token" in run_cli("--help").stdout
+
+
+def test_cli_token_refuses_a_url_that_is_not_artifact_registry(monkeypatch):
+    monkeypatch.setenv("GOOGLE_OAUTH_ACCESS_TOKEN", "ya29.x")
+    result = run_cli("token", "--url", "https://pypi.org/simple/")
+    assert (result.returncode, result.stdout) == (2, "")
+    assert "not an Artifact Registry URL" in result.stderr
+    assert run_cli("token", "--url", INDEX).stdout == "ya29.x\n"
+
+
+GET_CASES = [
+    ("password plain", ["get", INDEX, "oauth2accesstoken"]),
+    ("password json", ["--output", "json", "get", INDEX, "oauth2accesstoken"]),
+    ("creds plain", ["--mode", "creds", "get", INDEX]),
+    ("creds json, pip 26.2 spelling", ["--mode=creds", "--output=json", "get", INDEX]),
+    ("uv spelling, options last", ["get", "us-python.pkg.dev", "--mode", "creds"]),
+    ("creds with username", ["--mode", "creds", "get", INDEX, "oauth2accesstoken"]),
+    ("password mode without username", ["get", INDEX]),
+    ("no service", ["get"]),
+    ("another host", ["get", "https://pypi.org/simple/", "oauth2accesstoken"]),
+    ("another username", ["--mode", "creds", "get", INDEX, "someone"]),
+    ("poetry probe", ["get", "python-poetry-check", "python-poetry"]),
+]
+
+
+@pytest.mark.clients
+@pytest.mark.parametrize("argv", [c[1] for c in GET_CASES], ids=[c[0] for c in GET_CASES])
+def test_get_answers_byte_for_byte_like_keyring_get(monkeypatch, argv):
+    monkeypatch.setenv("GOOGLE_OAUTH_ACCESS_TOKEN", "ya29.same-for-both")
+    ours = run_cli(*argv)
+    theirs = keyring_cli(*argv)
+    assert (ours.returncode, ours.stdout) == (theirs.returncode, theirs.stdout)
+    if theirs.returncode == 2:  # the same complaint, in argparse's words
+        assert theirs.stderr.splitlines()[-1].split(": ", 1)[1] in ours.stderr
+
+
+@pytest.mark.clients
+def test_get_without_credentials_exits_1_with_one_line_like_keyring():
+    ours = run_cli("get", INDEX, "oauth2accesstoken")
+    theirs = keyring_cli("get", INDEX, "oauth2accesstoken")
+    assert (ours.returncode, ours.stdout) == (theirs.returncode, theirs.stdout) == (1, "")
+    assert ours.stderr.count("\n") == 1
+
+
+@pytest.fixture
+def keyring_link(bin_dir):
+    """A `keyring` on PATH that is a link to our command, as docs/reference.md suggests.
+
+    Windows: a copy of our artifactregistry-gauth.exe named keyring.exe (its launcher finds
+    the Python it was installed for in itself, not beside it).
+    """
+    scripts = Path(sysconfig.get_path("scripts"))
+    if WINDOWS:
+        link = bin_dir / "keyring.exe"
+        shutil.copyfile(scripts / "artifactregistry-gauth.exe", link)
+        return link
+    link = bin_dir / "keyring"
+    link.symlink_to(scripts / "artifactregistry-gauth")
+    return link
+
+
+def run_link(link, *args):
+    return subprocess.run([str(link), *args], capture_output=True, text=True, timeout=60)
+
+
+def test_a_link_named_keyring_serves_keyring_get(monkeypatch, keyring_link):
+    monkeypatch.setenv("GOOGLE_OAUTH_ACCESS_TOKEN", "ya29.linked")
+    result = run_link(keyring_link, "--mode=creds", "--output=json", "get", INDEX)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {"username": "oauth2accesstoken", "password": "ya29.linked"}
+    listed = run_link(keyring_link, "--list-backends")
+    assert listed.stdout == "artifactregistry_gauth.GooglePyPIAuth (priority: 9)\n"
+
+
+@pytest.mark.parametrize(
+    "argv", [["set", INDEX, "u"], ["del", INDEX, "u"], ["diagnose"], ["--disable"], []]
+)
+def test_a_link_named_keyring_refuses_other_operations(keyring_link, argv):
+    result = run_link(keyring_link, *argv)
+    assert (result.returncode, result.stdout) == (2, "")
+    assert "only get (and --list-backends) is supported" in result.stderr
+    assert result.stderr.splitlines()[0].startswith("usage: keyring")
+
+
+# --- doctor -----------------------------------------------------------------------------------
+
+
+def doctor(*args, env=None):
+    result = run_cli("doctor", "--json", *args, env=env)
+    return result.returncode, json.loads(result.stdout)
+
+
+def verdicts(report):
+    return {step["source"]: step["status"] for step in report["sources"]}
+
+
+def test_doctor_without_credentials_says_why_and_exits_1():
+    code, report = doctor()
+    assert code == 1
+    assert report["token"]["ok"] is False
+    assert "gcloud auth application-default login" in report["token"]["error"]
+    assert verdicts(report) == {
+        "GOOGLE_OAUTH_ACCESS_TOKEN": "skipped",
+        "GOOGLE_APPLICATION_CREDENTIALS": "skipped",
+        "gcloud ADC file": "skipped",
+        "metadata server": "skipped",
+        "gcloud": "skipped",
+    }
+
+
+def test_doctor_with_a_broken_adc_file_names_the_file(monkeypatch, tmp_path):
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(write(tmp_path, "{oops")))
+    code, report = doctor()
+    assert code == 1
+    failed = next(s for s in report["sources"] if s["status"] == "failed")
+    assert failed["source"] == "GOOGLE_APPLICATION_CREDENTIALS"
+    assert "creds.json is not a valid JSON file" in failed["detail"]
+    assert verdicts(report)["gcloud"] == "not consulted"
+
+
+def test_doctor_with_a_service_account_key_names_the_account(sa_env, fake_google):
+    code, report = doctor()
+    assert code == 0
+    assert "sa@proj.iam.gserviceaccount.com" in report["token"]["source"]
+    assert 55 <= report["token"]["expires_in_minutes"] <= 60
+    assert report["cache"]["state"] == "on"
+
+
+def test_doctor_with_user_credentials(monkeypatch, user_file, google_https):
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(user_file()))
+    env = dict(os.environ)
+    code, report = doctor(env=env)
+    assert code == 0
+    assert verdicts(report)["GOOGLE_APPLICATION_CREDENTIALS"] == "answered"
+
+
+def test_doctor_with_gcloud_only(fake_gcloud):
+    fake_gcloud.configure(account="me@example.com")
+    code, report = doctor()
+    assert code == 0
+    assert verdicts(report)["gcloud"] == "answered"
+    assert "me@example.com" in report["token"]["source"]
+
+
+def test_doctor_when_gcloud_needs_reauthentication(fake_gcloud):
+    fake_gcloud.configure(
+        mode="fail",
+        stderr="ERROR: (gcloud.config.config-helper) There was a problem refreshing your "
+        "current auth tokens: Reauthentication required.",
+    )
+    code, report = doctor()
+    assert code == 1
+    assert "sign in again: run `gcloud auth login`" in report["token"]["error"]
+
+
+def test_doctor_when_keyring_is_missing(monkeypatch, tmp_path):
+    stub = tmp_path / "no-keyring" / "keyring"
+    stub.mkdir(parents=True)
+    (stub / "__init__.py").write_text("raise ImportError('simulated: keyring not installed')\n")
+    env = dict(os.environ, PYTHONPATH=str(stub.parent))
+    _, report = doctor(env=env)
+    assert report["keyring"]["importable"] is False
+
+
+@pytest.mark.clients
+def test_doctor_spots_a_keyring_on_path_that_does_not_see_the_backend(bin_dir, keyring_only_venv):
+    (bin_dir / "keyring").symlink_to(keyring_only_venv.with_name("keyring"))
+    _, report = doctor()
+    assert report["keyring_executable"]["path"] == str(bin_dir / "keyring")
+    assert report["keyring_executable"]["sees_backend"] is False
+    assert report["keyring"]["lists_backend"] is True
+
+
+def test_doctor_judges_index_urls_in_pip_and_uv_configuration(monkeypatch, home_dir):
+    pip_conf = Path(os.environ["XDG_CONFIG_HOME"]) / "pip" / "pip.conf"
+    pip_conf.parent.mkdir(parents=True)
+    pip_conf.write_text(f"[global]\nextra-index-url = {INDEX}\n")
+    monkeypatch.setenv(
+        "PIP_INDEX_URL", "https://_json_key_base64:c2VjcmV0@us-python.pkg.dev/p/r/simple/"
+    )
+    uv_toml = Path(os.environ["XDG_CONFIG_HOME"]) / "uv" / "uv.toml"
+    uv_toml.parent.mkdir(parents=True)
+    uv_toml.write_text(f'[[index]]\nname = "private"\nurl = "{INDEX}"\n')
+    _, report = doctor()
+    by_where = {entry["where"]: entry for entry in report["index_urls"]}
+    # It names the pip it talks to where that pip can be found.
+    assert re.match(r"pip( [0-9.]+)? asks keyring", by_where[str(pip_conf)]["verdict"])
+    assert "keyring is never asked" in by_where["$PIP_INDEX_URL"]["verdict"]
+    assert "c2VjcmV0" not in json.dumps(report)
+    assert "uv will not ask keyring" in by_where[str(uv_toml)]["verdict"]
+
+
+def test_doctor_text_output_never_shows_the_token(sa_env, fake_google):
+    result = run_cli("doctor")
+    assert result.returncode == 0, result.stderr
+    assert "token: OK from service account sa@proj.iam.gserviceaccount.com" in result.stdout
+    assert not any(fake_google.is_live(word) for word in result.stdout.split())
+    (token,) = fake_google.issued
+    assert token not in result.stdout + result.stderr
+
+
+def test_verbose_logging_tells_the_story_without_secrets(sa_env, fake_google):
+    result = run_cli("-v", "token")
+    (token,) = fake_google.issued
+    assert result.stdout.strip() == token
+    assert "got a token from service account" in result.stderr
+    assert token not in result.stderr
+    again = run_cli("-v", "token")
+    assert "cache" in again.stderr
+    assert token not in again.stderr
 
 
 # --- doctor: URLs in configuration, their passwords masked --------------------------------------
@@ -397,6 +636,88 @@ def test_doctor_text_marks_what_to_fix(monkeypatch):
     text = gauth._format_report(gauth.diagnose())
     assert f"  ! https://__token__@{HOST}/p/r/simple/ ($PIP_INDEX_URL): the username is" in text
     assert "Warnings:\n  ! pip's no-input" in text
+
+
+# --- print-settings ------------------------------------------------------------------------
+
+
+def print_settings(*args):
+    base = ["--location", "europe-west1", "--project", "acme", "--repository", "wheels"]
+    return run_cli("print-settings", *base, *args)
+
+
+def test_print_settings_gives_every_tool_its_own_file():
+    result = print_settings()
+    assert result.returncode == 0, result.stderr
+    headers = [line for line in result.stdout.splitlines() if line.startswith("# =====")]
+    assert [h.split()[2].rstrip(":") for h in headers] == list(gauth.SETTINGS)
+    assert "index-url = https://europe-west1-python.pkg.dev/acme/wheels/simple/" in result.stdout
+    assert "https://oauth2accesstoken@europe-west1-python.pkg.dev/acme/wheels/simple/" in (
+        result.stdout
+    )
+    assert "repository = https://europe-west1-python.pkg.dev/acme/wheels/" in result.stdout
+
+
+@pytest.mark.parametrize("tool", list(gauth.SETTINGS))
+def test_print_settings_for_one_tool_is_one_file_its_tool_can_read(tool):
+    import configparser
+
+    result = print_settings("--tool", tool)
+    assert result.returncode == 0, result.stderr
+    text = result.stdout
+    assert "=====" not in text
+    if tool in ("pip", "pip-subprocess", "twine", "tox"):
+        parser = configparser.ConfigParser(interpolation=None)
+        parser.read_string(text)  # a second [global] would raise DuplicateSectionError
+    elif tool in ("uv", "uv-pyproject", "pdm", "hatch", "pipenv"):
+        tomllib = pytest.importorskip("tomllib")
+        tomllib.loads(text)
+    else:  # command lists: every line a comment or a command the shell can parse
+        import shlex
+
+        assert all(shlex.split(line, comments=True) is not None for line in text.splitlines())
+
+
+def test_print_settings_never_prints_an_extra_index_beside_pypi():
+    text = print_settings().stdout
+    assert "extra-index-url" not in text and "EXTRA_INDEX" not in text
+    assert "dependency confusion" in text
+    assert "virtual repository with PyPI as its upstream" in text
+    assert "explicit = true" in text
+
+
+def test_print_settings_for_poetry_sets_no_username_without_a_password():
+    commands = [
+        line for line in print_settings("--tool", "poetry").stdout.splitlines() if line[:1] != "#"
+    ]
+    assert commands and not any("http-basic" in line for line in commands)
+
+
+def test_print_settings_help_lists_every_tool():
+    text = run_cli("print-settings", "--help").stdout
+    for tool in gauth.SETTINGS:
+        assert f"  {tool} " in text
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("--repository", "repo\n[global]"),
+        ("--repository", "Repo"),
+        ("--repository", "r/../x"),
+        ("--project", "acme wheels"),
+        ("--project", "acme@evil.example"),
+        ("--location", "us.evil.example/x"),
+        ("--location", ""),
+        ("--repository", "r" * 70),
+    ],
+)
+def test_print_settings_refuses_a_name_artifact_registry_would_not_have(option, value):
+    args = {"--location": "us", "--project": "acme", "--repository": "wheels", option: value}
+    result = run_cli("print-settings", *[part for pair in args.items() for part in pair])
+    assert (result.returncode, result.stdout) == (2, "")
+    assert f"not an Artifact Registry {option[2:]} id" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 # --- netrc ----------------------------------------------------------------------------------------

@@ -711,6 +711,58 @@ def test_an_unusable_client_certificate_is_one_clear_line(
         gauth.get_token()
 
 
+# --- the metadata server as a source: never through a proxy, one short ping, errors named ----
+
+
+def test_metadata_server_token_never_goes_through_a_proxy(monkeypatch, fake_metadata):
+    for name in ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY"):
+        monkeypatch.setenv(name, "http://127.0.0.1:9")  # a proxy that refuses everything
+    token = gauth.get_token()
+    assert fake_metadata.is_live(token)
+    paths = [r.path for r in fake_metadata.requests]
+    assert paths[0] == "/"
+    assert paths[-1] == (
+        "/computeMetadata/v1/instance/service-accounts/default/token"
+        "?scopes=https%3A%2F%2Fwww.googleapis.com%2Fauth%2Fcloud-platform"
+    )
+    assert all(r.headers["metadata-flavor"] == "Google" for r in fake_metadata.requests)
+
+
+def test_a_hanging_metadata_server_costs_only_the_ping_timeout(fake_metadata, fake_gcloud):
+    fake_metadata.script("HANG")
+    assert gauth.get_token() in fake_gcloud.issued
+    assert [r.path for r in fake_metadata.requests] == ["/"]
+
+
+@pytest.mark.parametrize(
+    ("product_name", "timeout"), [("Google Compute Engine\n", 3.0), (None, 0.5)]
+)
+def test_the_metadata_ping_waits_longer_only_on_google_hardware(
+    monkeypatch, tmp_path, fake_metadata, product_name, timeout
+):
+    dmi = tmp_path / "product_name"
+    if product_name:
+        dmi.write_text(product_name)
+    monkeypatch.setattr(gauth, "DMI_PRODUCT_NAME", str(dmi))
+    seen = []
+    original = gauth.Transport.request
+
+    def spy(self, method, url, **kwargs):
+        if url.endswith("/") and method == "GET":
+            seen.append(kwargs.get("timeout"))
+        return original(self, method, url, **kwargs)
+
+    monkeypatch.setattr(gauth.Transport, "request", spy)
+    gauth.get_token()
+    assert seen == [timeout]
+
+
+def test_metadata_server_error_is_reported(fake_metadata):
+    fake_metadata.script((200, "computeMetadata/"), (403, "denied"))
+    with pytest.raises(gauth.CredentialError, match="metadata server answered HTTP 403"):
+        gauth.get_token()
+
+
 # --- the warm command line: argparse only when the plain forms do not do ------------------------
 
 INDEX = "https://us-python.pkg.dev/proj/repo/simple/"

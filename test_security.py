@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import os
 import re
 import subprocess
 import sys
 import time
+from pathlib import Path
 from urllib.parse import quote, quote_plus, urlencode
 
 import pytest
@@ -24,7 +26,7 @@ from fakes import FIFO, MODE_BITS, OWNER, SYMLINK, WINDOWS, cases, posix_only, r
 from fakes.federation import ID_TOKEN_TYPE, STS_URL, SUBJECT, WORKLOAD, Executable, external
 from fakes.network import Listener, reply
 from fakes.programs import write_program
-from fakes.testing import one_line
+from fakes.testing import one_line, run_cli, sa_json, write
 
 KIB = 1024
 
@@ -833,6 +835,112 @@ def test_rsa_keys_are_bounded_and_consistent_or_refused(make, outcome):
     signature = gauth.RsaPrivateKey.from_pem(pem).sign_rs256(b"message")
     public = rsa.RSAPublicNumbers(numbers["e"], numbers["n"]).public_key()
     public.verify(signature, b"message", padding.PKCS1v15(), hashes.SHA256())
+
+
+# --- secrets never leak ---------------------------------------------------------------------
+
+REFRESH = "1//SENTINEL-refresh-token-0001"
+CLIENT_SECRET = "SENTINEL-client-secret-0002"
+HANDED_TOKEN = "ya29.SENTINEL-handed-over-0003"
+
+
+def echo(*secrets):
+    """An OAuth error whose description repeats what we sent, as a careless server might."""
+    return (400, {"error": "invalid_grant", "error_description": "got " + " ".join(secrets)})
+
+
+def leak_user_refused(request, monkeypatch):
+    https = request.getfixturevalue("google_https")
+    path = request.getfixturevalue("user_file")(refresh_token=REFRESH, client_secret=CLIENT_SECRET)
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(path))
+    https.fake.script(*[echo(REFRESH, CLIENT_SECRET)] * 9)
+    return [REFRESH, CLIENT_SECRET]
+
+
+def leak_user_server_errors(request, monkeypatch):
+    https = request.getfixturevalue("google_https")
+    path = request.getfixturevalue("user_file")(refresh_token=REFRESH, client_secret=CLIENT_SECRET)
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(path))
+    https.fake.script(*[(500, f"oops\n{REFRESH}\n{CLIENT_SECRET}")] * 9)
+    return [REFRESH, CLIENT_SECRET]
+
+
+def leak_wrong_key(request, monkeypatch):
+    rsa_key = request.getfixturevalue("rsa_key")
+    path = request.getfixturevalue("sa_file")(register=False)
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(path))
+    return rsa_key.pkcs8_pem.splitlines()[1:-1]
+
+
+def leak_truncated_key(request, monkeypatch):
+    rsa_key = request.getfixturevalue("rsa_key")
+    lines = rsa_key.pkcs8_pem.splitlines()
+    path = write(
+        request.getfixturevalue("tmp_path"), sa_json(rsa_key, private_key="\n".join(lines[:9]))
+    )
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(path))
+    return lines[1:9]
+
+
+def leak_good_key(request, monkeypatch):
+    path = request.getfixturevalue("sa_file")()
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(path))
+    request.getfixturevalue("fake_google").expires_in = 3599
+    return request.getfixturevalue("rsa_key").pkcs8_pem.splitlines()[1:-1]
+
+
+def leak_handed_over(request, monkeypatch):
+    monkeypatch.setenv("GOOGLE_OAUTH_ACCESS_TOKEN", HANDED_TOKEN)
+    return [HANDED_TOKEN]
+
+
+def leak_bad_token_file(request, monkeypatch):
+    path = request.getfixturevalue("tmp_path") / "token"
+    path.write_text(f"{HANDED_TOKEN} and more")
+    monkeypatch.setenv("CLOUDSDK_AUTH_ACCESS_TOKEN_FILE", str(path))
+    return [HANDED_TOKEN]
+
+
+LEAKS = [
+    leak_user_refused,
+    leak_user_server_errors,
+    leak_wrong_key,
+    leak_truncated_key,
+    leak_good_key,
+    leak_handed_over,
+    leak_bad_token_file,
+]
+
+
+@pytest.mark.parametrize("scenario", LEAKS, ids=[f.__name__[5:] for f in LEAKS])
+def test_no_secret_reaches_output_logs_errors_or_cache_names(
+    request, monkeypatch, caplog, scenario
+):
+    secrets = scenario(request, monkeypatch)
+    seen = []
+    with caplog.at_level(logging.DEBUG, logger="artifactregistry_gauth"):
+        try:
+            gauth.get_token()  # the token itself is the answer; it must show nowhere else
+        except gauth.CredentialError as exc:
+            seen.append(str(exc))
+    seen += [record.getMessage() for record in caplog.records]
+    monkeypatch.setenv("ARTIFACTREGISTRY_GAUTH_DEBUG", "1")
+    for args in (["token"], ["doctor"], ["doctor", "--json"]):
+        result = run_cli(*args)
+        seen += [result.stderr, result.stdout if args[0] == "doctor" else ""]
+    seen += [p.name for p in Path(os.environ["ARTIFACTREGISTRY_GAUTH_CACHE_DIR"]).glob("*")]
+    text = "\n".join(seen)
+    for secret in secrets:
+        assert secret not in text
+
+
+def test_the_secret_guard_catches_a_secret_in_an_error(user_file):
+    from conftest import SECRETS
+
+    user_file(refresh_token="1//guard-sentinel-refresh")
+    assert "1//guard-sentinel-refresh" in SECRETS
+    with pytest.raises(AssertionError, match="carries a secret"):
+        gauth.CredentialError("oops 1//guard-sentinel-refresh")
 
 
 # --- row 11: a server that echoes what we sent never makes us print a secret --------------------

@@ -1,5 +1,7 @@
-"""Small helpers the test modules share: run our command line, check an error is one line."""
+"""Small helpers the test modules share: run our command line or keyring's, write credential
+files, check an error is one line."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -25,3 +27,30 @@ def one_line(caught):
     message = str(caught.value)
     assert "\n" not in message, message
     return message
+
+
+def keyring_cli(*args, python=sys.executable, env=None):
+    """``python -m keyring ARGS``: the real keyring command line, as pip runs it."""
+    return subprocess.run(
+        [python, "-m", "keyring", *args], capture_output=True, text=True, env=env, timeout=60
+    )
+
+
+def write(tmp_path, content, name="creds.json"):
+    """A file in ``tmp_path`` holding ``content`` (text is written as UTF-8)."""
+    path = tmp_path / name
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    return path
+
+
+def sa_json(rsa_key, **overrides):
+    """A service account key file's JSON for ``rsa_key``; an override of None drops the field."""
+    info = {
+        "type": "service_account",
+        "client_email": "sa@proj.iam.gserviceaccount.com",
+        "private_key": rsa_key.pkcs8_pem,
+        "private_key_id": "k1",
+        "token_uri": "https://oauth2.googleapis.com/token",
+    }
+    info.update(overrides)
+    return json.dumps({k: v for k, v in info.items() if v is not None})
