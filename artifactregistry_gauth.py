@@ -4715,7 +4715,13 @@ def _settings_name(what: str):
     import re
 
     def checked(value: str) -> str:
-        if not re.fullmatch(_SETTINGS_NAMES[what], value):
+        if what == "location":  # only hosts the backend answers for: a typo is no new host
+            if not _is_registry_host(f"{value}-python.pkg.dev"):
+                raise argparse.ArgumentTypeError(
+                    "not an Artifact Registry location (us, europe, asia, or a region such as "
+                    "europe-west1)"
+                )
+        elif not re.fullmatch(_SETTINGS_NAMES[what], value):
             raise argparse.ArgumentTypeError(
                 f"not an Artifact Registry {what} id (lower-case letters, digits, hyphens)"
             )
@@ -5152,10 +5158,10 @@ export PIP_INDEX_URL={user_index}
     ),
 }
 SETTINGS_TOOLS = (*SETTINGS, "all")
-# Artifact Registry's names: a location, a project id (optionally domain-scoped) and a
-# repository id; anything else would be pasted into a configuration file as it is.
+# Artifact Registry's names: a project id (optionally domain-scoped) and a repository id;
+# anything else would be pasted into a configuration file as it is. A location is taken
+# only where the host policy answers for its host (_is_registry_host).
 _SETTINGS_NAMES = {
-    "location": r"[a-z][a-z0-9-]{0,62}",
     "project": r"([a-z][a-z0-9.-]{0,62}:)?[a-z]([a-z0-9-]{0,61}[a-z0-9])?",
     "repository": r"[a-z]([a-z0-9-]{0,61}[a-z0-9])?",
 }

@@ -709,6 +709,10 @@ def test_print_settings_help_lists_every_tool():
         ("--project", "acme@evil.example"),
         ("--location", "us.evil.example/x"),
         ("--location", ""),
+        ("--location", "us-centrl1"),  # a typo: the host would not exist
+        ("--location", "mars"),
+        ("--location", "europe-west01"),
+        ("--location", "global"),
         ("--repository", "r" * 70),
     ],
 )
@@ -716,8 +720,22 @@ def test_print_settings_refuses_a_name_artifact_registry_would_not_have(option, 
     args = {"--location": "us", "--project": "acme", "--repository": "wheels", option: value}
     result = run_cli("print-settings", *[part for pair in args.items() for part in pair])
     assert (result.returncode, result.stdout) == (2, "")
-    assert f"not an Artifact Registry {option[2:]} id" in result.stderr
+    assert f"not an Artifact Registry {option[2:]}" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    "location", ["us", "europe", "asia", "us-central1", "northamerica-northeast2", "me-central2"]
+)
+def test_print_settings_prints_only_hosts_the_backend_answers_for(location):
+    result = run_cli(
+        "print-settings", "--location", location, "--project", "acme", "--repository", "wheels"
+    )
+    assert result.returncode == 0, result.stderr
+    host = f"{location}-python.pkg.dev"
+    assert f"https://{host}/acme/wheels/simple/" in result.stdout
+    assert gauth.answers_for(f"https://{host}/acme/wheels/simple/", "oauth2accesstoken")
+    assert gauth.answers_for(host, "oauth2accesstoken")  # the bare name uv and pdm may ask
 
 
 # --- netrc ----------------------------------------------------------------------------------------
