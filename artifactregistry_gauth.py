@@ -3524,6 +3524,10 @@ def _find_executable(name: str) -> str | None:
 
 # How long a timed-out command may take to end once killed (taskkill, the wait, its pipes).
 KILL_GRACE = 2.0
+# How long a command's pipes may stay open once it has exited: what it wrote before its
+# exit is already in them; later writes come from something it left running (gcloud's
+# background tasks), whose pipes would otherwise hold us until the timeout.
+EXIT_GRACE = 1.0
 
 
 def _run_capped(
@@ -3539,8 +3543,8 @@ def _run_capped(
     cannot start, subprocess.TimeoutExpired if it still runs (or its pipes are still open)
     at ``timeout``, and _OutputTooLargeError ("printed more than 1 MiB on stdout") once
     it prints more than ``limit`` bytes on stdout or stderr; the command is then killed
-    and reaped. With ``answered`` (a test of stdout), the command's exit with an answer
-    that passes it ends the wait, though something it started still holds the pipes.
+    and reaped. Pipes that something it started still holds end the wait EXIT_GRACE after
+    its exit, or at once when ``answered`` (a test of stdout) passes what it printed.
     """
     import subprocess
     import threading
@@ -3601,14 +3605,17 @@ def _run_capped(
             and answered(bytes(outputs["stdout"]))
         )
 
+    end = deadline
     while not done():
-        if not progress.acquire(timeout=max(deadline - _monotonic(), 0.0)):
+        if process.returncode is not None:  # exited: the pipes get EXIT_GRACE to close
+            end = min(end, _monotonic() + EXIT_GRACE)
+        if not progress.acquire(timeout=max(end - _monotonic(), 0.0)):
             break
     try:
         if too_large:
             size = f"{limit >> 20} MiB" if limit & 0xFFFFF == 0 else f"{limit} bytes"
             raise _OutputTooLargeError(f"printed more than {size} on {too_large[0]}")
-        if not done():  # a pipe still open: it, or a child holding it, runs on
+        if not done() and process.returncode is None:  # it runs on
             raise subprocess.TimeoutExpired(argv, timeout)
         returncode = process.wait(max(deadline - _monotonic(), 0.0))
     except (_OutputTooLargeError, subprocess.TimeoutExpired):

@@ -17,6 +17,7 @@ import pytest
 
 import artifactregistry_gauth as gauth
 from fakes import FIFO, WINDOWS, posix_case, register_secret
+from fakes.testing import one_line
 
 DEPLOYER = "deployer@proj.iam.gserviceaccount.com"
 BUILDER = "builder@proj.iam.gserviceaccount.com"
@@ -671,6 +672,24 @@ def test_gcloud_that_answers_and_exits_is_not_waited_for_past_its_exit(monkeypat
     assert token.value in fake_gcloud.issued
     [child] = fake_gcloud.lingering
     assert _ends(child), "what it left holding the pipe was ended with it"
+
+
+def test_gcloud_that_fails_and_exits_is_not_waited_for_past_its_exit(monkeypatch, fake_gcloud):
+    # Its error is on stderr, but a child it left running holds the pipes: waiting for them
+    # to close would turn gcloud's own words and fix into a timeout.
+    fake_gcloud.configure(
+        mode="fail",
+        stderr="ERROR: (gcloud.config.config-helper) There was a problem refreshing your "
+        "current auth tokens: Reauthentication required.",
+        linger=120,
+    )
+    monkeypatch.setattr(gauth, "GCLOUD_TIMEOUT", 20.0)
+    with pytest.raises(gauth.CredentialError) as caught:
+        gauth.lookup()
+    assert "sign in again: run `gcloud auth login`" in one_line(caught)
+    assert "timed out" not in str(caught.value)
+    [child] = fake_gcloud.lingering
+    assert _ends(child), "what it left holding the pipes was ended with it"
 
 
 def test_huge_gcloud_output_is_not_held_in_memory(fake_gcloud):

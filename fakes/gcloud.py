@@ -212,13 +212,18 @@ def config_helper(cfg, argv):
         "sentinels": {"config_sentinel": os.path.join(config_dir, "config_sentinel")},
     }
     print(json.dumps(output, indent=2), flush=True)
-    if cfg.get("linger"):  # a child left running that still holds gcloud's stdout and stderr
+    leave_a_child(cfg)
+    return 0
+
+
+def leave_a_child(cfg):
+    """With ``linger``, a child left running that still holds gcloud's stdout and stderr."""
+    if cfg.get("linger"):
         import subprocess
 
         sleep = "import time; time.sleep(%d)" % cfg["linger"]
         child = subprocess.Popen([sys.executable, "-c", sleep])
         append("lingering.jsonl", {"pid": child.pid})
-    return 0
 
 
 def main():
@@ -239,6 +244,8 @@ def main():
     if mode == "fail":
         message = cfg.get("stderr", NO_ACCOUNT)
         sys.stderr.write(message if message.endswith("\n") else message + "\n")
+        sys.stderr.flush()
+        leave_a_child(cfg)
         return cfg.get("exit", 1)
     if mode == "junk":
         print(cfg.get("stdout", "this is not json"))
