@@ -283,13 +283,18 @@ def bad_config(workload, tmp_path, case):
         message = "exactly one of use_default_certificate_config"
     elif case == "certificate not an object":
         certificate = "leaf.pem"
-        message = r"credential_source\.certificate is not a JSON object"
+        message = r"field 'credential_source\.certificate' is not a JSON object; recreate"
     elif case == "use_default not a boolean":
         certificate["use_default_certificate_config"] = "yes"
-        message = "use_default_certificate_config is not true or false"
+        message = (
+            r"field 'credential_source\.certificate\.use_default_certificate_config' is not "
+            "true or false; recreate"
+        )
     elif case == "trust chain path not a string":
         certificate["trust_chain_path"] = 7
-        message = r"credential_source\.certificate\.trust_chain_path is not a path"
+        message = (
+            r"field 'credential_source\.certificate\.trust_chain_path' is not a path; recreate"
+        )
     elif case == "missing certificate config":
         workload.config.unlink()
         message = r"the certificate config .* \(GOOGLE_API_CERTIFICATE_CONFIG\) was not found"
@@ -298,12 +303,12 @@ def bad_config(workload, tmp_path, case):
         message = "cannot read the certificate config .* \\(not JSON\\)"
     elif case == "no workload section":
         cert_config = {"cert_configs": {"ecp": {}}}
-        message = "cert_configs.workload.cert_path or key_path is missing"
+        message = r"field 'cert_configs\.workload' is missing; it must name the workload's cert"
     elif case == "empty key path":
         cert_config = {
             "cert_configs": {"workload": {"cert_path": str(workload.cert), "key_path": ""}}
         }
-        message = "cert_configs.workload.cert_path or key_path is missing"
+        message = r"field 'cert_configs\.workload\.key_path' is not a path; it must name the"
     elif case == "missing certificate file":
         workload.cert.unlink()
         message = "cannot read the workload certificate .* \\(No such file"
