@@ -1359,58 +1359,20 @@ class X509Federation(ExternalAccount):
                 "certificate_config_location",
             )
 
-    def _config(self) -> tuple[str, str]:
-        """The certificate config file and what named it, in google-auth's order."""
-        if self.config_location:
-            named = "credential_source.certificate.certificate_config_location"
-            return os.path.expanduser(self.config_location), named
-        for name in ("GOOGLE_API_CERTIFICATE_CONFIG", _CONTEXT_AWARE_CONFIG):
-            if os.environ.get(name):
-                return os.path.expanduser(os.environ[name]), name
-        # google-auth's X.509 federation stops here: GKE's credential bundle serves only its
-        # mTLS channels (_mtls_helper._get_workload_cert_and_key), never this source.
-        return os.path.join(gcloud_config_dir(), "certificate_config.json"), "gcloud's default"
-
-    def _cert_and_key(self) -> tuple[str, str]:
-        """The workload certificate and key paths of the certificate config."""
-        path, named = self._config()
-        try:
-            config = _json_loads(read_local_file(path))
-        except FileNotFoundError:
-            raise self.fail(
-                f"the certificate config {path} ({named}) was not found",
-                "create it with `gcloud iam workload-identity-pools create-cred-config "
-                "--credential-cert-path=... --credential-cert-private-key-path=...`, or set "
-                "GOOGLE_API_CERTIFICATE_CONFIG",
-            ) from None
-        except (OSError, ValueError) as exc:
-            problem = getattr(exc, "strerror", None) or "not JSON"
-            raise self.fail(f"cannot read the certificate config {path} ({problem})") from None
-        if not isinstance(config, dict):
-            raise self.fail(f"the certificate config {path} is not a JSON object")
-        fields = _Fields(config, path, "it must name the workload's certificate and key files")
-        workload = fields.object("cert_configs", required=True).object("workload", required=True)
-        return workload.require("cert_path", "a path"), workload.require("key_path", "a path")
-
     def subject_token(self, transport: Transport) -> str:
         import json
 
-        cert_path = self._cert_and_key()[0]
-        leaf = self._certificates(cert_path, "the workload certificate")[0]
-        chain = [leaf]
-        if self.chain_path:
-            trust_chain = self._certificates(self.chain_path, "the trust chain")
-            if trust_chain[0] != leaf:  # the leaf may open the chain, counted once
-                chain.append(trust_chain[0])
-            if leaf in trust_chain[1:]:
-                raise self.fail(
-                    f"the trust chain {self.chain_path} holds the workload certificate after "
-                    "another one",
-                    "put it first in credential_source.certificate.trust_chain_path, or leave "
-                    "it out",
-                )
-            chain += trust_chain[1:]
-        return json.dumps(chain)  # google-auth's spacing: the same subject token to the byte
+        leaf = self._certificates(self._cert_and_key()[0], "the workload certificate")[0]
+        chain = self._certificates(self.chain_path, "the trust chain") if self.chain_path else []
+        if chain[:1] == [leaf]:  # the leaf may open the chain, counted once
+            chain = chain[1:]
+        if leaf in chain:
+            raise self.fail(
+                f"the trust chain {self.chain_path} holds the workload certificate after "
+                "another one",
+                "put it first in credential_source.certificate.trust_chain_path, or leave it out",
+            )
+        return json.dumps([leaf, *chain])  # google-auth's spacing: the same token to the byte
 
     def _certificates(self, path: str, what: str) -> list:
         """The PEM file's certificates as standard base64 DER, in file order."""
@@ -1424,6 +1386,12 @@ class X509Federation(ExternalAccount):
             raise self.fail(f"{what} {path} holds no PEM certificate", "check the file")
         return certificates
 
+    def _cert_and_key(self) -> tuple[str, str]:
+        try:
+            return _workload_cert_and_key(self.config_location)
+        except CredentialError as exc:
+            raise self.failed(exc) from None
+
     def client_tls(self) -> tuple:
         cert_path, key_path = self._cert_and_key()
         context, stores = _new_tls_context()  # what every other request trusts, own context
@@ -1431,11 +1399,47 @@ class X509Federation(ExternalAccount):
             context.load_cert_chain(cert_path, key_path, password=_no_password)
         except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
             reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or exc
-            raise CredentialError(
+            raise CredentialError(  # fetch names the source
                 f"cannot use {cert_path} and {key_path} as a TLS client certificate ({reason}); "
                 "check cert_configs.workload in the certificate config"
             ) from None
         return context, describe_trust(stores)
+
+
+# The certificate config names the workload's certificate and key, as google-auth's
+# _mtls_helper reads it.
+def _certificate_config(location: str) -> tuple[str, str]:
+    """The certificate config file and what named it, in google-auth's order."""
+    if location:
+        named = "credential_source.certificate.certificate_config_location"
+        return os.path.expanduser(location), named
+    for name in ("GOOGLE_API_CERTIFICATE_CONFIG", _CONTEXT_AWARE_CONFIG):
+        if os.environ.get(name):
+            return os.path.expanduser(os.environ[name]), name
+    # google-auth's X.509 federation stops here: GKE's credential bundle serves only its
+    # mTLS channels (_mtls_helper._get_workload_cert_and_key), never this source.
+    return os.path.join(gcloud_config_dir(), "certificate_config.json"), "gcloud's default"
+
+
+def _workload_cert_and_key(location: str) -> tuple[str, str]:
+    """The workload certificate and key paths of the certificate config."""
+    path, named = _certificate_config(location)
+    try:
+        config = _json_loads(read_local_file(path))
+    except FileNotFoundError:
+        raise CredentialError(
+            f"the certificate config {path} ({named}) was not found; create it with "
+            "`gcloud iam workload-identity-pools create-cred-config --credential-cert-path=... "
+            "--credential-cert-private-key-path=...`, or set GOOGLE_API_CERTIFICATE_CONFIG"
+        ) from None
+    except (OSError, ValueError) as exc:
+        problem = getattr(exc, "strerror", None) or "not JSON"
+        raise CredentialError(f"cannot read the certificate config {path} ({problem})") from None
+    if not isinstance(config, dict):
+        raise CredentialError(f"the certificate config {path} is not a JSON object")
+    fields = _Fields(config, path, "it must name the workload's certificate and key files")
+    workload = fields.object("cert_configs", required=True).object("workload", required=True)
+    return workload.require("cert_path", "a path"), workload.require("key_path", "a path")
 
 
 _CONTEXT_AWARE_CONFIG = "CLOUDSDK_CONTEXT_AWARE_CERTIFICATE_CONFIG_FILE_PATH"

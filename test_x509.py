@@ -351,6 +351,7 @@ def test_a_bad_x509_configuration_gets_one_clear_line(workload, tmp_path, monkey
     with pytest.raises(gauth.CredentialError, match=message) as caught:
         gauth.get_token()
     line = one_line(caught)
+    assert line.startswith(f"{path}: ") and line.count(str(path)) == 1, line
     assert "PRIVATE KEY" not in line and "BEGIN CERTIFICATE" not in line
 
 
@@ -359,9 +360,11 @@ def test_a_key_that_does_not_match_is_a_clear_line_without_key_material(
 ):
     mtls_google.sts.add_provider(WORKLOAD, MTLS_TYPE, lambda token: None)
     workload.key.write_bytes(test_ca.issue_cert("other.example").private_key_pem.bytes())
-    use(monkeypatch, workload.write())
+    path = workload.write()
+    use(monkeypatch, path)
     with pytest.raises(gauth.CredentialError, match="as a TLS client certificate") as caught:
         gauth.get_token()
+    assert one_line(caught).startswith(f"{path}: ") and one_line(caught).count(str(path)) == 1
     assert "PRIVATE" not in one_line(caught)
     assert not mtls_google.sts.exchanges
 
