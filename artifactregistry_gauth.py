@@ -1125,19 +1125,14 @@ class ExecutableFederation(ExternalAccount):
 
     def _parse_response(self, response: dict, where: str) -> str:
         """The subject token of a response; _StaleResponseError if running again may help."""
-        version = response.get("version")
-        if type(version) is not int:
-            problem = "no version field" if version is None else "a version that is not a number"
-            raise self.fail(f"{where} has {problem}", _EXECUTABLE_FIX)
+        fields = _Fields(response, f"{self.origin}: {where}", _EXECUTABLE_FIX)
+        version = fields.require("version", "a whole number")
         if version > 1:
             raise _StaleResponseError(
                 f"{self.origin}: {where} has version {version}, and only version 1 is "
                 "supported; update the executable or artifactregistry-gauth"
             )
-        success = response.get("success")
-        if type(success) is not bool:
-            raise self.fail(f"{where} has no success field", _EXECUTABLE_FIX)
-        if not success:
+        if not fields.require("success", "true or false"):
             code, message = response.get("code"), response.get("message")
             if code is None or message is None:
                 raise self.fail(
@@ -1147,28 +1142,20 @@ class ExecutableFederation(ExternalAccount):
             raise _StaleResponseError(
                 f"{self.origin}: the executable failed: {str(code)[:100]}: {str(message)[:300]}"
             )
-        expiration = response.get("expiration_time")
-        if expiration is not None:
-            if type(expiration) not in (int, float):
-                raise self.fail(f"{where} has an expiration_time that is not a number")
-            if expiration < _now():
-                raise _StaleResponseError(
-                    f"{self.origin}: the token in {where} has expired (expiration_time "
-                    f"{int(expiration)}); the executable must print a fresh one"
-                )
-        token_type = response.get("token_type")
-        if not isinstance(token_type, str):
-            raise self.fail(f"{where} has no token_type field", _EXECUTABLE_FIX)
+        expiration = fields.get("expiration_time", "a number", None)
+        if expiration is not None and expiration < _now():
+            raise _StaleResponseError(
+                f"{self.origin}: the token in {where} has expired (expiration_time "
+                f"{int(expiration)}); the executable must print a fresh one"
+            )
+        token_type = fields.require("token_type", "a string")
         field = _EXECUTABLE_TOKEN_FIELDS.get(token_type)
         if field is None:
             raise _StaleResponseError(
                 f"{self.origin}: {where} has the unsupported token_type {token_type[:100]!r}; "
                 + _EXECUTABLE_FIX
             )
-        token = response.get(field)
-        if not isinstance(token, str) or not token:
-            raise self.fail(f"{where} has no {field} field", _EXECUTABLE_FIX)
-        return token
+        return fields.require(field)
 
 
 _EXECUTABLE_TOKEN_FIELDS = {

@@ -1143,9 +1143,20 @@ def test_executables_are_not_run_unless_allowed(monkeypatch, tmp_path, bin_dir):
 
 FRESH = {"version": 1, "success": True, "token_type": ID_TOKEN_TYPE, "id_token": SUBJECT}
 EXECUTABLE_ERRORS = [
-    ("no version", {"response": {**FRESH, "version": None}}, "has no version field"),
+    *[
+        (
+            f"no {name}",
+            {"response": {**FRESH, name: None}},
+            f"the executable's response: field '{name}' is missing",
+        )
+        for name in ("version", "success", "token_type", "id_token")
+    ],
+    (
+        "version not a number",
+        {"response": {**FRESH, "version": "1"}},
+        "the executable's response: field 'version' is not a whole number",
+    ),
     ("version 2", {"response": {**FRESH, "version": 2}}, "has version 2, and only version 1"),
-    ("no success", {"response": {**FRESH, "success": None}}, "has no success field"),
     (
         "failure",
         {"response": {"version": 1, "success": False, "code": "401", "message": "no login"}},
@@ -1166,17 +1177,20 @@ EXECUTABLE_ERRORS = [
     ),
     ("expired", {"response": {**FRESH, "expiration_time": 1000}}, "has expired"),
     (
+        "expiration_time not a number",
+        {"response": {**FRESH, "expiration_time": "tomorrow"}},
+        "the executable's response: field 'expiration_time' is not a number; the executable must",
+    ),
+    (
         "expired output file",
         {"response": {**FRESH, "expiration_time": 1000}, "to_output_file": True},
         "the token in the executable's response has expired",
     ),
-    ("no token_type", {"response": {**FRESH, "token_type": None}}, "has no token_type field"),
     (
         "unsupported token_type",
         {"response": {**FRESH, "token_type": "urn:x"}},
         "unsupported token_type 'urn:x'",
     ),
-    ("no id_token", {"response": {**FRESH, "id_token": None}}, "has no id_token field"),
     ("not json", {"response": "token-on-its-own"}, "response is not a JSON object"),
     ("crash", {"response": "", "stderr": "boom\n", "exit": 3}, "exited with code 3 and said: boom"),
 ]
