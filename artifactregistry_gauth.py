@@ -1274,12 +1274,9 @@ class _AwsMetadata:
         if not role or "/" in role:
             raise self.source.fail("the AWS metadata server sent no usable role name")
         data = self._json(f"{url.rstrip('/')}/{role}", "the role's credentials")
-        values = [data.get(name) for name in ("AccessKeyId", "SecretAccessKey", "Token")]
-        if not all(isinstance(value, str) and value for value in values[:2]):
-            raise self.source.fail(
-                "the AWS metadata server's credentials lack AccessKeyId or SecretAccessKey"
-            )
-        return values[0], values[1], values[2] if isinstance(values[2], str) else ""
+        where = f"{self.source.origin}: the AWS metadata server's credentials"
+        fields = _Fields(data, where, "check the instance's IAM role")
+        return fields.require("AccessKeyId"), fields.require("SecretAccessKey"), fields.get("Token")
 
     def _headers(self) -> dict:
         """The IMDSv2 session header, fetched once per lookup when the file asks for it."""

@@ -624,6 +624,24 @@ def test_aws_imdsv1_when_the_file_has_no_session_url(scenarios, fed, fake_aws, m
     assert [r.method for r in fake_aws.requests] == ["GET", "GET"]  # role and credentials only
 
 
+@pytest.mark.parametrize(
+    ("attribute", "field"),
+    [("access_key_id", "AccessKeyId"), ("secret_access_key", "SecretAccessKey")],
+)
+def test_aws_metadata_credentials_without_a_key_are_one_line_naming_the_field(
+    scenarios, fake_aws, monkeypatch, attribute, field
+):
+    setattr(fake_aws, attribute, None)
+    path, _ = scenarios.aws_metadata()
+    use(monkeypatch, path)
+    with pytest.raises(gauth.CredentialError) as caught:
+        gauth.get_token()
+    assert one_line(caught).startswith(
+        f"{path}: the AWS metadata server's credentials: field '{field}' is not a non-empty "
+        "string; check the instance's IAM role"
+    )
+
+
 def test_switching_aws_keys_is_a_new_cache_identity(scenarios, monkeypatch):
     path, _ = scenarios.aws_environment()
     use(monkeypatch, path)
