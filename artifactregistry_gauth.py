@@ -718,6 +718,17 @@ def _impersonated_account(fields: _Fields, url: str) -> str:
     return account
 
 
+def _scheme_and_host(url: str) -> tuple[str, str]:
+    """A URL's scheme and host; empty for what urlsplit refuses (an unclosed [IPv6 host)."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "", ""
+    return parts.scheme, parts.hostname or ""
+
+
 # Claims that change with every token issued to the same subject.
 _VOLATILE_CLAIMS = frozenset({"iat", "exp", "nbf", "jti", "auth_time"})
 
@@ -953,16 +964,14 @@ class UrlFederation(ExternalAccount):
     source_name = "url"
 
     def __init__(self, info: dict, origin: str) -> None:
-        from urllib.parse import urlsplit
-
         super().__init__(info, origin)
         source = self.credential_source
         self.url = source.get("url")
-        parts = urlsplit(self.url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
+        scheme, host = _scheme_and_host(self.url)
+        if scheme not in ("http", "https") or not host:
             raise source.fail("url", "is not an http or https URL")
         self.headers = source.get("headers", "an object of string values", {})
-        self.direct = _is_local_address(parts.hostname)
+        self.direct = _is_local_address(host)
         self.format = self._token_format()
 
     def subject_token(self, transport: Transport) -> str:
@@ -1180,7 +1189,6 @@ class AwsFederation(ExternalAccount):
 
     def __init__(self, info: dict, origin: str) -> None:
         import re
-        from urllib.parse import urlsplit
 
         super().__init__(info, origin)
         source = self.credential_source
@@ -1191,12 +1199,12 @@ class AwsFederation(ExternalAccount):
         if match.group(1) != "1":
             raise source.fail("environment_id", f"is {environment!r}: only 'aws1' is supported")
         self.verification_url = source.get("regional_cred_verification_url")
-        parts = urlsplit(self.verification_url.replace("{region}", "region"))
-        if parts.scheme != "https" or not parts.hostname:
+        scheme, host = _scheme_and_host(self.verification_url.replace("{region}", "region"))
+        if scheme != "https" or not host:
             raise source.fail("regional_cred_verification_url", "is not an https URL")
         urls = [source.get(name) for name in _AWS_URLS]
         for name, url in zip(_AWS_URLS, urls):
-            if url and urlsplit(url).scheme not in ("http", "https"):
+            if url and _scheme_and_host(url)[0] not in ("http", "https"):
                 raise source.fail(name, "is not an http URL")
         self.region_url, self.credentials_url, self.imdsv2_url = urls
 

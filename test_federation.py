@@ -923,6 +923,24 @@ MALFORMED = [
         external({"url": "file:///etc/passwd"}),
         "field 'credential_source.url' is not an http or https URL",
     ),
+    *[
+        (f"unclosed IPv6 host in {name}", external(source, **extra), message)
+        for name, source, extra, message in [
+            ("url", {"url": "http://[::1/"}, {}, "field 'credential_source.url' is not an http"),
+            (
+                "regional_cred_verification_url",
+                {**AWS_SOURCE, "regional_cred_verification_url": "https://[::1"},
+                {"token_type": AWS_TOKEN_TYPE},
+                "field 'credential_source.regional_cred_verification_url' is not an https URL",
+            ),
+            (
+                "region_url",
+                {**AWS_SOURCE, "region_url": "http://[::1/zone"},
+                {"token_type": AWS_TOKEN_TYPE},
+                "field 'credential_source.region_url' is not an http URL",
+            ),
+        ]
+    ],
     (
         "user project on a workload pool",
         external(FILE_SOURCE, workforce_pool_user_project="1"),
