@@ -606,7 +606,7 @@ def _expired_login_fix(exc: TokenEndpointError, login: str) -> str:
     return ""
 
 
-# What a field of a credentials file must hold, in the words its error line uses.
+# What a JSON field must hold, in the words its error line uses.
 _KINDS = {
     "a string": lambda value: isinstance(value, str),
     "a non-empty string": lambda value: isinstance(value, str) and value != "",
@@ -625,7 +625,8 @@ _KINDS = {
 
 
 class _Fields:
-    """A JSON object of a credentials file, read one checked field at a time.
+    """A JSON object of a credentials file (or of an answer it leads to), read one checked
+    field at a time.
 
     A field that is missing or null is absent. A wrong one is one line naming the file, the
     field's full path (``credential_source.format.type``) and the fix.
