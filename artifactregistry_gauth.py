@@ -507,13 +507,14 @@ class ServiceAccountKey(CredentialSource):
 
     def __init__(self, info: dict, origin: str) -> None:
         super().__init__(origin)
-        _require_fields(info, ("client_email", "private_key", "token_uri"), origin, _KEY_FIX)
-        self.account = info["client_email"]
-        self.token_uri = info["token_uri"]
+        fields = _Fields(info, origin, _KEY_FIX)
+        self.account = fields.require("client_email")
+        private_key = fields.require("private_key")
+        self.token_uri = fields.require("token_uri")
         self.key_id = info.get("private_key_id") or None
         self.universe = info.get("universe_domain") or DEFAULT_UNIVERSE
         try:
-            self.key = RsaPrivateKey.from_pem(info["private_key"])
+            self.key = RsaPrivateKey.from_pem(private_key)
         except KeyFormatError as exc:
             problem = f"field private_key is not a usable RSA private key ({exc})"
             raise self.fail(problem, _KEY_FIX) from None
@@ -565,13 +566,14 @@ class AuthorizedUser(CredentialSource):
 
     def __init__(self, info: dict, origin: str) -> None:
         super().__init__(origin)
-        _require_fields(info, ("refresh_token", "client_id", "client_secret"), origin, LOGIN_HINT)
+        fields = _Fields(info, origin, LOGIN_HINT)
+        refresh_token = fields.require("refresh_token")
         self.account = info.get("account") or ""
         self.fields = {
             "grant_type": "refresh_token",
-            "client_id": info["client_id"],
-            "client_secret": info["client_secret"],
-            "refresh_token": info["refresh_token"],
+            "client_id": fields.require("client_id"),
+            "client_secret": fields.require("client_secret"),
+            "refresh_token": refresh_token,
         }
         if info.get("rapt_token"):
             self.fields["rapt"] = info["rapt_token"]
@@ -604,11 +606,72 @@ def _expired_login_fix(exc: TokenEndpointError, login: str) -> str:
     return ""
 
 
-def _require_fields(info: dict, names: tuple, origin: str, fix: str) -> None:
-    for name in names:
-        if not isinstance(info.get(name), str) or not info[name]:
-            state = "missing" if name not in info else "not a non-empty string"
-            raise CredentialError(f"{origin}: field {name!r} is {state}; {fix}")
+# What a JSON field must hold, in the words its error line uses.
+_KINDS = {
+    "a string": lambda value: isinstance(value, str),
+    "a non-empty string": lambda value: isinstance(value, str) and value != "",
+    "a path": lambda value: isinstance(value, str),
+    "a JSON object": lambda value: isinstance(value, dict),
+    "an object of string values": lambda value: (
+        isinstance(value, dict) and all(isinstance(item, str) for item in value.values())
+    ),
+    "a list of service account emails": lambda value: (
+        isinstance(value, list) and all(isinstance(item, str) for item in value)
+    ),
+    "true or false": lambda value: isinstance(value, bool),
+    "a number": lambda value: type(value) in (int, float),  # not true or false
+    "a whole number": lambda value: type(value) is int,
+}
+
+
+class _Fields:
+    """A JSON object of a credentials file (or of an answer it leads to), read one checked
+    field at a time.
+
+    A field that is missing or null is absent. A wrong one is one line naming the file, the
+    field's full path (``credential_source.format.type``) and the fix.
+    """
+
+    def __init__(self, data: dict, origin: str, fix: str, path: str = "") -> None:
+        self.data, self.origin, self.fix, self.path = data, origin, fix, path
+
+    def get(self, name: str, kind: str = "a string", default: object = "") -> object:
+        """The field ``name`` if it holds ``kind``; ``default`` when it is absent."""
+        value = self.data.get(name)
+        if value is not None and not _KINDS[kind](value):
+            raise self.fail(name, f"is not {kind}")
+        return default if value is None else value
+
+    def require(self, name: str, kind: str = "a non-empty string") -> object:
+        """The field ``name``, which must be there, hold ``kind`` and not be empty."""
+        if name not in self.data:
+            raise self.fail(name, "is missing")
+        value = self.get(name, kind, None)
+        if value is None or value == "":
+            raise self.fail(name, f"is not {kind}")
+        return value
+
+    def number(self, name: str, kind: str, low: int, high: int, default: int) -> float:
+        """The field ``name``, ``kind`` from ``low`` to ``high``; ``default`` when absent."""
+        value = self.data.get(name)
+        if value is None:
+            return default
+        if not _KINDS[kind](value) or not low <= value <= high:
+            fix = f"fix it or remove it (the default is {default})"
+            raise self.fail(name, f"is not {kind} from {low} to {high}", fix)
+        return value
+
+    def object(self, name: str, required: bool = False) -> _Fields:
+        """The JSON object in the field ``name``, its own fields read the same way."""
+        kind = "a JSON object"
+        data = self.require(name, kind) if required else self.get(name, kind, {})
+        return _Fields(data, self.origin, self.fix, f"{self.path}{name}.")
+
+    def fail(self, name: str, problem: str, fix: str = "") -> CredentialError:
+        """One line: the file, the field's full path, what is wrong with it, the fix."""
+        return CredentialError(
+            f"{self.origin}: field {self.path + name!r} {problem}; {fix or self.fix}"
+        )
 
 
 # --- workload and workforce identity federation (external_account) ------------------------
@@ -639,22 +702,32 @@ _WORKFORCE_LOGIN_FIX = (
 )
 
 
-def _optional_str(info: dict, name: str, where: str, fix: str = _FEDERATION_FIX) -> str:
-    """The string field ``name`` of ``info``, "" when absent or null."""
-    value = info.get(name)
-    if value is None:
-        return ""
-    if not isinstance(value, str):
-        raise CredentialError(f"{where}: field {name!r} is not a string; {fix}")
-    return value
-
-
 def _target_principal(url: str) -> str:
     """The service account email in a ``.../serviceAccounts/EMAIL:generateAccessToken`` URL."""
     start, end = url.rfind("/"), url.find(":generateAccessToken")
     if start == -1 or end == -1 or start > end or not url[start + 1 : end]:
         return ""
     return url[start + 1 : end]
+
+
+def _impersonated_account(fields: _Fields, url: str) -> str:
+    """The service account of the file's service_account_impersonation_url ``url``."""
+    account = _target_principal(url)
+    if not account:
+        problem = "does not end in serviceAccounts/EMAIL:generateAccessToken"
+        raise fields.fail("service_account_impersonation_url", problem)
+    return account
+
+
+def _scheme_and_host(url: str) -> tuple[str, str]:
+    """A URL's scheme and host; empty for what urlsplit refuses (an unclosed [IPv6 host)."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "", ""
+    return parts.scheme, parts.hostname or ""
 
 
 # Claims that change with every token issued to the same subject.
@@ -689,26 +762,24 @@ class ExternalAccount(CredentialSource):
     @classmethod
     def from_info(cls, info: dict, origin: str) -> ExternalAccount:
         """The subclass for this file's ``credential_source``, in Google's order."""
-        source = info.get("credential_source")
-        if not isinstance(source, dict):
-            state = "missing" if source is None else "not a JSON object"
-            raise CredentialError(
-                f"{origin}: field 'credential_source' is {state}; {_FEDERATION_FIX}"
-            )
+        fields = _Fields(info, origin, _FEDERATION_FIX)
+        source = fields.object("credential_source", required=True)
         if info.get("subject_token_type") == AWS_TOKEN_TYPE:
             return AwsFederation(info, origin)
-        if source.get("executable") is not None:
+        if source.data.get("executable") is not None:
             return ExecutableFederation(info, origin)
-        if "environment_id" in source:
-            raise CredentialError(
-                f"{origin}: credential_source.environment_id {source['environment_id']!r} is "
-                f"only for AWS, but subject_token_type is not {AWS_TOKEN_TYPE}; {_FEDERATION_FIX}"
+        if "environment_id" in source.data:
+            raise source.fail(
+                "environment_id",
+                f"is {source.data['environment_id']!r}, which is only for AWS, but "
+                f"subject_token_type is not {AWS_TOKEN_TYPE}",
             )
-        given = [name for name in ("file", "url", "certificate") if source.get(name) is not None]
+        given = [n for n in ("file", "url", "certificate") if source.data.get(n) is not None]
         if len(given) != 1:
-            raise CredentialError(
-                f"{origin}: credential_source must have exactly one of 'file', 'url', "
-                f"'executable' or AWS's 'environment_id'; {_FEDERATION_FIX}"
+            raise fields.fail(
+                "credential_source",
+                "must have exactly one of 'file', 'url', 'executable', 'certificate' or "
+                "AWS's 'environment_id'",
             )
         classes = {"file": FileFederation, "url": UrlFederation, "certificate": X509Federation}
         return classes[given[0]](info, origin)
@@ -717,60 +788,40 @@ class ExternalAccount(CredentialSource):
         import re
 
         super().__init__(origin)
-        _require_fields(info, ("audience", "subject_token_type"), origin, _FEDERATION_FIX)
-        self.audience = info["audience"]
-        self.subject_token_type = info["subject_token_type"]
-        self.credential_source = info["credential_source"]
-        self.universe = _optional_str(info, "universe_domain", origin) or DEFAULT_UNIVERSE
+        fields = _Fields(info, origin, _FEDERATION_FIX)
+        self.credential_source = fields.object("credential_source", required=True)
+        self.audience = fields.require("audience")
+        self.subject_token_type = fields.require("subject_token_type")
+        self.universe = fields.get("universe_domain") or DEFAULT_UNIVERSE
         # gcloud writes token_url; without one, the universe's STS is the documented default.
-        token_url = _optional_str(info, "token_url", origin) or STS_URL_TEMPLATE
+        token_url = fields.get("token_url") or STS_URL_TEMPLATE
         self.token_url = token_url.replace("{universe_domain}", self.universe)
-        self.client_id = _optional_str(info, "client_id", origin)
-        self.client_secret = _optional_str(info, "client_secret", origin)
+        self.client_id = fields.get("client_id")
+        self.client_secret = fields.get("client_secret")
         workforce = re.match(
             r"//iam\.googleapis\.com/locations/[^/]+/workforcePools/", self.audience
         )
-        self.user_project = _optional_str(info, "workforce_pool_user_project", origin)
+        self.user_project = fields.get("workforce_pool_user_project")
         if self.user_project and not workforce:
-            raise self.fail(
-                "field 'workforce_pool_user_project' is set but the audience is not a "
-                "workforce pool (//iam.googleapis.com/locations/LOCATION/workforcePools/...)",
+            raise fields.fail(
+                "workforce_pool_user_project",
+                "is set but the audience is not a workforce pool "
+                "(//iam.googleapis.com/locations/LOCATION/workforcePools/...)",
                 "remove workforce_pool_user_project, or fix the audience",
             )
         federation = "workforce" if workforce else "workload"
         self.kind = f"{federation} identity federation ({self.source_name})"
-        self.quota_project = os.environ.get("GOOGLE_CLOUD_QUOTA_PROJECT") or _optional_str(
-            info, "quota_project_id", origin
+        self.quota_project = os.environ.get("GOOGLE_CLOUD_QUOTA_PROJECT") or fields.get(
+            "quota_project_id"
         )
-        self.impersonation_url = _optional_str(info, "service_account_impersonation_url", origin)
+        self.impersonation_url = fields.get("service_account_impersonation_url")
         self.lifetime = DEFAULT_IMPERSONATION_LIFETIME
         if self.impersonation_url:
-            self.account = _target_principal(self.impersonation_url)
-            if not self.account:
-                raise self.fail(
-                    "field 'service_account_impersonation_url' does not end in "
-                    "serviceAccounts/EMAIL:generateAccessToken",
-                    _FEDERATION_FIX,
-                )
-            self.lifetime = self._lifetime(info.get("service_account_impersonation"))
-
-    def _lifetime(self, options: object) -> int:
-        if options is None:
-            return DEFAULT_IMPERSONATION_LIFETIME
-        if not isinstance(options, dict):
-            raise self.fail(
-                "field 'service_account_impersonation' is not a JSON object", _FEDERATION_FIX
+            self.account = _impersonated_account(fields, self.impersonation_url)
+            options = fields.object("service_account_impersonation")
+            self.lifetime = options.number(
+                "token_lifetime_seconds", "a whole number", 1, 43200, self.lifetime
             )
-        seconds = options.get("token_lifetime_seconds")
-        if seconds is None:
-            return DEFAULT_IMPERSONATION_LIFETIME
-        if type(seconds) is not int or not 1 <= seconds <= 43200:
-            raise self.fail(
-                "field service_account_impersonation.token_lifetime_seconds is not a whole "
-                "number of seconds from 1 to 43200",
-                "fix it or remove it (the default is 3600)",
-            )
-        return seconds
 
     def subject_token(self, transport: Transport) -> str:
         """The token from the other identity provider."""
@@ -857,23 +908,14 @@ class ExternalAccount(CredentialSource):
 
     def _token_format(self) -> tuple[str, str]:
         """(format type, JSON field name) of a file or url subject token."""
-        form = self.credential_source.get("format") or {}
-        if not isinstance(form, dict):
-            raise self.fail("credential_source.format is not a JSON object", _FEDERATION_FIX)
+        form = self.credential_source.object("format")
         kind = form.get("type") or "text"
         if kind not in ("text", "json"):
-            raise self.fail(
-                f"credential_source.format.type is {kind!r}, expected 'text' or 'json'",
-                _FEDERATION_FIX,
-            )
-        field = form.get("subject_token_field_name")
-        if kind == "json" and (not isinstance(field, str) or not field):
-            raise self.fail(
-                "credential_source.format.subject_token_field_name is missing (needed for "
-                "the json format)",
-                _FEDERATION_FIX,
-            )
-        return kind, field or ""
+            raise form.fail("type", f"is {kind!r}, expected 'text' or 'json'")
+        field = form.get("subject_token_field_name") if kind == "json" else ""
+        if kind == "json" and not field:
+            raise form.fail("subject_token_field_name", "is missing (needed for the json format)")
+        return kind, field
 
     def _parse_subject_token(self, content: str, where: str) -> str:
         kind, field = self.format
@@ -900,9 +942,7 @@ class FileFederation(ExternalAccount):
 
     def __init__(self, info: dict, origin: str) -> None:
         super().__init__(info, origin)
-        self.path = self.credential_source["file"]
-        if not isinstance(self.path, str) or not self.path:
-            raise self.fail("credential_source.file is not a path", _FEDERATION_FIX)
+        self.path = self.credential_source.require("file", "a path")
         self.format = self._token_format()
 
     def subject_token(self, transport: Transport) -> str:
@@ -925,21 +965,14 @@ class UrlFederation(ExternalAccount):
     source_name = "url"
 
     def __init__(self, info: dict, origin: str) -> None:
-        from urllib.parse import urlsplit
-
         super().__init__(info, origin)
-        self.url = self.credential_source["url"]
-        parts = urlsplit(self.url) if isinstance(self.url, str) else None
-        if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
-            raise self.fail("credential_source.url is not an http or https URL", _FEDERATION_FIX)
-        self.headers = self.credential_source.get("headers") or {}
-        if not isinstance(self.headers, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in self.headers.items()
-        ):
-            raise self.fail(
-                "credential_source.headers is not an object of string values", _FEDERATION_FIX
-            )
-        self.direct = _is_local_address(parts.hostname)
+        source = self.credential_source
+        self.url = source.get("url")
+        scheme, host = _scheme_and_host(self.url)
+        if scheme not in ("http", "https") or not host:
+            raise source.fail("url", "is not an http or https URL")
+        self.headers = source.get("headers", "an object of string values", {})
+        self.direct = _is_local_address(host)
         self.format = self._token_format()
 
     def subject_token(self, transport: Transport) -> str:
@@ -989,24 +1022,15 @@ class ExecutableFederation(ExternalAccount):
 
     def __init__(self, info: dict, origin: str) -> None:
         super().__init__(info, origin)
-        executable = self.credential_source["executable"]
-        if not isinstance(executable, dict):
-            raise self.fail("credential_source.executable is not a JSON object", _FEDERATION_FIX)
-        self.command = executable.get("command")
-        if not isinstance(self.command, str) or not self.command.strip():
-            raise self.fail("credential_source.executable.command is missing", _FEDERATION_FIX)
-        millis = executable.get("timeout_millis") or EXECUTABLE_TIMEOUT_MILLIS
-        if type(millis) not in (int, float) or not 5000 <= millis <= 120_000:
-            raise self.fail(
-                "credential_source.executable.timeout_millis must be between 5000 and 120000",
-                "fix it or remove it (the default is 30000)",
-            )
+        self.executable = self.credential_source.object("executable", required=True)
+        self.command = self.executable.get("command")
+        if not self.command.strip():
+            raise self.executable.fail("command", "is missing or empty")
+        millis = self.executable.number(
+            "timeout_millis", "a number", 5000, 120_000, EXECUTABLE_TIMEOUT_MILLIS
+        )
         self.timeout = millis / 1000
-        self.output_file = executable.get("output_file") or ""
-        if not isinstance(self.output_file, str):
-            raise self.fail(
-                "credential_source.executable.output_file is not a path", _FEDERATION_FIX
-            )
+        self.output_file = self.executable.get("output_file", "a path")
 
     def subject_token(self, transport: Transport) -> str:
         if os.environ.get("GOOGLE_EXTERNAL_ACCOUNT_ALLOW_EXECUTABLES") != "1":
@@ -1045,13 +1069,9 @@ class ExecutableFederation(ExternalAccount):
         import subprocess
 
         try:
-            argv = split_command(self.command)
+            argv = split_command(self.command)  # at least one word: the command is not blank
         except ValueError as exc:
-            argv, problem = [], f"cannot be split into words ({exc})"
-        else:
-            problem = "is empty"
-        if not argv:
-            raise self.fail(f"credential_source.executable.command {problem}", _FEDERATION_FIX)
+            raise self.executable.fail("command", f"cannot be split into words ({exc})") from None
         env = dict(os.environ)
         env.update(
             GOOGLE_EXTERNAL_ACCOUNT_AUDIENCE=self.audience,
@@ -1115,19 +1135,14 @@ class ExecutableFederation(ExternalAccount):
 
     def _parse_response(self, response: dict, where: str) -> str:
         """The subject token of a response; _StaleResponseError if running again may help."""
-        version = response.get("version")
-        if type(version) is not int:
-            problem = "no version field" if version is None else "a version that is not a number"
-            raise self.fail(f"{where} has {problem}", _EXECUTABLE_FIX)
+        fields = _Fields(response, f"{self.origin}: {where}", _EXECUTABLE_FIX)
+        version = fields.require("version", "a whole number")
         if version > 1:
             raise _StaleResponseError(
                 f"{self.origin}: {where} has version {version}, and only version 1 is "
                 "supported; update the executable or artifactregistry-gauth"
             )
-        success = response.get("success")
-        if type(success) is not bool:
-            raise self.fail(f"{where} has no success field", _EXECUTABLE_FIX)
-        if not success:
+        if not fields.require("success", "true or false"):
             code, message = response.get("code"), response.get("message")
             if code is None or message is None:
                 raise self.fail(
@@ -1137,28 +1152,20 @@ class ExecutableFederation(ExternalAccount):
             raise _StaleResponseError(
                 f"{self.origin}: the executable failed: {str(code)[:100]}: {str(message)[:300]}"
             )
-        expiration = response.get("expiration_time")
-        if expiration is not None:
-            if type(expiration) not in (int, float):
-                raise self.fail(f"{where} has an expiration_time that is not a number")
-            if expiration < _now():
-                raise _StaleResponseError(
-                    f"{self.origin}: the token in {where} has expired (expiration_time "
-                    f"{int(expiration)}); the executable must print a fresh one"
-                )
-        token_type = response.get("token_type")
-        if not isinstance(token_type, str):
-            raise self.fail(f"{where} has no token_type field", _EXECUTABLE_FIX)
+        expiration = fields.get("expiration_time", "a number", None)
+        if expiration is not None and expiration < _now():
+            raise _StaleResponseError(
+                f"{self.origin}: the token in {where} has expired (expiration_time "
+                f"{int(expiration)}); the executable must print a fresh one"
+            )
+        token_type = fields.require("token_type", "a string")
         field = _EXECUTABLE_TOKEN_FIELDS.get(token_type)
         if field is None:
             raise _StaleResponseError(
                 f"{self.origin}: {where} has the unsupported token_type {token_type[:100]!r}; "
                 + _EXECUTABLE_FIX
             )
-        token = response.get(field)
-        if not isinstance(token, str) or not token:
-            raise self.fail(f"{where} has no {field} field", _EXECUTABLE_FIX)
-        return token
+        return fields.require(field)
 
 
 _EXECUTABLE_TOKEN_FIELDS = {
@@ -1183,40 +1190,24 @@ class AwsFederation(ExternalAccount):
 
     def __init__(self, info: dict, origin: str) -> None:
         import re
-        from urllib.parse import urlsplit
 
         super().__init__(info, origin)
         source = self.credential_source
-        environment = source.get("environment_id")
-        match = re.fullmatch(r"aws(\d+)", environment) if isinstance(environment, str) else None
+        environment = source.require("environment_id")
+        match = re.fullmatch(r"aws(\d+)", environment)
         if match is None:
-            raise self.fail(
-                f"credential_source.environment_id is {environment!r}, expected 'aws1'",
-                _FEDERATION_FIX,
-            )
+            raise source.fail("environment_id", f"is {environment!r}, expected 'aws1'")
         if match.group(1) != "1":
-            raise self.fail(
-                f"credential_source.environment_id {environment!r} is not supported, only 'aws1'",
-                _FEDERATION_FIX,
-            )
-        where = "credential_source"
-        self.verification_url = _optional_str(source, "regional_cred_verification_url", where)
-        parts = urlsplit(self.verification_url.replace("{region}", "region"))
-        if parts.scheme != "https" or not parts.hostname:
-            raise self.fail(
-                "credential_source.regional_cred_verification_url is not an https URL",
-                _FEDERATION_FIX,
-            )
-        self.region_url = _optional_str(source, "region_url", where)
-        self.credentials_url = _optional_str(source, "url", where)
-        self.imdsv2_url = _optional_str(source, "imdsv2_session_token_url", where)
-        for name, url in (
-            ("region_url", self.region_url),
-            ("url", self.credentials_url),
-            ("imdsv2_session_token_url", self.imdsv2_url),
-        ):
-            if url and urlsplit(url).scheme not in ("http", "https"):
-                raise self.fail(f"credential_source.{name} is not an http URL", _FEDERATION_FIX)
+            raise source.fail("environment_id", f"is {environment!r}: only 'aws1' is supported")
+        self.verification_url = source.get("regional_cred_verification_url")
+        scheme, host = _scheme_and_host(self.verification_url.replace("{region}", "region"))
+        if scheme != "https" or not host:
+            raise source.fail("regional_cred_verification_url", "is not an https URL")
+        urls = [source.get(name) for name in _AWS_URLS]
+        for name, url in zip(_AWS_URLS, urls):
+            if url and _scheme_and_host(url)[0] not in ("http", "https"):
+                raise source.fail(name, "is not an http URL")
+        self.region_url, self.credentials_url, self.imdsv2_url = urls
 
     def learn(self, transport: Transport) -> tuple[str, object]:
         # The signed request carries a timestamp, so it differs every time; the AWS
@@ -1250,6 +1241,9 @@ class AwsFederation(ExternalAccount):
             "headers": [{"key": key, "value": value} for key, value in headers.items()],
         }
         return quote(json.dumps(request, separators=(",", ":"), sort_keys=True))
+
+
+_AWS_URLS = ("region_url", "url", "imdsv2_session_token_url")
 
 
 class _AwsMetadata:
@@ -1289,12 +1283,9 @@ class _AwsMetadata:
         if not role or "/" in role:
             raise self.source.fail("the AWS metadata server sent no usable role name")
         data = self._json(f"{url.rstrip('/')}/{role}", "the role's credentials")
-        values = [data.get(name) for name in ("AccessKeyId", "SecretAccessKey", "Token")]
-        if not all(isinstance(value, str) and value for value in values[:2]):
-            raise self.source.fail(
-                "the AWS metadata server's credentials lack AccessKeyId or SecretAccessKey"
-            )
-        return values[0], values[1], values[2] if isinstance(values[2], str) else ""
+        where = f"{self.source.origin}: the AWS metadata server's credentials"
+        fields = _Fields(data, where, "check the instance's IAM role")
+        return fields.require("AccessKeyId"), fields.require("SecretAccessKey"), fields.get("Token")
 
     def _headers(self) -> dict:
         """The IMDSv2 session header, fetched once per lookup when the file asks for it."""
@@ -1350,81 +1341,31 @@ class X509Federation(ExternalAccount):
 
     def __init__(self, info: dict, origin: str) -> None:
         super().__init__(info, origin)
-        where = "credential_source.certificate"
-        certificate = self.credential_source["certificate"]
-        if not isinstance(certificate, dict):
-            raise self.fail(f"{where} is not a JSON object", _FEDERATION_FIX)
-        for name in ("certificate_config_location", "trust_chain_path"):
-            if not isinstance(certificate.get(name) or "", str):
-                raise self.fail(f"{where}.{name} is not a path", _FEDERATION_FIX)
-        self.config_location = certificate.get("certificate_config_location") or ""
-        self.chain_path = certificate.get("trust_chain_path") or ""
-        use_default = certificate.get("use_default_certificate_config")
-        if use_default not in (None, True, False):
-            raise self.fail(f"{where}.use_default_certificate_config is not true or false")
-        if bool(self.config_location) == bool(use_default):
-            raise self.fail(
-                f"{where} needs exactly one of use_default_certificate_config: true and "
+        certificate = self.credential_source.object("certificate", required=True)
+        self.config_location = certificate.get("certificate_config_location", "a path")
+        self.chain_path = certificate.get("trust_chain_path", "a path")
+        use_default = certificate.get("use_default_certificate_config", "true or false", False)
+        if bool(self.config_location) == use_default:
+            raise self.credential_source.fail(
+                "certificate",
+                "needs exactly one of use_default_certificate_config: true and "
                 "certificate_config_location",
-                _FEDERATION_FIX,
             )
-
-    def _config(self) -> tuple[str, str]:
-        """The certificate config file and what named it, in google-auth's order."""
-        if self.config_location:
-            named = "credential_source.certificate.certificate_config_location"
-            return os.path.expanduser(self.config_location), named
-        for name in ("GOOGLE_API_CERTIFICATE_CONFIG", _CONTEXT_AWARE_CONFIG):
-            if os.environ.get(name):
-                return os.path.expanduser(os.environ[name]), name
-        # google-auth's X.509 federation stops here: GKE's credential bundle serves only its
-        # mTLS channels (_mtls_helper._get_workload_cert_and_key), never this source.
-        return os.path.join(gcloud_config_dir(), "certificate_config.json"), "gcloud's default"
-
-    def _cert_and_key(self) -> tuple[str, str]:
-        """The workload certificate and key paths of the certificate config."""
-        path, named = self._config()
-        try:
-            config = _json_loads(read_local_file(path))
-        except FileNotFoundError:
-            raise self.fail(
-                f"the certificate config {path} ({named}) was not found",
-                "create it with `gcloud iam workload-identity-pools create-cred-config "
-                "--credential-cert-path=... --credential-cert-private-key-path=...`, or set "
-                "GOOGLE_API_CERTIFICATE_CONFIG",
-            ) from None
-        except (OSError, ValueError) as exc:
-            problem = getattr(exc, "strerror", None) or "not JSON"
-            raise self.fail(f"cannot read the certificate config {path} ({problem})") from None
-        workload = config.get("cert_configs") if isinstance(config, dict) else None
-        workload = workload.get("workload") if isinstance(workload, dict) else None
-        paths = [workload.get(n) if isinstance(workload, dict) else None for n in _CERT_FIELDS]
-        if not all(isinstance(value, str) and value for value in paths):
-            raise CredentialError(
-                f"{path}: field cert_configs.workload.cert_path or key_path is missing; "
-                "it must name the workload's certificate and key files"
-            )
-        return paths[0], paths[1]
 
     def subject_token(self, transport: Transport) -> str:
         import json
 
-        cert_path = self._cert_and_key()[0]
-        leaf = self._certificates(cert_path, "the workload certificate")[0]
-        chain = [leaf]
-        if self.chain_path:
-            trust_chain = self._certificates(self.chain_path, "the trust chain")
-            if trust_chain[0] != leaf:  # the leaf may open the chain, counted once
-                chain.append(trust_chain[0])
-            if leaf in trust_chain[1:]:
-                raise self.fail(
-                    f"the trust chain {self.chain_path} holds the workload certificate after "
-                    "another one",
-                    "put it first in credential_source.certificate.trust_chain_path, or leave "
-                    "it out",
-                )
-            chain += trust_chain[1:]
-        return json.dumps(chain)  # google-auth's spacing: the same subject token to the byte
+        leaf = self._certificates(self._cert_and_key()[0], "the workload certificate")[0]
+        chain = self._certificates(self.chain_path, "the trust chain") if self.chain_path else []
+        if chain[:1] == [leaf]:  # the leaf may open the chain, counted once
+            chain = chain[1:]
+        if leaf in chain:
+            raise self.fail(
+                f"the trust chain {self.chain_path} holds the workload certificate after "
+                "another one",
+                "put it first in credential_source.certificate.trust_chain_path, or leave it out",
+            )
+        return json.dumps([leaf, *chain])  # google-auth's spacing: the same token to the byte
 
     def _certificates(self, path: str, what: str) -> list:
         """The PEM file's certificates as standard base64 DER, in file order."""
@@ -1438,6 +1379,12 @@ class X509Federation(ExternalAccount):
             raise self.fail(f"{what} {path} holds no PEM certificate", "check the file")
         return certificates
 
+    def _cert_and_key(self) -> tuple[str, str]:
+        try:
+            return _workload_cert_and_key(self.config_location)
+        except CredentialError as exc:
+            raise self.failed(exc) from None
+
     def client_tls(self) -> tuple:
         cert_path, key_path = self._cert_and_key()
         context, stores = _new_tls_context()  # what every other request trusts, own context
@@ -1445,15 +1392,50 @@ class X509Federation(ExternalAccount):
             context.load_cert_chain(cert_path, key_path, password=_no_password)
         except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
             reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or exc
-            raise CredentialError(
+            raise CredentialError(  # fetch names the source
                 f"cannot use {cert_path} and {key_path} as a TLS client certificate ({reason}); "
                 "check cert_configs.workload in the certificate config"
             ) from None
         return context, describe_trust(stores)
 
 
+# The certificate config names the workload's certificate and key, as google-auth's
+# _mtls_helper reads it.
+def _certificate_config(location: str) -> tuple[str, str]:
+    """The certificate config file and what named it, in google-auth's order."""
+    if location:
+        named = "credential_source.certificate.certificate_config_location"
+        return os.path.expanduser(location), named
+    for name in ("GOOGLE_API_CERTIFICATE_CONFIG", _CONTEXT_AWARE_CONFIG):
+        if os.environ.get(name):
+            return os.path.expanduser(os.environ[name]), name
+    # google-auth's X.509 federation stops here: GKE's credential bundle serves only its
+    # mTLS channels (_mtls_helper._get_workload_cert_and_key), never this source.
+    return os.path.join(gcloud_config_dir(), "certificate_config.json"), "gcloud's default"
+
+
+def _workload_cert_and_key(location: str) -> tuple[str, str]:
+    """The workload certificate and key paths of the certificate config."""
+    path, named = _certificate_config(location)
+    try:
+        config = _json_loads(read_local_file(path))
+    except FileNotFoundError:
+        raise CredentialError(
+            f"the certificate config {path} ({named}) was not found; create it with "
+            "`gcloud iam workload-identity-pools create-cred-config --credential-cert-path=... "
+            "--credential-cert-private-key-path=...`, or set GOOGLE_API_CERTIFICATE_CONFIG"
+        ) from None
+    except (OSError, ValueError) as exc:
+        problem = getattr(exc, "strerror", None) or "not JSON"
+        raise CredentialError(f"cannot read the certificate config {path} ({problem})") from None
+    if not isinstance(config, dict):
+        raise CredentialError(f"the certificate config {path} is not a JSON object")
+    fields = _Fields(config, path, "it must name the workload's certificate and key files")
+    workload = fields.object("cert_configs", required=True).object("workload", required=True)
+    return workload.require("cert_path", "a path"), workload.require("key_path", "a path")
+
+
 _CONTEXT_AWARE_CONFIG = "CLOUDSDK_CONTEXT_AWARE_CERTIFICATE_CONFIG_FILE_PATH"
-_CERT_FIELDS = ("cert_path", "key_path")
 
 
 def _no_password() -> bytes:
@@ -1489,12 +1471,12 @@ class ExternalAccountUser(CredentialSource):
 
     def __init__(self, info: dict, origin: str) -> None:
         super().__init__(origin)
-        names = ("refresh_token", "token_url", "client_id", "client_secret")
-        _require_fields(info, names, origin, _WORKFORCE_LOGIN_FIX)
-        self.token_url = info["token_url"]
-        self.client_id, self.client_secret = info["client_id"], info["client_secret"]
-        self.refresh_token = info["refresh_token"]
-        self.universe = _optional_str(info, "universe_domain", origin) or DEFAULT_UNIVERSE
+        fields = _Fields(info, origin, _WORKFORCE_LOGIN_FIX)
+        self.refresh_token = fields.require("refresh_token")
+        self.token_url = fields.require("token_url")
+        self.client_id = fields.require("client_id")
+        self.client_secret = fields.require("client_secret")
+        self.universe = fields.get("universe_domain") or DEFAULT_UNIVERSE
 
     def fetch(self, transport: Transport) -> Token:
         fields = {"grant_type": "refresh_token", "refresh_token": self.refresh_token}
@@ -1527,23 +1509,15 @@ class ImpersonatedServiceAccount(CredentialSource):
 
     def __init__(self, info: dict, origin: str) -> None:
         super().__init__(origin)
-        fix = _IMPERSONATION_FIX
-        _require_fields(info, ("service_account_impersonation_url",), origin, fix)
-        self.account = _target_principal(info["service_account_impersonation_url"])
-        if not self.account:
-            raise self.fail(
-                "field 'service_account_impersonation_url' does not end in "
-                "serviceAccounts/EMAIL:generateAccessToken",
-                fix,
-            )
-        source_info = info.get("source_credentials")
-        if not isinstance(source_info, dict):
-            state = "missing" if source_info is None else "not a JSON object"
-            raise self.fail(f"field 'source_credentials' is {state}", fix)
-        source_type = source_info.get("type")
+        fields = _Fields(info, origin, _IMPERSONATION_FIX)
+        url = fields.require("service_account_impersonation_url")
+        self.account = _impersonated_account(fields, url)
+        source_fields = fields.object("source_credentials", required=True)
+        source_info = source_fields.data
+        source_type = source_fields.get("type", "a string", None)
         if source_type not in _IMPERSONATION_SOURCES:
             expected = ", ".join(_IMPERSONATION_SOURCES)
-            hint = fix
+            hint = _IMPERSONATION_FIX
             if source_type == "external_account":
                 hint = "put service_account_impersonation_url into the external_account file itself"
             raise self.fail(
@@ -1556,15 +1530,11 @@ class ImpersonatedServiceAccount(CredentialSource):
         )
         if isinstance(self.source, ServiceAccountKey):
             self.source.scope = IAM_SCOPE  # enough to call IAM, as Google's libraries ask
-        self.delegates = info.get("delegates")
-        if self.delegates is not None and not (
-            isinstance(self.delegates, list) and all(isinstance(d, str) for d in self.delegates)
-        ):
-            raise self.fail("field 'delegates' is not a list of service account emails", fix)
+        self.delegates = fields.get("delegates", "a list of service account emails", None)
         # The request goes to the universe's standard endpoint: the URL only names the account.
         universe = getattr(self.source, "universe", DEFAULT_UNIVERSE)
         self.iam_url = IAM_URL_TEMPLATE.format(universe_domain=universe, email=self.account)
-        self.quota_project = _optional_str(source_info, "quota_project_id", origin)
+        self.quota_project = source_fields.get("quota_project_id")
 
     def fetch(self, transport: Transport) -> Token:
         source_token = self.source.fetch(transport)

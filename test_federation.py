@@ -110,7 +110,8 @@ def test_an_empty_or_unbalanced_command_is_one_clear_line(monkeypatch, tmp_path,
     monkeypatch.setenv("GOOGLE_EXTERNAL_ACCOUNT_ALLOW_EXECUTABLES", "1")
     use(monkeypatch, write(tmp_path, external({"executable": {"command": command}})))
     with pytest.raises(
-        gauth.CredentialError, match="command (is missing|is empty|cannot be split)"
+        gauth.CredentialError,
+        match="field 'credential_source.executable.command' (is missing or empty|cannot be split)",
     ):
         gauth.get_token()
 
@@ -623,6 +624,24 @@ def test_aws_imdsv1_when_the_file_has_no_session_url(scenarios, fed, fake_aws, m
     assert [r.method for r in fake_aws.requests] == ["GET", "GET"]  # role and credentials only
 
 
+@pytest.mark.parametrize(
+    ("attribute", "field"),
+    [("access_key_id", "AccessKeyId"), ("secret_access_key", "SecretAccessKey")],
+)
+def test_aws_metadata_credentials_without_a_key_are_one_line_naming_the_field(
+    scenarios, fake_aws, monkeypatch, attribute, field
+):
+    setattr(fake_aws, attribute, None)
+    path, _ = scenarios.aws_metadata()
+    use(monkeypatch, path)
+    with pytest.raises(gauth.CredentialError) as caught:
+        gauth.get_token()
+    assert one_line(caught).startswith(
+        f"{path}: the AWS metadata server's credentials: field '{field}' is not a non-empty "
+        "string; check the instance's IAM role"
+    )
+
+
 def test_switching_aws_keys_is_a_new_cache_identity(scenarios, monkeypatch):
     path, _ = scenarios.aws_environment()
     use(monkeypatch, path)
@@ -855,49 +874,73 @@ MALFORMED = [
     (
         "unknown environment_id",
         external({**AWS_SOURCE, "environment_id": "azure1"}, token_type=AWS_TOKEN_TYPE),
-        "environment_id is 'azure1', expected 'aws1'",
+        "field 'credential_source.environment_id' is 'azure1', expected 'aws1'",
     ),
     (
         "aws version 2",
         external({**AWS_SOURCE, "environment_id": "aws2"}, token_type=AWS_TOKEN_TYPE),
-        "environment_id 'aws2' is not supported, only 'aws1'",
+        "field 'credential_source.environment_id' is 'aws2': only 'aws1' is supported",
     ),
     (
         "aws without verification url",
         external({"environment_id": "aws1"}, token_type=AWS_TOKEN_TYPE),
-        "regional_cred_verification_url is not an https URL",
+        "field 'credential_source.regional_cred_verification_url' is not an https URL",
     ),
     (
         "environment_id without the aws token type",
         external({**AWS_SOURCE, "file": "/x"}),
-        "environment_id 'aws1' is only for AWS",
+        "field 'credential_source.environment_id' is 'aws1', which is only for AWS",
     ),
     (
         "file and url",
         external({"file": "/x", "url": "http://127.0.0.1/"}),
-        "exactly one of 'file', 'url'",
+        "field 'credential_source' must have exactly one of 'file', 'url'",
     ),
-    ("no source at all", external({}), "exactly one of 'file', 'url'"),
+    (
+        "no source at all",
+        external({}),
+        "field 'credential_source' must have exactly one of 'file', 'url', 'executable', "
+        "'certificate'",
+    ),
     (
         "x509 certificate without a config",
         external({"certificate": {}}),
-        "credential_source.certificate needs exactly one of use_default_certificate_config",
+        "field 'credential_source.certificate' needs exactly one of use_default_certificate_config",
     ),
     (
         "unknown format",
         external({"file": "/x", "format": {"type": "xml"}}),
-        "format.type is 'xml', expected 'text' or 'json'",
+        "field 'credential_source.format.type' is 'xml', expected 'text' or 'json'",
     ),
     (
         "json format without field",
         external({"file": "/x", "format": {"type": "json"}}),
-        "subject_token_field_name is missing",
+        r"field 'credential_source.format.subject_token_field_name' is missing \(needed for "
+        r"the json format\)",
     ),
     (
         "url not http",
         external({"url": "file:///etc/passwd"}),
-        "credential_source.url is not an http or https URL",
+        "field 'credential_source.url' is not an http or https URL",
     ),
+    *[
+        (f"unclosed IPv6 host in {name}", external(source, **extra), message)
+        for name, source, extra, message in [
+            ("url", {"url": "http://[::1/"}, {}, "field 'credential_source.url' is not an http"),
+            (
+                "regional_cred_verification_url",
+                {**AWS_SOURCE, "regional_cred_verification_url": "https://[::1"},
+                {"token_type": AWS_TOKEN_TYPE},
+                "field 'credential_source.regional_cred_verification_url' is not an https URL",
+            ),
+            (
+                "region_url",
+                {**AWS_SOURCE, "region_url": "http://[::1/zone"},
+                {"token_type": AWS_TOKEN_TYPE},
+                "field 'credential_source.region_url' is not an http URL",
+            ),
+        ]
+    ],
     (
         "user project on a workload pool",
         external(FILE_SOURCE, workforce_pool_user_project="1"),
@@ -915,17 +958,19 @@ MALFORMED = [
             service_account_impersonation_url=IAM_URL,
             service_account_impersonation={"token_lifetime_seconds": "1h"},
         ),
-        "token_lifetime_seconds is not a whole number of seconds",
+        r"field 'service_account_impersonation.token_lifetime_seconds' is not a whole number "
+        r"from 1 to 43200; fix it or remove it \(the default is 3600\)",
     ),
     (
         "executable without command",
         external({"executable": {"timeout_millis": 5000}}),
-        "executable.command is missing",
+        "field 'credential_source.executable.command' is missing",
     ),
     (
         "executable timeout too short",
         external({"executable": {"command": "x", "timeout_millis": 10}}),
-        "timeout_millis must be between 5000 and 120000",
+        r"field 'credential_source.executable.timeout_millis' is not a number from 5000 to "
+        r"120000; fix it or remove it \(the default is 30000\)",
     ),
     (
         "http token_url off loopback",
@@ -999,6 +1044,130 @@ def test_malformed_configuration_gets_one_clear_line(monkeypatch, tmp_path, info
     assert one_line(caught).startswith(str(path))
 
 
+AWS = {"token_type": AWS_TOKEN_TYPE}
+CERTIFICATE = {"use_default_certificate_config": True}
+IMPERSONATED = {
+    "type": "impersonated_service_account",
+    "service_account_impersonation_url": IAM_URL,
+    "source_credentials": USER_SOURCE,
+}
+WORKFORCE_USER = {
+    "type": "external_account_authorized_user",
+    "refresh_token": "r",
+    "token_url": "https://sts.googleapis.com/v1/oauth/token",
+    "client_id": "c",
+    "client_secret": "s",
+}
+
+
+def with_field(info, path, value):
+    """``info`` with the field at the dotted ``path`` set to ``value`` (a copy)."""
+    info = json.loads(json.dumps(info))
+    *parents, name = path.split(".")
+    here = info
+    for parent in parents:
+        here = here[parent]
+    here[name] = value
+    return info
+
+
+# (the file, the field's full path): each field gets a value of a type it never holds.
+FIELDS = [
+    *[
+        (external(FILE_SOURCE), name)
+        for name in (
+            "audience",
+            "subject_token_type",
+            "credential_source",
+            "universe_domain",
+            "token_url",
+            "client_id",
+            "client_secret",
+            "workforce_pool_user_project",
+            "quota_project_id",
+            "service_account_impersonation_url",
+        )
+    ],
+    (
+        external(FILE_SOURCE, service_account_impersonation_url=IAM_URL),
+        "service_account_impersonation",
+    ),
+    (
+        external(
+            FILE_SOURCE,
+            service_account_impersonation_url=IAM_URL,
+            service_account_impersonation={"token_lifetime_seconds": 60},
+        ),
+        "service_account_impersonation.token_lifetime_seconds",
+    ),
+    (external(FILE_SOURCE), "credential_source.file"),
+    (external({**FILE_SOURCE, "format": {}}), "credential_source.format"),
+    (external({**FILE_SOURCE, "format": {"type": "text"}}), "credential_source.format.type"),
+    (
+        external({**FILE_SOURCE, "format": {"type": "json", "subject_token_field_name": "t"}}),
+        "credential_source.format.subject_token_field_name",
+    ),
+    (external({"url": "http://127.0.0.1:9/"}), "credential_source.url"),
+    (external({"url": "http://127.0.0.1:9/", "headers": {}}), "credential_source.headers"),
+    *[
+        (external({"executable": {"command": "x"}}), f"credential_source.executable{name}")
+        for name in ("", ".command", ".timeout_millis", ".output_file")
+    ],
+    *[
+        (external(AWS_SOURCE, **AWS), f"credential_source.{name}")
+        for name in (
+            "environment_id",
+            "regional_cred_verification_url",
+            "region_url",
+            "url",
+            "imdsv2_session_token_url",
+        )
+    ],
+    *[
+        (external({"certificate": CERTIFICATE}), f"credential_source.certificate{name}")
+        for name in (
+            "",
+            ".certificate_config_location",
+            ".trust_chain_path",
+            ".use_default_certificate_config",
+        )
+    ],
+    *[
+        (IMPERSONATED, name)
+        for name in (
+            "service_account_impersonation_url",
+            "source_credentials",
+            "source_credentials.type",
+            "delegates",
+            "source_credentials.quota_project_id",
+        )
+    ],
+    *[
+        (WORKFORCE_USER, name)
+        for name in ("refresh_token", "token_url", "client_id", "client_secret", "universe_domain")
+    ],
+]
+
+
+def field_id(row):
+    info, field = row
+    return f"{field} (aws)" if info.get("subject_token_type") == AWS_TOKEN_TYPE else field
+
+
+@pytest.mark.parametrize("wrong", [7.5, [7]], ids=["number", "list"])
+@pytest.mark.parametrize(("info", "field"), FIELDS, ids=[field_id(row) for row in FIELDS])
+def test_a_wrong_type_in_any_federation_field_is_one_line_naming_its_full_path(
+    monkeypatch, tmp_path, info, field, wrong
+):
+    path = write(tmp_path, with_field(info, field, wrong))
+    use(monkeypatch, path)
+    with pytest.raises(gauth.CredentialError) as caught:
+        gauth.get_token()
+    line = one_line(caught)
+    assert line.startswith(f"{path}: field '{field}' is not "), line
+    assert "; " in line.partition(f"field '{field}' is not ")[2], line  # and says what to do
+
+
 def test_executables_are_not_run_unless_allowed(monkeypatch, tmp_path, bin_dir):
     helper = Executable(bin_dir)
     use(monkeypatch, write(tmp_path, external(helper.source())))
@@ -1010,9 +1179,20 @@ def test_executables_are_not_run_unless_allowed(monkeypatch, tmp_path, bin_dir):
 
 FRESH = {"version": 1, "success": True, "token_type": ID_TOKEN_TYPE, "id_token": SUBJECT}
 EXECUTABLE_ERRORS = [
-    ("no version", {"response": {**FRESH, "version": None}}, "has no version field"),
+    *[
+        (
+            f"no {name}",
+            {"response": {**FRESH, name: None}},
+            f"the executable's response: field '{name}' is missing",
+        )
+        for name in ("version", "success", "token_type", "id_token")
+    ],
+    (
+        "version not a number",
+        {"response": {**FRESH, "version": "1"}},
+        "the executable's response: field 'version' is not a whole number",
+    ),
     ("version 2", {"response": {**FRESH, "version": 2}}, "has version 2, and only version 1"),
-    ("no success", {"response": {**FRESH, "success": None}}, "has no success field"),
     (
         "failure",
         {"response": {"version": 1, "success": False, "code": "401", "message": "no login"}},
@@ -1033,17 +1213,20 @@ EXECUTABLE_ERRORS = [
     ),
     ("expired", {"response": {**FRESH, "expiration_time": 1000}}, "has expired"),
     (
+        "expiration_time not a number",
+        {"response": {**FRESH, "expiration_time": "tomorrow"}},
+        "the executable's response: field 'expiration_time' is not a number; the executable must",
+    ),
+    (
         "expired output file",
         {"response": {**FRESH, "expiration_time": 1000}, "to_output_file": True},
         "the token in the executable's response has expired",
     ),
-    ("no token_type", {"response": {**FRESH, "token_type": None}}, "has no token_type field"),
     (
         "unsupported token_type",
         {"response": {**FRESH, "token_type": "urn:x"}},
         "unsupported token_type 'urn:x'",
     ),
-    ("no id_token", {"response": {**FRESH, "id_token": None}}, "has no id_token field"),
     ("not json", {"response": "token-on-its-own"}, "response is not a JSON object"),
     ("crash", {"response": "", "stderr": "boom\n", "exit": 3}, "exited with code 3 and said: boom"),
 ]

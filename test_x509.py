@@ -283,13 +283,18 @@ def bad_config(workload, tmp_path, case):
         message = "exactly one of use_default_certificate_config"
     elif case == "certificate not an object":
         certificate = "leaf.pem"
-        message = r"credential_source\.certificate is not a JSON object"
+        message = r"field 'credential_source\.certificate' is not a JSON object; recreate"
     elif case == "use_default not a boolean":
         certificate["use_default_certificate_config"] = "yes"
-        message = "use_default_certificate_config is not true or false"
+        message = (
+            r"field 'credential_source\.certificate\.use_default_certificate_config' is not "
+            "true or false; recreate"
+        )
     elif case == "trust chain path not a string":
         certificate["trust_chain_path"] = 7
-        message = r"credential_source\.certificate\.trust_chain_path is not a path"
+        message = (
+            r"field 'credential_source\.certificate\.trust_chain_path' is not a path; recreate"
+        )
     elif case == "missing certificate config":
         workload.config.unlink()
         message = r"the certificate config .* \(GOOGLE_API_CERTIFICATE_CONFIG\) was not found"
@@ -298,12 +303,12 @@ def bad_config(workload, tmp_path, case):
         message = "cannot read the certificate config .* \\(not JSON\\)"
     elif case == "no workload section":
         cert_config = {"cert_configs": {"ecp": {}}}
-        message = "cert_configs.workload.cert_path or key_path is missing"
+        message = r"field 'cert_configs\.workload' is missing; it must name the workload's cert"
     elif case == "empty key path":
         cert_config = {
             "cert_configs": {"workload": {"cert_path": str(workload.cert), "key_path": ""}}
         }
-        message = "cert_configs.workload.cert_path or key_path is missing"
+        message = r"field 'cert_configs\.workload\.key_path' is not a path; it must name the"
     elif case == "missing certificate file":
         workload.cert.unlink()
         message = "cannot read the workload certificate .* \\(No such file"
@@ -346,6 +351,7 @@ def test_a_bad_x509_configuration_gets_one_clear_line(workload, tmp_path, monkey
     with pytest.raises(gauth.CredentialError, match=message) as caught:
         gauth.get_token()
     line = one_line(caught)
+    assert line.startswith(f"{path}: ") and line.count(str(path)) == 1, line
     assert "PRIVATE KEY" not in line and "BEGIN CERTIFICATE" not in line
 
 
@@ -354,9 +360,11 @@ def test_a_key_that_does_not_match_is_a_clear_line_without_key_material(
 ):
     mtls_google.sts.add_provider(WORKLOAD, MTLS_TYPE, lambda token: None)
     workload.key.write_bytes(test_ca.issue_cert("other.example").private_key_pem.bytes())
-    use(monkeypatch, workload.write())
+    path = workload.write()
+    use(monkeypatch, path)
     with pytest.raises(gauth.CredentialError, match="as a TLS client certificate") as caught:
         gauth.get_token()
+    assert one_line(caught).startswith(f"{path}: ") and one_line(caught).count(str(path)) == 1
     assert "PRIVATE" not in one_line(caught)
     assert not mtls_google.sts.exchanges
 
