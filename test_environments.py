@@ -17,6 +17,7 @@ import pytest
 import artifactregistry_gauth as gauth
 from fakes import MODE_BITS, SYMLINK, posix_case, posix_only
 from fakes.network import server_context
+from fakes.testing import run_main
 
 GOOGLE = "Google Compute Engine\n"
 ROOT = Path(__file__).resolve().parent
@@ -808,22 +809,13 @@ COMMAND_LINES = [
 ]
 
 
-def run_main(argv, capsys):
-    try:
-        code = gauth.main(list(argv))
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 @pytest.mark.parametrize("argv", COMMAND_LINES, ids=" ".join)
 def test_every_command_line_answers_as_with_every_parser_built(monkeypatch, capsys, argv):
     monkeypatch.setenv("GOOGLE_OAUTH_ACCESS_TOKEN", "ya29.same-for-both")
-    quick = run_main(argv, capsys)
+    quick = run_main(capsys, *argv)
     monkeypatch.setattr(gauth, "_command_word", lambda argv: None)
     monkeypatch.setattr(gauth, "_plain_keyring_get", lambda argv: None)
-    assert quick == run_main(argv, capsys)
+    assert quick == run_main(capsys, *argv)
 
 
 @pytest.mark.parametrize(
