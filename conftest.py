@@ -2,12 +2,12 @@
 
 Every test runs with a throwaway HOME, no ambient credentials, no PIP_* settings or
 system-wide pip files of this machine, metadata at a refused loopback port and a socket
-guard that refuses anything but loopback (`isolated_env`), on a machine that is not
-Google's (`off_google_hardware`); and no secret of the test may leave the program
-(`secrets_never_leak`: the test's output, what our command line prints, logs, cache file
-names, errors that reach the test).
-The fakes themselves live in the ``fakes`` package; the fixtures here start them, point
-the environment at them, and stop them:
+guard that refuses anything but loopback (`isolated_env`), on a machine that is not Google's
+(`off_google_hardware`; `on_google_hardware` makes it Google's); and no secret of the test
+may leave the program (`secrets_never_leak`: the test's output, what our command line
+prints, logs, cache file names, errors that reach the test). The fakes themselves live in
+the ``fakes`` package; the fixtures here start them, point the environment at them, and stop
+them:
 
 - `fake_google` (fakes.google.FakeGoogle), `google_https` (it at its real https:// URL
   through a CONNECT proxy), `google_federation` (STS and IAM credentials beside it),
@@ -463,9 +463,9 @@ def fake_google():
 
 @pytest.fixture(autouse=True)
 def off_google_hardware(tmp_path, monkeypatch):
-    """Every test runs as on a machine whose DMI product name is not Google's.
+    """Every test runs as on a machine whose DMI product name is not Google's (no such file).
 
-    Tests that need Google hardware write the returned file.
+    A test that needs Google's hardware requests `on_google_hardware`.
     """
     product_name = tmp_path / "dmi-product-name"
     try:
@@ -474,6 +474,12 @@ def off_google_hardware(tmp_path, monkeypatch):
         return product_name
     monkeypatch.setattr(gauth, "DMI_PRODUCT_NAME", str(product_name))
     return product_name
+
+
+@pytest.fixture
+def on_google_hardware(off_google_hardware):
+    """The machine's DMI product name says Google Compute Engine, as on GCE VMs and GKE nodes."""
+    off_google_hardware.write_text("Google Compute Engine\n")
 
 
 @pytest.fixture
