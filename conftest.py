@@ -230,22 +230,23 @@ def pytest_runtest_setup(item):
     item.stash[_SCAN] = fakes.start_scan()
 
 
-@pytest.hookimpl(wrapper=True)
+@pytest.hookimpl(hookwrapper=True)
 def pytest_fixture_setup(fixturedef, request):
     """What a session- or module-scoped fixture registers counts in every test that uses it."""
     if fixturedef.scope == "function":
-        return (yield)
+        yield
+        return
     with fakes.registering_for(fixturedef.argname):
-        return (yield)
+        yield
 
 
-@pytest.hookimpl(wrapper=True)
+@pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     """Fail the test at teardown if a secret left the program; mask secrets in any failure."""
-    report = yield
+    report = (yield).get_result()
     scan = item.stash.get(_SCAN, None)
     if scan is None:
-        return report
+        return
     fakes.add_fixture_secrets(scan, getattr(item, "fixturenames", ()))
     error = call.excinfo.value if call.excinfo is not None else None
     if type(error).__module__ == "artifactregistry_gauth":
@@ -272,7 +273,6 @@ def pytest_runtest_makereport(item, call):
         report.sections[:] = [(title, scan.mask(text)) for title, text in report.sections]
         if report.longrepr is not None and scan.mask(str(report.longrepr)) != str(report.longrepr):
             report.longrepr = scan.mask(str(report.longrepr))
-    return report
 
 
 class _LogScan(logging.Handler):
