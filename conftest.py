@@ -2,11 +2,12 @@
 
 Every test runs with a throwaway HOME, no ambient credentials, no PIP_* settings or
 system-wide pip files of this machine, metadata at a refused loopback port and a socket
-guard that refuses anything but loopback (`isolated_env`), on a machine that is not
-Google's (`off_google_hardware`); every error and log line is
-scanned for the secrets the fakes handed out (`secrets_never_leak`). The fakes
-themselves live in the ``fakes`` package; the fixtures here start them, point the
-environment at them, and stop them:
+guard that refuses anything but loopback (`isolated_env`), on a machine that is not Google's
+(`off_google_hardware`; `on_google_hardware` makes it Google's); and no secret of the test
+may leave the program (`secrets_never_leak`: the test's output, what our command line
+prints, logs, cache file names, errors that reach the test). The fakes themselves live in
+the ``fakes`` package; the fixtures here start them, point the environment at them, and stop
+them:
 
 - `fake_google` (fakes.google.FakeGoogle), `google_https` (it at its real https:// URL
   through a CONNECT proxy), `google_federation` (STS and IAM credentials beside it),
@@ -36,7 +37,8 @@ from urllib.parse import quote
 
 import pytest
 
-from fakes import SECRETS, WINDOWS, register_secret
+import fakes
+from fakes import WINDOWS, register_secret
 from fakes.gcloud import (
     ORIGINAL_PATH,
     REAL_GCLOUD,
@@ -71,9 +73,6 @@ from fakes.network import (
     server_context,
     write_ca_file,
 )
-
-__all__ = ["SECRETS", "register_secret"]  # the secret guard's registry, where tests look for it
-
 
 # --- Isolated environment and network guard -------------------------------------------------
 
@@ -217,54 +216,178 @@ def _forget_tokens():
         forget()
 
 
-# --- Secrets that must never show in an error or a log line ----------------------------------
+# --- Secrets that must never leave the program ------------------------------------------------
+
+pytest_plugins = ("pytester",)  # test_security.py runs the guard on tests that leak
 
 
-def _leaked(text):
-    return sorted(secret for secret in SECRETS if secret in text)
+_SCAN = pytest.StashKey()
 
 
-class _SecretScan(logging.Handler):
-    """Collects every log line of the module, to scan for secrets after the test."""
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    """Each test starts with an empty registry of secrets."""
+    item.stash[_SCAN] = fakes.start_scan()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_fixture_setup(fixturedef, request):
+    """What a session- or module-scoped fixture registers counts in every test that uses it."""
+    if fixturedef.scope == "function":
+        yield
+        return
+    with fakes.registering_for(fixturedef.argname):
+        yield
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Fail the test at teardown if a secret left the program; mask secrets in any failure."""
+    report = (yield).get_result()
+    scan = item.stash.get(_SCAN, None)
+    if scan is None:
+        return
+    fakes.add_fixture_secrets(scan, getattr(item, "fixturenames", ()))
+    error = call.excinfo.value if call.excinfo is not None else None
+    if type(error).__module__ == "artifactregistry_gauth":
+        scan.saw("error that failed the test", str(error))
+    if call.when == "teardown":
+        fakes.stop_scan()
+        if scan.secrets:
+            for title, text in report.sections:
+                captured, _, rest = title.partition(" ")
+                stream, _, when = rest.partition(" ")
+                if captured == "Captured" and stream in ("stdout", "stderr"):
+                    scan.saw(f"{stream} of the test ({when})", text)
+        leaks = scan.leaks()
+        if leaks:
+            where = "; ".join(f"{count} in the {place}" for place, count in leaks.items())
+            message = (
+                f"secrets_never_leak: {sum(leaks.values())} secret(s) left the program: {where}"
+            )
+            if report.failed:
+                report.sections.append(("secrets_never_leak", message))
+            else:
+                report.outcome, report.longrepr = "failed", message
+    if report.failed and scan.secrets:
+        report.sections[:] = [(title, scan.mask(text)) for title, text in report.sections]
+        if report.longrepr is not None and scan.mask(str(report.longrepr)) != str(report.longrepr):
+            report.longrepr = scan.mask(str(report.longrepr))
+
+
+class _LogScan(logging.Handler):
+    """Keeps every log record of the module, to scan for secrets after the test."""
 
     def __init__(self):
         super().__init__(logging.DEBUG)
-        self.lines = []
+        self.records = []
 
     def emit(self, record):
-        self.lines.append(record.getMessage())
+        self.records.append(record)
 
 
 @pytest.fixture(autouse=True)
-def secrets_never_leak(monkeypatch):
-    """Every CredentialError and every log line of every test is scanned for known secrets.
+def secrets_never_leak(request, isolated_env, monkeypatch):
+    """No secret of the test leaves the program: the test fails at teardown, saying how many
+    showed where, never which.
 
-    The module logs at debug level throughout, so debug paths are scanned too.
+    A secret is what `fakes.register_secret` was given during the test, or while a
+    session-scoped fixture the test uses (`rsa_key`) was set up; each test starts empty.
+    What leaves the program:
+
+    - the test's captured stdout and stderr (read at teardown from pytest's report), and what
+      our command line or keyring's printed in a subprocess the test started
+      (`Popen.communicate`, so `subprocess.run` too) or in this process
+      (`fakes.testing.run_main`): stdout may show an access token only for `token`, `get`,
+      `netrc` without `--output` and `credential-helper` (the commands that print one),
+      stderr never;
+    - every log record of the ``artifactregistry_gauth`` logger, at debug level;
+    - the names of the files in the cache directory after the test;
+    - error messages that reach the test: every exception `pytest.raises` catches, and an
+      error of the module that fails the test. The module itself is not patched: an
+      error it builds and keeps to itself is not a leak, and one it prints or logs is seen
+      where it goes.
+
+    A failing test's report shows *** in place of any secret of the test.
     """
-    try:
-        import artifactregistry_gauth as gauth
-    except ModuleNotFoundError:
-        yield
-        return
-    original = gauth.CredentialError.__init__
-
-    def checked(self, *args, **kwargs):
-        original(self, *args, **kwargs)
-        leaked = _leaked(str(self))
-        assert not leaked, f"a CredentialError carries a secret ({len(leaked)} found)"
-
-    monkeypatch.setattr(gauth.CredentialError, "__init__", checked)
+    scan = request.node.stash[_SCAN]
     logger = logging.getLogger("artifactregistry_gauth")
-    scan, level = _SecretScan(), logger.level
-    logger.addHandler(scan)
+    logs, level = _LogScan(), logger.level
+    logger.addHandler(logs)
     logger.setLevel(logging.DEBUG)
+    monkeypatch.setattr(subprocess.Popen, "communicate", _scanned_communicate)
+    monkeypatch.setattr(pytest, "raises", _scanned_raises(scan, pytest.raises))
     try:
         yield
     finally:
-        logger.removeHandler(scan)
+        logger.removeHandler(logs)
         logger.setLevel(level)
-    leaked = _leaked("\n".join(scan.lines))
-    assert not leaked, f"a log line carries a secret ({len(leaked)} found)"
+    fakes.add_fixture_secrets(scan, request.fixturenames)
+    if not scan.secrets:
+        return
+    scan.saw("log", "\n".join(record.getMessage() for record in logs.records))
+    cache_dirs = {
+        os.environ.get("ARTIFACTREGISTRY_GAUTH_CACHE_DIR"),
+        isolated_env.default_cache_dir,
+    }
+    for cache_dir in filter(None, cache_dirs):
+        for _, folders, files in os.walk(cache_dir):
+            scan.saw("names of the files in the cache directory", "\n".join(folders + files))
+
+
+_real_communicate = subprocess.Popen.communicate
+
+
+def _scanned_communicate(process, *args, **kwargs):
+    """Popen.communicate; what our command line or keyring's prints goes to the guard."""
+    stdout, stderr = _real_communicate(process, *args, **kwargs)
+    argv = [process.args] if isinstance(process.args, (str, bytes)) else list(process.args)
+    if fakes.is_ours(argv) and _started_by_a_test():
+        fakes.scan_output(argv, stdout, stderr)
+    return stdout, stderr
+
+
+def _started_by_a_test():
+    """Whether the code that called into subprocess is a test's (not the module's, not a fake's)."""
+    frame = sys._getframe(2)
+    while frame is not None and frame.f_globals.get("__name__") == "subprocess":
+        frame = frame.f_back
+    name = frame.f_globals.get("__name__", "") if frame is not None else ""
+    return not name.startswith(("artifactregistry_gauth", "fakes.")) or name == "fakes.testing"
+
+
+def _scanned_raises(scan, raises):
+    """pytest.raises, whose caught exception's message goes to the guard."""
+
+    def scanned(*args, **kwargs):
+        caught = raises(*args, **kwargs)
+        if isinstance(caught, pytest.ExceptionInfo):  # the form that calls a function
+            scan.saw(f"error caught by pytest.raises ({caught.typename})", str(caught.value))
+            return caught
+        return _ScannedRaises(scan, caught)
+
+    return scanned
+
+
+class _ScannedRaises:
+    """The context manager of pytest.raises, telling the guard what it caught."""
+
+    def __init__(self, scan, context):
+        self._scan, self._context = scan, context
+
+    def __enter__(self):
+        self._info = self._context.__enter__()
+        return self._info
+
+    def __exit__(self, *exc_info):
+        suppressed = self._context.__exit__(*exc_info)
+        if suppressed:
+            where = f"error caught by pytest.raises ({self._info.typename})"
+            self._scan.saw(where, str(self._info.value))
+        return suppressed
+
+    def __getattr__(self, name):
+        return getattr(self._context, name)
 
 
 def _is_loopback(host):
@@ -340,9 +463,9 @@ def fake_google():
 
 @pytest.fixture(autouse=True)
 def off_google_hardware(tmp_path, monkeypatch):
-    """Every test runs as on a machine whose DMI product name is not Google's.
+    """Every test runs as on a machine whose DMI product name is not Google's (no such file).
 
-    Tests that need Google hardware write the returned file.
+    A test that needs Google's hardware requests `on_google_hardware`.
     """
     product_name = tmp_path / "dmi-product-name"
     try:
@@ -351,6 +474,12 @@ def off_google_hardware(tmp_path, monkeypatch):
         return product_name
     monkeypatch.setattr(gauth, "DMI_PRODUCT_NAME", str(product_name))
     return product_name
+
+
+@pytest.fixture
+def on_google_hardware(off_google_hardware):
+    """The machine's DMI product name says Google Compute Engine, as on GCE VMs and GKE nodes."""
+    off_google_hardware.write_text("Google Compute Engine\n")
 
 
 @pytest.fixture

@@ -26,7 +26,7 @@ from fakes import (
     register_secret,
 )
 from fakes.programs import write_shell_program
-from fakes.testing import keyring_cli, run_cli, write
+from fakes.testing import keyring_cli, run_cli, run_main, write
 
 ROOT = Path(__file__).resolve().parent
 HOST = "us-python.pkg.dev"
@@ -576,7 +576,7 @@ def test_doctor_exits_1_and_names_the_replacement_for_a_token_username(
     for name, value in env.items():
         monkeypatch.setenv(name, value.format(user="__token__"))
     monkeypatch.setenv("GOOGLE_OAUTH_ACCESS_TOKEN", "ya29.doctor-fix")
-    code, out, _ = cli(capsys, "doctor")
+    code, out, _ = run_main(capsys, "doctor")
     assert code == 1
     problems = out.split("\nWill fail:\n", 1)[1]
     assert FIXES[case] in problems
@@ -747,25 +747,9 @@ ENTRY = f"machine {HOST} login oauth2accesstoken password {TOKEN}\n"
 @pytest.fixture
 def held_token(monkeypatch):
     """A token handed over in GOOGLE_OAUTH_ACCESS_TOKEN (its expiry unknown)."""
-    register_secret(TOKEN)
+    register_secret(TOKEN, access_token=True)
     monkeypatch.setenv("GOOGLE_OAUTH_ACCESS_TOKEN", TOKEN)
     return TOKEN
-
-
-def cli(capsys, *argv, stdin=b""):
-    """Run the command in this process; return (exit code, stdout, stderr)."""
-    import io
-
-    stream = io.TextIOWrapper(io.BytesIO(stdin), encoding="utf-8")
-    old, sys.stdin = sys.stdin, stream
-    try:
-        code = gauth.main(list(argv))
-    except SystemExit as exc:
-        code = exc.code
-    finally:
-        sys.stdin = old
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.mark.parametrize(
@@ -774,18 +758,18 @@ def cli(capsys, *argv, stdin=b""):
     ids=["host", "host-and-port", "url", "upper-case-trailing-dot"],
 )
 def test_netrc_prints_an_entry_for_the_hostname(capsys, held_token, given):
-    assert cli(capsys, "netrc", given) == (0, ENTRY, "")
+    assert run_main(capsys, "netrc", given) == (0, ENTRY, "")
 
 
 def test_netrc_prints_one_entry_per_host(capsys, held_token):
-    code, out, _ = cli(capsys, "netrc", HOST, "europe-python.pkg.dev", HOST)
+    code, out, _ = run_main(capsys, "netrc", HOST, "europe-python.pkg.dev", HOST)
     assert code == 0
     assert out == ENTRY + ENTRY.replace(HOST, "europe-python.pkg.dev")
 
 
 def test_netrc_answers_for_hosts_in_artifactregistry_gauth_hosts(capsys, held_token, monkeypatch):
     monkeypatch.setenv("ARTIFACTREGISTRY_GAUTH_HOSTS", "*.corp.test")
-    assert cli(capsys, "netrc", "pypi.corp.test")[1] == ENTRY.replace(HOST, "pypi.corp.test")
+    assert run_main(capsys, "netrc", "pypi.corp.test")[1] == ENTRY.replace(HOST, "pypi.corp.test")
 
 
 @pytest.mark.parametrize(
@@ -804,7 +788,7 @@ def test_netrc_answers_for_hosts_in_artifactregistry_gauth_hosts(capsys, held_to
 )
 def test_netrc_never_writes_a_token_for_another_host(capsys, held_token, tmp_path, host):
     target = tmp_path / "netrc"
-    code, out, err = cli(capsys, "netrc", HOST, host, "--output", str(target))
+    code, out, err = run_main(capsys, "netrc", HOST, host, "--output", str(target))
     assert (code, out) == (2, "")
     assert err.count("\n") == 1
     assert "is not an Artifact Registry host" in err
@@ -816,8 +800,8 @@ def test_netrc_never_writes_a_token_for_another_host(capsys, held_token, tmp_pat
 )
 def test_netrc_carries_any_token_google_issues(capsys, monkeypatch, token):
     monkeypatch.setenv("GOOGLE_OAUTH_ACCESS_TOKEN", token)
-    register_secret(token)
-    assert cli(capsys, "netrc", HOST)[1] == ENTRY.replace(TOKEN, token)
+    register_secret(token, access_token=True)
+    assert run_main(capsys, "netrc", HOST)[1] == ENTRY.replace(TOKEN, token)
 
 
 @pytest.mark.parametrize(
@@ -826,8 +810,8 @@ def test_netrc_carries_any_token_google_issues(capsys, monkeypatch, token):
 )
 def test_netrc_refuses_a_token_it_cannot_write(capsys, monkeypatch, tmp_path, token):
     monkeypatch.setenv("GOOGLE_OAUTH_ACCESS_TOKEN", token)
-    register_secret(token)
-    code, out, err = cli(capsys, "netrc", HOST, "--output", str(tmp_path / "netrc"))
+    register_secret(token, access_token=True)
+    code, out, err = run_main(capsys, "netrc", HOST, "--output", str(tmp_path / "netrc"))
     assert (code, out) == (1, "")
     assert err.count("\n") == 1
     assert token not in err
@@ -840,19 +824,19 @@ def test_netrc_without_hosts_writes_the_configured_ones(capsys, held_token, monk
         '[[index]]\nname = "eu"\nurl = "https://europe-python.pkg.dev/p/r/simple/"\n'
     )
     monkeypatch.chdir(tmp_path)
-    code, out, _ = cli(capsys, "netrc")
+    code, out, _ = run_main(capsys, "netrc")
     assert code == 0
     assert out == ENTRY + ENTRY.replace(HOST, "europe-python.pkg.dev")
 
 
 def test_netrc_without_hosts_or_configuration_says_what_to_do(capsys, held_token):
-    code, out, err = cli(capsys, "netrc")
+    code, out, err = run_main(capsys, "netrc")
     assert (code, out) == (2, "")
     assert "name the hosts, e.g. `netrc us-python.pkg.dev`" in err
 
 
 def test_netrc_without_credentials_says_why_in_one_line(capsys, tmp_path):
-    code, out, err = cli(capsys, "netrc", HOST, "--output", str(tmp_path / "netrc"))
+    code, out, err = run_main(capsys, "netrc", HOST, "--output", str(tmp_path / "netrc"))
     assert (code, out) == (1, "")
     assert err.startswith("artifactregistry-gauth: no Google credentials found")
     assert err.count("\n") == 1
@@ -862,7 +846,7 @@ def test_netrc_without_credentials_says_why_in_one_line(capsys, tmp_path):
 def test_netrc_output_creates_a_private_file(capsys, held_token, tmp_path):
     target = tmp_path / "out" / "netrc"
     target.parent.mkdir()
-    code, out, err = cli(capsys, "netrc", HOST, "--output", str(target))
+    code, out, err = run_main(capsys, "netrc", HOST, "--output", str(target))
     assert (code, out) == (0, "")
     assert err == f"artifactregistry-gauth: wrote {HOST} to {target}\n"
     assert target.read_text() == ENTRY
@@ -895,7 +879,7 @@ def test_netrc_output_puts_our_entry_first_and_removes_the_old_one(
     target = tmp_path / "netrc"
     target.write_text(OTHERS_BEFORE + ours + OTHERS_AFTER)
     target.chmod(0o644)
-    assert cli(capsys, "netrc", HOST, "--output", str(target))[0] == 0
+    assert run_main(capsys, "netrc", HOST, "--output", str(target))[0] == 0
     assert target.read_text() == ENTRY + OTHERS_BEFORE + OTHERS_AFTER
     assert_private(target)
 
@@ -905,7 +889,7 @@ def test_netrc_output_is_read_by_pythons_netrc_module(capsys, held_token, tmp_pa
 
     target = tmp_path / "netrc"
     target.write_text(OTHERS_BEFORE + OTHERS_AFTER)
-    cli(capsys, "netrc", HOST, "--output", str(target))
+    run_main(capsys, "netrc", HOST, "--output", str(target))
     parsed = netrc.netrc(str(target))
     login, account, password = parsed.authenticators(HOST)
     assert (login, account or "", password) == ("oauth2accesstoken", "", TOKEN)
@@ -916,7 +900,7 @@ def test_netrc_output_refuses_an_entry_with_another_login(capsys, held_token, tm
     target = tmp_path / "netrc"
     before = f"machine {HOST} login _json_key_base64 password abc\n"
     target.write_text(before)
-    code, _, err = cli(capsys, "netrc", HOST, "--output", str(target))
+    code, _, err = run_main(capsys, "netrc", HOST, "--output", str(target))
     assert code == 1
     assert f"has an entry for {HOST} with another login: remove it" in err
     assert target.read_text() == before
@@ -928,7 +912,7 @@ def test_netrc_output_refuses_a_symlink(capsys, held_token, tmp_path):
     real.write_text("machine a.example login u password p\n")
     link = tmp_path / "netrc"
     link.symlink_to(real)
-    code, _, err = cli(capsys, "netrc", HOST, "--output", str(link))
+    code, _, err = run_main(capsys, "netrc", HOST, "--output", str(link))
     assert code == 1
     assert "is a symbolic link: refusing to replace it" in err
     assert link.is_symlink() and real.read_text() == "machine a.example login u password p\n"
@@ -944,7 +928,7 @@ def test_netrc_output_refuses_a_symlink(capsys, held_token, tmp_path):
 )
 def test_netrc_output_refuses_what_is_not_a_file(capsys, held_token, tmp_path, make):
     target = make(tmp_path / "not-a-file")
-    code, _, err = cli(capsys, "netrc", HOST, "--output", str(target))
+    code, _, err = run_main(capsys, "netrc", HOST, "--output", str(target))
     assert code == 1
     assert "not a regular file: refusing to rewrite it" in err
 
@@ -952,13 +936,13 @@ def test_netrc_output_refuses_what_is_not_a_file(capsys, held_token, tmp_path, m
 def test_netrc_output_refuses_a_huge_file(capsys, held_token, tmp_path):
     target = tmp_path / "netrc"
     target.write_bytes(b"#" * (gauth.MAX_NETRC_BYTES + 1))
-    code, _, err = cli(capsys, "netrc", HOST, "--output", str(target))
+    code, _, err = run_main(capsys, "netrc", HOST, "--output", str(target))
     assert code == 1
     assert "larger than 1024 KiB: refusing to rewrite it" in err
 
 
 def test_netrc_output_into_a_missing_directory_says_so(capsys, held_token, tmp_path):
-    code, _, err = cli(capsys, "netrc", HOST, "--output", str(tmp_path / "no" / "netrc"))
+    code, _, err = run_main(capsys, "netrc", HOST, "--output", str(tmp_path / "no" / "netrc"))
     assert code == 1
     assert err.startswith("artifactregistry-gauth netrc: cannot write ")
     assert err.count("\n") == 1
@@ -969,7 +953,7 @@ def test_netrc_output_into_a_missing_directory_says_so(capsys, held_token, tmp_p
 
 def helper(capsys, request, *argv):
     data = request if isinstance(request, bytes) else json.dumps(request).encode()
-    return cli(capsys, "credential-helper", *(argv or ("get",)), stdin=data)
+    return run_main(capsys, "credential-helper", *(argv or ("get",)), stdin=data)
 
 
 def basic(token):
@@ -1064,7 +1048,7 @@ def test_credential_helper_refuses_a_bad_request_in_one_line(capsys, held_token,
 
 @pytest.mark.parametrize("argv", [["store"], ["erase"], ["get", "extra"]])
 def test_credential_helper_refuses_other_commands(capsys, held_token, argv):
-    code, out, err = cli(capsys, "credential-helper", *argv, stdin=b'{"uri": "x"}')
+    code, out, err = run_main(capsys, "credential-helper", *argv, stdin=b'{"uri": "x"}')
     assert (code, out) == (2, "")
     assert "unknown command" in err
     assert err.count("\n") == 1
@@ -1227,7 +1211,7 @@ CREDS = {"username": "oauth2accesstoken", "password": TOKEN}
     ids=" ".join,
 )
 def test_get_takes_its_options_before_or_after_the_command_word(capsys, held_token, argv):
-    code, out, err = cli(capsys, *argv)
+    code, out, err = run_main(capsys, *argv)
     assert (code, err) == (0, "")
     assert json.loads(out) == CREDS
 
@@ -1275,7 +1259,7 @@ def test_a_debug_line_carries_the_program_name_once(tmp_path):
 
 
 def test_credential_helper_without_an_operation_says_bazel_sends_get(capsys, held_token):
-    code, out, err = cli(capsys, "credential-helper")
+    code, out, err = run_main(capsys, "credential-helper")
     assert (code, out) == (2, "")
     assert "nothing" not in err
     assert "needs an operation" in err and "`get`" in err
@@ -1295,7 +1279,7 @@ def test_every_subcommand_help_describes_it_and_its_exit_codes(command):
 
 
 def test_token_json_prints_the_token_and_its_expiry(capsys, sa_env, fake_google):
-    code, out, err = cli(capsys, "token", "--json")
+    code, out, err = run_main(capsys, "token", "--json")
     assert (code, err) == (0, "")
     answer = json.loads(out)
     assert sorted(answer) == ["expiry", "token"]
@@ -1308,7 +1292,7 @@ def test_token_json_prints_the_token_and_its_expiry(capsys, sa_env, fake_google)
 
 
 def test_token_json_gives_a_null_expiry_when_it_is_unknown(capsys, held_token):
-    code, out, err = cli(capsys, "token", "--json")
+    code, out, err = run_main(capsys, "token", "--json")
     assert (code, json.loads(out), err) == (0, {"token": TOKEN, "expiry": None}, "")
 
 
@@ -1370,13 +1354,13 @@ def test_doctor_gives_no_dependency_confusion_warning_for_an_index_url(monkeypat
 
 
 def test_doctor_counts_one_cached_token_in_the_singular(capsys, sa_env, fake_google):
-    assert cli(capsys, "token")[0] == 0
-    _, out, _ = cli(capsys, "doctor")
+    assert run_main(capsys, "token")[0] == 0
+    _, out, _ = run_main(capsys, "doctor")
     assert "(1 token)" in out and "(1 tokens)" not in out
 
 
 def test_doctor_says_a_token_in_the_environment_was_given_not_fetched(capsys, held_token):
-    _, out, _ = cli(capsys, "doctor")
+    _, out, _ = run_main(capsys, "doctor")
     (line,) = [line for line in out.splitlines() if "GOOGLE_OAUTH_ACCESS_TOKEN: answered" in line]
     assert "fetched now" not in line and "from the cache" not in line
 

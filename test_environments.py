@@ -17,8 +17,8 @@ import pytest
 import artifactregistry_gauth as gauth
 from fakes import MODE_BITS, SYMLINK, posix_case, posix_only
 from fakes.network import server_context
+from fakes.testing import run_main
 
-GOOGLE = "Google Compute Engine\n"
 ROOT = Path(__file__).resolve().parent
 
 
@@ -81,9 +81,8 @@ def refused_metadata_address(monkeypatch, isolated_env):
 
 @pytest.mark.parametrize("refusals", [1, 3, 4])
 def test_google_hardware_waits_for_a_metadata_server_that_is_still_starting(
-    off_google_hardware, fake_metadata, fake_gcloud, refusals
+    on_google_hardware, fake_metadata, fake_gcloud, refusals
 ):
-    off_google_hardware.write_text(GOOGLE)
     fake_metadata.refuse_connections(refusals)
     assert fake_metadata.is_live(gauth.get_token())
     assert fake_gcloud.calls == []
@@ -119,10 +118,10 @@ def test_only_a_200_with_metadata_flavor_counts_as_a_metadata_server(
     ],
 )
 def test_gce_metadata_timeout_and_detect_retries_set_the_ping(
-    monkeypatch, off_google_hardware, fake_metadata, google_hardware, env, expected
+    request, monkeypatch, fake_metadata, google_hardware, env, expected
 ):
     if google_hardware:
-        off_google_hardware.write_text(GOOGLE)
+        request.getfixturevalue("on_google_hardware")
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     seen = ping_settings(monkeypatch)
@@ -140,9 +139,8 @@ def test_gce_metadata_timeout_and_detect_retries_set_the_ping(
     ],
 )
 def test_a_bad_metadata_setting_means_the_default(
-    monkeypatch, off_google_hardware, fake_metadata, name, value
+    monkeypatch, on_google_hardware, fake_metadata, name, value
 ):
-    off_google_hardware.write_text(GOOGLE)
     monkeypatch.setenv(name, value)
     seen = ping_settings(monkeypatch)
     gauth.get_token()
@@ -206,26 +204,28 @@ def test_a_refused_metadata_address_is_asked_again_by_the_next_process(
     assert metadata_files() == []
 
 
-def _change_metadata_host(monkeypatch, fake, tmp_path, product_name):
+def _change_metadata_host(monkeypatch, fake, tmp_path):
     monkeypatch.setenv("GCE_METADATA_HOST", f"localhost:{fake.port}")
 
 
-def _change_metadata_ip(monkeypatch, fake, tmp_path, product_name):
+def _change_metadata_ip(monkeypatch, fake, tmp_path):
     monkeypatch.setenv("GCE_METADATA_IP", f"localhost:{fake.port}")
 
 
-def _change_hostname(monkeypatch, fake, tmp_path, product_name):
+def _change_hostname(monkeypatch, fake, tmp_path):
     monkeypatch.setattr(gauth, "_hostname", lambda: "another-machine")
 
 
-def _change_boot_id(monkeypatch, fake, tmp_path, product_name):
+def _change_boot_id(monkeypatch, fake, tmp_path):
     boot_id = tmp_path / "boot_id"
     boot_id.write_text("00000000-0000-4000-8000-000000000000\n")
     monkeypatch.setattr(gauth, "BOOT_ID", str(boot_id))
 
 
-def _change_product_name(monkeypatch, fake, tmp_path, product_name):
+def _change_product_name(monkeypatch, fake, tmp_path):
+    product_name = tmp_path / "another-product-name"
     product_name.write_text("Standard PC (Q35 + ICH9, 2009)\n")
+    monkeypatch.setattr(gauth, "DMI_PRODUCT_NAME", str(product_name))
 
 
 @pytest.mark.parametrize(
@@ -239,12 +239,12 @@ def _change_product_name(monkeypatch, fake, tmp_path, product_name):
     ],
 )
 def test_another_machine_or_metadata_address_asks_again(
-    connects, monkeypatch, tmp_path, off_google_hardware, fake_metadata, fake_gcloud, change
+    connects, monkeypatch, tmp_path, fake_metadata, fake_gcloud, change
 ):
     fake_metadata.black_hole = True
     gauth.get_token()
     connections = connects.count
-    change(monkeypatch, fake_metadata, tmp_path, off_google_hardware)
+    change(monkeypatch, fake_metadata, tmp_path)
     as_new_process()
     gauth.get_token()
     assert connects.count > connections
@@ -262,12 +262,12 @@ def test_the_black_hole_verdict_expires(connects, monkeypatch, fake_metadata, fa
 
 
 def test_google_hardware_is_never_told_it_is_not_on_google_cloud(
-    off_google_hardware, fake_metadata, fake_gcloud
+    request, fake_metadata, fake_gcloud
 ):
     fake_metadata.black_hole = True
     gauth.get_token()
     fake_metadata.black_hole = False
-    off_google_hardware.write_text(GOOGLE)
+    request.getfixturevalue("on_google_hardware")
     as_new_process()
     assert fake_metadata.is_live(gauth.get_token())
 
@@ -373,9 +373,8 @@ def test_identity_is_asked_directly_with_metadata_flavor(monkeypatch, fake_metad
 
 
 def test_a_warm_call_on_google_cloud_asks_the_metadata_server_nothing(
-    connects, off_google_hardware, fake_metadata
+    connects, on_google_hardware, fake_metadata
 ):
-    off_google_hardware.write_text(GOOGLE)
     gauth.get_token()
     connections = connects.count
     as_new_process()
@@ -384,7 +383,7 @@ def test_a_warm_call_on_google_cloud_asks_the_metadata_server_nothing(
 
 
 def test_the_service_account_is_asked_again_when_its_memory_expires(
-    connects, monkeypatch, off_google_hardware, fake_metadata
+    connects, monkeypatch, fake_metadata
 ):
     gauth.get_token()
     connections = connects.count
@@ -533,9 +532,8 @@ def virtual_time(monkeypatch):
 
 @pytest.mark.parametrize("seconds", [12, 18])
 def test_a_pod_whose_metadata_server_refuses_for_long_still_gets_a_token(
-    off_google_hardware, fake_metadata, fake_gcloud, virtual_time, seconds
+    on_google_hardware, fake_metadata, fake_gcloud, virtual_time, seconds
 ):
-    off_google_hardware.write_text(GOOGLE)
     fake_metadata.refuse_for(seconds)
     assert fake_metadata.is_live(gauth.get_token())
     assert seconds <= virtual_time.offset <= 30
@@ -543,20 +541,18 @@ def test_a_pod_whose_metadata_server_refuses_for_long_still_gets_a_token(
 
 
 def test_the_metadata_budget_is_set_by_a_variable(
-    monkeypatch, off_google_hardware, fake_metadata, virtual_time
+    monkeypatch, on_google_hardware, fake_metadata, virtual_time
 ):
     monkeypatch.setenv("ARTIFACTREGISTRY_GAUTH_METADATA_BUDGET", "45")
-    off_google_hardware.write_text(GOOGLE)
     fake_metadata.refuse_for(38)
     assert fake_metadata.is_live(gauth.get_token())
 
 
 @pytest.mark.parametrize("value", ["", "abc", "nan", "inf", "-5", "0"])
 def test_a_bad_metadata_budget_means_the_default(
-    monkeypatch, off_google_hardware, fake_metadata, virtual_time, value
+    monkeypatch, on_google_hardware, fake_metadata, virtual_time, value
 ):
     monkeypatch.setenv("ARTIFACTREGISTRY_GAUTH_METADATA_BUDGET", value)
-    off_google_hardware.write_text(GOOGLE)
     fake_metadata.refuse_for(60)
     with pytest.raises(gauth.CredentialError):
         gauth.get_token()
@@ -734,16 +730,12 @@ def test_a_hanging_metadata_server_costs_only_the_ping_timeout(fake_metadata, fa
     assert [r.path for r in fake_metadata.requests] == ["/"]
 
 
-@pytest.mark.parametrize(
-    ("product_name", "timeout"), [("Google Compute Engine\n", 3.0), (None, 0.5)]
-)
+@pytest.mark.parametrize(("google_hardware", "timeout"), [(True, 3.0), (False, 0.5)])
 def test_the_metadata_ping_waits_longer_only_on_google_hardware(
-    monkeypatch, tmp_path, fake_metadata, product_name, timeout
+    request, monkeypatch, fake_metadata, google_hardware, timeout
 ):
-    dmi = tmp_path / "product_name"
-    if product_name:
-        dmi.write_text(product_name)
-    monkeypatch.setattr(gauth, "DMI_PRODUCT_NAME", str(dmi))
+    if google_hardware:
+        request.getfixturevalue("on_google_hardware")
     seen = []
     original = gauth.Transport.request
 
@@ -808,22 +800,13 @@ COMMAND_LINES = [
 ]
 
 
-def run_main(argv, capsys):
-    try:
-        code = gauth.main(list(argv))
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 @pytest.mark.parametrize("argv", COMMAND_LINES, ids=" ".join)
 def test_every_command_line_answers_as_with_every_parser_built(monkeypatch, capsys, argv):
     monkeypatch.setenv("GOOGLE_OAUTH_ACCESS_TOKEN", "ya29.same-for-both")
-    quick = run_main(argv, capsys)
+    quick = run_main(capsys, *argv)
     monkeypatch.setattr(gauth, "_command_word", lambda argv: None)
     monkeypatch.setattr(gauth, "_plain_keyring_get", lambda argv: None)
-    assert quick == run_main(argv, capsys)
+    assert quick == run_main(capsys, *argv)
 
 
 @pytest.mark.parametrize(

@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 import artifactregistry_gauth as gauth
 from fakes import register_secret
 from fakes.network import FakeService, reply
+from fakes.testing import run_main
 from noxfile import find_python  # the Pythons nox runs the suite on, found the same way
 
 ROOT = Path(__file__).resolve().parent
@@ -32,19 +33,18 @@ TOKEN = "ya29.netrc-readers-token"
 STALE = "ya29.stale-netrc-token"
 ENTRY = f"machine {HOST} login oauth2accesstoken password {TOKEN}\n"
 OURS = ("oauth2accesstoken", TOKEN)
-register_secret(TOKEN, STALE)
 
 
 @pytest.fixture(autouse=True)
 def held_token(monkeypatch):
     """A token handed over in GOOGLE_OAUTH_ACCESS_TOKEN: no Google endpoint is needed."""
+    register_secret(TOKEN, STALE, access_token=True)
     monkeypatch.setenv("GOOGLE_OAUTH_ACCESS_TOKEN", TOKEN)
 
 
 def write_ours(capsys, path, *hosts):
     """Run `netrc HOST... --output path` in this process: (exit code, stderr)."""
-    code = gauth.main(["netrc", *(hosts or (HOST,)), "--output", str(path)])
-    out, err = capsys.readouterr()
+    code, out, err = run_main(capsys, "netrc", *(hosts or (HOST,)), "--output", str(path))
     assert out == ""
     return code, err
 

@@ -22,6 +22,7 @@ from urllib.parse import quote, quote_plus, urlencode
 import pytest
 
 import artifactregistry_gauth as gauth
+import fakes
 from fakes import FIFO, MODE_BITS, OWNER, SYMLINK, WINDOWS, cases, posix_only, register_secret
 from fakes.federation import ID_TOKEN_TYPE, STS_URL, SUBJECT, WORKLOAD, Executable, external
 from fakes.network import Listener, reply
@@ -934,13 +935,163 @@ def test_no_secret_reaches_output_logs_errors_or_cache_names(
         assert secret not in text
 
 
-def test_the_secret_guard_catches_a_secret_in_an_error(user_file):
-    from conftest import SECRETS
+# The guard itself (conftest.py's secrets_never_leak), run on tests that leak through each way
+# out of the program. Its verdict names how many secrets showed where, never a secret.
+LEAKY_TESTS = """
+import logging
+import os
+from pathlib import Path
 
-    user_file(refresh_token="1//guard-sentinel-refresh")
-    assert "1//guard-sentinel-refresh" in SECRETS
-    with pytest.raises(AssertionError, match="carries a secret"):
-        gauth.CredentialError("oops 1//guard-sentinel-refresh")
+import pytest
+
+import artifactregistry_gauth as gauth
+from fakes import register_secret
+from fakes.testing import run_cli, run_main
+
+SECRET = "guard-sentinel-secret"  # a refresh token, say: it shows nowhere
+TOKEN = "ya29.guard-sentinel-token"  # an access token: the answer of `token`
+
+
+@pytest.fixture(autouse=True)
+def secrets():
+    register_secret(SECRET)
+    register_secret(TOKEN, access_token=True)
+
+
+def test_printed():
+    print("said", SECRET)
+
+
+def test_said_by_our_command_in_a_subprocess():
+    assert SECRET in run_cli("no-such-command-" + SECRET).stderr
+
+
+def test_said_by_our_command_in_this_process(capsys):
+    assert SECRET in run_main(capsys, "no-such-command-" + SECRET)[2]
+
+
+def test_logged():
+    logging.getLogger("artifactregistry_gauth").debug("said %s", SECRET)
+
+
+def test_a_cache_file_name():
+    cache = Path(os.environ["ARTIFACTREGISTRY_GAUTH_CACHE_DIR"])
+    cache.mkdir()
+    (cache / SECRET).touch()
+
+
+def test_an_error_caught():
+    with pytest.raises(gauth.CredentialError):
+        raise gauth.CredentialError("said " + SECRET)
+
+
+def test_an_error_that_fails_the_test():
+    raise gauth.CredentialError("said " + SECRET)
+
+
+def test_a_token_on_stderr():
+    assert TOKEN in run_cli("no-such-command-" + TOKEN).stderr
+
+
+def test_a_token_printed_by_token():
+    env = {**os.environ, "GOOGLE_OAUTH_ACCESS_TOKEN": TOKEN}
+    assert run_cli("token", env=env).stdout == TOKEN + "\\n"
+
+
+@pytest.fixture(scope="session")
+def session_secret():
+    register_secret("session-sentinel-secret")
+
+
+def test_a_session_fixture_sets_up(session_secret):
+    pass
+
+
+def test_a_session_fixture_used_again(session_secret):
+    print("session-sentinel-secret")
+
+
+def test_a_session_fixture_not_used():
+    print("session-sentinel-secret")
+
+
+def test_one_secret_of_its_own():
+    register_secret("own-sentinel-secret")
+
+
+def test_the_next_one():
+    print("own-sentinel-secret")
+"""
+
+GUARD_VERDICTS = {
+    "test_printed": "1 in the stdout of the test (call)",
+    "test_said_by_our_command_in_a_subprocess": "1 in the stderr of `artifactregistry_gauth`",
+    "test_said_by_our_command_in_this_process": "1 in the stderr of `artifactregistry_gauth`",
+    "test_logged": "1 in the log",
+    "test_a_cache_file_name": "1 in the names of the files in the cache directory",
+    "test_an_error_caught": "1 in the error caught by pytest.raises (CredentialError)",
+    "test_an_error_that_fails_the_test": "1 in the error that failed the test",
+    "test_a_token_on_stderr": "1 in the stderr of `artifactregistry_gauth`",
+    "test_a_session_fixture_used_again": "1 in the stdout of the test (call)",
+}
+
+
+def test_the_secrets_guard_fails_each_leak_saying_how_many_and_where(pytester, monkeypatch):
+    root = Path(__file__).resolve().parent
+    pytester.makeconftest((root / "conftest.py").read_text(encoding="utf-8"))
+    pytester.makepyfile(test_leaks=LEAKY_TESTS)
+    monkeypatch.setenv("PYTHONPATH", str(root))
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    said = {}  # the line under each "___ ERROR at teardown of NAME ___"
+    for line, following in zip(result.outlines, result.outlines[1:]):
+        teardown = re.fullmatch(r"_+ ERROR at teardown of (\w+) _+", line)
+        if teardown:
+            said[teardown.group(1)] = following.replace("secrets_never_leak: ", "", 1)
+    assert said == {
+        name: f"1 secret(s) left the program: {where}" for name, where in GUARD_VERDICTS.items()
+    }
+    # A leak is an error at teardown: the calls of all but one of those tests passed.
+    result.assert_outcomes(passed=13, failed=1, errors=len(GUARD_VERDICTS))
+    output = "\n".join(result.outlines + result.errlines)
+    assert "guard-sentinel" not in output  # nor in the failure's traceback: *** there
+    assert "***" in output
+
+
+@pytest.mark.parametrize(
+    ("argv", "prints"),
+    [
+        (["python", "-m", "artifactregistry_gauth", "token"], True),
+        (["artifactregistry-gauth", "--output", "json", "get", "https://x", "u"], True),
+        (["artifactregistry_gauth", "netrc", "us-python.pkg.dev"], True),
+        (["artifactregistry_gauth", "netrc", "us-python.pkg.dev", "--output", "f"], False),
+        (["artifactregistry_gauth", "credential-helper", "get"], True),
+        (["python", "-m", "keyring", "get", "https://x", "oauth2accesstoken"], True),
+        (["artifactregistry_gauth", "doctor"], False),
+        (["artifactregistry_gauth", "print-settings"], False),
+        (["python", "-c", "import artifactregistry_gauth as m; m.main(['token'])"], True),
+    ],
+)
+def test_only_a_command_whose_job_is_to_print_a_token_may_show_one(argv, prints):
+    scan = fakes.SecretScan()
+    scan.add({"ya29.guard-sentinel-token": True, "guard-sentinel-secret": False})
+    assert fakes.is_ours(argv)
+    assert fakes.prints_a_token(argv) is prints
+    both = "ya29.guard-sentinel-token guard-sentinel-secret"
+    scan.saw("stdout", both, answer=fakes.prints_a_token(argv))
+    scan.saw("stderr", both)
+    assert scan.leaks() == {"stdout": 1 if prints else 2, "stderr": 2}
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["curl", "--netrc-file", "/tmp/test_artifactregistry_gauth0/netrc", "https://x/"],
+        ["python3.9", "-I", "-c", "import netrc, sys; print(netrc.netrc(sys.argv[1]))"],
+        ["uv", "pip", "install", "--index-url", "https://x/simple/", "pkg"],
+    ],
+)
+def test_what_other_programs_print_is_not_checked_as_ours(argv):
+    assert not fakes.is_ours(argv)  # a netrc reader prints the token it read, as it should
 
 
 # --- row 11: a server that echoes what we sent never makes us print a secret --------------------

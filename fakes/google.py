@@ -572,7 +572,7 @@ class FakeIAMCredentials(FakeService):
         lifetime = int(body["lifetime"][:-1]) if body.get("lifetime") else 3600
         with self._lock:
             token = f"ya29.{self.token_prefix}-{next(self._serial)}-{secrets.token_hex(8)}"
-            register_secret(token)
+            register_secret(token, access_token=True)
             expiry = time.time() + lifetime
             self.issued[token] = {
                 "identity": email,

@@ -446,7 +446,7 @@ class FakeService:
     def _issue(self, identity, **details):
         with self._lock:
             token = f"ya29.{self.token_prefix}-{next(self._serial)}-{secrets.token_hex(8)}"
-            register_secret(token)
+            register_secret(token, access_token=True)
             self.issued[token] = {
                 "identity": identity,
                 "expiry": time.time() + self.expires_in,

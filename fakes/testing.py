@@ -1,10 +1,17 @@
 """Small helpers the test modules share: run our command line or keyring's, write credential
-files, check an error is one line."""
+files, check an error is one line.
 
+What our command line prints through these helpers is shown to the secrets guard
+(conftest.py's ``secrets_never_leak``): `run_main` tells it, and a subprocess's output
+reaches it through ``Popen.communicate``."""
+
+import io
 import json
 import subprocess
 import sys
 from pathlib import Path
+
+import fakes
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -20,6 +27,22 @@ def run_cli(*args, stdin="", env=None, cwd=ROOT):
         cwd=cwd,
         timeout=60,
     )
+
+
+def run_main(capsys, *argv, stdin=b""):
+    """Our command line in this process: (exit code, stdout, stderr), shown to the secrets guard."""
+    import artifactregistry_gauth
+
+    old, sys.stdin = sys.stdin, io.TextIOWrapper(io.BytesIO(stdin), encoding="utf-8")
+    try:
+        code = artifactregistry_gauth.main(list(argv))
+    except SystemExit as exc:
+        code = exc.code
+    finally:
+        sys.stdin = old
+    out, err = capsys.readouterr()
+    fakes.scan_output(["artifactregistry_gauth", *argv], out, err)
+    return code, out, err
 
 
 def one_line(caught):
