@@ -719,17 +719,6 @@ def _impersonated_account(fields: _Fields, url: str) -> str:
     return account
 
 
-def _scheme_and_host(url: str) -> tuple[str, str]:
-    """A URL's scheme and host; empty for what urlsplit refuses (an unclosed [IPv6 host)."""
-    from urllib.parse import urlsplit
-
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "", ""
-    return parts.scheme, parts.hostname or ""
-
-
 # Claims that change with every token issued to the same subject.
 _VOLATILE_CLAIMS = frozenset({"iat", "exp", "nbf", "jti", "auth_time"})
 
@@ -3806,10 +3795,19 @@ def _ip_and_port(authority: str) -> tuple[str, int]:
     return "", 0
 
 
-def _url_host(url: str) -> str:
+def _scheme_and_host(url: str) -> tuple[str, str]:
+    """A URL's scheme and host; empty for what urlsplit refuses (an unclosed [IPv6 host)."""
     from urllib.parse import urlsplit
 
-    return urlsplit(url).hostname or ""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "", ""
+    return parts.scheme, parts.hostname or ""
+
+
+def _url_host(url: str) -> str:
+    return _scheme_and_host(url)[1]
 
 
 def _quoted_url(url: str) -> str:
@@ -3832,12 +3830,10 @@ def _quoted_url(url: str) -> str:
 
 def _check_endpoint(url: str, what: str) -> None:
     """Refuse to send credentials anywhere but https, or http on this machine."""
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(url)
-    if parts.scheme == "https" and parts.hostname:
+    scheme, host = _scheme_and_host(url)
+    if scheme == "https" and host:
         return
-    if parts.scheme == "http" and parts.hostname and _is_loopback_host(parts.hostname):
+    if scheme == "http" and host and _is_loopback_host(host):
         return
     raise CredentialError(
         f"refusing to send credentials to {what} {_quoted_url(url)!r}: it must be an https URL"

@@ -1465,7 +1465,12 @@ def test_no_refresh_token_or_subject_token_in_errors_of_other_types(
 def test_token_requests_match_google_auth(scenarios, fed, fake_aws, fake_idp, monkeypatch, kind):
     google_auth = pytest.importorskip("google.auth")
     import google.auth.transport.requests
+    from google.auth import iam
 
+    # google-auth's iam module picks its endpoint once, at its first import: after an X.509
+    # test (a certificate configured) that is iamcredentials.mtls.*; these files set none.
+    plain = iam._IAM_ENDPOINT.replace("//iamcredentials.mtls.", "//iamcredentials.")
+    monkeypatch.setattr(iam, "_IAM_ENDPOINT", plain)
     scenarios.executable.doubled_backslashes = True  # a command both can run, on Windows too
     path, issuer = scenarios.build(kind)
 

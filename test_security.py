@@ -320,6 +320,9 @@ def test_urls_name_where_the_token_goes_bare_names_must_be_exact(monkeypatch, se
         ("http://oauth2.googleapis.com/token", False),
         ("ftp://127.0.0.1/token", False),
         ("https:///token", False),
+        ("https://[x/token", False),  # urlsplit: "Invalid IPv6 URL", a ValueError
+        ("https://[::1/token", False),
+        ("http://[::1/token", False),
     ],
 )
 def test_plain_http_is_allowed_only_to_a_loopback_address(url, allowed):
@@ -328,6 +331,28 @@ def test_plain_http_is_allowed_only_to_a_loopback_address(url, allowed):
     else:
         with pytest.raises(gauth.CredentialError, match="refusing to send credentials"):
             gauth._check_endpoint(url, "the token endpoint")
+
+
+UNCLOSED = (
+    "https://[x/v1/projects/-/serviceAccounts/a@p.iam.gserviceaccount.com:generateAccessToken"
+)
+
+
+@pytest.mark.parametrize("field", ["token_uri", "token_url"])
+def test_an_endpoint_with_an_unclosed_ipv6_bracket_gets_one_clear_line(
+    monkeypatch, tmp_path, sa_file, field
+):
+    if field == "token_uri":
+        path = sa_file(token_uri=UNCLOSED)
+    else:
+        source = {"file": str(written(tmp_path / "subject", b"subject"))}
+        path = written(
+            tmp_path / "creds.json", json.dumps(external(source, **{field: UNCLOSED})).encode()
+        )
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(path))
+    with pytest.raises(gauth.CredentialError, match="refusing to send credentials") as caught:
+        gauth.get_token()
+    assert "https://[x/v1/projects/" in one_line(caught)
 
 
 def test_a_name_that_starts_with_127_gets_no_assertion(monkeypatch, sa_file):
