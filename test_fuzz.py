@@ -356,6 +356,26 @@ def test_the_host_policy_never_raises_and_never_answers_plain_http(service, user
         assert username in (None, "", "oauth2accesstoken")
 
 
+@FUZZ
+@given(
+    url=st.builds(
+        "{}{}{}".format,
+        st.sampled_from(["https://", "http://", "ftp://", "", "https://["]),
+        st.text(alphabet="[]:@/.%\\127abcx", max_size=20),
+        st.sampled_from(["", "/token", "]/token", ":443/token"]),
+    )
+    | st.text(max_size=40)
+)
+def test_any_endpoint_url_is_accepted_or_refused_in_one_line(url):
+    try:
+        gauth._check_endpoint(url, "the token endpoint")
+    except gauth.CredentialError as exc:
+        assert "\n" not in str(exc) and "refusing to send credentials" in str(exc)
+    else:
+        scheme, host = gauth._scheme_and_host(url)
+        assert host and (scheme == "https" or gauth._is_loopback_host(host))
+
+
 # Pieces that make HTTP stacks disagree on a URL's host: backslashes, percent-encoding,
 # userinfo, ports, whitespace and controls, IDNA-mapped dots and letters, IPv6 brackets.
 URL_PIECES = st.sampled_from(
