@@ -498,6 +498,7 @@ def fake_gcloud(bin_dir, monkeypatch):
     if fake.on_path != bin_dir:  # Windows: the SDK's bin directory, as its installer does
         monkeypatch.setenv("PATH", os.pathsep.join([str(fake.on_path), os.environ["PATH"]]))
     yield fake
+    register_secret(*fake.issued, access_token=True)  # printed by the fake, in another process
     fake.stop()
 
 
