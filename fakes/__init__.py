@@ -133,11 +133,6 @@ def register_secret(*values, access_token=False):
         _running.add(found)
 
 
-def secrets_of_this_test():
-    """The secrets registered for the running test so far."""
-    return set(_running.secrets) if _running is not None else set()
-
-
 def start_scan():
     """A new, empty registry for the test that starts."""
     global _running
