@@ -3374,6 +3374,7 @@ def read_local_file(
     import stat
 
     flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
+    flags |= getattr(os, "O_BINARY", 0)  # Windows: no CR LF to LF, no end at Ctrl-Z
     if private:
         flags |= getattr(os, "O_NOFOLLOW", 0)
     try:

@@ -493,6 +493,8 @@ LOCAL_FILES = [
     ("regular", lambda p: written(p, b"content"), b"content"),
     ("symlink to a regular file", make_symlink_to_regular, b"content"),
     ("empty", lambda p: written(p, b""), b""),
+    # Bytes as they are: Windows' text mode would turn CR LF into LF and end at Ctrl-Z.
+    ("CR LF and Ctrl-Z", lambda p: written(p, b"a\r\nb\x1ac\n"), b"a\r\nb\x1ac\n"),
     ("exactly the limit", lambda p: written(p, b"x" * 4 * KIB), b"x" * 4 * KIB),
     ("one byte too many", lambda p: written(p, b"x" * (4 * KIB + 1)), "larger than 4 KiB"),
     ("FIFO", make_fifo, "not a regular file"),
