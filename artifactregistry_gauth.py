@@ -2419,7 +2419,8 @@ def _file_fingerprint(path: str) -> str:
 def gcloud_active_configuration(config_dir: str) -> tuple[str, str | None]:
     """The active configuration's name and file, as gcloud finds them (docs/protocols.md#gcloud).
 
-    The file is None where gcloud reads none: for ``NONE``, and for a name gcloud rejects.
+    The file is None where gcloud reads none: for ``NONE``, for a name gcloud rejects, and
+    on Windows for a name ending in a newline.
     """
     import re
 
@@ -2443,6 +2444,10 @@ def gcloud_active_configuration(config_dir: str) -> tuple[str, str | None]:
         if name and not re.match(_GCLOUD_CONFIG_NAME, name):
             # gcloud deletes a name it rejects and starts "default" afresh, emptying its file.
             return "default", None
+        if name.endswith("\n") and os.name == "nt":
+            # No Windows file name holds a newline (opening one fails with EINVAL), and
+            # gcloud's configparser skips a file it cannot open as one that is not there.
+            return name, None
     name = name or "default"
     if name == "NONE":  # gcloud's name for "no configuration at all"
         return name, None

@@ -177,8 +177,9 @@ def test_the_account_comes_from_the_active_configuration(monkeypatch, fake_gclou
     ("content", "configuration", "has_file"),
     [
         ("work", "work", True),
-        ("work\n", "work\n", True),  # gcloud takes it literally: a file that is not there
-        ("work\r\n", "work\n", True),  # read as text, newlines translated
+        # gcloud takes it literally: a file that is not there, and on Windows none can be
+        ("work\n", "work\n", not WINDOWS),
+        ("work\r\n", "work\n", not WINDOWS),  # read as text, newlines translated
         ("", "default", True),
         ("Work", "default", False),  # a name gcloud rejects: it starts default afresh
         ("work\n\n", "default", False),
