@@ -3530,6 +3530,7 @@ def _run_capped(
         raise OSError(
             0, "its command line or environment holds a NUL or a character that cannot be passed"
         ) from None
+    job = _WindowsJob.holding(process.pid) if os.name == "nt" else None
     outputs: dict = {"stdout": bytearray(), "stderr": bytearray()}
     too_large: list = []
     closed: list = []  # the pipes that reached their end
@@ -3596,12 +3597,67 @@ def _run_capped(
         stop = grace_end
         while len(closed) < len(outputs) and progress.acquire(timeout=max(stop - _monotonic(), 0)):
             pass
+        if job:
+            job.close()
         raise
     if len(closed) < len(outputs) and group:
         _kill(process, group)  # what it left holding the pipes; its threads end with them
+    elif len(closed) < len(outputs) and job:
+        job.end()  # the same on Windows: taskkill /T finds no tree once its root has exited
+    if job:
+        job.close()
     return subprocess.CompletedProcess(
         argv, returncode, bytes(outputs["stdout"]), bytes(outputs["stderr"])
     )
+
+
+class _WindowsJob:
+    """A Windows job object holding a process and all it goes on to start, to end them all."""
+
+    def __init__(self, kernel32, handle) -> None:
+        self.kernel32 = kernel32
+        self.handle = handle
+
+    @classmethod
+    def holding(cls, pid: int):
+        """A job holding process ``pid``, or None where one cannot be made or joined."""
+        try:
+            import ctypes
+            from ctypes import wintypes as w
+
+            kernel32 = ctypes.WinDLL("kernel32")
+            for name, restype, argtypes in (
+                ("CreateJobObjectW", w.HANDLE, (ctypes.c_void_p, w.LPCWSTR)),
+                ("OpenProcess", w.HANDLE, (w.DWORD, w.BOOL, w.DWORD)),
+                ("AssignProcessToJobObject", w.BOOL, (w.HANDLE, w.HANDLE)),
+                ("TerminateJobObject", w.BOOL, (w.HANDLE, w.UINT)),
+                ("CloseHandle", w.BOOL, (w.HANDLE,)),
+            ):
+                function = getattr(kernel32, name)
+                function.restype, function.argtypes = restype, argtypes
+        except (ImportError, OSError, AttributeError) as exc:  # a Python without ctypes
+            _debug("no job object for process %d: %s", pid, exc)
+            return None
+        job = cls(kernel32, kernel32.CreateJobObjectW(None, None))
+        process = kernel32.OpenProcess(0x0101, False, pid)  # SET_QUOTA | TERMINATE
+        joined = bool(
+            job.handle and process and kernel32.AssignProcessToJobObject(job.handle, process)
+        )
+        if process:
+            kernel32.CloseHandle(process)
+        if not joined:
+            job.close()
+            return None
+        return job
+
+    def end(self) -> None:
+        if self.handle and not self.kernel32.TerminateJobObject(self.handle, 1):
+            _debug("cannot end the job object of what the command started")
+
+    def close(self) -> None:
+        if self.handle:
+            self.kernel32.CloseHandle(self.handle)
+            self.handle = None
 
 
 def _kill(process, group: bool, timeout: float = KILL_GRACE) -> None:
