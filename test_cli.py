@@ -33,8 +33,12 @@ HOST = "us-python.pkg.dev"
 INDEX = f"https://{HOST}/proj/repo/simple/"
 
 
+# The user's pip file where pip reads it on this OS.
+USERS_PIP_FILE = "AppData/Roaming/pip/pip.ini" if WINDOWS else ".config/pip/pip.conf"
+
+
 def write_pip_conf(text):
-    pip_conf = Path(os.environ["XDG_CONFIG_HOME"]) / "pip" / "pip.conf"
+    pip_conf = Path(os.environ["HOME"], USERS_PIP_FILE)
     pip_conf.parent.mkdir(parents=True, exist_ok=True)
     pip_conf.write_text(text)
     return pip_conf
@@ -506,7 +510,7 @@ UPLOAD = f"https://{HOST}/proj/repo/"
 USERNAME_CASES = [
     (
         "pip.conf URL",
-        ".config/pip/pip.conf",
+        USERS_PIP_FILE,
         "[global]\nindex-url = https://{user}@" + HOST + "/p/r/simple/\n",
         {},
     ),
@@ -1397,6 +1401,13 @@ def test_doctor_sees_no_rival_among_other_backends():
     assert gauth._rivals(listed, "/venv/bin/python") == []
 
 
+PIPX_KEYRING_PYTHON = (  # where pipx puts keyring's environment on this OS
+    r"C:\Users\u\pipx\venvs\keyring\Scripts\python.exe"
+    if WINDOWS
+    else "/home/u/.local/pipx/venvs/keyring/bin/python"
+)
+
+
 def test_doctor_tells_a_pipx_keyring_to_uninject_the_official_plugin():
-    (rival,) = gauth._rivals([OFFICIAL, OURS], "/home/u/.local/pipx/venvs/keyring/bin/python")
+    (rival,) = gauth._rivals([OFFICIAL, OURS], PIPX_KEYRING_PYTHON)
     assert rival["fix"] == "pipx uninject keyring keyrings.google-artifactregistry-auth"

@@ -24,7 +24,11 @@ import artifactregistry_gauth as gauth
 from fakes import register_secret
 from fakes.network import FakeService, reply
 from fakes.testing import run_main
-from noxfile import find_python  # the Pythons nox runs the suite on, found the same way
+
+try:
+    from noxfile import find_python  # the Pythons nox runs the suite on, found the same way
+except ImportError:  # no nox (the Windows run installs none): no other Python is looked for
+    find_python = None
 
 ROOT = Path(__file__).resolve().parent
 HOST = "us-python.pkg.dev"
@@ -88,7 +92,7 @@ PYTHON39_READER = textwrap.dedent(
 
 # Looked up at import: the tests' PATH leaves out directories that hold a gcloud, such as /usr/bin.
 CURL = shutil.which("curl")
-PYTHON39 = None if sys.version_info[:2] == (3, 9) else find_python("3.9")
+PYTHON39 = None if sys.version_info[:2] == (3, 9) or not find_python else find_python("3.9")
 
 
 def python39_netrc(path):
