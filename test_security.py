@@ -1416,8 +1416,13 @@ UNSENDABLE_FILES = [
 
 @pytest.mark.parametrize(
     ("source", "extra", "words"),
-    [row[1:] for row in UNSENDABLE_FILES],
-    ids=[row[0] for row in UNSENDABLE_FILES],
+    cases(
+        UNSENDABLE_FILES,
+        {
+            "executable command with a lone surrogate": "a command line of bytes "
+            "(Windows' UTF-16 command line holds a lone surrogate)"
+        },
+    ),
 )
 def test_text_that_cannot_be_sent_is_one_clear_line(monkeypatch, tmp_path, source, extra, words):
     subject = tmp_path / "subject"
