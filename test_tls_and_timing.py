@@ -11,7 +11,17 @@ import trustme
 
 import artifactregistry_gauth as gauth
 from conftest import _forget_tokens
-from fakes import MODE_BITS, SYMLINK, WINDOWS, assert_private, posix_case
+from fakes import (
+    MODE_BITS,
+    NOT_THERE,
+    SYMLINK,
+    WINDOWS,
+    WINE_PARTIAL_CHAIN,
+    assert_private,
+    posix_case,
+    posix_only,
+    wine_gap,
+)
 from fakes.programs import write_program
 from fakes.testing import one_line
 from fakes.trust import FakeSecurity, truststore_source
@@ -56,6 +66,7 @@ def other_ca_file(tmp_path):
 # --- CA bundles named by the environment ---------------------------------------------------
 
 
+@wine_gap(WINE_PARTIAL_CHAIN)
 def test_an_untrusted_certificate_error_names_the_bundles_used(
     monkeypatch, user_env, other_ca_file
 ):
@@ -73,7 +84,7 @@ def test_an_untrusted_certificate_error_names_the_bundles_used(
 @pytest.mark.parametrize(
     ("content", "problem"),
     [
-        (None, "No such file"),
+        (None, NOT_THERE),
         ("", "cannot load CA certificates"),
         ("not a certificate\n", "cannot load CA certificates"),
         ("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n", "cannot load"),
@@ -102,6 +113,7 @@ def test_a_broken_ca_bundle_is_named_and_the_other_stores_still_serve(
     assert problem in described
 
 
+@wine_gap(WINE_PARTIAL_CHAIN)
 def test_a_broken_ca_bundle_is_named_when_nothing_trusts_the_server(
     monkeypatch, user_env, tmp_path
 ):
@@ -114,6 +126,9 @@ def test_a_broken_ca_bundle_is_named_when_nothing_trusts_the_server(
 
 
 # --- no roots in OpenSSL's default paths: python.org's macOS Python -------------------------
+
+
+OPENSSL_DEFAULTS = "OpenSSL's default CA paths as the default store (Windows': its system stores)"
 
 
 class NoDefaultRoots:
@@ -192,6 +207,7 @@ def test_the_tls_context_is_built_once_per_process(user_env, no_default_roots, i
     assert len(sys.modules["truststore"].built) == 1
 
 
+@posix_only(OPENSSL_DEFAULTS)
 def test_a_default_ca_directory_counts_as_roots_before_it_is_read(
     tmp_path, user_env, no_default_roots
 ):
@@ -210,7 +226,11 @@ def test_a_default_ca_directory_counts_as_roots_before_it_is_read(
     ("available", "store"),
     [
         ("truststore", "verified against the OS trust store via truststore"),
-        ("nothing", "not used: OpenSSL's default CA paths: they hold no certificates"),
+        posix_case(
+            "nothing",
+            "not used: OpenSSL's default CA paths: they hold no certificates",
+            reason=OPENSSL_DEFAULTS,
+        ),
     ],
 )
 def test_an_untrusted_certificate_error_names_the_store_used(

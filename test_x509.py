@@ -12,6 +12,7 @@ import urllib.request
 import pytest
 
 import artifactregistry_gauth as gauth
+from fakes import WINE_CHAIN_ENGINE, wine_gap
 from fakes.google import CLOUD_PLATFORM, IAM_HOST, VirtualHosts
 from fakes.network import JOIN_TIMEOUT, RoutingProxy, mutual_tls_server_context
 from fakes.testing import one_line, run_cli
@@ -122,6 +123,7 @@ def test_the_fake_sts_refuses_a_client_without_a_certificate(mtls_google, test_c
         opener.open(f"https://{MTLS_STS_HOST}/v1/token", data=b"", timeout=10)
 
 
+@wine_gap(WINE_CHAIN_ENGINE)
 def test_the_chain_is_exchanged_over_mutual_tls_at_the_mtls_sts(workload, mtls_google, monkeypatch):
     subject = expected_subject(workload)
     mtls_google.sts.add_provider(WORKLOAD, MTLS_TYPE, subject)
@@ -134,6 +136,7 @@ def test_the_chain_is_exchanged_over_mutual_tls_at_the_mtls_sts(workload, mtls_g
     assert exchange.form["subject_token_type"] == MTLS_TYPE
 
 
+@wine_gap(WINE_CHAIN_ENGINE)
 def test_impersonation_after_an_x509_exchange_also_uses_the_client_certificate(
     workload, mtls_google, monkeypatch
 ):
@@ -145,6 +148,7 @@ def test_impersonation_after_an_x509_exchange_also_uses_the_client_certificate(
     assert exchange.form["scope"] == gauth.IAM_SCOPE
 
 
+@wine_gap(WINE_CHAIN_ENGINE)
 def test_a_new_certificate_is_a_new_cache_identity(workload, mtls_google, monkeypatch, test_ca):
     mtls_google.sts.add_provider(WORKLOAD, MTLS_TYPE, lambda token: None)
     use(monkeypatch, workload.write())
@@ -158,6 +162,7 @@ def test_a_new_certificate_is_a_new_cache_identity(workload, mtls_google, monkey
     assert len(mtls_google.sts.exchanges) == 2
 
 
+@wine_gap(WINE_CHAIN_ENGINE)
 @pytest.mark.filterwarnings("ignore:The load_credentials_from_file method is deprecated")
 @pytest.mark.parametrize("impersonated", [False, True], ids=["sts", "impersonated"])
 def test_x509_token_requests_match_google_auth(workload, mtls_google, monkeypatch, impersonated):
@@ -372,6 +377,7 @@ def test_a_key_that_does_not_match_is_a_clear_line_without_key_material(
 # --- doctor -------------------------------------------------------------------------------------
 
 
+@wine_gap(WINE_CHAIN_ENGINE)
 def test_doctor_shows_the_x509_source(workload, mtls_google, monkeypatch):
     mtls_google.sts.add_provider(WORKLOAD, MTLS_TYPE, expected_subject(workload))
     path = workload.write()
