@@ -245,9 +245,7 @@ def test_doctor_spots_a_keyring_on_path_that_does_not_see_the_backend(bin_dir, k
 
 
 def test_doctor_judges_index_urls_in_pip_and_uv_configuration(monkeypatch, home_dir):
-    pip_conf = Path(os.environ["XDG_CONFIG_HOME"]) / "pip" / "pip.conf"
-    pip_conf.parent.mkdir(parents=True)
-    pip_conf.write_text(f"[global]\nextra-index-url = {INDEX}\n")
+    pip_conf = write_pip_conf(f"[global]\nextra-index-url = {INDEX}\n")
     monkeypatch.setenv(
         "PIP_INDEX_URL", "https://_json_key_base64:c2VjcmV0@us-python.pkg.dev/p/r/simple/"
     )
