@@ -3424,12 +3424,17 @@ def _not_ours(info: os.stat_result, private: bool) -> str:
 
 
 def read_local_text(path: str, limit: int = MAX_LOCAL_FILE_BYTES, owned: bool = False) -> str:
-    """A regular file's UTF-8 text (BOM allowed); OSError as read_local_file, or if not UTF-8."""
+    """A regular file's UTF-8 text (BOM allowed); OSError as read_local_file, or if not UTF-8.
+
+    Line ends are read as Python's text mode reads them (CR LF and CR become LF), as
+    google-auth, gcloud and pip read the files this reads after them, on every OS.
+    """
     data = read_local_file(path, limit, owned)
     try:
-        return data.decode("utf-8-sig")
+        text = data.decode("utf-8-sig")
     except UnicodeDecodeError:
         raise OSError(0, "not UTF-8 text", path) from None
+    return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
 def _system_text(path: str, limit: int) -> str:

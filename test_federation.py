@@ -702,6 +702,18 @@ def test_a_new_subject_in_the_same_token_file_gets_its_own_token(
     assert any_subject.issued[second]["subject_token"] == token_file.read_text()
 
 
+@pytest.mark.parametrize("line_end", [b"\r\n", b"\r"], ids=["CR LF", "CR"])
+def test_a_subject_token_file_is_text_with_its_line_ends_read_as_google_auth_reads_them(
+    tmp_path, any_subject, monkeypatch, line_end
+):
+    token_file = tmp_path / "oidc-token"
+    token_file.write_bytes(SUBJECT.encode() + line_end)
+    use(monkeypatch, write(tmp_path, external({"file": str(token_file)})))
+    token = gauth.get_token()
+    with open(token_file, encoding="utf-8") as f:  # google-auth's identity_pool reads it so
+        assert any_subject.issued[token]["subject_token"] == f.read() == SUBJECT + "\n"
+
+
 def test_a_reissued_token_for_the_same_subject_reuses_the_cached_token(
     tmp_path, any_subject, monkeypatch
 ):
