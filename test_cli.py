@@ -879,7 +879,8 @@ def test_netrc_output_puts_our_entry_first_and_removes_the_old_one(
     capsys, held_token, tmp_path, ours
 ):
     target = tmp_path / "netrc"
-    target.write_text(OTHERS_BEFORE + ours + OTHERS_AFTER)
+    # LF line ends on every OS: write_text's CR LF on Windows is refused after a macdef.
+    target.write_bytes((OTHERS_BEFORE + ours + OTHERS_AFTER).encode())
     target.chmod(0o644)
     assert run_main(capsys, "netrc", HOST, "--output", str(target))[0] == 0
     assert target.read_text() == ENTRY + OTHERS_BEFORE + OTHERS_AFTER
@@ -890,7 +891,7 @@ def test_netrc_output_is_read_by_pythons_netrc_module(capsys, held_token, tmp_pa
     import netrc
 
     target = tmp_path / "netrc"
-    target.write_text(OTHERS_BEFORE + OTHERS_AFTER)
+    target.write_bytes((OTHERS_BEFORE + OTHERS_AFTER).encode())  # LF, as above
     run_main(capsys, "netrc", HOST, "--output", str(target))
     parsed = netrc.netrc(str(target))
     login, account, password = parsed.authenticators(HOST)
