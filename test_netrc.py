@@ -487,7 +487,8 @@ def test_concurrent_netrc_writers_lose_no_entry(tmp_path):
             for host in PARALLEL_HOSTS
         ]
         errors = [run.communicate(timeout=60)[1] for run in runs]
-        assert [run.returncode for run in runs] == [0] * len(runs), errors
+        failed = "".join(e for run, e in zip(runs, errors) if run.returncode)
+        assert [run.returncode for run in runs] == [0] * len(runs), failed  # whole, not cut
         text = target.read_text()
         for host in PARALLEL_HOSTS:
             assert text.count(f"machine {host} login oauth2accesstoken password {TOKEN}\n") == 1
