@@ -3446,6 +3446,24 @@ def _system_text(path: str, limit: int) -> str:
         return ""
 
 
+# How long Windows may refuse to replace a file that something has open (a reader such as
+# pip or curl, another run's realpath, a virus scanner): pip waits as long for its files.
+REPLACE_WAIT = 1.0
+
+
+def _replace(source: str, target: str) -> None:
+    """os.replace; on Windows tried again for up to REPLACE_WAIT while the target is open."""
+    deadline = _monotonic() + REPLACE_WAIT
+    while True:
+        try:
+            os.replace(source, target)
+            return
+        except PermissionError:
+            if os.name != "nt" or _monotonic() >= deadline:
+                raise
+            time.sleep(0.05)
+
+
 def _write_private_file(path: str, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically, mode 0600, replacing whatever was there."""
     import secrets
@@ -3455,7 +3473,7 @@ def _write_private_file(path: str, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-        os.replace(temporary, path)
+        _replace(temporary, path)
     except OSError:
         try:
             os.unlink(temporary)

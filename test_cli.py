@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import threading
 from pathlib import Path
 
 import pytest
@@ -885,6 +886,19 @@ def test_netrc_output_puts_our_entry_first_and_removes_the_old_one(
     assert run_main(capsys, "netrc", HOST, "--output", str(target))[0] == 0
     assert target.read_text() == ENTRY + OTHERS_BEFORE + OTHERS_AFTER
     assert_private(target)
+
+
+def test_a_netrc_that_a_reader_holds_open_for_a_moment_is_still_replaced(
+    capsys, held_token, tmp_path
+):
+    # Windows will not replace a file while anything has it open (a reader, a virus scanner).
+    target = tmp_path / "netrc"
+    target.write_bytes(b"machine evil.test login bob password x\n")
+    reader = open(target, "rb")  # closed by the timer, as a reader closes it
+    threading.Timer(0.3, reader.close).start()
+    code, _, err = run_main(capsys, "netrc", HOST, "--output", str(target))
+    assert (code, err) == (0, f"artifactregistry-gauth: wrote {HOST} to {target}\n")
+    assert target.read_bytes() == ENTRY.encode() + b"machine evil.test login bob password x\n"
 
 
 def test_netrc_output_is_read_by_pythons_netrc_module(capsys, held_token, tmp_path):
