@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 import artifactregistry_gauth as gauth
+from fakes import WINE_PARTIAL_CHAIN, wine_gap
 from fakes.testing import keyring_cli, sa_json, write
 
 INDEX = "https://us-python.pkg.dev/proj/repo/simple/"
@@ -552,6 +553,7 @@ def test_token_endpoints_honour_the_proxy_and_no_proxy(
         assert google_https.connects == ["oauth2.googleapis.com:443"]
 
 
+@wine_gap(WINE_PARTIAL_CHAIN)
 def test_tls_is_verified_and_ssl_cert_file_is_honoured(monkeypatch, user_file, google_https):
     monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(user_file()))
     monkeypatch.delenv("SSL_CERT_FILE")
