@@ -511,8 +511,8 @@ class ServiceAccountKey(CredentialSource):
         self.account = fields.require("client_email")
         private_key = fields.require("private_key")
         self.token_uri = fields.require("token_uri")
-        self.key_id = info.get("private_key_id") or None
-        self.universe = info.get("universe_domain") or DEFAULT_UNIVERSE
+        self.key_id = fields.get("private_key_id") or None
+        self.universe = fields.get("universe_domain") or DEFAULT_UNIVERSE
         try:
             self.key = RsaPrivateKey.from_pem(private_key)
         except KeyFormatError as exc:
@@ -568,16 +568,16 @@ class AuthorizedUser(CredentialSource):
         super().__init__(origin)
         fields = _Fields(info, origin, LOGIN_HINT)
         refresh_token = fields.require("refresh_token")
-        self.account = info.get("account") or ""
+        self.account = fields.get("account")
         self.fields = {
             "grant_type": "refresh_token",
             "client_id": fields.require("client_id"),
             "client_secret": fields.require("client_secret"),
             "refresh_token": refresh_token,
         }
-        if info.get("rapt_token"):
+        if fields.get("rapt_token"):
             self.fields["rapt"] = info["rapt_token"]
-        universe = info.get("universe_domain") or DEFAULT_UNIVERSE
+        universe = fields.get("universe_domain") or DEFAULT_UNIVERSE
         if universe != DEFAULT_UNIVERSE:
             raise self.fail(
                 f"user credentials work only in the {DEFAULT_UNIVERSE} universe, not {universe}",

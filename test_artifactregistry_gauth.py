@@ -357,6 +357,24 @@ BAD_FILES = [
         '"refresh_token": "r", "universe_domain": "other.test"}',
         "only in the googleapis.com universe",
     ),
+    (
+        "user with a number as rapt_token",
+        '{"type": "authorized_user", "client_id": "c", "client_secret": "s", '
+        '"refresh_token": "r", "rapt_token": 5}',
+        "field 'rapt_token' is not a string.*application-default login",
+    ),
+    (
+        "user with a list as account",
+        '{"type": "authorized_user", "client_id": "c", "client_secret": "s", '
+        '"refresh_token": "r", "account": []}',
+        "field 'account' is not a string",
+    ),
+    (
+        "user with a number as universe",
+        '{"type": "authorized_user", "client_id": "c", "client_secret": "s", '
+        '"refresh_token": "r", "universe_domain": 1}',
+        "field 'universe_domain' is not a string",
+    ),
 ]
 
 
@@ -402,6 +420,8 @@ BAD_KEYS = [
         "encrypted",
     ),
     ("http token_uri", {"token_uri": "http://oauth2.example.com/token"}, "must be an https URL"),
+    ("key id a number", {"private_key_id": 7}, "field 'private_key_id' is not a string"),
+    ("universe a list", {"universe_domain": ["x"]}, "field 'universe_domain' is not a string"),
 ]
 
 
