@@ -575,8 +575,9 @@ class AuthorizedUser(CredentialSource):
             "client_secret": fields.require("client_secret"),
             "refresh_token": refresh_token,
         }
-        if fields.get("rapt_token"):
-            self.fields["rapt"] = info["rapt_token"]
+        rapt_token = fields.get("rapt_token")
+        if rapt_token:
+            self.fields["rapt"] = rapt_token
         universe = fields.get("universe_domain") or DEFAULT_UNIVERSE
         if universe != DEFAULT_UNIVERSE:
             raise self.fail(
